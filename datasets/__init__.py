@@ -1,0 +1,31 @@
+"""Datasets: `build(cfg, split)` makes the dataset named by `cfg.dataset`.
+
+Importing this package is cheap (no torch, no decord): the dataset modules are imported only
+when `build` needs them, so `from datasets import DataConfig` stays fast for the launcher.
+Datasets import only torch, numpy, decord, av and the standard library.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .config import DataConfig
+from .lists import read_bad_files
+
+# name -> "module:Class"; each class is constructed as Class(cfg: DataConfig, split: str)
+DATASETS = {
+    "video": ".video:VideoDataset",
+}
+SPLITS = ("train", "val", "test")
+
+
+def build(cfg: DataConfig, split: str):
+    """The `torch.utils.data.Dataset` of `split` (train/val/test) for `cfg.dataset`."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; valid: {', '.join(sorted(DATASETS))}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    module, name = DATASETS[cfg.dataset].split(":")
+    return getattr(importlib.import_module(module, __name__), name)(cfg, split)
+
+
+__all__ = ["DATASETS", "DataConfig", "SPLITS", "build", "read_bad_files"]

@@ -1,0 +1,67 @@
+"""The `data:` config section. Every field is documented; the launcher validates types and keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class DataConfig:
+    """Where the clips come from, how frames are sampled and how they are augmented."""
+
+    dataset: str = "video"
+    """Dataset kind: `video` (decord-decoded files)."""
+    root: str = "data/synthetic"
+    """Folder that relative list paths and relative video paths resolve against."""
+    train_list: str = "train.txt"
+    """Training list file (relative to `root` unless absolute)."""
+    val_list: str = "val.txt"
+    """Validation list file."""
+    test_list: Optional[str] = None
+    """Test list file; defaults to `val_list`."""
+    list_format: str = "video"
+    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
+    `rawframes` (`frame_dir total_frames label`: parsed by `datasets.lists`, no dataset yet)."""
+    separator: str = " "
+    """Field separator of `csv` lists."""
+    path_prefix: str = ""
+    """Prefix joined to every path of a list (TimeSformer's PATH_PREFIX)."""
+    num_frames: int = 8
+    """Frames per clip."""
+    sampling_rate: int = 32
+    """Stride between sampled frames, defined at `target_fps`."""
+    target_fps: float = 30.0
+    """Frame rate the stride is defined at; a file's own fps rescales it (PySlowFast)."""
+    sampling: str = "dense"
+    """`dense`: `num_frames` frames `sampling_rate` apart (TimeSformer); `segment`: TSN, one
+    frame from each of `num_frames` equal segments (Something-Something, ST-ABN, TSM)."""
+    short_video: str = "loop"
+    """A video shorter than the dense clip span: `loop` (wrap around) or `clamp` (repeat the last frame)."""
+    train_short_side: List[int] = field(default_factory=lambda: [256, 320])
+    """Training short-side scale jitter range [min, max]."""
+    test_short_side: int = 224
+    """Short side that test/val frames are resized to before the centre crop."""
+    crop_size: int = 224
+    """Square crop fed to the model."""
+    flip: bool = True
+    """Random horizontal flip in training (switch off for Something-Something)."""
+    multi_scale_crop: bool = False
+    """Training crop: TSM multi-scale crop (scales 1/.875/.75/.66, resized to `crop_size`) instead of a random crop."""
+    mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
+    """Per-channel mean on the 0-1 scale."""
+    std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
+    """Per-channel std on the 0-1 scale."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 decodes in the training process)."""
+    pin_memory: bool = True
+    """Pin host memory when training on an accelerator."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+    persistent_workers: bool = True
+    """Keep workers alive between epochs."""
+    max_bad_fraction: float = 0.01
+    """Unreadable videos are skipped (another sample is returned); more distinct bad files than
+    this fraction of the list raises an error listing them."""
+    bad_files_log: Optional[str] = None
+    """File each worker appends `path<TAB>reason` lines to for every unreadable video
+    (`datasets.read_bad_files` reads it back); None: only warnings. The engine points it at the run folder."""

@@ -1,0 +1,224 @@
+"""VideoDataset on real H.264 files written with PyAV: shapes, decoded frames, seeds, bad files."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+from datasets import DataConfig, build, read_bad_files
+from datasets.sampling import clip_indices
+from datasets.synthetic import write_video
+from datasets.video import VideoDataset, open_video, read_frames
+
+NUM_VIDEOS = 8
+FRAMES = 40
+
+
+def _gray_video(path, n=FRAMES, h=32, w=40, fps=30, shift=0):
+    """Frame i is uniformly grey at level 5*i + shift: decoded frames tell their index."""
+    frames = np.stack([np.full((h, w, 3), 5 * i + shift, np.uint8) for i in range(n)])
+    return write_video(str(path), frames, fps=fps, gop=10)
+
+
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    os.makedirs(root / "clips")
+    lines = []
+    for k in range(NUM_VIDEOS):
+        _gray_video(root / "clips" / f"v{k}.mp4", fps=60 if k == 1 else 30)
+        lines.append(f"clips/v{k}.mp4 {k % 4}\n")
+    (root / "train.txt").write_text("".join(lines))
+    (root / "val.txt").write_text("".join(lines[:4]))
+    return root
+
+
+def _cfg(root, **kw):
+    base = dict(root=str(root), num_frames=4, sampling_rate=4, train_short_side=[20, 28], test_short_side=24,
+                crop_size=16, mean=[0.0] * 3, std=[1.0] * 3)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _levels(clip):
+    """Grey level (0-255) of each frame of a normalised-as-identity (C, T, H, W) clip."""
+    return (clip.mean(dim=(0, 2, 3)) * 255 / 5).round().long().tolist()
+
+
+def test_shapes_and_labels(video_root):
+    ds = build(_cfg(video_root), "train")
+    assert isinstance(ds, VideoDataset) and len(ds) == NUM_VIDEOS and ds.num_classes == 4
+    clip, label = ds[(3, 0)]
+    assert clip.shape == (3, 4, 16, 16) and clip.dtype == torch.float32
+    assert label == 3
+    clip, label = build(_cfg(video_root), "val")[1]
+    assert clip.shape == (3, 4, 16, 16) and label == 1
+    assert len(build(_cfg(video_root), "test")) == 4  # test_list unset: the val list
+
+
+def test_decodes_exactly_the_sampled_frames(video_root):
+    ds = build(_cfg(video_root, flip=False), "train")
+    for seed in range(5):
+        clip, _ = ds[(0, seed)]
+        # sampling draws first from the generator, so the expected indices follow from the seed
+        expected = clip_indices(FRAMES, 4, 4, 30, mode="train", rng=np.random.default_rng(seed))
+        assert _levels(clip) == expected.tolist()
+    # val: centred clip; the 60 fps video doubles the stride (span 32 of 40 frames -> start 4)
+    val = build(_cfg(video_root), "val")
+    assert _levels(val[0][0]) == [12, 16, 20, 24]  # span 16 of 40 frames: room 24, start 12
+    assert _levels(val[1][0]) == [4, 12, 20, 28]
+
+
+def test_seeded_items_are_deterministic_and_seeds_differ(video_root):
+    ds = build(_cfg(video_root), "train")
+    other = build(_cfg(video_root), "train")
+    a, b = ds[(2, 123)][0], other[(2, 123)][0]
+    assert torch.equal(a, b)
+    assert any(not torch.equal(a, ds[(2, s)][0]) for s in range(1, 6))
+
+
+def test_unseeded_items_vary_between_calls(video_root):
+    ds = build(_cfg(video_root), "train")
+    clips = [ds[0][0] for _ in range(6)]
+    assert any(not torch.equal(clips[0], c) for c in clips[1:])
+
+
+def test_val_is_deterministic_without_seed(video_root):
+    ds = build(_cfg(video_root), "val")
+    assert torch.equal(ds[2][0], ds[2][0]) and torch.equal(ds[2][0], ds[(2, 99)][0])
+
+
+def test_read_frames_sorted_unique_then_reexpanded(video_root):
+    vr = open_video(str(video_root / "clips" / "v0.mp4"))
+    frames = read_frames(vr, np.array([30, 2, 2, 17, 39, 0]))
+    assert frames.shape == (6, 32, 40, 3)
+    assert (frames[:, 0, 0, 0] / 5).round().astype(int).tolist() == [30, 2, 2, 17, 39, 0]
+
+
+def test_read_frames_width_48_decord_bug(tmp_path):
+    # decord 0.6 mis-shapes 48-pixel-wide frames (dmlc/decord#336); the fallback recovers them
+    path = _gray_video(tmp_path / "w48.mp4", n=12, h=32, w=48)
+    frames = read_frames(open_video(str(path)), np.array([5, 1, 5]))
+    assert frames.shape == (3, 32, 48, 3)
+    assert (frames[:, 10, 10, 1] / 5).round().astype(int).tolist() == [5, 1, 5]
+
+
+def test_segment_sampling_and_multi_scale(video_root):
+    ds = build(_cfg(video_root, sampling="segment", multi_scale_crop=True, num_frames=8), "val")
+    clip, _ = ds[0]
+    # 40 frames in 8 segments of 5: centres 2, 7, 12, ...
+    assert _levels(clip) == [2 + 5 * i for i in range(8)]
+    assert build(_cfg(video_root, sampling="segment", multi_scale_crop=True), "train")[(0, 1)][0].shape == (3, 4, 16, 16)
+
+
+def _bad_root(tmp_path, video_root, n_good=8):
+    """A list of n_good good videos with a truncated mp4 at line 3 and an empty file at line 6."""
+    good = [str(video_root / "clips" / f"v{k % NUM_VIDEOS}.mp4") for k in range(n_good)]
+    data = open(good[0], "rb").read()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    paths = good[:2] + [str(tmp_path / "truncated.mp4")] + good[2:4] + [str(tmp_path / "empty.mp4")] + good[4:]
+    (tmp_path / "train.txt").write_text("".join(f"{p} {i}\n" for i, p in enumerate(paths)))
+    return paths
+
+
+def test_bad_files_are_skipped_warned_and_logged(tmp_path, video_root):
+    paths = _bad_root(tmp_path, video_root)
+    log = tmp_path / "bad_files.tsv"
+    ds = build(_cfg(tmp_path, max_bad_fraction=0.25, bad_files_log=str(log)), "train")
+    with pytest.warns(RuntimeWarning, match="truncated.mp4"):
+        clip, label = ds[(2, 0)]
+    # replaced by the next item of the list (index 3), same seed
+    assert label == 3 and torch.equal(clip, ds[(3, 0)][0])
+    with pytest.warns(RuntimeWarning, match="empty.mp4"):
+        assert ds[(5, 0)][1] == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per file: no second warning
+        ds[(2, 1)]
+    assert set(ds.bad_files) == {paths[2], paths[5]}
+    assert ds.bad_files[paths[5]] == "empty file"
+    assert ds.bad_files[paths[2]].startswith("decode error")
+    assert read_bad_files(str(log)) == ds.bad_files
+    # a full pass yields one sample per index and never raises
+    assert len([ds[(i, 0)] for i in range(len(ds))]) == len(ds)
+
+
+def test_bad_files_from_dataloader_workers_reach_the_log(tmp_path, video_root):
+    _bad_root(tmp_path, video_root)
+    log = tmp_path / "bad.tsv"
+    ds = build(_cfg(tmp_path, max_bad_fraction=0.25, bad_files_log=str(log)), "train")
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = list(loader)
+    assert sum(b[0].shape[0] for b in batches) == len(ds)
+    assert sorted(os.path.basename(p) for p in read_bad_files(str(log))) == ["empty.mp4", "truncated.mp4"]
+
+
+def test_too_many_bad_files_raise_with_the_list(tmp_path, video_root):
+    _bad_root(tmp_path, video_root)
+    ds = build(_cfg(tmp_path, max_bad_fraction=0.1), "train")  # 10 items: a second bad file is too many
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds[(2, 0)]
+        with pytest.raises(RuntimeError, match=r"(?s)2 of 10 videos.*max_bad_fraction.*empty.mp4.*truncated.mp4"):
+            ds[(5, 0)]
+
+
+def test_missing_video_is_a_bad_file(tmp_path, video_root):
+    good = video_root / "clips" / "v0.mp4"
+    (tmp_path / "train.txt").write_text(f"nope.mp4 0\n{good} 1\n")
+    ds = build(_cfg(tmp_path, max_bad_fraction=0.5), "train")
+    with pytest.warns(RuntimeWarning, match="nope.mp4: missing"):
+        assert ds[(0, 0)][1] == 1
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    (tmp_path / "train.txt").write_text("a.mp4 0\n\nb.mp4 zero\n")
+    with pytest.raises(ValueError, match=r"train.txt:3: .*'b.mp4 zero'"):
+        build(_cfg(tmp_path), "train")
+
+
+def test_missing_list_suggests_generator(tmp_path):
+    root = tmp_path / "data" / "synthetic"
+    with pytest.raises(FileNotFoundError, match=r"train.txt.*python -m datasets.synthetic"):
+        build(_cfg(root), "train")
+
+
+def test_build_unknown_dataset_lists_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="valid: video"):
+        build(DataConfig(dataset="nope"), "train")
+    with pytest.raises(ValueError, match="split"):
+        build(_cfg(tmp_path), "training")
+
+
+def test_crop_larger_than_short_side_is_a_config_error(video_root):
+    with pytest.raises(ValueError, match="data.crop_size"):
+        build(_cfg(video_root, crop_size=30), "train")
+
+
+def test_multilabel_targets(tmp_path, video_root):
+    good = video_root / "clips" / "v0.mp4"
+    (tmp_path / "train.txt").write_text(f"{good} 0 2\n{good} 1\n")
+    ds = build(_cfg(tmp_path, list_format="multilabel"), "train")
+    assert ds.num_classes == 3
+    assert ds[(0, 0)][1].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_csv_list_with_prefix(tmp_path, video_root):
+    (tmp_path / "train.csv").write_text("v0.mp4,2\nv1.mp4,3\n")
+    ds = build(_cfg(tmp_path, list_format="csv", separator=",", train_list="train.csv",
+                    path_prefix=str(video_root / "clips")), "train")
+    assert [ds[(i, 0)][1] for i in range(2)] == [2, 3]
+
+
+def test_package_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, datasets; print('torch' in sys.modules, 'decord' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(datasets.__file__)))
+    assert out.stdout.split() == ["False", "False"]
