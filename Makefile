@@ -1,0 +1,29 @@
+# Set-up and everyday commands. `make demo` and `make test` set up .venv/ on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean-runs
+
+setup: $(STAMP)
+
+# torch goes first, pinned exactly, so that nothing later re-resolves it to a CUDA build.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) launch/train.py --config configs/demo.yaml
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) bench/engine_overhead.py
+
+clean-runs:
+	rm -rf runs
