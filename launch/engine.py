@@ -1,0 +1,192 @@
+"""The DeepSpeed engine: our config -> a DeepSpeed config, one training step, checkpoint I/O.
+
+The only module that imports DeepSpeed. The optimizer and the LR schedule are ordinary torch objects
+built from `optim:` (so SGD with Nesterov and PySlowFast's relative step schedule are available) and
+handed to `deepspeed.initialize`, which owns micro-batching, accumulation, clipping, precision and
+ZeRO. DeepSpeed steps the scheduler once per optimizer step.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from launch.config import Config, OptimConfig, TrainConfig
+from launch.schedule import ScaledLR, lr_at
+
+log = logging.getLogger(__name__)
+
+
+def init_distributed(backend: str) -> None:
+    """Start the process group from RANK/WORLD_SIZE/MASTER_* (see `launch.distributed`)."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def deepspeed_config(train: TrainConfig, optim: OptimConfig, world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed JSON config derived from ours (batch layout, clipping, precision, ZeRO)."""
+    if train.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": optim.clip_grad,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16"},
+        "zero_optimization": {"stage": train.zero_stage},
+        # Our optimizers are plain torch ones; ZeRO 1/2 partition their state just the same.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """Weights get `weight_decay`; norms, biases (all 1-D tensors) and the model's embeddings get none.
+
+    A model may name more no-decay parameters with `no_weight_decay()` (timm's convention) and may
+    provide its own groups with `parameter_groups()` returning dicts with `params`, optional
+    `weight_decay` (None: the config's) and optional `lr_mult` (TSM's fc x5/x10).
+    """
+    if hasattr(model, "parameter_groups"):
+        groups = []
+        for group in model.parameter_groups():
+            wd = group.get("weight_decay")
+            groups.append({"params": list(group["params"]), "weight_decay": weight_decay if wd is None else wd,
+                           "lr_mult": group.get("lr_mult", 1.0)})
+        return groups
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+
+
+def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over the groups; each group's LR is peak_lr x lr_mult."""
+    for group in groups:
+        group["lr"] = peak_lr * group["lr_mult"]
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=peak_lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0)
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(optim.betas), eps=optim.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
+                    micro_batches_per_epoch: int, grad_accum: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-optimizer-step scheduler following `launch.schedule.lr_at` (fractional epochs)."""
+    steps_per_epoch = micro_batches_per_epoch / grad_accum
+    peak = scaled.lr if scaled.lr > 0 else 1.0
+
+    def factor(step: int) -> float:
+        return lr_at(step / steps_per_epoch, optim, scaled, total_epochs) / peak
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+class Engine:
+    """A model inside a DeepSpeed engine, with the loss and the step the loop needs."""
+
+    def __init__(self, model: nn.Module, cfg: Config, scaled: ScaledLR, world_size: int, micro_batches_per_epoch: int,
+                 loss_fn: LossFn):
+        import deepspeed
+
+        self.ds_config = deepspeed_config(cfg.train, cfg.optim, world_size)
+        groups = parameter_groups(model, cfg.optim.weight_decay)
+        optimizer = build_optimizer(groups, cfg.optim, scaled.lr)
+        scheduler = build_scheduler(optimizer, cfg.optim, scaled, cfg.train.epochs, micro_batches_per_epoch,
+                                    cfg.train.grad_accum)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
+        self.loss_fn = loss_fn
+        self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16 if cfg.train.precision == "fp16" else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.ds.device
+
+    @property
+    def module(self) -> nn.Module:
+        """The bare model (for evaluation hooks and explanations)."""
+        return self.ds.module
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far."""
+        return self.ds.global_steps
+
+    @property
+    def lr(self) -> float:
+        """LR of the first parameter group (the base group)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.to(self.device, non_blocking=True)
+        return inputs.to(self.dtype) if self.dtype is not None and inputs.is_floating_point() else inputs
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+        """Forward, backward and (at an accumulation boundary) optimizer step on one micro batch.
+
+        Returns the detached loss and whether an optimizer step happened.
+        """
+        self.ds.train()
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        outputs = self.ds(self._inputs(inputs))
+        loss = self.loss_fn(outputs, targets.to(self.device))
+        self.ds.backward(loss)
+        self.ds.step()
+        return loss.detach().float(), boundary
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor) -> Any:
+        """Model outputs in eval mode."""
+        self.ds.eval()
+        return self.ds(self._inputs(inputs))
+
+    def save(self, root: Path, tag: str, client_state: Mapping[str, Any]) -> None:
+        """Collective: every rank writes its shard of model, optimizer and scheduler state."""
+        self.ds.save_checkpoint(str(root), tag=tag, client_state=dict(client_state), save_latest=False)
+
+    def load(self, ckpt: Path) -> Dict[str, Any]:
+        """Restore weights, optimizer, scheduler and step from a checkpoint folder; returns its client state."""
+        path, client_state = self.ds.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
+                                                     load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt}")
+        return client_state or {}
+
+
+def model_state_file(ckpt: Path) -> Path:
+    """The file holding the (unsharded) module weights of a DeepSpeed checkpoint folder."""
+    return ckpt / "mp_rank_00_model_states.pt"
+
+
+def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
+    """Load weights only (for `--load-from`): a DeepSpeed checkpoint folder or a plain state-dict file.
+
+    Tensors whose shape differs from the model's (e.g. a classifier head for another class count) are
+    skipped and reported, so a checkpoint from another dataset can initialise a new run.
+    """
+    path = Path(path)
+    file = model_state_file(path) if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"--load-from: no weights at {path}")
+    blob = torch.load(file, map_location="cpu", weights_only=False)
+    state = blob.get("module", blob.get("state_dict", blob.get("model", blob))) if isinstance(blob, dict) else blob
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    result = model.load_state_dict(usable, strict=False)
+    report = {"missing": list(result.missing_keys), "unexpected": [k for k in state if k not in own], "mismatched": mismatched}
+    log.info("loaded %d tensors from %s; skipped %d with another shape: %s", len(usable), file, len(mismatched), mismatched)
+    return report

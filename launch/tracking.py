@@ -1,0 +1,270 @@
+"""MLflow tracking with a local journal, so an unreachable server never stops training or loses data.
+
+Every event (params, tags, metrics, artifacts, end) is appended to `<run>/tracking/journal.jsonl`
+first, then sent to MLflow. `state.json` records the MLflow run id (a resumed or requeued job keeps
+logging into the same run) and how many journal lines reached the server. When the server is
+unreachable, training goes on, says so once, and `python launch/track.py sync RUN_DIR` sends the rest
+later. This is the only module that imports MLflow.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100  # MLflow's log_batch accepts at most 100 params and 1000 metrics per call
+
+
+def default_tracking_uri(output_dir: str | Path) -> str:
+    """`$MLFLOW_TRACKING_URI`, else an embedded SQLite store beside the runs."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def server_reachable(uri: str, timeout: float = 3.0) -> bool:
+    """True for local stores; for an http(s) server, whether its /health answers within `timeout`."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class Journal:
+    """Append-only event log of one run plus its sync state."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "tracking"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "journal.jsonl"
+        self.state_path = self.dir / "state.json"
+
+    def append(self, event: Dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+
+    def events(self) -> List[Dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill: everything before it is intact
+                break
+        return out
+
+    def state(self) -> Dict[str, Any]:
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def save_state(self, **updates: Any) -> None:
+        state = {**self.state(), **updates}
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+
+class MlflowSink:
+    """Sends journal events to one MLflow run through `MlflowClient` (no global active-run state)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = self._experiment_id(experiment, artifact_root)
+
+    def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another process created it between our two calls
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def open_run(self, run_id: Optional[str], run_name: str, tags: Mapping[str, str]) -> str:
+        """Reuse `run_id` when the server knows it (resume, requeue), else create a run."""
+        from mlflow.exceptions import MlflowException
+
+        if run_id:
+            try:
+                self.client.get_run(run_id)
+                self.client.update_run(run_id, status="RUNNING")
+                return run_id
+            except MlflowException:
+                log.warning("MLflow run %s not found at %s; starting a new run", run_id, self.uri)
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+    def send(self, run_id: str, events: Iterable[Dict[str, Any]], run_dir: Path) -> None:
+        """Replay events into the run, batching metrics and params."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics: List[Metric] = []
+        for event in events:
+            kind = event["kind"]
+            if kind == "metrics":
+                metrics += [Metric(k, float(v), event["time"], event["step"]) for k, v in event["values"].items()]
+                continue
+            self._flush_metrics(run_id, metrics)
+            metrics = []
+            if kind == "params":
+                items = [Param(k, _param_text(v)) for k, v in event["values"].items()]
+                for i in range(0, len(items), _BATCH):
+                    self.client.log_batch(run_id, params=items[i:i + _BATCH])
+            elif kind == "tags":
+                self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in event["values"].items()])
+            elif kind == "artifact":
+                path = run_dir / event["path"]
+                if path.exists():
+                    self.client.log_artifact(run_id, str(path), event.get("artifact_path"))
+            elif kind == "end":
+                self.client.set_terminated(run_id, status=event["status"], end_time=event["time"])
+        self._flush_metrics(run_id, metrics)
+
+    def _flush_metrics(self, run_id: str, metrics: list) -> None:
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+class Tracker:
+    """What the training loop talks to. On ranks other than 0 every call does nothing."""
+
+    def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, enabled: bool = True, active: bool = True):
+        self.run_dir = Path(run_dir)
+        self.active = active
+        self.journal = Journal(self.run_dir) if active else None
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.enabled = enabled and active
+        self.sink: Optional[MlflowSink] = None
+        self.run_id: Optional[str] = None
+        self._pending: List[Dict[str, Any]] = []
+        self._synced = 0
+
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """Open (or reopen, after a resume) the MLflow run and record params and tags."""
+        if not self.active:
+            return
+        state = self._load_backlog()
+        self.journal.save_state(uri=self.uri, experiment=self.experiment, run_name=self.run_name)
+        for kind, values in (("params", dict(params)), ("tags", dict(tags))):
+            self.journal.append({"kind": kind, "values": values})
+            self._pending.append({"kind": kind, "values": values})
+        if self.enabled:
+            self._connect(state.get("run_id"), tags)
+        self._push()
+
+    def _load_backlog(self) -> Dict[str, Any]:
+        """Queue the journal lines an earlier (offline or killed) process never sent."""
+        state = self.journal.state()
+        self._synced = state.get("synced", 0)
+        self._pending = self.journal.events()[self._synced:]
+        return state
+
+    def _connect(self, run_id: Optional[str], tags: Mapping[str, str]) -> None:
+        if not server_reachable(self.uri):
+            self._go_offline(f"tracking server {self.uri} is unreachable")
+            return
+        try:
+            self.sink = MlflowSink(self.uri, self.experiment, artifact_root=self._artifact_root())
+            self.run_id = self.sink.open_run(run_id, self.run_name, tags)
+        except Exception as err:  # noqa: BLE001 - any tracking failure must leave training running
+            self._go_offline(f"MLflow at {self.uri} failed: {err}")
+            return
+        if self.run_id != run_id:  # a new MLflow run gets the whole history
+            self._synced, self._pending = 0, self.journal.events()
+        self.journal.save_state(run_id=self.run_id, synced=self._synced)
+
+    def _artifact_root(self) -> Optional[Path]:
+        # The embedded SQLite store keeps artifacts beside it, not in the current directory.
+        if self.uri.startswith("sqlite:///"):
+            return Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
+        return None
+
+    def _go_offline(self, reason: str) -> None:
+        if self.enabled:
+            log.warning("%s; training continues and metrics are kept in %s. Push them later with: "
+                        "python launch/track.py sync %s", reason, self.journal.path, self.run_dir)
+        self.sink, self.enabled = None, False
+
+    def _event(self, event: Dict[str, Any]) -> None:
+        self.journal.append(event)
+        self._pending.append(event)
+        self._push()
+
+    def _push(self) -> None:
+        if self.sink is None or not self._pending:
+            return
+        try:
+            self.sink.send(self.run_id, self._pending, self.run_dir)
+        except Exception as err:  # noqa: BLE001
+            self._go_offline(f"MLflow at {self.uri} failed: {err}")
+            return
+        self._synced += len(self._pending)
+        self._pending = []
+        self.journal.save_state(synced=self._synced)
+
+    def log_metrics(self, values: Mapping[str, float], step: int) -> None:
+        """Record metrics at an optimizer step."""
+        if self.active:
+            self._event({"kind": "metrics", "step": int(step), "time": int(time.time() * 1000),
+                         "values": {k: float(v) for k, v in values.items()}})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Record tags (e.g. a requeue count)."""
+        if self.active:
+            self._event({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        """Record a file that lives inside the run folder."""
+        if self.active:
+            rel = Path(path).resolve().relative_to(self.run_dir.resolve())
+            self._event({"kind": "artifact", "path": str(rel), "artifact_path": artifact_path})
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run (FINISHED, FAILED or KILLED)."""
+        if self.active:
+            self._event({"kind": "end", "status": status, "time": int(time.time() * 1000)})
+
+    @property
+    def online(self) -> bool:
+        """Whether events are currently reaching MLflow."""
+        return self.sink is not None
+
+
+def sync(run_dir: Path, uri: Optional[str] = None) -> int:
+    """Send the journal lines of `run_dir` that never reached MLflow; returns how many were sent."""
+    journal = Journal(Path(run_dir))
+    if not journal.path.exists():
+        raise FileNotFoundError(f"{run_dir} has no tracking journal (expected {journal.path})")
+    state = journal.state()
+    uri = uri or state.get("uri") or default_tracking_uri(Path(run_dir).parents[1])
+    tracker = Tracker(Path(run_dir), uri, state.get("experiment", "default"), state.get("run_name", Path(run_dir).name))
+    tracker._load_backlog()
+    tags = {k: v for e in tracker.journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
+    tracker._connect(state.get("run_id"), tags)
+    backlog = len(tracker._pending)
+    tracker._push()
+    if not tracker.online:
+        raise ConnectionError(f"could not reach MLflow at {uri}; nothing was lost, try again later")
+    journal.save_state(uri=uri)
+    return backlog

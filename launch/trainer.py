@@ -1,0 +1,311 @@
+"""The training loop: epochs of DeepSpeed steps, validation, checkpoints, tracking, exact resume."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import datasets
+import models
+from launch import checkpoint as ckpt
+from launch.config import Config, dump_config, flatten, to_dict
+from launch.console import EpochProgress, setup_logging
+from launch.data import ResumableDistributedSampler, ShardSampler, make_loader
+from launch.distributed import DistEnv, resolve_env
+from launch.engine import Engine, init_distributed, load_weights
+from launch.losses import logits_of, make_loss
+from launch.metrics import classification_metrics, confusion_matrix
+from launch.schedule import effective_batch_size, scale_lrs
+from launch.tracking import Tracker, default_tracking_uri
+
+log = logging.getLogger("launch.train")
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint next to the engine state."""
+
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    best: Optional[float] = None
+    last_val: Optional[Dict[str, float]] = None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; optionally make torch pick deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_tags(env: DistEnv) -> Dict[str, str]:
+    """Where and from which code this run was started."""
+    repo = Path(__file__).resolve().parents[1]
+    tags = {"host": socket.gethostname(), "world_size": str(env.world_size)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty))})
+    except (OSError, subprocess.CalledProcessError):
+        tags["git.commit"] = "unknown"
+    if "SLURM_JOB_ID" in os.environ:
+        tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
+    return tags
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class Trainer:
+    """Builds everything from a config and runs (or resumes) the training."""
+
+    def __init__(self, cfg: Config, resume: bool = True, resume_from: Optional[str] = None,
+                 load_from: Optional[str] = None, stop_requested: Callable[[], bool] = lambda: False):
+        self.cfg = cfg
+        self.env = resolve_env()
+        setup_logging(self.env.is_main)
+        init_distributed(self.env.backend)
+        seed_everything(cfg.seed + self.env.rank, cfg.deterministic)
+        self.run_dir = cfg.run_dir()
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.stop_requested = stop_requested
+        if self.env.is_main:
+            dump_config(cfg, self.run_dir / "config.yaml")
+            for stale in ckpt.remove_incomplete(self.ckpt_root):
+                log.warning("removed incomplete checkpoint %s (a save was interrupted)", stale)
+        _barrier()
+        self._build_data()
+        model = models.build(cfg.model)
+        start_ckpt = self._checkpoint_to_resume(resume, resume_from)
+        if load_from and start_ckpt is None:
+            load_weights(model, Path(load_from))
+        elif load_from:
+            log.info("ignoring --load-from: resuming from %s", start_ckpt)
+        self.effective_batch = effective_batch_size(cfg.train.micro_batch_size, cfg.train.grad_accum, self.env.world_size)
+        self.scaled = scale_lrs(cfg.optim, self.effective_batch)
+        self.engine = Engine(model, cfg, self.scaled, self.env.world_size, self.micro_per_epoch,
+                             make_loss(model, cfg.train.loss))
+        self.progress = Progress()
+        if start_ckpt is not None:
+            self._restore(start_ckpt)
+        self.tracker = Tracker(self.run_dir, cfg.tracking.uri or default_tracking_uri(cfg.output_dir),
+                               cfg.tracking.experiment or cfg.experiment, cfg.name, cfg.tracking.enabled,
+                               active=self.env.is_main)
+
+    # ------------------------------------------------------------------------------------ building
+    def _build_data(self) -> None:
+        cfg, env = self.cfg, self.env
+        if env.is_main:
+            cfg.data.bad_files_log = cfg.data.bad_files_log or str(self.run_dir / "bad_files.tsv")
+        self.train_set = datasets.build(cfg.data, "train")
+        self.val_set = datasets.build(cfg.data, "val")
+        per_rank = len(self.train_set) // env.world_size
+        micro = min(per_rank // cfg.train.micro_batch_size, cfg.train.max_steps_per_epoch or per_rank)
+        # Every epoch ends on an optimizer step, so epoch-end checkpoints hold no half-accumulated gradients.
+        self.micro_per_epoch = micro // cfg.train.grad_accum * cfg.train.grad_accum
+        if self.micro_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.train_set)} training clips cannot fill one optimizer step of micro_batch_size "
+                f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum} x world size {env.world_size}")
+        self.sampler = ResumableDistributedSampler(self.train_set, env.world_size, env.rank, cfg.seed,
+                                                   length=self.micro_per_epoch * cfg.train.micro_batch_size)
+        self.train_loader = make_loader(self.train_set, self.sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
+                                        drop_last=True)
+        self.val_loader = make_loader(self.val_set, ShardSampler(len(self.val_set), env.world_size, env.rank),
+                                      cfg.train.micro_batch_size, cfg.data, cfg.seed, drop_last=False)
+
+    def _checkpoint_to_resume(self, resume: bool, resume_from: Optional[str]) -> Optional[Path]:
+        if resume_from:
+            path = Path(resume_from)
+            if not (path / ckpt.META).is_file():
+                raise FileNotFoundError(f"--resume-from {path}: not a complete checkpoint folder (no {ckpt.META})")
+            return path
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
+        if latest is not None and not resume:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints (newest {latest.name}); resume it with "
+                                  f"--resume or start a new run with name=<another name>")
+        return latest if resume else None
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def _restore(self, path: Path) -> None:
+        client = self.engine.load(path)
+        self.progress = Progress(**client["progress"])
+        _set_rng_state(client["rng"][min(self.env.rank, len(client["rng"]) - 1)])
+        log.info("resumed from %s: epoch %d, micro batch %d, optimizer step %d", path, self.progress.epoch + 1,
+                 self.progress.micro_in_epoch, self.engine.global_step)
+
+    def save(self, is_best: bool = False) -> Path:
+        """Collective checkpoint of engine, progress and every rank's RNG state; committed atomically."""
+        step = self.engine.global_step
+        rng = [_rng_state()]
+        if dist.is_initialized() and self.env.world_size > 1:
+            gathered: List[Any] = [None] * self.env.world_size
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        self.engine.save(self.ckpt_root, ckpt.tmp_tag_for(step), {"progress": asdict(self.progress), "rng": rng,
+                                                                   "config": to_dict(self.cfg)})
+        _barrier()
+        final = self.ckpt_root / ckpt.tag_for(step)
+        if self.env.is_main:
+            dump_config(self.cfg, self.ckpt_root / ckpt.tmp_tag_for(step) / "config.yaml")
+            final = ckpt.commit(self.ckpt_root, step, {"step": step, **asdict(self.progress)})
+            if is_best:
+                ckpt.mark_best(self.ckpt_root, final)
+            ckpt.prune(self.ckpt_root, self.cfg.checkpoint.keep_last)
+        _barrier()
+        return final
+
+    def _improves_best(self, metrics: Dict[str, float]) -> bool:
+        """Whether `metrics` beat the best so far (and record them as the new best)."""
+        value = metrics.get(self.cfg.checkpoint.best_metric)
+        if value is None:
+            return False
+        best = self.progress.best
+        if best is None or (value > best if self.cfg.checkpoint.best_mode == "max" else value < best):
+            self.progress.best = value
+            return True
+        return False
+
+    # -------------------------------------------------------------------------------------- loop
+    def fit(self) -> Dict[str, float]:
+        """Train to `train.epochs` (from wherever the run stands) and return the last validation metrics."""
+        cfg, tracker = self.cfg, self.tracker
+        tracker.start({**flatten(to_dict(cfg)), "optim.scaled_lr": self.scaled.lr,
+                       "optim.effective_batch_size": self.effective_batch}, run_tags(self.env))
+        log.info("world size %d; effective batch %d = micro %d x accumulation %d x world %d; lr %.6g -> %.6g (%s rule, "
+                 "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
+                 cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
+                 cfg.optim.base_batch_size, self.run_dir)
+        status = "FAILED"
+        try:
+            while self.progress.epoch < cfg.train.epochs:
+                if not self._train_epoch():
+                    status = "KILLED"
+                    return self.progress.last_val or {}
+                epoch, is_best = self.progress.epoch, False
+                if (epoch + 1) % cfg.train.eval_every_epochs == 0 or epoch + 1 == cfg.train.epochs:
+                    self.progress.last_val = self.validate(epoch)
+                    is_best = self._improves_best(self.progress.last_val)
+                self.progress.epoch, self.progress.micro_in_epoch = epoch + 1, 0
+                self.save(is_best)
+            status = "FINISHED"
+            return self.progress.last_val or {}
+        finally:
+            self._write_final_artifacts()
+            tracker.finish(status)
+
+    def _train_epoch(self) -> bool:
+        """One epoch from `progress.micro_in_epoch`; False if a stop was requested (after a checkpoint)."""
+        cfg, eng, prog = self.cfg, self.engine, self.progress
+        self.sampler.set_epoch(prog.epoch, start=prog.micro_in_epoch * cfg.train.micro_batch_size)
+        bar = EpochProgress(self.micro_per_epoch, prog.epoch, cfg.train.epochs, self.env.is_main, prog.micro_in_epoch)
+        loss_sum, count, wait, t0 = torch.zeros(()), 0, 0.0, time.perf_counter()
+        fetch_start = time.perf_counter()
+        for inputs, targets in self.train_loader:
+            wait += time.perf_counter() - fetch_start
+            loss, stepped = eng.train_step(inputs, targets)
+            loss_sum += loss
+            count += 1
+            prog.micro_in_epoch += 1
+            bar.update()
+            if stepped and eng.global_step % cfg.train.log_every_steps == 0:
+                elapsed = time.perf_counter() - t0
+                values = {"train/loss": float(loss_sum) / count, "train/lr": eng.lr,
+                          "train/clips_per_s": count * cfg.train.micro_batch_size * self.env.world_size / elapsed,
+                          "train/data_wait_ms": 1000 * wait / count, "train/epoch": prog.epoch + prog.micro_in_epoch / self.micro_per_epoch}
+                bar.report(prog.micro_in_epoch, values)
+                self.tracker.log_metrics(values, eng.global_step)
+                loss_sum, count, wait, t0 = torch.zeros(()), 0, 0.0, time.perf_counter()
+            if stepped and cfg.checkpoint.every_steps and eng.global_step % cfg.checkpoint.every_steps == 0 \
+                    and prog.micro_in_epoch < self.micro_per_epoch:
+                self.save()
+            if stepped and self._stop_agreed():
+                self.save()
+                bar.close()
+                return False
+            fetch_start = time.perf_counter()
+        bar.close()
+        return True
+
+    def _stop_agreed(self) -> bool:
+        """All ranks agree to stop if any rank was asked to (preemption, time limit)."""
+        flag = torch.tensor([1.0 if self.stop_requested() else 0.0])
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> Dict[str, float]:
+        """Loss, top-1/top-5, mean class accuracy and macro F1 over the whole validation set."""
+        scores, labels, losses = [], [], []
+        for inputs, targets in self.val_loader:
+            outputs = self.engine.predict(inputs)
+            losses.append(float(self.engine.loss_fn(outputs, targets.to(self.engine.device))) * len(targets))
+            scores.append(logits_of(outputs).float().softmax(-1).cpu().numpy())
+            labels.append(targets.numpy())
+        local = (np.concatenate(scores), np.concatenate(labels), sum(losses))
+        parts = [local]
+        if dist.is_initialized() and self.env.world_size > 1:
+            parts = [None] * self.env.world_size
+            dist.all_gather_object(parts, local)
+        all_scores = np.concatenate([p[0] for p in parts])
+        all_labels = np.concatenate([p[1] for p in parts])
+        metrics = {f"val/{k}": v for k, v in classification_metrics(all_scores, all_labels).items()}
+        metrics["val/loss"] = sum(p[2] for p in parts) / len(all_labels)
+        self._last_confusion = confusion_matrix(all_scores.argmax(1), all_labels, all_scores.shape[1])
+        self.tracker.log_metrics({**metrics, "epoch": epoch + 1, **self._bad_file_metrics()}, self.engine.global_step)
+        log.info("epoch %d validation: %s", epoch + 1, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    def _bad_file_metrics(self) -> Dict[str, float]:
+        path = self.cfg.data.bad_files_log
+        if not path or not Path(path).exists():
+            return {"data/bad_files": 0.0}
+        return {"data/bad_files": float(len(datasets.read_bad_files(path)))}
+
+    def _write_final_artifacts(self) -> None:
+        if not self.env.is_main:
+            return
+        self.tracker.log_artifact(self.run_dir / "config.yaml")
+        if self.progress.last_val:
+            final = self.run_dir / "final_metrics.json"
+            final.write_text(json.dumps({"epoch": self.progress.epoch, "step": self.engine.global_step,
+                                         **self.progress.last_val}, indent=2))
+            self.tracker.log_artifact(final)
+        if getattr(self, "_last_confusion", None) is not None:
+            from launch.plots import save_confusion_matrix
+
+            png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
+                                        class_names=getattr(self.val_set, "class_names", None))
+            self.tracker.log_artifact(png)
