@@ -326,12 +326,17 @@ class _Validator:
         if not isinstance(value, Mapping):
             self._type_error(path or "config", cls, value)
         hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, item in value.items():
             dotted = f"{path}.{key}" if path else str(key)
-            if key not in names:
-                self._unknown(dotted, key, names, path)
+            if key not in fields:
+                self._unknown(dotted, key, list(fields), path)
+            default = fields[key].default_factory
+            if isinstance(item, Mapping) and default is not dataclasses.MISSING:
+                # A free-form mapping (e.g. `model:`) overrides its default entry by entry.
+                base = default()
+                item = deep_merge(base, item) if isinstance(base, Mapping) else item
             kwargs[key] = self.convert(item, hints[key], dotted)
         return cls(**kwargs)
 

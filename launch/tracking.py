@@ -268,3 +268,14 @@ def sync(run_dir: Path, uri: Optional[str] = None) -> int:
         raise ConnectionError(f"could not reach MLflow at {uri}; nothing was lost, try again later")
     journal.save_state(uri=uri)
     return backlog
+
+
+def backend_store_hint(tracker: Tracker) -> str:
+    """The command that opens this run in the MLflow UI (or says how to sync it first)."""
+    if tracker.uri.startswith(("http://", "https://")):
+        hint = f"MLflow run at {tracker.uri}"
+    else:
+        hint = f"Browse runs: mlflow ui --backend-store-uri {tracker.uri}"
+    if not tracker.online and tracker.journal is not None:
+        hint += f"\n(metrics not yet in MLflow; push them with: python launch/track.py sync {tracker.run_dir})"
+    return hint

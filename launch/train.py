@@ -1,0 +1,61 @@
+"""Train a model: `python launch/train.py --config X.yaml [key.sub=value ...]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ is None:  # run as a script: import the suite, not launch/ siblings
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from launch.config import ConfigError, load_config, to_dict  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Overrides: dotted keys parsed as YAML, e.g. optim.lr=0.01 data.num_frames=16")
+    parser.add_argument("--config", help="YAML config (with optional _base_); omitted: embedded defaults")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue from the newest complete checkpoint of the run folder (default)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="refuse to start if the run folder already holds checkpoints")
+    parser.add_argument("--resume-from", help="checkpoint folder: weights, optimizer, scheduler, step, RNG state")
+    parser.add_argument("--load-from", help="weights only (checkpoint folder or state-dict file); step 0; "
+                                            "tensors of another shape (a new head) are skipped")
+    parser.add_argument("--seed", type=int, help="same as seed=N")
+    parser.add_argument("--deterministic", action="store_true", help="same as deterministic=true")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.deterministic:
+        overrides.append("deterministic=true")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from launch.trainer import Trainer
+
+    trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
+    trainer.fit()
+    if trainer.env.is_main:
+        from launch.tracking import backend_store_hint
+
+        print(backend_store_hint(trainer.tracker))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

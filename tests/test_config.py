@@ -1,0 +1,111 @@
+"""Config loading: inheritance, overrides, strict keys and types, round trip."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.config import ConfigError, dump_config, load_config, parse_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_base_inheritance_deep_merges_in_order(tmp_path):
+    write(tmp_path / "a.yaml", {"optim": {"lr": 0.1, "momentum": 0.5}, "train": {"epochs": 3}})
+    write(tmp_path / "b.yaml", {"optim": {"momentum": 0.8}, "train": {"micro_batch_size": 2}})
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "c.yaml", {"_base_": ["../a.yaml", "../b.yaml"], "train": {"epochs": 7}})
+    cfg = load_config(tmp_path / "sub" / "c.yaml")
+    assert cfg.optim.lr == 0.1 and cfg.optim.momentum == 0.8
+    assert cfg.train.epochs == 7 and cfg.train.micro_batch_size == 2
+    assert cfg.optim.nesterov is True  # untouched default survives the merge
+
+
+def test_single_base_string_and_cycle(tmp_path):
+    write(tmp_path / "a.yaml", {"_base_": "b.yaml", "seed": 3})
+    write(tmp_path / "b.yaml", {"_base_": "a.yaml"})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    write(tmp_path / "b.yaml", {"seed": 1, "name": "from_b"})
+    cfg = load_config(tmp_path / "a.yaml")
+    assert (cfg.seed, cfg.name) == (3, "from_b")
+
+
+def test_overrides_are_yaml_scalars():
+    tree = parse_overrides(["optim.lr=0.01", "data.num_frames=16", "model.attention=joint_space_time",
+                            "train.max_steps_per_epoch=null", "data.mean=[0.5,0.5,0.5]", "deterministic=true"])
+    assert tree == {"optim": {"lr": 0.01}, "data": {"num_frames": 16, "mean": [0.5, 0.5, 0.5]},
+                    "model": {"attention": "joint_space_time"}, "train": {"max_steps_per_epoch": None},
+                    "deterministic": True}
+    cfg = load_config(None, ["optim.lr=0.01", "data.num_frames=16", "model.attention=joint_space_time"])
+    assert cfg.optim.lr == 0.01 and cfg.data.num_frames == 16 and cfg.model["attention"] == "joint_space_time"
+
+
+def test_unknown_key_names_path_and_closest(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["optim.lrr=0.1"])
+    assert "unknown key optim.lrr; did you mean optim.lr?" in str(err.value)
+    assert "command-line override" in str(err.value)
+    path = write(tmp_path / "x.yaml", {"train": {"epoch": 3}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "unknown key train.epoch; did you mean train.epochs?" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_names_path_type_and_value():
+    with pytest.raises(ConfigError, match=r"optim.lr: expected float, got 'abc' \(str\)"):
+        load_config(None, ["optim.lr=abc"])
+    with pytest.raises(ConfigError, match=r"train.epochs: expected int, got 2.5 \(float\)"):
+        load_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match=r"train.zero_stage: expected one of 0, 1, 2, got 3"):
+        load_config(None, ["train.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"optim.name: expected one of 'sgd', 'adamw', got 'adam'"):
+        load_config(None, ["optim.name=adam"])
+    with pytest.raises(ConfigError, match=r"deterministic: expected bool"):
+        load_config(None, ["deterministic=1"])
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    path = write(tmp_path / "x.yaml", "optim:\n  weight_decay: 1e-4\n")
+    assert load_config(path).optim.weight_decay == pytest.approx(1e-4)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    write(tmp_path / "a.yaml", {"_base_": "gone.yaml"})
+    with pytest.raises(ConfigError, match="gone.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_model_section_checked_against_preset_constructor():
+    with pytest.raises(ConfigError, match="unknown key model.num_clases; did you mean model.num_classes?"):
+        load_config(None, ["model.num_clases=5"])
+    with pytest.raises(ConfigError, match="model.depth: expected int"):
+        load_config(None, ["model.depth=deep"])
+    with pytest.raises(ConfigError, match="unknown model 'timesformer_tin'; did you mean 'timesformer_tiny'"):
+        load_config(None, ["model.name=timesformer_tin"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.02", "data.train_short_side=[40,48]", "optim.betas=[0.8,0.9]"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+
+
+def test_print_config_cli():
+    out = subprocess.run([sys.executable, "launch/train.py", "--print-config", "optim.lr=0.125", "name=printed"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["optim"]["lr"] == 0.125 and printed["name"] == "printed"
+    bad = subprocess.run([sys.executable, "launch/train.py", "--print-config", "optim.lrr=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "did you mean optim.lr?" in bad.stderr
