@@ -1,0 +1,317 @@
+"""MS-G3D: multi-scale graph convolution with unified spatial-temporal (G3D) windows.
+
+Paper: "Disentangling and Unifying Graph Convolutions for Skeleton-Based Action Recognition",
+Ziyu Liu, Hongwen Zhang, Zhenghao Chen, Zhiyong Wang, Wanli Ouyang, CVPR 2020.
+Reference implementation: github.com/kenziyuliu/MS-G3D (shapes and parameter count follow it;
+`msg3d_ntu60` has exactly its 3,194,595 parameters).
+
+Also the personality-recognition variant (DYAD workshop @ ICCV 2021): the same network on SMPL
+24-joint skeletons of one person with 15 input channels (xyz + 12 Laban features), widths
+12/24/48 and five regression outputs (Big-Five traits, trained with MSE by the engine).
+
+Input (N, C, T, V, M): batch, channels, frames, joints, persons. Output (N, num_class).
+
+Layout: blocks (MultiScaleGraphConv, TemporalWindows, G3D, MultiWindowG3D, TemporalConv,
+MultiScaleTCN, MSG3DBlock), the MSG3D model, then presets (paper sizes, then tiny ones).
+"""
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models._registry import register_preset
+from models.graphs import get_graph, multiscale_adjacency, window_adjacency
+
+__all__ = ["MSG3D", "MSG3DBlock", "MultiScaleGraphConv", "MultiWindowG3D", "G3D", "MultiScaleTCN"]
+
+
+class MultiScaleGraphConv(nn.Module):
+    """Graph convolution over K disentangled scales: aggregate per scale, concatenate, 1x1 conv.
+
+    out = ReLU(BN(Conv1x1(concat_k (A_k + A_res_k) x))), with A_res a learnable residual
+    initialised near zero so training starts from the fixed normalised k-hop graphs.
+
+    Args:
+        in_channels: input channels C.
+        out_channels: output channels.
+        A_scales: (K, V, V) normalised adjacency stack (`graphs.multiscale_adjacency`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, A_scales: np.ndarray) -> None:
+        super().__init__()
+        K, V, _ = A_scales.shape
+        self.num_scales = K
+        # A fixed graph, not state: non-persistent so checkpoints hold only learned tensors.
+        # torch.tensor (not from_numpy) follows a `with torch.device(...)` context (e.g. meta).
+        self.register_buffer("A", torch.tensor(np.asarray(A_scales, dtype=np.float32)), persistent=False)
+        self.A_res = nn.Parameter(torch.empty(K, V, V).uniform_(-1e-6, 1e-6))
+        self.conv = nn.Conv2d(in_channels * K, out_channels, kernel_size=1)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, C, T, V = x.shape
+        A = self.A.to(x.dtype) + self.A_res.to(x.dtype)
+        # (N, C, T, V) -> (N, K, C, T, V): node v gathers sum_u A_k[v, u] x[u] at every scale k.
+        x = torch.einsum("kvu,nctu->nkctv", A, x).reshape(N, self.num_scales * C, T, V)
+        return F.relu(self.bn(self.conv(x)))
+
+
+class TemporalWindows(nn.Module):
+    """Unfold (N, C, T, V) into windows of `window` frames: (N, C, T', window * V).
+
+    The frames of a window become one graph of window * V nodes (frame-major, node t*V + v);
+    T is zero-padded by (window - 1) // 2 on both sides, so with stride 1, T' = T.
+    """
+
+    def __init__(self, window: int, stride: int = 1) -> None:
+        super().__init__()
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"temporal window must be odd and >= 1, got {window}")
+        self.window, self.stride = window, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, C, T, V = x.shape
+        pad = (self.window - 1) // 2
+        x = F.pad(x, (0, 0, pad, pad))
+        x = x.unfold(2, self.window, self.stride)  # (N, C, T', V, window)
+        return x.permute(0, 1, 2, 4, 3).reshape(N, C, -1, self.window * V)
+
+
+class G3D(nn.Module):
+    """One G3D pathway: multi-scale graph conv on the window graph, then collapse the window.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        A: (V, V) binary skeleton adjacency.
+        num_scales: number of disentangled scales on the window graph.
+        window: frames per window (odd).
+        stride: temporal stride between windows.
+        embed_channels: channels of the window graph conv (the collapse maps them to out).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_scales: int,
+                 window: int, stride: int, embed_channels: int) -> None:
+        super().__init__()
+        self.window = window
+        self.unfold = TemporalWindows(window, stride)
+        self.gcn = MultiScaleGraphConv(in_channels, embed_channels,
+                                       multiscale_adjacency(window_adjacency(A, window), num_scales))
+        # Conv3d over (T', window, V) with kernel (1, window, 1): a learned weighting of the
+        # window's frames, which collapses them back to one frame per window.
+        self.collapse = nn.Conv3d(embed_channels, out_channels, kernel_size=(1, window, 1))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, _, _, V = x.shape
+        x = self.gcn(self.unfold(x))  # (N, E, T', window * V)
+        x = x.reshape(N, x.shape[1], -1, self.window, V)
+        return self.bn(self.collapse(x).squeeze(3))  # no activation: summed with the GCN path
+
+
+class MultiWindowG3D(nn.Module):
+    """Sum of G3D pathways with different window sizes (3 and 5 in the paper)."""
+
+    def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_scales: int,
+                 stride: int, embed_channels: int, windows: Sequence[int] = (3, 5)) -> None:
+        super().__init__()
+        self.pathways = nn.ModuleList(
+            G3D(in_channels, out_channels, A, num_scales, w, stride, embed_channels) for w in windows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pathways[0](x)
+        for g3d in self.pathways[1:]:
+            out = out + g3d(x)
+        return out
+
+
+class TemporalConv(nn.Module):
+    """Conv (kernel x 1) along T with 'same' padding for stride 1, then BN."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        pad = (kernel_size - 1) * dilation // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=(kernel_size, 1),
+                              padding=(pad, 0), stride=(stride, 1), dilation=(dilation, 1))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class MultiScaleTCN(nn.Module):
+    """Multi-scale temporal conv: 6 branches of out/6 channels, concatenated, plus a residual.
+
+    Branches: 1x1 bottleneck -> temporal conv k=3 with dilation 1, 2, 3, 4; 1x1 -> max-pool
+    over 3 frames; a strided 1x1. Residual: identity when shapes allow, else a strided 1x1 conv.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels, a multiple of the number of branches (6).
+        stride: temporal stride.
+        dilations: dilations of the temporal conv branches.
+        activation: ReLU at the end (False for the last TCN of the GCN path: it is summed first).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 dilations: Sequence[int] = (1, 2, 3, 4), kernel_size: int = 3,
+                 activation: bool = True) -> None:
+        super().__init__()
+        num_branches = len(dilations) + 2
+        if out_channels % num_branches:
+            raise ValueError(f"MS-TCN out_channels={out_channels} must be a multiple of "
+                             f"its {num_branches} branches")
+        c = out_channels // num_branches
+
+        def bottleneck() -> list:
+            return [nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+
+        branches = [nn.Sequential(*bottleneck(), TemporalConv(c, c, kernel_size, stride, d))
+                    for d in dilations]
+        branches.append(nn.Sequential(*bottleneck(), nn.MaxPool2d((3, 1), stride=(stride, 1), padding=(1, 0)),
+                                      nn.BatchNorm2d(c)))
+        branches.append(nn.Sequential(nn.Conv2d(in_channels, c, kernel_size=1, stride=(stride, 1)),
+                                      nn.BatchNorm2d(c)))
+        self.branches = nn.ModuleList(branches)
+        if in_channels == out_channels and stride == 1:
+            self.residual: nn.Module = nn.Identity()
+        else:
+            self.residual = TemporalConv(in_channels, out_channels, kernel_size=1, stride=stride)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([branch(x) for branch in self.branches], dim=1) + self.residual(x)
+        return F.relu(out) if self.activation else out
+
+
+class MSG3DBlock(nn.Module):
+    """One STGC block: ReLU(MS-GCN path + multi-window G3D path), then an MS-TCN.
+
+    MS-GCN path: MS-GCN -> MS-TCN (stride) -> MS-TCN (no activation). The first block changes
+    the width in its graph convs (in -> out); later blocks keep `in` there and widen in the
+    temporal conv (GCN path) and in the window collapse (G3D path), as in the reference.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels (multiple of 6).
+        A: (V, V) binary skeleton adjacency.
+        num_gcn_scales: scales of the MS-GCN path.
+        num_g3d_scales: scales of the G3D window graphs.
+        stride: temporal stride of the block.
+        first: whether this is the first block (graph convs map in -> out at once).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_gcn_scales: int,
+                 num_g3d_scales: int, stride: int = 1, first: bool = False) -> None:
+        super().__init__()
+        hidden = out_channels if first else in_channels
+        self.gcn_path = nn.Sequential(
+            MultiScaleGraphConv(in_channels, hidden, multiscale_adjacency(A, num_gcn_scales)),
+            MultiScaleTCN(hidden, out_channels, stride=stride),
+            MultiScaleTCN(out_channels, out_channels, activation=False),
+        )
+        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, hidden)
+        self.tcn = MultiScaleTCN(out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tcn(F.relu(self.gcn_path(x) + self.g3d_path(x)))
+
+
+class MSG3D(nn.Module):
+    """MS-G3D network: data BN -> 3 STGC blocks (stride 1, 2, 2) -> pool over T, V, M -> linear.
+
+    Args:
+        num_class: outputs (classes, or regression targets when task='regression').
+        num_point: joints V; must equal the graph's number of joints.
+        num_person: persons M per sample (averaged before the classifier).
+        num_gcn_scales: scales of the MS-GCN paths (13 for NTU, 8 for Kinetics).
+        num_g3d_scales: scales of the G3D window graphs (6 for NTU, 8 for Kinetics).
+        graph: skeleton graph name: 'ntu-rgb+d', 'kinetics' or 'smpl-24'.
+        in_channels: input channels C (3 for xyz, 15 for xyz + Laban features).
+        channels: widths of the three blocks, each a multiple of 6.
+        dropout: dropout before the final linear layer (the reference uses none).
+        task: 'classification' (logits) or 'regression' (raw outputs); the network is the same,
+            the engine picks the loss (cross-entropy or MSE) from it.
+    """
+
+    def __init__(
+        self,
+        num_class: int = 60,
+        num_point: int = 25,
+        num_person: int = 2,
+        num_gcn_scales: int = 13,
+        num_g3d_scales: int = 6,
+        graph: str = "ntu-rgb+d",
+        in_channels: int = 3,
+        channels: Tuple[int, int, int] = (96, 192, 384),
+        dropout: float = 0.0,
+        task: str = "classification",
+    ) -> None:
+        super().__init__()
+        if task not in ("classification", "regression"):
+            raise ValueError(f"model.task must be 'classification' or 'regression', got {task!r}")
+        skeleton = get_graph(graph)
+        if num_point != skeleton.num_nodes:
+            raise ValueError(f"model.num_point={num_point} but graph {skeleton.name!r} has "
+                             f"{skeleton.num_nodes} joints")
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != 3 or any(c <= 0 or c % 6 for c in channels):
+            raise ValueError(f"model.channels must be 3 positive multiples of 6, got {channels}")
+        self.num_class, self.num_point, self.num_person = num_class, num_point, num_person
+        self.in_channels, self.task = in_channels, task
+        A = skeleton.A
+
+        self.data_bn = nn.BatchNorm1d(num_person * num_point * in_channels)
+        c1, c2, c3 = channels
+        self.blocks = nn.ModuleList([
+            MSG3DBlock(in_channels, c1, A, num_gcn_scales, num_g3d_scales, stride=1, first=True),
+            MSG3DBlock(c1, c2, A, num_gcn_scales, num_g3d_scales, stride=2),
+            MSG3DBlock(c2, c3, A, num_gcn_scales, num_g3d_scales, stride=2),
+        ])
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(c3, num_class)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, V, M) -> pooled features (N, channels[-1])."""
+        if x.dim() != 5:
+            raise ValueError(f"MSG3D expects input (N, C, T, V, M), got shape {tuple(x.shape)}")
+        N, C, T, V, M = x.shape
+        if (C, V, M) != (self.in_channels, self.num_point, self.num_person):
+            raise ValueError(f"MSG3D built for C={self.in_channels}, V={self.num_point}, "
+                             f"M={self.num_person}; got input {tuple(x.shape)} (N, C, T, V, M)")
+        # Normalise each (person, joint, channel) over the batch and time, then fold persons
+        # into the batch.
+        x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(N, M * V * C, T))
+        x = x.reshape(N, M, V, C, T).permute(0, 1, 3, 4, 2).reshape(N * M, C, T, V)
+        for block in self.blocks:
+            x = block(x)
+        return x.reshape(N, M, x.shape[1], -1).mean(3).mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, V, M) -> (N, num_class)."""
+        return self.fc(self.dropout(self.forward_features(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# Presets. Paper sizes first, then tiny siblings that train on a CPU in seconds (T=16).
+
+_NTU = dict(num_point=25, num_person=2, graph="ntu-rgb+d", in_channels=3)
+_KINETICS = dict(num_point=18, num_person=2, graph="kinetics", in_channels=3)
+# One person, SMPL joints, xyz + 12 Laban features, five Big-Five trait scores. With 13/6 scales
+# this has 425,705 parameters (375k of them the A_res residual graphs); the reference quotes
+# ~560k measured on the authors' fork, whose exact changes we could not inspect.
+_PERSONALITY = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_class=5,
+                    channels=(12, 24, 48), task="regression")
+_TINY = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
+
+register_preset("msg3d_ntu60", MSG3D, num_class=60, num_gcn_scales=13, num_g3d_scales=6, **_NTU)
+register_preset("msg3d_kinetics", MSG3D, num_class=400, num_gcn_scales=8, num_g3d_scales=8, **_KINETICS)
+register_preset("msg3d_personality", MSG3D, num_gcn_scales=13, num_g3d_scales=6, **_PERSONALITY)
+
+register_preset("msg3d_ntu60_tiny", MSG3D, num_class=60, **_NTU, **_TINY)
+register_preset("msg3d_kinetics_tiny", MSG3D, num_class=400, **_KINETICS, **_TINY)
+register_preset("msg3d_personality_tiny", MSG3D, **{**_PERSONALITY, **_TINY})
