@@ -10,7 +10,8 @@ import datasets
 from datasets import DataConfig, build, read_bad_files
 from datasets.sampling import clip_indices
 from datasets.synthetic import write_video
-from datasets.video import VideoDataset, open_video, read_frames
+from datasets.decode import open_video, read_frames
+from datasets.video import VideoDataset
 
 NUM_VIDEOS = 8
 FRAMES = 40

@@ -1,0 +1,110 @@
+"""Scan a list for unreadable entries without training.
+
+    python -m datasets.check LIST [--root R] [--format video|csv|multilabel|rawframes]
+        [--separator S] [--prefix P] [--num-frames N --sampling-rate S] [--jobs J]
+
+Reports every bad entry as `list:line: path: reason`, the reason being one of: missing,
+empty file, zero frames, decode error: ..., too short: ... (fewer frames than the clip span,
+when --num-frames and --sampling-rate are given; the span is rescaled by the file's fps as in
+training). A video counts as readable when it opens and its first frame, a centred clip and
+its last frame decode. Exit status 1 if any entry is bad, 2 if the list itself is unusable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .lists import FORMATS, ListItem, read_list
+from .sampling import clip_indices, frame_stride
+
+
+def check_video(path: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
+                target_fps: float = 30.0) -> Optional[str]:
+    """None if the video is readable (and long enough for the clip), else the reason."""
+    from .decode import BadVideoError, open_video, read_frames  # decord only when checking videos
+
+    try:
+        vr = open_video(path)
+        n, fps = len(vr), vr.get_avg_fps()
+        probe = [0, n - 1]
+        if num_frames and sampling_rate:
+            probe += clip_indices(n, num_frames, sampling_rate, fps, target_fps, mode="test",
+                                  short_video="clamp").tolist()
+        read_frames(vr, np.array(probe))
+    except BadVideoError as e:
+        return str(e)
+    if num_frames and sampling_rate:
+        span = num_frames * frame_stride(sampling_rate, fps, target_fps)
+        if n < span:
+            return f"too short: {n} frames at {fps:g} fps, the clip spans {span:g}"
+    return None
+
+
+def check_frames(path: str, listed: Optional[int], num_frames: Optional[int] = None) -> Optional[str]:
+    """None if a frame folder exists and holds the frames the list says, else the reason."""
+    if not os.path.exists(path):
+        return "missing"
+    if not os.path.isdir(path):
+        return "not a folder"
+    count = sum(1 for e in os.scandir(path) if e.is_file() and e.stat().st_size > 0)
+    if count == 0:
+        return "zero frames"
+    if listed is not None and count < listed:
+        return f"frame count: the list says {listed}, the folder has {count}"
+    if num_frames and count < num_frames:
+        return f"too short: {count} frames for {num_frames} segments"
+    return None
+
+
+def _check(args: Tuple[ListItem, str, Optional[int], Optional[float], float]) -> Optional[str]:
+    item, fmt, num_frames, rate, target_fps = args
+    if fmt == "rawframes":
+        return check_frames(item.path, item.num_frames, num_frames)
+    return check_video(item.path, num_frames, rate, target_fps)
+
+
+def scan(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
+         target_fps: float = 30.0, jobs: int = 1) -> List[Tuple[ListItem, str]]:
+    """(item, reason) for every bad item, in list order."""
+    work = [(it, fmt, num_frames, sampling_rate, target_fps) for it in items]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            reasons = list(pool.map(_check, work, chunksize=16))
+    else:
+        reasons = [_check(w) for w in work]
+    return [(it, r) for it, r in zip(items, reasons) if r is not None]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datasets.check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("list", help="list file to scan")
+    parser.add_argument("--root", help="folder relative paths resolve against (default: the list's folder)")
+    parser.add_argument("--format", default="video", choices=FORMATS, help="list format")
+    parser.add_argument("--separator", default=" ", help="field separator of csv lists")
+    parser.add_argument("--prefix", default="", help="path prefix joined to every entry")
+    parser.add_argument("--num-frames", type=int, help="frames per clip (segments for rawframes)")
+    parser.add_argument("--sampling-rate", type=float, help="stride at --target-fps; with --num-frames, flags short videos")
+    parser.add_argument("--target-fps", type=float, default=30.0, help="frame rate the stride is defined at")
+    parser.add_argument("--jobs", type=int, default=1, help="processes to scan with")
+    a = parser.parse_args(argv)
+    root = a.root if a.root is not None else (os.path.dirname(a.list) or ".")
+    try:
+        items = read_list(a.list, root, a.format, a.separator, a.prefix)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bad = scan(items, a.format, a.num_frames, a.sampling_rate, a.target_fps, a.jobs)
+    for item, reason in bad:
+        print(f"{a.list}:{item.line}: {item.path}: {reason}")
+    print(f"{len(bad)} of {len(items)} entries unreadable" if bad else f"all {len(items)} entries readable",
+          file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`python -m datasets.check`: every unreadable entry reported with its reason, exit status."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from datasets import check
+from datasets.synthetic import write_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _video(path, n, fps=30, faststart=False):
+    frames = np.stack([np.full((32, 32, 3), 4 * i, np.uint8) for i in range(n)])
+    return write_video(str(path), frames, fps=fps, gop=8, faststart=faststart)
+
+
+def _list(tmp_path):
+    _video(tmp_path / "ok.mp4", 40)
+    _video(tmp_path / "short.mp4", 12)
+    _video(tmp_path / "fast.mp4", 40, fps=60)  # 40 frames at 60 fps: span 16 * 2 = 32 fits
+    data = open(_video(tmp_path / "whole.mp4", 40, faststart=True), "rb").read()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    names = ["ok", "short", "fast", "truncated", "missing", "empty"]
+    (tmp_path / "list.txt").write_text("".join(f"{n}.mp4 {i}\n" for i, n in enumerate(names)))
+    return tmp_path / "list.txt"
+
+
+def test_cli_reports_each_bad_entry(tmp_path):
+    lst = _list(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "datasets.check", str(lst), "--num-frames", "4", "--sampling-rate", "4"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.strip().splitlines()
+    reasons = {line.split(": ")[1].rsplit("/", 1)[-1]: line.split(": ", 2)[2] for line in lines}
+    assert set(reasons) == {"short.mp4", "truncated.mp4", "missing.mp4", "empty.mp4"}
+    assert reasons["missing.mp4"] == "missing" and reasons["empty.mp4"] == "empty file"
+    assert reasons["truncated.mp4"].startswith("decode error")
+    assert reasons["short.mp4"].startswith("too short: 12 frames")
+    assert lines[0].startswith(f"{lst}:2: ")
+    assert "4 of 6 entries unreadable" in out.stderr
+
+
+def test_clean_list_exits_zero_and_bad_list_two(tmp_path, capsys):
+    _video(tmp_path / "ok.mp4", 20)
+    (tmp_path / "good.txt").write_text("ok.mp4 0\n")
+    assert check.main([str(tmp_path / "good.txt")]) == 0
+    assert check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4"]) == 1
+    (tmp_path / "bad.txt").write_text("ok.mp4\n")
+    assert check.main([str(tmp_path / "bad.txt")]) == 2
+    assert "bad.txt:1" in capsys.readouterr().err
+
+
+def test_rawframes_folders(tmp_path, capsys):
+    for name, n in (("a", 5), ("b", 2)):
+        os.makedirs(tmp_path / name)
+        for i in range(n):
+            (tmp_path / name / f"{i + 1:05d}.jpg").write_bytes(b"x")
+    os.makedirs(tmp_path / "c")
+    (tmp_path / "frames.txt").write_text("a 5 0\nb 4 1\nc 3 2\nd 3 0\n")
+    assert check.main([str(tmp_path / "frames.txt"), "--format", "rawframes"]) == 1
+    out = capsys.readouterr().out
+    assert "b: frame count: the list says 4, the folder has 2" in out
+    assert "c: zero frames" in out and "d: missing" in out and "/a:" not in out
