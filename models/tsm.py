@@ -1,0 +1,209 @@
+"""TSM: Temporal Shift Module, optionally with DyReg-GNN graphs inside.
+
+Paper: "TSM: Temporal Shift Module for Efficient Video Understanding", Lin, Gan and Han, ICCV
+2019 (https://arxiv.org/abs/1811.08383; reference code mit-han-lab/temporal-shift-module).
+DyReg-GNN (Duta et al., NeurIPS 2021, bit-ml/DyReg-GNN) adds dynamic-region graphs to it, see
+`models/dyreg.py`.
+
+A 2D ResNet (torchvision parameter names, so ImageNet weights load by name) applied to every
+frame: the input (N, 3, T, H, W) becomes (N*T, 3, H, W). In the residual branch of every
+bottleneck, before conv1, `temporal_shift` moves 1/shift_div of the channels one frame back in
+time and another 1/shift_div one frame forward, zero-padded at the clip ends; the shortcut is
+not shifted ("blockres"). The head is dropout -> Linear per frame, then the average over T
+(TSN's average consensus). T is read from the input; `num_segments` records the clip length
+the model is trained for.
+
+DyReg: `dyreg_positions="layer2.2,layer3.4,layer4.1"` inserts a `DyRegResidual` after conv2 of
+those bottlenecks (before bn2), sized for the map it sees at `dyreg_input_size` input. It starts
+as the identity, so an ImageNet or TSM checkpoint behaves unchanged until it trains.
+
+`parameter_groups` gives TSM's optimiser groups (norms and biases without weight decay, biases at
+lr x2, the classifier at lr x5 / x10).
+"""
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from models._registry import register_preset
+from models.dyreg import DyRegResidual, NodeNorm, dyreg_kwargs
+from models.resnet3d import check_stages, init_resnet_weights
+
+
+def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> torch.Tensor:
+    """Shift channels along time on (N*T, C, H, W).
+
+    Channels [0, C/d) take the next frame's values (shifted back in time), channels [C/d, 2C/d)
+    the previous frame's (shifted forward); the frame that has no neighbour gets zeros; the rest
+    are untouched. d = shift_div; the channel layout is the reference's.
+    """
+    nt, c, h, w = x.shape
+    if nt % num_segments:
+        raise ValueError(f"batch*time={nt} is not a multiple of num_segments={num_segments}")
+    fold = c // shift_div
+    x = x.reshape(nt // num_segments, num_segments, c, h, w)
+    pad = x.new_zeros(x.shape[0], 1, fold, h, w)
+    back = torch.cat([x[:, 1:, :fold], pad], dim=1)
+    fwd = torch.cat([pad, x[:, :-1, fold:2 * fold]], dim=1)
+    return torch.cat([back, fwd, x[:, :, 2 * fold:]], dim=2).reshape(nt, c, h, w)
+
+
+class TSMBottleneck(nn.Module):
+    """torchvision ResNet bottleneck with a temporal shift at the start of the residual branch."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, shift_div: int = 8) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.shift_div = shift_div
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.dyreg: Optional[DyRegResidual] = None  # set by TSM for the named positions
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = temporal_shift(x, num_segments, self.shift_div) if self.shift_div > 0 else x
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.conv2(out)
+        if self.dyreg is not None:
+            out = self.dyreg(out, num_segments)
+        out = self.relu(self.bn2(out))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, NodeNorm)
+_WITH_BIAS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.GRU, nn.LSTM)
+
+
+class TSM(nn.Module):
+    """TSM ResNet on (N, C, T, H, W) -> logits (N, num_classes); see the module docstring."""
+
+    def __init__(self, num_classes: int = 174, num_segments: int = 8, layers: Tuple[int, ...] = (3, 4, 6, 3),
+                 widths: Tuple[int, ...] = (64, 128, 256, 512), shift_div: int = 8, dropout: float = 0.5,
+                 in_channels: int = 3, dyreg_positions: str = "", dyreg_input_size: int = 224,
+                 dyreg_max_node_dim: int = 256, dyreg_offset_dim: int = 128) -> None:
+        """
+        Args:
+            num_classes: classifier outputs.
+            num_segments: frames per clip the model is trained for (forward reads T from the input).
+            layers: bottlenecks per stage (ResNet-50: 3, 4, 6, 3).
+            widths: bottleneck widths per stage (stage output = 4 x width; stem width = widths[0]).
+            shift_div: 1/shift_div of the channels shift each way; 0 disables the shift (TSN).
+            dropout: dropout before the classifier.
+            in_channels: input channels (3 for RGB).
+            dyreg_positions: comma-separated bottlenecks ("layer2.2,layer3.4") that get a DyReg graph
+                after conv2; empty for plain TSM.
+            dyreg_input_size: input side the graphs are sized for (position-embedding and offset grids).
+            dyreg_max_node_dim: graph node width cap; wider conv2 outputs are projected to it.
+            dyreg_offset_dim: width of the region-offset embeddings and GRU.
+        """
+        super().__init__()
+        check_stages(widths, layers)
+        self.num_classes = num_classes
+        self.num_segments = num_segments
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        channels = widths[0]
+        for i, (planes, blocks) in enumerate(zip(widths, layers)):
+            stride = 1 if i == 0 else 2
+            stage = nn.ModuleList()
+            for j in range(blocks):
+                stage.append(TSMBottleneck(channels, planes, stride if j == 0 else 1, shift_div))
+                channels = planes * TSMBottleneck.expansion
+            self.add_module(f"layer{i + 1}", stage)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+        init_resnet_weights(self)
+        nn.init.normal_(self.fc.weight, 0.0, 0.001)  # TSN's new_fc init
+        nn.init.zeros_(self.fc.bias)
+        self.dyreg_positions = self._add_dyreg(dyreg_positions, dyreg_input_size, dyreg_max_node_dim,
+                                               dyreg_offset_dim)
+
+    def _add_dyreg(self, positions: str, input_size: int, max_node_dim: int, offset_dim: int) -> List[str]:
+        names = [p.strip() for p in positions.split(",") if p.strip()]
+        valid = [f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(self, f"layer{i}")))]
+        for name in names:
+            if name not in valid:
+                raise ValueError(f"dyreg_positions: no bottleneck {name!r}; valid: {', '.join(valid)}")
+            stage, block = name.split(".")
+            level = int(stage[len("layer"):])
+            map_size = max(1, input_size // (4 * 2 ** (level - 1)))  # conv2 output side (after its stride)
+            bottleneck = getattr(self, stage)[int(block)]
+            planes = bottleneck.conv2.out_channels
+            bottleneck.dyreg = DyRegResidual(planes, **dyreg_kwargs(planes, map_size, max_node_dim, offset_dim))
+        return names
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> per-frame features (N*T, C4)."""
+        if x.ndim != 5:
+            raise ValueError(f"expected input (N, C, T, H, W), got shape {tuple(x.shape)}")
+        n, c, t, h, w = x.shape
+        x = x.transpose(1, 2).reshape(n * t, c, h, w)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(1, 5):
+            for block in getattr(self, f"layer{i}"):
+                x = block(x, t)
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[0], x.shape[2]
+        logits = self.fc(self.dropout(self.forward_features(x)))
+        return logits.reshape(n, t, -1).mean(dim=1)  # average consensus
+
+    def parameter_groups(self, weight_decay: Optional[float] = None) -> List[Dict[str, Any]]:
+        """TSM's optimiser groups, each {"name", "params", "weight_decay", "lr_mult"}.
+
+        weights (convs, linears, GRUs, DyReg's offset scale and attention bias): decay, lr x1;
+        biases of convs, linears and GRUs: no decay, lr x2; BatchNorm/GroupNorm/LayerNorm
+        scales and shifts: no decay, lr x1; classifier weight: decay, lr x5; classifier bias: no
+        decay, lr x10 (the reference's fc_lr5 when training from ImageNet weights).
+        `weight_decay` is copied into the decayed groups (None: the optimiser's default); the
+        others get 0.0. Empty groups are left out.
+        """
+        groups: Dict[str, List[nn.Parameter]] = {"weight": [], "bias": [], "norm": [], "fc_weight": [], "fc_bias": []}
+        for module in self.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if module is self.fc:
+                    key = "fc_weight" if name == "weight" else "fc_bias"
+                elif isinstance(module, _NORMS):
+                    key = "norm"
+                elif isinstance(module, _WITH_BIAS) and name.startswith("bias"):
+                    key = "bias"
+                else:
+                    key = "weight"
+                groups[key].append(p)
+        spec = {"weight": (weight_decay, 1.0), "bias": (0.0, 2.0), "norm": (0.0, 1.0),
+                "fc_weight": (weight_decay, 5.0), "fc_bias": (0.0, 10.0)}
+        return [{"name": k, "params": groups[k], "weight_decay": spec[k][0], "lr_mult": spec[k][1]}
+                for k in groups if groups[k]]
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+
+_R50 = dict(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), shift_div=8, dropout=0.5)
+_TINY = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), shift_div=8, dropout=0.5)
+_DYREG_PAPER = "layer2.2,layer3.4,layer4.1"
+
+# Paper (DyReg-GNN's SSv2 setting): Something-Something v2, 174 classes, 16 segments x 224^2.
+# TSM-R50: 23,864,558 parameters; with DyReg 28,701,830 (+1,141,640 / +1,836,040 / +1,859,592).
+register_preset("tsm_r50", TSM, num_classes=174, num_segments=16, **_R50)
+register_preset("tsm_r50_dyreg", TSM, num_classes=174, num_segments=16, dyreg_positions=_DYREG_PAPER, **_R50)
+
+# Tiny presets for tests and CPU demos: 4 frames x 64^2, widths 8/16/32/64, one block per stage.
+register_preset("tsm_r50_tiny", TSM, num_classes=4, num_segments=4, **_TINY)
+register_preset("tsm_r50_dyreg_tiny", TSM, num_classes=4, num_segments=4, dyreg_positions="layer2.0,layer3.0,layer4.0",
+                dyreg_input_size=64, dyreg_max_node_dim=32, dyreg_offset_dim=16, **_TINY)
