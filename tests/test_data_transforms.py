@@ -11,19 +11,29 @@ def _frames(t=4, h=24, w=40, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
 
 
-def test_to_tchw_scales_uint8_and_keeps_float():
+def test_to_tchw_is_a_view_keeping_dtype():
     f = _frames()
     x = T.to_tchw(f)
-    assert x.shape == (4, 3, 24, 40) and x.dtype == torch.float32
-    assert torch.allclose(x[1, 2], torch.from_numpy(f[1, :, :, 2]).float() / 255)
-    y = T.to_tchw(f.astype(np.float32) / 255)
-    assert torch.allclose(x, y)
+    assert x.shape == (4, 3, 24, 40) and x.dtype == torch.uint8
+    assert torch.equal(x[1, 2], torch.from_numpy(f[1, :, :, 2]))
+    assert x.data_ptr() == torch.from_numpy(f).data_ptr()  # no copy
+    assert T.to_tchw(f.astype(np.float32) / 255).dtype == torch.float32
     with pytest.raises(ValueError, match="T, H, W, C"):
         T.to_tchw(f[0])
+    with pytest.raises(ValueError, match="uint8 or float"):
+        T.to_tchw(f.astype(np.int32))
+
+
+def test_uint8_and_float_resize_agree_within_rounding():
+    f = _frames()
+    u = T.short_side_resize(T.to_tchw(f), 15)
+    x = T.short_side_resize(T.to_tchw(f.astype(np.float32) / 255), 15)
+    assert u.dtype == torch.uint8 and x.dtype == torch.float32
+    assert (u.float() / 255 - x).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_short_side_resize_keeps_aspect_and_matches_interpolate():
-    x = T.to_tchw(_frames())
+    x = T.to_tchw(_frames()).float() / 255
     y = T.short_side_resize(x, 12)
     assert y.shape == (4, 3, 12, 20)
     ref = F.interpolate(x, size=(12, 20), mode="bilinear", align_corners=False, antialias=False)
@@ -81,7 +91,9 @@ def test_normalize_to_cthw():
     x = T.to_tchw(_frames())
     y = T.normalize(x, [0.5, 0.4, 0.3], [0.2, 0.25, 0.5])
     assert y.shape == (3, 4, 24, 40) and y.dtype == torch.float32 and y.is_contiguous()
-    assert torch.allclose(y[1, 2], (x[2, 1] - 0.4) / 0.25)
+    assert torch.allclose(y[1, 2], (x[2, 1].float() / 255 - 0.4) / 0.25, atol=1e-5)
+    xf = x.float() / 255  # float input is on the 0-1 scale
+    assert torch.allclose(T.normalize(xf, [0.5, 0.4, 0.3], [0.2, 0.25, 0.5]), y, atol=1e-5)
 
 
 def test_multi_scale_crop_sizes_positions_and_seed():
@@ -105,6 +117,6 @@ def test_train_and_eval_chains():
     c = T.train_clip(f, 16, [18, 24], [0.45] * 3, [0.225] * 3, np.random.default_rng(1), multi_scale=True)
     assert c.shape == (3, 3, 16, 16)
     e = T.eval_clip(f, 16, 20, [0.0] * 3, [1.0] * 3)
-    expected = T.center_crop(T.short_side_resize(T.to_tchw(f), 20), 16).permute(1, 0, 2, 3)
-    assert torch.equal(e, expected)
+    expected = T.center_crop(T.short_side_resize(T.to_tchw(f), 20), 16).permute(1, 0, 2, 3).float() / 255
+    assert torch.allclose(e, expected, atol=1e-6)
     assert T.eval_clip(f, 16, 20, [0.0] * 3, [1.0] * 3, crop_index=0).shape == (3, 3, 16, 16)

@@ -223,3 +223,15 @@ def test_package_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(datasets.__file__)))
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_seeded_batches_do_not_depend_on_worker_count(video_root):
+    ds = build(_cfg(video_root), "train")
+    keys = [(i, 1000 + 7 * i) for i in (5, 0, 3, 3, 7, 1)]
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, sampler=keys, num_workers=workers)
+        return [b for b in loader]
+
+    for (c0, l0), (c2, l2) in zip(batches(0), batches(2)):
+        assert torch.equal(c0, c2) and torch.equal(l0, l2)

@@ -1,0 +1,153 @@
+"""Data pipeline throughput: how close the dataset gets to bare decoding, and what workers add.
+
+    .venv/bin/python bench/data_pipeline.py [--videos 24] [--size 160] [--frames 96]
+        [--num-frames 8] [--sampling-rate 8] [--crop 112] [--workers 2] [--repeats 2]
+
+On generated H.264 videos (a panning texture with grain, so that decoding costs what real
+footage costs, unlike the mostly static synthetic set), for the SAME sampled indices:
+  (a) bare decord: open VideoReader(num_threads=1) + one get_batch of the sorted unique indices
+  (b) VideoDataset.__getitem__((i, seed)): sampling + decode + train transforms, in-process
+  (c) a DataLoader with --workers worker processes over the same keys
+and prints clips/s, b/a (target >= 0.8) and c/b (target >= 1.6 with 2 workers on 2 cores).
+Side fact: get_batch on the same frames given unsorted vs sorted.
+Torch runs single-threaded in-process, as in DataLoader workers, so (b) and (c) compare
+one core against --workers cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets import DataConfig, build  # noqa: E402
+from datasets.decode import open_video, read_frames  # noqa: E402
+from datasets.synthetic import write_video  # noqa: E402
+
+
+def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0) -> str:
+    """`count` videos of a texture panning under a moving shape, plus per-frame grain;
+    writes train.txt and returns it."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for k in range(count):
+        path = os.path.join(folder, f"bench_{k:03d}.mp4")
+        if not os.path.exists(path):
+            texture = rng.integers(0, 200, (size // 4 + 1, 2 * size // 4 + 1, 3)).repeat(4, 0).repeat(4, 1)
+            texture = texture.astype(np.uint8)
+            clip = np.empty((frames, size, size, 3), np.uint8)
+            for t in range(frames):
+                x = (2 * t) % size
+                clip[t] = texture[:size, x : x + size]
+                clip[t, size // 3 : size // 3 + size // 5, (3 * t) % (size - size // 5) :][:, : size // 5] = 240
+            clip = np.clip(clip.astype(np.int16) + rng.integers(-12, 13, clip.shape), 0, 255).astype(np.uint8)
+            write_video(path, clip, fps=30)
+        lines.append(f"{os.path.basename(path)} {k % 4}\n")
+    with open(os.path.join(folder, "train.txt"), "w") as f:
+        f.writelines(lines)
+    return folder
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", type=int, default=24)
+    p.add_argument("--size", type=int, default=160, help="frame side of the generated videos")
+    p.add_argument("--frames", type=int, default=96, help="frames per generated video")
+    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--sampling-rate", type=int, default=8)
+    p.add_argument("--crop", type=int, default=112)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2, help="passes over the videos (different seeds)")
+    p.add_argument("--dir", help="folder for the videos (default: a temporary one)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="bench_data_")
+    folder = a.dir or tmp.name
+    os.makedirs(folder, exist_ok=True)
+    t0 = time.perf_counter()
+    make_videos(folder, a.videos, a.size, a.frames)
+    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} "
+          f"({time.perf_counter() - t0:.1f}s to make)")
+    short = [a.crop + a.crop // 7, a.crop + a.crop // 7 * 3]
+    cfg = DataConfig(root=folder, num_frames=a.num_frames, sampling_rate=a.sampling_rate, crop_size=a.crop,
+                     train_short_side=short, test_short_side=a.crop, num_workers=a.workers)
+    ds = build(cfg, "train")
+    keys = [(i, 1000 * r + i) for r in range(a.repeats) for i in range(len(ds))]
+    # the exact indices __getitem__ will decode: sampling is the first draw from the seed's generator
+    plans = []
+    for i, seed in keys:
+        vr = open_video(ds.items[i].path)
+        plans.append((ds.items[i].path, ds.sample_indices(len(vr), vr.get_avg_fps(), np.random.default_rng(seed))))
+    print(f"clip: {a.num_frames} frames x rate {a.sampling_rate}, train transforms (short side {short}, "
+          f"crop {a.crop}, flip); {len(keys)} clips per measurement")
+
+    for path, idx in plans[:4]:  # warm the page cache and decord's first-use costs
+        read_frames(open_video(path), idx)
+        ds[keys[0]]
+
+    # (a) and (b) alternate clip by clip, so that load from other processes hits both alike
+    t_bare = t_item = 0.0
+    for (path, idx), key in zip(plans, keys):
+        t = time.perf_counter()
+        read_frames(open_video(path), idx)
+        t_bare += time.perf_counter() - t
+        t = time.perf_counter()
+        ds[key]
+        t_item += time.perf_counter() - t
+    bare, item = _rate(len(keys), t_bare), _rate(len(keys), t_item)
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, sampler=keys, num_workers=a.workers)
+    t = time.perf_counter()
+    it = iter(loader)
+    first = next(it)
+    t_first = time.perf_counter()
+    rest = sum(b[0].shape[0] for b in it)
+    t_end = time.perf_counter()
+    loaded = _rate(rest, t_end - t_first)
+    loaded_all = _rate(rest + first[0].shape[0], t_end - t)
+
+    print(f"(a) bare decord get_batch      {bare:8.1f} clips/s")
+    print(f"(b) dataset __getitem__        {item:8.1f} clips/s   b/a = {item / bare:.2f}  (target >= 0.8)")
+    print(f"(c) DataLoader, {a.workers} workers      {loaded:8.1f} clips/s   c/b = {loaded / item:.2f}  "
+          f"(target >= 1.6; {loaded_all:.1f} clips/s counting worker start-up)")
+
+    # side fact: the same frames requested unsorted
+    t_sorted = t_unsorted = 0.0
+    rng = np.random.default_rng(0)
+    for path, idx in plans:
+        uniq = np.unique(idx)
+        shuffled = rng.permutation(uniq)
+        if len(uniq) > 1 and (shuffled == uniq).all():
+            shuffled = uniq[::-1]
+        for order, acc in ((uniq, "s"), (shuffled, "u")):
+            vr = open_video(path)
+            t = time.perf_counter()
+            vr.get_batch(order.tolist())
+            if acc == "s":
+                t_sorted += time.perf_counter() - t
+            else:
+                t_unsorted += time.perf_counter() - t
+    print(f"side fact: get_batch unsorted / sorted time = {t_unsorted / t_sorted:.1f}x "
+          f"({1000 * t_unsorted / len(plans):.1f} vs {1000 * t_sorted / len(plans):.1f} ms per clip)")
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {os.cpu_count()} CPUs" + ("  (busy machine: c/b is capped by the free cores)"
+                                                                  if load > (os.cpu_count() or 1) - 0.5 else ""))
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
