@@ -190,3 +190,10 @@ def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
     report = {"missing": list(result.missing_keys), "unexpected": [k for k in state if k not in own], "mismatched": mismatched}
     log.info("loaded %d tensors from %s; skipped %d with another shape: %s", len(usable), file, len(mismatched), mismatched)
     return report
+
+
+def warm_up() -> None:
+    """Build DeepSpeed's CPU ops once (about a minute) so later runs and tests start in seconds."""
+    from launch.distributed import resolve_env
+
+    init_distributed(resolve_env().backend)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a small generated video set, a warm DeepSpeed op cache, and a train.py runner."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def deepspeed_ready() -> None:
+    """Compile DeepSpeed's CPU ops once per test session (the cache lives in ~/.cache/torch_extensions)."""
+    subprocess.run([sys.executable, "-c", "from launch.engine import warm_up; warm_up()"], cwd=REPO, check=True,
+                   timeout=900, env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"})
+
+
+@pytest.fixture(scope="session")
+def video_set(tmp_path_factory) -> Path:
+    """48 train + 16 val real H.264 clips of the synthetic motion classes (32x32, 24 frames)."""
+    from datasets.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic"), num_train=48, num_val=16, size=32, frames=24)
+
+
+def tiny_overrides(data_dir: Path, output_dir: Path, name: str = "run") -> List[str]:
+    """A run of the tiny TimeSformer on `video_set` that takes seconds on two cores."""
+    return [f"data.root={data_dir}", f"output_dir={output_dir}", f"name={name}", "experiment=tests",
+            "model.name=timesformer_tiny", "model.num_classes=4", "model.num_frames=4",
+            "data.num_frames=4", "data.sampling_rate=6", "data.train_short_side=[32,36]", "data.test_short_side=32",
+            "data.crop_size=32", "data.num_workers=1", "optim.name=adamw", "optim.lr=0.002", "optim.base_batch_size=8",
+            "optim.weight_decay=0.01", "optim.schedule=constant", "train.epochs=2", "train.micro_batch_size=8",
+            "train.log_every_steps=1"]
+
+
+def run_train(args: List[str], env: Optional[dict] = None, timeout: int = 600, check: bool = True,
+              script: str = "launch/train.py") -> subprocess.CompletedProcess:
+    """Run an entry point of the suite as a user would, from the repository root."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI"):
+        if env is None or key not in env:
+            full_env.pop(key, None)
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def final_weights(run_dir: Path):
+    """Module weights of the newest complete checkpoint of a run."""
+    import torch
+
+    from launch import checkpoint as ckpt
+    from launch.engine import model_state_file
+
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None, f"no complete checkpoint in {run_dir}"
+    return torch.load(model_state_file(latest), map_location="cpu", weights_only=False)["module"]

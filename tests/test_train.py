@@ -1,0 +1,121 @@
+"""End-to-end training with the real DeepSpeed engine and MLflow store, in subprocesses as a user runs it."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, final_weights, free_port, run_train, tiny_overrides
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
+
+
+def journal_metrics(run_dir, key):
+    events = [json.loads(line) for line in (run_dir / "tracking" / "journal.jsonl").read_text().splitlines()]
+    return [(e["step"], e["values"][key]) for e in events if e["kind"] == "metrics" and key in e["values"]]
+
+
+@pytest.fixture(scope="module")
+def reference_run(video_set, tmp_path_factory):
+    """An uninterrupted deterministic run (with dropout, accumulation and mid-epoch checkpoints)."""
+    out = tmp_path_factory.mktemp("runs")
+    overrides = tiny_overrides(video_set, out, "reference") + [
+        "model.drop_path_rate=0.2", "train.grad_accum=2", "checkpoint.every_steps=1", "checkpoint.keep_last=10",
+        "deterministic=true", "train.epochs=3"]
+    proc = run_train(["--config", "configs/demo.yaml", *overrides])
+    return out / "tests" / "reference", overrides, proc
+
+
+def test_training_lowers_the_loss(video_set, tmp_path):
+    proc = run_train([*tiny_overrides(video_set, tmp_path, "learn"), "train.epochs=6", "optim.lr=0.003"])
+    losses = [v for _, v in journal_metrics(tmp_path / "tests" / "learn", "train/loss")]
+    assert len(losses) == 6 * 6  # 48 clips / micro batch 8 = 6 optimizer steps per epoch, logged every step
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < first - 0.05, f"loss did not fall: first epoch {first:.3f}, last epoch {last:.3f}"
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+
+
+def test_mlflow_run_contents(reference_run):
+    from mlflow.tracking import MlflowClient
+
+    run_dir, overrides, _ = reference_run
+    client = MlflowClient(f"sqlite:///{run_dir.parents[1] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tests")
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'reference'")
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.name"] == "timesformer_tiny" and params["train.grad_accum"] == "2"
+    # effective batch 8 x 2 x 1 = 16 against base 8 under the linear rule: LR doubles
+    assert float(params["optim.scaled_lr"]) == pytest.approx(0.004) and params["optim.effective_batch_size"] == "16"
+    assert run.data.tags["world_size"] == "1" and len(run.data.tags["git.commit"]) in (40, 7)
+    assert "host" in run.data.tags and "git.dirty" in run.data.tags
+    loss_history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in loss_history] == list(range(1, 10))  # 3 optimizer steps per epoch x 3 epochs
+    top1 = client.get_metric_history(run.info.run_id, "val/top1")
+    assert [m.step for m in top1] == [3, 6, 9]
+    for key in ("val/top5", "val/mean_class_acc", "val/loss", "train/lr", "train/clips_per_s", "train/data_wait_ms",
+                "data/bad_files"):
+        assert client.get_metric_history(run.info.run_id, key), key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "confusion_matrix.png", "final_metrics.json"} <= artifacts
+
+
+def test_resolved_config_reproduces_the_run(reference_run, tmp_path):
+    run_dir, _, _ = reference_run
+    proc = run_train(["--config", str(run_dir / "config.yaml"), "--print-config"])
+    assert proc.stdout == (run_dir / "config.yaml").read_text()
+
+
+def test_resume_mid_epoch_is_bit_identical(reference_run, tmp_path):
+    run_dir, overrides, _ = reference_run
+    resumed = [*overrides, f"output_dir={tmp_path}"]
+    # stop after optimizer step 4: epoch 2, micro batch 2 of 6 (mid-epoch, accumulation boundary)
+    run_train(["--config", "configs/demo.yaml", "--stop-after-step", "4", *resumed], script="tests/helpers/faulty_train.py")
+    partial = tmp_path / "tests" / "reference"
+    assert json.loads((partial / "checkpoints" / "step_00000004" / "meta.json").read_text())["micro_in_epoch"] == 2
+    proc = run_train(["--config", str(partial / "config.yaml")])
+    assert "resumed from" in proc.stdout and "optimizer step 4" in proc.stdout
+    expected, got = final_weights(run_dir), final_weights(partial)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_kill_during_save_leaves_a_resumable_run(reference_run, tmp_path):
+    run_dir, overrides, _ = reference_run
+    resumed = [*overrides, f"output_dir={tmp_path}"]
+    proc = run_train(["--config", "configs/demo.yaml", "--die-in-save-of", "5", *resumed], script="tests/helpers/faulty_train.py", check=False)
+    assert proc.returncode == 9
+    ckpts = tmp_path / "tests" / "reference" / "checkpoints"
+    assert (ckpts / ".tmp-step_00000005").exists() and not (ckpts / "step_00000005").exists()
+    proc = run_train(["--config", str(tmp_path / "tests" / "reference" / "config.yaml")])
+    assert "removed incomplete checkpoint" in proc.stdout and "optimizer step 4" in proc.stdout
+    expected, got = final_weights(run_dir), final_weights(tmp_path / "tests" / "reference")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_existing_checkpoints_and_no_resume_refuse_to_overwrite(reference_run):
+    run_dir, overrides, _ = reference_run
+    proc = run_train(["--no-resume", *overrides], check=False)
+    assert proc.returncode != 0 and "already holds checkpoints" in proc.stderr
+
+
+def test_two_processes_under_torchrun_with_zero(video_set, tmp_path):
+    port = free_port()
+    proc = run_train(["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "launch/train.py",
+                      *tiny_overrides(video_set, tmp_path, "ddp"), "train.zero_stage=1", "train.micro_batch_size=4",
+                      "train.epochs=1", "optim.clip_grad=1.0"], script="-m")
+    assert "world size 2; effective batch 8 = micro 4 x accumulation 1 x world 2" in proc.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.tags["world_size"] == "2" and run.data.params["optim.effective_batch_size"] == "8"
+    assert float(run.data.params["optim.scaled_lr"]) == pytest.approx(0.002)
+    ckpt = next((tmp_path / "tests" / "ddp" / "checkpoints").glob("step_*"))
+    assert sorted(p.name for p in ckpt.glob("zero_pp_rank_*")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # 48 clips over 2 ranks x micro 4 = 6 steps; every rank saw its own shard, all ranks logged nothing twice
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
