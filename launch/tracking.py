@@ -112,7 +112,7 @@ class MlflowSink:
 
     def send(self, run_id: str, events: Iterable[Dict[str, Any]], run_dir: Path) -> None:
         """Replay events into the run, batching metrics and params."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, RunTag
 
         metrics: List[Metric] = []
         for event in events:
@@ -123,9 +123,7 @@ class MlflowSink:
             self._flush_metrics(run_id, metrics)
             metrics = []
             if kind == "params":
-                items = [Param(k, _param_text(v)) for k, v in event["values"].items()]
-                for i in range(0, len(items), _BATCH):
-                    self.client.log_batch(run_id, params=items[i:i + _BATCH])
+                self._log_params(run_id, {k: _param_text(v) for k, v in event["values"].items()})
             elif kind == "tags":
                 self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in event["values"].items()])
             elif kind == "artifact":
@@ -135,6 +133,18 @@ class MlflowSink:
             elif kind == "end":
                 self.client.set_terminated(run_id, status=event["status"], end_time=event["time"])
         self._flush_metrics(run_id, metrics)
+
+    def _log_params(self, run_id: str, params: Dict[str, str]) -> None:
+        """MLflow params are immutable: a resumed run with a changed value records it as a `changed.` tag."""
+        from mlflow.entities import Param, RunTag
+
+        logged = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in logged]
+        changed = [RunTag(f"changed.{k}", v) for k, v in params.items() if k in logged and logged[k] != v]
+        for i in range(0, len(new), _BATCH):
+            self.client.log_batch(run_id, params=new[i:i + _BATCH])
+        if changed:
+            self.client.log_batch(run_id, tags=changed)
 
     def _flush_metrics(self, run_id: str, metrics: list) -> None:
         for i in range(0, len(metrics), 1000):

@@ -75,8 +75,14 @@ def test_resume_mid_epoch_is_bit_identical(reference_run, tmp_path):
     run_train(["--config", "configs/demo.yaml", "--stop-after-step", "4", *resumed], script="tests/helpers/faulty_train.py")
     partial = tmp_path / "tests" / "reference"
     assert json.loads((partial / "checkpoints" / "step_00000004" / "meta.json").read_text())["micro_in_epoch"] == 2
-    proc = run_train(["--config", str(partial / "config.yaml")])
+    proc = run_train(["--config", str(partial / "config.yaml"), "train.log_every_steps=3"])
     assert "resumed from" in proc.stdout and "optimizer step 4" in proc.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])  # one run, continued
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [3, 6, 9]
+    assert run.data.params["train.log_every_steps"] == "1" and run.data.tags["changed.train.log_every_steps"] == "3"
     expected, got = final_weights(run_dir), final_weights(partial)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -119,3 +125,18 @@ def test_two_processes_under_torchrun_with_zero(video_set, tmp_path):
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     # 48 clips over 2 ranks x micro 4 = 6 steps; every rank saw its own shard, all ranks logged nothing twice
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+
+
+def test_load_weights_skips_a_head_of_another_shape(tmp_path):
+    import models
+    from launch.engine import load_weights
+
+    source = models.create("timesformer_tiny", num_classes=4)
+    torch.save({"module": source.state_dict()}, tmp_path / "weights.pt")
+    target = models.create("timesformer_tiny", num_classes=7)
+    report = load_weights(target, tmp_path / "weights.pt")
+    assert sorted(report["mismatched"]) == ["head.bias", "head.weight"]
+    assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert target.head.weight.shape == (7, source.head.weight.shape[1])
+    with pytest.raises(FileNotFoundError, match="--load-from"):
+        load_weights(target, tmp_path / "missing.pt")
