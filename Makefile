@@ -16,7 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The main job on its embedded defaults: generated H.264 clips, local process, SQLite MLflow under runs/.
 demo: setup
+	$(PY) -m datasets.synthetic data/synthetic
 	$(PY) launch/train.py --config configs/demo.yaml
 
 test: setup
@@ -24,6 +26,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/data_pipeline.py
 
 clean-runs:
 	rm -rf runs
