@@ -3,13 +3,14 @@
     python -m datasets.synthetic data/synthetic [--num-train 160] [--num-val 64] [--size 64]
         [--frames 48] [--fps 30] [--seed 0] [--classes 4]
 
-Each video: a bright square or disc (random colour, random position) on a static random
-texture. The shape stands still except during a motion window of a third of the video
-(random start), when it slides by a quarter of the frame: right, left, down or up (classes
-0-3; with --classes up to 8, the four diagonals follow). A single frame says nothing about
-the class (the trajectory's midpoint is random and the static position before/after the
-window is symmetric over the data set), so a clip must span the motion window: the product
-frames x sampling rate matters (8 x 6 covers all 48 frames).
+Each video: a bright square or disc (random colour) on a static random texture. The shape
+stands still except during a motion window of a third of the video (random start), during
+which, by class: 0 `up` / 1 `down` it slides by 3/8 of the frame, 2 `grow` / 3 `shrink` its
+side goes between 1/8 and 3/8 of the frame; with --classes 5-6, 4 `right` / 5 `left` (these
+two need `data.flip: false`: a horizontal flip swaps them; the first four survive flips).
+A single frame says nothing about the class: position and size take, for every class, the
+distribution they have over the frames of the class that changes them. So a clip must span
+the motion window: frames x sampling rate matters (8 x 6 covers all 48 frames).
 
 Files: `train/0000.mp4 ...`, `val/...` (H.264 via PyAV, libx264, yuv420p), `classes.txt`,
 `synthetic.json` (the parameters) and the lists `train.txt` / `val.txt` (`path label`),
@@ -18,7 +19,7 @@ complete, and is not generated again. Everything is derived from the seed: one s
 the same files byte for byte.
 
 Default size 64, not 48: decord 0.6 mis-decodes 16/24/48/72-pixel-wide videos
-(dmlc/decord#336; `datasets.video.read_frames` works around it, but on a slower path).
+(dmlc/decord#336; `datasets.decode.read_frames` works around it, but on a slower path).
 """
 from __future__ import annotations
 
@@ -32,13 +33,12 @@ from typing import List, Optional
 
 import numpy as np
 
-DIRECTIONS = {  # name -> (dx, dy) unit step
-    "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
-    "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1),
-}
-CLASS_NAMES = list(DIRECTIONS)
+# The first four classes are unchanged by a horizontal flip (training flips by default);
+# left/right (with --classes 5-6) need data.flip: false.
+CLASS_NAMES = ["up", "down", "grow", "shrink", "right", "left"]
+MOVES = {"up": (0, -1), "down": (0, 1), "right": (1, 0), "left": (-1, 0)}  # name -> (dx, dy)
 SPLIT_IDS = {"train": 0, "val": 1}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when render() changes: existing sets are then regenerated
 
 
 def write_video(path: str, frames: np.ndarray, fps: float = 30, crf: int = 18, gop: Optional[int] = None,
@@ -78,37 +78,60 @@ def _rate(fps: float):
     return Fraction(fps).limit_denominator(1001)
 
 
+def _mixture(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """lo or hi or uniform in between, each a third of the time: the distribution a quantity
+    takes over the frames of a video that moves it from lo to hi during the middle third."""
+    pick = int(rng.integers(0, 3))
+    return (lo, hi, float(rng.uniform(lo, hi)))[pick]
+
+
 def render(rng: np.random.Generator, label: int, size: int = 64, frames: int = 48) -> np.ndarray:
-    """One clip of class `label` as (frames, size, size, 3) uint8; all randomness from `rng`."""
-    dx, dy = DIRECTIONS[CLASS_NAMES[label]]
-    k = max(4, size // 5)  # shape side
-    margin = size // 8
-    travel = size / 4
+    """One clip of class `label` as (frames, size, size, 3) uint8; all randomness from `rng`.
+
+    Every quantity a class changes (vertical or horizontal position, size) is, for the
+    classes that do not change it, drawn from the distribution it has over the frames of the
+    classes that do: so the marginal of any single frame is the same for every class.
+    """
+    name = CLASS_NAMES[label]
+    small, large = size / 8, 3 * size / 8  # shape side range
+    travel = 3 * size / 8  # distance moved by up/down/left/right
     # static textured background: coarse blobs plus fine grain, darker than the shape
-    coarse = rng.integers(0, 110, (size // 8 + 1, size // 8 + 1, 3))
-    background = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:size, :size] + rng.integers(0, 40, (size, size, 3))
+    coarse = rng.integers(0, 70, (size // 8 + 1, size // 8 + 1, 3))
+    background = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:size, :size] + rng.integers(0, 30, (size, size, 3))
     background = background.astype(np.uint8)
-    colour = rng.integers(170, 256, 3).astype(np.uint8)
+    colour = rng.integers(160, 256, 3).astype(np.uint8)
     disc = bool(rng.integers(0, 2))
-    # the trajectory's midpoint is uniform; an axis without motion is offset by +-travel/2
-    # so that single-frame positions have the same spread on both axes for every class
-    lo, hi = margin + travel / 2, size - margin - k - travel / 2
-    mid = rng.uniform(lo, hi, 2)
-    side = rng.choice([-1.0, 1.0], 2)
-    step = np.array([dx, dy], dtype=float)
-    if dx and dy:
-        step /= np.sqrt(2.0)
-    mid = mid + (step == 0) * side * travel / 2
+    # centre: a random midpoint, then per axis an offset in [-travel/2, travel/2]: moving
+    # from one end to the other for the class moving along it, else a static draw
+    room = size / 2 - large / 2 - travel / 2 - 1
+    mid = size / 2 + rng.uniform(-room, room, 2)
+    offsets = [_mixture(rng, -travel / 2, travel / 2) for _ in range(2)]
+    side = _mixture(rng, small, large)
     window = max(2, round(frames / 3))
     start_t = int(rng.integers(0, frames - window + 1))
-    yy, xx = np.mgrid[0:k, 0:k]
-    mask = ((yy - (k - 1) / 2) ** 2 + (xx - (k - 1) / 2) ** 2 <= (k / 2) ** 2) if disc else np.ones((k, k), bool)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
     out = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
-        progress = min(max((t - start_t) / window, 0.0), 1.0)
-        x, y = np.rint(mid + step * travel * (progress - 0.5)).astype(int)
+        # 0 before the window, 1 after, (i + 0.5) / window at its i-th frame: symmetric, so
+        # frames before and after are equally frequent over the data set
+        p = min(max((t - start_t + 0.5) / window, 0.0), 1.0)
+        ox, oy = offsets
+        k = side
+        if name in MOVES:
+            dx, dy = MOVES[name]
+            ox = ox if dx == 0 else dx * travel * (p - 0.5)
+            oy = oy if dy == 0 else dy * travel * (p - 0.5)
+        elif name == "grow":
+            k = small + (large - small) * p
+        elif name == "shrink":
+            k = large - (large - small) * p
+        cx, cy = mid[0] + ox, mid[1] + oy
+        if disc:
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= (k / 2) ** 2
+        else:
+            mask = (np.abs(xx - cx) <= k / 2) & (np.abs(yy - cy) <= k / 2)
         out[t] = background
-        out[t, y : y + k, x : x + k][mask] = colour
+        out[t][mask] = colour
     return out
 
 
