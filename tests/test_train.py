@@ -140,3 +140,15 @@ def test_load_weights_skips_a_head_of_another_shape(tmp_path):
     assert target.head.weight.shape == (7, source.head.weight.shape[1])
     with pytest.raises(FileNotFoundError, match="--load-from"):
         load_weights(target, tmp_path / "missing.pt")
+
+
+def test_resume_from_another_runs_checkpoint(reference_run, tmp_path):
+    run_dir, overrides, _ = reference_run
+    source = run_dir / "checkpoints" / "step_00000004"
+    proc = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path}", "--resume-from", str(source)])
+    assert "resumed from" in proc.stdout and "epoch 2, micro batch 2, optimizer step 4" in proc.stdout
+    expected, got = final_weights(run_dir), final_weights(tmp_path / "tests" / "reference")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    bad = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path / 'x'}", "--resume-from",
+                     str(tmp_path / "nowhere")], check=False)
+    assert bad.returncode != 0 and "not a complete checkpoint folder" in bad.stderr
