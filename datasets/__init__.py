@@ -2,7 +2,8 @@
 
 Importing this package is cheap (no torch, no decord): the dataset modules are imported only
 when `build` needs them, so `from datasets import DataConfig` stays fast for the launcher.
-Datasets import only torch, numpy, decord, av and the standard library.
+Datasets import only torch, numpy, decord, av, Pillow (frame folders), the numpy-only
+`models.graphs` (skeleton bones) and the standard library.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .lists import read_bad_files
 # name -> "module:Class"; each class is constructed as Class(cfg: DataConfig, split: str)
 DATASETS = {
     "video": ".video:VideoDataset",
+    "rawframes": ".rawframes:RawFrameDataset",
 }
 SPLITS = ("train", "val", "test")
 
@@ -21,7 +23,7 @@ SPLITS = ("train", "val", "test")
 def build(cfg: DataConfig, split: str):
     """The `torch.utils.data.Dataset` of `split` (train/val/test) for `cfg.dataset`."""
     if cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; valid: {', '.join(sorted(DATASETS))}")
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     module, name = DATASETS[cfg.dataset].split(":")

@@ -10,7 +10,7 @@ class DataConfig:
     """Where the clips come from, how frames are sampled and how they are augmented."""
 
     dataset: str = "video"
-    """Dataset kind: `video` (decord-decoded files)."""
+    """Dataset kind: `video` (decord-decoded files) or `rawframes` (JPEG/PNG frame folders)."""
     root: str = "data/synthetic"
     """Folder that relative list paths and relative video paths resolve against."""
     train_list: str = "train.txt"
@@ -21,7 +21,7 @@ class DataConfig:
     """Test list file; defaults to `val_list`."""
     list_format: str = "video"
     """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
-    `rawframes` (`frame_dir total_frames label`: parsed by `datasets.lists`, no dataset yet)."""
+    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
     separator: str = " "
     """Field separator of `csv` lists."""
     path_prefix: str = ""
@@ -65,3 +65,11 @@ class DataConfig:
     bad_files_log: Optional[str] = None
     """File each worker appends `path<TAB>reason` lines to for every unreadable video
     (`datasets.read_bad_files` reads it back); None: only warnings. The engine points it at the run folder."""
+    test_num_clips: int = 1
+    """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres and starts)."""
+    test_num_crops: int = 1
+    """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side)."""
+    frame_template: str = "img_{:05d}.jpg"
+    """rawframes: file name of frame i inside a frame folder (`str.format` of the frame number)."""
+    frame_start_index: int = 1
+    """rawframes: number of a folder's first frame file (0 or 1)."""

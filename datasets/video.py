@@ -2,16 +2,27 @@
 deduplicated decord `get_batch` per clip), sampled by `datasets.sampling`, transformed by
 `datasets.transforms`.
 
+`ClipDataset` is the part every frame source shares (video files here, frame folders in
+`datasets.rawframes`, the per-person clips of `datasets.multiperson`): the list, the seeded
+keys, sampling, transforms, the multi-view test split and bad-file skipping. A subclass only
+says how to open one item (`open`: its frame count, fps and a reader of given indices).
+
 Unreadable videos (missing, empty, truncated, undecodable) do not stop an epoch: the sample
 is replaced by the next readable one of the split, the file is warned about once, kept in
 `dataset.bad_files` and appended to `cfg.bad_files_log`; past `cfg.max_bad_fraction` of the
 list, a RuntimeError lists them all.
+
+Splits: `train` (random clip, scale jitter, random crop, flip) and `val` (the centred clip,
+centre crop) give `(clip (C, T, H, W), label)`. `test` gives `(views (V, C, T, H, W), label)`
+with V = `cfg.test_num_clips` x `cfg.test_num_crops`, in clip-major order: view
+`v = clip * num_crops + crop`, crops ordered left, centre, right (top, centre, bottom for
+portrait frames) when there are 3; the evaluator averages the V predictions of a video.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +36,8 @@ from .sampling import clip_indices, segment_indices
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("dense", "segment")
 Key = Union[int, Tuple[int, int]]
+# (frames in the source, its fps or None, reader: indices -> (T, H, W, C) uint8 frames)
+Opened = Tuple[int, Optional[float], Callable[[np.ndarray], np.ndarray]]
 
 
 def count_classes(root: str, items: List[ListItem]) -> Optional[int]:
@@ -37,31 +50,78 @@ def count_classes(root: str, items: List[ListItem]) -> Optional[int]:
     return max(labels) + 1 if labels else None
 
 
-class VideoDataset(torch.utils.data.Dataset):
-    """Clips from the video files of a list (`cfg.list_format` video, csv or multilabel).
+def split_list(cfg: DataConfig, split: str) -> str:
+    """The list file of `split` (test falls back to the val list), resolved against `cfg.root`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    list_file = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list or cfg.val_list}[split]
+    return resolve_list_path(cfg.root, list_file)
 
-    `dataset[i]` or `dataset[(i, seed)]` -> (clip float32 (C, T, H, W), label). With a seed,
-    every random draw (frames, scale, crop, flip) comes from `np.random.default_rng(seed)`:
-    the engine derives the seed from (run seed, epoch, index), so a resumed run sees the
-    same samples whatever the number of workers. A plain index draws from a generator seeded
-    with `torch.initial_seed()` (different in each worker and epoch), the index and a call
-    counter. val/test splits take the test-mode clip (centred) and the centre crop, no
-    randomness. The label is an int, or a multi-hot float32 tensor for `multilabel` lists.
+
+def parse_key(key: Key, n: int, calls: int):
+    """(index, entropy) of a dataset key: `(i, seed)` -> the seed itself; a plain `i` ->
+    entropy from `torch.initial_seed()` (per worker and epoch), the index and a call counter."""
+    if isinstance(key, (tuple, list)):
+        index, seed = key
+        return int(index) % n, int(seed) % 2**64
+    return int(key) % n, [torch.initial_seed() % 2**64, int(key) % 2**63, calls]
+
+
+class BadFileSkipper:
+    """Bad-file bookkeeping shared by the datasets: warn once per file, log it, fail past
+    `cfg.max_bad_fraction` of the list with the list of bad files. Needs `self.cfg`,
+    `self.list_path`, `self.items`, `self._paths` (the split's files) and `self.noun`."""
+
+    noun = "video"
+
+    def _record_bad(self, path: str, reason: str) -> None:
+        self.bad_files[path] = reason
+        warnings.warn(f"skipping unreadable {self.noun} {path}: {reason}", RuntimeWarning, stacklevel=3)
+        log = self.cfg.bad_files_log
+        known = dict(self.bad_files)
+        if log:
+            append_bad_file(log, path, reason)
+            # other workers' findings count too; keep only this split's files
+            known.update({p: r for p, r in read_bad_files(log).items() if p in self._paths})
+        if len(known) > self.cfg.max_bad_fraction * len(self.items):
+            self.bad_files.update(known)
+            raise RuntimeError(
+                f"{len(known)} of {len(self.items)} {self.noun}s in {self.list_path} are unreadable, more than "
+                f"data.max_bad_fraction={self.cfg.max_bad_fraction}: {self._bad_listing()}")
+
+    def _bad_listing(self) -> str:
+        return "".join(f"\n  {p}: {r}" for p, r in sorted(self.bad_files.items()))
+
+
+class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
+    """Clips from the items of a list; subclasses define `open(item)`.
+
+    `dataset[i]` or `dataset[(i, seed)]` -> (clip float32 (C, T, H, W), label); the `test`
+    split gives (views float32 (V, C, T, H, W), label), see the module docstring. With a
+    seed, every random draw (frames, scale, crop, flip) comes from
+    `np.random.default_rng(seed)`: the engine derives the seed from (run seed, epoch, index),
+    so a resumed run sees the same samples whatever the number of workers. A plain index
+    draws from a generator seeded with `torch.initial_seed()` (different in each worker and
+    epoch), the index and a call counter. val/test splits take the test-mode clip(s) and
+    fixed crops, no randomness. The label is an int, or a multi-hot float32 tensor for
+    `multilabel` lists.
     """
 
+    list_formats: Tuple[str, ...] = ("video", "csv", "multilabel")
+
     def __init__(self, cfg: DataConfig, split: str):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if cfg.list_format == "rawframes":
-            raise ValueError("data.list_format=rawframes lists frame folders; data.dataset=video reads video files")
+        self.list_path = split_list(cfg, split)
+        if cfg.list_format not in self.list_formats:
+            raise ValueError(f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
+                             f"{self.list_formats}, got {cfg.list_format!r}")
         if cfg.sampling not in SAMPLINGS:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {cfg.sampling!r}")
         _check_sizes(cfg)
+        if split == "test":
+            _check_views(cfg)
         self.cfg = cfg
         self.split = split
         self.train = split == "train"
-        list_file = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list or cfg.val_list}[split]
-        self.list_path = resolve_list_path(cfg.root, list_file)
         self.items = read_list(self.list_path, cfg.root, cfg.list_format, cfg.separator, cfg.path_prefix)
         if not self.items:
             raise ValueError(f"{self.list_path} lists no samples (data.{split}_list)")
@@ -70,6 +130,11 @@ class VideoDataset(torch.utils.data.Dataset):
         self.bad_files: Dict[str, str] = {}
         self._paths = {it.path for it in self.items}
         self._calls = 0
+
+    @property
+    def num_views(self) -> int:
+        """Views per sample: clips x crops for the test split, else 1."""
+        return self.cfg.test_num_clips * self.cfg.test_num_crops if self.split == "test" else 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,16 +154,18 @@ class VideoDataset(torch.utils.data.Dataset):
                 return self.load(item, rng), self.target(item)
             except BadVideoError as e:
                 self._record_bad(item.path, str(e))
-        raise RuntimeError(f"no readable video in {self.list_path}: {self._bad_listing()}")
+        raise RuntimeError(f"no readable {self.noun} in {self.list_path}: {self._bad_listing()}")
 
     def _parse_key(self, key: Key):
-        if isinstance(key, (tuple, list)):
-            index, seed = key
-            return int(index) % len(self.items), int(seed) % 2**64
-        self._calls += 1
-        return int(key) % len(self.items), [torch.initial_seed() % 2**64, int(key) % 2**63, self._calls]
+        if not isinstance(key, (tuple, list)):
+            self._calls += 1
+        return parse_key(key, len(self.items), self._calls)
 
-    def sample_indices(self, num_video_frames: int, fps: float, rng: np.random.Generator) -> np.ndarray:
+    def open(self, item: ListItem) -> Opened:
+        """(frame count, fps or None, reader of frame indices); BadVideoError if unreadable."""
+        raise NotImplementedError
+
+    def sample_indices(self, num_video_frames: int, fps: Optional[float], rng: np.random.Generator) -> np.ndarray:
         """Frame indices of this split's clip for a video (train: random, else test mode)."""
         cfg, mode = self.cfg, "train" if self.train else "test"
         if cfg.sampling == "segment":
@@ -106,16 +173,38 @@ class VideoDataset(torch.utils.data.Dataset):
         return clip_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, fps, cfg.target_fps,
                             mode, rng, short_video=cfg.short_video)
 
+    def view_indices(self, num_video_frames: int, fps: Optional[float]) -> np.ndarray:
+        """(test_num_clips, num_frames) indices of the test clips: dense clips evenly spaced
+        (`clip_indices(clip_idx, num_clips)`), or segment centres (and, for 2 clips, segment
+        starts: TSM's "twice sample")."""
+        cfg, k = self.cfg, self.cfg.test_num_clips
+        if cfg.sampling == "segment":
+            return segment_indices(num_video_frames, cfg.num_frames, "test", twice=k == 2).reshape(k, -1)
+        return np.stack([clip_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, fps, cfg.target_fps,
+                                      "test", clip_idx=c, num_clips=k, short_video=cfg.short_video)
+                         for c in range(k)])
+
     def load(self, item: ListItem, rng: np.random.Generator) -> torch.Tensor:
-        """Decode and transform one item; BadVideoError if the file cannot give the clip."""
-        vr = open_video(item.path)
-        indices = self.sample_indices(len(vr), vr.get_avg_fps(), rng)
-        frames = read_frames(vr, indices)
+        """Decode and transform one item; BadVideoError if the source cannot give the clip."""
+        num, fps, read = self.open(item)
+        if self.split == "test":
+            indices = self.view_indices(num, fps)
+            # one read of every view's frames, then split by clip
+            frames = read(indices.reshape(-1))
+            return self.test_views(frames.reshape(indices.shape + frames.shape[1:]))
+        return self.transform(read(self.sample_indices(num, fps, rng)), rng)
+
+    def transform(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """(T, H, W, C) uint8 frames -> the split's float32 (C, T, H, W) clip."""
         cfg = self.cfg
         if self.train:
             return T.train_clip(frames, cfg.crop_size, cfg.train_short_side, cfg.mean, cfg.std, rng,
                                 flip=cfg.flip, multi_scale=cfg.multi_scale_crop)
         return T.eval_clip(frames, cfg.crop_size, cfg.test_short_side, cfg.mean, cfg.std)
+
+    def test_views(self, frames: np.ndarray) -> torch.Tensor:
+        """(clips, T, H, W, C) frames -> (clips x crops, C, T, H, W) views, clip-major."""
+        return test_views(frames, self.cfg)
 
     def target(self, item: ListItem):
         """The int label, or a multi-hot float32 vector for multi-label lists."""
@@ -125,23 +214,44 @@ class VideoDataset(torch.utils.data.Dataset):
         out[item.label] = 1.0
         return out
 
-    def _record_bad(self, path: str, reason: str) -> None:
-        self.bad_files[path] = reason
-        warnings.warn(f"skipping unreadable video {path}: {reason}", RuntimeWarning, stacklevel=3)
-        log = self.cfg.bad_files_log
-        known = dict(self.bad_files)
-        if log:
-            append_bad_file(log, path, reason)
-            # other workers' findings count too; keep only this split's files
-            known.update({p: r for p, r in read_bad_files(log).items() if p in self._paths})
-        if len(known) > self.cfg.max_bad_fraction * len(self.items):
-            self.bad_files.update(known)
-            raise RuntimeError(
-                f"{len(known)} of {len(self.items)} videos in {self.list_path} are unreadable, more than "
-                f"data.max_bad_fraction={self.cfg.max_bad_fraction}: {self._bad_listing()}")
 
-    def _bad_listing(self) -> str:
-        return "".join(f"\n  {p}: {r}" for p, r in sorted(self.bad_files.items()))
+class VideoDataset(ClipDataset):
+    """Clips from the video files of a list (`cfg.list_format` video, csv or multilabel),
+    decoded with decord; the source fps rescales the dense sampling stride."""
+
+    noun = "video"
+
+    def __init__(self, cfg: DataConfig, split: str):
+        if cfg.list_format == "rawframes":
+            raise ValueError("data.list_format=rawframes lists frame folders; data.dataset=video reads video files "
+                             "(use data.dataset=rawframes)")
+        super().__init__(cfg, split)
+
+    def open(self, item: ListItem) -> Opened:
+        vr = open_video(item.path)
+        return len(vr), vr.get_avg_fps(), lambda indices: read_frames(vr, indices)
+
+
+def test_views(frames: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """(clips, T, H, W, C) uint8 frames -> float32 (clips x crops, C, T, H, W): each clip
+    resized once (short side `cfg.test_short_side`), then its `cfg.test_num_crops` crops
+    (1: centre; 3: `transforms.three_crop`, left/centre/right), clip-major."""
+    views = []
+    for clip in frames:
+        resized = T.short_side_resize(T.to_tchw(clip), cfg.test_short_side)
+        crops = T.three_crop(resized, cfg.crop_size) if cfg.test_num_crops == 3 else [T.center_crop(resized, cfg.crop_size)]
+        views += [T.normalize(c, cfg.mean, cfg.std) for c in crops]
+    return torch.stack(views)
+
+
+def _check_views(cfg: DataConfig) -> None:
+    if cfg.test_num_crops not in (1, 3):
+        raise ValueError(f"data.test_num_crops must be 1 (centre) or 3 (left/centre/right), got {cfg.test_num_crops}")
+    if cfg.test_num_clips < 1:
+        raise ValueError(f"data.test_num_clips must be >= 1, got {cfg.test_num_clips}")
+    if cfg.sampling == "segment" and cfg.test_num_clips > 2:
+        raise ValueError(f"data.test_num_clips={cfg.test_num_clips} with data.sampling=segment: 1 (segment centres) "
+                         "or 2 (centres and starts) clips")
 
 
 def _check_sizes(cfg: DataConfig) -> None:
