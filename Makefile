@@ -17,9 +17,13 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # The main job on its embedded defaults: generated H.264 clips, local process, SQLite MLflow under runs/.
+# DEMO_* let the tests run the same recipe small.
+DEMO_DATA ?= data/synthetic
+DEMO_SET ?= --num-train 640 --num-val 128
+DEMO_ARGS ?=
 demo: setup
-	$(PY) -m datasets.synthetic data/synthetic
-	$(PY) launch/train.py --config configs/demo.yaml
+	$(PY) -m datasets.synthetic $(DEMO_DATA) $(DEMO_SET)
+	$(PY) launch/train.py --config configs/demo.yaml data.root=$(DEMO_DATA) $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest tests

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 def init_distributed(backend: str) -> None:
     """Start the process group from RANK/WORLD_SIZE/MASTER_* (see `launch.distributed`)."""
     import deepspeed
+    from deepspeed.utils import logger as ds_logger
 
+    ds_logger.setLevel(logging.WARNING)  # our own log lines say what matters; DeepSpeed's INFO floods them
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 

@@ -100,6 +100,7 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.ckpt_root = self.run_dir / "checkpoints"
         self.stop_requested = stop_requested
+        self._last_confusion: Optional[np.ndarray] = None
         if self.env.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
             for stale in ckpt.remove_incomplete(self.ckpt_root):
@@ -303,7 +304,7 @@ class Trainer:
             final.write_text(json.dumps({"epoch": self.progress.epoch, "step": self.engine.global_step,
                                          **self.progress.last_val}, indent=2))
             self.tracker.log_artifact(final)
-        if getattr(self, "_last_confusion", None) is not None:
+        if self._last_confusion is not None:
             from launch.plots import save_confusion_matrix
 
             png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
