@@ -1,0 +1,200 @@
+"""datasets.prepare on real generated mp4s: re-encoding and frame extraction, the lists they
+write, failures reported, keyframe interval and size honoured, resuming without redoing work,
+and lists from a class-folder layout."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from datasets import prepare
+from datasets.decode import open_video
+from datasets.lists import read_list
+from datasets.synthetic import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+# name -> (width, height, frames, fps, label); bad.mp4 is truncated, missing.mp4 is not there
+VIDEOS = {"a/v0.mp4": (64, 48, 30, 30, 3), "a/v1.mp4": (96, 64, 45, 30, 0), "b/v2.mp4": (80, 64, 60, 30, 1),
+          "b/v3.mp4": (48, 64, 40, 25, 2)}
+LIST = ["a/v0.mp4 3", "a/bad.mp4 1", "a/v1.mp4 0", "b/missing.mp4 2", "b/v2.mp4 1", "b/v3.mp4 2"]
+GOOD = [line for line in LIST if "bad" not in line and "missing" not in line]
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    """Videos with one keyframe (gop 250) and grainy content, so x264 would place its own."""
+    root = tmp_path_factory.mktemp("src")
+    rng = np.random.default_rng(0)
+    for name, (w, h, n, fps, _) in VIDEOS.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        base = rng.integers(0, 200, (1, h, w, 3))
+        frames = np.clip(base + rng.integers(0, 56, (n, h, w, 3)), 0, 255).astype(np.uint8)
+        write_video(str(root / name), frames, fps=fps, gop=250)
+    data = (root / "a/v1.mp4").read_bytes()
+    (root / "a/bad.mp4").write_bytes(data[: len(data) // 2])  # moov at the end: no index left
+    (root / "train.txt").write_text("\n".join(LIST) + "\n")
+    return root
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datasets.prepare", *args, "--no-progress"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def keyframes(path: Path) -> list:
+    with av.open(str(path)) as c:
+        return [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
+
+
+def test_reencode_lists_frames_size_gop(src, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(str(src / "train.txt"), str(out), "--short-side", "32", "--gop", "8", "--workers", "2")
+    assert proc.returncode == 1, proc.stderr
+    # the two bad entries are reported with their line and reason, and only they
+    assert f"train.txt:2: {src / 'a/bad.mp4'}: cannot open" in proc.stdout
+    assert f"train.txt:4: {src / 'b/missing.mp4'}: missing" in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 2
+    assert "4 videos (4 prepared now, 0 already done), 2 failed" in proc.stderr
+    assert (out / "train.txt").read_text() == "".join(f"{line}\n" for line in GOOD)  # labels, order, paths
+    for item in read_list(str(out / "train.txt"), str(out)):
+        w, h, n, fps, _ = VIDEOS[os.path.relpath(item.path, out)]
+        vr = open_video(item.path)
+        assert len(vr) == n and vr.get_avg_fps() == pytest.approx(fps)
+        height, width = vr[0].shape[:2]
+        assert min(height, width) == 32 and height % 2 == 0 and width % 2 == 0
+        assert width / height == pytest.approx(w / h, abs=0.05)
+        assert keyframes(Path(item.path)) == list(range(0, n, 8))
+    assert not list(out.rglob("*.part")) and not (out / "a/bad.mp4").exists()
+
+
+def test_frames_mode_and_fps(src, tmp_path):
+    out = tmp_path / "frames"
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), prepare.PrepareOptions(short_side=24, frames=True, fps=15),
+                                  progress=False)
+    assert [(line, reason.split(":")[0]) for line, _, reason in report.failed] == [(2, "cannot open"), (4, "missing")]
+    items = read_list(str(out / "train.txt"), str(out), fmt="rawframes")
+    assert [f"{os.path.relpath(it.path, out)}.mp4 {it.label}" for it in items] == GOOD
+    for it in items:
+        w, h, n, fps, _ = VIDEOS[os.path.relpath(it.path, out) + ".mp4"]
+        assert it.num_frames == round(n * 15 / fps)  # same duration at the new rate
+        names = sorted(os.listdir(it.path))
+        assert names == [f"img_{k:05d}.jpg" for k in range(1, it.num_frames + 1)]
+        with av.open(os.path.join(it.path, names[-1])) as c:
+            frame = next(c.decode(video=0))
+        assert min(frame.width, frame.height) == 24
+    assert not list(out.rglob("*.part"))
+
+
+def test_fps_resampling_reencode(src, tmp_path):
+    (tmp_path / "one.txt").write_text(f"{src / 'b/v2.mp4'} 5\n")
+    report = prepare.prepare_list(str(tmp_path / "one.txt"), str(tmp_path / "out"),
+                                  prepare.PrepareOptions(short_side=0, gop=4, fps=45), progress=False)
+    assert not report.failed
+    vr = open_video(str(tmp_path / "out" / (str(src / "b/v2.mp4").lstrip("/"))))  # absolute source: anchor dropped
+    assert len(vr) == 90 and vr.get_avg_fps() == pytest.approx(45) and vr[0].shape[:2] == (64, 80)
+
+
+def test_interrupted_run_resumes_without_redoing_work(src, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    opts = prepare.PrepareOptions(short_side=32, gop=8)
+    calls = []
+    real = prepare.encode_video
+
+    def counting(source, dst, o):
+        calls.append(os.path.relpath(dst, out))
+        if calls == ["a/v0.mp4", "a/bad.mp4", "a/v1.mp4", "b/missing.mp4", "b/v2.mp4"]:  # killed while writing v2
+            Path(dst + ".part").write_bytes(b"half a video")
+            raise KeyboardInterrupt
+        return real(source, dst, o)
+
+    monkeypatch.setattr(prepare, "encode_video", counting)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert calls[-1] == "b/v2.mp4"
+    assert not (out / "train.txt").exists()  # no list: the interrupted set is not usable
+    done = {rel: (out / rel).stat().st_mtime_ns for rel in ("a/v0.mp4", "a/v1.mp4")}
+    # a copy renamed into place whose run died before recording it: not trusted, redone
+    (out / "b/v3.mp4").write_bytes((out / "a/v0.mp4").read_bytes())
+
+    calls.clear()
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert calls == ["a/bad.mp4", "b/missing.mp4", "b/v2.mp4", "b/v3.mp4"]  # finished ones not redone
+    assert (report.done, report.skipped, len(report.failed)) == (2, 2, 2)
+    assert {rel: (out / rel).stat().st_mtime_ns for rel in done} == done
+    assert (out / "train.txt").read_text() == "".join(f"{line}\n" for line in GOOD)
+    assert not list(out.rglob("*.part"))
+    assert len(open_video(str(out / "b/v3.mp4"))) == VIDEOS["b/v3.mp4"][2]
+
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, workers=2, progress=False)
+    assert (report.done, report.skipped, len(report.failed)) == (0, 4, 2)  # finished: only the bad ones are tried
+
+    # a damaged output, a changed source or changed options are redone
+    (out / "a/v0.mp4").write_bytes((out / "a/v0.mp4").read_bytes()[:-100])
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert (report.done, report.skipped) == (1, 3)
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), prepare.PrepareOptions(short_side=32, gop=4),
+                                  progress=False)
+    assert (report.done, report.skipped) == (4, 0)
+    assert keyframes(out / "b/v2.mp4") == list(range(0, 60, 4))
+
+
+def test_interrupted_frame_extraction_resumes(src, tmp_path):
+    out = tmp_path / "frames"
+    opts = prepare.PrepareOptions(short_side=24, frames=True)
+    (src / "two.txt").write_text("a/v0.mp4 3\nb/v2.mp4 1\n")
+    prepare.prepare_list(str(src / "two.txt"), str(out), opts, out_list="train.txt", progress=False)
+    mtime = (out / "a/v0").stat().st_mtime_ns
+    # a killed run left a half folder behind, and a finished-looking folder it never recorded
+    (out / "a/v1.part").mkdir()
+    (out / "a/v1.part/img_00001.jpg").write_bytes(b"x")
+    (out / "b/v3").mkdir(parents=True)
+    (out / "b/v3/img_00001.jpg").write_bytes(b"x")
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert (report.done, report.skipped, len(report.failed)) == (2, 2, 2)
+    assert (out / "a/v0").stat().st_mtime_ns == mtime
+    assert len(os.listdir(out / "b/v3")) == VIDEOS["b/v3.mp4"][2]
+    assert not list(out.rglob("*.part"))
+
+
+def test_lists_from_folders_seeded_stratified_split(tmp_path):
+    src = tmp_path / "videos"
+    counts = {"walk": 10, "jump": 5, "run": 1}
+    for name, n in counts.items():
+        (src / name).mkdir(parents=True)
+        for k in range(n):
+            (src / name / f"clip {k}.mp4").write_bytes(b"")
+        (src / name / "notes.txt").write_text("not a video")
+        (src / name / ".hidden.mp4").write_bytes(b"")
+    proc = run_cli("--from-folders", str(src), str(tmp_path / "lists"), "--val-fraction", "0.2", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    lists = tmp_path / "lists"
+    assert (lists / "classes.txt").read_text() == "jump\nrun\nwalk\n"
+    splits = {s: read_list(str(lists / f"{s}.txt"), str(lists)) for s in ("train", "val")}
+    for label, name in enumerate(["jump", "run", "walk"]):
+        per = {s: [it for it in items if it.label == label] for s, items in splits.items()}
+        assert len(per["val"]) == {"jump": 1, "run": 0, "walk": 2}[name]
+        paths = sorted(os.path.normpath(it.path) for items in per.values() for it in items)
+        assert paths == sorted(str(src / name / f"clip {k}.mp4") for k in range(counts[name]))
+    again = tmp_path / "again"
+    prepare.lists_from_folders(str(src), str(again), 0.2, seed=3)
+    assert (again / "val.txt").read_text().replace("../videos", "") == \
+        (lists / "val.txt").read_text().replace("../videos", "")
+    vals = set()
+    for seed in range(6):
+        prepare.lists_from_folders(str(src), str(tmp_path / f"s{seed}"), 0.2, seed=seed)
+        vals.add((tmp_path / f"s{seed}" / "val.txt").read_text())
+    assert len(vals) > 1  # the seed picks the split
+
+
+def test_bad_arguments_and_list_overwrite(src, tmp_path):
+    proc = run_cli(str(src / "train.txt"), str(src))
+    assert proc.returncode == 2 and "would overwrite" in proc.stderr
+    proc = run_cli(str(tmp_path / "nope.txt"), str(tmp_path / "out"))
+    assert proc.returncode == 2 and "list file not found" in proc.stderr
+    proc = run_cli(str(src / "train.txt"), str(tmp_path / "out"), "--frames", "--template", "img.jpg")
+    assert proc.returncode == 2 and "--template" in proc.stderr
