@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                             "tensors of another shape (a new head) are skipped")
     parser.add_argument("--seed", type=int, help="same as seed=N")
     parser.add_argument("--deterministic", action="store_true", help="same as deterministic=true")
+    test = parser.add_mutually_exclusive_group()
+    test.add_argument("--test-best", action="store_true", help="after training, evaluate the best checkpoint (launch/test.py)")
+    test.add_argument("--test-last", action="store_true", help="after training, evaluate the last checkpoint (launch/test.py)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     return parser.parse_args(argv)
 
@@ -50,6 +53,10 @@ def main(argv=None) -> int:
 
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
     trainer.fit()
+    if (args.test_best or args.test_last) and trainer.env.is_main and trainer.progress.epoch >= cfg.train.epochs:
+        from launch.evaluate import evaluate_after_training
+
+        evaluate_after_training(cfg, trainer.ckpt_root, "best" if args.test_best else "last")
     if trainer.env.is_main:
         from launch.tracking import backend_store_hint
 

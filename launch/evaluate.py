@@ -1,0 +1,291 @@
+"""Multi-view evaluation of a checkpoint: per-video scores, metrics, `predictions.npz`, MLflow.
+
+Runs in one process with plain torch (no DeepSpeed: evaluation needs no optimizer, no ZeRO and no
+process group). A batch from the test split is either plain clips `(B, C, T, H, W)` (any model
+input without a view axis: skeletons, per-person features) or the views of each video,
+`(B, V, C, T, H, W)` (temporal clips x spatial crops, from `data.test_num_clips` x
+`data.test_num_crops`). The V views of a video are run as one batch of B*V clips and combined:
+
+- `mean_softmax` (default; DyReg/TSM protocol): mean over views of the softmax probabilities;
+- `sum`: sum over views of the logits (TimeSformer sums its views' predictions);
+- regression models (MSE loss, `task == "regression"`): the mean of the outputs, whatever the setting.
+
+Results: `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
+`checkpoint`), `<run>/test/metrics.json`, the confusion matrix (`confusion_matrix.json` + `.png`),
+and the metrics `test/top1`, `test/top5`, `test/mean_class_acc`, `test/macro_f1`,
+`test/class_acc/<class>` (or `test/mse` and `test/mse/<output>` for regression) logged to the
+training run in MLflow through `launch.tracking.Tracker`, at the checkpoint's step.
+
+The evaluation options are a `test:` section (`test.aggregate=sum`, ...) that only the evaluator
+reads: `load_eval_config` splits it off before the run config is validated.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from launch import checkpoint as ckpt
+from launch.config import Config, ConfigError, deep_merge, from_dict, load_yaml_with_bases, parse_overrides, flatten
+from launch.losses import logits_of
+from launch.metrics import classification_metrics, confusion_matrix
+
+log = logging.getLogger("launch.evaluate")
+
+AGGREGATES = ("mean_softmax", "sum")
+SPLITS = ("test", "val")
+
+
+@dataclass
+class EvalConfig:
+    """The `test:` section: how a checkpoint is evaluated."""
+
+    aggregate: str = "mean_softmax"
+    """How the views of a video are combined: `mean_softmax` (mean of probabilities) or `sum` (sum of logits)."""
+    split: str = "test"
+    """Data split to evaluate: `test` (`data.test_list`, falling back to `data.val_list`) or `val`."""
+    batch_size: int = 0
+    """Videos per forward (each with all its views); 0 uses `train.micro_batch_size`."""
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"test.aggregate: expected one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"test.split: expected one of {', '.join(SPLITS)}, got {self.split!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 0:
+            raise ConfigError(f"test.batch_size: expected an int >= 0, got {self.batch_size!r}")
+
+
+def eval_config_from(section: Mapping[str, Any], source: str = "config") -> EvalConfig:
+    """Validate a `test:` mapping; unknown keys name the valid ones."""
+    valid = [f.name for f in fields(EvalConfig)]
+    for key in section:
+        if key not in valid:
+            raise ConfigError(f"unknown key test.{key}; valid keys: {', '.join(valid)} (in {source})")
+    return EvalConfig(**dict(section))
+
+
+def load_eval_config(path: Optional[Union[str, Path]], overrides: Sequence[str] = ()) -> Tuple[Config, EvalConfig]:
+    """The run config and the `test:` section of a YAML file plus `key=value` overrides (`test.*` ones included)."""
+    raw = load_yaml_with_bases(path) if path else {}
+    tree = deep_merge(raw, parse_overrides(overrides))
+    section = tree.pop("test", {}) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"test: expected a mapping, got {section!r}")
+    override_keys = {k for k in flatten(parse_overrides(overrides)) if not k.startswith("test.")}
+    cfg = from_dict(tree, source=str(path) if path else "defaults", override_keys=override_keys)
+    return cfg, eval_config_from(section, str(path) if path else "command line")
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+def resolve_checkpoint(path: Union[str, Path], which: str = "best") -> Path:
+    """A checkpoint folder from a checkpoint folder, a `checkpoints/` folder or a run folder.
+
+    For the last two, `which` picks the `best` one (falling back to the newest) or the `last` one.
+    """
+    path = Path(path)
+    if (path / ckpt.META).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not root.is_dir():
+        raise FileNotFoundError(f"--checkpoint {path}: no such folder")
+    found = (ckpt.best_checkpoint(root) if which == "best" else None) or ckpt.latest_checkpoint(root)
+    if found is None:
+        raise FileNotFoundError(f"--checkpoint {path}: no complete checkpoint folder (with {ckpt.META}) in {root}")
+    return found
+
+
+def run_dir_of(checkpoint: Path) -> Optional[Path]:
+    """The run folder a checkpoint folder belongs to (`<run>/checkpoints/step_N`), if it is laid out so."""
+    checkpoint = Path(checkpoint).resolve()
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def load_model(cfg: Config, checkpoint: Path) -> nn.Module:
+    """The config's model with the checkpoint's weights; any missing or mis-shaped tensor is an error."""
+    import models
+    from launch.engine import load_weights  # imports DeepSpeed only inside the engine class
+
+    model = models.build(cfg.model)
+    report = load_weights(model, checkpoint)
+    if report["missing"] or report["mismatched"]:
+        raise ValueError(f"checkpoint {checkpoint} does not fit model {cfg.model['name']!r}: "
+                         f"missing {report['missing'][:5]}, other shape {report['mismatched'][:5]}")
+    return model
+
+
+# ------------------------------------------------------------------------------------- prediction
+
+def is_regression(cfg: Config, model: nn.Module) -> bool:
+    """Whether the model predicts values (MSE loss or a regression task) rather than classes."""
+    return cfg.train.loss == "mse" or getattr(model, "task", None) == "regression"
+
+
+def aggregate_views(outputs: torch.Tensor, how: str) -> torch.Tensor:
+    """Combine per-view outputs (B, V, K) into one score per video (B, K).
+
+    `mean_softmax`: mean of the views' probabilities; `sum`: sum of their logits; `mean`: mean of
+    the raw outputs (regression).
+    """
+    outputs = outputs.float()
+    if how == "mean_softmax":
+        return outputs.softmax(-1).mean(1)
+    if how == "sum":
+        return outputs.sum(1)
+    if how == "mean":
+        return outputs.mean(1)
+    raise ValueError(f"unknown aggregate {how!r}; expected one of {', '.join(AGGREGATES)} or mean")
+
+
+def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str) -> torch.Tensor:
+    """Scores (B, K) of a batch of views (B, V, C, T, H, W) or of plain inputs (one view each)."""
+    if inputs.ndim == 6:
+        b, v = inputs.shape[:2]
+        outputs = logits_of(model(inputs.flatten(0, 1))).reshape(b, v, -1)
+    else:
+        outputs = logits_of(model(inputs)).unsqueeze(1)
+    return aggregate_views(outputs, how)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Any, how: str, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """Scores (N, K) and labels of every batch of `loader`, in order."""
+    model.eval().to(device)
+    scores, labels = [], []
+    for inputs, targets in loader:
+        scores.append(predict_batch(model, inputs.to(device), how).cpu().numpy())
+        labels.append(np.asarray(targets))
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def video_ids(dataset: Any) -> List[str]:
+    """An id per sample: the dataset's `ids`, its list items' paths, or the index."""
+    if hasattr(dataset, "ids"):
+        return [str(i) for i in dataset.ids]
+    items = getattr(dataset, "items", None)
+    if items is not None and all(hasattr(it, "path") for it in items):
+        return [str(it.path) for it in items]
+    return [str(i) for i in range(len(dataset))]
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+def evaluation_metrics(scores: np.ndarray, labels: np.ndarray, regression: bool = False,
+                       class_names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Classification: top1, top5, mean_class_acc, macro_f1 and class_acc/<class> (percent).
+    Regression: mse (mean over outputs) and mse/<output>."""
+    if regression:
+        per_output = ((scores - labels.reshape(scores.shape)) ** 2).mean(axis=0)
+        out = {"mse": float(per_output.mean())}
+        out.update({f"mse/{i}": float(v) for i, v in enumerate(per_output)})
+        return out
+    labels = labels.astype(np.int64)
+    out = classification_metrics(scores, labels)
+    cm = confusion_matrix(scores.argmax(1), labels, scores.shape[1])
+    names = _names(class_names, scores.shape[1])
+    for i, row in enumerate(cm):
+        if row.sum():
+            out[f"class_acc/{names[i]}"] = float(row[i] / row.sum()) * 100
+    return out
+
+
+def _names(class_names: Optional[Sequence[str]], n: int) -> List[str]:
+    return list(class_names) if class_names is not None and len(class_names) == n else [str(i) for i in range(n)]
+
+
+def save_predictions(path: Path, scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], **extra: Any) -> Path:
+    """Write `predictions.npz` atomically (scores, labels, ids and any extra scalars)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, scores=scores, labels=labels, ids=np.asarray(list(ids), dtype=str),
+             **{k: np.asarray(v) for k, v in extra.items()})
+    tmp.replace(path)
+    return path
+
+
+def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """`predictions.npz` of a run folder, or the file itself."""
+    path = Path(path)
+    file = path / "predictions.npz" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no predictions at {file}; run launch/test.py (or train.py --test-best) first")
+    with np.load(file, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ------------------------------------------------------------------------------------------- run
+
+def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
+                        out: Optional[Union[str, Path]] = None, track: bool = True) -> Dict[str, float]:
+    """Evaluate one checkpoint folder on `ecfg.split`; write predictions, metrics and log them. Returns the metrics."""
+    import datasets
+    from torch.utils.data import DataLoader
+
+    ecfg = ecfg or EvalConfig()
+    checkpoint = Path(checkpoint)
+    run_dir = run_dir_of(checkpoint) or cfg.run_dir()
+    model = load_model(cfg, checkpoint)
+    regression = is_regression(cfg, model)
+    how = "mean" if regression else ecfg.aggregate
+    dataset = datasets.build(cfg.data, ecfg.split)
+    loader = DataLoader(dataset, batch_size=ecfg.batch_size or cfg.train.micro_batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers, drop_last=False)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    scores, labels = predict(model, loader, how, device)
+    class_names = getattr(dataset, "class_names", None)
+    metrics = evaluation_metrics(scores, labels, regression, class_names)
+
+    out = Path(out) if out else run_dir / "predictions.npz"
+    save_predictions(out, scores, labels, video_ids(dataset)[:len(scores)], aggregate=how,
+                     checkpoint=str(checkpoint.resolve()))
+    test_dir = run_dir / "test"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    step = int(ckpt.read_meta(checkpoint).get("step", 0)) if (checkpoint / ckpt.META).is_file() else 0
+    (test_dir / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "step": step,
+                                                       "eval": asdict(ecfg), **metrics}, indent=2))
+    artifacts = [test_dir / "metrics.json"]
+    if not regression:
+        cm = confusion_matrix(scores.argmax(1), labels.astype(np.int64), scores.shape[1])
+        (test_dir / "confusion_matrix.json").write_text(json.dumps(
+            {"classes": _names(class_names, scores.shape[1]), "rows_true_cols_predicted": cm.tolist()}))
+        from launch.plots import save_confusion_matrix
+
+        artifacts += [test_dir / "confusion_matrix.json",
+                      save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=class_names)]
+    log.info("test on %d videos (%s, %s): %s", len(scores), checkpoint, how,
+             " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k))
+    if track:
+        _track(cfg, run_dir, checkpoint, ecfg, how, step, metrics, [out, *artifacts])
+    return metrics
+
+
+def _track(cfg: Config, run_dir: Path, checkpoint: Path, ecfg: EvalConfig, how: str, step: int,
+           metrics: Mapping[str, float], files: Sequence[Path]) -> None:
+    """Log into the training run's MLflow run (its journal knows the run id and the store)."""
+    from launch.tracking import Journal, Tracker, default_tracking_uri
+
+    state = Journal(run_dir).state()
+    uri = cfg.tracking.uri or state.get("uri") or default_tracking_uri(cfg.output_dir)
+    tracker = Tracker(run_dir, uri, cfg.tracking.experiment or state.get("experiment") or cfg.experiment,
+                      state.get("run_name", cfg.name), cfg.tracking.enabled)
+    tracker.start({}, {"test.checkpoint": checkpoint.name, "test.aggregate": how, "test.split": ecfg.split})
+    tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, step)
+    for file in files:
+        try:
+            tracker.log_artifact(file, "test")
+        except ValueError:  # a --out outside the run folder stays where it is
+            log.info("not logging %s as an artifact: outside the run folder %s", file, run_dir)
+    tracker.finish("FINISHED")
+
+
+def evaluate_after_training(cfg: Config, ckpt_root: Path, which: str) -> Dict[str, float]:
+    """`train.py --test-best/--test-last`: evaluate the best (else newest) or the newest checkpoint."""
+    return evaluate_checkpoint(cfg, resolve_checkpoint(ckpt_root, which))

@@ -1,0 +1,199 @@
+"""Multi-view evaluation (launch/evaluate.py, launch/test.py) and score fusion (launch/ensemble.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import datasets
+import models
+from launch import checkpoint as ckpt
+from launch import ensemble
+from launch import evaluate as ev
+from launch.config import ConfigError, dump_config, load_config
+
+
+class ChannelMeans(nn.Module):
+    """A known model: the logit of class k is `scale` x the mean of input channel k."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 5, "the evaluator must fold the views into the batch"
+        return self.scale * x.mean(dim=(2, 3, 4))
+
+
+def _views(*view_logits) -> torch.Tensor:
+    """One video whose views make ChannelMeans output the given logits: (V, C=K, T=2, H=2, W=2)."""
+    return torch.tensor(view_logits, dtype=torch.float32)[:, :, None, None, None].expand(-1, -1, 2, 2, 2).clone()
+
+
+# Video 0: one confident view for class 0, two moderate ones for class 1. Summed logits (10, 6)
+# pick class 0; mean softmax (0.365, 0.635) picks class 1: the protocols disagree predictably.
+DISAGREE = _views([10.0, 0.0], [0.0, 3.0], [0.0, 3.0])
+# Video 1: every view says class 1 (both protocols agree).
+AGREE = _views([0.0, 2.0], [1.0, 2.0], [0.0, 1.0])
+
+
+def test_aggregate_views_mean_softmax_vs_sum():
+    logits = ChannelMeans()(DISAGREE).detach()[None]  # (1, V, K)
+    mean_softmax = ev.aggregate_views(logits, "mean_softmax")
+    expected = torch.tensor([[1 / (1 + math.exp(-10)), math.exp(-3) / (1 + math.exp(-3))]])
+    expected = torch.stack([(expected[0, 0] + 2 * expected[0, 1]) / 3, 1 - (expected[0, 0] + 2 * expected[0, 1]) / 3])
+    torch.testing.assert_close(mean_softmax[0], expected.float())
+    assert mean_softmax.argmax().item() == 1
+    torch.testing.assert_close(ev.aggregate_views(logits, "sum"), torch.tensor([[10.0, 6.0]]))
+    torch.testing.assert_close(ev.aggregate_views(logits, "mean"), torch.tensor([[10 / 3, 2.0]]))
+    with pytest.raises(ValueError, match="mean_softmax"):
+        ev.aggregate_views(logits, "max")
+
+
+def test_predict_batch_accepts_views_and_plain_clips():
+    model = ChannelMeans()
+    batch = torch.stack([DISAGREE, AGREE])  # (B=2, V=3, C, T, H, W)
+    with torch.no_grad():
+        by_views = ev.predict_batch(model, batch, "sum")
+        by_loop = torch.stack([model(video).sum(0) for video in batch])
+        torch.testing.assert_close(by_views, by_loop)
+        plain = ev.predict_batch(model, batch[:, 0], "mean_softmax")  # (B, C, T, H, W): one view each
+        torch.testing.assert_close(plain, model(batch[:, 0]).softmax(-1))
+
+
+class ViewSet(torch.utils.data.Dataset):
+    """A test split that returns (views, label) per video, as the video data layer's test split does."""
+
+    def __init__(self, cfg, split):
+        self.videos = [DISAGREE, AGREE, DISAGREE * -1, AGREE]
+        self.labels = [0, 1, 1, 1]
+        self.ids = [f"video_{i}.mp4" for i in range(len(self.videos))]
+        self.class_names = ["left", "right"]
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, i):
+        return self.videos[i], self.labels[i]
+
+
+@pytest.fixture()
+def known_run(tmp_path, monkeypatch):
+    """A run folder with one complete checkpoint of ChannelMeans (scale 1) and the ViewSet as data."""
+    monkeypatch.setattr(models, "build", lambda section: ChannelMeans())
+    monkeypatch.setattr(datasets, "build", lambda cfg, split: ViewSet(cfg, split))
+    cfg = load_config(None, [f"output_dir={tmp_path}", "experiment=tests", "name=known", "data.num_workers=0",
+                             "train.micro_batch_size=3", "tracking.enabled=false"])
+    folder = cfg.run_dir() / "checkpoints" / ckpt.tag_for(7)
+    folder.mkdir(parents=True)
+    torch.save({"module": ChannelMeans().state_dict()}, folder / "mp_rank_00_model_states.pt")
+    dump_config(cfg, folder / "config.yaml")
+    (folder / ckpt.META).write_text(json.dumps({"step": 7}))
+    return cfg, folder
+
+
+@pytest.mark.parametrize("aggregate, top1", [("mean_softmax", 50.0), ("sum", 100.0)])
+def test_evaluate_checkpoint_writes_predictions_and_metrics(known_run, aggregate, top1):
+    cfg, folder = known_run
+    metrics = ev.evaluate_checkpoint(cfg, folder, ev.EvalConfig(aggregate=aggregate))
+    run_dir = cfg.run_dir()
+    pred = ev.load_predictions(run_dir)
+    assert pred["scores"].shape == (4, 2) and pred["labels"].tolist() == [0, 1, 1, 1]
+    assert pred["ids"].tolist() == [f"video_{i}.mp4" for i in range(4)]
+    assert str(pred["aggregate"]) == aggregate and str(pred["checkpoint"]) == str(folder.resolve())
+    if aggregate == "sum":
+        np.testing.assert_allclose(pred["scores"][0], [10.0, 6.0], rtol=1e-6)
+    else:
+        np.testing.assert_allclose(pred["scores"].sum(1), 1.0, rtol=1e-6)
+    # videos 0 and 2 (mirror images) are right only when summing; videos 1 and 3 either way
+    assert metrics["top1"] == top1
+    assert metrics["class_acc/left"] == (100.0 if aggregate == "sum" else 0.0)
+    assert metrics["class_acc/right"] == pytest.approx(100.0 if aggregate == "sum" else 200 / 3)
+    assert {"top5", "mean_class_acc", "macro_f1"} <= set(metrics)
+    cm = json.loads((run_dir / "test" / "confusion_matrix.json").read_text())
+    assert cm["classes"] == ["left", "right"] and np.array(cm["rows_true_cols_predicted"]).sum() == 4
+    assert (run_dir / "test" / "confusion_matrix.png").is_file()
+    # logged through the tracker's journal at the checkpoint's step (MLflow itself is off here)
+    events = [json.loads(line) for line in (run_dir / "tracking" / "journal.jsonl").read_text().splitlines()]
+    (logged,) = [e for e in events if e["kind"] == "metrics"]
+    assert logged["step"] == 7 and logged["values"]["test/top1"] == top1
+    assert {e["path"] for e in events if e["kind"] == "artifact"} >= {"predictions.npz", "test/metrics.json"}
+
+
+def test_test_entry_point_resolves_the_run_folder(known_run, capsys):
+    from launch import test as test_entry
+
+    cfg, folder = known_run
+    assert test_entry.main(["--checkpoint", str(cfg.run_dir()), "test.aggregate=sum", "--no-track"]) == 0
+    assert "test/top1: 100.0000" in capsys.readouterr().out
+    assert test_entry.main(["--checkpoint", str(cfg.run_dir()), "test.aggregate=max"]) == 2
+    assert "test.aggregate" in capsys.readouterr().err
+
+
+def test_load_eval_config_splits_off_the_test_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("experiment: e\ntest:\n  aggregate: sum\n")
+    cfg, ecfg = ev.load_eval_config(path, ["test.batch_size=2", "seed=3"])
+    assert (ecfg.aggregate, ecfg.batch_size, ecfg.split) == ("sum", 2, "test") and cfg.seed == 3
+    with pytest.raises(ConfigError, match="test.aggregat; valid keys: aggregate"):
+        ev.load_eval_config(path, ["test.aggregat=sum"])
+    with pytest.raises(ConfigError, match="test.split"):
+        ev.load_eval_config(path, ["test.split=train"])
+
+
+def test_regression_metrics_are_mse_per_output():
+    scores = np.array([[0.0, 1.0], [2.0, 1.0]])
+    labels = np.array([[1.0, 1.0], [0.0, 3.0]])
+    metrics = ev.evaluation_metrics(scores, labels, regression=True)
+    assert metrics == {"mse": pytest.approx(2.25), "mse/0": pytest.approx(2.5), "mse/1": pytest.approx(2.0)}
+
+
+def test_resolve_checkpoint_best_and_last(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    for step in (2, 4):
+        (root / ckpt.tag_for(step)).mkdir(parents=True)
+        (root / ckpt.tag_for(step) / ckpt.META).write_text("{}")
+    ckpt.mark_best(root, root / ckpt.tag_for(2))
+    assert ev.resolve_checkpoint(tmp_path / "run", "best").name == ckpt.tag_for(2)
+    assert ev.resolve_checkpoint(tmp_path / "run", "last").name == ckpt.tag_for(4)
+    assert ev.resolve_checkpoint(root / ckpt.tag_for(4)) == root / ckpt.tag_for(4)
+    assert ev.run_dir_of(root / ckpt.tag_for(4)) == (tmp_path / "run").resolve()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        ev.resolve_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ ensemble
+
+def _predictions(tmp_path, name, scores, labels, ids):
+    return ev.save_predictions(tmp_path / name / "predictions.npz", np.asarray(scores, dtype=np.float64),
+                               np.asarray(labels), ids).parent
+
+
+def test_ensemble_fuses_in_video_order(tmp_path, capsys):
+    joint = _predictions(tmp_path, "joint", [[2.0, 1.0, 0.0], [0.0, 1.0, 0.5], [0.1, 0.0, 0.2]], [0, 2, 2], ["a", "b", "c"])
+    # the bone stream lists the same videos in another order
+    bone = _predictions(tmp_path, "bone", [[0.0, 0.0, 3.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0]], [2, 0, 2], ["c", "a", "b"])
+    fused = ensemble.fuse(ev.load_predictions(joint), ev.load_predictions(bone), alpha=0.5)
+    np.testing.assert_allclose(fused["scores"], [[2.0, 2.0, 0.0], [0.5, 1.0, 0.5], [0.1, 0.0, 1.7]])
+    assert fused["ids"].tolist() == ["a", "b", "c"] and fused["labels"].tolist() == [0, 2, 2]
+    assert ensemble.main([str(joint), str(bone), "--alpha", "0.5", "--out", str(tmp_path / "f.npz")]) == 0
+    out = capsys.readouterr().out
+    # joint alone: a ok, b wrong (1), c ok -> 66.67; fused: a tie (argmax 0) ok, b wrong, c ok -> 66.67
+    assert "A: top1 66.67  top5 100.00" in out and "A + 0.5 B: top1 66.67" in out
+    np.testing.assert_allclose(ev.load_predictions(tmp_path / "f.npz")["scores"], fused["scores"])
+
+
+def test_ensemble_refuses_different_videos_or_labels(tmp_path, capsys):
+    a = _predictions(tmp_path, "a", [[1.0, 0.0]], [0], ["x"])
+    b = _predictions(tmp_path, "b", [[1.0, 0.0]], [0], ["y"])
+    c = _predictions(tmp_path, "c", [[1.0, 0.0]], [1], ["x"])
+    with pytest.raises(ValueError, match="different videos"):
+        ensemble.fuse(ev.load_predictions(a), ev.load_predictions(b))
+    with pytest.raises(ValueError, match="labels"):
+        ensemble.fuse(ev.load_predictions(a), ev.load_predictions(c))
+    assert ensemble.main([str(a), str(tmp_path / "missing")]) == 2
+    assert "no predictions" in capsys.readouterr().err
