@@ -16,6 +16,7 @@ from .lists import read_bad_files
 DATASETS = {
     "video": ".video:VideoDataset",
     "rawframes": ".rawframes:RawFrameDataset",
+    "skeleton": ".skeleton:SkeletonDataset",
 }
 SPLITS = ("train", "val", "test")
 

@@ -10,7 +10,8 @@ class DataConfig:
     """Where the clips come from, how frames are sampled and how they are augmented."""
 
     dataset: str = "video"
-    """Dataset kind: `video` (decord-decoded files) or `rawframes` (JPEG/PNG frame folders)."""
+    """Dataset kind: `video` (decord-decoded files), `rawframes` (JPEG/PNG frame folders) or
+    `skeleton` (NTU-style .npy + label .pkl)."""
     root: str = "data/synthetic"
     """Folder that relative list paths and relative video paths resolve against."""
     train_list: str = "train.txt"
@@ -73,3 +74,30 @@ class DataConfig:
     """rawframes: file name of frame i inside a frame folder (`str.format` of the frame number)."""
     frame_start_index: int = 1
     """rawframes: number of a folder's first frame file (0 or 1)."""
+    train_data: str = "train_data.npy"
+    """skeleton: (N, C, T, V, M) .npy of the training split (its `train_list` is the label .pkl)."""
+    val_data: str = "val_data.npy"
+    """skeleton: .npy of the validation split (labels: `val_list`)."""
+    test_data: Optional[str] = None
+    """skeleton: .npy of the test split (labels: `test_list`); defaults to `val_data`."""
+    skeleton_stream: str = "joint"
+    """skeleton: `joint` coordinates or `bone` vectors (bone[v1] = joint[v1] - joint[parent v1])."""
+    graph: str = "ntu-rgb+d"
+    """skeleton: graph whose edges define the bones (`models.graphs`: ntu-rgb+d, kinetics, smpl-24)."""
+    window_size: int = 0
+    """skeleton: frames per sample after the temporal crop and resize; 0 keeps the array's T frames."""
+    crop_range: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    """skeleton training: the temporal crop keeps a random fraction in [min, max] of the valid frames."""
+    random_rotation: float = 0.0
+    """skeleton training: rotate xyz about each axis by a uniform angle in [-this, this] degrees (0: off)."""
+    laban: bool = False
+    """skeleton: append 12 Laban channels (velocity, flow, space, weight; `datasets.laban`) to the 3 of the stream."""
+    targets_csv: Optional[str] = None
+    """skeleton: CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
+    participant_column: str = "participant"
+    """skeleton: the `targets_csv` column holding the participant id."""
+    target_columns: List[str] = field(default_factory=lambda: [
+        "openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"])
+    """skeleton: the `targets_csv` columns returned as targets, in this order."""
+    participant_regex: str = r"^([^_]+)"
+    """skeleton: regex whose first group (or whole match) takes the participant id from a sample name."""
