@@ -198,3 +198,41 @@ def test_bad_arguments_and_list_overwrite(src, tmp_path):
     assert proc.returncode == 2 and "list file not found" in proc.stderr
     proc = run_cli(str(src / "train.txt"), str(tmp_path / "out"), "--frames", "--template", "img.jpg")
     assert proc.returncode == 2 and "--template" in proc.stderr
+
+
+def test_killed_pool_leaves_nothing_half_done(src, tmp_path):
+    """SIGKILL the whole run (main process and pool) once some outputs are recorded; the
+    rerun keeps those, finishes the rest, and nothing half-written is left or listed."""
+    import signal
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for k in range(8):
+        (many / f"c{k:02d}.mp4").symlink_to(src / "b/v2.mp4")
+    (many / "all.txt").write_text("".join(f"c{k:02d}.mp4 {k % 3}\n" for k in range(8)))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "datasets.prepare", str(many / "all.txt"), str(out), "--short-side", "64",
+            "--preset", "veryslow", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        manifest = prepare.read_manifest(str(out))
+        if len(manifest) >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    recorded = prepare.read_manifest(str(out))
+    assert recorded, "nothing finished before the kill"
+    kept = {rel: (out / rel).stat().st_mtime_ns for rel in recorded}
+    print(f"killed with {len(recorded)} of 8 recorded, half-written: {sorted(p.name for p in out.glob('*.part'))}")
+    for path in out.glob("c*.mp4"):  # whatever carries a final name is a whole, readable video
+        assert len(open_video(str(path))) == 60
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"({8 - len(recorded)} prepared now, {len(recorded)} already done)" in rerun.stderr
+    assert {rel: (out / rel).stat().st_mtime_ns for rel in recorded} == kept
+    assert len((out / "all.txt").read_text().splitlines()) == 8
+    assert not list(out.glob("*.part"))
