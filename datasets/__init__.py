@@ -17,6 +17,7 @@ DATASETS = {
     "video": ".video:VideoDataset",
     "rawframes": ".rawframes:RawFrameDataset",
     "skeleton": ".skeleton:SkeletonDataset",
+    "multiperson": ".multiperson:MultiPersonDataset",
 }
 SPLITS = ("train", "val", "test")
 

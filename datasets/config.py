@@ -10,8 +10,8 @@ class DataConfig:
     """Where the clips come from, how frames are sampled and how they are augmented."""
 
     dataset: str = "video"
-    """Dataset kind: `video` (decord-decoded files), `rawframes` (JPEG/PNG frame folders) or
-    `skeleton` (NTU-style .npy + label .pkl)."""
+    """Dataset kind: `video` (decord-decoded files), `rawframes` (JPEG/PNG frame folders),
+    `skeleton` (NTU-style .npy + label .pkl) or `multiperson` (synchronised windows of P people)."""
     root: str = "data/synthetic"
     """Folder that relative list paths and relative video paths resolve against."""
     train_list: str = "train.txt"

@@ -111,7 +111,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
 
     def __init__(self, cfg: DataConfig, split: str):
         self.list_path = split_list(cfg, split)
-        if cfg.list_format not in self.list_formats:
+        if self.list_formats and cfg.list_format not in self.list_formats:
             raise ValueError(f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
                              f"{self.list_formats}, got {cfg.list_format!r}")
         if cfg.sampling not in SAMPLINGS:
@@ -122,14 +122,23 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         self.cfg = cfg
         self.split = split
         self.train = split == "train"
-        self.items = read_list(self.list_path, cfg.root, cfg.list_format, cfg.separator, cfg.path_prefix)
+        self.items = self.read_items()
         if not self.items:
             raise ValueError(f"{self.list_path} lists no samples (data.{split}_list)")
         self.multilabel = cfg.list_format == "multilabel"
         self.num_classes = count_classes(cfg.root, self.items)
         self.bad_files: Dict[str, str] = {}
-        self._paths = {it.path for it in self.items}
+        self._paths = {p for it in self.items for p in self.item_paths(it)}
         self._calls = 0
+
+    def read_items(self) -> list:
+        """The split's items, parsed from `self.list_path`."""
+        cfg = self.cfg
+        return read_list(self.list_path, cfg.root, cfg.list_format, cfg.separator, cfg.path_prefix)
+
+    def item_paths(self, item) -> Tuple[str, ...]:
+        """The files an item reads (one for a video or frame folder); any bad one skips it."""
+        return (item.path,)
 
     @property
     def num_views(self) -> int:
@@ -145,21 +154,26 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         for step in range(n):
             i = (index + step) % n
             item = self.items[i]
-            if item.path in self.bad_files:
+            if any(p in self.bad_files for p in self.item_paths(item)):
                 continue
             # the same generator for whichever item ends up used, so the result does not
             # depend on whether this process already knew the earlier items were bad
             rng = np.random.default_rng(entropy)
             try:
-                return self.load(item, rng), self.target(item)
+                return self.sample(item, rng)
             except BadVideoError as e:
-                self._record_bad(item.path, str(e))
+                # an item of several files says which one failed in `e.path`
+                self._record_bad(getattr(e, "path", None) or item.path, str(e))
         raise RuntimeError(f"no readable {self.noun} in {self.list_path}: {self._bad_listing()}")
 
     def _parse_key(self, key: Key):
         if not isinstance(key, (tuple, list)):
             self._calls += 1
         return parse_key(key, len(self.items), self._calls)
+
+    def sample(self, item: ListItem, rng: np.random.Generator) -> tuple:
+        """What `dataset[key]` returns for a readable item: (clip or views, label)."""
+        return self.load(item, rng), self.target(item)
 
     def open(self, item: ListItem) -> Opened:
         """(frame count, fps or None, reader of frame indices); BadVideoError if unreadable."""
