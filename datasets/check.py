@@ -2,12 +2,16 @@
 
     python -m datasets.check LIST [--root R] [--format video|csv|multilabel|rawframes]
         [--separator S] [--prefix P] [--num-frames N --sampling-rate S] [--jobs J]
+        [--frame-template T --start-index I]
 
 Reports every bad entry as `list:line: path: reason`, the reason being one of: missing,
 empty file, zero frames, decode error: ..., too short: ... (fewer frames than the clip span,
 when --num-frames and --sampling-rate are given; the span is rescaled by the file's fps as in
 training). A video counts as readable when it opens and its first frame, a centred clip and
-its last frame decode. Exit status 1 if any entry is bad, 2 if the list itself is unusable.
+its last frame decode. A frame folder counts as readable when it holds the listed number of
+frames; with --frame-template (e.g. `img_{:05d}.jpg`) every listed frame file must exist under
+its templated name and the first, middle and last must decode (missing frames: ..., decode
+error: ...). Exit status 1 if any entry is bad, 2 if the list itself is unusable.
 """
 from __future__ import annotations
 
@@ -45,8 +49,10 @@ def check_video(path: str, num_frames: Optional[int] = None, sampling_rate: Opti
     return None
 
 
-def check_frames(path: str, listed: Optional[int], num_frames: Optional[int] = None) -> Optional[str]:
-    """None if a frame folder exists and holds the frames the list says, else the reason."""
+def check_frames(path: str, listed: Optional[int], num_frames: Optional[int] = None,
+                 template: Optional[str] = None, start_index: int = 1) -> Optional[str]:
+    """None if a frame folder exists and holds the frames the list says, else the reason.
+    With `template`, the listed frames are looked up by name and three of them decoded."""
     if not os.path.exists(path):
         return "missing"
     if not os.path.isdir(path):
@@ -58,20 +64,40 @@ def check_frames(path: str, listed: Optional[int], num_frames: Optional[int] = N
         return f"frame count: the list says {listed}, the folder has {count}"
     if num_frames and count < num_frames:
         return f"too short: {count} frames for {num_frames} segments"
+    if template and listed:
+        return _check_templated(path, listed, template, start_index)
     return None
 
 
-def _check(args: Tuple[ListItem, str, Optional[int], Optional[float], float]) -> Optional[str]:
-    item, fmt, num_frames, rate, target_fps = args
+def _check_templated(path: str, listed: int, template: str, start_index: int) -> Optional[str]:
+    from .decode import BadVideoError
+    from .rawframes import frame_path, load_image  # Pillow only when frames are decoded
+
+    names = {e.name for e in os.scandir(path)}
+    missing = [os.path.basename(frame_path(path, i, template, start_index)) for i in range(listed)]
+    missing = [m for m in missing if m not in names]
+    if missing:
+        return f"missing frames: {len(missing)} of {listed} (first: {missing[0]})"
+    try:
+        for i in sorted({0, listed // 2, listed - 1}):
+            load_image(frame_path(path, i, template, start_index))
+    except BadVideoError as e:
+        return str(e)
+    return None
+
+
+def _check(args: tuple) -> Optional[str]:
+    item, fmt, num_frames, rate, target_fps, template, start_index = args
     if fmt == "rawframes":
-        return check_frames(item.path, item.num_frames, num_frames)
+        return check_frames(item.path, item.num_frames, num_frames, template, start_index)
     return check_video(item.path, num_frames, rate, target_fps)
 
 
 def scan(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
-         target_fps: float = 30.0, jobs: int = 1) -> List[Tuple[ListItem, str]]:
+         target_fps: float = 30.0, jobs: int = 1, frame_template: Optional[str] = None,
+         start_index: int = 1) -> List[Tuple[ListItem, str]]:
     """(item, reason) for every bad item, in list order."""
-    work = [(it, fmt, num_frames, sampling_rate, target_fps) for it in items]
+    work = [(it, fmt, num_frames, sampling_rate, target_fps, frame_template, start_index) for it in items]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             reasons = list(pool.map(_check, work, chunksize=16))
@@ -91,6 +117,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sampling-rate", type=float, help="stride at --target-fps; with --num-frames, flags short videos")
     parser.add_argument("--target-fps", type=float, default=30.0, help="frame rate the stride is defined at")
     parser.add_argument("--jobs", type=int, default=1, help="processes to scan with")
+    parser.add_argument("--frame-template", help="rawframes: frame file name template, e.g. 'img_{:05d}.jpg'")
+    parser.add_argument("--start-index", type=int, default=1, help="rawframes: number of the first frame file")
     a = parser.parse_args(argv)
     root = a.root if a.root is not None else (os.path.dirname(a.list) or ".")
     try:
@@ -98,7 +126,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bad = scan(items, a.format, a.num_frames, a.sampling_rate, a.target_fps, a.jobs)
+    bad = scan(items, a.format, a.num_frames, a.sampling_rate, a.target_fps, a.jobs, a.frame_template,
+               a.start_index)
     for item, reason in bad:
         print(f"{a.list}:{item.line}: {item.path}: {reason}")
     print(f"{len(bad)} of {len(items)} entries unreadable" if bad else f"all {len(items)} entries readable",

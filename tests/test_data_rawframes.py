@@ -140,3 +140,21 @@ def test_dataloader_with_workers(frame_root):
     batches = [list(torch.utils.data.DataLoader(ds, batch_size=2, sampler=keys, num_workers=w)) for w in (0, 2)]
     for (c0, l0), (c2, l2) in zip(*batches):
         assert torch.equal(c0, c2) and torch.equal(l0, l2)
+
+
+def test_check_cli_with_template(tmp_path, capsys):
+    from datasets import check
+
+    write_folder(tmp_path / "ok", n=6, template="{:06d}.jpg", start=0)
+    write_folder(tmp_path / "gap", n=6, template="{:06d}.jpg", start=0)
+    (tmp_path / "gap" / "000003.jpg").unlink()
+    (tmp_path / "gap" / "000006.jpg").write_bytes(b"x")  # right count, but frame 3 missing
+    write_folder(tmp_path / "corrupt", n=6, template="{:06d}.jpg", start=0)
+    (tmp_path / "corrupt" / "000005.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "list.txt").write_text("ok 6 0\ngap 6 0\ncorrupt 6 1\n")
+    args = [str(tmp_path / "list.txt"), "--format", "rawframes", "--frame-template", "{:06d}.jpg", "--start-index", "0"]
+    assert check.main(args) == 1
+    out = capsys.readouterr().out
+    assert "gap: missing frames: 1 of 6 (first: 000003.jpg)" in out
+    assert "corrupt: decode error: 000005.jpg" in out and "/ok:" not in out
+    assert check.main(args[:3]) == 0  # without a template: counts only
