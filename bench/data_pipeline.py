@@ -12,6 +12,16 @@ and prints clips/s, b/a (target >= 0.8) and c/b (target >= 1.6 with 2 workers on
 Side fact: get_batch on the same frames given unsorted vs sorted.
 Torch runs single-threaded in-process, as in DataLoader workers, so (b) and (c) compare
 one core against --workers cores.
+
+    .venv/bin/python bench/data_pipeline.py --prepared [--videos 8] [--size 160] [--frames 300]
+        [--source-gop 250] [--gop 16] [--num-frames 8] [--sampling-rate 32] [--rounds 5]
+
+With --prepared: videos with a long keyframe interval (--source-gop), re-encoded by
+`datasets.prepare` with a keyframe every --gop frames (same size, same crf and preset as the
+sources, so the keyframe interval is the only difference), then bare decord reads of the SAME
+sampled clips from the sources and from the prepared copies, alternating in --rounds rounds
+(which one goes first alternates too); prints the median clips/s of each and the ratio
+(target >= 2x for sparse sampling: 8 frames at rate 32).
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -31,9 +42,9 @@ from datasets.decode import open_video, read_frames  # noqa: E402
 from datasets.synthetic import write_video  # noqa: E402
 
 
-def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0) -> str:
-    """`count` videos of a texture panning under a moving shape, plus per-frame grain;
-    writes train.txt and returns it."""
+def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0, gop: Optional[int] = None) -> str:
+    """`count` videos of a texture panning under a moving shape, plus per-frame grain, with
+    keyframe interval `gop` (None: x264's default); writes train.txt and returns the folder."""
     rng = np.random.default_rng(seed)
     lines = []
     for k in range(count):
@@ -47,7 +58,7 @@ def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0) 
                 clip[t] = texture[:size, x : x + size]
                 clip[t, size // 3 : size // 3 + size // 5, (3 * t) % (size - size // 5) :][:, : size // 5] = 240
             clip = np.clip(clip.astype(np.int16) + rng.integers(-12, 13, clip.shape), 0, 255).astype(np.uint8)
-            write_video(path, clip, fps=30)
+            write_video(path, clip, fps=30, gop=gop)
         lines.append(f"{os.path.basename(path)} {k % 4}\n")
     with open(os.path.join(folder, "train.txt"), "w") as f:
         f.writelines(lines)
@@ -58,13 +69,97 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
+def _keyframes(path: str) -> int:
+    """Keyframes in a video, from the packets (no decoding)."""
+    import av
+
+    with av.open(path) as c:
+        return sum(p.is_keyframe for p in c.demux(video=0) if p.size)
+
+
+def bench_prepared(a) -> int:
+    """Sparse clips read from long-gop sources and from their prepared short-gop copies."""
+    from datasets.prepare import PrepareOptions, prepare_list
+    from datasets.sampling import clip_indices
+
+    tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="bench_prepared_")
+    folder = a.dir or tmp.name
+    raw, src, out = (os.path.join(folder, name) for name in ("raw", "source", "prepared"))
+    os.makedirs(raw, exist_ok=True)
+    t0 = time.perf_counter()
+    make_videos(raw, a.videos, a.size, a.frames)
+    # the sources: encoded by the same tool as the copies (same size, crf 18 and preset), with
+    # scene-cut keyframes off so their interval really is --source-gop (x264's scene cuts put
+    # one every ~75 frames into this panning content): only the keyframe interval differs
+    for folder_in, folder_out, gop in ((raw, src, a.source_gop), (src, out, a.gop)):
+        opts = PrepareOptions(short_side=a.size, gop=gop, crf=18, preset="veryfast")
+        report = prepare_list(os.path.join(folder_in, "train.txt"), folder_out, opts, workers=a.workers,
+                              progress=False)
+        if report.failed:
+            print(f"prepare failed: {report.failed}")
+            return 1
+        t1, t2 = (time.perf_counter(), None) if folder_in == raw else (t1, time.perf_counter())
+    names = sorted(f for f in os.listdir(src) if f.endswith(".mp4"))
+    pairs = [(os.path.join(src, f), os.path.join(out, f)) for f in names]
+    size_src = sum(os.path.getsize(s) for s, _ in pairs) / 2**20
+    size_out = sum(os.path.getsize(o) for _, o in pairs) / 2**20
+    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} ({t1 - t0:.1f}s to make the sources, "
+          f"{t2 - t1:.1f}s to prepare the copies with {a.workers} workers)")
+    print(f"keyframes per video: sources {np.mean([_keyframes(s) for s, _ in pairs]):g} ({size_src:.1f} MiB "
+          f"in all), prepared copies {np.mean([_keyframes(o) for _, o in pairs]):g} ({size_out:.1f} MiB)")
+
+    # the same clips from both: one train-mode clip per video per round, seeded
+    plans = []
+    for r in range(a.rounds):
+        round_plan = []
+        for k, (s, o) in enumerate(pairs):
+            vr_s, vr_o = open_video(s), open_video(o)
+            assert len(vr_s) == len(vr_o), (s, len(vr_s), len(vr_o))
+            idx = clip_indices(len(vr_s), a.num_frames, a.sampling_rate, vr_s.get_avg_fps(), 30.0, mode="train",
+                               rng=np.random.default_rng([r, k]))
+            round_plan.append((s, o, idx))
+        plans.append(round_plan)
+    print(f"clip: {a.num_frames} frames x rate {a.sampling_rate} (span {a.num_frames * a.sampling_rate} of "
+          f"{a.frames} frames); bare decord open + get_batch; {a.videos} clips per round, {a.rounds} rounds")
+    for s, o, idx in plans[0][:2]:  # warm the page cache and decord's first-use costs
+        read_frames(open_video(s), idx)
+        read_frames(open_video(o), idx)
+
+    rates = {"source": [], "prepared": []}
+    for r, round_plan in enumerate(plans):
+        order = ("source", "prepared") if r % 2 == 0 else ("prepared", "source")
+        for which in order:
+            t = time.perf_counter()
+            for s, o, idx in round_plan:
+                clip = read_frames(open_video(s if which == "source" else o), idx)
+            rates[which].append(_rate(len(round_plan), time.perf_counter() - t))
+        assert clip.shape[0] == a.num_frames
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    ratios = [p / s for p, s in zip(rates["prepared"], rates["source"])]
+    print("per round clips/s: source " + " ".join(f"{x:.1f}" for x in rates["source"])
+          + " | prepared " + " ".join(f"{x:.1f}" for x in rates["prepared"]))
+    print(f"source   (gop {a.source_gop:>3})  {med['source']:8.1f} clips/s (median)")
+    print(f"prepared (gop {a.gop:>3})  {med['prepared']:8.1f} clips/s (median)   "
+          f"prepared/source = {med['prepared'] / med['source']:.2f}x (median of per-round ratios "
+          f"{np.median(ratios):.2f}x; target >= 2)")
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {os.cpu_count()} CPUs")
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", type=int, default=24)
+    p.add_argument("--videos", type=int, help="generated videos (default 24; 8 with --prepared)")
     p.add_argument("--size", type=int, default=160, help="frame side of the generated videos")
-    p.add_argument("--frames", type=int, default=96, help="frames per generated video")
+    p.add_argument("--frames", type=int, help="frames per generated video (default 96; 300 with --prepared)")
     p.add_argument("--num-frames", type=int, default=8)
-    p.add_argument("--sampling-rate", type=int, default=8)
+    p.add_argument("--sampling-rate", type=int, help="clip stride (default 8; 32 with --prepared)")
+    p.add_argument("--prepared", action="store_true", help="compare sources with their datasets.prepare copies")
+    p.add_argument("--source-gop", type=int, default=250, help="with --prepared: keyframe interval of the sources")
+    p.add_argument("--gop", type=int, default=16, help="with --prepared: keyframe interval of the prepared copies")
+    p.add_argument("--rounds", type=int, default=5, help="with --prepared: alternating rounds (medians reported)")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
@@ -72,6 +167,11 @@ def main(argv=None) -> int:
     p.add_argument("--dir", help="folder for the videos (default: a temporary one)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    if a.prepared:
+        a.videos, a.frames = a.videos or 8, a.frames or 300
+        a.sampling_rate = a.sampling_rate or 32
+        return bench_prepared(a)
+    a.videos, a.frames, a.sampling_rate = a.videos or 24, a.frames or 96, a.sampling_rate or 8
 
     tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="bench_data_")
     folder = a.dir or tmp.name
