@@ -46,6 +46,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
@@ -441,7 +442,11 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
                 futures = {pool.submit(_prepare_task, task): rel for rel, task in tasks}
                 with tqdm(total=len(tasks), unit="video", desc="prepare", disable=not progress) as bar:
                     for future in as_completed(futures):
-                        finish(futures[future], future.result(), log)
+                        try:
+                            result = future.result()
+                        except BrokenProcessPool as e:  # a worker killed (OOM, a crash in ffmpeg)
+                            result = {"status": "failed", "reason": f"worker process died ({e}); run again to retry"}
+                        finish(futures[future], result, log)
         else:
             with tqdm(total=len(tasks), unit="video", desc="prepare", disable=not progress) as bar:
                 for rel, task in tasks:

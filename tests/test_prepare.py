@@ -88,6 +88,10 @@ def test_frames_mode_and_fps(src, tmp_path):
             frame = next(c.decode(video=0))
         assert min(frame.width, frame.height) == 24
     assert not list(out.rglob("*.part"))
+    # the suite's own raw-frame reader takes the folders as they are (template, numbered from 1)
+    from datasets.check import scan
+
+    assert scan(items, "rawframes", frame_template="img_{:05d}.jpg", start_index=1) == []
 
 
 def test_fps_resampling_reencode(src, tmp_path):
@@ -236,3 +240,30 @@ def test_killed_pool_leaves_nothing_half_done(src, tmp_path):
     assert {rel: (out / rel).stat().st_mtime_ns for rel in recorded} == kept
     assert len((out / "all.txt").read_text().splitlines()) == 8
     assert not list(out.glob("*.part"))
+
+
+def test_outputs_that_would_collide_are_reported(src, tmp_path):
+    (tmp_path / "v0.mp4").symlink_to(src / "a/v0.mp4")
+    (tmp_path / "v0.avi").symlink_to(src / "a/v1.mp4")  # would also become v0.mp4
+    (tmp_path / "list.txt").write_text("v0.mp4 3\nv0.avi 1\nv0.mp4 3\n")  # a repeated line is fine
+    report = prepare.prepare_list(str(tmp_path / "list.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=0),
+                                  progress=False)
+    assert [(line, reason) for line, _, reason in report.failed] == \
+        [(2, f"its output v0.mp4 is also the output of {tmp_path / 'v0.mp4'}")]
+    assert (tmp_path / "out/list.txt").read_text() == "v0.mp4 3\nv0.mp4 3\n"
+
+
+def _crash_on_v1(task):
+    if task[1].endswith("v1.mp4"):
+        os._exit(1)  # as a segfault in a decoder or the OOM killer would end the worker
+    return prepare.prepare_one(*task)
+
+
+def test_a_dying_worker_is_reported_not_fatal(src, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "_prepare_task", _crash_on_v1)
+    report = prepare.prepare_list(str(src / "train.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=32),
+                                  workers=2, progress=False)
+    reasons = {os.path.relpath(path, src): reason for _, path, reason in report.failed}
+    assert reasons["a/v1.mp4"].startswith("worker process died")
+    listed = (tmp_path / "out/train.txt").read_text().splitlines()
+    assert "a/v1.mp4 0" not in listed and len(listed) + len(reasons) == len(LIST)
