@@ -60,6 +60,8 @@ class OptimConfig:
     """LR at the start of the warmup, for `base_batch_size` (scaled like `lr`)."""
     final_lr: float = 0.0
     """LR at the end of the cosine schedule, for `base_batch_size` (scaled like `lr`)."""
+    keep_effective_batch: bool = False
+    """On more devices (`submit.py --nodes N`), lower `train.grad_accum` to keep the effective batch (and LR)."""
 
 
 @dataclass
@@ -113,6 +115,38 @@ class TrackingConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """Slurm resources of `launch/submit.py`; each field can be overridden by the flag of the same name."""
+
+    nodes: int = 1
+    """Nodes of the job (`--nodes`)."""
+    gpus_per_node: int = 0
+    """GPUs per node; one task per GPU, or one task per node when 0 (CPU)."""
+    cpus_per_task: int = 1
+    """CPU cores per task (data loader workers run on these)."""
+    mem_gb: Optional[float] = None
+    """Memory per node in GB; None leaves the partition's default."""
+    partition: Optional[str] = None
+    """Slurm partition; None uses the cluster's default."""
+    account: Optional[str] = None
+    """Slurm account to charge."""
+    qos: Optional[str] = None
+    """Quality of service."""
+    constraint: Optional[str] = None
+    """Node feature constraint (e.g. `a100`)."""
+    time: str = "01:00:00"
+    """Time limit per allocation, [D-]HH:MM:SS or minutes; a requeued job gets it again."""
+    job_name: Optional[str] = None
+    """Job name; default `<experiment>/<name>`."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which Slurm signals the job to checkpoint and requeue."""
+    max_requeues: int = 3
+    """Requeues after preemption or time limit before the job gives up."""
+    array_parallelism: int = 16
+    """Jobs of an array (grid) that may run at the same time."""
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -133,6 +167,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def run_dir(self) -> Path:
         """Folder holding this run's config, checkpoints and local metrics."""
@@ -203,11 +238,17 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     return from_dict(merged, source=source, override_keys=set(flatten(override_tree)))
 
 
-def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: frozenset | set = frozenset()) -> Config:
-    """Validate a plain dict (e.g. a loaded YAML) into a `Config`."""
+def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: frozenset | set = frozenset(),
+              check_model: bool = True) -> Config:
+    """Validate a plain dict (e.g. a loaded YAML) into a `Config`.
+
+    `check_model=False` skips the `model:` check against the preset's constructor, which imports torch
+    (`submit.py --dry-run` stays fast; the job checks it when it starts).
+    """
     validator = _Validator(source, set(override_keys))
     cfg = validator.convert(dict(raw), Config, "")
-    cfg.model = validator.model_section(cfg.model)
+    if check_model:
+        cfg.model = validator.model_section(cfg.model)
     return cfg
 
 
