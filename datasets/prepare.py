@@ -47,7 +47,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -377,9 +377,13 @@ class Report:
     """What a run did."""
 
     done: int = 0
+    """Outputs written by this run."""
     skipped: int = 0
-    failed: List[Tuple[int, str, str]] = None  # (list line, source path, reason)
+    """Outputs already finished and verified."""
+    failed: List[Tuple[int, str, str]] = field(default_factory=list)
+    """(list line, source path, reason) of every entry left out of the new list."""
     list_path: str = ""
+    """The new list file."""
 
 
 def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Optional[str] = None, fmt: str = "video",
@@ -407,7 +411,7 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
         raise ValueError(f"the new list would overwrite {src_list}; choose another OUT_DIR or --out-list")
 
     manifest = read_manifest(out_dir)
-    report = Report(failed=[], list_path=list_path)
+    report = Report(list_path=list_path)
     outputs: Dict[str, str] = {}  # output relpath -> source path (one source per output)
     results: Dict[str, dict] = {}
     tasks = []
