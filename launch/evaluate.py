@@ -8,7 +8,9 @@ input without a view axis: skeletons, per-person features) or the views of each 
 
 - `mean_softmax` (default; DyReg/TSM protocol): mean over views of the softmax probabilities;
 - `sum`: sum over views of the logits (TimeSformer sums its views' predictions);
-- regression models (MSE loss, `task == "regression"`): the mean of the outputs, whatever the setting.
+- regression models (MSE loss, `task == "regression"`): the mean of the outputs, whatever the setting;
+  when the dataset names each sample's `participants`, outputs and targets are then averaged per
+  participant before the per-output MSE (the personality protocol), and the ids are the participants.
 
 Results: `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
 `checkpoint`), `<run>/test/metrics.json`, the confusion matrix (`confusion_matrix.json` + `.png`),
@@ -166,13 +168,24 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device) -> Tu
 
 
 def video_ids(dataset: Any) -> List[str]:
-    """An id per sample: the dataset's `ids`, its list items' paths, or the index."""
-    if hasattr(dataset, "ids"):
-        return [str(i) for i in dataset.ids]
+    """An id per sample: the dataset's `ids` or `sample_names`, its list items' paths, or the index."""
+    for attr in ("ids", "sample_names"):
+        if getattr(dataset, attr, None) is not None:
+            return [str(i) for i in getattr(dataset, attr)]
     items = getattr(dataset, "items", None)
     if items is not None and all(hasattr(it, "path") for it in items):
         return [str(it.path) for it in items]
     return [str(i) for i in range(len(dataset))]
+
+
+def average_by_group(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str]
+                     ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """Mean scores and labels per group (the personality protocol: all chunks of a participant), groups in first-seen order."""
+    names = list(dict.fromkeys(str(g) for g in groups))
+    rows = np.array([str(g) for g in groups])
+    mean_scores = np.stack([scores[rows == g].astype(np.float64).mean(axis=0) for g in names])
+    mean_labels = np.stack([labels[rows == g].astype(np.float64).mean(axis=0) for g in names])
+    return mean_scores, mean_labels, names
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -240,12 +253,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
                         num_workers=cfg.data.num_workers, drop_last=False)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     scores, labels = predict(model, loader, how, device)
+    ids = video_ids(dataset)[:len(scores)]
+    if regression and getattr(dataset, "participants", None) is not None:
+        scores, labels, ids = average_by_group(scores, labels, dataset.participants[:len(scores)])
     class_names = getattr(dataset, "class_names", None)
     metrics = evaluation_metrics(scores, labels, regression, class_names)
 
     out = Path(out) if out else run_dir / "predictions.npz"
-    save_predictions(out, scores, labels, video_ids(dataset)[:len(scores)], aggregate=how,
-                     checkpoint=str(checkpoint.resolve()))
+    save_predictions(out, scores, labels, ids, aggregate=how, checkpoint=str(checkpoint.resolve()))
     test_dir = run_dir / "test"
     test_dir.mkdir(parents=True, exist_ok=True)
     step = int(ckpt.read_meta(checkpoint).get("step", 0)) if (checkpoint / ckpt.META).is_file() else 0

@@ -197,3 +197,13 @@ def test_ensemble_refuses_different_videos_or_labels(tmp_path, capsys):
         ensemble.fuse(ev.load_predictions(a), ev.load_predictions(c))
     assert ensemble.main([str(a), str(tmp_path / "missing")]) == 2
     assert "no predictions" in capsys.readouterr().err
+
+
+def test_regression_is_averaged_per_participant():
+    scores = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+    labels = np.array([[2.0, 1.0], [2.0, 1.0], [4.0, 4.0]])
+    mean_scores, mean_labels, names = ev.average_by_group(scores, labels, ["p1", "p1", "p2"])
+    assert names == ["p1", "p2"]
+    np.testing.assert_allclose(mean_scores, [[2.0, 1.0], [5.0, 5.0]])
+    np.testing.assert_allclose(mean_labels, [[2.0, 1.0], [4.0, 4.0]])
+    assert ev.evaluation_metrics(mean_scores, mean_labels, regression=True)["mse"] == pytest.approx(0.5)
