@@ -14,14 +14,15 @@ Torch runs single-threaded in-process, as in DataLoader workers, so (b) and (c) 
 one core against --workers cores.
 
     .venv/bin/python bench/data_pipeline.py --prepared [--videos 8] [--size 160] [--frames 300]
-        [--source-gop 250] [--gop 16] [--num-frames 8] [--sampling-rate 32] [--rounds 5]
+        [--source-gop 250] [--gop 16] [--num-frames 8] [--sampling-rate 32] [--rounds 5] [--tune T]
 
 With --prepared: videos with a long keyframe interval (--source-gop), re-encoded by
 `datasets.prepare` with a keyframe every --gop frames (same size, same crf and preset as the
 sources, so the keyframe interval is the only difference), then bare decord reads of the SAME
 sampled clips from the sources and from the prepared copies, alternating in --rounds rounds
 (which one goes first alternates too); prints the median clips/s of each and the ratio
-(target >= 2x for sparse sampling: 8 frames at rate 32).
+(target >= 2x for sparse sampling: 8 frames at rate 32). --tune (e.g. fastdecode) encodes the
+copies with that x264 tune as well: then more than the keyframe interval differs.
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def bench_prepared(a) -> int:
     # scene-cut keyframes off so their interval really is --source-gop (x264's scene cuts put
     # one every ~75 frames into this panning content): only the keyframe interval differs
     for folder_in, folder_out, gop in ((raw, src, a.source_gop), (src, out, a.gop)):
-        opts = PrepareOptions(short_side=a.size, gop=gop, crf=18, preset="veryfast")
+        opts = PrepareOptions(short_side=a.size, gop=gop, crf=18, preset="veryfast",
+                              tune=a.tune if folder_in == src else None)
         report = prepare_list(os.path.join(folder_in, "train.txt"), folder_out, opts, workers=a.workers,
                               progress=False)
         if report.failed:
@@ -165,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--source-gop", type=int, default=250, help="with --prepared: keyframe interval of the sources")
     p.add_argument("--gop", type=int, default=16, help="with --prepared: keyframe interval of the prepared copies")
     p.add_argument("--rounds", type=int, default=5, help="with --prepared: alternating rounds (medians reported)")
+    p.add_argument("--tune", help="with --prepared: x264 tune of the copies only (e.g. fastdecode)")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)

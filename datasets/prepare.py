@@ -1,7 +1,7 @@
 """Prepare a data set once for fast training: re-encode videos, extract frames, build lists.
 
     python -m datasets.prepare SRC_LIST OUT_DIR [--root R] [--format video|csv] [--separator S]
-        [--short-side 256] [--gop 16] [--fps F] [--crf 23] [--preset medium]
+        [--short-side 256] [--gop 16] [--fps F] [--crf 23] [--preset medium] [--tune T]
         [--frames] [--template img_{:05d}.jpg] [--workers N] [--out-list NAME]
     python -m datasets.prepare --from-folders SRC_DIR OUT_DIR [--val-fraction 0.2] [--seed 0]
 
@@ -76,6 +76,8 @@ class PrepareOptions:
     """x264 constant rate factor (quality; lower is better and bigger)."""
     preset: str = "medium"
     """x264 preset (speed of encoding vs size)."""
+    tune: Optional[str] = None
+    """x264 tune, e.g. `fastdecode` (no CABAC, no deblocking: faster to decode, bigger)."""
     frames: bool = False
     """Extract JPEG frames to folders instead of re-encoding."""
     template: str = "img_{:05d}.jpg"
@@ -211,6 +213,8 @@ def encode_video(src: str, dst: str, opts: PrepareOptions) -> int:
                 # one thread per encoder: the worker processes are the parallelism
                 enc.options = {"crf": str(opts.crf), "preset": opts.preset, "threads": "1", "g": str(opts.gop),
                                "keyint_min": str(opts.gop), "sc_threshold": "0"}
+                if opts.tune:
+                    enc.options = {**enc.options, "tune": opts.tune}
                 source = _frames_checked(frames, stream.frames, [0])
                 for frame in resample(source, in_fps, opts.fps):
                     frame = frame.reformat(width=width, height=height, format="yuv420p")
@@ -523,6 +527,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--fps", type=float, help="frame rate of the copies (default: the source's, every frame)")
     parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower: better, bigger)")
     parser.add_argument("--preset", default="medium", help="x264 preset (ultrafast ... veryslow)")
+    parser.add_argument("--tune", help="x264 tune, e.g. fastdecode (decodes faster, files bigger)")
     parser.add_argument("--frames", action="store_true", help="extract JPEG frames to folders instead")
     parser.add_argument("--template", default="img_{:05d}.jpg", help="frame file name, numbered from 1")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
@@ -544,7 +549,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"(classes.txt, train.txt, val.txt)")
         return 0
 
-    opts = PrepareOptions(short_side=a.short_side, gop=a.gop, fps=a.fps, crf=a.crf, preset=a.preset,
+    opts = PrepareOptions(short_side=a.short_side, gop=a.gop, fps=a.fps, crf=a.crf, preset=a.preset, tune=a.tune,
                           frames=a.frames, template=a.template)
     t0 = time.time()
     try:
