@@ -17,7 +17,9 @@ of this suite (e.g. the pooled output of `TimeSformer(num_classes=0)` per frame 
 MS-G3D) are simply another modality of `modality_dims`.
 
 Input  x: (B, P, T, F) - batch, persons (in a fixed role order, e.g. parent, child), frames of
-          one window, concatenated features of all modalities (F = sum(modality_dims)).
+          one window, concatenated features of all modalities (F = sum(modality_dims));
+          or per-person skeletons (B, P, C, T, V), read as F = C * V features per frame
+          (channel-major: feature c * V + v), e.g. `modality_dims=(75,)` for NTU xyz joints.
 Output {"logits": (B, num_classes), "memory": (B, K, D)} - the memory after this window,
           *detached*: pass it as `memory=` with the next window of the same interaction
           (truncated back-propagation of one window; `memory=None` starts from the learned
@@ -227,8 +229,10 @@ class HIINT(nn.Module):
         The new memory is returned attached to the graph (the classifier reads it); `forward`
         detaches it before handing it back.
         """
+        if x.ndim == 5:  # skeletons (B, P, C, T, V): the joints' channels are the frame's features
+            x = x.permute(0, 1, 3, 2, 4).flatten(3)
         if x.ndim != 4:
-            raise ValueError(f"HIINT expects input (B, P, T, F), got shape {tuple(x.shape)}")
+            raise ValueError(f"HIINT expects input (B, P, T, F) or skeletons (B, P, C, T, V), got shape {tuple(x.shape)}")
         b, p, _, f = x.shape
         if p != self.num_persons or f != sum(self.modality_dims):
             raise ValueError(f"HIINT built for P={self.num_persons} persons and F={sum(self.modality_dims)} features "
@@ -259,7 +263,7 @@ class HIINT(nn.Module):
         return h.reshape(b, p, length, self.embed_dim), new_memory
 
     def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """(B, P, T, F) [+ memory (B, K, D) of the previous window] -> {"logits", "memory" (detached)}."""
+        """(B, P, T, F) or (B, P, C, T, V) [+ memory (B, K, D) of the previous window] -> {"logits", "memory" (detached)}."""
         tokens, new_memory = self.encode(x, memory)
         persons = tokens.mean(dim=2)  # (B, P, D)
         features = torch.cat([persons.mean(dim=1), new_memory.mean(dim=1)], dim=-1)

@@ -207,3 +207,18 @@ def test_regression_is_averaged_per_participant():
     np.testing.assert_allclose(mean_scores, [[2.0, 1.0], [5.0, 5.0]])
     np.testing.assert_allclose(mean_labels, [[2.0, 1.0], [4.0, 4.0]])
     assert ev.evaluation_metrics(mean_scores, mean_labels, regression=True)["mse"] == pytest.approx(0.5)
+
+
+def test_test_metrics_and_predictions_reach_mlflow(known_run):
+    from mlflow.tracking import MlflowClient
+
+    cfg, folder = known_run
+    cfg.tracking.enabled = True
+    ev.evaluate_checkpoint(cfg, folder, ev.EvalConfig(aggregate="sum"))
+    client = MlflowClient(f"sqlite:///{cfg.output_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["test.aggregate"] == "sum"
+    assert run.data.metrics["test/top1"] == 100.0 and run.data.metrics["test/class_acc/left"] == 100.0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/top1")] == [7]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    assert {"test/predictions.npz", "test/metrics.json", "test/confusion_matrix.png"} <= artifacts

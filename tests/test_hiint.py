@@ -63,9 +63,19 @@ def test_other_window_lengths_and_linear_encoder():
         assert model(_input(2, 12))["logits"].shape == (2, 3)  # time embedding interpolated
 
 
+def test_skeleton_input_is_read_as_per_frame_features():
+    model = _tiny(modality_dims=(3 * 5,))
+    skeleton = torch.randn(2, 2, 3, 8, 5)  # (B, P, C, T, V)
+    features = skeleton.permute(0, 1, 3, 2, 4).reshape(2, 2, 8, 15)
+    with torch.no_grad():
+        torch.testing.assert_close(model(skeleton)["logits"], model(features)["logits"])
+
+
 def test_bad_input_names_the_expected_layout():
     with pytest.raises(ValueError, match=r"\(B, P, T, F\)"):
         _tiny()(torch.randn(2, 3, 8, 10))
+    with pytest.raises(ValueError, match=r"\(B, P, T, F\)"):
+        _tiny()(torch.randn(2, 8, 10))
     with pytest.raises(ValueError, match="encoder"):
         _tiny(encoder="gru")
 
