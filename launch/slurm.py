@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")  # preemption / time-limit warning: checkpoint, then requeue
 STOP_SIGNALS = ("SIGTERM",)  # scancel or an external `scontrol requeue`: checkpoint if there is time, no requeue
@@ -93,16 +93,17 @@ def snapshot_code(repo: Path, root: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------- the job
 
-class _StopFlag:
+class StopFlag:
     """Set from signal handlers; read by the Trainer at step boundaries. Setting a flag is all a handler does."""
 
     def __init__(self) -> None:
         self.signal: Optional[str] = None
         self.requeue = False
 
-    def install(self) -> None:
-        for name in REQUEUE_SIGNALS + STOP_SIGNALS:
+    def install(self, names: Tuple[str, ...] = REQUEUE_SIGNALS + STOP_SIGNALS) -> "StopFlag":
+        for name in names:
             signal.signal(getattr(signal, name), self._handle)
+        return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -136,7 +137,7 @@ class TrainJob:
             os.chdir(self.workdir)
         import submitit
 
-        stop = _StopFlag()
+        stop = StopFlag()
         stop.install()  # replaces submitit's USR2 handler, which would checkpoint on rank 0 alone
         job_env = submitit.JobEnvironment()
         export_distributed_env(job_env)
@@ -165,7 +166,7 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.code_dir, self.workdir))
 
 
-def _after_stop(stop: _StopFlag, requeues: int, max_requeues: int, job_env: Any, epoch: int) -> None:
+def _after_stop(stop: StopFlag, requeues: int, max_requeues: int, job_env: Any, epoch: int) -> None:
     """On rank 0 after a collective checkpoint: requeue (bounded), or say why not."""
     where = f"stopped by {stop.signal} in epoch {epoch + 1} after a checkpoint"
     if not stop.requeue:

@@ -50,7 +50,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Overrides: dotted keys parsed as YAML (optim.lr=0.01); a value with "
                                             "top-level commas is a grid axis (optim.lr=0.01,0.02)")
-    parser.add_argument("--config", nargs="+", default=[], help="YAML config(s); several submit one job array")
+    parser.add_argument("--config", action="append", default=[],
+                        help="YAML config; repeat it (--config a.yaml --config b.yaml) to submit one job array")
     for name, (tp, text) in SLURM_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, help=f"{text} (slurm.{name})")
     parser.add_argument("--array", action="store_true", help="submit as a job array even for a single config")
@@ -61,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="run the live tree instead of a copy of the code taken at submission")
     parser.add_argument("--status", metavar="RUN_DIR", help="show the state and log tail of a submitted job")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, or key=a,b,c for a grid")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may follow key=value overrides
 
 
 # ------------------------------------------------------------------------------- resolving configs

@@ -91,7 +91,7 @@ class Trainer:
     """Builds everything from a config and runs (or resumes) the training."""
 
     def __init__(self, cfg: Config, resume: bool = True, resume_from: Optional[str] = None,
-                 load_from: Optional[str] = None, stop_requested: Callable[[], bool] = lambda: False):
+                 load_from: Optional[str] = None, stop_requested: Optional[Callable[[], bool]] = None):
         self.cfg = cfg
         self.env = resolve_env()
         setup_logging(self.env.is_main)
@@ -99,7 +99,7 @@ class Trainer:
         seed_everything(cfg.seed + self.env.rank, cfg.deterministic)
         self.run_dir = cfg.run_dir()
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.stop_requested = stop_requested
+        self.stop_requested = stop_requested or _stop_flag_in_slurm_step()
         self._last_confusion: Optional[np.ndarray] = None
         if self.env.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
@@ -310,3 +310,14 @@ class Trainer:
             png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
                                         class_names=getattr(self.val_set, "class_names", None))
             self.tracker.log_artifact(png)
+
+
+# --------------------------------------------- preemption under plain sbatch/srun (slurm/train.sbatch)
+def _stop_flag_in_slurm_step() -> Callable[[], bool]:
+    """Inside a Slurm job step, USR1/USR2 (time limit or preemption warning) only set a flag; fit() then
+    checkpoints on every rank at the next optimizer step and returns. launch/submit.py passes its own flag."""
+    if "SLURM_STEP_ID" not in os.environ:
+        return lambda: False
+    from launch.slurm import StopFlag
+
+    return StopFlag().install(("SIGUSR1", "SIGUSR2"))

@@ -1,0 +1,85 @@
+"""`launch/submit.py` without a cluster: config resolution, grids, batch layout, the sbatch script, snapshots."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from launch.config import ConfigError
+from launch.slurm import parse_time_minutes, safe_component, snapshot_code
+from launch.submit import resolve, split_top_level
+
+
+def test_grid_values_split_on_top_level_commas_only():
+    assert split_top_level("0.1,0.2") == ["0.1", "0.2"]
+    assert split_top_level("[32,36]") == ["[32,36]"]
+    assert split_top_level("[1,2],[3,4]") == ["[1,2]", "[3,4]"]
+    assert split_top_level("'a,b',c") == ["'a,b'", "c"]
+    assert split_top_level("x; rm -rf ~") == ["x; rm -rf ~"]
+
+
+@pytest.mark.parametrize("text,minutes", [("90", 90), ("00:30:00", 30), ("1:00:00", 60), ("10:30", 11),
+                                          ("1-00:00:00", 1440), ("2-3", 3060), ("00:00:05", 1)])
+def test_slurm_time_formats(text, minutes):
+    assert parse_time_minutes(text) == minutes
+
+
+def test_bad_time_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match="slurm.time"):
+        parse_time_minutes("soon")
+
+
+def test_flags_override_the_slurm_section_and_grids_multiply(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("slurm:\n  nodes: 1\n  partition: cpu\n  time: '02:00:00'\ngrid:\n  seed: [0, 1]\n")
+    plans = resolve([str(config)], ["optim.lr=0.1,0.2", "data.train_short_side=[32,36]"], {"nodes": 4, "qos": "low"},
+                    check_model=False)
+    assert len(plans) == 4
+    assert [(p.cfg.seed, p.cfg.optim.lr) for p in plans] == [(0, 0.1), (0, 0.2), (1, 0.1), (1, 0.2)]
+    for plan in plans:
+        s = plan.cfg.slurm
+        assert (s.nodes, s.partition, s.qos, s.time) == (4, "cpu", "low", "02:00:00")
+        assert plan.cfg.data.train_short_side == [32, 36]
+
+
+def test_more_nodes_scale_the_lr_or_keep_the_effective_batch():
+    base = ["train.micro_batch_size=8", "train.grad_accum=4", "optim.lr=0.1", "optim.base_batch_size=32"]
+    (plan,) = resolve([], base, {"nodes": 4}, check_model=False)
+    assert (plan.world_size, plan.effective_batch, plan.scaled_lr) == (4, 128, pytest.approx(0.4))
+    (kept,) = resolve([], [*base, "optim.keep_effective_batch=true"], {"nodes": 4}, check_model=False)
+    assert (kept.cfg.train.grad_accum, kept.effective_batch, kept.scaled_lr) == (1, 32, pytest.approx(0.1))
+    with pytest.raises(ConfigError, match="keep_effective_batch"):
+        resolve([], [*base, "optim.keep_effective_batch=true"], {"nodes": 3}, check_model=False)
+
+
+def test_unknown_slurm_key_is_named():
+    with pytest.raises(ConfigError, match="slurm.nodez"):
+        resolve([], ["slurm.nodez=2"], {}, check_model=False)
+
+
+def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2", "--gpus-per-node", "4",
+                           "--partition", "gpu", "--time", "1:30:00", f"output_dir={tmp_path}", "name=x; rm -rf ~"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 node(s) x 4 task(s) = world size 8" in proc.stdout
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --signal=USR2@120",
+                 f"#SBATCH --output={tmp_path}/default/x_rm_-rf/%j/%j_0_log.out"):
+        assert line in proc.stdout.splitlines(), line
+    assert "rm -rf" not in proc.stdout.split("# ---- resolved config")[0].split("# ---- sbatch script")[1]
+    assert not tmp_path.joinpath("default").exists()
+
+
+def test_code_snapshot_copies_the_tree_once(tmp_path):
+    first = snapshot_code(REPO, tmp_path)
+    assert (first / "launch" / "trainer.py").read_text() == (REPO / "launch" / "trainer.py").read_text()
+    assert not (first / ".venv").exists() and not (first / "runs").exists()
+    assert snapshot_code(REPO, tmp_path) == first
+
+
+def test_folder_names_are_safe():
+    assert safe_component("x; rm -rf ~") == "x_rm_-rf"
+    assert safe_component("lr=0.1") == "lr=0.1"
