@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from launch import checkpoint as ckpt
-from launch.config import Config, ConfigError, deep_merge, from_dict, load_yaml_with_bases, parse_overrides, flatten
+from launch.config import Config, ConfigError, deep_merge, flatten, from_dict, load_yaml_with_bases, parse_overrides
 from launch.losses import logits_of
 from launch.metrics import classification_metrics, confusion_matrix
 
@@ -76,11 +76,12 @@ def eval_config_from(section: Mapping[str, Any], source: str = "config") -> Eval
 def load_eval_config(path: Optional[Union[str, Path]], overrides: Sequence[str] = ()) -> Tuple[Config, EvalConfig]:
     """The run config and the `test:` section of a YAML file plus `key=value` overrides (`test.*` ones included)."""
     raw = load_yaml_with_bases(path) if path else {}
-    tree = deep_merge(raw, parse_overrides(overrides))
+    override_tree = parse_overrides(overrides)
+    tree = deep_merge(raw, override_tree)
     section = tree.pop("test", {}) or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"test: expected a mapping, got {section!r}")
-    override_keys = {k for k in flatten(parse_overrides(overrides)) if not k.startswith("test.")}
+    override_keys = {k for k in flatten(override_tree) if not k.startswith("test.")}
     cfg = from_dict(tree, source=str(path) if path else "defaults", override_keys=override_keys)
     return cfg, eval_config_from(section, str(path) if path else "command line")
 
