@@ -58,6 +58,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    kinds = {str(p.get("aggregate", "?")) for p in (a, b)}
+    if len(kinds) > 1:
+        print(f"warning: the runs' scores are of different kinds ({' vs '.join(sorted(kinds))}); "
+              f"test both with the same test.aggregate", file=sys.stderr)
     for name, scores in (("A", a["scores"]), ("B", b["scores"][align(a, b)]), (f"A + {args.alpha:g} B", fused["scores"])):
         m = classification_metrics(scores, fused["labels"].astype(np.int64))
         print(f"{name:>12}: top1 {m['top1']:.2f}  top5 {m['top5']:.2f}")

@@ -4,7 +4,7 @@ Runs in one process with plain torch (no DeepSpeed: evaluation needs no optimize
 process group). A batch from the test split is either plain clips `(B, C, T, H, W)` (any model
 input without a view axis: skeletons, per-person features) or the views of each video,
 `(B, V, C, T, H, W)` (temporal clips x spatial crops, from `data.test_num_clips` x
-`data.test_num_crops`). The V views of a video are run as one batch of B*V clips and combined:
+`data.test_num_crops`; a dataset whose test split returns views has a `num_views` attribute). The V views of a video are run as one batch of B*V clips and combined:
 
 - `mean_softmax` (default; DyReg/TSM protocol): mean over views of the softmax probabilities;
 - `sum`: sum over views of the logits (TimeSformer sums its views' predictions);
@@ -147,9 +147,15 @@ def aggregate_views(outputs: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown aggregate {how!r}; expected one of {', '.join(AGGREGATES)} or mean")
 
 
-def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str) -> torch.Tensor:
-    """Scores (B, K) of a batch of views (B, V, C, T, H, W) or of plain inputs (one view each)."""
-    if inputs.ndim == 6:
+def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str, views: Optional[bool] = None) -> torch.Tensor:
+    """Scores (B, K) of a batch of views (B, V, ...) or of plain inputs (one view each).
+
+    `views=None` takes a 6-D batch for video views (B, V, C, T, H, W) and anything else as plain
+    inputs; the evaluator says it explicitly from the dataset (see `has_views`).
+    """
+    if views is None:
+        views = inputs.ndim == 6
+    if views:
         b, v = inputs.shape[:2]
         outputs = logits_of(model(inputs.flatten(0, 1))).reshape(b, v, -1)
     else:
@@ -157,13 +163,21 @@ def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str) -> torch.Ten
     return aggregate_views(outputs, how)
 
 
+def has_views(dataset: Any, split: str) -> bool:
+    """Whether the samples carry a view axis: a dataset whose test split returns (V, ...) views says so
+    with a `num_views` attribute (the video and raw-frame datasets); others (skeletons, per-person
+    features, multi-person clips) return plain samples."""
+    return split == "test" and getattr(dataset, "num_views", None) is not None
+
+
 @torch.no_grad()
-def predict(model: nn.Module, loader: Any, how: str, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
+            views: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Scores (N, K) and labels of every batch of `loader`, in order."""
     model.eval().to(device)
     scores, labels = [], []
     for inputs, targets in loader:
-        scores.append(predict_batch(model, inputs.to(device), how).cpu().numpy())
+        scores.append(predict_batch(model, inputs.to(device), how, views).cpu().numpy())
         labels.append(np.asarray(targets))
     return np.concatenate(scores), np.concatenate(labels)
 
@@ -253,7 +267,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     loader = DataLoader(dataset, batch_size=ecfg.batch_size or cfg.train.micro_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, drop_last=False)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    scores, labels = predict(model, loader, how, device)
+    scores, labels = predict(model, loader, how, device, has_views(dataset, ecfg.split))
     ids = video_ids(dataset)[:len(scores)]
     if regression and getattr(dataset, "participants", None) is not None:
         scores, labels, ids = average_by_group(scores, labels, dataset.participants[:len(scores)])

@@ -63,6 +63,12 @@ def test_predict_batch_accepts_views_and_plain_clips():
         torch.testing.assert_close(by_views, by_loop)
         plain = ev.predict_batch(model, batch[:, 0], "mean_softmax")  # (B, C, T, H, W): one view each
         torch.testing.assert_close(plain, model(batch[:, 0]).softmax(-1))
+        torch.testing.assert_close(ev.predict_batch(model, batch[:, 0], "sum", views=False), model(batch[:, 0]))
+
+
+def test_views_are_declared_by_the_dataset():
+    assert ev.has_views(ViewSet(None, "test"), "test") and not ev.has_views(ViewSet(None, "val"), "val")
+    assert not ev.has_views(object(), "test")  # e.g. skeletons or 6-D multi-person clips: plain samples
 
 
 class ViewSet(torch.utils.data.Dataset):
@@ -73,6 +79,7 @@ class ViewSet(torch.utils.data.Dataset):
         self.labels = [0, 1, 1, 1]
         self.ids = [f"video_{i}.mp4" for i in range(len(self.videos))]
         self.class_names = ["left", "right"]
+        self.num_views = 3  # the test split returns views
 
     def __len__(self):
         return len(self.videos)
