@@ -19,8 +19,8 @@ one core against --workers cores.
 With --prepared: videos with a long keyframe interval (--source-gop), re-encoded by
 `datasets.prepare` with a keyframe every --gop frames (same size, same crf and preset as the
 sources, so the keyframe interval is the only difference), then bare decord reads of the SAME
-sampled clips from the sources and from the prepared copies, alternating in --rounds rounds
-(which one goes first alternates too); prints the median clips/s of each and the ratio
+sampled clips from the sources and from the prepared copies, clip by clip back to back (which
+one goes first alternates), in --rounds rounds; prints the median clips/s of each and the ratio
 (target >= 2x for sparse sampling: 8 frames at rate 32). --tune (e.g. fastdecode) encodes the
 copies with that x264 tune as well: then more than the keyframe interval differs.
 """
@@ -132,14 +132,20 @@ def bench_prepared(a) -> int:
     rates = {"source": [], "prepared": []}
     cpu_rates = {"source": [], "prepared": []}
     for r, round_plan in enumerate(plans):
-        order = ("source", "prepared") if r % 2 == 0 else ("prepared", "source")
-        for which in order:
-            t, c = time.perf_counter(), time.process_time()
-            for s, o, idx in round_plan:
+        wall = {"source": 0.0, "prepared": 0.0}
+        cpu_time = {"source": 0.0, "prepared": 0.0}
+        # clip by clip, the two copies back to back and in alternating order, so that a
+        # change of load from other processes hits both alike
+        for k, (s, o, idx) in enumerate(round_plan):
+            for which in (("source", "prepared") if (r + k) % 2 == 0 else ("prepared", "source")):
+                t, c = time.perf_counter(), time.process_time()
                 clip = read_frames(open_video(s if which == "source" else o), idx)
-            rates[which].append(_rate(len(round_plan), time.perf_counter() - t))
-            cpu_rates[which].append(_rate(len(round_plan), time.process_time() - c))
-        assert clip.shape[0] == a.num_frames
+                wall[which] += time.perf_counter() - t
+                cpu_time[which] += time.process_time() - c
+                assert clip.shape[0] == a.num_frames
+        for which in rates:
+            rates[which].append(_rate(len(round_plan), wall[which]))
+            cpu_rates[which].append(_rate(len(round_plan), cpu_time[which]))
     med = {k: float(np.median(v)) for k, v in rates.items()}
     cpu = {k: float(np.median(v)) for k, v in cpu_rates.items()}
     ratios = [p / s for p, s in zip(rates["prepared"], rates["source"])]

@@ -10,8 +10,9 @@ no audio) under OUT_DIR at the same relative path (extension `.mp4`), resized so
 short side is --short-side (aspect kept, both sides even; 0 keeps the size), with a keyframe
 exactly every --gop frames (scene-cut keyframes off) and, with --fps, resampled to that rate
 (frames dropped or repeated). Random access costs in proportion to the distance between
-keyframes: sparse clip sampling reads a gop-16 copy about 2x faster than a gop-250 original
-(`bench/data_pipeline.py --prepared`).
+keyframes: sparse clips (8 frames at rate 32) read from a gop-16 copy of a 160x160 gop-250
+video took 1.5-1.8x less CPU time with decord (`bench/data_pipeline.py --prepared`); opening
+the file and decord's per-seek cost bound the gain (an all-intra copy: about 2.8x).
 With --frames: every video becomes a folder of JPEGs named by --template (numbered from 1,
 as mmaction2's raw frames are), same resize and resampling.
 
