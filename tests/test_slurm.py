@@ -1,0 +1,225 @@
+"""`launch/submit.py` against a real Slurm 22.05 cluster that `slurm/testcluster/cluster.sh` brings up here.
+
+Needs root and the Debian packages slurm-wlm, slurm-client, slurmdbd, munge, mariadb-server (the script
+installs them with apt-get when missing). When the cluster cannot come up these tests FAIL with the
+reason; they are never skipped. Select or deselect them with `-m slurm` / `-m "not slurm"`.
+
+The jobs are submitted together at the start of the module (they share the two nodes, like real
+users' jobs) and each test then waits for the one it checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+from conftest import REPO, final_weights, tiny_overrides
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
+
+CLUSTER = REPO / "slurm" / "testcluster" / "cluster.sh"
+# A cluster of its own (folder and ports), so a developer's cluster on the default ones is left alone.
+CLUSTER_ENV = {"SLURM_TESTCLUSTER_DIR": "/tmp/action-launch-slurm-tests", "SLURM_TESTCLUSTER_PORT": "17200"}
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
+SHELL_NAME = "x; rm -rf ~"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Bring the test cluster up (installing packages if needed); tear it down after the module."""
+    env = {**os.environ, **CLUSTER_ENV}
+    start = time.monotonic()
+    proc = subprocess.run(["bash", str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"the Slurm test cluster did not come up (needs root and apt-get, or the packages slurm-wlm "
+                    f"slurm-client slurmdbd munge mariadb-server):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+                    pytrace=False)
+    print(f"test cluster up in {time.monotonic() - start:.1f}s")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = f"{CLUSTER_ENV['SLURM_TESTCLUSTER_DIR']}/etc/slurm.conf"
+    try:
+        yield os.environ["SLURM_CONF"]
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "purge"], env=env, capture_output=True, text=True, timeout=300)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def submit_env(extra: Dict[str, str] | None = None) -> Dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
+def start_submit(args: List[str], env: Dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "launch/submit.py", *args], cwd=REPO, env=submit_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_submit(proc: subprocess.Popen, timeout: int = 300) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"submit.py failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}"
+    return out
+
+
+def job_ids(submit_output: str) -> List[str]:
+    return [line.split()[2] for line in submit_output.splitlines() if line.startswith("submitted job ")]
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"], capture_output=True,
+                         text=True).stdout
+    states = [line.split("|")[1] for line in out.splitlines() if line.split("|")[0] == job_id]
+    return states[0].split()[0] if states else "UNKNOWN"
+
+
+def wait_job(job_id: str, folder: Path, timeout: float = 360) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = sacct_state(job_id)
+        if state in TERMINAL:
+            return state
+        time.sleep(1)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*_log.*")))
+    pytest.fail(f"job {job_id} still {sacct_state(job_id)} after {timeout}s\n{logs}", pytrace=False)
+
+
+def wait_for_text(path_glob: str, folder: Path, text: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in p.read_text(errors="replace") for p in folder.glob(path_glob)):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{text!r} never appeared in {folder}/{path_glob}", pytrace=False)
+
+
+def mlflow_run(output_dir: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                              f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, f"expected one MLflow run {name!r}, got {len(runs)}"
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def jobs(slurm_cluster, video_set, tmp_path_factory):
+    """Submit every job of this module at once; each test waits for its own."""
+    root = tmp_path_factory.mktemp("slurm_jobs")
+    home = root / "home"  # a HOME that `rm -rf ~` would empty, were the job name ever run by a shell
+    (home / "canary").mkdir(parents=True)
+    (home / "canary" / "alive").write_text("still here\n")
+    common = ["--time", "00:15:00", "deterministic=true", "train.epochs=3"]  # after tiny_overrides: these win
+    procs = {
+        # uninterrupted 2-node reference, and the same run that gets preempted
+        "ref": start_submit(["--nodes", "2", *tiny_overrides(video_set, root / "ref", "ref"), *common]),
+        "pre": start_submit(["--nodes", "2", *tiny_overrides(video_set, root / "pre", "pre"), *common]),
+        # a grid of 3 names (one with shell metacharacters) as one job array
+        "array": start_submit(["--time", "00:15:00", *tiny_overrides(video_set, root / "array", "unused"),
+                               f"name=a,b,{SHELL_NAME}", "train.epochs=1", "train.max_steps_per_epoch=1",
+                               "tracking.enabled=false"],
+                              env={"HOME": str(home),
+                                   "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/torch_extensions")}),
+        # a job that fails when it starts
+        "fail": start_submit(["--time", "00:15:00", *tiny_overrides(root / "no-such-data", root / "fail", "fail")]),
+    }
+    out = {key: finish_submit(proc) for key, proc in procs.items()}
+    return {"root": root, "home": home, "out": out, "ids": {key: job_ids(text) for key, text in out.items()}}
+
+
+def job_folder(jobs, key: str, name: str, index: int = 0) -> Path:
+    job_id = jobs["ids"][key][index]
+    return jobs["root"] / key / "tests" / name / job_id
+
+
+def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(jobs):
+    (job_id,) = jobs["ids"]["pre"]
+    folder = job_folder(jobs, "pre", "pre")
+    wait_for_text(f"{job_id}_0_log.out", folder, "epoch 1/3 step 2/3")
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    assert wait_job(job_id, folder) == "COMPLETED"
+    log = (folder / f"{job_id}_0_log.out").read_text()
+    assert "stopped by SIGUSR1" in log and f"requeued job {job_id} (1/3)" in log, log[-3000:]
+    resumed = [line for line in log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1 and "optimizer step 0" not in resumed[0], log[-3000:]
+    info = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert "Restarts=1" in info
+    run = mlflow_run(jobs["root"] / "pre", "pre")  # one MLflow run across the requeue
+    assert run.info.status == "FINISHED" and run.data.tags["slurm.requeue_count"] == "1"
+    ref_id = jobs["ids"]["ref"][0]
+    ref_folder = job_folder(jobs, "ref", "ref")
+    assert wait_job(ref_id, ref_folder) == "COMPLETED"
+    expected, got = final_weights(ref_folder), final_weights(folder)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_two_nodes_train_with_world_size_two_and_the_scaled_lr(jobs):
+    (job_id,) = jobs["ids"]["ref"]
+    folder = job_folder(jobs, "ref", "ref")
+    assert "2 node(s) x 1 task(s) = world size 2" in jobs["out"]["ref"]
+    assert "lr 0.002 -> 0.004 (linear rule, base batch 8)" in jobs["out"]["ref"]
+    assert wait_job(job_id, folder) == "COMPLETED"
+    nodes = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "NodeList"], capture_output=True,
+                           text=True).stdout.strip()
+    assert nodes == "n[1-2]"
+    run = mlflow_run(jobs["root"] / "ref", "ref")
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    assert float(run.data.params["optim.scaled_lr"]) == pytest.approx(0.004)  # 0.002 x (8 x 1 x 2) / 8
+    assert run.data.params["optim.effective_batch_size"] == "16"
+    assert run.data.tags["slurm.requeue_count"] == "0" and run.data.tags["slurm.job_id"] == job_id
+    info = json.loads((folder / "job.json").read_text())
+    assert info["nodes"] == 2 and info["world_size"] == 2 and info["job_id"] == job_id
+    assert (folder / "config.yaml").is_file() and (folder / f"{job_id}_1_log.out").is_file()
+
+
+def test_grid_is_one_job_array_and_shell_metacharacters_stay_data(jobs):
+    ids = jobs["ids"]["array"]
+    assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one sbatch call: <array id>_<task>
+    names = []
+    for i, job_id in enumerate(ids):
+        folder = job_folder(jobs, "array", "a", i)  # an array shares the first config's folder
+        assert wait_job(job_id, folder) == "COMPLETED", (folder / f"{job_id}_0_log.err").read_text()[-3000:]
+        events = [json.loads(line) for line in (folder / "tracking" / "journal.jsonl").read_text().splitlines()]
+        names.append(next(e["values"]["name"] for e in events if e["kind"] == "params"))
+    assert names == ["a", "b", SHELL_NAME]
+    assert (jobs["home"] / "canary" / "alive").read_text() == "still here\n"
+
+
+def test_dry_run_script_passes_sbatch_test_only(slurm_cluster, video_set, tmp_path):
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2", "--time", "00:05:00",
+                           *tiny_overrides(video_set, tmp_path, SHELL_NAME), "optim.lr=0.001,0.002"],
+                          cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout.split("# ---- sbatch script")[1].split("\n", 1)[1].split("\n# ---- resolved config")[0]
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --array=0-1%2" in script and "rm -rf" not in script
+    assert f"name: {SHELL_NAME}" in proc.stdout or f"name: '{SHELL_NAME}'" in proc.stdout
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    test = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and "to start at" in test.stderr, test.stderr
+    assert not list(tmp_path.rglob("*_submitted.pkl"))  # nothing was submitted
+
+
+def test_failing_job_shows_its_traceback_in_status(jobs):
+    (job_id,) = jobs["ids"]["fail"]
+    folder = job_folder(jobs, "fail", "fail")
+    assert wait_job(job_id, folder) == "FAILED"
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--status", str(folder)], cwd=REPO, env=submit_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"job {job_id} on slurm" in proc.stdout and "FAILED" in proc.stdout
+    assert "Traceback (most recent call last)" in proc.stdout and "no-such-data" in proc.stdout, proc.stdout
