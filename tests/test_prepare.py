@@ -267,3 +267,12 @@ def test_a_dying_worker_is_reported_not_fatal(src, tmp_path, monkeypatch):
     assert reasons["a/v1.mp4"].startswith("worker process died")
     listed = (tmp_path / "out/train.txt").read_text().splitlines()
     assert "a/v1.mp4 0" not in listed and len(listed) + len(reasons) == len(LIST)
+
+
+def test_csv_list_stays_csv(src, tmp_path):
+    (src / "list.csv").write_text("a/v0.mp4,3\nb/v3.mp4,2\n")
+    proc = run_cli(str(src / "list.csv"), str(tmp_path / "out"), "--format", "csv", "--separator", ",",
+                   "--short-side", "0", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out/list.csv").read_text() == "a/v0.mp4,3\nb/v3.mp4,2\n"
+    assert [it.label for it in read_list(str(tmp_path / "out/list.csv"), str(tmp_path / "out"), "csv", ",")] == [3, 2]
