@@ -105,7 +105,8 @@ def bench_prepared(a) -> int:
     pairs = [(os.path.join(src, f), os.path.join(out, f)) for f in names]
     size_src = sum(os.path.getsize(s) for s, _ in pairs) / 2**20
     size_out = sum(os.path.getsize(o) for _, o in pairs) / 2**20
-    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} ({t1 - t0:.1f}s to make the sources, "
+    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} "
+          f"({t1 - t0:.1f}s to make the sources, "
           f"{t2 - t1:.1f}s to prepare the copies with {a.workers} workers)")
     print(f"keyframes per video: sources {np.mean([_keyframes(s) for s, _ in pairs]):g} ({size_src:.1f} MiB "
           f"in all), prepared copies {np.mean([_keyframes(o) for _, o in pairs]):g} ({size_out:.1f} MiB)")
@@ -151,8 +152,10 @@ def bench_prepared(a) -> int:
     ratios = [p / s for p, s in zip(rates["prepared"], rates["source"])]
     print("per round clips/s: source " + " ".join(f"{x:.1f}" for x in rates["source"])
           + " | prepared " + " ".join(f"{x:.1f}" for x in rates["prepared"]))
-    print(f"source   (gop {a.source_gop:>3})  {med['source']:8.1f} clips/s (median; {cpu['source']:.1f} per CPU-second)")
-    print(f"prepared (gop {a.gop:>3})  {med['prepared']:8.1f} clips/s (median; {cpu['prepared']:.1f} per CPU-second)")
+    print(f"source   (gop {a.source_gop:>3})  {med['source']:8.1f} clips/s "
+          f"(median; {cpu['source']:.1f} per CPU-second)")
+    print(f"prepared (gop {a.gop:>3})  {med['prepared']:8.1f} clips/s "
+          f"(median; {cpu['prepared']:.1f} per CPU-second)")
     print(f"prepared/source = {med['prepared'] / med['source']:.2f}x wall clock (median of per-round ratios "
           f"{np.median(ratios):.2f}x), {cpu['prepared'] / cpu['source']:.2f}x CPU time; target >= 2")
     load = os.getloadavg()[0]

@@ -391,6 +391,44 @@ class Report:
     """The new list file."""
 
 
+class _PlainProgress:
+    """A stand-in for tqdm (not a dependency of the suite): a line on stderr every 10 s."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.n, self.postfix = total, enabled, 0, ""
+        self.start = self.last = time.time()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled and self.n:
+            self._print()
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.enabled and time.time() - self.last >= 10:
+            self._print()
+
+    def _print(self) -> None:
+        self.last = time.time()
+        elapsed = self.last - self.start
+        eta = elapsed / self.n * (self.total - self.n)
+        print(f"prepare: {self.n}/{self.total} videos, {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+              + (f", {self.postfix}" if self.postfix else ""), file=sys.stderr, flush=True)
+
+
+def _progress_bar(total: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, enabled)
+    return tqdm(total=total, unit="video", desc="prepare", disable=not enabled)
+
+
 def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Optional[str] = None, fmt: str = "video",
                  separator: str = " ", workers: int = 1, out_list: Optional[str] = None,
                  progress: bool = True) -> Report:
@@ -407,7 +445,8 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
             if opts.template.format(1) == opts.template.format(2):
                 raise ValueError
         except (ValueError, IndexError, KeyError):
-            raise ValueError(f"--template must number the frames, like img_{{:05d}}.jpg; got {opts.template!r}") from None
+            raise ValueError(f"--template must number the frames, like img_{{:05d}}.jpg; "
+                             f"got {opts.template!r}") from None
     root = root if root is not None else (os.path.dirname(src_list) or ".")
     items = read_list(src_list, root, fmt, separator)
     os.makedirs(out_dir, exist_ok=True)
@@ -442,14 +481,12 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
             bar.set_postfix(failed=sum(r["status"] == "failed" for r in results.values()), refresh=False)
         bar.update(1)
 
-    from tqdm import tqdm
-
     with open(os.path.join(out_dir, MANIFEST), "a", encoding="utf-8") as log:
         if workers > 1 and len(tasks) > 1:
             # the pool forks before the bar starts its monitor thread
             with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
                 futures = {pool.submit(_prepare_task, task): rel for rel, task in tasks}
-                with tqdm(total=len(tasks), unit="video", desc="prepare", disable=not progress) as bar:
+                with _progress_bar(len(tasks), progress) as bar:
                     for future in as_completed(futures):
                         try:
                             result = future.result()
@@ -457,7 +494,7 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
                             result = {"status": "failed", "reason": f"worker process died ({e}); run again to retry"}
                         finish(futures[future], result, log)
         else:
-            with tqdm(total=len(tasks), unit="video", desc="prepare", disable=not progress) as bar:
+            with _progress_bar(len(tasks), progress) as bar:
                 for rel, task in tasks:
                     finish(rel, _prepare_task(task), log)
 
@@ -536,7 +573,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--from-folders", action="store_true",
                         help="build classes.txt, train.txt and val.txt from SRC/class_name/video.ext")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="with --from-folders: share of each class in val")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="with --from-folders: share of each class in val")
     parser.add_argument("--seed", type=int, default=0, help="with --from-folders: seed of the split")
     a = parser.parse_args(argv)
 

@@ -4,6 +4,7 @@ and lists from a class-folder layout."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,8 @@ def test_reencode_lists_frames_size_gop(src, tmp_path):
 
 def test_frames_mode_and_fps(src, tmp_path):
     out = tmp_path / "frames"
-    report = prepare.prepare_list(str(src / "train.txt"), str(out), prepare.PrepareOptions(short_side=24, frames=True, fps=15),
-                                  progress=False)
+    opts = prepare.PrepareOptions(short_side=24, frames=True, fps=15)
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
     assert [(line, reason.split(":")[0]) for line, _, reason in report.failed] == [(2, "cannot open"), (4, "missing")]
     items = read_list(str(out / "train.txt"), str(out), fmt="rawframes")
     assert [f"{os.path.relpath(it.path, out)}.mp4 {it.label}" for it in items] == GOOD
@@ -246,8 +247,8 @@ def test_outputs_that_would_collide_are_reported(src, tmp_path):
     (tmp_path / "v0.mp4").symlink_to(src / "a/v0.mp4")
     (tmp_path / "v0.avi").symlink_to(src / "a/v1.mp4")  # would also become v0.mp4
     (tmp_path / "list.txt").write_text("v0.mp4 3\nv0.avi 1\nv0.mp4 3\n")  # a repeated line is fine
-    report = prepare.prepare_list(str(tmp_path / "list.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=0),
-                                  progress=False)
+    report = prepare.prepare_list(str(tmp_path / "list.txt"), str(tmp_path / "out"),
+                                  prepare.PrepareOptions(short_side=0), progress=False)
     assert [(line, reason) for line, _, reason in report.failed] == \
         [(2, f"its output v0.mp4 is also the output of {tmp_path / 'v0.mp4'}")]
     assert (tmp_path / "out/list.txt").read_text() == "v0.mp4 3\nv0.mp4 3\n"
@@ -261,8 +262,8 @@ def _crash_on_v1(task):
 
 def test_a_dying_worker_is_reported_not_fatal(src, tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "_prepare_task", _crash_on_v1)
-    report = prepare.prepare_list(str(src / "train.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=32),
-                                  workers=2, progress=False)
+    report = prepare.prepare_list(str(src / "train.txt"), str(tmp_path / "out"),
+                                  prepare.PrepareOptions(short_side=32), workers=2, progress=False)
     reasons = {os.path.relpath(path, src): reason for _, path, reason in report.failed}
     assert reasons["a/v1.mp4"].startswith("worker process died")
     listed = (tmp_path / "out/train.txt").read_text().splitlines()
@@ -276,3 +277,10 @@ def test_csv_list_stays_csv(src, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out/list.csv").read_text() == "a/v0.mp4,3\nb/v3.mp4,2\n"
     assert [it.label for it in read_list(str(tmp_path / "out/list.csv"), str(tmp_path / "out"), "csv", ",")] == [3, 2]
+
+
+def test_progress_without_tqdm(src, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm fails: the plain fallback
+    prepare.prepare_list(str(src / "train.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=0))
+    lines = capsys.readouterr().err.splitlines()  # a line every 10 s, and one at the end
+    assert re.fullmatch(r"prepare: 6/6 videos, \d+s elapsed, ETA 0s, failed=2", lines[-1]), lines
