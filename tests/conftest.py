@@ -13,6 +13,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Seed 0 and one intra-op thread: tiny models on 2 shared cores only lose from more threads."""
+    import torch
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def count_params(module) -> int:
+    """Number of parameters of a module (works on the meta device too)."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,13 +12,7 @@ from models.hiint import HIINT
 TINY = models.get_preset("hiint_cpmt_tiny").kwargs
 
 
-@pytest.fixture(autouse=True)
-def _small_cpu():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscription costs more than it gains
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(**overrides) -> HIINT:

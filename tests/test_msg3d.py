@@ -24,13 +24,7 @@ def _input(preset: str, n: int, t: int, **factory) -> torch.Tensor:
     return torch.randn(n, kw["in_channels"], t, kw["num_point"], kw["num_person"], **factory)
 
 
-@pytest.fixture(autouse=True)
-def _small_cpu():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscription costs more than it gains
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------- graphs

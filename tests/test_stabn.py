@@ -8,30 +8,22 @@ import torch.nn.functional as F
 
 import models
 from models.stabn import STABN
+from conftest import count_params
 
 # Measured on this implementation; the reference reports ~55.7M in all and 54.3M for the backbone.
 PAPER_PARAMS = 55_665_928
 PAPER_BACKBONE_PARAMS = 54_340_396  # everything but the two classifiers (fc, att_fc)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are dominated by per-op overhead; extra threads only add contention on 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_paper_preset_parameter_count():
     with torch.device("meta"):
         model = models.create("stabn_r50")
-    total = _count(model)
-    backbone = total - _count(model.fc) - _count(model.att_fc)
+    total = count_params(model)
+    backbone = total - count_params(model.fc) - count_params(model.att_fc)
     assert total == PAPER_PARAMS
     assert backbone == PAPER_BACKBONE_PARAMS
     assert abs(total - 55.7e6) / 55.7e6 < 0.02

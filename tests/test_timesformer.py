@@ -7,22 +7,14 @@ import torch
 
 import models
 from models.timesformer import ATTENTION_TYPES, Block, TimeSformer, inflate_vit_state_dict
+from conftest import count_params
 
 TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=2, num_heads=4,
             num_classes=4, drop_path_rate=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: on a small, shared CPU, intra-op threads only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def tiny(**overrides) -> TimeSformer:
@@ -36,7 +28,7 @@ def tiny(**overrides) -> TimeSformer:
 def test_paper_parameter_count_divided():
     with torch.device("meta"):
         model = models.create("timesformer_base")
-    assert n_params(model) == 121_566_352
+    assert count_params(model) == 121_566_352
 
 
 @pytest.mark.parametrize("attention, expected", [
@@ -46,7 +38,7 @@ def test_paper_parameter_count_divided():
 def test_paper_parameter_count_without_temporal_attention(attention, expected):
     with torch.device("meta"):
         model = models.create("timesformer_base", attention=attention)
-    assert n_params(model) == expected
+    assert count_params(model) == expected
     assert round(expected / 1e6, 2) == 86.11
 
 
@@ -59,8 +51,8 @@ def test_presets():
     assert {k: v for k, v in light.items() if k not in ("num_frames", "num_classes")} == {
         k: v for k, v in base.items() if k not in ("num_frames", "num_classes")}
     model = models.create("timesformer_tiny")
-    assert 150_000 < n_params(model) < 160_000
-    assert n_params(model) == 155_972
+    assert 150_000 < count_params(model) < 160_000
+    assert count_params(model) == 155_972
     light_tiny = models.create("light_timesformer_tiny")
     assert light_tiny.num_frames == 8 and light_tiny.num_classes == 12
     assert light_tiny(torch.randn(1, 3, 8, 32, 32)).shape == (1, 12)

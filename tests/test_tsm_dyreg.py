@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import models
 from models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs
 from models.tsm import TSM, temporal_shift
+from conftest import count_params
 
 TSM_R50_PARAMS = 23_864_558  # torchvision ResNet-50 without its fc (23,508,032) + Linear(2048, 174)
 # Added by DyReg at layer2.2 / layer3.4 / layer4.1, measured here; the reference measured
@@ -16,17 +17,8 @@ TSM_R50_PARAMS = 23_864_558  # torchvision ResNet-50 without its fc (23,508,032)
 DYREG_PARAMS = {"layer2.2": (1_141_640, 1.14e6), "layer3.4": (1_836_040, 1.84e6), "layer4.1": (1_859_592, 1.86e6)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are dominated by per-op overhead; extra threads only add contention on 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _block(model: TSM, name: str):
@@ -42,14 +34,14 @@ def test_paper_parameter_counts():
     with torch.device("meta"):
         tsm = models.create("tsm_r50")
         dyreg = models.create("tsm_r50_dyreg")
-    assert _count(tsm) == TSM_R50_PARAMS
+    assert count_params(tsm) == TSM_R50_PARAMS
     added = 0
     for name, (exact, reference) in DYREG_PARAMS.items():
-        n = _count(_block(dyreg, name).dyreg)
+        n = count_params(_block(dyreg, name).dyreg)
         assert n == exact, name
         assert abs(n - reference) / reference < 0.02, name
         added += n
-    assert _count(dyreg) == TSM_R50_PARAMS + added == 28_701_830
+    assert count_params(dyreg) == TSM_R50_PARAMS + added == 28_701_830
 
 
 def test_paper_shapes_on_meta():
