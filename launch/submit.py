@@ -9,6 +9,10 @@ job.json. `--status THAT_FOLDER` shows its state and the tail of its logs.
 """
 from __future__ import annotations
 
+import time
+
+_STARTED = time.time()  # before the imports below: bench/launcher.py splits the launcher's own time with it
+
 import argparse
 import contextlib
 import itertools
@@ -231,6 +235,7 @@ def _working_dir(path: Optional[Path]) -> Iterator[None]:
 def submit(plans: List[Plan], args: argparse.Namespace, cluster: str) -> List[Tuple[Any, Path]]:
     first = plans[0].cfg
     template = slurm_job.job_folder_template(first.output_dir, first.experiment, first.name)
+    timing_resolved = time.time()
     executor = make_executor(plans, template, cluster)
     code_dir = None
     if args.snapshot:
@@ -240,12 +245,14 @@ def submit(plans: List[Plan], args: argparse.Namespace, cluster: str) -> List[Tu
             print(f"warning: no code snapshot ({err}); the job runs the live tree", file=sys.stderr)
     workdir = os.getcwd()
     jobs = [slurm_job.TrainJob(to_dict(p.cfg), str(code_dir) if code_dir else None, workdir) for p in plans]
+    timing = {"process": _STARTED, "resolved": timing_resolved, "snapshot_done": time.time()}
     with _working_dir(code_dir):
         if len(jobs) > 1 or args.array:
             with executor.batch():
                 submitted = [executor.submit(job) for job in jobs]
         else:
             submitted = [executor.submit(jobs[0])]
+    timing["submitted"] = time.time()
     out = []
     for plan, job in zip(plans, submitted):
         folder = Path(str(template).replace("%j", str(job.job_id)))
@@ -256,7 +263,7 @@ def submit(plans: List[Plan], args: argparse.Namespace, cluster: str) -> List[Tu
             "effective_batch": plan.effective_batch, "lr": plan.lr, "scaled_lr": plan.scaled_lr,
             "grad_accum": plan.cfg.train.grad_accum, "grid_point": plan.grid_point, "run_dir": str(folder),
             "code_snapshot": str(code_dir) if code_dir else None, "experiment": plan.cfg.experiment,
-            "name": plan.cfg.name})
+            "name": plan.cfg.name, "timing": timing})
         out.append((job, folder))
     return out
 
