@@ -391,41 +391,9 @@ class Report:
     """The new list file."""
 
 
-class _PlainProgress:
-    """A stand-in for tqdm (not a dependency of the suite): a line on stderr every 10 s."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.n, self.postfix = total, enabled, 0, ""
-        self.start = self.last = time.time()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled and self.n:
-            self._print()
-
-    def set_postfix(self, refresh: bool = False, **values) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self.enabled and time.time() - self.last >= 10:
-            self._print()
-
-    def _print(self) -> None:
-        self.last = time.time()
-        elapsed = self.last - self.start
-        eta = elapsed / self.n * (self.total - self.n)
-        print(f"prepare: {self.n}/{self.total} videos, {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
-              + (f", {self.postfix}" if self.postfix else ""), file=sys.stderr, flush=True)
-
-
 def _progress_bar(total: int, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _PlainProgress(total, enabled)
+    from tqdm import tqdm
+
     return tqdm(total=total, unit="video", desc="prepare", disable=not enabled)
 
 

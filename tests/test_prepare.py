@@ -277,10 +277,3 @@ def test_csv_list_stays_csv(src, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out/list.csv").read_text() == "a/v0.mp4,3\nb/v3.mp4,2\n"
     assert [it.label for it in read_list(str(tmp_path / "out/list.csv"), str(tmp_path / "out"), "csv", ",")] == [3, 2]
-
-
-def test_progress_without_tqdm(src, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm fails: the plain fallback
-    prepare.prepare_list(str(src / "train.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=0))
-    lines = capsys.readouterr().err.splitlines()  # a line every 10 s, and one at the end
-    assert re.fullmatch(r"prepare: 6/6 videos, \d+s elapsed, ETA 0s, failed=2", lines[-1]), lines
