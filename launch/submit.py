@@ -253,6 +253,8 @@ def submit(plans: List[Plan], args: argparse.Namespace, cluster: str) -> List[Tu
         else:
             submitted = [executor.submit(jobs[0])]
     timing["submitted"] = time.time()
+    with contextlib.suppress(OSError):  # submitit's local executor leaves an empty literal "%j" folder
+        template.rmdir()
     out = []
     for plan, job in zip(plans, submitted):
         folder = Path(str(template).replace("%j", str(job.job_id)))
@@ -319,6 +321,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 failed += 1
                 print(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}\n"
                       f"  details: python launch/submit.py --status {shlex.quote(str(folder))}", file=sys.stderr)
+        for _, folder in submitted:  # the local executor makes an empty literal "%j" folder while it waits
+            with contextlib.suppress(OSError):
+                (folder.parent / "%j").rmdir()
         return 1 if failed else 0
     return 0
 

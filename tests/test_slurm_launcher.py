@@ -1,8 +1,10 @@
 """`launch/submit.py` without a cluster: config resolution, grids, batch layout, the sbatch script, snapshots."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +85,18 @@ def test_code_snapshot_copies_the_tree_once(tmp_path):
 def test_folder_names_are_safe():
     assert safe_component("x; rm -rf ~") == "x_rm_-rf"
     assert safe_component("lr=0.1") == "lr=0.1"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("deepspeed_ready")
+def test_local_executor_runs_the_same_job(video_set, tmp_path):
+    from conftest import run_train, tiny_overrides
+
+    proc = run_train(["--local", *tiny_overrides(video_set, tmp_path, "local"), "train.epochs=1",
+                      "train.max_steps_per_epoch=2"], script="launch/submit.py")
+    assert "submitted job" in proc.stdout and "(local)" in proc.stdout and "finished" in proc.stdout, proc.stdout
+    (folder,) = (tmp_path / "tests" / "local").iterdir()
+    info = json.loads((folder / "job.json").read_text())
+    assert info["cluster"] == "local" and info["world_size"] == 1
+    assert (folder / "checkpoints").is_dir() and (folder / "config.yaml").is_file()
+    assert info["code_snapshot"] and Path(info["code_snapshot"], "launch", "trainer.py").is_file()
