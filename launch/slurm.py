@@ -15,7 +15,6 @@ MLflow run. Nothing is saved inside a signal handler: a DeepSpeed save is collec
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -280,6 +279,3 @@ def slurm_available() -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
 
-
-def dataclass_fields(cls: Any) -> List[str]:
-    return [f.name for f in dataclasses.fields(cls)]

@@ -241,7 +241,7 @@ def submit(plans: List[Plan], args: argparse.Namespace, cluster: str) -> List[Tu
     if args.snapshot:
         try:
             code_dir = slurm_job.snapshot_code(REPO, Path(first.output_dir).resolve() / ".code")
-        except (OSError, Exception) as err:  # noqa: BLE001 - e.g. not a git checkout
+        except Exception as err:  # noqa: BLE001 - e.g. not a git checkout, or git missing
             print(f"warning: no code snapshot ({err}); the job runs the live tree", file=sys.stderr)
     workdir = os.getcwd()
     jobs = [slurm_job.TrainJob(to_dict(p.cfg), str(code_dir) if code_dir else None, workdir) for p in plans]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -95,15 +95,6 @@ def wait_job(job_id: str, folder: Path, timeout: float = 360) -> str:
     pytest.fail(f"job {job_id} still {sacct_state(job_id)} after {timeout}s\n{logs}", pytrace=False)
 
 
-def wait_for_text(path_glob: str, folder: Path, text: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in p.read_text(errors="replace") for p in folder.glob(path_glob)):
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{text!r} never appeared in {folder}/{path_glob}", pytrace=False)
-
-
 def mlflow_run(output_dir: Path, name: str):
     from mlflow.tracking import MlflowClient
 
@@ -136,7 +127,46 @@ def jobs(slurm_cluster, video_set, tmp_path_factory):
         "fail": start_submit(["--time", "00:15:00", *tiny_overrides(root / "no-such-data", root / "fail", "fail")]),
     }
     out = {key: finish_submit(proc) for key, proc in procs.items()}
-    return {"root": root, "home": home, "out": out, "ids": {key: job_ids(text) for key, text in out.items()}}
+    ids = {key: job_ids(text) for key, text in out.items()}
+    # the same 2-node run through slurm/train.sbatch (plain sbatch + srun, no submitit), preempted below
+    (root / "sbatch").mkdir()
+    proc = subprocess.run(["sbatch", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=00:15:00",
+                           f"--output={root / 'sbatch'}/slurm-%j.out", "slurm/train.sbatch",
+                           *tiny_overrides(video_set, root / "sbatch", "sbatch"), *common[2:]],
+                          cwd=REPO, env={**submit_env(), "PYTHON": sys.executable}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ids["sbatch"] = [proc.stdout.split()[-1]]
+    jobs = {"root": root, "home": home, "out": out, "ids": ids}
+    # Preempt both "pre" jobs once they train (in the background: the tests run one after the other)
+    preempted = {"pre": (root / "pre" / "tests" / "pre" / ids["pre"][0], f"{ids['pre'][0]}_0_log.out"),
+                 "sbatch": (root / "sbatch", f"slurm-{ids['sbatch'][0]}.out")}
+    jobs["preempt"] = {}
+    for key, (folder, log) in preempted.items():
+        result: Dict[str, str] = {}
+        thread = threading.Thread(target=preempt_when_training, args=(ids[key][0], folder, log, result), daemon=True)
+        thread.start()
+        jobs["preempt"][key] = (thread, result)
+    return jobs
+
+
+def preempt_when_training(job_id: str, folder: Path, log: str, result: Dict[str, str], timeout: float = 300) -> None:
+    """Send the preemption signal (USR1) once the job logged optimizer step 2 of its first epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = folder / log
+        if path.is_file() and "epoch 1/3 step 2/3" in path.read_text(errors="replace"):
+            proc = subprocess.run(["scancel", "--signal=USR1", job_id], capture_output=True, text=True)
+            result["sent"] = "yes" if proc.returncode == 0 else f"scancel failed: {proc.stderr}"
+            return
+        time.sleep(0.2)
+    result["sent"] = f"job {job_id} never logged step 2 within {timeout}s"
+
+
+def preempted(jobs, key: str) -> None:
+    thread, result = jobs["preempt"][key]
+    thread.join(timeout=360)
+    assert result.get("sent") == "yes", result
 
 
 def job_folder(jobs, key: str, name: str, index: int = 0) -> Path:
@@ -147,8 +177,7 @@ def job_folder(jobs, key: str, name: str, index: int = 0) -> Path:
 def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(jobs):
     (job_id,) = jobs["ids"]["pre"]
     folder = job_folder(jobs, "pre", "pre")
-    wait_for_text(f"{job_id}_0_log.out", folder, "epoch 1/3 step 2/3")
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    preempted(jobs, "pre")
     assert wait_job(job_id, folder) == "COMPLETED"
     log = (folder / f"{job_id}_0_log.out").read_text()
     assert "stopped by SIGUSR1" in log and f"requeued job {job_id} (1/3)" in log, log[-3000:]
@@ -165,6 +194,20 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(jobs):
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_train_sbatch_without_submitit_requeues_and_resumes(jobs):
+    (job_id,) = jobs["ids"]["sbatch"]
+    logs = jobs["root"] / "sbatch"
+    preempted(jobs, "sbatch")
+    assert wait_job(job_id, logs) == "COMPLETED"
+    log = (logs / f"slurm-{job_id}.out").read_text()
+    assert "2 node(s), 2 task(s)" in log and f"requeueing job {job_id} (1/3)" in log, log[-3000:]
+    assert f"job {job_id} (restart 1)" in log and log.count("resumed from") == 1, log[-3000:]
+    ref_folder = job_folder(jobs, "ref", "ref")
+    assert wait_job(jobs["ids"]["ref"][0], ref_folder) == "COMPLETED"
+    expected, got = final_weights(ref_folder), final_weights(logs / "tests" / "sbatch")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_two_nodes_train_with_world_size_two_and_the_scaled_lr(jobs):
