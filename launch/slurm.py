@@ -211,10 +211,15 @@ def _node_address(node: str) -> str:
 
 # ------------------------------------------------------------------------------------------ status
 
-def job_state(job_id: str, cluster: str) -> str:
-    """Slurm's accounting state of a job (or of a local job: RUNNING/DONE by its result file)."""
+def job_state(job_id: str, cluster: str, run_dir: Path) -> str:
+    """Slurm's accounting state of a job; for a local job, what its result file says."""
     if cluster != "slurm":
-        return "UNKNOWN"
+        result = run_dir / f"{job_id}_0_result.pkl"
+        if not result.is_file():
+            return "RUNNING (or killed: no result yet)"
+        import pickle
+
+        return "COMPLETED" if pickle.loads(result.read_bytes())[0] == "success" else "FAILED"
     try:
         out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode"],
                              capture_output=True, text=True, timeout=30).stdout
@@ -240,7 +245,7 @@ def status_report(run_dir: Path, lines: int = 40) -> str:
     info = json.loads(info_path.read_text())
     job_id, cluster = info["job_id"], info.get("cluster", "slurm")
     out = [f"job {job_id} on {cluster}: {info.get('nodes')} node(s) x {info.get('tasks_per_node')} task(s)",
-           f"state: {job_state(job_id, cluster)}"]
+           f"state: {job_state(job_id, cluster, run_dir)}"]
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
     out.append(f"checkpoints: {', '.join(ckpts) if ckpts else 'none'}")
     result = run_dir / f"{job_id}_0_result.pkl"
