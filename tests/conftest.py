@@ -30,6 +30,21 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def sgd_losses(model, inputs, targets, loss_fn, steps: int = 8, lr: float = 0.05) -> List[float]:
+    """Losses of `steps` SGD steps (momentum 0.9) on one batch: the tiny-preset training check."""
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model(inputs), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import models
 from models.stabn import STABN
-from conftest import count_params
+from conftest import count_params, sgd_losses
 
 # Measured on this implementation; the reference reports ~55.7M in all and 54.3M for the backbone.
 PAPER_PARAMS = 55_665_928
@@ -83,14 +83,7 @@ def test_tiny_preset_trains():
     torch.manual_seed(0)
     model = models.create("stabn_r50_tiny", dropout=0.0)
     x, y = torch.randn(4, 3, 4, 64, 64), torch.tensor([0, 1, 2, 3])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        loss = model.compute_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = sgd_losses(model, x, y, model.compute_loss)
     assert losses[-1] < losses[0], losses
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import models
 from models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs
 from models.tsm import TSM, temporal_shift
-from conftest import count_params
+from conftest import count_params, sgd_losses
 
 TSM_R50_PARAMS = 23_864_558  # torchvision ResNet-50 without its fc (23,508,032) + Linear(2048, 174)
 # Added by DyReg at layer2.2 / layer3.4 / layer4.1, measured here; the reference measured
@@ -170,14 +170,7 @@ def test_tiny_preset_trains(name):
     torch.manual_seed(0)
     model = models.create(name, dropout=0.0)
     x, y = torch.randn(4, 3, 4, 64, 64), torch.tensor([0, 1, 2, 3])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = sgd_losses(model, x, y, F.cross_entropy)
     assert losses[-1] < losses[0], losses
     if model.dyreg_positions:  # the graphs left the identity
         assert any(_block(model, n).dyreg.norm.weight.abs().sum() > 0 for n in model.dyreg_positions)
