@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import models
 from models import graphs
 from models.msg3d import MSG3D, TemporalWindows
+from conftest import sgd_losses
 
 PAPER = ["msg3d_ntu60", "msg3d_kinetics", "msg3d_personality"]
 TINY = ["msg3d_ntu60_tiny", "msg3d_kinetics_tiny", "msg3d_personality_tiny"]
@@ -183,24 +184,12 @@ def test_bad_configs_name_the_key():
     assert models.create("msg3d_ntu60_tiny", channels=[6, 12, 18]).fc.in_features == 18
 
 
-def _train(model, x, y, loss_fn, steps=8, lr=0.05):
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    losses = []
-    for _ in range(steps):
-        loss = loss_fn(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("preset", ["msg3d_ntu60_tiny", "msg3d_kinetics_tiny"])
 def test_tiny_classifier_trains(preset):
     model = models.create(preset).train()
     x = _input(preset, 4, 16)
     y = torch.tensor([0, 1, 2, 3])
-    losses = _train(model, x, y, F.cross_entropy)
+    losses = sgd_losses(model, x, y, F.cross_entropy)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -209,5 +198,5 @@ def test_tiny_personality_regression_trains_with_mse():
     assert model.task == "regression" and model.fc.out_features == 5
     x = _input("msg3d_personality_tiny", 4, 16)
     y = torch.randn(4, 5)
-    losses = _train(model, x, y, F.mse_loss, lr=0.01)
+    losses = sgd_losses(model, x, y, F.mse_loss, lr=0.01)
     assert losses[-1] < 0.5 * losses[0], losses
