@@ -1,8 +1,14 @@
 """`launch/submit.py` against a real Slurm 22.05 cluster that `slurm/testcluster/cluster.sh` brings up here.
 
-Needs root and the Debian packages slurm-wlm, slurm-client, slurmdbd, munge, mariadb-server (the script
-installs them with apt-get when missing). When the cluster cannot come up these tests FAIL with the
+Needs root and the Debian packages slurm-wlm, slurm-client, slurmdbd, munge, mariadb-server, iproute2 (the
+script installs them with apt-get when missing). When the cluster cannot come up these tests FAIL with the
 reason; they are never skipped. Select or deselect them with `-m slurm` / `-m "not slurm"`.
+
+The cluster runs in a network namespace that the script creates (Slurm's daemons listen on every interface
+of theirs, and there they have only loopback and a private address). While this module runs, the test
+process itself is moved into that namespace (setns on its main thread), so submitit, sbatch/sacct/scancel
+and every job talk to the cluster on 127.0.0.1 exactly as on a real login node; it moves back before the
+cluster is torn down, and the other test modules never see the namespace.
 
 The jobs are submitted together at the start of the module (they share the two nodes, like real
 users' jobs) and each test then waits for the one it checks. Timeouts are generous: on a fresh
@@ -10,6 +16,7 @@ machine the first 2-rank job also compiles DeepSpeed's shm_comm op (about a minu
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -28,27 +35,45 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("deep
 
 CLUSTER = REPO / "slurm" / "testcluster" / "cluster.sh"
 # A cluster of its own (folder and ports), so a developer's cluster on the default ones is left alone.
-CLUSTER_ENV = {"SLURM_TESTCLUSTER_DIR": "/tmp/action-launch-slurm-tests", "SLURM_TESTCLUSTER_PORT": "17200"}
+CLUSTER_ENV = {"SLURM_TESTCLUSTER_DIR": "/tmp/action-launch-slurm-tests", "SLURM_TESTCLUSTER_PORT": "17200",
+               "SLURM_TESTCLUSTER_NETNS": "action-launch-slurm-tests"}
+NETNS_PATH = f"/run/netns/{CLUSTER_ENV['SLURM_TESTCLUSTER_NETNS']}"
+CLONE_NEWNET = 0x40000000
+HOME_NETNS: Dict[str, int] = {}  # "fd": this process's own network namespace while it visits the cluster's
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 SHELL_NAME = "x; rm -rf ~"
 
 
+def set_netns(fd: int) -> None:
+    """Move the calling thread (the main one: its children and later threads follow) into a network namespace."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns into a network namespace: {os.strerror(err)}")
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster():
-    """Bring the test cluster up (installing packages if needed); tear it down after the module."""
+    """Bring the test cluster up (installing packages if needed) and move this process into its network
+    namespace; move back and tear the cluster down after the module."""
     env = {**os.environ, **CLUSTER_ENV}
     start = time.monotonic()
     proc = subprocess.run(["bash", str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"the Slurm test cluster did not come up (needs root and apt-get, or the packages slurm-wlm "
-                    f"slurm-client slurmdbd munge mariadb-server):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+                    f"slurm-client slurmdbd munge mariadb-server iproute2):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
                     pytrace=False)
     print(f"test cluster up in {time.monotonic() - start:.1f}s")
+    home = HOME_NETNS["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # to come back to
+    cluster = os.open(NETNS_PATH, os.O_RDONLY)
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = f"{CLUSTER_ENV['SLURM_TESTCLUSTER_DIR']}/etc/slurm.conf"
     try:
+        set_netns(cluster)
         yield os.environ["SLURM_CONF"]
     finally:
+        set_netns(home)
+        os.close(HOME_NETNS.pop("fd"))
+        os.close(cluster)
         subprocess.run(["bash", str(CLUSTER), "purge"], env=env, capture_output=True, text=True, timeout=300)
         if old is None:
             os.environ.pop("SLURM_CONF", None)
@@ -241,6 +266,21 @@ def test_grid_is_one_job_array_and_shell_metacharacters_stay_data(jobs):
         names.append(next(e["values"]["name"] for e in events if e["kind"] == "params"))
     assert names == ["a", "b", SHELL_NAME]
     assert (jobs["home"] / "canary" / "alive").read_text() == "still here\n"
+
+
+def listening_ports(netns_fd: int | None = None) -> set:
+    """TCP ports listening in this thread's network namespace, or in the one `netns_fd` refers to."""
+    cmd = ["ss", "-Hltn"] if netns_fd is None else ["nsenter", f"--net=/proc/self/fd/{netns_fd}", "ss", "-Hltn"]
+    out = subprocess.run(cmd, pass_fds=() if netns_fd is None else (netns_fd,), capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()}
+
+
+def test_cluster_listens_only_inside_its_namespace(slurm_cluster):
+    first = int(CLUSTER_ENV["SLURM_TESTCLUSTER_PORT"])
+    ports = set(range(first, first + 5))  # slurmctld, slurmdbd, MariaDB, slurmd n1, slurmd n2
+    assert ports <= listening_ports()
+    assert not ports & listening_ports(HOME_NETNS["fd"])  # the namespace the tests started in
 
 
 def test_dry_run_script_passes_sbatch_test_only(slurm_cluster, video_set, tmp_path):

@@ -4,15 +4,26 @@
 # here as `slurmd -N n1` / `slurmd -N n2` on their own ports).
 #
 #   slurm/testcluster/cluster.sh up      # install the Debian packages if missing, start what is not running
-#   slurm/testcluster/cluster.sh down    # stop what `up` started (by pid file) and nothing else
-#   slurm/testcluster/cluster.sh status  # sinfo + daemons
-#   slurm/testcluster/cluster.sh env     # the line to paste: export SLURM_CONF=...
+#   slurm/testcluster/cluster.sh down    # stop what `up` started (by pid file), delete the namespace it made
+#   slurm/testcluster/cluster.sh purge   # down, then remove $SLURM_TESTCLUSTER_DIR
+#   slurm/testcluster/cluster.sh status  # daemons + sinfo
+#   slurm/testcluster/cluster.sh exec CMD...  # run CMD (default: a shell) inside the cluster's namespace
+#   slurm/testcluster/cluster.sh env     # SLURM_CONF=... and the namespace's path
 #
-# Everything lives under $SLURM_TESTCLUSTER_DIR (default /tmp/action-launch-slurm); client commands
-# (sinfo, sbatch, submitit) find the cluster through SLURM_CONF=$SLURM_TESTCLUSTER_DIR/etc/slurm.conf.
-# Ports: $SLURM_TESTCLUSTER_PORT (default 17100) .. +4. MariaDB listens on 127.0.0.1 only and every
-# node address is 127.0.0.1; Slurm 22.05 daemons have no bind-address option, so their ports
-# listen on all interfaces of this machine (keep it firewalled or run this in a network namespace).
+# Network: Slurm 22.05 daemons have no bind-address option and listen on every interface, so the
+# cluster lives in a network namespace of its own ($SLURM_TESTCLUSTER_NETNS, default
+# action-launch-slurm-<port>, /run/netns/<name>) that this script creates: loopback plus one private
+# address (10.213.0.1/24 on a dummy or in-namespace veth interface; slurmdbd's getaddrinfo finds no
+# usable address in a loopback-only namespace). Nothing is reachable from, or listens on, the
+# machine's own interfaces. MariaDB, slurmdbd, slurmctld and the slurmds run inside it (`nsenter
+# --net`, not `ip netns exec`, which remounts /sys and hides /sys/fs/cgroup from slurmd); munged
+# serves a unix socket and runs outside. Client commands (sinfo, sbatch, sacct, submitit) must run
+# inside the namespace too: `cluster.sh exec ...`, `nsenter --net=/run/netns/<name> ...`, or a process
+# that setns()'d into it (tests/test_slurm.py); jobs start inside it.
+#
+# Everything else lives under $SLURM_TESTCLUSTER_DIR (default /tmp/action-launch-slurm); client
+# commands find the cluster through SLURM_CONF=$SLURM_TESTCLUSTER_DIR/etc/slurm.conf. Ports (inside
+# the namespace): $SLURM_TESTCLUSTER_PORT (default 17100) .. +4; every node address is 127.0.0.1.
 # Needs root (slurmd runs jobs as the submitting user). Idempotent: `up` twice is harmless.
 set -euo pipefail
 
@@ -23,8 +34,11 @@ NODES="n1 n2"
 CPUS=${SLURM_TESTCLUSTER_CPUS:-2}
 MEM_MB=${SLURM_TESTCLUSTER_MEM_MB:-8000}
 ETC=$DIR/etc LOG=$DIR/log RUN=$DIR/run
+NETNS=${SLURM_TESTCLUSTER_NETNS:-action-launch-slurm-$PORT}
+NETNS_PATH=/run/netns/$NETNS
+NETNS_ADDR=${SLURM_TESTCLUSTER_NETNS_ADDR:-10.213.0.1/24}
 export SLURM_CONF=$ETC/slurm.conf
-PACKAGES="slurm-wlm slurm-client slurmdbd munge mariadb-server"
+PACKAGES="slurm-wlm slurm-client slurmdbd munge mariadb-server iproute2 util-linux"
 
 say() { echo "[testcluster] $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -45,7 +59,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 install_packages() {
     local missing=()
-    for bin in slurmctld slurmd slurmdbd munged mariadbd sbatch sacct; do
+    for bin in slurmctld slurmd slurmdbd munged mariadbd sbatch sacct ip nsenter; do
         command -v "$bin" >/dev/null || [[ -x /usr/sbin/$bin ]] || missing+=("$bin")
     done
     ((${#missing[@]} == 0)) && return
@@ -123,6 +137,39 @@ EOF
     chmod 600 "$ETC/slurmdbd.conf"
 }
 
+inns() { nsenter --net="$NETNS_PATH" "$@"; }  # run a command inside the cluster's network namespace
+
+# The namespace is ours when $RUN/netns names it (written right after `ip netns add`); one of that name
+# that we did not create is left alone and `up` stops.
+make_netns() {
+    if [[ -e $NETNS_PATH ]]; then
+        [[ $(cat "$RUN/netns" 2>/dev/null) == "$NETNS" ]] \
+            || die "network namespace $NETNS exists but was not created by this cluster ($DIR): delete it" \
+                   "(ip netns del $NETNS) or set SLURM_TESTCLUSTER_NETNS"
+    else
+        ip netns add "$NETNS" || die "ip netns add $NETNS failed (needs root and network namespaces)"
+        echo "$NETNS" >"$RUN/netns"
+    fi
+    ip -n "$NETNS" link set lo up
+    # A non-loopback address: Slurm's listening sockets come from getaddrinfo(AI_ADDRCONFIG), which
+    # returns nothing where loopback is the only address. A dummy interface where the kernel has one,
+    # else a veth pair with both ends inside the namespace (never a link to the machine's network).
+    if ! ip -n "$NETNS" link show slurm0 >/dev/null 2>&1; then
+        ip -n "$NETNS" link add slurm0 type dummy 2>/dev/null \
+            || ip -n "$NETNS" link add slurm0 type veth peer name slurm1 \
+            || die "could not create an interface in namespace $NETNS (neither dummy nor veth)"
+    fi
+    ip -n "$NETNS" addr replace "$NETNS_ADDR" dev slurm0
+    ip -n "$NETNS" link set slurm0 up
+    ! ip -n "$NETNS" link show slurm1 >/dev/null 2>&1 || ip -n "$NETNS" link set slurm1 up
+}
+
+delete_netns() {
+    [[ $(cat "$RUN/netns" 2>/dev/null) == "$NETNS" ]] || return 0
+    [[ ! -e $NETNS_PATH ]] || ip netns del "$NETNS" || say "could not delete network namespace $NETNS"
+    rm -f "$RUN/netns"
+}
+
 # Slurm's clients find munged at its default socket, so the cluster uses that one: a munged already
 # serving it (the system's) is reused and left alone; otherwise ours runs there until `down`.
 MUNGE_SOCKET=/run/munge/munge.socket.2
@@ -155,7 +202,7 @@ start_mariadb() {
     fi
     mkdir -p "$DIR/mysqld"
     chown mysql:mysql "$DIR/mysqld"
-    mariadbd --no-defaults --user=mysql --datadir="$DIR/mysql" --socket="$DIR/mysqld/mysql.sock" \
+    nsenter --net="$NETNS_PATH" mariadbd --no-defaults --user=mysql --datadir="$DIR/mysql" --socket="$DIR/mysqld/mysql.sock" \
         --bind-address=127.0.0.1 --port="$DB_PORT" --pid-file="$DIR/mysqld/mariadbd.pid" --skip-name-resolve \
         --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 --log-error="$DIR/mysqld/mariadb.log" </dev/null >/dev/null 2>&1 &
     echo $! >"$RUN/mariadbd.pid"
@@ -169,17 +216,17 @@ start_mariadb() {
 
 start_slurmdbd() {
     alive "$RUN/slurmdbd.pid" && return
-    slurmdbd
-    wait_for 60 slurmdbd sacctmgr -n list cluster
-    if ! sacctmgr -n -P list cluster format=cluster | grep -qx testcluster; then
-        sacctmgr -i add cluster testcluster >/dev/null
+    inns slurmdbd
+    wait_for 60 slurmdbd inns sacctmgr -n list cluster
+    if ! inns sacctmgr -n -P list cluster format=cluster | grep -qx testcluster; then
+        inns sacctmgr -i add cluster testcluster >/dev/null
     fi
 }
 
 start_slurmctld() {
     alive "$RUN/slurmctld.pid" && return
-    slurmctld
-    wait_for 30 slurmctld scontrol ping
+    inns slurmctld
+    wait_for 30 slurmctld inns scontrol ping
 }
 
 start_slurmd() {
@@ -187,10 +234,10 @@ start_slurmd() {
     for node in $NODES; do
         alive "$RUN/slurmd-$node.pid" && continue
         mkdir -p "$DIR/spool/$node"
-        slurmd -N "$node"
+        inns slurmd -N "$node"
     done
     # until both nodes registered and are idle (or running something, after a restart)
-    wait_for 60 "nodes $NODES" bash -c "[[ \$(sinfo -h -N -o '%N %t' | grep -cE ' (idle|mix|alloc)\$') == 2 ]]"
+    wait_for 60 "nodes $NODES" inns bash -c "[[ \$(sinfo -h -N -o '%N %t' | grep -cE ' (idle|mix|alloc)\$') == 2 ]]"
 }
 
 up() {
@@ -198,12 +245,14 @@ up() {
     mkdir -p "$LOG"
     install_packages
     write_configs
+    make_netns
     start_munge
     start_mariadb
     start_slurmdbd
     start_slurmctld
     start_slurmd
-    say "up in ${SECONDS}s; use it with: export SLURM_CONF=$SLURM_CONF"
+    say "up in ${SECONDS}s in network namespace $NETNS; use it with: $0 exec CMD..." \
+        "(or nsenter --net=$NETNS_PATH, SLURM_CONF=$SLURM_CONF)"
 }
 
 stop_pidfile() {  # stop_pidfile NAME: TERM the process of $RUN/NAME.pid, wait, then KILL
@@ -220,14 +269,15 @@ down() {
     [[ -d $RUN ]] || { say "nothing to stop in $DIR"; return; }
     local node
     if alive "$RUN/slurmctld.pid"; then  # jobs first, so no slurmstepd outlives its slurmd
-        scancel --full --quiet --user=root --state=RUNNING 2>/dev/null || true
-        scancel --quiet --user=root 2>/dev/null || true
+        inns scancel --full --quiet --user=root --state=RUNNING 2>/dev/null || true
+        inns scancel --quiet --user=root 2>/dev/null || true
     fi
     for node in $NODES; do stop_pidfile "slurmd-$node"; done
     stop_pidfile slurmctld
     stop_pidfile slurmdbd
     stop_pidfile mariadbd
     stop_pidfile munged
+    delete_netns
     say "down"
 }
 
@@ -236,14 +286,22 @@ status() {
     for name in munged mariadbd slurmdbd slurmctld slurmd-n1 slurmd-n2; do
         if alive "$RUN/$name.pid"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
     done
-    alive "$RUN/slurmctld.pid" && sinfo -N
+    if [[ -e $NETNS_PATH ]]; then echo "network namespace: $NETNS ($NETNS_PATH)"; else echo "network namespace: none"; fi
+    if alive "$RUN/slurmctld.pid"; then inns sinfo -N; fi
+}
+
+run_in() {  # run_in CMD...: CMD (default: an interactive shell) in the namespace, SLURM_CONF set
+    [[ -e $NETNS_PATH ]] || die "no network namespace $NETNS: run \`$0 up\` first"
+    (($# > 0)) || set -- "${SHELL:-/bin/bash}"
+    exec nsenter --net="$NETNS_PATH" "$@"
 }
 
 case ${1:-} in
     up) up ;;
     down) down ;;
     status) status ;;
-    env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+    exec) shift; run_in "$@" ;;
+    env) echo "export SLURM_CONF=$SLURM_CONF SLURM_TESTCLUSTER_NETNS_PATH=$NETNS_PATH" ;;
     purge) down; rm -rf "$DIR" ;;
-    *) echo "usage: $0 up|down|status|env|purge" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|exec [CMD...]|env|purge" >&2; exit 2 ;;
 esac
