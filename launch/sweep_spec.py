@@ -1,0 +1,268 @@
+"""The sweep file of `launch/tune.py`: what to search, what to optimise, how to schedule trials.
+
+A sweep file is YAML; every search-space key is a dotted config key, exactly as on the command line:
+
+    metric: val/top1            # reported at each validation; `mode` says which way is better
+    mode: max
+    budget: epochs              # ASHA/PBT time unit: epochs (validations) or steps (optimizer steps)
+    num_samples: 1              # samples of the random entries per grid point
+    space:
+      data.num_frames: {grid: [4, 8, 16]}
+      data.sampling_rate: {grid: [2, 4, 8]}
+      model.num_frames: {same_as: data.num_frames}
+      optim.lr: {loguniform: [3.0e-4, 3.0e-3]}
+      optim.lr_scaling: {choice: [linear, sqrt]}
+      train.micro_batch_size: {choice: [4, 8]}
+      data.num_frames,data.sampling_rate: {choice: [[8, 8], [32, 2]]}   # joint: set together
+      optim.warmup_epochs: {depends_on: optim.lr_scaling, cases: {linear: 2, sqrt: 1}, default: 0}
+    asha: {grace_period: 1, reduction_factor: 3}
+    pbt: {perturbation_interval: 2, mutate: [optim.lr]}
+
+Entries: `grid` (every value, crossed with the other grids), `choice`, `uniform`, `loguniform`,
+`randint` (high exclusive), `same_as` (copy of another key), `depends_on` + `cases` (conditional
+on another key's value). This module only parses and checks; `launch/tune.py` turns it into Ray.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "same_as", "depends_on")
+SCHEDULERS = ("fifo", "asha", "pbt")
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be used; the message names the entry and what was expected."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space entry: `keys` (one, or several set together) and how their value is drawn."""
+
+    keys: Tuple[str, ...]
+    kind: str
+    values: Tuple[Any, ...] = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+    source: Optional[str] = None
+    cases: Mapping[Any, Any] = field(default_factory=dict)
+    default: Any = None
+
+    @property
+    def name(self) -> str:
+        """The entry's name in the sweep file (keys joined by commas)."""
+        return ",".join(self.keys)
+
+    def describe(self) -> str:
+        """Short text of the entry (logged as a parameter of the sweep's parent run)."""
+        if self.kind in ("grid", "choice"):
+            return f"{self.kind} {list(self.values)}"
+        if self.kind in ("uniform", "loguniform", "randint"):
+            return f"{self.kind} [{self.low}, {self.high}]"
+        if self.kind == "same_as":
+            return f"same as {self.source}"
+        return f"depends on {self.source}: {dict(self.cases)} else {self.default}"
+
+    def example_values(self) -> List[Tuple[Any, ...]]:
+        """Values (one tuple per entry of `keys`) that a trial may get; used to check keys and types."""
+        if self.kind in ("grid", "choice"):
+            return [v if len(self.keys) > 1 else (v,) for v in self.values]
+        if self.kind == "randint":
+            return [(int(self.low),)]
+        if self.kind in ("uniform", "loguniform"):
+            return [(float(self.low),)]
+        if self.kind == "depends_on":
+            return [(v,) for v in [*self.cases.values(), self.default] if v is not None]
+        return []
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep file."""
+
+    metric: str = "val/top1"
+    mode: str = "max"
+    budget: str = "epochs"
+    num_samples: int = 1
+    params: Tuple[Param, ...] = ()
+    asha: Mapping[str, Any] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 3})
+    pbt: Mapping[str, Any] = field(default_factory=lambda: {"perturbation_interval": 2})
+    source: str = "sweep"
+
+    def swept_keys(self) -> List[str]:
+        """Config keys the sweep sets, in file order."""
+        return [k for p in self.params for k in p.keys]
+
+    def grid_size(self) -> int:
+        """Trials per sample (the product of the grid entries)."""
+        size = 1
+        for p in self.params:
+            if p.kind == "grid":
+                size *= len(p.values)
+        return size
+
+    def num_trials(self) -> int:
+        """Trials the sweep starts: grid points x num_samples."""
+        return self.grid_size() * self.num_samples
+
+    def pbt_mutations(self) -> List[Param]:
+        """The entries PBT perturbs: `pbt.mutate`, default the continuous ones."""
+        names = self.pbt.get("mutate")
+        if names is None:
+            return [p for p in self.params if p.kind in ("uniform", "loguniform")]
+        by_name = {p.name: p for p in self.params}
+        return [by_name[n] for n in names]
+
+
+def _fail(source: str, entry: str, message: str) -> None:
+    raise SweepError(f"{source}: {entry}: {message}")
+
+
+def _pair(source: str, key: str, kind: str, value: Any) -> Tuple[float, float]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
+        _fail(source, key, f"{kind} expects [low, high], got {value!r}")
+    low, high = float(value[0]), float(value[1])
+    if not low < high:
+        _fail(source, key, f"{kind}: low must be below high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        _fail(source, key, f"loguniform needs positive bounds, got [{low}, {high}]")
+    return low, high
+
+
+def parse_param(name: str, entry: Any, source: str = "sweep") -> Param:
+    """One `space:` entry; `name` may join several keys with commas (a joint entry)."""
+    keys = tuple(k.strip() for k in name.split(","))
+    if any(not k for k in keys):
+        _fail(source, name, "empty key")
+    if not isinstance(entry, Mapping):
+        # A bare list is a grid, a bare scalar a constant: what a reader of the file would guess.
+        entry = {"grid": entry} if isinstance(entry, list) else {"choice": [entry]}
+    kinds = [k for k in entry if k in KINDS]
+    unknown = [k for k in entry if k not in KINDS + ("cases", "default")]
+    if len(kinds) != 1 or unknown:
+        _fail(source, name, f"expected exactly one of {', '.join(KINDS)}; got {sorted(entry)}")
+    kind = kinds[0]
+    value = entry[kind]
+    if len(keys) > 1 and kind not in ("grid", "choice"):
+        _fail(source, name, "a joint entry (several keys) takes grid or choice of value lists")
+    if kind in ("grid", "choice"):
+        if not isinstance(value, list) or not value:
+            _fail(source, name, f"{kind} expects a non-empty list, got {value!r}")
+        if len(keys) > 1 and any(not isinstance(v, list) or len(v) != len(keys) for v in value):
+            _fail(source, name, f"each value of a joint entry is a list of {len(keys)} values, got {value!r}")
+        return Param(keys, kind, values=tuple(tuple(v) if isinstance(v, list) and len(keys) > 1 else v for v in value))
+    if kind in ("uniform", "loguniform", "randint"):
+        low, high = _pair(source, name, kind, value)
+        if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+            _fail(source, name, f"randint expects integer bounds, got {value!r}")
+        return Param(keys, kind, low=low, high=high)
+    if not isinstance(value, str):
+        _fail(source, name, f"{kind} expects a config key, got {value!r}")
+    if kind == "same_as":
+        return Param(keys, kind, source=value)
+    cases = entry.get("cases")
+    if not isinstance(cases, Mapping) or not cases:
+        _fail(source, name, "depends_on needs `cases: {value of the other key: value of this key, ...}`")
+    return Param(keys, kind, source=value, cases=dict(cases), default=entry.get("default"))
+
+
+def _check_references(params: Sequence[Param], source: str) -> None:
+    seen: Dict[str, Param] = {}
+    for p in params:
+        for key in p.keys:
+            if key in seen:
+                _fail(source, p.name, f"{key} is already set by entry {seen[key].name}")
+            seen[key] = p
+    for p in params:
+        if p.source is not None:
+            ref = seen.get(p.source)
+            if ref is None:
+                _fail(source, p.name, f"refers to {p.source}, which the space does not set")
+            if ref.kind in ("same_as", "depends_on"):
+                _fail(source, p.name, f"refers to {p.source}, itself derived; refer to a sampled key")
+
+
+def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
+    """Validate a loaded sweep file into a `SweepSpec`."""
+    allowed = {"metric", "mode", "budget", "num_samples", "space", "asha", "pbt"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise SweepError(f"{source}: unknown section(s) {unknown}; expected {sorted(allowed)}")
+    space = raw.get("space")
+    if not isinstance(space, Mapping) or not space:
+        raise SweepError(f"{source}: `space:` must map config keys to search entries")
+    params = tuple(parse_param(str(name), entry, source) for name, entry in space.items())
+    _check_references(params, source)
+    mode = raw.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise SweepError(f"{source}: mode must be max or min, got {mode!r}")
+    budget = raw.get("budget", "epochs")
+    if budget not in ("epochs", "steps"):
+        raise SweepError(f"{source}: budget must be epochs or steps, got {budget!r}")
+    num_samples = raw.get("num_samples", 1)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise SweepError(f"{source}: num_samples must be a positive integer, got {num_samples!r}")
+    defaults = SweepSpec()
+    asha = {**defaults.asha, **(raw.get("asha") or {})}
+    pbt = {**defaults.pbt, **(raw.get("pbt") or {})}
+    spec = SweepSpec(str(raw.get("metric", "val/top1")), mode, budget, num_samples, params, asha, pbt, source)
+    names = {p.name for p in params}
+    for name in pbt.get("mutate") or []:
+        if name not in names:
+            raise SweepError(f"{source}: pbt.mutate names {name!r}, which is not in space")
+    return spec
+
+
+def load_sweep(path: Union[str, Path]) -> SweepSpec:
+    """Read and validate a sweep file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} does not exist")
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, Mapping):
+        raise SweepError(f"{path}: expected a mapping at the top level")
+    return parse_sweep(raw, str(path))
+
+
+def example_overrides(spec: SweepSpec) -> List[List[str]]:
+    """Override lists covering every listed value of every entry, to check keys and types up front."""
+    out = []
+    for p in spec.params:
+        for values in p.example_values():
+            out.append([f"{k}={to_override_text(v)}" for k, v in zip(p.keys, values)])
+    return out
+
+
+def to_override_text(value: Any) -> str:
+    """A value as command-line override text (a YAML scalar or flow collection)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def trial_overrides(config: Mapping[str, Any]) -> List[str]:
+    """A trial's sampled values (keys as in the sweep file, joint keys comma-joined) as overrides."""
+    out = []
+    for name, value in config.items():
+        keys = name.split(",")
+        values = list(value) if len(keys) > 1 else [value]
+        out.extend(f"{k}={to_override_text(v)}" for k, v in zip(keys, values))
+    return out
+
+
+def flat_trial_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A trial's sampled values with joint entries split into their keys."""
+    out: Dict[str, Any] = {}
+    for name, value in config.items():
+        keys = name.split(",")
+        out.update(zip(keys, list(value) if len(keys) > 1 else [value]))
+    return out
+
+
+def grid_points(spec: SweepSpec) -> List[Dict[str, Any]]:
+    """Every combination of the grid entries (for dry runs and the summary)."""
+    grids = [p for p in spec.params if p.kind == "grid"]
+    return [dict(zip((p.name for p in grids), combo)) for combo in itertools.product(*(p.values for p in grids))]

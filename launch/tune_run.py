@@ -1,0 +1,223 @@
+"""Running a sweep inside a Ray runtime: tracking server and parent run, the Tuner, the summary.
+
+Used by `launch/tune.py` on one machine and by the Slurm job of `launch/tune_slurm.py` on the first node
+of an allocation (there Ray is already up across the nodes and `RAY_ADDRESS` points at it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import ray
+import yaml
+from ray import tune
+
+from launch.config import Config, to_dict
+from launch.sweep_report import (COST, format_table, plot_frames_rate_heatmap, plot_metric_vs_cost,
+                                 plot_metric_vs_keys, sort_rows, write_csv)
+from launch.sweep_spec import Param, SweepSpec, flat_trial_config
+from launch.tracking import Tracker, TrackingServer, annotate_run, default_tracking_uri, ensure_experiment
+from launch.tune import TUNE_DIR, budget_attr, free_port, max_budget, workers_per_trial
+from launch.tune_trial import TrialSetup, run_trial
+
+log = logging.getLogger("launch.tune")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ray_domain(param: Param) -> Any:
+    """The Ray Tune search object of one sweep entry."""
+    if param.kind == "grid":
+        return tune.grid_search(list(param.values))
+    if param.kind == "choice":
+        return tune.choice(list(param.values))
+    if param.kind == "uniform":
+        return tune.uniform(param.low, param.high)
+    if param.kind == "loguniform":
+        return tune.loguniform(param.low, param.high)
+    if param.kind == "randint":
+        return tune.randint(int(param.low), int(param.high))
+    source = param.source
+    if param.kind == "same_as":
+        return tune.sample_from(lambda spec: spec.config[source])
+    cases, default = dict(param.cases), param.default
+    return tune.sample_from(lambda spec: cases.get(spec.config[source], default))
+
+
+def param_space(spec: SweepSpec) -> Dict[str, Any]:
+    """Ray's param_space: one entry per sweep entry (joint entries keep their comma-joined name)."""
+    return {p.name: ray_domain(p) for p in spec.params}
+
+
+def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
+    """FIFO, ASHA or PBT, counting in the sweep's budget unit."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if kind == "fifo":
+        return FIFOScheduler()
+    if kind == "asha":
+        return ASHAScheduler(time_attr=budget_attr(spec), max_t=max_budget(spec, cfg),
+                             grace_period=int(spec.asha.get("grace_period", 1)),
+                             reduction_factor=float(spec.asha.get("reduction_factor", 3)))
+    mutations = {p.name: ray_domain(p) for p in spec.pbt_mutations()}
+    if not mutations:
+        raise ValueError(f"{spec.source}: PBT needs something to perturb: a uniform/loguniform entry or pbt.mutate")
+    return PopulationBasedTraining(time_attr=budget_attr(spec),
+                                   perturbation_interval=int(spec.pbt.get("perturbation_interval", 2)),
+                                   hyperparam_mutations=mutations,
+                                   quantile_fraction=float(spec.pbt.get("quantile_fraction", 0.25)),
+                                   resample_probability=float(spec.pbt.get("resample_probability", 0.25)))
+
+
+def _start_ray(args: argparse.Namespace) -> None:
+    """Join the Ray cluster of `RAY_ADDRESS` (Slurm), else start a private one on 127.0.0.1."""
+    # Ray's worker processes inherit this environment: they import the trial function from this checkout.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def _parent_params(args: argparse.Namespace, spec: SweepSpec) -> Dict[str, Any]:
+    params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.scheduler": args.scheduler,
+              "sweep.budget": spec.budget, "sweep.num_samples": args.num_samples or spec.num_samples,
+              "sweep.config": args.config or "defaults", "sweep.overrides": " ".join(args.overrides)}
+    params.update({f"space.{p.name}": p.describe() for p in spec.params})
+    return params
+
+
+def _tracking(cfg: Config, sweep_dir: Path, stack: ExitStack) -> Optional[str]:
+    """The tracking URI trials log to: the config's server, or a server started here over the SQLite store."""
+    if not cfg.tracking.enabled:
+        return None
+    uri = cfg.tracking.uri or default_tracking_uri(cfg.output_dir)
+    if uri.startswith("sqlite:///"):
+        # Created through the store itself, the experiment keeps its artifacts beside the SQLite file, so
+        # a later `mlflow ui --backend-store-uri sqlite:///...` shows them as it does for plain runs.
+        ensure_experiment(uri, cfg.tracking.experiment or cfg.experiment)
+        server = stack.enter_context(TrackingServer(uri, free_port(), sweep_dir / "mlflow_server.log"))
+        log.info("trials log to MLflow through %s (store %s)", server.uri, uri)
+        return server.uri
+    return uri
+
+
+def run_sweep(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path) -> Dict[str, Any]:
+    """Run (or resume) the sweep to the end; returns the summary written to `summary.json`."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.sweep, sweep_dir / "sweep.yaml")
+    with ExitStack() as stack:
+        uri = _tracking(cfg, sweep_dir, stack)
+        parent = Tracker(sweep_dir, uri or "", cfg.tracking.experiment or cfg.experiment, sweep_dir.name,
+                         enabled=uri is not None)
+        parent.start(_parent_params(args, spec), {"sweep.role": "parent", "sweep.name": sweep_dir.name})
+        setup = TrialSetup(config=str(Path(args.config).resolve()) if args.config else None, overrides=list(args.overrides),
+                           sweep_dir=str(sweep_dir), output_dir=str(Path(cfg.output_dir).resolve()),
+                           experiment=cfg.experiment, sweep_name=sweep_dir.name, tracking_uri=uri,
+                           parent_run_id=parent.run_id, workers=workers_per_trial(args),
+                           threads=max(1, int(args.cpus_per_trial) // workers_per_trial(args)))
+        _start_ray(args)
+        stack.callback(ray.shutdown)
+        status = "FAILED"
+        try:
+            grid = _fit(args, cfg, spec, sweep_dir, setup)
+            summary = summarise(grid, args, cfg, spec, sweep_dir, parent)
+            status = "FINISHED"
+            return summary
+        finally:
+            parent.finish(status)
+
+
+def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, setup: TrialSetup):
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    if args.resume:
+        log.info("resuming the sweep in %s (finished trials are kept)", sweep_dir)
+        tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(spec),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=args.num_samples or spec.num_samples,
+                                        scheduler=make_scheduler(args.scheduler, spec, cfg),
+                                        max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    return tuner.fit()
+
+
+def stop_reason(result, scheduler: str, budget_key: str, full_budget: int) -> str:
+    """completed | stopped by <scheduler> at <budget> k | errored: <first line of the error>."""
+    if result.error is not None:
+        first = str(result.error).strip().splitlines()
+        return f"errored: {first[0][:200] if first else type(result.error).__name__}"
+    reached = (result.metrics or {}).get(budget_key, 0)
+    if reached >= full_budget:
+        return "completed"
+    return f"stopped by {scheduler} at {budget_key} {reached}"
+
+
+def _history_best(result, metric: str, mode: str) -> Optional[float]:
+    frame = result.metrics_dataframe
+    if frame is None or metric not in getattr(frame, "columns", []):
+        return (result.metrics or {}).get(metric)
+    values = frame[metric].dropna()
+    if values.empty:
+        return None
+    return float(values.max() if mode == "max" else values.min())
+
+
+def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, parent: Tracker) -> Dict[str, Any]:
+    """Stop reasons onto the trials' runs; table, CSV, plots and the best trial onto the parent run."""
+    budget_key, full = budget_attr(spec), max_budget(spec, cfg)
+    rows: List[Dict[str, Any]] = []
+    for result in grid:
+        metrics = result.metrics or {}
+        id_file = Path(result.path) / "trial_id"
+        trial_id = metrics.get("trial_id") or (id_file.read_text().strip() if id_file.exists() else Path(result.path).name)
+        reason = stop_reason(result, args.scheduler, budget_key, full)
+        row = {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
+               spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
+               budget_key: metrics.get(budget_key), COST: metrics.get(COST), "cost/wall_s": metrics.get("cost/wall_s")}
+        rows.append(row)
+        trial_dir = sweep_dir / trial_id
+        if (trial_dir / "tracking").is_dir():
+            status = "FAILED" if reason.startswith("errored") else "KILLED" if reason.startswith("stopped") else "FINISHED"
+            annotate_run(trial_dir, {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}, status)
+    rows = sort_rows(rows, spec.metric, spec.mode)
+    columns = ["trial_id", *spec.swept_keys(), spec.metric, budget_key, COST, "cost/wall_s", "stop_reason"]
+    print(format_table(rows, columns), flush=True)
+    files = [write_csv(rows, columns, sweep_dir / "results.csv"),
+             plot_metric_vs_keys(rows, spec.swept_keys(), spec.metric, sweep_dir / "metric_vs_keys.png"),
+             plot_metric_vs_cost(rows, spec.metric, sweep_dir / "metric_vs_cost.png"),
+             plot_frames_rate_heatmap(rows, spec.metric, spec.mode, sweep_dir / "frames_rate_heatmap.png"),
+             sweep_dir / "sweep.yaml"]
+    best = rows[0] if rows and rows[0].get(spec.metric) is not None else None
+    summary = {"trials": len(rows), "best": best,
+               "completed_or_stopped": sum(not r["stop_reason"].startswith("errored") for r in rows),
+               "errored": sum(r["stop_reason"].startswith("errored") for r in rows),
+               "total_clip_frames": sum(r[COST] or 0 for r in rows), "rows": rows}
+    if best is not None:
+        best_dir = sweep_dir / best["trial_id"]
+        if (best_dir / "config.yaml").exists():
+            shutil.copyfile(best_dir / "config.yaml", sweep_dir / "best_config.yaml")
+            files.append(sweep_dir / "best_config.yaml")
+        parent.set_tags({"sweep.best_trial": best["trial_id"]})
+        parent.log_metrics({f"best/{spec.metric}": best[spec.metric], "sweep.trials": len(rows),
+                            "sweep.errored": summary["errored"], "sweep.total_clip_frames": summary["total_clip_frames"]}, 0)
+        print(f"best trial {best['trial_id']}: {spec.metric} {best[spec.metric]:.4g} "
+              f"({', '.join(f'{k}={best.get(k)}' for k in spec.swept_keys())})")
+    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    files.append(sweep_dir / "summary.json")
+    for path in files:
+        if path is not None and path.exists():
+            parent.log_artifact(path)
+    print(f"results: {sweep_dir / 'results.csv'}\ncompare: python launch/compare.py --experiment "
+          f"{cfg.tracking.experiment or cfg.experiment} --parent {sweep_dir.name}")
+    return summary

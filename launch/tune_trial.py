@@ -1,0 +1,217 @@
+"""One Ray Tune trial: an ordinary `launch/train.py` run with the trial's overrides, in its own folder.
+
+The trial function starts training as a child process (`torchrun` when the trial has several
+workers), watches the run's checkpoint folder, and reports each validation to Tune together with
+that epoch's checkpoint. A child process keeps every trial on exactly the code path of a normal run
+(its own DeepSpeed engine, process group and MLflow run) and lets a trial use several processes.
+
+Restarts: a retried trial (`FailureConfig`) or an unfinished trial of a restored sweep resumes from
+its own folder, as any run does; a PBT exploit resumes from the donor trial's checkpoint with the
+mutated config. When Tune stops a trial (ASHA), the child is terminated at once; a killed driver or
+actor takes the child with it (parent-death signal).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+from ray import tune
+
+from launch import checkpoint as ckpt
+from launch.sweep_spec import to_override_text, trial_overrides
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of a sweep shares (sent to Ray once)."""
+
+    config: Optional[str]
+    """Absolute path of the base config (None: embedded defaults)."""
+    overrides: List[str]
+    """The command line's key=value overrides, applied before the trial's own."""
+    sweep_dir: str
+    """`<output_dir>/<experiment>/<sweep name>`; trial folders are its subfolders."""
+    output_dir: str
+    experiment: str
+    sweep_name: str
+    tracking_uri: Optional[str] = None
+    parent_run_id: Optional[str] = None
+    workers: int = 1
+    """Training processes per trial (torchrun when more than one)."""
+    threads: int = 1
+    """Torch threads per process."""
+    cwd: str = field(default_factory=os.getcwd)
+    """Where relative data paths of the config are resolved (the directory tune.py ran in)."""
+    poll_s: float = 0.5
+
+
+def trial_run_name(sweep_name: str, trial_id: str) -> str:
+    """Config `name` of a trial: its run folder is `<sweep dir>/<trial id>`."""
+    return f"{sweep_name}/{trial_id}"
+
+
+def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_id: str,
+                     resume_from: Optional[Path]) -> List[str]:
+    """The exact command that trains this trial."""
+    entry = [str(REPO / "launch" / "train.py")]
+    if setup.workers > 1:
+        entry = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={setup.workers}", *entry]
+    tags = {"sweep.name": setup.sweep_name, "sweep.trial_id": trial_id}
+    if setup.parent_run_id:
+        tags["mlflow.parentRunId"] = setup.parent_run_id
+    cmd = [sys.executable, *entry]
+    if setup.config:
+        cmd += ["--config", setup.config]
+    cmd += [*setup.overrides, *trial_overrides(trial_config), f"output_dir={setup.output_dir}",
+            f"experiment={setup.experiment}", f"name={trial_run_name(setup.sweep_name, trial_id)}",
+            f"tracking.tags={to_override_text(tags)}"]
+    if setup.tracking_uri:
+        cmd.append(f"tracking.uri={setup.tracking_uri}")
+    if resume_from is not None:
+        cmd += ["--resume-from", str(resume_from)]
+    return cmd
+
+
+def _is_validation_epoch(epoch: int, cfg: Mapping[str, Any]) -> bool:
+    train = cfg["train"]
+    return epoch % train["eval_every_epochs"] == 0 or epoch == train["epochs"]
+
+
+def _trial_cost(meta: Mapping[str, Any], cfg: Mapping[str, Any], world_size: int) -> Dict[str, float]:
+    clips = meta["step"] * cfg["train"]["micro_batch_size"] * cfg["train"]["grad_accum"] * world_size
+    return {"cost/clips": float(clips), "cost/clip_frames": float(clips * cfg["data"]["num_frames"])}
+
+
+def _stop_requested() -> bool:
+    """Whether Tune has asked this trial to stop (ASHA, end of sweep). Ray's own flag, read defensively."""
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        return bool(session is not None and session.stop_event.is_set())
+    except (ImportError, AttributeError):
+        return False
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class _CostClock:
+    """Wall seconds a trial has trained, summed over its attempts (kept in the trial folder)."""
+
+    def __init__(self, trial_dir: Path):
+        self.path = trial_dir / "tune_cost.json"
+        self.before = json.loads(self.path.read_text())["wall_s"] if self.path.exists() else 0.0
+        self.start = time.time()
+
+    def wall_s(self) -> float:
+        return self.before + time.time() - self.start
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"wall_s": self.wall_s()}))
+        tmp.replace(self.path)
+
+
+def _restore_point(trial_dir: Path, run_name: str, stack: ExitStack) -> tuple[Optional[Path], int]:
+    """The checkpoint Tune handed this trial and the step it holds.
+
+    Returns (folder to pass as --resume-from, or None to resume from the trial's own folder; step of
+    Tune's checkpoint, 0 when there is none). Only another trial's checkpoint (a PBT exploit) is passed
+    explicitly; the trial's own line continues from its newest checkpoint, which is never older.
+    """
+    handed = tune.get_checkpoint()
+    if handed is None:
+        return None, 0
+    folder = Path(stack.enter_context(handed.as_directory()))
+    step = ckpt.read_meta(folder)["step"]
+    donor = yaml.safe_load((folder / "config.yaml").read_text()).get("name")
+    if donor == run_name:
+        return None, step
+    # A new line of training: the abandoned line's checkpoints would otherwise look newer on a crash.
+    shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)
+    log.info("trial %s continues from %s's checkpoint at step %d", run_name, donor, step)
+    return folder, step
+
+
+def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
+    """Ray Tune function trainable: train, report every validation with its checkpoint."""
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    Path(context.get_trial_dir(), "trial_id").write_text(trial_id)  # names the trial even if it never reports
+    run_name = trial_run_name(setup.sweep_name, trial_id)
+    trial_dir = Path(setup.sweep_dir) / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        resume_from, reported_step = _restore_point(trial_dir, run_name, stack)
+        cmd = training_command(setup, trial_config, trial_id, resume_from)
+        (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+        env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads), "PYTHONUNBUFFERED": "1"}
+        env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+        log_path = trial_dir / "train.log"
+        clock = _CostClock(trial_dir)
+        with open(log_path, "a") as log_file:
+            # setpriv: the child gets SIGTERM if this trial's thread or process dies before it does.
+            proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *cmd], cwd=setup.cwd, env=env,
+                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                reported_step = _watch(proc, trial_dir, setup, clock, reported_step)
+            finally:
+                _terminate(proc)
+        if _stop_requested():
+            return
+        if proc.returncode != 0:
+            raise RuntimeError(f"trial {trial_id}: training exited with code {proc.returncode}; "
+                               f"log {log_path}:\n{_log_tail(log_path)}")
+
+
+def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int) -> int:
+    """Report each new validated epoch-end checkpoint until training ends or Tune stops the trial."""
+    while True:
+        finished = proc.poll() is not None
+        for folder in ckpt.complete_checkpoints(trial_dir / "checkpoints"):
+            meta = ckpt.read_meta(folder)
+            if meta["step"] <= reported_step or meta["micro_in_epoch"] != 0 or not meta.get("last_val"):
+                continue
+            cfg = yaml.safe_load((folder / "config.yaml").read_text())
+            if not _is_validation_epoch(meta["epoch"], cfg):
+                continue
+            metrics = {**meta["last_val"], "epoch": meta["epoch"], "step": meta["step"],
+                       **_trial_cost(meta, cfg, setup.workers), "cost/wall_s": clock.wall_s()}
+            clock.save()
+            reported_step = meta["step"]
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        if finished or _stop_requested():
+            return reported_step
+        time.sleep(setup.poll_s)

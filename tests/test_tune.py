@@ -1,0 +1,203 @@
+"""Ray Tune sweeps for real: a Ray runtime on 127.0.0.1, trials that train the tiny TimeSformer with
+DeepSpeed, an `mlflow server` started by tune.py, ASHA stopping trials, a retried-then-errored trial,
+and a sweep killed halfway then resumed."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_overrides
+from launch.sweep_spec import SweepError, load_sweep, parse_sweep, trial_overrides
+
+TINY = str(REPO / "configs" / "timesformer" / "tiny.yaml")
+
+
+def write_sweep(path: Path, body: dict) -> Path:
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def tune_cmd(sweep: Path, data: Path, out: Path, *extra: str) -> list:
+    overrides = [o for o in tiny_overrides(data, out) if not o.startswith("data.num_workers")]
+    return [sys.executable, "launch/tune.py", "--config", TINY, "--sweep", str(sweep), *extra, *overrides,
+            "data.num_workers=0", "train.log_every_steps=2"]
+
+
+def run_tune(cmd: list, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"tune.py failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def mlflow_runs(store: Path, experiment: str = "tests"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+# ------------------------------------------------------------------------------------- sweep file
+def test_sweep_file_entries_and_errors(tmp_path):
+    spec = load_sweep(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml")
+    assert spec.metric == "val/top1" and spec.mode == "max" and spec.num_trials() == 9
+    assert set(spec.swept_keys()) >= {"data.num_frames", "data.sampling_rate", "optim.lr", "optim.lr_scaling",
+                                      "train.micro_batch_size"}
+    joint = parse_sweep({"space": {"data.num_frames,data.sampling_rate": {"grid": [[8, 8], [32, 2]]},
+                                   "optim.warmup_epochs": {"depends_on": "data.num_frames", "cases": {8: 1}, "default": 0}}})
+    assert joint.num_trials() == 2
+    assert trial_overrides({"data.num_frames,data.sampling_rate": [32, 2], "optim.lr": 0.001}) == [
+        "data.num_frames=32", "data.sampling_rate=2", "optim.lr=0.001"]
+    bad = [({"space": {"optim.lr": {"loguniform": [0, 1]}}}, "positive bounds"),
+           ({"space": {"optim.lr": {"between": [1, 2]}}}, "expected exactly one of"),
+           ({"space": {"a,b": {"grid": [[1, 2], [3]]}}}, "list of 2 values"),
+           ({"space": {"model.num_frames": {"same_as": "data.num_frames"}}}, "does not set"),
+           ({"space": {"optim.lr": [1]}, "mode": "up"}, "mode must be max or min"),
+           ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not in space")]
+    for raw, message in bad:
+        with pytest.raises(SweepError, match=message):
+            parse_sweep(raw)
+
+
+def test_unknown_swept_key_fails_before_anything_starts(tmp_path, video_set):
+    sweep = write_sweep(tmp_path / "s.yaml", {"space": {"optim.lrr": {"grid": [0.1, 0.2]}}})
+    proc = subprocess.run(tune_cmd(sweep, video_set, tmp_path / "runs"), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "optim.lrr" in proc.stderr and "did you mean optim.lr" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_the_plan(tmp_path, video_set):
+    proc = subprocess.run(tune_cmd(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml", video_set, tmp_path / "runs",
+                                   "--dry-run"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "9 trials" in proc.stdout and "data.num_frames: grid [4, 8, 16]" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------ ASHA sweep
+ASHA_TRIALS = 7
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
+    """7 trials (one cannot fill a batch and errors), ASHA on val/loss, 3 epochs, 2 at a time."""
+    root = tmp_path_factory.mktemp("asha")
+    sweep = write_sweep(root / "asha.yaml", {
+        "metric": "val/loss", "mode": "min",
+        "space": {"data.num_frames,train.micro_batch_size": {"grid": [[2, 8], [3, 8], [4, 8], [5, 8], [6, 8], [8, 8],
+                                                                      [4, 1000]]},
+                  "optim.lr": {"loguniform": [5.0e-4, 5.0e-3]}},
+        "asha": {"grace_period": 1, "reduction_factor": 3}})
+    proc = run_tune(tune_cmd(sweep, video_set, root / "runs", "--name", "asha", "--max-concurrent", "2",
+                             "--max-failures", "1", "train.epochs=3"))
+    return root, proc
+
+
+def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
+    root, proc = asha_sweep
+    sweep_dir = root / "runs" / "tests" / "asha"
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert len(rows) == ASHA_TRIALS
+    reasons = [r["stop_reason"] for r in rows]
+    assert sum(r.startswith("errored") for r in reasons) == 1
+    assert any(r.startswith("stopped by asha at epoch") for r in reasons), reasons
+    assert any(r == "completed" for r in reasons), reasons
+    for row in rows:
+        if row["stop_reason"] == "completed":
+            assert row["epoch"] == "3"
+        elif row["stop_reason"].startswith("stopped"):
+            assert int(float(row["epoch"])) < 3 and row["stop_reason"].endswith(str(int(float(row["epoch"]))))
+    errored = next(r for r in rows if r["stop_reason"].startswith("errored"))
+    assert errored["train.micro_batch_size"] == "1000" and "cannot fill one optimizer step" in errored["stop_reason"] \
+        or "exited with code" in errored["stop_reason"]
+    # Retried once from scratch (max_failures=1), then given up: two attempts in its log, sweep went on.
+    log = (sweep_dir / errored["trial_id"] / "train.log").read_text()
+    assert log.count("cannot fill one optimizer step") == 2
+    # Cost: a 4x longer clip costs 4x the clip-frames per epoch.
+    done = [r for r in rows if not r["stop_reason"].startswith("errored")]
+    per_epoch = {int(r["data.num_frames"]): float(r["cost/clip_frames"]) / float(r["epoch"]) for r in done}
+    assert per_epoch[8] == pytest.approx(4 * per_epoch[2])
+    for png in ("metric_vs_keys.png", "metric_vs_cost.png"):
+        assert (sweep_dir / png).stat().st_size > 5000
+    best = json.loads((sweep_dir / "summary.json").read_text())["best"]
+    assert best["val/loss"] == min(float(r["val/loss"]) for r in done)
+
+
+def test_asha_sweep_in_mlflow(asha_sweep):
+    root, _ = asha_sweep
+    client, runs = mlflow_runs(root / "runs" / "mlflow.db")
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == ASHA_TRIALS
+    assert parent.data.params["space.optim.lr"] == "loguniform [0.0005, 0.005]"
+    assert parent.data.tags["sweep.best_trial"] in {c.data.tags["sweep.trial_id"] for c in children}
+    assert "best/val/loss" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "metric_vs_keys.png", "metric_vs_cost.png", "sweep.yaml"} <= artifacts
+    statuses = {}
+    for child in children:
+        reason = child.data.tags["sweep.stop_reason"]
+        statuses[reason.split(" ")[0]] = child.info.status
+        history = client.get_metric_history(child.info.run_id, "val/loss")
+        if reason == "completed":
+            assert len(history) == 3 and child.info.status == "FINISHED"
+        elif reason.startswith("stopped"):
+            assert child.info.status == "KILLED" and 1 <= len(history) < 3
+        else:
+            assert child.info.status == "FAILED"
+        assert child.data.params["data.num_frames"] in {"2", "3", "4", "5", "6", "8"}
+    assert set(statuses) == {"completed", "stopped", "errored:"}
+
+
+# ---------------------------------------------------------------------------------- kill + resume
+def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, deepspeed_ready):
+    sweep = write_sweep(tmp_path / "fifo.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}})
+    cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1",
+                   "train.epochs=2")
+    sweep_dir = tmp_path / "runs" / "tests" / "fifo"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+
+    def finished_trials():
+        done = []
+        for meta in sweep_dir.glob("*/checkpoints/step_*/meta.json"):
+            if json.loads(meta.read_text())["epoch"] == 2:
+                done.append(meta.parents[2].name)
+        return sorted(set(done))
+
+    deadline = time.time() + 600
+    while len(finished_trials()) < 2 and time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+    time.sleep(3)  # let Tune record the finished trial, as it would before any real interruption
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished = finished_trials()
+    assert 2 <= len(finished) < 4, (tmp_path / "first.log").read_text()[-3000:]
+    before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
+
+    proc = run_tune(cmd + ["--resume"])
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert len(rows) == 4 and all(r["stop_reason"] == "completed" for r in rows), rows
+    assert sorted(int(r["data.num_frames"]) for r in rows) == [2, 3, 4, 6]
+    for trial in finished:  # finished trials did not train again
+        after = (sweep_dir / trial / "train.log").read_text()
+        assert after == before[trial] or after.count("world size 1") == before[trial].count("world size 1")
+    client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1  # the same parent run
+    assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4           # one run per trial
+    assert "resuming the sweep" in proc.stderr + proc.stdout
