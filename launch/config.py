@@ -112,6 +112,8 @@ class TrackingConfig:
     """Tracking URI; default `$MLFLOW_TRACKING_URI` or `sqlite:///<output_dir>/mlflow.db`."""
     experiment: Optional[str] = None
     """MLflow experiment name; default the run's `experiment`."""
+    tags: Dict[str, str] = field(default_factory=dict)
+    """Extra run tags, e.g. `mlflow.parentRunId` (set by `launch/tune.py` to nest a trial under its sweep)."""
 
 
 @dataclass

@@ -136,24 +136,34 @@ class Engine:
         inputs = inputs.to(self.device, non_blocking=True)
         return inputs.to(self.dtype) if self.dtype is not None and inputs.is_floating_point() else inputs
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+    def _kwargs(self, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+        return {k: self._inputs(v) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, **model_kwargs: Any) -> Tuple[torch.Tensor, bool]:
         """Forward, backward and (at an accumulation boundary) optimizer step on one micro batch.
 
-        Returns the detached loss and whether an optimizer step happened.
+        `model_kwargs` are extra keyword inputs of the model (a carried memory), moved to the
+        device like `inputs`. Returns the detached loss and whether an optimizer step happened.
         """
+        loss, boundary, _ = self.train_step_outputs(inputs, targets, **model_kwargs)
+        return loss, boundary
+
+    def train_step_outputs(self, inputs: torch.Tensor, targets: torch.Tensor,
+                           **model_kwargs: Any) -> Tuple[torch.Tensor, bool, Any]:
+        """`train_step` that also returns the model's outputs, detached (a memory to carry to the next window)."""
         self.ds.train()
         boundary = self.ds.is_gradient_accumulation_boundary()
-        outputs = self.ds(self._inputs(inputs))
+        outputs = self.ds(self._inputs(inputs), **self._kwargs(model_kwargs))
         loss = self.loss_fn(outputs, targets.to(self.device))
         self.ds.backward(loss)
         self.ds.step()
-        return loss.detach().float(), boundary
+        return loss.detach().float(), boundary, _detached(outputs)
 
     @torch.no_grad()
-    def predict(self, inputs: torch.Tensor) -> Any:
-        """Model outputs in eval mode."""
+    def predict(self, inputs: torch.Tensor, **model_kwargs: Any) -> Any:
+        """Model outputs in eval mode (`model_kwargs` as in `train_step`)."""
         self.ds.eval()
-        return self.ds(self._inputs(inputs))
+        return self.ds(self._inputs(inputs), **self._kwargs(model_kwargs))
 
     def save(self, root: Path, tag: str, client_state: Mapping[str, Any]) -> None:
         """Collective: every rank writes its shard of model, optimizer and scheduler state."""
@@ -161,11 +171,39 @@ class Engine:
 
     def load(self, ckpt: Path) -> Dict[str, Any]:
         """Restore weights, optimizer, scheduler and step from a checkpoint folder; returns its client state."""
+        configured = list(self.scheduler.base_lrs)
         path, client_state = self.ds.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
                                                      load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt}")
+        self._apply_configured_lrs(configured)
         return client_state or {}
+
+    def _apply_configured_lrs(self, configured: List[float]) -> None:
+        """Keep this run's configured LRs after loading a checkpoint that was trained with others.
+
+        The scheduler's saved state carries the old peak LRs; a resume with a changed `optim.lr` (a PBT
+        exploit, a researcher lowering the LR) must follow the new config from the restored step on.
+        """
+        if configured == list(self.scheduler.base_lrs):
+            return
+        log.info("checkpoint LRs %s replaced by this run's configured %s", self.scheduler.base_lrs, configured)
+        self.scheduler.base_lrs = configured
+        step = self.scheduler.last_epoch
+        groups = self.scheduler.optimizer.param_groups
+        for group, base, factor in zip(groups, configured, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def _detached(outputs: Any) -> Any:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach()
+    if isinstance(outputs, Mapping):
+        return {k: _detached(v) for k, v in outputs.items()}
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_detached(v) for v in outputs)
+    return outputs
 
 
 def model_state_file(ckpt: Path) -> Path:
@@ -177,7 +215,9 @@ def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
     """Load weights only (for `--load-from`): a DeepSpeed checkpoint folder or a plain state-dict file.
 
     Tensors whose shape differs from the model's (e.g. a classifier head for another class count) are
-    skipped and reported, so a checkpoint from another dataset can initialise a new run.
+    skipped and reported, so a checkpoint from another dataset can initialise a new run. A 2D ImageNet
+    ResNet in torchvision's layout goes to the model's `load_imagenet_resnet` when it has one (ST-ABN
+    inflates it to 3D, TSM copies it), which maps names and reports the same way (plus `inflated`).
     """
     path = Path(path)
     file = model_state_file(path) if path.is_dir() else path
@@ -185,6 +225,15 @@ def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
         raise FileNotFoundError(f"--load-from: no weights at {path}")
     blob = torch.load(file, map_location="cpu", weights_only=False)
     state = blob.get("module", blob.get("state_dict", blob.get("model", blob))) if isinstance(blob, dict) else blob
+    from models.resnet3d import is_resnet2d_state_dict
+
+    if hasattr(model, "load_imagenet_resnet") and is_resnet2d_state_dict(state):
+        # A 2D torchvision ResNet (ImageNet): the model maps the names and inflates 2D kernels itself.
+        report = model.load_imagenet_resnet(state)
+        log.info("loaded a 2D ResNet state dict from %s (%d tensors, %d inflated to 3D); skipped %d with another "
+                 "shape: %s; not in the file: %d model tensors", file, len(model.state_dict()) - len(report["missing"]),
+                 len(report["inflated"]), len(report["mismatched"]), report["mismatched"], len(report["missing"]))
+        return report
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     usable = {k: v for k, v in state.items() if k in own and k not in mismatched}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +38,18 @@ def server_reachable(uri: str, timeout: float = 3.0) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def artifact_root_for(uri: str) -> Optional[Path]:
+    """Where an embedded SQLite store keeps artifacts: beside it, not in the current directory."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+    return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create experiment `name` in the store at `uri` if needed (artifacts beside a SQLite store); its id."""
+    return MlflowSink(uri, name, artifact_root=artifact_root_for(uri)).experiment_id
 
 
 class Journal:
@@ -205,10 +219,7 @@ class Tracker:
         self.journal.save_state(run_id=self.run_id, synced=self._synced)
 
     def _artifact_root(self) -> Optional[Path]:
-        # The embedded SQLite store keeps artifacts beside it, not in the current directory.
-        if self.uri.startswith("sqlite:///"):
-            return Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
-        return None
+        return artifact_root_for(self.uri)
 
     def _go_offline(self, reason: str) -> None:
         if self.enabled:
@@ -276,8 +287,77 @@ def sync(run_dir: Path, uri: Optional[str] = None) -> int:
     tracker._push()
     if not tracker.online:
         raise ConnectionError(f"could not reach MLflow at {uri}; nothing was lost, try again later")
+    # Reconnecting marks the run RUNNING again; a run that had ended keeps its recorded end status.
+    ends = [e for e in tracker.journal.events() if e["kind"] == "end"]
+    if ends:
+        tracker.sink.send(tracker.run_id, ends[-1:], Path(run_dir))
     journal.save_state(uri=uri)
     return backlog
+
+
+def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] = None) -> None:
+    """Add tags (and optionally close with `status`) to the MLflow run of a finished or killed run folder.
+
+    Goes through the folder's journal like everything else, so it reaches MLflow now or at the next sync.
+    """
+    journal = Journal(Path(run_dir))
+    journal.append({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
+    if status is not None:
+        journal.append({"kind": "end", "status": status, "time": int(time.time() * 1000)})
+    try:
+        sync(Path(run_dir))
+    except (ConnectionError, FileNotFoundError) as err:
+        log.warning("could not update the MLflow run of %s now (%s); it is kept in its journal", run_dir, err)
+
+
+class TrackingServer:
+    """An `mlflow server` on 127.0.0.1 over a SQLite store, for many processes logging at once.
+
+    MLflow's docs warn against several processes writing one SQLite file; a sweep's trials log through
+    this server instead, and it is stopped when the sweep ends (also as a context manager).
+    """
+
+    def __init__(self, store_uri: str, port: int, log_file: Path):
+        if not store_uri.startswith("sqlite:///"):
+            raise ValueError(f"TrackingServer serves a SQLite store, got {store_uri}")
+        self.uri = f"http://127.0.0.1:{port}"
+        self.store_uri = store_uri
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_file, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", store_uri, "--artifacts-destination", str(artifact_root_for(store_uri))],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log_file = log_file
+
+    def wait(self, timeout: float = 120.0) -> "TrackingServer":
+        """Block until the server answers /health; raise with its log tail if it died or never did."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                break
+            if server_reachable(self.uri, timeout=2):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start at {self.uri}; its log {self.log_file}:\n"
+                           f"{self.log_file.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """Stop the server and its workers."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, 15)
+                self.process.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.process.pid, 9)
+        self._log.close()
+
+    def __enter__(self) -> "TrackingServer":
+        return self.wait()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def backend_store_hint(tracker: Tracker) -> str:

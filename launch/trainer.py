@@ -21,11 +21,13 @@ import models
 from launch import checkpoint as ckpt
 from launch.config import Config, dump_config, flatten, to_dict
 from launch.console import EpochProgress, setup_logging
-from launch.data import ResumableDistributedSampler, ShardSampler, make_loader
+from launch.data import (ResumableDistributedSampler, SequenceStreamSampler, ShardSampler, make_loader, sequences_of,
+                         split_batch)
 from launch.distributed import DistEnv, resolve_env
 from launch.engine import Engine, init_distributed, load_weights
 from launch.losses import logits_of, make_loss
-from launch.metrics import classification_metrics, confusion_matrix
+from launch.memory import WindowMemory, carries_memory
+from launch.metrics import average_by_group, classification_metrics, confusion_matrix, is_regression, regression_metrics
 from launch.schedule import effective_batch_size, scale_lrs
 from launch.tracking import Tracker, default_tracking_uri
 
@@ -106,8 +108,9 @@ class Trainer:
             for stale in ckpt.remove_incomplete(self.ckpt_root):
                 log.warning("removed incomplete checkpoint %s (a save was interrupted)", stale)
         _barrier()
-        self._build_data()
         model = models.build(cfg.model)
+        self.memory = WindowMemory() if carries_memory(model) else None
+        self._build_data()
         start_ckpt = self._checkpoint_to_resume(resume, resume_from)
         if load_from and start_ckpt is None:
             load_weights(model, Path(load_from))
@@ -139,12 +142,19 @@ class Trainer:
             raise ValueError(
                 f"{len(self.train_set)} training clips cannot fill one optimizer step of micro_batch_size "
                 f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum} x world size {env.world_size}")
-        self.sampler = ResumableDistributedSampler(self.train_set, env.world_size, env.rank, cfg.seed,
-                                                   length=self.micro_per_epoch * cfg.train.micro_batch_size)
+        length = self.micro_per_epoch * cfg.train.micro_batch_size
+        if self.memory is not None:  # batch slot b walks one recording's windows in order (launch.memory)
+            self.sampler = SequenceStreamSampler(_sequences(self.train_set, cfg), cfg.train.micro_batch_size,
+                                                 env.world_size, env.rank, cfg.seed, shuffle=True, length=length)
+            val_sampler = SequenceStreamSampler(_sequences(self.val_set, cfg), cfg.train.micro_batch_size,
+                                                env.world_size, env.rank, shuffle=False)
+        else:
+            self.sampler = ResumableDistributedSampler(self.train_set, env.world_size, env.rank, cfg.seed, length=length)
+            val_sampler = ShardSampler(len(self.val_set), env.world_size, env.rank)
         self.train_loader = make_loader(self.train_set, self.sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
                                         drop_last=True)
-        self.val_loader = make_loader(self.val_set, ShardSampler(len(self.val_set), env.world_size, env.rank),
-                                      cfg.train.micro_batch_size, cfg.data, cfg.seed, drop_last=False)
+        self.val_loader = make_loader(self.val_set, val_sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
+                                      drop_last=False)
 
     def _checkpoint_to_resume(self, resume: bool, resume_from: Optional[str]) -> Optional[Path]:
         if resume_from:
@@ -202,8 +212,10 @@ class Trainer:
     def fit(self) -> Dict[str, float]:
         """Train to `train.epochs` (from wherever the run stands) and return the last validation metrics."""
         cfg, tracker = self.cfg, self.tracker
-        tracker.start({**flatten(to_dict(cfg)), "optim.scaled_lr": self.scaled.lr,
-                       "optim.effective_batch_size": self.effective_batch}, run_tags(self.env))
+        params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
+        tracker.start({**params, "optim.scaled_lr": self.scaled.lr,
+                       "optim.effective_batch_size": self.effective_batch},
+                      {**run_tags(self.env), **cfg.tracking.tags})
         log.info("world size %d; effective batch %d = micro %d x accumulation %d x world %d; lr %.6g -> %.6g (%s rule, "
                  "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
                  cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
@@ -232,10 +244,12 @@ class Trainer:
         self.sampler.set_epoch(prog.epoch, start=prog.micro_in_epoch * cfg.train.micro_batch_size)
         bar = EpochProgress(self.micro_per_epoch, prog.epoch, cfg.train.epochs, self.env.is_main, prog.micro_in_epoch)
         loss_sum, count, wait, t0 = torch.zeros(()), 0, 0.0, time.perf_counter()
+        if self.memory is not None:
+            self.memory.reset()
         fetch_start = time.perf_counter()
-        for inputs, targets in self.train_loader:
+        for batch in self.train_loader:
             wait += time.perf_counter() - fetch_start
-            loss, stepped = eng.train_step(inputs, targets)
+            loss, stepped = self._train_step(batch)
             loss_sum += loss
             count += 1
             prog.micro_in_epoch += 1
@@ -259,6 +273,15 @@ class Trainer:
         bar.close()
         return True
 
+    def _train_step(self, batch: Any) -> Any:
+        """One micro batch; a model that carries memory gets the memory its recordings' previous windows left."""
+        inputs, targets, meta = split_batch(batch)
+        if self.memory is None:
+            return self.engine.train_step(inputs, targets)
+        loss, stepped, outputs = self.engine.train_step_outputs(inputs, targets, **self.memory.model_kwargs(meta))
+        self.memory.update(meta, outputs)
+        return loss, stepped
+
     def _stop_agreed(self) -> bool:
         """All ranks agree to stop if any rank was asked to (preemption, time limit)."""
         flag = torch.tensor([1.0 if self.stop_requested() else 0.0])
@@ -268,26 +291,71 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> Dict[str, float]:
-        """Loss, top-1/top-5, mean class accuracy and macro F1 over the whole validation set."""
-        scores, labels, losses = [], [], []
-        for inputs, targets in self.val_loader:
-            outputs = self.engine.predict(inputs)
-            losses.append(float(self.engine.loss_fn(outputs, targets.to(self.engine.device))) * len(targets))
-            scores.append(logits_of(outputs).float().softmax(-1).cpu().numpy())
-            labels.append(targets.numpy())
-        local = (np.concatenate(scores), np.concatenate(labels), sum(losses))
+        """Validation metrics over the whole validation set, logged and returned.
+
+        Classification: loss, top-1/top-5, mean class accuracy and macro F1 (and the confusion
+        matrix kept for the final artifacts). Regression (`launch.metrics.is_regression`): loss,
+        `mse` and `mse/<output>` over all samples, and, when the dataset names each sample's
+        participant, `participant/mse` and `participant/mse/<output>` after averaging a
+        participant's predictions and targets over its chunks (the personality protocol, which
+        `launch/test.py` reports as `test/mse`). A model that carries memory walks each recording
+        in order (the validation sampler) with its memory carried from window to window.
+        """
+        regression = is_regression(self.cfg, self.engine.module)
+        scores, labels, losses = self._predict_validation(regression)
+        indices = _loader_indices(self.val_loader)
+        local = (scores, labels, losses, indices)
         parts = [local]
         if dist.is_initialized() and self.env.world_size > 1:
             parts = [None] * self.env.world_size
             dist.all_gather_object(parts, local)
         all_scores = np.concatenate([p[0] for p in parts])
         all_labels = np.concatenate([p[1] for p in parts])
-        metrics = {f"val/{k}": v for k, v in classification_metrics(all_scores, all_labels).items()}
+        all_indices = np.concatenate([p[3] for p in parts])
+        if regression:
+            metrics = self._regression_metrics(all_scores, all_labels, all_indices)
+            self._last_confusion = None
+        else:
+            metrics = {f"val/{k}": v for k, v in classification_metrics(all_scores, all_labels).items()}
+            self._last_confusion = confusion_matrix(all_scores.argmax(1), all_labels, all_scores.shape[1])
         metrics["val/loss"] = sum(p[2] for p in parts) / len(all_labels)
-        self._last_confusion = confusion_matrix(all_scores.argmax(1), all_labels, all_scores.shape[1])
+        self._check_best_metric(metrics)
         self.tracker.log_metrics({**metrics, "epoch": epoch + 1, **self._bad_file_metrics()}, self.engine.global_step)
         log.info("epoch %d validation: %s", epoch + 1, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         return metrics
+
+    def _predict_validation(self, regression: bool) -> Any:
+        """This rank's scores (probabilities, or raw outputs for regression), labels and summed loss, in loader order."""
+        scores, labels, losses = [], [], []
+        memory = WindowMemory() if self.memory is not None else None
+        for batch in self.val_loader:
+            inputs, targets, meta = split_batch(batch)
+            outputs = self.engine.predict(inputs, **(memory.model_kwargs(meta) if memory else {}))
+            if memory is not None:
+                memory.update(meta, outputs)
+            losses.append(float(self.engine.loss_fn(outputs, targets.to(self.engine.device))) * len(targets))
+            out = logits_of(outputs).float()
+            scores.append((out if regression else out.softmax(-1)).cpu().numpy())
+            labels.append(targets.numpy())
+        return np.concatenate(scores), np.concatenate(labels), sum(losses)
+
+    def _regression_metrics(self, scores: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Dict[str, float]:
+        names = getattr(self.val_set, "output_names", None)
+        metrics = {f"val/{k}": v for k, v in regression_metrics(scores, labels, names).items()}
+        participants = getattr(self.val_set, "participants", None)
+        if participants is not None:
+            groups = [participants[i] for i in indices]
+            mean_scores, mean_labels, _ = average_by_group(scores, labels, groups)
+            metrics.update({f"val/participant/{k}": v for k, v in regression_metrics(mean_scores, mean_labels, names).items()})
+        return metrics
+
+    def _check_best_metric(self, metrics: Dict[str, float]) -> None:
+        """Say once if `checkpoint.best_metric` is not a validation metric (no checkpoint would ever be marked best)."""
+        name = self.cfg.checkpoint.best_metric
+        if name not in metrics and not getattr(self, "_warned_best_metric", False):
+            self._warned_best_metric = True
+            log.warning("checkpoint.best_metric=%s is not a validation metric of this run (%s); no checkpoint will be "
+                        "marked best", name, ", ".join(sorted(metrics)))
 
     def _bad_file_metrics(self) -> Dict[str, float]:
         path = self.cfg.data.bad_files_log
@@ -310,6 +378,20 @@ class Trainer:
             png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
                                         class_names=getattr(self.val_set, "class_names", None))
             self.tracker.log_artifact(png)
+
+
+def _sequences(dataset: Any, cfg: Config) -> List[List[int]]:
+    """The recordings of a dataset, for a model that carries memory from window to window."""
+    sequences = sequences_of(dataset)
+    if sequences is None:
+        raise ValueError(f"model {cfg.model['name']!r} carries memory across consecutive windows of a recording, but "
+                         f"data.dataset={cfg.data.dataset} has no recordings; use data.dataset=multiperson")
+    return sequences
+
+
+def _loader_indices(loader: Any) -> np.ndarray:
+    """Dataset indices of an evaluation loader's samples, in the order it yields them."""
+    return np.array([i for batch in loader.batch_sampler for i in batch], dtype=np.int64)
 
 
 # --------------------------------------------- preemption under plain sbatch/srun (slurm/train.sbatch)
