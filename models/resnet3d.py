@@ -4,9 +4,10 @@ The I3D/"slow pathway" style used by ST-ABN (Mitsuhara et al.): a 2D ResNet whos
 convolution of a bottleneck may be inflated to 3x1x1 (temporal kernel 3, padding 1), so a stage
 mixes neighbouring frames without changing the temporal length. Strides are spatial only unless a
 temporal stride is given. Layout (N, C, T, H, W). Parameter names follow torchvision's ResNet
-(`conv1`, `bn1`, ..., `downsample.0/1`) so 2D ImageNet weights inflate onto them by name.
+(`conv1`, `bn1`, ..., `downsample.0/1`) so 2D ImageNet weights inflate onto them by name
+(`load_resnet2d_state_dict`; I3D inflation: a 2D kernel repeated over time and divided by kt).
 """
-from typing import Sequence
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -88,3 +89,53 @@ def check_stages(widths: Sequence[int], layers: Sequence[int]) -> None:
         raise ValueError(f"widths and layers need 4 stages each, got widths={tuple(widths)} layers={tuple(layers)}")
     if min(widths) < 1 or min(layers) < 1:
         raise ValueError(f"widths and layers must be positive, got widths={tuple(widths)} layers={tuple(layers)}")
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet weights: a 2D torchvision ResNet state dict onto a 2D or inflated 3D ResNet
+
+def is_resnet2d_state_dict(state: Mapping[str, Any]) -> bool:
+    """Whether `state` has torchvision's 2D ResNet layout (`conv1.weight` 4-D, `bn1.*`, `layer1.0.conv1.weight`)."""
+    conv1 = state.get("conv1.weight")
+    return (isinstance(conv1, torch.Tensor) and conv1.ndim == 4 and "bn1.weight" in state
+            and "layer1.0.conv1.weight" in state)
+
+
+def inflate_conv_weight(weight: torch.Tensor, time_kernel: int) -> torch.Tensor:
+    """I3D inflation: a 2D kernel (O, I, kh, kw) repeated over `time_kernel` frames and divided by it,
+    (O, I, kt, kh, kw), so that on a temporally constant input the 3D conv gives the 2D conv's output."""
+    return weight.unsqueeze(2).repeat(1, 1, time_kernel, 1, 1) / time_kernel
+
+
+def load_resnet2d_state_dict(model: nn.Module, state: Mapping[str, Any],
+                             rename: Callable[[str], Sequence[str]] = lambda key: (key,)) -> Dict[str, List[str]]:
+    """Load a torchvision-layout 2D ResNet state dict into `model` by name, inflating 2D kernels where
+    the model's tensor is 3D.
+
+    `rename(key)` gives the model names a checkpoint key goes to (none: unexpected; several: copied
+    to each, e.g. layer4 into ST-ABN's layer4 and its attention-branch copy). A 4-D kernel meets a
+    5-D one with the same (O, I, kh, kw) by `inflate_conv_weight` over the target's temporal size;
+    any other shape difference (the 1000-class `fc`) is skipped and reported, as `load_weights`
+    does for heads. Returns {"missing", "unexpected", "mismatched", "inflated"}: model keys not
+    loaded, checkpoint keys with no home, keys skipped for their shape ("src -> target"), and
+    the keys that were inflated.
+    """
+    own = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    report: Dict[str, List[str]] = {"missing": [], "unexpected": [], "mismatched": [], "inflated": []}
+    for key, value in state.items():
+        targets = [t for t in rename(key) if t in own]
+        if not targets:
+            report["unexpected"].append(key)
+        for target in targets:
+            want = own[target].shape
+            if value.ndim == 4 and len(want) == 5 and value.shape == want[:2] + want[3:]:
+                out[target] = inflate_conv_weight(value, want[2]).to(own[target].dtype)
+                report["inflated"].append(target)
+            elif value.shape == want:
+                out[target] = value
+            else:
+                report["mismatched"].append(f"{key} -> {target}" if key != target else key)
+    model.load_state_dict(out, strict=False)
+    report["missing"] = [k for k in own if k not in out]
+    return report

@@ -29,14 +29,15 @@ the engine then calls it on the model's raw forward output instead of cross-entr
 of logits. ST-ABN uses it because it trains both heads: CE(perception) + CE(attention), equal
 weights as the reference. Its forward returns a dict whose "logits" entry is the prediction.
 """
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models._registry import register_preset
-from models.resnet3d import Bottleneck3d, Stem3d, check_stages, init_resnet_weights, make_layer3d
+from models.resnet3d import (Bottleneck3d, Stem3d, check_stages, init_resnet_weights, load_resnet2d_state_dict,
+                             make_layer3d)
 
 
 class STABN(nn.Module):
@@ -136,6 +137,24 @@ class STABN(nn.Module):
         y = self.layer4(y).mean(dim=(2, 3, 4))
         logits = self.fc(self.dropout(y))
         return {"logits": logits, "att_logits": att_logits, "spatial_att": spatial, "temporal_att": temporal}
+
+    def load_imagenet_resnet(self, state_dict: Mapping[str, Any]) -> Dict[str, List[str]]:
+        """Initialise the 3D ResNet from a 2D ImageNet ResNet state dict (torchvision names), I3D style.
+
+        `conv1`/`bn1` go to the stem, `layer1`-`layer3` by name, `layer4` to both the perception
+        branch's layer4 and the attention branch's copy `att_layer4` (same shapes; only the stride
+        differs) [inferred: the reference initialises its branches from one ImageNet ResNet]. 2D
+        kernels are repeated over the temporal kernel size and divided by it (3x1x1 in layers 3-4);
+        the 1000-class `fc` is skipped for its shape. Returns `load_resnet2d_state_dict`'s report.
+        """
+        def rename(key: str) -> Tuple[str, ...]:
+            if key.startswith(("conv1.", "bn1.")):
+                return ("stem." + key,)
+            if key.startswith("layer4."):
+                return (key, "att_" + key)
+            return (key,)
+
+        return load_resnet2d_state_dict(self, state_dict, rename)
 
     def compute_loss(self, outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the perception head plus cross-entropy of the attention head."""

@@ -20,14 +20,14 @@ as the identity, so an ImageNet or TSM checkpoint behaves unchanged until it tra
 `parameter_groups` gives TSM's optimiser groups (norms and biases without weight decay, biases at
 lr x2, the classifier at lr x5 / x10).
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from models._registry import register_preset
 from models.dyreg import DyRegResidual, NodeNorm, dyreg_kwargs
-from models.resnet3d import check_stages, init_resnet_weights
+from models.resnet3d import check_stages, init_resnet_weights, load_resnet2d_state_dict
 
 
 def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> torch.Tensor:
@@ -162,6 +162,15 @@ class TSM(nn.Module):
         n, t = x.shape[0], x.shape[2]
         logits = self.fc(self.dropout(self.forward_features(x)))
         return logits.reshape(n, t, -1).mean(dim=1)  # average consensus
+
+    def load_imagenet_resnet(self, state_dict: Mapping[str, Any]) -> Dict[str, List[str]]:
+        """Initialise from a 2D ImageNet ResNet state dict (torchvision names): a direct copy by name.
+
+        The temporal shift has no parameters and DyReg graphs are not in the checkpoint (they stay
+        zero-initialised, the identity); the 1000-class `fc` is skipped for its shape. Returns
+        `models.resnet3d.load_resnet2d_state_dict`'s report.
+        """
+        return load_resnet2d_state_dict(self, state_dict)
 
     def parameter_groups(self, weight_decay: Optional[float] = None) -> List[Dict[str, Any]]:
         """TSM's optimiser groups, each {"name", "params", "weight_decay", "lr_mult"}.
