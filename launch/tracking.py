@@ -310,6 +310,29 @@ def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] =
         log.warning("could not update the MLflow run of %s now (%s); it is kept in its journal", run_dir, err)
 
 
+def log_run_artifact(run_dir: Path, path: Path, artifact_path: Optional[str] = None, uri: Optional[str] = None) -> bool:
+    """Attach a file inside `run_dir` to that folder's existing MLflow run (`tracking/state.json` names it).
+
+    Journalled, then sent as `annotate_run` does, so an unreachable server only delays it to the next
+    sync. Returns whether it reached MLflow; False (with a warning) also when the folder never had an
+    MLflow run (tracking was off). A file outside the folder is a ValueError: the journal replays paths
+    relative to it.
+    """
+    run_dir = Path(run_dir)
+    rel = Path(path).resolve().relative_to(run_dir.resolve())
+    journal = Journal(run_dir)
+    if not journal.state().get("run_id"):
+        log.warning("%s has no MLflow run (tracking was off or never reached a server); %s is not logged", run_dir, rel)
+        return False
+    journal.append({"kind": "artifact", "path": str(rel), "artifact_path": artifact_path})
+    try:
+        sync(run_dir, uri)
+    except (ConnectionError, FileNotFoundError) as err:
+        log.warning("could not log %s to the MLflow run of %s now (%s); it is kept in its journal", rel, run_dir, err)
+        return False
+    return True
+
+
 class TrackingServer:
     """An `mlflow server` on 127.0.0.1 over a SQLite store, for many processes logging at once.
 
