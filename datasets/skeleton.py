@@ -21,7 +21,8 @@ with Laban); random draws come from `np.random.default_rng(seed)` in the order c
 crop start, rotation angles. With `cfg.targets_csv`, the second element is instead the
 float32 (len(cfg.target_columns),) regression targets of the sample's participant (the
 participant id comes from the sample name through `cfg.participant_regex`);
-`dataset.participants[i]` names it, so predictions can be averaged per participant.
+`dataset.participants[i]` names it, so predictions can be averaged per participant, and
+`dataset.output_names` names the targets (per-output metrics).
 
 The bone pairs come from `models.graphs`, a numpy-only module with no framework dependency
 (the one model-side import of the data layer, made when a dataset needs bones).
@@ -205,6 +206,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
         self.num_classes = int(max(self.labels)) + 1 if self.labels else None
         self.participants: Optional[List[str]] = None
         self.targets: Optional[np.ndarray] = None
+        self.output_names: Optional[List[str]] = list(cfg.target_columns) if cfg.targets_csv else None
         if cfg.targets_csv:
             self._join_targets()
         self._calls = 0

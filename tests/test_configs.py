@@ -60,7 +60,7 @@ def test_msg3d_recipes():
     personality = load_config(REPO / "configs/msg3d/personality_udiva.yaml")
     assert personality.model["name"] == "msg3d_personality" and personality.train.loss == "mse"
     assert personality.data.laban and personality.data.graph == "smpl-24"
-    assert (personality.checkpoint.best_metric, personality.checkpoint.best_mode) == ("val/loss", "min")
+    assert (personality.checkpoint.best_metric, personality.checkpoint.best_mode) == ("val/participant/mse", "min")
 
 
 def test_stabn_tsm_and_hiint_recipes():
