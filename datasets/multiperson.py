@@ -130,6 +130,12 @@ class MultiPersonDataset(ClipDataset):
         return item.paths
 
     @property
+    def num_views(self):
+        """Views per window of the test split (videos: (P, V, ...)); None for skeleton or feature
+        windows, which have no view axis."""
+        return None if self.skeleton else super().num_views
+
+    @property
     def interactions(self) -> List[str]:
         """Interaction ids, sorted."""
         return list(self._windows)

@@ -12,6 +12,10 @@ input without a view axis: skeletons, per-person features) or the views of each 
   when the dataset names each sample's `participants`, outputs and targets are then averaged per
   participant before the per-output MSE (the personality protocol), and the ids are the participants.
 
+A model that carries memory from window to window (`carries_memory = True`, HIINT) is run on
+batches whose slots walk whole recordings in window order, with its memory carried
+(`launch.memory`); its scores are then put back in dataset order.
+
 Results: `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
 `checkpoint`), `<run>/test/metrics.json`, the confusion matrix (`confusion_matrix.json` + `.png`),
 and the metrics `test/top1`, `test/top5`, `test/mean_class_acc`, `test/macro_f1`,
@@ -35,8 +39,11 @@ from torch import nn
 
 from launch import checkpoint as ckpt
 from launch.config import Config, ConfigError, deep_merge, flatten, from_dict, load_yaml_with_bases, parse_overrides
+from launch.data import SequenceStreamSampler, sequences_of, split_batch
 from launch.losses import logits_of
-from launch.metrics import classification_metrics, confusion_matrix
+from launch.memory import WindowMemory, carries_memory
+from launch.metrics import (average_by_group, classification_metrics, confusion_matrix, is_regression,  # noqa: F401
+                            regression_metrics)
 
 log = logging.getLogger("launch.evaluate")
 
@@ -126,11 +133,6 @@ def load_model(cfg: Config, checkpoint: Path) -> nn.Module:
 
 # ------------------------------------------------------------------------------------- prediction
 
-def is_regression(cfg: Config, model: nn.Module) -> bool:
-    """Whether the model predicts values (MSE loss or a regression task) rather than classes."""
-    return cfg.train.loss == "mse" or getattr(model, "task", None) == "regression"
-
-
 def aggregate_views(outputs: torch.Tensor, how: str) -> torch.Tensor:
     """Combine per-view outputs (B, V, K) into one score per video (B, K).
 
@@ -147,20 +149,26 @@ def aggregate_views(outputs: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown aggregate {how!r}; expected one of {', '.join(AGGREGATES)} or mean")
 
 
+def _forward(model: nn.Module, inputs: torch.Tensor, views: Optional[bool],
+             **model_kwargs: Any) -> Tuple[Any, torch.Tensor]:
+    """The model's outputs and its logits per view (B, V, K) (V = 1 for plain inputs)."""
+    if views is None:
+        views = inputs.ndim == 6
+    if views:
+        b, v = inputs.shape[:2]
+        outputs = model(inputs.flatten(0, 1), **model_kwargs)
+        return outputs, logits_of(outputs).reshape(b, v, -1)
+    outputs = model(inputs, **model_kwargs)
+    return outputs, logits_of(outputs).unsqueeze(1)
+
+
 def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str, views: Optional[bool] = None) -> torch.Tensor:
     """Scores (B, K) of a batch of views (B, V, ...) or of plain inputs (one view each).
 
     `views=None` takes a 6-D batch for video views (B, V, C, T, H, W) and anything else as plain
     inputs; the evaluator says it explicitly from the dataset (see `has_views`).
     """
-    if views is None:
-        views = inputs.ndim == 6
-    if views:
-        b, v = inputs.shape[:2]
-        outputs = logits_of(model(inputs.flatten(0, 1))).reshape(b, v, -1)
-    else:
-        outputs = logits_of(model(inputs)).unsqueeze(1)
-    return aggregate_views(outputs, how)
+    return aggregate_views(_forward(model, inputs, views)[1], how)
 
 
 def has_views(dataset: Any, split: str) -> bool:
@@ -173,13 +181,49 @@ def has_views(dataset: Any, split: str) -> bool:
 @torch.no_grad()
 def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
             views: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores (N, K) and labels of every batch of `loader`, in order."""
+    """Scores (N, K) and labels of every batch of `loader`, in the loader's order.
+
+    A model that carries memory (`launch.memory`) gets, for each window, the memory its
+    recording's previous window left in the previous batch: give it a loader whose batches walk
+    each recording in order (`sequence_loader`).
+    """
     model.eval().to(device)
+    memory = WindowMemory() if carries_memory(model) else None
     scores, labels = [], []
-    for inputs, targets in loader:
-        scores.append(predict_batch(model, inputs.to(device), how, views).cpu().numpy())
+    for batch in loader:
+        inputs, targets, meta = split_batch(batch)
+        kwargs: Dict[str, Any] = {}
+        if memory is not None:
+            if views or (views is None and inputs.ndim == 6):
+                raise ValueError("a model that carries memory is evaluated on one view per window: set "
+                                 "data.test_num_clips=1 and data.test_num_crops=1")
+            kwargs = {k: v.to(device) for k, v in memory.model_kwargs(meta).items()}
+        outputs, logits = _forward(model, inputs.to(device), views, **kwargs)
+        if memory is not None:
+            memory.update(meta, outputs)
+        scores.append(aggregate_views(logits, how).cpu().numpy())
         labels.append(np.asarray(targets))
     return np.concatenate(scores), np.concatenate(labels)
+
+
+def sequence_loader(dataset: Any, batch_size: int, num_workers: int = 0) -> Any:
+    """An evaluation DataLoader whose batch slots walk whole recordings in window order (memory models)."""
+    from torch.utils.data import DataLoader
+
+    sequences = sequences_of(dataset)
+    if sequences is None:
+        raise ValueError(f"a model that carries memory needs a dataset of recordings (data.dataset=multiperson); "
+                         f"{type(dataset).__name__} has none")
+    return DataLoader(dataset, batch_sampler=SequenceStreamSampler(sequences, batch_size, shuffle=False),
+                      num_workers=num_workers)
+
+
+def in_dataset_order(values: np.ndarray, loader: Any) -> np.ndarray:
+    """Rows of `values` (one per sample, in the loader's order) put back in dataset order."""
+    order = [i for batch in loader.batch_sampler for i in batch]
+    out = np.empty_like(values)
+    out[np.asarray(order, dtype=np.int64)] = values
+    return out
 
 
 def video_ids(dataset: Any) -> List[str]:
@@ -193,27 +237,15 @@ def video_ids(dataset: Any) -> List[str]:
     return [str(i) for i in range(len(dataset))]
 
 
-def average_by_group(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str]
-                     ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """Mean scores and labels per group (the personality protocol: all chunks of a participant), groups in first-seen order."""
-    names = list(dict.fromkeys(str(g) for g in groups))
-    rows = np.array([str(g) for g in groups])
-    mean_scores = np.stack([scores[rows == g].astype(np.float64).mean(axis=0) for g in names])
-    mean_labels = np.stack([labels[rows == g].astype(np.float64).mean(axis=0) for g in names])
-    return mean_scores, mean_labels, names
-
-
 # ---------------------------------------------------------------------------------------- metrics
 
 def evaluation_metrics(scores: np.ndarray, labels: np.ndarray, regression: bool = False,
                        class_names: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Classification: top1, top5, mean_class_acc, macro_f1 and class_acc/<class> (percent).
-    Regression: mse (mean over outputs) and mse/<output>."""
+    Regression: mse (mean over outputs) and mse/<output>, outputs named by `class_names` (the
+    dataset's `output_names`) or by index."""
     if regression:
-        per_output = ((scores - labels.reshape(scores.shape)) ** 2).mean(axis=0)
-        out = {"mse": float(per_output.mean())}
-        out.update({f"mse/{i}": float(v) for i, v in enumerate(per_output)})
-        return out
+        return regression_metrics(scores, labels, class_names)
     labels = labels.astype(np.int64)
     out = classification_metrics(scores, labels)
     cm = confusion_matrix(scores.argmax(1), labels, scores.shape[1])
@@ -264,14 +296,20 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     regression = is_regression(cfg, model)
     how = "mean" if regression else ecfg.aggregate
     dataset = datasets.build(cfg.data, ecfg.split)
-    loader = DataLoader(dataset, batch_size=ecfg.batch_size or cfg.train.micro_batch_size, shuffle=False,
-                        num_workers=cfg.data.num_workers, drop_last=False)
+    batch_size = ecfg.batch_size or cfg.train.micro_batch_size
+    if carries_memory(model):  # each recording's windows in order, memory carried (launch.memory)
+        loader = sequence_loader(dataset, batch_size, cfg.data.num_workers)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers,
+                            drop_last=False)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     scores, labels = predict(model, loader, how, device, has_views(dataset, ecfg.split))
+    if carries_memory(model):
+        scores, labels = in_dataset_order(scores, loader), in_dataset_order(labels, loader)
     ids = video_ids(dataset)[:len(scores)]
     if regression and getattr(dataset, "participants", None) is not None:
         scores, labels, ids = average_by_group(scores, labels, dataset.participants[:len(scores)])
-    class_names = getattr(dataset, "class_names", None)
+    class_names = getattr(dataset, "output_names" if regression else "class_names", None)
     metrics = evaluation_metrics(scores, labels, regression, class_names)
 
     out = Path(out) if out else run_dir / "predictions.npz"

@@ -23,7 +23,12 @@ Input  x: (B, P, T, F) - batch, persons (in a fixed role order, e.g. parent, chi
 Output {"logits": (B, num_classes), "memory": (B, K, D)} - the memory after this window,
           *detached*: pass it as `memory=` with the next window of the same interaction
           (truncated back-propagation of one window; `memory=None` starts from the learned
-          initial memory).
+          initial memory). `carry=` (B,) bool mixes the two in one batch: rows where it is
+          False start from the initial memory (the first window of an interaction).
+
+The model keeps no state between calls (`carries_memory = True` tells the launcher to pass the
+memory along: `launch.memory.WindowMemory` for the loop, `launch.data.SequenceStreamSampler` so
+that an interaction's windows come in successive batches).
 
 Layers, all pre-norm transformer blocks of width D:
 1. tokens: one per (modality, time step) per person, plus a modality, a time and (optionally)
@@ -120,6 +125,9 @@ class TransformerBlock(nn.Module):
 
 class HIINT(nn.Module):
     """Cross-person memory transformer; see the module docstring."""
+
+    carries_memory = True
+    """forward takes `memory=`/`carry=` and returns the new "memory": the loops carry it across windows."""
 
     def __init__(
         self,
@@ -223,9 +231,11 @@ class HIINT(nn.Module):
             tokens = tokens + self.role_embed[None, :, None]
         return tokens
 
-    def encode(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+               carry: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-person tokens after intra- and cross-person attention (B, P, L, D), and the new memory (B, K, D).
 
+        `carry` (B,) bool: rows of `memory` to use; the others start from the initial memory.
         The new memory is returned attached to the graph (the classifier reads it); `forward`
         detaches it before handing it back.
         """
@@ -241,6 +251,9 @@ class HIINT(nn.Module):
         if memory.shape != (b, self.num_memory_tokens, self.embed_dim):
             raise ValueError(f"memory must be (B, K, D) = ({b}, {self.num_memory_tokens}, {self.embed_dim}), "
                              f"got {tuple(memory.shape)}")
+        if carry is not None:  # windows that begin an interaction start from the learned memory
+            keep = carry.to(device=x.device, dtype=torch.bool).reshape(b, 1, 1)
+            memory = torch.where(keep, memory, self.initial_memory(b).to(memory.dtype))
         tokens = self._tokens(x)
         length = tokens.shape[2]
 
@@ -262,9 +275,11 @@ class HIINT(nn.Module):
         new_memory = self.memory_write(memory, torch.cat([memory, h], dim=1))
         return h.reshape(b, p, length, self.embed_dim), new_memory
 
-    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """(B, P, T, F) or (B, P, C, T, V) [+ memory (B, K, D) of the previous window] -> {"logits", "memory" (detached)}."""
-        tokens, new_memory = self.encode(x, memory)
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                carry: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """(B, P, T, F) or (B, P, C, T, V) [+ memory (B, K, D) of the previous window, + carry (B,) bool:
+        rows of `memory` to use] -> {"logits", "memory" (detached)}."""
+        tokens, new_memory = self.encode(x, memory, carry)
         persons = tokens.mean(dim=2)  # (B, P, D)
         features = torch.cat([persons.mean(dim=1), new_memory.mean(dim=1)], dim=-1)
         logits = self.head(self.head_drop(self.norm(features)))
