@@ -164,6 +164,15 @@ make_netns() {
     ! ip -n "$NETNS" link show slurm1 >/dev/null 2>&1 || ip -n "$NETNS" link set slurm1 up
 }
 
+running_inside() {  # running_inside NAME: $RUN/NAME.pid is alive, and in our namespace (else stop: `down` first)
+    alive "$RUN/$1.pid" || return 1
+    local pid ns
+    pid=$(cat "$RUN/$1.pid")
+    ns=$(readlink "/proc/$pid/ns/net" 2>/dev/null) || return 0  # cannot tell: trust the pid file
+    [[ $ns == "net:[$(stat -L -c %i "$NETNS_PATH")]" ]] \
+        || die "$1 (pid $pid) runs outside network namespace $NETNS (started by an older cluster.sh?): $0 down, then up"
+}
+
 delete_netns() {
     [[ $(cat "$RUN/netns" 2>/dev/null) == "$NETNS" ]] || return 0
     [[ ! -e $NETNS_PATH ]] || ip netns del "$NETNS" || say "could not delete network namespace $NETNS"
@@ -193,7 +202,7 @@ start_munge() {
 mysql_client() { mariadb --protocol=socket --socket="$DIR/mysqld/mysql.sock" -uroot "$@"; }
 
 start_mariadb() {
-    alive "$RUN/mariadbd.pid" && return
+    running_inside mariadbd && return
     if [[ ! -d $DIR/mysql/mysql ]]; then
         mkdir -p "$DIR/mysql"
         chown mysql:mysql "$DIR/mysql"
@@ -215,7 +224,7 @@ start_mariadb() {
 }
 
 start_slurmdbd() {
-    alive "$RUN/slurmdbd.pid" && return
+    running_inside slurmdbd && return
     inns slurmdbd
     wait_for 60 slurmdbd inns sacctmgr -n list cluster
     if ! inns sacctmgr -n -P list cluster format=cluster | grep -qx testcluster; then
@@ -224,7 +233,7 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    alive "$RUN/slurmctld.pid" && return
+    running_inside slurmctld && return
     inns slurmctld
     wait_for 30 slurmctld inns scontrol ping
 }
@@ -232,7 +241,7 @@ start_slurmctld() {
 start_slurmd() {
     local node
     for node in $NODES; do
-        alive "$RUN/slurmd-$node.pid" && continue
+        running_inside "slurmd-$node" && continue
         mkdir -p "$DIR/spool/$node"
         inns slurmd -N "$node"
     done
