@@ -14,6 +14,9 @@ recording rather than on the batch position keeps this correct whatever the batc
 that finish early, a recording split between two streams): a wrong carry is impossible, a missed
 one only restarts the memory.
 
+The state is not checkpointed: a run resumed mid-epoch restarts every slot's memory at the resume
+point (one window without history per slot), so such a resume is not bit-identical.
+
 Windows are named by the meta a sequence dataset returns with each sample (`datasets.multiperson`:
 {"interaction": [str, ...], "window": tensor} after collation). Nothing here knows DeepSpeed: the
 engine passes the keyword inputs through (`Engine.train_step(..., **model_kwargs)`).
