@@ -1,4 +1,5 @@
-"""ImageNet ResNet-50 (2D, torchvision layout) -> ST-ABN (I3D inflation) and TSM (copy) via --load-from."""
+"""Image checkpoints for --load-from: ImageNet ResNet-50 (2D, torchvision layout) -> ST-ABN (I3D
+inflation) and TSM (copy); an image ViT -> TimeSformer (spatial attention copied to temporal)."""
 from __future__ import annotations
 
 from typing import Dict, Sequence
@@ -155,3 +156,20 @@ def test_load_from_dispatches_a_torchvision_file_and_leaves_dyreg_at_identity(tm
     assert set(report["missing"]) == set(dyreg_before) | {"fc.weight", "fc.bias"}
     for key, value in dyreg_before.items():
         torch.testing.assert_close(tsm.state_dict()[key], value)
+
+
+def test_load_from_dispatches_an_image_vit_to_timesformer(tmp_path):
+    # an image ViT with timm names: a space-only (per-frame) TimeSformer of 10 classes has exactly those
+    vit = models.create("timesformer_tiny", attention="space_only", num_classes=10).state_dict()
+    torch.save({"model": {f"module.{k}": v for k, v in vit.items()}}, tmp_path / "vit.pth")
+    model = models.create("timesformer_tiny")
+    report = load_weights(model, tmp_path / "vit.pth")
+    own = model.state_dict()
+    torch.testing.assert_close(own["blocks.1.temporal_attn.qkv.weight"], vit["blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(own["blocks.0.temporal_norm1.bias"], vit["blocks.0.norm1.bias"])
+    assert sorted(report["mismatched"]) == ["head.bias", "head.weight"] and report["unexpected"] == []
+    assert "time_embed" in report["missing"] and "blocks.0.temporal_fc.weight" in report["missing"]
+    # a TimeSformer checkpoint (with temporal attention) still loads by name
+    torch.save(model.state_dict(), tmp_path / "tsf.pth")
+    assert load_weights(models.create("timesformer_tiny"), tmp_path / "tsf.pth") == {
+        "missing": [], "unexpected": [], "mismatched": []}
