@@ -334,21 +334,22 @@ def log_run_artifact(run_dir: Path, path: Path, artifact_path: Optional[str] = N
 
 
 class TrackingServer:
-    """An `mlflow server` on 127.0.0.1 over a SQLite store, for many processes logging at once.
+    """An `mlflow server` over a SQLite store, for many processes logging at once (127.0.0.1 by default;
+    inside a Slurm allocation, the head node's address so trials on other nodes reach it).
 
     MLflow's docs warn against several processes writing one SQLite file; a sweep's trials log through
     this server instead, and it is stopped when the sweep ends (also as a context manager).
     """
 
-    def __init__(self, store_uri: str, port: int, log_file: Path):
+    def __init__(self, store_uri: str, port: int, log_file: Path, host: str = "127.0.0.1"):
         if not store_uri.startswith("sqlite:///"):
             raise ValueError(f"TrackingServer serves a SQLite store, got {store_uri}")
-        self.uri = f"http://127.0.0.1:{port}"
+        self.uri = f"http://{host}:{port}"
         self.store_uri = store_uri
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_file, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
              "--backend-store-uri", store_uri, "--artifacts-destination", str(artifact_root_for(store_uri))],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.log_file = log_file

@@ -53,8 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--partition", help="with --slurm")
     parser.add_argument("--time", help="with --slurm: HH:MM:SS")
     parser.add_argument("--local", action="store_true", help="with --slurm: submitit's local executor (no Slurm)")
+    parser.add_argument("--wait", action="store_true", help="with --slurm: wait for the sweep job to end")
     parser.add_argument("overrides", nargs="*", help="key.sub=value applied to every trial")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may follow key=value overrides
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[Config, SweepSpec]:
@@ -74,9 +75,9 @@ def sweep_dir_of(cfg: Config, name: str) -> Path:
     return (Path(cfg.output_dir) / cfg.experiment / name).resolve()
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -135,6 +136,9 @@ def main(argv=None) -> int:
     if args.resume and not state.exists():
         print(f"error: --resume: no sweep to resume in {sweep_dir}", file=sys.stderr)
         return 2
+    if not os.environ.get("RAY_ADDRESS"):
+        # Read when Ray is imported: a one-machine Ray then binds only loopback addresses.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from launch.tune_run import run_sweep
 
     summary = run_sweep(args, cfg, spec, sweep_dir)

@@ -24,7 +24,7 @@ from launch.sweep_report import (COST, format_table, plot_frames_rate_heatmap, p
 from launch.sweep_spec import Param, SweepSpec, flat_trial_config
 from launch.tracking import Tracker, TrackingServer, annotate_run, default_tracking_uri, ensure_experiment
 from launch.tune import TUNE_DIR, budget_attr, free_port, max_budget, workers_per_trial
-from launch.tune_trial import TrialSetup, run_trial
+from launch.tune_trial import TrialSetup, last_exception_line, run_trial
 
 log = logging.getLogger("launch.tune")
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,6 @@ def _start_ray(args: argparse.Namespace) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
 
@@ -102,7 +101,9 @@ def _tracking(cfg: Config, sweep_dir: Path, stack: ExitStack) -> Optional[str]:
         # Created through the store itself, the experiment keeps its artifacts beside the SQLite file, so
         # a later `mlflow ui --backend-store-uri sqlite:///...` shows them as it does for plain runs.
         ensure_experiment(uri, cfg.tracking.experiment or cfg.experiment)
-        server = stack.enter_context(TrackingServer(uri, free_port(), sweep_dir / "mlflow_server.log"))
+        # On one machine: loopback. In a Slurm allocation: the head node's address, reachable from every node.
+        host = os.environ["RAY_ADDRESS"].rsplit(":", 1)[0] if os.environ.get("RAY_ADDRESS") else "127.0.0.1"
+        server = stack.enter_context(TrackingServer(uri, free_port(host), sweep_dir / "mlflow_server.log", host))
         log.info("trials log to MLflow through %s (store %s)", server.uri, uri)
         return server.uri
     return uri
@@ -155,8 +156,7 @@ def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path
 def stop_reason(result, scheduler: str, budget_key: str, full_budget: int) -> str:
     """completed | stopped by <scheduler> at <budget> k | errored: <first line of the error>."""
     if result.error is not None:
-        first = str(result.error).strip().splitlines()
-        return f"errored: {first[0][:200] if first else type(result.error).__name__}"
+        return f"errored: {(last_exception_line(str(result.error)) or type(result.error).__name__)[:300]}"
     reached = (result.metrics or {}).get(budget_key, 0)
     if reached >= full_budget:
         return "completed"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,16 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def last_exception_line(text: str) -> str:
+    """The last `SomeError: message` line of a traceback or log (ANSI colours removed), or ''."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    found = [line.strip() for line in plain.splitlines() if _EXCEPTION_LINE.match(line.strip())]
+    return found[-1] if found else ""
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b: ")
+
+
 class _CostClock:
     """Wall seconds a trial has trained, summed over its attempts (kept in the trial folder)."""
 
@@ -192,8 +203,9 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
         if _stop_requested():
             return
         if proc.returncode != 0:
-            raise RuntimeError(f"trial {trial_id}: training exited with code {proc.returncode}; "
-                               f"log {log_path}:\n{_log_tail(log_path)}")
+            tail = _log_tail(log_path, 200)
+            raise RuntimeError(f"training exited with code {proc.returncode}: {last_exception_line(tail) or 'see log'} "
+                               f"(log {log_path})")
 
 
 def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int) -> int:

@@ -26,10 +26,10 @@ def write_sweep(path: Path, body: dict) -> Path:
     return path
 
 
-def tune_cmd(sweep: Path, data: Path, out: Path, *extra: str) -> list:
-    overrides = [o for o in tiny_overrides(data, out) if not o.startswith("data.num_workers")]
-    return [sys.executable, "launch/tune.py", "--config", TINY, "--sweep", str(sweep), *extra, *overrides,
-            "data.num_workers=0", "train.log_every_steps=2"]
+def tune_cmd(sweep: Path, data: Path, out: Path, *flags: str, epochs: int = 2) -> list:
+    overrides = [o for o in tiny_overrides(data, out) if not o.startswith(("data.num_workers", "train.epochs"))]
+    return [sys.executable, "launch/tune.py", "--config", TINY, "--sweep", str(sweep), *flags, *overrides,
+            "data.num_workers=0", "train.log_every_steps=2", f"train.epochs={epochs}"]
 
 
 def run_tune(cmd: list, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
                   "optim.lr": {"loguniform": [5.0e-4, 5.0e-3]}},
         "asha": {"grace_period": 1, "reduction_factor": 3}})
     proc = run_tune(tune_cmd(sweep, video_set, root / "runs", "--name", "asha", "--max-concurrent", "2",
-                             "--max-failures", "1", "train.epochs=3"))
+                             "--max-failures", "1", epochs=3))
     return root, proc
 
 
@@ -120,8 +120,9 @@ def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
         elif row["stop_reason"].startswith("stopped"):
             assert int(float(row["epoch"])) < 3 and row["stop_reason"].endswith(str(int(float(row["epoch"]))))
     errored = next(r for r in rows if r["stop_reason"].startswith("errored"))
-    assert errored["train.micro_batch_size"] == "1000" and "cannot fill one optimizer step" in errored["stop_reason"] \
-        or "exited with code" in errored["stop_reason"]
+    assert errored["train.micro_batch_size"] == "1000"
+    assert "exited with code 1: ValueError:" in errored["stop_reason"]
+    assert "cannot fill one optimizer step" in errored["stop_reason"]
     # Retried once from scratch (max_failures=1), then given up: two attempts in its log, sweep went on.
     log = (sweep_dir / errored["trial_id"] / "train.log").read_text()
     assert log.count("cannot fill one optimizer step") == 2
@@ -166,8 +167,7 @@ def test_asha_sweep_in_mlflow(asha_sweep):
 # ---------------------------------------------------------------------------------- kill + resume
 def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, deepspeed_ready):
     sweep = write_sweep(tmp_path / "fifo.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}})
-    cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1",
-                   "train.epochs=2")
+    cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1")
     sweep_dir = tmp_path / "runs" / "tests" / "fifo"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
@@ -201,3 +201,28 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1  # the same parent run
     assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4           # one run per trial
     assert "resuming the sweep" in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- PBT
+def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deepspeed_ready):
+    """Two trials, perturbation every epoch: the worse one continues from the better one's checkpoint with a
+    mutated LR, which its optimizer then really uses (the LR in the checkpoint does not win)."""
+    sweep = write_sweep(tmp_path / "pbt.yaml", {
+        "metric": "val/loss", "mode": "min", "num_samples": 2,
+        "space": {"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+        "pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 1.0}})
+    run_tune(tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "pbt", "--scheduler", "pbt", "--max-concurrent", "2",
+                      epochs=3) + ["optim.schedule=constant"])
+    sweep_dir = tmp_path / "runs" / "tests" / "pbt"
+    exploited = [d for d in sweep_dir.glob("*/command.txt") if "--resume-from" in d.read_text()]
+    assert exploited, "no trial was restarted from another trial's checkpoint"
+    trial = exploited[0].parent
+    command = exploited[0].read_text().split()
+    lr = float(next(a for a in command if a.startswith("optim.lr=")).split("=", 1)[1])
+    client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    child = next(r for r in runs if r.data.tags.get("sweep.trial_id") == trial.name)
+    assert "changed.optim.lr" in child.data.tags  # the run's LR changed mid-way, on the record
+    # After the exploit the optimizer ran at the new LR (constant schedule, linear rule, batch = base batch).
+    lrs = [m.value for m in client.get_metric_history(child.info.run_id, "train/lr")]
+    assert lrs[-1] == pytest.approx(lr, rel=1e-6)
+    assert any(v != pytest.approx(lr, rel=1e-6) for v in lrs[:-1])
