@@ -8,6 +8,7 @@ ZeRO. DeepSpeed steps the scheduler once per optimizer step.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -26,6 +27,9 @@ def init_distributed(backend: str) -> None:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # our own log lines say what matters; DeepSpeed's INFO floods them
+    if os.environ.get("WORLD_SIZE") == "1" and not torch.distributed.is_initialized():
+        # One process needs no rendezvous: an in-memory store instead of a TCP store listening on every interface.
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
