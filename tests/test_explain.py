@@ -178,3 +178,26 @@ def test_explain_png_strip_for_a_transformer_without_tracking(tmp_path, clips, c
         assert img.height > img.width  # 4 frames top to bottom, two panels each
     assert explain.main(["--checkpoint", str(folder), "--video", str(video), "--out", str(out), "--layer", "blockz"]) == 2
     assert "close: blocks" in capsys.readouterr().err
+
+
+def test_load_clip_is_the_validation_clip_of_the_data_layer(tmp_path, clips):
+    import datasets
+    from launch.explain import load_clip
+
+    cfg = load_config("configs/stabn/tiny.yaml", [f"data.root={clips}"])
+    val = datasets.build(cfg.data, "val")
+    torch.testing.assert_close(load_clip(cfg.data, val.items[1].path), val[(1, 0)][0])
+
+    # a frame folder for data.dataset=rawframes: its frames counted from the template
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((40, 48, 3), 20 * i, np.uint8)).save(folder / f"img_{i + 1:05d}.jpg")
+    raw = load_config("configs/stabn/tiny.yaml", [f"data.root={clips}", "data.dataset=rawframes",
+                                                  "data.list_format=rawframes"])
+    clip = load_clip(raw.data, str(folder))
+    assert clip.shape == (3, 4, 32, 32)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_clip(raw.data, str(tmp_path / "missing"))
