@@ -157,8 +157,8 @@ def main(argv=None) -> int:
     from launch.console import setup_logging
 
     setup_logging(True)
-    model = load_model(cfg, checkpoint).eval()
     try:
+        model = load_model(cfg, checkpoint).eval()
         clip = load_clip(cfg.data, args.video)
         result = grad_cam(model, clip[None], args.layer, args.target_class, logits_of)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from launch import losses
+
 
 def as_video_map(x: torch.Tensor, batch: int, frames: int, aspect: float = 1.0) -> Optional[torch.Tensor]:
     """A layer output as an (N, C, T', h, w) map, or None when it is in none of the known layouts.
@@ -136,8 +138,7 @@ class GradCam:
 
 
 def grad_cam(model: nn.Module, clip: torch.Tensor, layer: Optional[str] = None, target: Optional[int] = None,
-             logits_of: Callable[[Any], torch.Tensor] = lambda out: out["logits"] if isinstance(out, dict) else out
-             ) -> GradCam:
+             logits_of: Callable[[Any], torch.Tensor] = losses.logits_of) -> GradCam:
     """Grad-CAM of `model` on clips (N, C, T, H, W) for class `target` (default: each clip's prediction).
 
     `layer` names the module (`model.named_modules()`) whose output is explained; None picks one as
