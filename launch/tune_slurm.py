@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -30,12 +31,18 @@ def ray_port(job_id: str) -> int:
     return 20000 + int(digits) % 20000
 
 
+def _ray_environment(token: str) -> None:
+    """Set before anything imports Ray: a multi-node cluster that only holders of this job's token may join."""
+    os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+
+
 def _ray_start(args: List[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     ray = str(Path(sys.executable).with_name("ray"))
-    return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", *args], env=env,
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", *args], stdout=open(log, "a"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -69,6 +76,7 @@ class SweepJob:
 
     def __init__(self, argv: List[str], code_dir: Optional[str], workdir: str, cpus: int, gpus: int):
         self.argv, self.code_dir, self.workdir, self.cpus, self.gpus = argv, code_dir, workdir, cpus, gpus
+        self.token = secrets.token_hex(32)  # Ray's token auth; the job's pickle is readable by its owner only
 
     def __call__(self) -> Optional[Dict[str, Any]]:
         if self.code_dir:
@@ -76,10 +84,13 @@ class SweepJob:
         os.chdir(self.workdir)
         import submitit
 
+        _ray_environment(self.token)
         job_env = submitit.JobEnvironment()
         folder = Path(job_env.paths.folder).resolve()
-        head = slurm_job._node_address(job_env.hostnames[0]) if job_env.cluster == "slurm" else "127.0.0.1"
-        own = slurm_job._node_address(job_env.hostname) if job_env.cluster == "slurm" else "127.0.0.1"
+        on_slurm = job_env.cluster == "slurm"
+        # Slurm's NodeAddr of each node (a node name need not resolve as a host name).
+        head = slurm_job._node_address(job_env.hostnames[0]) if on_slurm else "127.0.0.1"
+        own = slurm_job._node_address(os.environ.get("SLURMD_NODENAME", job_env.hostname)) if on_slurm else "127.0.0.1"
         address = f"{head}:{ray_port(job_env.job_id)}"
         resources = [f"--num-cpus={self.cpus}", f"--num-gpus={self.gpus}", f"--node-ip-address={own}"]
         log = folder / f"ray_node{job_env.node}.log"

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+import ray
 import yaml
 from ray import tune
 
@@ -87,6 +88,17 @@ def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_i
     return cmd
 
 
+def trial_environment(threads: int) -> Dict[str, str]:
+    """The training process's environment: a run of its own, not a rank of the job or process group
+    that the Ray worker happens to live in (inside a Slurm sweep job, SLURM_PROCID/NTASKS describe the job)."""
+    keep = ("SLURM_JOB_ID", "SLURM_CONF")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k in keep}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env.update({"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
+    return env
+
+
 def _is_validation_epoch(epoch: int, cfg: Mapping[str, Any]) -> bool:
     train = cfg["train"]
     return epoch % train["eval_every_epochs"] == 0 or epoch == train["epochs"]
@@ -131,7 +143,8 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 def last_exception_line(text: str) -> str:
     """The last `SomeError: message` line of a traceback or log (ANSI colours removed), or ''."""
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    found = [line.strip() for line in plain.splitlines() if _EXCEPTION_LINE.match(line.strip())]
+    lines = (re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in plain.splitlines())  # torch's rank prefix
+    found = [line for line in lines if _EXCEPTION_LINE.match(line)]
     return found[-1] if found else ""
 
 
@@ -184,12 +197,12 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     run_name = trial_run_name(setup.sweep_name, trial_id)
     trial_dir = Path(setup.sweep_dir) / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "ray_node.txt").write_text(ray.get_runtime_context().get_node_id() + "\n")  # where it ran
     with ExitStack() as stack:
         resume_from, reported_step = _restore_point(trial_dir, run_name, stack)
         cmd = training_command(setup, trial_config, trial_id, resume_from)
         (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-        env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads), "PYTHONUNBUFFERED": "1"}
-        env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+        env = trial_environment(setup.threads)
         log_path = trial_dir / "train.log"
         clock = _CostClock(trial_dir)
         with open(log_path, "a") as log_file:

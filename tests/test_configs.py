@@ -11,7 +11,8 @@ from conftest import REPO, run_train
 from launch.config import load_config
 from launch.schedule import effective_batch_size
 
-CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "sweeps")
+SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 RECIPES = ["configs/timesformer/k400_8x32.yaml", "configs/timesformer/ssv2.yaml", "configs/timesformer/light_muwiges.yaml",
            "configs/msg3d/ntu60_xsub_joint.yaml", "configs/msg3d/ntu60_xsub_bone.yaml",
            "configs/msg3d/personality_udiva.yaml", "configs/stabn/ssv1_32f.yaml", "configs/tsm/ssv2_dyreg_16seg.yaml",
@@ -30,6 +31,15 @@ def test_config_loads_and_validates(path):
     assert isinstance(cfg.model["name"], str)
     if "_base_" not in path:
         assert cfg.experiment != "default" and cfg.name != "run", "a runnable config names its run"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_file_keys_are_config_keys(path):
+    """Every swept key and listed value makes a valid config of the recipe it is meant for."""
+    from launch.sweep_spec import example_overrides, load_sweep
+
+    for overrides in example_overrides(load_sweep(path)):
+        load_config(REPO / "configs/timesformer/tiny.yaml", overrides)
 
 
 def test_timesformer_recipes():
