@@ -18,13 +18,13 @@ import ray
 import yaml
 from ray import tune
 
-from launch.config import Config, to_dict
+from launch.config import Config, flatten, load_config, to_dict
 from launch.sweep_report import (COST, format_table, plot_frames_rate_heatmap, plot_metric_vs_cost,
                                  plot_metric_vs_keys, sort_rows, write_csv)
-from launch.sweep_spec import Param, SweepSpec, flat_trial_config
+from launch.sweep_spec import Param, SweepSpec, flat_trial_config, trial_overrides
 from launch.tracking import Tracker, TrackingServer, annotate_run, default_tracking_uri, ensure_experiment
 from launch.tune import TUNE_DIR, budget_attr, free_port, max_budget, workers_per_trial
-from launch.tune_trial import TrialSetup, last_exception_line, run_trial
+from launch.tune_trial import TrialSetup, last_exception_line, run_trial, trial_run_name
 
 log = logging.getLogger("launch.tune")
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir:
         status = "FAILED"
         try:
             grid = _fit(args, cfg, spec, sweep_dir, setup)
-            summary = summarise(grid, args, cfg, spec, sweep_dir, parent)
+            summary = summarise(grid, args, cfg, spec, sweep_dir, parent, setup)
             status = "FINISHED"
             return summary
         finally:
@@ -173,7 +173,26 @@ def _history_best(result, metric: str, mode: str) -> Optional[float]:
     return float(values.max() if mode == "max" else values.min())
 
 
-def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, parent: Tracker) -> Dict[str, Any]:
+def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], cfg: Config,
+                  setup: TrialSetup) -> None:
+    """Put the stop reason (and the end status) on the trial's MLflow run; a trial that failed before its
+    training opened a run gets one here, so every trial of the sweep has its child run."""
+    reason = row["stop_reason"]
+    status = "FAILED" if reason.startswith("errored") else "KILLED" if reason.startswith("stopped") else "FINISHED"
+    tags = {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}
+    if (trial_dir / "tracking" / "state.json").exists():
+        annotate_run(trial_dir, tags, status)
+        return
+    tracker = Tracker(trial_dir, setup.tracking_uri, cfg.tracking.experiment or cfg.experiment,
+                      trial_run_name(setup.sweep_name, row["trial_id"]))
+    parent = {"mlflow.parentRunId": setup.parent_run_id} if setup.parent_run_id else {}
+    full = flatten(to_dict(load_config(setup.config, [*setup.overrides, *trial_overrides(config)])))
+    tracker.start(full, {**parent, "sweep.name": setup.sweep_name, "sweep.trial_id": row["trial_id"], **tags})
+    tracker.finish(status)
+
+
+def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, parent: Tracker,
+              setup: TrialSetup) -> Dict[str, Any]:
     """Stop reasons onto the trials' runs; table, CSV, plots and the best trial onto the parent run."""
     budget_key, full = budget_attr(spec), max_budget(spec, cfg)
     rows: List[Dict[str, Any]] = []
@@ -186,10 +205,8 @@ def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, swee
                spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
                budget_key: metrics.get(budget_key), COST: metrics.get(COST), "cost/wall_s": metrics.get("cost/wall_s")}
         rows.append(row)
-        trial_dir = sweep_dir / trial_id
-        if (trial_dir / "tracking").is_dir():
-            status = "FAILED" if reason.startswith("errored") else "KILLED" if reason.startswith("stopped") else "FINISHED"
-            annotate_run(trial_dir, {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}, status)
+        if setup.tracking_uri:
+            _record_trial(sweep_dir / trial_id, row, flat_trial_config(result.config or {}), cfg, setup)
     rows = sort_rows(rows, spec.metric, spec.mode)
     columns = ["trial_id", *spec.swept_keys(), spec.metric, budget_key, COST, "cost/wall_s", "stop_reason"]
     print(format_table(rows, columns), flush=True)

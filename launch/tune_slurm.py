@@ -161,5 +161,5 @@ def submit_sweep(args: argparse.Namespace, cfg: Config, sweep_dir: Path) -> int:
     print(f"submitted sweep job {job.job_id}; logs in {job_folder}; status: python launch/submit.py --status {job_folder}")
     if not getattr(args, "wait", False):
         return 0
-    result = job.result()
-    return int((result or {}).get("exit_code", 1))
+    head = job.results()[0]  # one result per task; the head's carries the sweep's exit code
+    return int((head or {}).get("exit_code", 1))

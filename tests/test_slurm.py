@@ -307,3 +307,30 @@ def test_failing_job_shows_its_traceback_in_status(jobs):
     assert proc.returncode == 0, proc.stderr
     assert f"job {job_id} on slurm" in proc.stdout and "FAILED" in proc.stdout
     assert "Traceback (most recent call last)" in proc.stdout and "no-such-data" in proc.stdout, proc.stdout
+
+
+def test_sweep_as_one_slurm_job_runs_trials_on_both_nodes(slurm_cluster, video_set, tmp_path):
+    """`tune.py --slurm --nodes 2`: one job, a Ray head on the first node and a worker on the second; the
+    trials (1 CPU each, 1 CPU per node) are spread over both, and MLflow gets the parent and its children."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("metric: val/loss\nmode: min\nspace:\n  data.num_frames: {grid: [2, 3, 4, 6]}\n")
+    overrides = [o for o in tiny_overrides(video_set, tmp_path / "runs", "unused")
+                 if not o.startswith(("data.num_workers", "train.epochs"))]
+    proc = subprocess.run([sys.executable, "launch/tune.py", "--config", "configs/timesformer/tiny.yaml", "--sweep",
+                           str(sweep), "--name", "sl", "--scheduler", "fifo", "--slurm", "--nodes", "2", "--wait",
+                           "--time", "00:15:00", *overrides, "data.num_workers=0", "train.epochs=1"],
+                          cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=900)
+    sweep_dir = tmp_path / "runs" / "tests" / "sl"
+    logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(sweep_dir.glob("slurm/*/*_log.*")))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}"
+    assert "submitted sweep job" in proc.stdout
+    rows = (sweep_dir / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(r.endswith(",completed") for r in rows), rows
+    nodes = {p.read_text().strip() for p in sweep_dir.glob("*/ray_node.txt")}
+    assert len(nodes) == 2, f"trials ran on {len(nodes)} Ray node(s)"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 4
