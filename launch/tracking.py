@@ -189,6 +189,7 @@ class Tracker:
         if not self.active:
             return
         state = self._load_backlog()
+        tags = {k: str(v) for k, v in tags.items()}  # MLflow tags are strings; a None would fail the whole run
         self.journal.save_state(uri=self.uri, experiment=self.experiment, run_name=self.run_name)
         for kind, values in (("params", dict(params)), ("tags", dict(tags))):
             self.journal.append({"kind": kind, "values": values})
