@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +39,12 @@ def server_reachable(uri: str, timeout: float = 3.0) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def mlflow_key(name: str) -> str:
+    """A param/metric/tag name MLflow accepts: characters other than letters, digits, `_ - . / : ` and
+    space become `_` (a key MLflow rejects would fail the whole batch it is sent in)."""
+    return re.sub(r"[^/\w.\- :]", "_", name)
 
 
 def artifact_root_for(uri: str) -> Optional[Path]:
@@ -153,6 +160,7 @@ class MlflowSink:
         from mlflow.entities import Param, RunTag
 
         logged = self.client.get_run(run_id).data.params
+        params = {mlflow_key(k): v for k, v in params.items()}
         new = [Param(k, v) for k, v in params.items() if k not in logged]
         changed = [RunTag(f"changed.{k}", v) for k, v in params.items() if k in logged and logged[k] != v]
         for i in range(0, len(new), _BATCH):

@@ -88,7 +88,7 @@ def _parent_params(args: argparse.Namespace, spec: SweepSpec) -> Dict[str, Any]:
     params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.scheduler": args.scheduler,
               "sweep.budget": spec.budget, "sweep.num_samples": args.num_samples or spec.num_samples,
               "sweep.config": args.config or "defaults", "sweep.overrides": " ".join(args.overrides)}
-    params.update({f"space.{p.name}": p.describe() for p in spec.params})
+    params.update({f"space.{':'.join(p.keys)}": p.describe() for p in spec.params})  # MLflow keys take no comma
     return params
 
 
