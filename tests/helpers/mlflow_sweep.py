@@ -37,7 +37,8 @@ BEST_TRIAL = "t_00002"
 
 
 def trial_run_name(trial_id: str) -> str:
-    return f"{SWEEP}_{trial_id}"
+    """As launch/tune_trial.trial_run_name names a trial's run."""
+    return f"{SWEEP}/{trial_id}"
 
 
 def build_sweep_store(uri: str, experiment: str = EXPERIMENT, artifact_location: str | None = None) -> str:
@@ -73,7 +74,8 @@ def build_sweep_store(uri: str, experiment: str = EXPERIMENT, artifact_location:
                         Metric("cost/wall_s", 6.5 * epoch * frames, t, step)]
         if metrics:
             client.log_batch(child, metrics=metrics)
-        client.set_terminated(child, status="FAILED" if reason.startswith("errored") else "FINISHED")
+        status = "FAILED" if reason.startswith("errored") else "KILLED" if reason.startswith("stopped") else "FINISHED"
+        client.set_terminated(child, status=status)
     client.log_batch(parent, metrics=[Metric("best/val/top1", TRIALS[BEST_TRIAL][1][-1], start, 0)],
                      tags=[RunTag("sweep.best_trial", BEST_TRIAL)])
     client.set_terminated(parent, status="FINISHED")

@@ -1,0 +1,133 @@
+"""The MLflow UI's runs table for a sweep, in headless Chromium against a real `mlflow server`.
+
+The test writes `docs/img/mlflow_sweep_runs.png` (the README's screenshot) when UPDATE_SCREENSHOTS=1.
+Three details make the page readable without clicking:
+- a sort key other than the start time makes the UI list child runs flat instead of folded under
+  their parent (the UI nests children only when sorted by start time without a filter);
+- the columns (metric, stop reason, swept params, cost), their order and widths come from a shared
+  view: an experiment tag `mlflow.sharedViewState.<key>` holding the UI state as JSON, opened with
+  `?viewStateShareKey=<key>`;
+- the browser reaches the server under a name that is not localhost (mapped to 127.0.0.1 by
+  Chromium's resolver rules), because the UI opens its assistant panel over the table on a first
+  visit to a localhost server; the server is told to accept that host and origin.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+from helpers.mlflow_sweep import EXPERIMENT, TRIALS, build_sweep_store, trial_run_name
+
+pytestmark = pytest.mark.slow
+
+HOST = "mlflow-sweep.test"  # any name but localhost/127.0.0.1; Chromium resolves it to 127.0.0.1
+VIEW_KEY = "sweep"
+SCREENSHOT = REPO / "docs" / "img" / "mlflow_sweep_runs.png"
+WINDOW = (1920, 560)  # wide enough for the swept params, tall enough for a dozen trials
+
+
+@pytest.fixture
+def sweep_store(tmp_path):
+    """(tracking uri, experiment name, parent run id) of a finished sweep in a SQLite store."""
+    root = tmp_path / "store"
+    root.mkdir()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    parent = build_sweep_store(uri, artifact_location=(root / "mlartifacts").as_uri())
+    return uri, EXPERIMENT, parent
+
+
+def share_sweep_view(uri: str, experiment: str, parent_run_id: str) -> str:
+    """Store a view of the sweep's trials (best first; metric, stop reason, swept params, cost); returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    parent = client.get_run(parent_run_id)
+    metric = parent.data.params.get("sweep.metric", "val/top1")
+    swept = [k[len("space."):] for k in parent.data.params if k.startswith("space.")]
+    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+    def col(kind: str, key: str) -> str:  # the UI's column id (its "canonical sort key")
+        return f"{kind}.`{key}`"
+
+    columns = [col("metrics", metric), col("metrics", "epoch"), col("tags", "sweep.stop_reason"),
+               *(col("params", k) for k in swept), col("metrics", "cost/clip_frames")]
+    widths = {col("attributes", "Run Name"): 50 + 7 * max(len(r.info.run_name) for r in children),
+              col("tags", "sweep.stop_reason"): 220, col("metrics", metric): 90, col("metrics", "epoch"): 70,
+              col("metrics", "cost/clip_frames"): 130, **{col("params", k): int(24 + 7 * len(k)) for k in swept}}
+    state = {"orderByKey": col("metrics", metric), "orderByAsc": parent.data.params.get("sweep.mode") == "min",
+             "selectedColumns": columns, "columnOrder": [col("attributes", "Run Name"), *columns],
+             "columnWidths": widths}
+    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+    return exp_id
+
+
+def serve(uri: str, port: int, root: Path) -> subprocess.Popen:
+    """`mlflow server` over the store at `uri`, answering under HOST as well as 127.0.0.1."""
+    log = root / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", uri, "--artifacts-destination", str(root / "artifacts"),
+         "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300  # a cold start on two busy cores takes over a minute
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(1)
+    os.killpg(proc.pid, 15)
+    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
+
+
+def chromium(url: str, png: Path, profile: Path, timeout: int = 300) -> str:
+    """Load `url` in headless Chromium, save a screenshot to `png` and return the DOM."""
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+           f"--user-data-dir={profile}", f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
+           "--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={png}",
+           "--dump-dom", url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0 and png.exists(), f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_sweep_runs_table_in_mlflow_ui(sweep_store, tmp_path):
+    from PIL import Image
+
+    uri, experiment, parent = sweep_store
+    exp_id = share_sweep_view(uri, experiment, parent)
+    port = free_port()
+    server = serve(uri, port, tmp_path)
+    try:
+        png = tmp_path / "mlflow_sweep_runs.png"
+        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png,
+                       tmp_path / "chromium")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert "Request error" not in dom, "the UI could not load the runs (see server.log)"
+    for trial_id in TRIALS:
+        assert trial_run_name(trial_id) in dom, f"{trial_run_name(trial_id)} is not in the runs table"
+    for reason in {r for _, _, r in TRIALS.values()}:
+        assert reason[:30] in dom  # the stop-reason column is shown
+    assert "MLflow Assistant" not in dom  # its panel would cover the table
+    with Image.open(png) as image:
+        assert image.size == WINDOW
+        colours = len(image.convert("RGB").getcolors(maxcolors=1 << 20) or ())
+    assert colours > 100, "the screenshot looks blank"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, SCREENSHOT)
