@@ -9,15 +9,11 @@ SQLite store, trials log through an `mlflow server` on 127.0.0.1 that this comma
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import socket
 import sys
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Dict, List, Optional
 
 if __name__ == "__main__" and __package__ is None:  # run as a script: import the suite, not launch/ siblings
     sys.path[0] = str(Path(__file__).resolve().parents[1])

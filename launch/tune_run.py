@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import ray
-import yaml
 from ray import tune
 
 from launch.config import Config, flatten, load_config, to_dict

@@ -9,7 +9,6 @@ marker, every task stops its own Ray process, and the job ends.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import subprocess

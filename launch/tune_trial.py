@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -66,8 +65,7 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
     return f"{sweep_name}/{trial_id}"
 
 
-def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_id: str,
-                     resume_from: Optional[Path]) -> List[str]:
+def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_id: str) -> List[str]:
     """The exact command that trains this trial."""
     entry = [str(REPO / "launch" / "train.py")]
     if setup.workers > 1:
@@ -83,8 +81,6 @@ def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_i
             f"tracking.tags={to_override_text(tags)}"]
     if setup.tracking_uri:
         cmd.append(f"tracking.uri={setup.tracking_uri}")
-    if resume_from is not None:
-        cmd += ["--resume-from", str(resume_from)]
     return cmd
 
 
@@ -168,25 +164,32 @@ class _CostClock:
         tmp.replace(self.path)
 
 
-def _restore_point(trial_dir: Path, run_name: str, stack: ExitStack) -> tuple[Optional[Path], int]:
-    """The checkpoint Tune handed this trial and the step it holds.
+def adopt_handed_checkpoint(trial_dir: Path, run_name: str) -> int:
+    """Take the checkpoint Tune handed this trial (if any); returns its step (0 when there is none).
 
-    Returns (folder to pass as --resume-from, or None to resume from the trial's own folder; step of
-    Tune's checkpoint, 0 when there is none). Only another trial's checkpoint (a PBT exploit) is passed
-    explicitly; the trial's own line continues from its newest checkpoint, which is never older.
+    The trial's own checkpoint (a retry, a restored sweep) is never newer than the trial's folder, which
+    the run resumes from anyway. Another trial's (a PBT exploit) becomes this trial's only checkpoint:
+    copied in at once (Tune prunes the donor's old checkpoints while the donor trains on), and the
+    abandoned line's checkpoints are removed so a later crash cannot resume from them.
     """
     handed = tune.get_checkpoint()
     if handed is None:
-        return None, 0
-    folder = Path(stack.enter_context(handed.as_directory()))
-    step = ckpt.read_meta(folder)["step"]
-    donor = yaml.safe_load((folder / "config.yaml").read_text()).get("name")
-    if donor == run_name:
-        return None, step
-    # A new line of training: the abandoned line's checkpoints would otherwise look newer on a crash.
-    shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)
-    log.info("trial %s continues from %s's checkpoint at step %d", run_name, donor, step)
-    return folder, step
+        return 0
+    with handed.as_directory() as folder:
+        folder = Path(folder)
+        meta = ckpt.read_meta(folder)
+        donor = yaml.safe_load((folder / "config.yaml").read_text()).get("name")
+        if donor == run_name:
+            return meta["step"]
+        root = trial_dir / "checkpoints"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        staging = root / ckpt.tmp_tag_for(meta["step"])
+        shutil.copytree(folder, staging)
+        staging.rename(root / ckpt.tag_for(meta["step"]))
+    with open(trial_dir / "train.log", "a") as log_file:
+        log_file.write(f"[tune] {run_name} continues from {donor}'s checkpoint at step {meta['step']} (PBT exploit)\n")
+    return meta["step"]
 
 
 def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
@@ -198,27 +201,26 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     trial_dir = Path(setup.sweep_dir) / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "ray_node.txt").write_text(ray.get_runtime_context().get_node_id() + "\n")  # where it ran
-    with ExitStack() as stack:
-        resume_from, reported_step = _restore_point(trial_dir, run_name, stack)
-        cmd = training_command(setup, trial_config, trial_id, resume_from)
-        (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-        env = trial_environment(setup.threads)
-        log_path = trial_dir / "train.log"
-        clock = _CostClock(trial_dir)
-        with open(log_path, "a") as log_file:
-            # setpriv: the child gets SIGTERM if this trial's thread or process dies before it does.
-            proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *cmd], cwd=setup.cwd, env=env,
-                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                reported_step = _watch(proc, trial_dir, setup, clock, reported_step)
-            finally:
-                _terminate(proc)
-        if _stop_requested():
-            return
-        if proc.returncode != 0:
-            tail = _log_tail(log_path, 200)
-            raise RuntimeError(f"training exited with code {proc.returncode}: {last_exception_line(tail) or 'see log'} "
-                               f"(log {log_path})")
+    reported_step = adopt_handed_checkpoint(trial_dir, run_name)
+    cmd = training_command(setup, trial_config, trial_id)
+    (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+    env = trial_environment(setup.threads)
+    log_path = trial_dir / "train.log"
+    clock = _CostClock(trial_dir)
+    with open(log_path, "a") as log_file:
+        # setpriv: the child gets SIGTERM if this trial's thread or process dies before it does.
+        proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *cmd], cwd=setup.cwd, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            reported_step = _watch(proc, trial_dir, setup, clock, reported_step)
+        finally:
+            _terminate(proc)
+    if _stop_requested():
+        return
+    if proc.returncode != 0:
+        tail = _log_tail(log_path, 200)
+        raise RuntimeError(f"training exited with code {proc.returncode}: {last_exception_line(tail) or 'see log'} "
+                           f"(log {log_path})")
 
 
 def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int) -> int:

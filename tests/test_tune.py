@@ -214,10 +214,12 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     run_tune(tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "pbt", "--scheduler", "pbt", "--max-concurrent", "2",
                       epochs=3) + ["optim.schedule=constant"])
     sweep_dir = tmp_path / "runs" / "tests" / "pbt"
-    exploited = [d for d in sweep_dir.glob("*/command.txt") if "--resume-from" in d.read_text()]
+    exploited = [log.parent for log in sweep_dir.glob("*/train.log") if "(PBT exploit)" in log.read_text()]
     assert exploited, "no trial was restarted from another trial's checkpoint"
-    trial = exploited[0].parent
-    command = exploited[0].read_text().split()
+    trial = exploited[0]
+    assert "Error" not in (trial / "train.log").read_text().split("(PBT exploit)")[-1]
+    assert "resumed from" in (trial / "train.log").read_text().split("(PBT exploit)")[-1]
+    command = (trial / "command.txt").read_text().split()
     lr = float(next(a for a in command if a.startswith("optim.lr=")).split("=", 1)[1])
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     child = next(r for r in runs if r.data.tags.get("sweep.trial_id") == trial.name)
@@ -226,3 +228,15 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     lrs = [m.value for m in client.get_metric_history(child.info.run_id, "train/lr")]
     assert lrs[-1] == pytest.approx(lr, rel=1e-6)
     assert any(v != pytest.approx(lr, rel=1e-6) for v in lrs[:-1])
+
+
+def test_a_trial_with_two_workers_is_one_two_process_run(tmp_path, video_set, deepspeed_ready):
+    """--workers-per-trial 2: the trial trains under torchrun with world size 2 inside its Ray trial."""
+    sweep = write_sweep(tmp_path / "w.yaml", {"space": {"data.num_frames": {"grid": [4]}}})
+    run_tune(tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "w2", "--scheduler", "fifo", "--workers-per-trial",
+                      "2", "--cpus-per-trial", "2", epochs=1))
+    client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    child = next(r for r in runs if r.data.tags.get("sweep.trial_id"))
+    assert child.data.tags["world_size"] == "2" and child.data.tags["sweep.stop_reason"] == "completed"
+    assert child.data.params["optim.effective_batch_size"] == "16"  # micro 8 x 2 processes
+    assert "torch.distributed.run" in next((tmp_path / "runs" / "tests" / "w2").glob("*/command.txt")).read_text()
