@@ -53,6 +53,11 @@ def stop_reason(run: RunDict) -> str:
     return run["tags"].get("sweep.stop_reason") or run["status"].lower()
 
 
+def swept_keys(parent_params: Dict[str, str]) -> List[str]:
+    """Config keys a sweep searched over: its `space.<key>` params (`space.a:b` for a joint entry)."""
+    return [key for k in parent_params if k.startswith("space.") for key in k[len("space."):].split(":")]
+
+
 def differing_params(runs: Sequence[RunDict], first: Iterable[str] = ()) -> List[str]:
     """Param keys whose value is not the same in every run (absent counts as a value); `first` keys lead."""
     keys = sorted({k for r in runs for k in r["params"]} - IDENTITY_PARAMS)
@@ -180,7 +185,7 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
         cell.PAD = 0.6 / (widths[j] + 2)  # matplotlib pads by a fraction of the cell width: keep it a character
         if i > 0 and right[j]:
             cell.set_text_props(ha="right")
-            cell._loc = "right"
+            cell._loc = "right"  # where Cell places its text; matplotlib sets it only through the table-wide cellLoc
     for j in range(len(columns)):
         table[0, j].set_facecolor("#dadce0")
         table[0, j].set_text_props(weight="bold")
@@ -236,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _check_keys(params, (k for r in runs for k in r["params"]), "param")
             more: List[str] = []
         else:
-            swept = [k[len("space."):] for k in sweep_params if k.startswith("space.")]
+            swept = swept_keys(sweep_params)
             differ = differing_params(runs, first=swept)
             params, more = differ[:MAX_AUTO_PARAMS], differ[MAX_AUTO_PARAMS:]
     except (tq.TrackingQueryError, ConnectionError, FileNotFoundError) as err:

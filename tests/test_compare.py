@@ -56,9 +56,7 @@ def test_sweep_table_best_first_with_swept_params_csv_and_png(store, tmp_path, c
                                   "--out", str(tmp_path))
     assert code == 0, err
     header = out.splitlines()[1].split()
-    swept = list(SPACE)  # the sweep's space.* params lead, then the other params that differ (model.num_frames)
-    assert header == ["trial", *swept, "model.num_frames", "val/top1", "epoch", "stop", "clip_frames", "wall_s",
-                      "run_id"]
+    assert header == ["trial", *SPACE, "val/top1", "epoch", "stop", "clip_frames", "wall_s", "run_id"]  # swept keys
     rows = table_lines(out)
     assert [r.split()[0] for r in rows] == BY_TOP1
     assert "stopped by asha at epoch 2" in rows[2] and "errored: RuntimeError: CUDA out of me..." in rows[4]
@@ -96,6 +94,11 @@ def test_experiment_lists_runs_but_not_sweep_parents(store, tmp_path, capsys):
     assert names == [trial_run_name(t) for t in BY_TOP1[:2]] + ["baseline"] + [trial_run_name(t) for t in BY_TOP1[2:]]
     assert SWEEP not in names
     assert (tmp_path / f"{EXPERIMENT}.csv").exists() and (tmp_path / f"{EXPERIMENT}.png").exists()
+
+
+def test_swept_keys_split_joint_entries():
+    params = {"sweep.metric": "val/top1", "space.data.num_frames:model.num_frames": "grid", "space.optim.lr": "log"}
+    assert compare.swept_keys(params) == ["data.num_frames", "model.num_frames", "optim.lr"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,7 +4,7 @@ The test writes `docs/img/mlflow_sweep_runs.png` (the README's screenshot) when 
 Three details make the page readable without clicking:
 - a sort key other than the start time makes the UI list child runs flat instead of folded under
   their parent (the UI nests children only when sorted by start time without a filter);
-- the columns (metric, stop reason, swept params, cost), their order and widths come from a shared
+- the columns (metric, epoch, cost, stop reason, swept params), their order and widths come from a shared
   view: an experiment tag `mlflow.sharedViewState.<key>` holding the UI state as JSON, opened with
   `?viewStateShareKey=<key>`;
 - the browser reaches the server under a name that is not localhost (mapped to 127.0.0.1 by
@@ -27,6 +27,8 @@ import pytest
 from conftest import REPO, free_port
 from helpers.mlflow_sweep import EXPERIMENT, TRIALS, build_sweep_store, trial_run_name
 
+from launch.compare import swept_keys
+
 pytestmark = pytest.mark.slow
 
 HOST = "mlflow-sweep.test"  # any name but localhost/127.0.0.1; Chromium resolves it to 127.0.0.1
@@ -46,21 +48,21 @@ def sweep_store(tmp_path):
 
 
 def share_sweep_view(uri: str, experiment: str, parent_run_id: str) -> str:
-    """Store a view of the sweep's trials (best first; metric, stop reason, swept params, cost); returns its id."""
+    """Store a view of the sweep's trials (best first; metric, cost, stop reason, swept params); returns the experiment id."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     parent = client.get_run(parent_run_id)
     metric = parent.data.params.get("sweep.metric", "val/top1")
-    swept = [k[len("space."):] for k in parent.data.params if k.startswith("space.")]
+    swept = swept_keys(parent.data.params)
     children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
     def col(kind: str, key: str) -> str:  # the UI's column id (its "canonical sort key")
         return f"{kind}.`{key}`"
 
-    columns = [col("metrics", metric), col("metrics", "epoch"), col("tags", "sweep.stop_reason"),
-               *(col("params", k) for k in swept), col("metrics", "cost/clip_frames")]
+    columns = [col("metrics", metric), col("metrics", "epoch"), col("metrics", "cost/clip_frames"),
+               col("tags", "sweep.stop_reason"), *(col("params", k) for k in swept)]
     widths = {col("attributes", "Run Name"): 50 + 7 * max(len(r.info.run_name) for r in children),
               col("tags", "sweep.stop_reason"): 220, col("metrics", metric): 90, col("metrics", "epoch"): 70,
               col("metrics", "cost/clip_frames"): 130, **{col("params", k): int(24 + 7 * len(k)) for k in swept}}
@@ -91,16 +93,28 @@ def serve(uri: str, port: int, root: Path) -> subprocess.Popen:
     raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
 
 
-def chromium(url: str, png: Path, profile: Path, timeout: int = 300) -> str:
-    """Load `url` in headless Chromium, save a screenshot to `png` and return the DOM."""
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-           f"--user-data-dir={profile}", f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
-           "--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={png}",
-           "--dump-dom", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0 and png.exists(), f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
-    return proc.stdout
+def chromium(url: str, png: Path, profile: Path, timeout: int = 120, attempts: int = 3) -> str:
+    """Load `url` in headless Chromium, save a screenshot to `png` and return the DOM.
+
+    A load takes about 10 s; on two cores shared with other jobs Chromium now and then never returns,
+    so a run that passes `timeout` is killed and retried with a fresh profile.
+    """
+    for attempt in range(1, attempts + 1):
+        cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+               f"--user-data-dir={profile}-{attempt}", f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
+               "--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={png}",
+               "--dump-dom", url]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the browser's helper processes too
+            proc.communicate()
+            continue
+        assert proc.returncode == 0 and png.exists(), f"chromium failed ({proc.returncode}): {err[-2000:]}"
+        return out
+    raise AssertionError(f"chromium did not finish loading {url} in {attempts} tries of {timeout} s")
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")

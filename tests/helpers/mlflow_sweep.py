@@ -16,6 +16,7 @@ from launch.config import flatten, load_config, to_dict
 EXPERIMENT = "demo_sweeps"
 SWEEP = "frames_sampling_lr"
 SPACE = {"data.num_frames": "grid [4, 8, 16]", "data.sampling_rate": "choice [2, 4, 8]",
+         "model.num_frames": "same as data.num_frames",
          "optim.lr": "loguniform [1e-4, 3e-3]", "optim.lr_scaling": "choice [linear, sqrt]",
          "train.micro_batch_size": "choice [4, 8]"}
 CLIPS_PER_EPOCH = 640
