@@ -61,9 +61,14 @@ def swept_keys(parent_params: Dict[str, str]) -> List[str]:
 def differing_params(runs: Sequence[RunDict], first: Iterable[str] = ()) -> List[str]:
     """Param keys whose value is not the same in every run (absent counts as a value); `first` keys lead."""
     keys = sorted({k for r in runs for k in r["params"]} - IDENTITY_PARAMS)
-    differ = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
+    differ = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1 and not _per_run_path(runs, k)]
     lead = [k for k in first if k in differ]
     return lead + [k for k in differ if k not in lead]
+
+
+def _per_run_path(runs: Sequence[RunDict], key: str) -> bool:
+    """Whether each run's value names that run (a file in its own folder): different, but not a choice."""
+    return all(run["name"] and run["name"].split("/")[-1] in run["params"].get(key, "") for run in runs)
 
 
 def sort_runs(runs: Sequence[RunDict], metric: str, mode: str) -> List[RunDict]:
@@ -76,6 +81,17 @@ def sort_runs(runs: Sequence[RunDict], metric: str, mode: str) -> List[RunDict]:
         return (missing, 0.0 if missing else sign * value, run["name"] or "")
 
     return sorted(runs, key=key)
+
+
+def _with_cost_tags(run: RunDict) -> RunDict:
+    """A trial's compute as a metric even where it was only tagged (`sweep.compute.clip_frames`)."""
+    tagged = run["tags"].get("sweep.compute.clip_frames")
+    if "cost/clip_frames" in run["metrics"] or tagged in (None, "", "None"):
+        return run
+    try:
+        return {**run, "metrics": {**run["metrics"], "cost/clip_frames": float(tagged)}}
+    except ValueError:
+        return run
 
 
 def table_rows(runs: Sequence[RunDict], metric: str, params: Sequence[str], trials: bool = False) -> tuple:
@@ -248,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"compare: {err}", file=sys.stderr)
         return 1
 
-    ordered = sort_runs(runs, metric, mode)
+    ordered = sort_runs([_with_cost_tags(r) for r in runs], metric, mode)
     columns, rows = table_rows(ordered, metric, params, trials=sweep is not None)
     what = f"sweep {sweep['tags'].get('sweep.name', sweep['name'])}" if sweep else "runs"
     title = f"{args.experiment}: {what}, {len(rows)} {'trials' if sweep else 'runs'}, by {metric} ({mode}) best first"

@@ -56,7 +56,8 @@ def test_sweep_table_best_first_with_swept_params_csv_and_png(store, tmp_path, c
                                   "--out", str(tmp_path))
     assert code == 0, err
     header = out.splitlines()[1].split()
-    assert header == ["trial", *SPACE, "val/top1", "epoch", "stop", "clip_frames", "wall_s", "run_id"]  # swept keys
+    # the swept keys, not data.bad_files_log (a file in each trial's own folder)
+    assert header == ["trial", *SPACE, "val/top1", "epoch", "stop", "clip_frames", "wall_s", "run_id"]
     rows = table_lines(out)
     assert [r.split()[0] for r in rows] == BY_TOP1
     assert "stopped by asha at epoch 2" in rows[2] and "errored: RuntimeError: CUDA out of me..." in rows[4]
@@ -99,6 +100,11 @@ def test_experiment_lists_runs_but_not_sweep_parents(store, tmp_path, capsys):
 def test_swept_keys_split_joint_entries():
     params = {"sweep.metric": "val/top1", "space.data.num_frames:model.num_frames": "grid", "space.optim.lr": "log"}
     assert compare.swept_keys(params) == ["data.num_frames", "model.num_frames", "optim.lr"]
+
+
+def test_cost_from_the_trial_tag_when_not_a_metric():
+    run = {"name": "s/t_0", "metrics": {"val/top1": 0.5}, "tags": {"sweep.compute.clip_frames": "2048"}}
+    assert compare._with_cost_tags(run)["metrics"] == {"val/top1": 0.5, "cost/clip_frames": 2048.0}
 
 
 @pytest.mark.parametrize("args, message", [

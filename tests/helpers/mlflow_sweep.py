@@ -58,6 +58,7 @@ def build_sweep_store(uri: str, experiment: str = EXPERIMENT, artifact_location:
     for n, (trial_id, (overrides, top1, reason)) in enumerate(TRIALS.items()):
         cfg = load_config("configs/demo.yaml", [f"experiment={experiment}", f"name={trial_run_name(trial_id)}",
                                                 f"model.num_frames={overrides['data.num_frames']}",
+                                                f"data.bad_files_log=runs/{experiment}/{SWEEP}/{trial_id}/bad_files.tsv",
                                                 *(f"{k}={v}" for k, v in overrides.items())])
         params = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(to_dict(cfg)).items()}
         child = client.create_run(exp_id, run_name=trial_run_name(trial_id), start_time=start + n, tags={
