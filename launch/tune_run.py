@@ -134,6 +134,12 @@ def run_sweep(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir:
             parent.finish(status)
 
 
+def _checkpoint_config(scheduler: str):
+    """Tune's copies of trial checkpoints: the last two, except under PBT, which may clone any trial's
+    checkpoint of a past perturbation while that trial trains on (a pruned one fails the exploit)."""
+    return tune.CheckpointConfig(num_to_keep=None if scheduler == "pbt" else 2)
+
+
 def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, setup: TrialSetup):
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
@@ -148,7 +154,7 @@ def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path
                                         max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                                      checkpoint_config=_checkpoint_config(args.scheduler)))
     return tuner.fit()
 
 
