@@ -222,7 +222,7 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     assert "Error" not in (trial / "train.log").read_text().split("(PBT exploit)")[-1]
     assert "resumed from" in (trial / "train.log").read_text().split("(PBT exploit)")[-1]
     command = (trial / "command.txt").read_text().split()
-    lr = float(next(a for a in command if a.startswith("optim.lr=")).split("=", 1)[1])
+    lr = float([a for a in command if a.startswith("optim.lr=")][-1].split("=", 1)[1])  # the trial's, after the base
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     child = next(r for r in runs if r.data.tags.get("sweep.trial_id") == trial.name)
     assert "changed.optim.lr" in child.data.tags  # the run's LR changed mid-way, on the record
