@@ -131,7 +131,8 @@ def submit_sweep(args: argparse.Namespace, cfg: Config, sweep_dir: Path) -> int:
     nodes = args.nodes or s.nodes
     gpus = args.gpus_per_node if args.gpus_per_node is not None else s.gpus_per_node
     folder = sweep_dir / "slurm" / "%j"
-    cluster = "local" if args.local or not slurm_job.slurm_available() else "slurm"
+    # --dry-run shows the Slurm script even where no Slurm is installed
+    cluster = "slurm" if args.dry_run else "local" if args.local or not slurm_job.slurm_available() else "slurm"
     executor = submitit.AutoExecutor(folder=folder, cluster=None if cluster == "slurm" else "local")
     params: Dict[str, Any] = {"name": slurm_job.safe_component(f"tune/{sweep_dir.name}"),
                               "timeout_min": slurm_job.parse_time_minutes(args.time or s.time),

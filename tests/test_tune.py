@@ -85,6 +85,12 @@ def test_dry_run_prints_the_plan(tmp_path, video_set):
     assert proc.returncode == 0, proc.stderr
     assert "9 trials" in proc.stdout and "data.num_frames: grid [4, 8, 16]" in proc.stdout
     assert not (tmp_path / "runs").exists()
+    slurm = subprocess.run(tune_cmd(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml", video_set, tmp_path / "runs",
+                                    "--dry-run", "--slurm", "--nodes", "4", "--gpus-per-node", "8"),
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert slurm.returncode == 0, slurm.stderr
+    assert "#SBATCH --nodes=4" in slurm.stdout and "#SBATCH --gpus-per-node=8" in slurm.stdout
+    assert "#SBATCH --ntasks-per-node=1" in slurm.stdout and "submitted" not in slurm.stdout
 
 
 # ------------------------------------------------------------------------------------ ASHA sweep
