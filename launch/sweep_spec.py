@@ -24,7 +24,6 @@ on another key's value). This module only parses and checks; `launch/tune.py` tu
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -260,9 +259,3 @@ def flat_trial_config(config: Mapping[str, Any]) -> Dict[str, Any]:
         keys = name.split(",")
         out.update(zip(keys, list(value) if len(keys) > 1 else [value]))
     return out
-
-
-def grid_points(spec: SweepSpec) -> List[Dict[str, Any]]:
-    """Every combination of the grid entries (for dry runs and the summary)."""
-    grids = [p for p in spec.params if p.kind == "grid"]
-    return [dict(zip((p.name for p in grids), combo)) for combo in itertools.product(*(p.values for p in grids))]
