@@ -16,7 +16,7 @@ A sweep file is YAML; every search-space key is a dotted config key, exactly as 
       data.num_frames,data.sampling_rate: {choice: [[8, 8], [32, 2]]}   # joint: set together
       optim.warmup_epochs: {depends_on: optim.lr_scaling, cases: {linear: 2, sqrt: 1}, default: 0}
     asha: {grace_period: 1, reduction_factor: 3}
-    pbt: {perturbation_interval: 2, mutate: [optim.lr]}
+    pbt: {perturbation_interval: 2, mutate: [optim.lr], synch: false}
 
 Entries: `grid` (every value, crossed with the other grids), `choice`, `uniform`, `loguniform`,
 `randint` (high exclusive), `same_as` (copy of another key), `depends_on` + `cases` (conditional

@@ -70,7 +70,8 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
                                    perturbation_interval=int(spec.pbt.get("perturbation_interval", 2)),
                                    hyperparam_mutations=mutations,
                                    quantile_fraction=float(spec.pbt.get("quantile_fraction", 0.25)),
-                                   resample_probability=float(spec.pbt.get("resample_probability", 0.25)))
+                                   resample_probability=float(spec.pbt.get("resample_probability", 0.25)),
+                                   synch=bool(spec.pbt.get("synch", False)))
 
 
 def _start_ray(args: argparse.Namespace) -> None:
@@ -204,7 +205,8 @@ def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, swee
     for result in grid:
         metrics = result.metrics or {}
         id_file = Path(result.path) / "trial_id"
-        trial_id = metrics.get("trial_id") or (id_file.read_text().strip() if id_file.exists() else Path(result.path).name)
+        # The trial's own record first: after a PBT exploit the last result can be the donor's.
+        trial_id = id_file.read_text().strip() if id_file.exists() else metrics.get("trial_id") or Path(result.path).name
         reason = stop_reason(result, args.scheduler, budget_key, full)
         row = {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
                spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
