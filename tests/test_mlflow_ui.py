@@ -118,21 +118,31 @@ def chromium(url: str, png: Path, profile: Path, timeout: int = 120, attempts: i
     raise AssertionError(f"chromium did not finish loading {url} in {attempts} tries of {timeout} s")
 
 
+def runs_table(uri: str, experiment: str, parent_run_id: str, folder: Path) -> tuple:
+    """(DOM, screenshot) of the sweep's runs table, from an `mlflow server` started and stopped here."""
+    exp_id = share_sweep_view(uri, experiment, parent_run_id)
+    port = free_port()
+    server = serve(uri, port, folder)
+    try:
+        png = folder / "mlflow_sweep_runs.png"
+        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png,
+                       folder / "chromium")
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: the screenshot is taken, stop it the hard way
+            os.killpg(server.pid, 9)
+            server.wait()
+    return dom, png
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_sweep_runs_table_in_mlflow_ui(sweep_store, tmp_path):
     from PIL import Image
 
     uri, experiment, parent = sweep_store
-    exp_id = share_sweep_view(uri, experiment, parent)
-    port = free_port()
-    server = serve(uri, port, tmp_path)
-    try:
-        png = tmp_path / "mlflow_sweep_runs.png"
-        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png,
-                       tmp_path / "chromium")
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+    dom, png = runs_table(uri, experiment, parent, tmp_path)
     assert "Request error" not in dom, "the UI could not load the runs (see server.log)"
     for trial_id in TRIALS:
         assert trial_run_name(trial_id) in dom, f"{trial_run_name(trial_id)} is not in the runs table"

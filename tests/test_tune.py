@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port, tiny_overrides
+from conftest import REPO, tiny_overrides
 from launch.sweep_spec import SweepError, load_sweep, parse_sweep, trial_overrides
 
 TINY = str(REPO / "configs" / "timesformer" / "tiny.yaml")
@@ -262,23 +262,13 @@ def test_a_trial_with_two_workers_is_one_two_process_run(tmp_path, video_set, de
 def test_the_sweep_in_the_mlflow_ui(asha_sweep, tmp_path):
     """The real ASHA sweep's runs table in headless Chromium against an `mlflow server` started here: every
     trial with its stop reason. With UPDATE_SCREENSHOTS=1 this writes the README's screenshot."""
-    from test_mlflow_ui import HOST, SCREENSHOT, VIEW_KEY, chromium, serve, share_sweep_view
+    from test_mlflow_ui import SCREENSHOT, runs_table
 
     root, _ = asha_sweep
-    uri = f"sqlite:///{root / 'runs' / 'mlflow.db'}"
     client, runs = mlflow_runs(root / "runs" / "mlflow.db")
     parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    exp_id = share_sweep_view(uri, "tests", parent.info.run_id)
-    port = free_port()
-    server = serve(uri, port, tmp_path)
-    try:
-        png = tmp_path / "sweep.png"
-        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png,
-                       tmp_path / "chromium")
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+    dom, png = runs_table(f"sqlite:///{root / 'runs' / 'mlflow.db'}", "tests", parent.info.run_id, tmp_path)
     for child in children:
         assert child.info.run_name in dom
         assert child.data.tags["sweep.stop_reason"][:25] in dom
