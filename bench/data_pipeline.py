@@ -14,15 +14,15 @@ Torch runs single-threaded in-process, as in DataLoader workers, so (b) and (c) 
 one core against --workers cores.
 
     .venv/bin/python bench/data_pipeline.py --prepared [--videos 8] [--size 160] [--frames 300]
-        [--source-gop 250] [--gop 16] [--num-frames 8] [--sampling-rate 32] [--rounds 5] [--tune T]
+        [--source-gop 250] [--gop 16] [--num-frames 8] [--sampling-rate 32] [--rounds 5]
 
-With --prepared: videos with a long keyframe interval (--source-gop), re-encoded by
-`datasets.prepare` with a keyframe every --gop frames (same size, same crf and preset as the
-sources, so the keyframe interval is the only difference), then bare decord reads of the SAME
-sampled clips from the sources and from the prepared copies, clip by clip back to back (which
-one goes first alternates), in --rounds rounds; prints the median clips/s of each and the ratio
-(target >= 2x for sparse sampling: 8 frames at rate 32). --tune (e.g. fastdecode) encodes the
-copies with that x264 tune as well: then more than the keyframe interval differs.
+With --prepared: sources as x264 writes them by default (crf 23, preset medium, up to 3
+B-frames) with a keyframe every --source-gop frames, and two sets of copies made from them by
+`datasets.prepare` at the same size: "gop only" (a keyframe every --gop frames, nothing else
+changed) and "prepared" (the tool's defaults: --gop, fastdecode tune, no B-frames). Then bare
+decord reads of the SAME sampled clips from the three, clip by clip back to back (the order
+rotates), in --rounds rounds; prints the median clips/s of each and the ratios to the sources
+(target >= 2x for the prepared copies with sparse sampling: 8 frames at rate 32).
 """
 from __future__ import annotations
 
@@ -78,88 +78,91 @@ def _keyframes(path: str) -> int:
         return sum(p.is_keyframe for p in c.demux(video=0) if p.size)
 
 
+# What the copies are compared with: videos as ffmpeg/x264 write them by default (crf 23, preset
+# medium, a keyframe every 250 frames, up to 3 B-frames), with scene-cut keyframes off so that the
+# interval really is --source-gop (x264's scene cuts put one every ~75 frames into this panning content).
+SOURCE_X264 = dict(crf=23, preset="medium", tune=None, bframes=3)
+
+
 def bench_prepared(a) -> int:
-    """Sparse clips read from long-gop sources and from their prepared short-gop copies."""
+    """Sparse clips read from long-gop sources and from two sets of their prepared copies: the
+    keyframe interval changed alone, and datasets.prepare's defaults."""
     from datasets.prepare import PrepareOptions, prepare_list
     from datasets.sampling import clip_indices
 
     tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="bench_prepared_")
     folder = a.dir or tmp.name
-    raw, src, out = (os.path.join(folder, name) for name in ("raw", "source", "prepared"))
+    raw = os.path.join(folder, "raw")
     os.makedirs(raw, exist_ok=True)
-    t0 = time.perf_counter()
     make_videos(raw, a.videos, a.size, a.frames)
-    # the sources: encoded by the same tool as the copies (same size, crf 18 and preset), with
-    # scene-cut keyframes off so their interval really is --source-gop (x264's scene cuts put
-    # one every ~75 frames into this panning content): only the keyframe interval differs
-    for folder_in, folder_out, gop in ((raw, src, a.source_gop), (src, out, a.gop)):
-        opts = PrepareOptions(short_side=a.size, gop=gop, crf=18, preset="veryfast",
-                              tune=a.tune if folder_in == src else None)
-        report = prepare_list(os.path.join(folder_in, "train.txt"), folder_out, opts, workers=a.workers,
+    sets = {  # name -> (encoded from, options)
+        "source": ("raw", PrepareOptions(short_side=a.size, gop=a.source_gop, **SOURCE_X264)),
+        "gop only": ("source", PrepareOptions(short_side=a.size, gop=a.gop, **SOURCE_X264)),
+        "prepared": ("source", PrepareOptions(short_side=a.size, gop=a.gop)),
+    }
+    folders = {"raw": raw}
+    for name, (src_name, opts) in sets.items():
+        folders[name] = os.path.join(folder, name.replace(" ", "_"))
+        t0 = time.perf_counter()
+        report = prepare_list(os.path.join(folders[src_name], "train.txt"), folders[name], opts, workers=a.workers,
                               progress=False)
         if report.failed:
             print(f"prepare failed: {report.failed}")
             return 1
-        t1, t2 = (time.perf_counter(), None) if folder_in == raw else (t1, time.perf_counter())
-    names = sorted(f for f in os.listdir(src) if f.endswith(".mp4"))
-    pairs = [(os.path.join(src, f), os.path.join(out, f)) for f in names]
-    size_src = sum(os.path.getsize(s) for s, _ in pairs) / 2**20
-    size_out = sum(os.path.getsize(o) for _, o in pairs) / 2**20
-    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} "
-          f"({t1 - t0:.1f}s to make the sources, "
-          f"{t2 - t1:.1f}s to prepare the copies with {a.workers} workers)")
-    print(f"keyframes per video: sources {np.mean([_keyframes(s) for s, _ in pairs]):g} ({size_src:.1f} MiB "
-          f"in all), prepared copies {np.mean([_keyframes(o) for _, o in pairs]):g} ({size_out:.1f} MiB)")
+        files = [os.path.join(folders[name], f) for f in sorted(os.listdir(folders[name])) if f.endswith(".mp4")]
+        options = ", ".join(f"{k} {getattr(opts, k)}" for k in ("gop", "crf", "preset", "tune", "bframes"))
+        print(f"{name:<9} {options}: {np.mean([_keyframes(f) for f in files]):g} keyframes per video, "
+              f"{sum(os.path.getsize(f) for f in files) / 2**20:.1f} MiB in all ({time.perf_counter() - t0:.1f}s)")
+    names = [f for f in sorted(os.listdir(folders["source"])) if f.endswith(".mp4")]
+    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} in {folder}")
 
-    # the same clips from both: one train-mode clip per video per round, seeded
+    # the same clips from every set: one train-mode clip per video per round, seeded
     plans = []
     for r in range(a.rounds):
         round_plan = []
-        for k, (s, o) in enumerate(pairs):
-            vr_s, vr_o = open_video(s), open_video(o)
-            assert len(vr_s) == len(vr_o), (s, len(vr_s), len(vr_o))
-            idx = clip_indices(len(vr_s), a.num_frames, a.sampling_rate, vr_s.get_avg_fps(), 30.0, mode="train",
+        for k, name in enumerate(names):
+            n = len(open_video(os.path.join(folders["source"], name)))
+            assert all(len(open_video(os.path.join(folders[s], name))) == n for s in sets), name
+            idx = clip_indices(n, a.num_frames, a.sampling_rate, 30.0, 30.0, mode="train",
                                rng=np.random.default_rng([r, k]))
-            round_plan.append((s, o, idx))
+            round_plan.append((name, idx))
         plans.append(round_plan)
     print(f"clip: {a.num_frames} frames x rate {a.sampling_rate} (span {a.num_frames * a.sampling_rate} of "
           f"{a.frames} frames); bare decord open + get_batch; {a.videos} clips per round, {a.rounds} rounds")
-    for s, o, idx in plans[0][:2]:  # warm the page cache and decord's first-use costs
-        read_frames(open_video(s), idx)
-        read_frames(open_video(o), idx)
+    for name, idx in plans[0][:2]:  # warm the page cache and decord's first-use costs
+        for s in sets:
+            read_frames(open_video(os.path.join(folders[s], name)), idx)
 
-    # wall clock, and CPU time of this process (decoding is single-threaded here): on a
-    # shared machine the CPU-time rate is what other processes disturb least
-    rates = {"source": [], "prepared": []}
-    cpu_rates = {"source": [], "prepared": []}
+    # wall clock, and CPU time of this process (decoding is single-threaded here): on a shared
+    # machine the CPU-time rate is what other processes disturb least. Clip by clip, every set
+    # back to back in a rotating order, so that a change of load hits all alike.
+    rates = {s: [] for s in sets}
+    cpu_rates = {s: [] for s in sets}
+    order = list(sets)
     for r, round_plan in enumerate(plans):
-        wall = {"source": 0.0, "prepared": 0.0}
-        cpu_time = {"source": 0.0, "prepared": 0.0}
-        # clip by clip, the two copies back to back and in alternating order, so that a
-        # change of load from other processes hits both alike
-        for k, (s, o, idx) in enumerate(round_plan):
-            for which in (("source", "prepared") if (r + k) % 2 == 0 else ("prepared", "source")):
+        wall = dict.fromkeys(sets, 0.0)
+        cpu_time = dict.fromkeys(sets, 0.0)
+        for k, (name, idx) in enumerate(round_plan):
+            shift = (r + k) % len(order)
+            for s in order[shift:] + order[:shift]:
                 t, c = time.perf_counter(), time.process_time()
-                clip = read_frames(open_video(s if which == "source" else o), idx)
-                wall[which] += time.perf_counter() - t
-                cpu_time[which] += time.process_time() - c
+                clip = read_frames(open_video(os.path.join(folders[s], name)), idx)
+                wall[s] += time.perf_counter() - t
+                cpu_time[s] += time.process_time() - c
                 assert clip.shape[0] == a.num_frames
-        for which in rates:
-            rates[which].append(_rate(len(round_plan), wall[which]))
-            cpu_rates[which].append(_rate(len(round_plan), cpu_time[which]))
-    med = {k: float(np.median(v)) for k, v in rates.items()}
-    cpu = {k: float(np.median(v)) for k, v in cpu_rates.items()}
-    ratios = [p / s for p, s in zip(rates["prepared"], rates["source"])]
-    print("per round clips/s: source " + " ".join(f"{x:.1f}" for x in rates["source"])
-          + " | prepared " + " ".join(f"{x:.1f}" for x in rates["prepared"]))
-    print(f"source   (gop {a.source_gop:>3})  {med['source']:8.1f} clips/s "
-          f"(median; {cpu['source']:.1f} per CPU-second)")
-    print(f"prepared (gop {a.gop:>3})  {med['prepared']:8.1f} clips/s "
-          f"(median; {cpu['prepared']:.1f} per CPU-second)")
-    print(f"prepared/source = {med['prepared'] / med['source']:.2f}x wall clock (median of per-round ratios "
-          f"{np.median(ratios):.2f}x), {cpu['prepared'] / cpu['source']:.2f}x CPU time; target >= 2")
-    load = os.getloadavg()[0]
-    print(f"load average {load:.1f} on {os.cpu_count()} CPUs")
+        for s in sets:
+            rates[s].append(_rate(len(round_plan), wall[s]))
+            cpu_rates[s].append(_rate(len(round_plan), cpu_time[s]))
+    med = {s: float(np.median(v)) for s, v in rates.items()}
+    cpu = {s: float(np.median(v)) for s, v in cpu_rates.items()}
+    for s in sets:
+        ratios = [x / y for x, y in zip(rates[s], rates["source"])]
+        print(f"{s:<9} {med[s]:6.1f} clips/s (median; {cpu[s]:.1f} per CPU-second); per round "
+              + " ".join(f"{x:.1f}" for x in rates[s])
+              + ("" if s == "source" else f"; /source {med[s] / med['source']:.2f}x wall clock (median of "
+                 f"per-round ratios {np.median(ratios):.2f}x), {cpu[s] / cpu['source']:.2f}x CPU time"))
+    print(f"target: prepared/source >= 2 (prepared = datasets.prepare defaults); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if tmp:
         tmp.cleanup()
     return 0
@@ -176,7 +179,6 @@ def main(argv=None) -> int:
     p.add_argument("--source-gop", type=int, default=250, help="with --prepared: keyframe interval of the sources")
     p.add_argument("--gop", type=int, default=16, help="with --prepared: keyframe interval of the prepared copies")
     p.add_argument("--rounds", type=int, default=5, help="with --prepared: alternating rounds (medians reported)")
-    p.add_argument("--tune", help="with --prepared: x264 tune of the copies only (e.g. fastdecode)")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)

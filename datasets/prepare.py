@@ -1,7 +1,8 @@
 """Prepare a data set once for fast training: re-encode videos, extract frames, build lists.
 
     python -m datasets.prepare SRC_LIST OUT_DIR [--root R] [--format video|csv] [--separator S]
-        [--short-side 256] [--gop 16] [--fps F] [--crf 23] [--preset medium] [--tune T]
+        [--short-side 256] [--gop 16] [--fps F] [--crf 23] [--preset medium] [--tune fastdecode]
+        [--bframes 0]
         [--frames] [--template img_{:05d}.jpg] [--workers N] [--out-list NAME]
     python -m datasets.prepare --from-folders SRC_DIR OUT_DIR [--val-fraction 0.2] [--seed 0]
 
@@ -9,10 +10,12 @@ Re-encoding (the default): every video of the list becomes an H.264 mp4 (libx264
 no audio) under OUT_DIR at the same relative path (extension `.mp4`), resized so that its
 short side is --short-side (aspect kept, both sides even; 0 keeps the size), with a keyframe
 exactly every --gop frames (scene-cut keyframes off) and, with --fps, resampled to that rate
-(frames dropped or repeated). Random access costs in proportion to the distance between
-keyframes: sparse clips (8 frames at rate 32) read from a gop-16 copy of a 160x160 gop-250
-video took 1.5-1.8x less CPU time with decord (`bench/data_pipeline.py --prepared`); opening
-the file and decord's per-seek cost bound the gain (an all-intra copy: about 2.8x).
+(frames dropped or repeated). The defaults are chosen for random access, not for size: a
+clip of sparse frames costs a seek to the keyframe before each frame plus the frames decoded
+from there, so the keyframe interval bounds the work; x264's `fastdecode` tune (CAVLC instead
+of CABAC, no deblocking) and no B-frames make every decoded frame cheaper, for files about a
+third bigger at the same --crf. `bench/data_pipeline.py --prepared` measures both parts on
+256x256 videos written with x264's defaults (keyframe every 250 frames).
 With --frames: every video becomes a folder of JPEGs named by --template (numbered from 1,
 as mmaction2's raw frames are), same resize and resampling.
 
@@ -77,8 +80,10 @@ class PrepareOptions:
     """x264 constant rate factor (quality; lower is better and bigger)."""
     preset: str = "medium"
     """x264 preset (speed of encoding vs size)."""
-    tune: Optional[str] = None
-    """x264 tune, e.g. `fastdecode` (no CABAC, no deblocking: faster to decode, bigger)."""
+    tune: Optional[str] = "fastdecode"
+    """x264 tune; `fastdecode` (no CABAC, no deblocking) decodes faster, files are bigger; None: no tune."""
+    bframes: int = 0
+    """Most consecutive B-frames (x264's default is 3); none means no reordering delay after a seek."""
     frames: bool = False
     """Extract JPEG frames to folders instead of re-encoding."""
     template: str = "img_{:05d}.jpg"
@@ -213,7 +218,7 @@ def encode_video(src: str, dst: str, opts: PrepareOptions) -> int:
                 enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
                 # one thread per encoder: the worker processes are the parallelism
                 enc.options = {"crf": str(opts.crf), "preset": opts.preset, "threads": "1", "g": str(opts.gop),
-                               "keyint_min": str(opts.gop), "sc_threshold": "0"}
+                               "keyint_min": str(opts.gop), "sc_threshold": "0", "bf": str(opts.bframes)}
                 if opts.tune:
                     enc.options = {**enc.options, "tune": opts.tune}
                 source = _frames_checked(frames, stream.frames, [0])
@@ -533,7 +538,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--fps", type=float, help="frame rate of the copies (default: the source's, every frame)")
     parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower: better, bigger)")
     parser.add_argument("--preset", default="medium", help="x264 preset (ultrafast ... veryslow)")
-    parser.add_argument("--tune", help="x264 tune, e.g. fastdecode (decodes faster, files bigger)")
+    parser.add_argument("--tune", default="fastdecode",
+                        help="x264 tune (default fastdecode: decodes faster, files bigger; 'none': no tune)")
+    parser.add_argument("--bframes", type=int, default=0, help="most consecutive B-frames (x264's default: 3)")
     parser.add_argument("--frames", action="store_true", help="extract JPEG frames to folders instead")
     parser.add_argument("--template", default="img_{:05d}.jpg", help="frame file name, numbered from 1")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
@@ -556,8 +563,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"(classes.txt, train.txt, val.txt)")
         return 0
 
-    opts = PrepareOptions(short_side=a.short_side, gop=a.gop, fps=a.fps, crf=a.crf, preset=a.preset, tune=a.tune,
-                          frames=a.frames, template=a.template)
+    opts = PrepareOptions(short_side=a.short_side, gop=a.gop, fps=a.fps, crf=a.crf, preset=a.preset,
+                          tune=None if a.tune == "none" else a.tune, bframes=a.bframes, frames=a.frames,
+                          template=a.template)
     t0 = time.time()
     try:
         report = prepare_list(a.src, a.out_dir, opts, a.root, a.format, a.separator, a.workers, a.out_list,

@@ -4,7 +4,6 @@ and lists from a class-folder layout."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +51,14 @@ def keyframes(path: Path) -> list:
         return [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
 
 
+def x264_settings(path: Path) -> dict:
+    """The encoder settings x264 writes into the stream (its `x264 - core ... options:` SEI)."""
+    data = path.read_bytes()
+    start = data.index(b"options: ") + len(b"options: ")
+    text = data[start : data.index(b"\0", start)].decode()
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
 def test_reencode_lists_frames_size_gop(src, tmp_path):
     out = tmp_path / "out"
     proc = run_cli(str(src / "train.txt"), str(out), "--short-side", "32", "--gop", "8", "--workers", "2")
@@ -70,7 +77,20 @@ def test_reencode_lists_frames_size_gop(src, tmp_path):
         assert min(height, width) == 32 and height % 2 == 0 and width % 2 == 0
         assert width / height == pytest.approx(w / h, abs=0.05)
         assert keyframes(Path(item.path)) == list(range(0, n, 8))
+        # the defaults are for random access: fastdecode (CAVLC, no deblocking), no B-frames
+        settings = x264_settings(Path(item.path))
+        assert (settings["cabac"], settings["deblock"][0], settings["bframes"]) == ("0", "0", "0")
+        assert (settings["keyint"], settings["scenecut"]) == ("8", "0")
     assert not list(out.rglob("*.part")) and not (out / "a/bad.mp4").exists()
+
+
+def test_encoder_settings_can_be_x264s_own(src, tmp_path):
+    dst = tmp_path / "v0.mp4"
+    opts = prepare.PrepareOptions(short_side=0, gop=12, tune=None, bframes=3, crf=30, preset="fast")
+    assert prepare.encode_video(str(src / "a/v0.mp4"), str(dst), opts) == VIDEOS["a/v0.mp4"][2]
+    settings = x264_settings(dst)
+    assert (settings["cabac"], settings["deblock"][0], settings["bframes"]) == ("1", "1", "3")
+    assert (settings["keyint"], settings["crf"]) == ("12", "30.0")
 
 
 def test_frames_mode_and_fps(src, tmp_path):
