@@ -14,7 +14,7 @@ exactly every --gop frames (scene-cut keyframes off) and, with --fps, resampled 
 clip of sparse frames costs a seek to the keyframe before each frame plus the frames decoded
 from there, so the keyframe interval bounds the work; x264's `fastdecode` tune (CAVLC instead
 of CABAC, no deblocking) and no B-frames make every decoded frame cheaper, for files about a
-third bigger at the same --crf. `bench/data_pipeline.py --prepared` measures both parts on
+third bigger at the same --crf and keyframe interval. `bench/data_pipeline.py --prepared` measures both parts on
 256x256 videos written with x264's defaults (keyframe every 250 frames).
 With --frames: every video becomes a folder of JPEGs named by --template (numbered from 1,
 as mmaction2's raw frames are), same resize and resampling.
