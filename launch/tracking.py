@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,8 @@ class TrackingServer:
     this server instead, and it is stopped when the sweep ends (also as a context manager).
     """
 
-    def __init__(self, store_uri: str, port: int, log_file: Path, host: str = "127.0.0.1"):
+    def __init__(self, store_uri: str, port: int, log_file: Path, host: str = "127.0.0.1",
+                 extra_args: Sequence[str] = ()):
         if not store_uri.startswith("sqlite:///"):
             raise ValueError(f"TrackingServer serves a SQLite store, got {store_uri}")
         self.uri = f"http://{host}:{port}"
@@ -359,7 +360,8 @@ class TrackingServer:
         self._log = open(log_file, "a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-             "--backend-store-uri", store_uri, "--artifacts-destination", str(artifact_root_for(store_uri))],
+             "--backend-store-uri", store_uri, "--artifacts-destination", str(artifact_root_for(store_uri)),
+             *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.log_file = log_file
 

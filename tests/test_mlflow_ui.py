@@ -18,9 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +26,7 @@ from conftest import REPO, free_port
 from helpers.mlflow_sweep import EXPERIMENT, TRIALS, build_sweep_store, trial_run_name
 
 from launch.compare import swept_keys
+from launch.tracking import TrackingServer
 
 pytestmark = pytest.mark.slow
 
@@ -74,26 +72,6 @@ def share_sweep_view(uri: str, experiment: str, parent_run_id: str) -> str:
     return exp_id
 
 
-def serve(uri: str, port: int, root: Path) -> subprocess.Popen:
-    """`mlflow server` over the store at `uri`, answering under HOST as well as 127.0.0.1."""
-    log = root / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", uri, "--artifacts-destination", str(root / "artifacts"),
-         "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 300  # a cold start on two busy cores takes over a minute
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(1)
-    os.killpg(proc.pid, 15)
-    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
-
-
 def chromium(url: str, png: Path, profile: Path, timeout: int = 120, attempts: int = 3) -> str:
     """Load `url` in headless Chromium, save a screenshot to `png` and return the DOM.
 
@@ -122,18 +100,16 @@ def runs_table(uri: str, experiment: str, parent_run_id: str, folder: Path) -> t
     """(DOM, screenshot) of the sweep's runs table, from an `mlflow server` started and stopped here."""
     exp_id = share_sweep_view(uri, experiment, parent_run_id)
     port = free_port()
-    server = serve(uri, port, folder)
+    # answering under HOST as well as 127.0.0.1; a cold start on two busy cores takes over a minute
+    server = TrackingServer(uri, port, folder / "server.log", extra_args=[
+        "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"])
     try:
+        server.wait(timeout=300)
         png = folder / "mlflow_sweep_runs.png"
         dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png,
                        folder / "chromium")
     finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a loaded machine: the screenshot is taken, stop it the hard way
-            os.killpg(server.pid, 9)
-            server.wait()
+        server.stop()
     return dom, png
 
 

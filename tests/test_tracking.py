@@ -2,43 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import free_port, run_train, tiny_overrides
+from launch.tracking import TrackingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
-
-
-def start_mlflow_server(port: int, root: Path) -> subprocess.Popen:
-    root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
 
 
 def journal_events(run_dir: Path):
@@ -62,8 +33,8 @@ def test_server_down_then_sync_then_live(video_set, tmp_path):
     failed = run_train(["sync", str(run_dir)], script="launch/track.py", check=False)
     assert failed.returncode == 1 and "unreachable" in failed.stderr
 
-    server = start_mlflow_server(port, tmp_path / "server")
-    try:
+    server_dir = tmp_path / "server"
+    with TrackingServer(f"sqlite:///{server_dir / 'server.db'}", port, server_dir / "server.log"):
         synced = run_train(["sync", str(run_dir)], script="launch/track.py")
         assert f"sent {len(events)} journal events" in synced.stdout
         client = MlflowClient(uri)
@@ -84,5 +55,3 @@ def test_server_down_then_sync_then_live(video_set, tmp_path):
         assert len(client.get_metric_history(live_run.info.run_id, "val/top1")) == 1
         state = json.loads((tmp_path / "tests" / "live" / "tracking" / "state.json").read_text())
         assert state["run_id"] == live_run.info.run_id and state["synced"] == len(journal_events(tmp_path / "tests" / "live"))
-    finally:
-        stop(server)
