@@ -6,6 +6,7 @@ A sweep file is YAML; every search-space key is a dotted config key, exactly as 
     mode: max
     budget: epochs              # ASHA/PBT time unit: epochs (validations) or steps (optimizer steps)
     num_samples: 1              # samples of the random entries per grid point
+    seed: 0                     # the random entries draw the same values run after run (default: fresh draws)
     space:
       data.num_frames: {grid: [4, 8, 16]}
       data.sampling_rate: {grid: [2, 4, 8]}
@@ -87,6 +88,8 @@ class SweepSpec:
     mode: str = "max"
     budget: str = "epochs"
     num_samples: int = 1
+    seed: Optional[int] = None
+    """Seed of the random entries' draws: the same trials every run (None: new draws each sweep)."""
     params: Tuple[Param, ...] = ()
     asha: Mapping[str, Any] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 3})
     pbt: Mapping[str, Any] = field(default_factory=lambda: {"perturbation_interval": 2})
@@ -187,7 +190,7 @@ def _check_references(params: Sequence[Param], source: str) -> None:
 
 def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
     """Validate a loaded sweep file into a `SweepSpec`."""
-    allowed = {"metric", "mode", "budget", "num_samples", "space", "asha", "pbt"}
+    allowed = {"metric", "mode", "budget", "num_samples", "seed", "space", "asha", "pbt"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise SweepError(f"{source}: unknown section(s) {unknown}; expected {sorted(allowed)}")
@@ -205,10 +208,13 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
     num_samples = raw.get("num_samples", 1)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise SweepError(f"{source}: num_samples must be a positive integer, got {num_samples!r}")
+    seed = raw.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise SweepError(f"{source}: seed must be a non-negative integer, got {seed!r}")
     defaults = SweepSpec()
     asha = {**defaults.asha, **(raw.get("asha") or {})}
     pbt = {**defaults.pbt, **(raw.get("pbt") or {})}
-    spec = SweepSpec(str(raw.get("metric", "val/top1")), mode, budget, num_samples, params, asha, pbt, source)
+    spec = SweepSpec(str(raw.get("metric", "val/top1")), mode, budget, num_samples, seed, params, asha, pbt, source)
     names = {p.name for p in params}
     for name in pbt.get("mutate") or []:
         if name not in names:

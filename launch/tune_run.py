@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import ray
 from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from launch.config import Config, flatten, load_config, to_dict
 from launch.sweep_report import (COST, format_table, plot_frames_rate_heatmap, plot_metric_vs_cost,
@@ -87,6 +88,7 @@ def _start_ray(args: argparse.Namespace) -> None:
 def _parent_params(args: argparse.Namespace, spec: SweepSpec) -> Dict[str, Any]:
     params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.scheduler": args.scheduler,
               "sweep.budget": spec.budget, "sweep.num_samples": args.num_samples or spec.num_samples,
+              "sweep.seed": str(spec.seed),
               "sweep.config": args.config or "defaults", "sweep.overrides": " ".join(args.overrides)}
     params.update({f"space.{':'.join(p.keys)}": p.describe() for p in spec.params})  # MLflow keys take no comma
     return params
@@ -141,6 +143,12 @@ def _checkpoint_config(scheduler: str):
     return tune.CheckpointConfig(num_to_keep=None if scheduler == "pbt" else 2)
 
 
+def search_algorithm(spec: SweepSpec, max_concurrent: Optional[int]) -> BasicVariantGenerator:
+    """Ray's grid/random variant generator, seeded by the sweep file's `seed`, running at most
+    `max_concurrent` trials at once (0 or None: as many as the resources allow)."""
+    return BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=spec.seed)
+
+
 def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, setup: TrialSetup):
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
@@ -152,7 +160,7 @@ def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path
             trainable, param_space=param_space(spec),
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=args.num_samples or spec.num_samples,
                                         scheduler=make_scheduler(args.scheduler, spec, cfg),
-                                        max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
+                                        search_alg=search_algorithm(spec, args.max_concurrent), reuse_actors=True),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=_checkpoint_config(args.scheduler)))

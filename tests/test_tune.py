@@ -65,10 +65,35 @@ def test_sweep_file_entries_and_errors(tmp_path):
            ({"space": {"a,b": {"grid": [[1, 2], [3]]}}}, "list of 2 values"),
            ({"space": {"model.num_frames": {"same_as": "data.num_frames"}}}, "does not set"),
            ({"space": {"optim.lr": [1]}, "mode": "up"}, "mode must be max or min"),
-           ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not in space")]
+           ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not in space"),
+           ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed must be a non-negative integer")]
     for raw, message in bad:
         with pytest.raises(SweepError, match=message):
             parse_sweep(raw)
+
+
+def test_seeded_sweep_draws_the_same_trials():
+    from ray.tune.experiment import Experiment
+
+    from launch.tune_run import param_space, search_algorithm
+
+    def draws(seed, max_concurrent=0):
+        spec = parse_sweep({"seed": seed, "num_samples": 2, "space": {
+            "data.num_frames": {"grid": [4, 8]}, "optim.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+            "optim.lr_scaling": {"choice": ["linear", "sqrt", "none"]}}})
+        generator = search_algorithm(spec, max_concurrent)
+        generator.add_configurations([Experiment("draws", lambda config: None, config=param_space(spec),
+                                                 num_samples=spec.num_samples)])
+        configs = []
+        while (trial := generator.next_trial()) is not None:
+            configs.append(trial.config)
+        return configs
+
+    first = draws(7)
+    assert len(first) == 4 and [c["data.num_frames"] for c in first] == [4, 8, 4, 8]
+    assert draws(7) == first
+    assert [c["optim.lr"] for c in draws(8)] != [c["optim.lr"] for c in first]
+    assert draws(7, max_concurrent=2) == first[:2]  # no more trials until one of the running two ends
 
 
 def test_unknown_swept_key_fails_before_anything_starts(tmp_path, video_set):
