@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_sweep(scheduler: str, sweep: Path, data: Path, out: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "launch/tune.py", "--config", args.config, "--sweep", str(sweep),
-           "--num-samples", str(args.num_samples), "--name", scheduler, "--scheduler", scheduler, "--max-concurrent", "2", f"data.root={data}",
-           f"output_dir={out}", "experiment=bench_sweep", f"train.epochs={args.epochs}", "data.num_workers=0",
-           "data.sampling=dense", f"model.num_classes={args.classes}",
-           "optim.schedule=constant", "train.log_every_steps=50"]
+           "--num-samples", str(args.num_samples), "--name", scheduler, "--scheduler", scheduler,
+           "--max-concurrent", "2", f"data.root={data}", f"output_dir={out}", "experiment=bench_sweep",
+           f"train.epochs={args.epochs}", "data.num_workers=0", "data.sampling=dense",
+           f"model.num_classes={args.classes}", "optim.schedule=constant", "train.log_every_steps=50"]
     start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.time() - start
@@ -62,6 +62,70 @@ def best_top1_over_history(sweep_dir: Path) -> tuple:
                 best = result["val/top1"]
                 where = {k: result["config"].get(k) for k in ("data.num_frames", "data.sampling_rate")}
     return best, where
+
+
+def fifo_curves(sweep_dir: Path) -> list:
+    """Per FIFO trial, in start order: its per-epoch results (metrics, seconds, clip-frames)."""
+    curves = []
+    for result_file in (sweep_dir / "tune").glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines()]
+        curves.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows))
+    return [rows for _, rows in sorted(curves, key=lambda c: c[0])]
+
+
+def replay_asha(curves: list, spec, max_t: int, concurrent: int, order: list) -> tuple:
+    """Ray's own ASHA rung rule (its `_Bracket`) over the FIFO trials' recorded curves, started in
+    `order`, `concurrent` at a time with their recorded epoch times: (compute vs FIFO, best top-1)."""
+    import heapq
+
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    bracket = _Bracket(spec.asha["grace_period"], max_t, spec.asha["reduction_factor"], 0)
+    sign = 1 if spec.mode == "max" else -1
+    events, queue, reached = [], list(order), {}
+
+    class Trial:  # what _Bracket reads of a trial
+        def __init__(self, index: int):
+            self.trial_id = str(index)
+
+    def start(i: int, now: float) -> None:
+        heapq.heappush(events, (now + curves[i][0]["time_this_iter_s"], i, 1))
+
+    for _ in range(min(concurrent, len(queue))):
+        start(queue.pop(0), 0.0)
+    while events:
+        now, i, epoch = heapq.heappop(events)
+        reached[i] = epoch
+        result = curves[i][epoch - 1]
+        stop = bracket.on_result(Trial(i), epoch, sign * result[spec.metric]) == TrialScheduler.STOP
+        if stop or epoch >= min(max_t, len(curves[i])):
+            if queue:
+                start(queue.pop(0), now)
+        else:
+            heapq.heappush(events, (now + curves[i][epoch]["time_this_iter_s"], i, epoch + 1))
+    cost = sum(curves[i][e - 1]["cost/clip_frames"] for i, e in reached.items())
+    full = sum(c[-1]["cost/clip_frames"] for c in curves)
+    return cost / full, max(r["val/top1"] for i, e in reached.items() for r in curves[i][:e])
+
+
+def replay_orders(sweep_dir: Path, spec, max_t: int, orders: int = 200) -> str:
+    """ASHA replayed over the FIFO curves in the run's order and in `orders` random arrival orders."""
+    import random
+
+    import numpy as np
+
+    curves = fifo_curves(sweep_dir)
+    fifo_best = max(r["val/top1"] for c in curves for r in c)
+    runs = [replay_asha(curves, spec, max_t, 2, list(range(len(curves))))]
+    runs += [replay_asha(curves, spec, max_t, 2, random.Random(seed).sample(range(len(curves)), len(curves)))
+             for seed in range(orders)]
+    ratios = np.array([r[0] for r in runs[1:]])
+    gaps = np.array([fifo_best - r[1] for r in runs[1:]])
+    return (f"ASHA replayed on the FIFO curves (Ray's rung rule, recorded epoch times): in the sweep's order "
+            f"compute {runs[0][0]:.2f}, gap {fifo_best - runs[0][1]:+.2f}; over {orders} random arrival orders "
+            f"compute median {np.median(ratios):.2f}, 90th percentile {np.percentile(ratios, 90):.2f}, "
+            f"<= 0.40 in {np.mean(ratios <= 0.40) * 100:.0f}%, gap > 2 in {np.mean(gaps > 2) * 100:.0f}%")
 
 
 def main() -> int:
@@ -93,6 +157,8 @@ def main() -> int:
     gap = fifo["best_top1"] - asha["best_top1"]
     print(f"ASHA/FIFO compute {compute:.2f} (target <= 0.40), wall {asha['wall_s'] / fifo['wall_s']:.2f}; "
           f"best top-1 gap {gap:+.2f} points (target <= 2)")
+    from launch.sweep_spec import load_sweep
+    print(replay_orders(folder / "runs" / "bench_sweep" / "fifo", load_sweep(sweep), args.epochs))
     print(f"runs and MLflow store in {folder}")
     return 0 if compute <= 0.40 and gap <= 2 else 1
 
