@@ -59,6 +59,7 @@ from .lists import read_list
 
 MANIFEST = "prepare_manifest.jsonl"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+X264_TUNES = {"film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency"}
 JPEG_QSCALE = 2  # ffmpeg's -q:v 2: visually lossless, the usual choice for extracted frames
 
 
@@ -552,6 +553,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="with --from-folders: share of each class in val")
     parser.add_argument("--seed", type=int, default=0, help="with --from-folders: seed of the split")
     a = parser.parse_args(argv)
+    if a.bframes < 0:
+        parser.error(f"--bframes must be 0 or more, got {a.bframes}")
+    unknown_tunes = sorted(set(a.tune.split(",")) - X264_TUNES - {"none"})
+    if unknown_tunes:
+        parser.error(f"--tune {a.tune}: unknown x264 tune {', '.join(unknown_tunes)}; "
+                     f"choose from {', '.join(sorted(X264_TUNES))} or none")
 
     if a.from_folders:
         try:

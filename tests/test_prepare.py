@@ -223,6 +223,10 @@ def test_bad_arguments_and_list_overwrite(src, tmp_path):
     assert proc.returncode == 2 and "list file not found" in proc.stderr
     proc = run_cli(str(src / "train.txt"), str(tmp_path / "out"), "--frames", "--template", "img.jpg")
     assert proc.returncode == 2 and "--template" in proc.stderr
+    proc = run_cli(str(src / "train.txt"), str(tmp_path / "out"), "--tune", "fastdecod")
+    assert proc.returncode == 2 and "unknown x264 tune fastdecod" in proc.stderr and not (tmp_path / "out").exists()
+    proc = run_cli(str(src / "train.txt"), str(tmp_path / "out"), "--bframes", "-1")
+    assert proc.returncode == 2 and "--bframes must be 0 or more" in proc.stderr
 
 
 def test_killed_pool_leaves_nothing_half_done(src, tmp_path):
