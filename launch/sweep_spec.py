@@ -188,6 +188,12 @@ def _check_references(params: Sequence[Param], source: str) -> None:
                 _fail(source, p.name, f"refers to {p.source}, itself derived; refer to a sampled key")
 
 
+def _integer(source: str, key: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SweepError(f"{source}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
     """Validate a loaded sweep file into a `SweepSpec`."""
     allowed = {"metric", "mode", "budget", "num_samples", "seed", "space", "asha", "pbt"}
@@ -205,12 +211,8 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
     budget = raw.get("budget", "epochs")
     if budget not in ("epochs", "steps"):
         raise SweepError(f"{source}: budget must be epochs or steps, got {budget!r}")
-    num_samples = raw.get("num_samples", 1)
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise SweepError(f"{source}: num_samples must be a positive integer, got {num_samples!r}")
-    seed = raw.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise SweepError(f"{source}: seed must be a non-negative integer, got {seed!r}")
+    num_samples = _integer(source, "num_samples", raw.get("num_samples", 1), minimum=1)
+    seed = None if raw.get("seed") is None else _integer(source, "seed", raw["seed"], minimum=0)
     defaults = SweepSpec()
     asha = {**defaults.asha, **(raw.get("asha") or {})}
     pbt = {**defaults.pbt, **(raw.get("pbt") or {})}

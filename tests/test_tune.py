@@ -66,7 +66,8 @@ def test_sweep_file_entries_and_errors(tmp_path):
            ({"space": {"model.num_frames": {"same_as": "data.num_frames"}}}, "does not set"),
            ({"space": {"optim.lr": [1]}, "mode": "up"}, "mode must be max or min"),
            ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not in space"),
-           ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed must be a non-negative integer")]
+           ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed must be an integer >= 0"),
+           ({"space": {"optim.lr": [1]}, "num_samples": 0}, "num_samples must be an integer >= 1")]
     for raw, message in bad:
         with pytest.raises(SweepError, match=message):
             parse_sweep(raw)
