@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import DataConfig, build  # noqa: E402
-from datasets.decode import open_video, read_frames  # noqa: E402
-from datasets.synthetic import write_video  # noqa: E402
+from action_launch.datasets import DataConfig, build  # noqa: E402
+from action_launch.datasets.decode import open_video, read_frames  # noqa: E402
+from action_launch.datasets.synthetic import write_video  # noqa: E402
 
 
 def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0, gop: Optional[int] = None) -> str:
@@ -87,8 +87,8 @@ SOURCE_X264 = dict(crf=23, preset="medium", tune=None, bframes=3)
 def bench_prepared(a) -> int:
     """Sparse clips read from long-gop sources and from two sets of their prepared copies: the
     keyframe interval changed alone, and datasets.prepare's defaults."""
-    from datasets.prepare import PrepareOptions, prepare_list
-    from datasets.sampling import clip_indices
+    from action_launch.datasets.prepare import PrepareOptions, prepare_list
+    from action_launch.datasets.sampling import clip_indices
 
     tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="bench_prepared_")
     folder = a.dir or tmp.name

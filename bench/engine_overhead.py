@@ -18,12 +18,12 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import models  # noqa: E402
-from launch.config import load_config  # noqa: E402
-from launch.distributed import resolve_env  # noqa: E402
-from launch.engine import Engine, build_optimizer, build_scheduler, init_distributed, parameter_groups  # noqa: E402
-from launch.losses import make_loss  # noqa: E402
-from launch.schedule import scale_lrs  # noqa: E402
+from action_launch import models  # noqa: E402
+from action_launch.config import load_config  # noqa: E402
+from action_launch.training.distributed import resolve_env  # noqa: E402
+from action_launch.training.engine import Engine, build_optimizer, build_scheduler, init_distributed, parameter_groups  # noqa: E402
+from action_launch.training.losses import make_loss  # noqa: E402
+from action_launch.training.schedule import scale_lrs  # noqa: E402
 
 
 def make_batches(args, num_classes: int):

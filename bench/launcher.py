@@ -114,7 +114,7 @@ def main() -> int:
     if args.skip_cluster:
         return 0
     ensure_cluster()
-    from datasets.synthetic import generate
+    from action_launch.datasets.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix="bench-launcher-") as tmp:
         data = generate(Path(tmp) / "data", num_train=16, num_val=8, size=32, frames=24)

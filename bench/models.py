@@ -35,10 +35,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-import models  # noqa: E402
-from datasets.config import DataConfig  # noqa: E402
-from launch.config import load_config, load_yaml_with_bases  # noqa: E402
-from launch.losses import logits_of, make_loss  # noqa: E402
+from action_launch import models  # noqa: E402
+from action_launch.config import load_config, load_yaml_with_bases  # noqa: E402
+from action_launch.datasets.config import DataConfig  # noqa: E402
+from action_launch.training.losses import logits_of, make_loss  # noqa: E402
 
 
 def is_tiny(preset: str) -> bool:

@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -142,7 +141,7 @@ def main() -> int:
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sweep_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
-    from datasets.synthetic import generate
+    from action_launch.datasets.synthetic import generate
 
     data = folder / f"data_{args.classes}classes"
     generate(data, num_train=args.train, num_val=args.val, size=32, frames=48, classes=args.classes)
@@ -157,7 +156,7 @@ def main() -> int:
     gap = fifo["best_top1"] - asha["best_top1"]
     print(f"ASHA/FIFO compute {compute:.2f} (target <= 0.40), wall {asha['wall_s'] / fifo['wall_s']:.2f}; "
           f"best top-1 gap {gap:+.2f} points (target <= 2)")
-    from launch.sweep_spec import load_sweep
+    from action_launch.sweeps.spec import load_sweep
     print(replay_orders(folder / "runs" / "bench_sweep" / "fifo", load_sweep(sweep), args.epochs))
     print(f"runs and MLflow store in {folder}")
     return 0 if compute <= 0.40 and gap <= 2 else 1

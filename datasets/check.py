@@ -1,6 +1,6 @@
 """Scan a list for unreadable entries without training.
 
-    python -m datasets.check LIST [--root R] [--format video|csv|multilabel|rawframes]
+    python -m action_launch.datasets.check LIST [--root R] [--format video|csv|multilabel|rawframes]
         [--separator S] [--prefix P] [--num-frames N --sampling-rate S] [--jobs J]
         [--frame-template T --start-index I]
 
@@ -107,7 +107,7 @@ def scan(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, samp
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m action_launch.datasets.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("list", help="list file to scan")
     parser.add_argument("--root", help="folder relative paths resolve against (default: the list's folder)")
     parser.add_argument("--format", default="video", choices=FORMATS, help="list format")

@@ -41,7 +41,7 @@ def _missing_list_message(path: str) -> str:
     norm = os.path.normpath(os.path.abspath(path)).replace(os.sep, "/")
     if "/data/synthetic" in norm or norm.startswith("data/synthetic"):
         folder = os.path.dirname(path) or "."
-        msg += f"; generate the synthetic data set with: python -m datasets.synthetic {folder}"
+        msg += f"; generate the synthetic data set with: python -m action_launch.datasets.synthetic {folder}"
     return msg
 
 

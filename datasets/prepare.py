@@ -1,10 +1,10 @@
 """Prepare a data set once for fast training: re-encode videos, extract frames, build lists.
 
-    python -m datasets.prepare SRC_LIST OUT_DIR [--root R] [--format video|csv] [--separator S]
+    python -m action_launch.datasets.prepare SRC_LIST OUT_DIR [--root R] [--format video|csv] [--separator S]
         [--short-side 256] [--gop 16] [--fps F] [--crf 23] [--preset medium] [--tune fastdecode]
         [--bframes 0]
         [--frames] [--template img_{:05d}.jpg] [--workers N] [--out-list NAME]
-    python -m datasets.prepare --from-folders SRC_DIR OUT_DIR [--val-fraction 0.2] [--seed 0]
+    python -m action_launch.datasets.prepare --from-folders SRC_DIR OUT_DIR [--val-fraction 0.2] [--seed 0]
 
 Re-encoding (the default): every video of the list becomes an H.264 mp4 (libx264, yuv420p,
 no audio) under OUT_DIR at the same relative path (extension `.mp4`), resized so that its
@@ -526,7 +526,7 @@ def lists_from_folders(src_dir: str, out_dir: str, val_fraction: float = 0.2, se
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m action_launch.datasets.prepare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("src", help="list file to prepare (with --from-folders: the folder of class folders)")

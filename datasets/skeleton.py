@@ -49,7 +49,7 @@ STREAMS = ("joint", "bone")
 
 def graph_bone_pairs(name: str) -> List[Tuple[int, int]]:
     """(v1, v2) pairs of graph `name` for bone[v1] = joint[v1] - joint[v2]."""
-    from models.graphs import bone_pairs  # numpy-only module; imported when bones are needed
+    from action_launch.models.graphs import bone_pairs  # numpy-only module; imported when bones are needed
 
     try:
         return bone_pairs(name)

@@ -1,6 +1,6 @@
 """A small real-codec action data set, told apart only by motion, and its mp4 writer.
 
-    python -m datasets.synthetic data/synthetic [--num-train 160] [--num-val 64] [--size 64]
+    python -m action_launch.datasets.synthetic data/synthetic [--num-train 160] [--num-val 64] [--size 64]
         [--frames 48] [--fps 30] [--seed 0] [--classes 4]
 
 Each video: a bright square or disc (random colour) on a static random texture. The shape
@@ -200,7 +200,7 @@ def generate(out_dir, num_train: int = 160, num_val: int = 64, size: int = 64, f
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m action_launch.datasets.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to write (e.g. data/synthetic)")
     parser.add_argument("--num-train", type=int, default=160, help="training videos")
     parser.add_argument("--num-val", type=int, default=64, help="validation videos")

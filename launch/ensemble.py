@@ -9,67 +9,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Dict, Mapping
 
-if __name__ == "__main__" and __package__ is None:  # run as a script: import the suite, not launch/ siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
+    sys.path.pop(0)
 
-import numpy as np  # noqa: E402
-
-from launch.evaluate import load_predictions  # noqa: E402
-from launch.metrics import classification_metrics  # noqa: E402
+from action_launch.evaluation.ensemble import ensemble  # noqa: E402
 
 
-def align(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Indices that put B's rows in A's video order; ValueError if the runs scored different videos or labels."""
-    ids_a, ids_b = [str(i) for i in a["ids"]], [str(i) for i in b["ids"]]
-    if len(set(ids_a)) != len(ids_a) or len(set(ids_b)) != len(ids_b):
-        raise ValueError("predictions hold repeated video ids; cannot match the two runs")
-    if set(ids_a) != set(ids_b):
-        only_a, only_b = sorted(set(ids_a) - set(ids_b)), sorted(set(ids_b) - set(ids_a))
-        raise ValueError(f"the runs scored different videos: {len(only_a)} only in A (e.g. {only_a[:3]}), "
-                         f"{len(only_b)} only in B (e.g. {only_b[:3]})")
-    where = {v: i for i, v in enumerate(ids_b)}
-    order = np.array([where[v] for v in ids_a], dtype=np.int64)
-    if a["scores"].shape[1] != b["scores"].shape[1]:
-        raise ValueError(f"class counts differ: {a['scores'].shape[1]} vs {b['scores'].shape[1]}")
-    if not np.array_equal(a["labels"], b["labels"][order]):
-        raise ValueError("the runs disagree on the labels of the same videos")
-    return order
-
-
-def fuse(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], alpha: float = 1.0) -> Dict[str, np.ndarray]:
-    """{'scores': scores_a + alpha * scores_b, 'labels', 'ids'} in A's video order."""
-    order = align(a, b)
-    return {"scores": a["scores"] + alpha * b["scores"][order], "labels": a["labels"], "ids": a["ids"]}
-
-
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_a", help="run folder or predictions.npz (e.g. the joint stream)")
     parser.add_argument("run_b", help="run folder or predictions.npz (e.g. the bone stream)")
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of B's scores")
     parser.add_argument("--out", help="also write the fused predictions.npz here")
-    args = parser.parse_args(argv)
-    try:
-        a, b = load_predictions(args.run_a), load_predictions(args.run_b)
-        fused = fuse(a, b, args.alpha)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    kinds = {str(p.get("aggregate", "?")) for p in (a, b)}
-    if len(kinds) > 1:
-        print(f"warning: the runs' scores are of different kinds ({' vs '.join(sorted(kinds))}); "
-              f"test both with the same test.aggregate", file=sys.stderr)
-    for name, scores in (("A", a["scores"]), ("B", b["scores"][align(a, b)]), (f"A + {args.alpha:g} B", fused["scores"])):
-        m = classification_metrics(scores, fused["labels"].astype(np.int64))
-        print(f"{name:>12}: top1 {m['top1']:.2f}  top5 {m['top5']:.2f}")
-    if args.out:
-        from launch.evaluate import save_predictions
+    return parser.parse_args(argv)
 
-        save_predictions(Path(args.out), fused["scores"], fused["labels"], fused["ids"], alpha=args.alpha)
-    return 0
+
+def main(argv=None) -> int:
+    return ensemble(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,25 +17,10 @@ checkpoint's MLflow run (`--no-track` skips that; a file outside the run folder 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
-import shutil
 import sys
-import tempfile
-from pathlib import Path
-from typing import List, Optional
 
-if __name__ == "__main__" and __package__ is None:  # run as a script: import the suite, not launch/ siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from launch.config import ConfigError  # noqa: E402
-
-log = logging.getLogger("launch.explain")
-
-VIDEO_DATASETS = ("video", "rawframes")
+if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
+    sys.path.pop(0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,127 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def count_frame_files(frame_dir: Path, template: str, start_index: int) -> int:
-    """Consecutive frame files `template.format(start_index + i)` in a folder."""
-    n = 0
-    while (frame_dir / template.format(start_index + n)).is_file():
-        n += 1
-    return n
-
-
-def load_clip(data_cfg, video: str) -> torch.Tensor:
-    """One video (file or frame folder) as the float (C, T, H, W) clip the config's val split makes of it.
-
-    Goes through the data layer itself (`datasets.build(..., "val")` on a one-line list), so sampling,
-    decoding and transforms are exactly the ones used in validation.
-    """
-    import datasets
-
-    if data_cfg.dataset not in VIDEO_DATASETS:
-        raise ValueError(f"explain needs a video model: data.dataset is {data_cfg.dataset!r}, expected one of "
-                         f"{', '.join(VIDEO_DATASETS)}")
-    path = Path(video).resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"--video {video}: no such file or folder")
-    if data_cfg.dataset == "rawframes":
-        count = count_frame_files(path, data_cfg.frame_template, data_cfg.frame_start_index)
-        line, fmt = f"{path} {count} 0", "rawframes"
-    else:
-        line, fmt = f"{path} 0", "video"
-    with tempfile.TemporaryDirectory() as tmp:
-        list_file = Path(tmp) / "explain.txt"
-        list_file.write_text(line + "\n")
-        cfg = dataclasses.replace(data_cfg, val_list=str(list_file), list_format=fmt, path_prefix="",
-                                  bad_files_log=None, max_bad_fraction=1.0)
-        clip, _ = datasets.build(cfg, "val")[(0, 0)]
-    return clip
-
-
-def class_names(root: str) -> Optional[List[str]]:
-    """`classes.txt` of the data root (one name per line), if there is one."""
-    file = Path(root) / "classes.txt"
-    if not file.is_file():
-        return None
-    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _per_frame(values: torch.Tensor, frames: int, size) -> torch.Tensor:
-    """(T', h, w) -> (T, H, W) by trilinear interpolation, values kept (no renormalisation)."""
-    return F.interpolate(values[None, None].float(), size=(frames, *size), mode="trilinear",
-                         align_corners=False)[0, 0].clamp(0, 1)
-
-
-def render(clip: torch.Tensor, result, mean, std, names: Optional[List[str]] = None):
-    """The images of one explained clip: input | Grad-CAM | (ST-ABN) spatial attention, one per frame."""
-    from launch.gradcam import compose, denormalize, overlay
-
-    frames = denormalize(clip, mean, std)
-    t, h, w = frames.shape[:3]
-    panels = [frames, overlay(frames, result.cam[0].cpu().numpy())]
-    k = int(result.target[0])
-    label = names[k] if names and k < len(names) else str(k)
-    captions = [f"{i + 1}/{t} {label} p={float(result.probs[0, k]):.2f} cam:{result.layer}" for i in range(t)]
-    outputs = result.outputs
-    if isinstance(outputs, dict) and "spatial_att" in outputs:
-        spatial = _per_frame(outputs["spatial_att"][0, 0], t, (h, w))
-        panels.append(overlay(frames, spatial.cpu().numpy()))
-        if "temporal_att" in outputs:
-            temporal = outputs["temporal_att"][0, 0, :, 0, 0].float()
-            temporal = F.interpolate(temporal[None, None], size=t, mode="nearest")[0, 0]
-            captions = [f"{c} | ta={float(temporal[i]):.2f}" for i, c in enumerate(captions)]
-    return compose(panels, captions)
-
-
-def log_image(run_dir: Optional[Path], image: Path, uri: Optional[str]) -> bool:
-    """Log the image under `explain/` of the run's MLflow run; a copy goes to `<run>/explain/` when it lies outside."""
-    from launch.tracking import log_run_artifact
-
-    if run_dir is None:
-        log.warning("the checkpoint is not inside a run folder (<run>/checkpoints/step_N): nothing to log to")
-        return False
-    inside = image.resolve().is_relative_to(run_dir.resolve())
-    if not inside:
-        copy = run_dir / "explain" / image.name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image, copy)
-        image = copy
-    return log_run_artifact(run_dir, image, "explain", uri)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from launch.evaluate import load_eval_config, load_model, resolve_checkpoint, run_dir_of
-    from launch.gradcam import grad_cam, save_images
-    from launch.losses import logits_of
+    from action_launch.evaluation.explain import explain  # imports torch
 
-    if not args.out.lower().endswith((".gif", ".png")):
-        print(f"error: --out {args.out}: expected a .gif or .png file name", file=sys.stderr)
-        return 2
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint, "best")
-        cfg, _ = load_eval_config(args.config or checkpoint / "config.yaml", args.overrides)
-    except (FileNotFoundError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from launch.console import setup_logging
-
-    setup_logging(True)
-    try:
-        model = load_model(cfg, checkpoint).eval()
-        clip = load_clip(cfg.data, args.video)
-        result = grad_cam(model, clip[None], args.layer, args.target_class, logits_of)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_images(render(clip, result, cfg.data.mean, cfg.data.std, class_names(cfg.data.root)), str(out))
-    k = int(result.target[0])
-    print(f"class {k} (p={float(result.probs[0, k]):.3f}), Grad-CAM over {result.layer}: {out}")
-    if not args.no_track and cfg.tracking.enabled:
-        if log_image(run_dir_of(checkpoint), out, cfg.tracking.uri):
-            print("logged to MLflow as an artifact under explain/")
-    return 0
+    return explain(parse_args(argv))
 
 
 if __name__ == "__main__":

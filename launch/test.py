@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __name__ == "__main__" and __package__ is None:  # run as a script: import the suite, not launch/ siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
+    sys.path.pop(0)
 
-from launch.config import ConfigError  # noqa: E402
+from action_launch.config import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from launch.evaluate import evaluate_checkpoint, load_eval_config, resolve_checkpoint
+    from action_launch.evaluation.evaluate import evaluate_checkpoint, load_eval_config, resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(args.checkpoint, "last" if args.last else "best")
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from launch.console import setup_logging
+    from action_launch.common.console import setup_logging
 
     setup_logging(True)
     metrics = evaluate_checkpoint(cfg, checkpoint, ecfg, out=args.out, track=not args.no_track)

@@ -5,10 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and __package__ is None:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
+    sys.path.pop(0)
 
-from launch.tracking import sync  # noqa: E402
+from action_launch.tracking.tracker import sync  # noqa: E402
 
 
 def main(argv=None) -> int:

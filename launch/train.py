@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __name__ == "__main__" and __package__ is None:  # run as a script: import the suite, not launch/ siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
+    sys.path.pop(0)
 
-from launch.config import ConfigError, load_config, to_dict  # noqa: E402
+from action_launch.config import ConfigError, load_config, to_dict  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,16 +48,16 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from launch.trainer import Trainer
+    from action_launch.training.trainer import Trainer
 
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
     trainer.fit()
     if (args.test_best or args.test_last) and trainer.env.is_main and trainer.progress.epoch >= cfg.train.epochs:
-        from launch.evaluate import evaluate_after_training
+        from action_launch.evaluation.evaluate import evaluate_after_training
 
         evaluate_after_training(cfg, trainer.ckpt_root, "best" if args.test_best else "last")
     if trainer.env.is_main:
-        from launch.tracking import backend_store_hint
+        from action_launch.tracking.tracker import backend_store_hint
 
         print(backend_store_hint(trainer.tracker))
     return 0

@@ -1,10 +1,12 @@
 """Plain nn.Module video and skeleton models, created by preset name: `models.create('timesformer_tiny')`."""
-from models._registry import Preset, build, create, get_preset, list_presets, register_preset
-
 # Importing a model file registers its presets.
-from models import timesformer  # noqa: F401,E402
-from models import msg3d  # noqa: F401,E402
-from models import stabn, tsm  # noqa: F401,E402
-from models import hiint  # noqa: F401,E402
+from action_launch.models import (  # noqa: F401,E402
+    hiint,  # noqa: F401,E402
+    msg3d,  # noqa: F401,E402
+    stabn,
+    timesformer,  # noqa: F401,E402
+    tsm,
+)
+from action_launch.models._registry import Preset, build, create, get_preset, list_presets, register_preset
 
 __all__ = ["Preset", "build", "create", "get_preset", "list_presets", "register_preset"]

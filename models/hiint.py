@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._registry import register_preset
+from action_launch.models._registry import register_preset
 
 __all__ = ["HIINT", "ModalityEncoder", "TransformerBlock"]
 

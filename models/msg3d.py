@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._registry import register_preset
-from models.graphs import get_graph, multiscale_adjacency, window_adjacency
+from action_launch.models._registry import register_preset
+from action_launch.models.graphs import get_graph, multiscale_adjacency, window_adjacency
 
 __all__ = ["MSG3D", "MSG3DBlock", "MultiScaleGraphConv", "MultiWindowG3D", "G3D", "MultiScaleTCN"]
 

@@ -35,9 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._registry import register_preset
-from models.resnet3d import (Bottleneck3d, Stem3d, check_stages, init_resnet_weights, load_resnet2d_state_dict,
-                             make_layer3d)
+from action_launch.models._registry import register_preset
+from action_launch.models.resnet3d import (
+    Bottleneck3d,
+    Stem3d,
+    check_stages,
+    init_resnet_weights,
+    load_resnet2d_state_dict,
+    make_layer3d,
+)
 
 
 class STABN(nn.Module):

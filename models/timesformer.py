@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._registry import register_preset
+from action_launch.models._registry import register_preset
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 LN_EPS = 1e-6

@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from models._registry import register_preset
-from models.dyreg import DyRegResidual, NodeNorm, dyreg_kwargs
-from models.resnet3d import check_stages, init_resnet_weights, load_resnet2d_state_dict
+from action_launch.models._registry import register_preset
+from action_launch.models.dyreg import DyRegResidual, NodeNorm, dyreg_kwargs
+from action_launch.models.resnet3d import check_stages, init_resnet_weights, load_resnet2d_state_dict
 
 
 def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> torch.Tensor:

@@ -54,14 +54,14 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def deepspeed_ready() -> None:
     """Compile DeepSpeed's CPU ops once per test session (the cache lives in ~/.cache/torch_extensions)."""
-    subprocess.run([sys.executable, "-c", "from launch.engine import warm_up; warm_up()"], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"], cwd=REPO, check=True,
                    timeout=900, env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"})
 
 
 @pytest.fixture(scope="session")
 def video_set(tmp_path_factory) -> Path:
     """48 train + 16 val real H.264 clips of the synthetic motion classes (32x32, 24 frames)."""
-    from datasets.synthetic import generate
+    from action_launch.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synthetic"), num_train=48, num_val=16, size=32, frames=24)
 
@@ -94,8 +94,8 @@ def final_weights(run_dir: Path):
     """Module weights of the newest complete checkpoint of a run."""
     import torch
 
-    from launch import checkpoint as ckpt
-    from launch.engine import model_state_file
+    from action_launch.training import checkpoint as ckpt
+    from action_launch.training.engine import model_state_file
 
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     assert latest is not None, f"no complete checkpoint in {run_dir}"

@@ -1,5 +1,5 @@
 """Checkpoint folder bookkeeping: only committed folders count, pruning keeps `best`."""
-from launch import checkpoint as ckpt
+from action_launch.training import checkpoint as ckpt
 
 
 def fake_save(root, step, payload="x"):

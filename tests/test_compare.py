@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from action_launch import compare as compare_command
+from action_launch.tracking import compare
+
 from conftest import free_port, run_train
 from helpers.mlflow_sweep import BEST_TRIAL, EXPERIMENT, SPACE, SWEEP, TRIALS, build_sweep_store, trial_run_name
-
-from launch import compare
 
 BY_TOP1 = ["t_00002", "t_00000", "t_00003", "t_00001", "t_00004"]  # errored trial (no metric) last
 
@@ -33,7 +34,7 @@ def store(tmp_path_factory):
 
 
 def compare_main(capsys, *args):
-    code = compare.main(list(args))
+    code = compare_command.main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.config import ConfigError, dump_config, load_config, parse_overrides
+from action_launch.config import ConfigError, dump_config, load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 

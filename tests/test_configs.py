@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from action_launch.config import load_config
+from action_launch.training.schedule import effective_batch_size
+
 from conftest import REPO, run_train
-from launch.config import load_config
-from launch.schedule import effective_batch_size
 
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "sweeps")
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -36,7 +37,7 @@ def test_config_loads_and_validates(path):
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_sweep_file_keys_are_config_keys(path):
     """Every swept key and listed value makes a valid config of the recipe it is meant for."""
-    from launch.sweep_spec import example_overrides, load_sweep
+    from action_launch.sweeps.spec import example_overrides, load_sweep
 
     for overrides in example_overrides(load_sweep(path)):
         load_config(REPO / "configs/timesformer/tiny.yaml", overrides)
@@ -117,7 +118,7 @@ def test_tiny_timesformer_trains_tests_and_ensembles(video_set, tmp_path):
     np.testing.assert_allclose(pred["scores"].sum(1), 1.0, rtol=1e-5)  # mean of softmax over 2 clips
     assert "test on 16 videos" in proc.stdout
     # the entry point (in-process: a subprocess costs seconds of imports) on the same run, summing the views' logits
-    from launch import test as test_entry
+    from action_launch import test as test_entry
 
     other = tmp_path / "sum.npz"
     assert test_entry.main(["--checkpoint", str(run_dir), "--last", "--out", str(other), "test.aggregate=sum"]) == 0

@@ -1,12 +1,12 @@
-"""`python -m datasets.check`: every unreadable entry reported with its reason, exit status."""
+"""`python -m action_launch.datasets.check`: every unreadable entry reported with its reason, exit status."""
 import os
 import subprocess
 import sys
 
 import numpy as np
 
-from datasets import check
-from datasets.synthetic import write_video
+from action_launch.datasets import check
+from action_launch.datasets.synthetic import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def _list(tmp_path):
 
 def test_cli_reports_each_bad_entry(tmp_path):
     lst = _list(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "datasets.check", str(lst), "--num-frames", "4", "--sampling-rate", "4"],
+    out = subprocess.run([sys.executable, "-m", "action_launch.datasets.check", str(lst), "--num-frames", "4", "--sampling-rate", "4"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1, out.stderr
     lines = out.stdout.strip().splitlines()

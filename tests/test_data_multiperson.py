@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import DataConfig, build
-from datasets.multiperson import MultiPersonDataset
-from datasets.sampling import clip_indices
-from datasets.synthetic import write_video
+from action_launch.datasets import DataConfig, build
+from action_launch.datasets.multiperson import MultiPersonDataset
+from action_launch.datasets.sampling import clip_indices
+from action_launch.datasets.synthetic import write_video
 
 FRAMES = 30
 

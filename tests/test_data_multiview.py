@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import DataConfig, build
-from datasets import transforms as T
-from datasets.decode import open_video, read_frames
-from datasets.sampling import clip_indices, segment_indices
-from datasets.synthetic import write_video
+from action_launch.datasets import DataConfig, build
+from action_launch.datasets import transforms as T
+from action_launch.datasets.decode import open_video, read_frames
+from action_launch.datasets.sampling import clip_indices, segment_indices
+from action_launch.datasets.synthetic import write_video
 
 FRAMES = 40
 

@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import DataConfig, build, read_bad_files
-from datasets import rawframes
-from datasets.rawframes import RawFrameDataset
-from datasets.sampling import clip_indices, segment_indices
+from action_launch.datasets import DataConfig, build, rawframes, read_bad_files
+from action_launch.datasets.rawframes import RawFrameDataset
+from action_launch.datasets.sampling import clip_indices, segment_indices
 
 FRAMES = 30
 
@@ -143,7 +142,7 @@ def test_dataloader_with_workers(frame_root):
 
 
 def test_check_cli_with_template(tmp_path, capsys):
-    from datasets import check
+    from action_launch.datasets import check
 
     write_folder(tmp_path / "ok", n=6, template="{:06d}.jpg", start=0)
     write_folder(tmp_path / "gap", n=6, template="{:06d}.jpg", start=0)

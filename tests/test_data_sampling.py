@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from datasets.sampling import clip_indices, frame_stride, segment_indices
+from action_launch.datasets.sampling import clip_indices, frame_stride, segment_indices
 
 
 def test_test_mode_single_clip_is_centred():

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import DataConfig, build
-from datasets import laban
-from datasets.skeleton import SkeletonDataset, resize_time, rotation_matrix, valid_length
-from models.graphs import bone_pairs
+from action_launch.datasets import DataConfig, build, laban
+from action_launch.datasets.skeleton import SkeletonDataset, resize_time, rotation_matrix, valid_length
+from action_launch.models.graphs import bone_pairs
 
 N, C, T, V, M = 6, 3, 20, 25, 2
 VALID = 16  # frames after this are zero padding, as in NTU arrays

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets import transforms as T
+from action_launch.datasets import transforms as T
 
 
 def _frames(t=4, h=24, w=40, seed=0):

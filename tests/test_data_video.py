@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import datasets
-from datasets import DataConfig, build, read_bad_files
-from datasets.sampling import clip_indices
-from datasets.synthetic import write_video
-from datasets.decode import open_video, read_frames
-from datasets.video import VideoDataset
+from action_launch import datasets
+from action_launch.datasets import DataConfig, build, read_bad_files
+from action_launch.datasets.decode import open_video, read_frames
+from action_launch.datasets.sampling import clip_indices
+from action_launch.datasets.synthetic import write_video
+from action_launch.datasets.video import VideoDataset
 
 NUM_VIDEOS = 8
 FRAMES = 40
@@ -184,7 +184,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_missing_list_suggests_generator(tmp_path):
     root = tmp_path / "data" / "synthetic"
-    with pytest.raises(FileNotFoundError, match=r"train.txt.*python -m datasets.synthetic"):
+    with pytest.raises(FileNotFoundError, match=r"train.txt.*python -m action_launch.datasets.synthetic"):
         build(_cfg(root), "train")
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-import datasets
-import models
-from launch import checkpoint as ckpt
-from launch import ensemble
-from launch import evaluate as ev
-from launch.config import ConfigError, dump_config, load_config
+from action_launch import datasets, models
+from action_launch import ensemble as ensemble_command
+from action_launch.config import ConfigError, dump_config, load_config
+from action_launch.evaluation import ensemble
+from action_launch.evaluation import evaluate as ev
+from action_launch.training import checkpoint as ckpt
 
 
 class ChannelMeans(nn.Module):
@@ -132,7 +132,7 @@ def test_evaluate_checkpoint_writes_predictions_and_metrics(known_run, aggregate
 
 
 def test_test_entry_point_resolves_the_run_folder(known_run, capsys):
-    from launch import test as test_entry
+    from action_launch import test as test_entry
 
     cfg, folder = known_run
     assert test_entry.main(["--checkpoint", str(cfg.run_dir()), "test.aggregate=sum", "--no-track"]) == 0
@@ -187,7 +187,7 @@ def test_ensemble_fuses_in_video_order(tmp_path, capsys):
     fused = ensemble.fuse(ev.load_predictions(joint), ev.load_predictions(bone), alpha=0.5)
     np.testing.assert_allclose(fused["scores"], [[2.0, 2.0, 0.0], [0.5, 1.0, 0.5], [0.1, 0.0, 1.7]])
     assert fused["ids"].tolist() == ["a", "b", "c"] and fused["labels"].tolist() == [0, 2, 2]
-    assert ensemble.main([str(joint), str(bone), "--alpha", "0.5", "--out", str(tmp_path / "f.npz")]) == 0
+    assert ensemble_command.main([str(joint), str(bone), "--alpha", "0.5", "--out", str(tmp_path / "f.npz")]) == 0
     out = capsys.readouterr().out
     # joint alone: a ok, b wrong (1), c ok -> 66.67; fused: a tie (argmax 0) ok, b wrong, c ok -> 66.67
     assert "A: top1 66.67  top5 100.00" in out and "A + 0.5 B: top1 66.67" in out
@@ -202,7 +202,7 @@ def test_ensemble_refuses_different_videos_or_labels(tmp_path, capsys):
         ensemble.fuse(ev.load_predictions(a), ev.load_predictions(b))
     with pytest.raises(ValueError, match="labels"):
         ensemble.fuse(ev.load_predictions(a), ev.load_predictions(c))
-    assert ensemble.main([str(a), str(tmp_path / "missing")]) == 2
+    assert ensemble_command.main([str(a), str(tmp_path / "missing")]) == 2
     assert "no predictions" in capsys.readouterr().err
 
 

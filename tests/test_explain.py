@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from launch import checkpoint as ckpt
-from launch import gradcam
-from launch.config import dump_config, load_config
+from action_launch import models
+from action_launch.config import dump_config, load_config
+from action_launch.evaluation import gradcam
+from action_launch.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,14 +121,14 @@ def test_rendering_gif_and_png_strip(tmp_path):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    from datasets.synthetic import generate
+    from action_launch.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("clips"), num_train=2, num_val=2, size=32, frames=24)
 
 
 def _tracked_run(tmp_path, clips, config: str, step: int = 3):
     """A run folder with a checkpoint of an initialised model and a real MLflow run (SQLite in tmp_path)."""
-    from launch.tracking import Tracker
+    from action_launch.tracking.tracker import Tracker
 
     cfg = load_config(config, [f"data.root={clips}", f"output_dir={tmp_path}", "experiment=tests", "name=explained"])
     run_dir = cfg.run_dir()
@@ -148,7 +148,7 @@ def test_explain_writes_a_gif_per_frame_and_logs_it_to_mlflow(tmp_path, clips):
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
-    from launch import explain
+    from action_launch import explain
 
     cfg, folder, run_id = _tracked_run(tmp_path, clips, "configs/stabn/tiny.yaml")
     out = tmp_path / "elsewhere" / "stabn.gif"
@@ -167,7 +167,7 @@ def test_explain_writes_a_gif_per_frame_and_logs_it_to_mlflow(tmp_path, clips):
 def test_explain_png_strip_for_a_transformer_without_tracking(tmp_path, clips, capsys):
     from PIL import Image
 
-    from launch import explain
+    from action_launch import explain
 
     cfg, folder, run_id = _tracked_run(tmp_path, clips, "configs/timesformer/tiny.yaml")
     out = cfg.run_dir() / "cam.png"
@@ -181,8 +181,8 @@ def test_explain_png_strip_for_a_transformer_without_tracking(tmp_path, clips, c
 
 
 def test_load_clip_is_the_validation_clip_of_the_data_layer(tmp_path, clips):
-    import datasets
-    from launch.explain import load_clip
+    from action_launch import datasets
+    from action_launch.evaluation.explain import load_clip
 
     cfg = load_config("configs/stabn/tiny.yaml", [f"data.root={clips}"])
     val = datasets.build(cfg.data, "val")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models.hiint import HIINT
+from action_launch import models
+from action_launch.models.hiint import HIINT
 
 TINY = models.get_preset("hiint_cpmt_tiny").kwargs
 
@@ -33,7 +33,7 @@ def test_presets_registered_and_config_friendly_type_hints():
 
 
 def test_config_validates_a_hiint_model_section():
-    from launch.config import from_dict
+    from action_launch.config import from_dict
 
     cfg = from_dict({"model": {"name": "hiint_cpmt", "modality_dims": [3, 4], "cross_depth": 1}})
     assert cfg.model["modality_dims"] == (3, 4) and cfg.model["cross_depth"] == 1

@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import datasets
-import models
+from action_launch import datasets, models
+from action_launch.config import load_config
+from action_launch.evaluation import evaluate as ev
+from action_launch.training import checkpoint as ckpt
+from action_launch.training.loaders import SequenceStreamSampler, make_loader, sequences_of
+from action_launch.training.memory import WindowMemory, carries_memory
+from action_launch.training.trainer import Trainer
+
 from conftest import REPO, run_train
-from launch import checkpoint as ckpt
-from launch import evaluate as ev
-from launch.config import load_config
-from launch.data import SequenceStreamSampler, make_loader, sequences_of
-from launch.memory import WindowMemory, carries_memory
-from launch.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # see test_regression_validation.py
@@ -192,7 +192,7 @@ def test_evaluation_carries_memory_through_each_interaction(engagement):
 
 
 class StubEngine:
-    """`launch.engine.Engine`'s step API around a plain module; records what each forward received."""
+    """`action_launch.training.engine.Engine`'s step API around a plain module; records what each forward received."""
 
     def __init__(self, model):
         self.module, self.device, self.global_step = model, torch.device("cpu"), 0

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from launch.engine import load_weights
-from models.resnet3d import inflate_conv_weight, is_resnet2d_state_dict
+from action_launch import models
+from action_launch.models.resnet3d import inflate_conv_weight, is_resnet2d_state_dict
+from action_launch.training.engine import load_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from action_launch.tracking.compare import swept_keys
+from action_launch.tracking.server import TrackingServer
+
 from conftest import REPO, free_port
 from helpers.mlflow_sweep import EXPERIMENT, TRIALS, build_sweep_store, trial_run_name
-
-from launch.compare import swept_keys
-from launch.tracking import TrackingServer
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models import graphs
-from models.msg3d import MSG3D, TemporalWindows
+from action_launch import models
+from action_launch.models import graphs
+from action_launch.models.msg3d import MSG3D, TemporalWindows
+
 from conftest import sgd_losses
 
 PAPER = ["msg3d_ntu60", "msg3d_kinetics", "msg3d_personality"]

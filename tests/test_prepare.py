@@ -12,10 +12,10 @@ import av
 import numpy as np
 import pytest
 
-from datasets import prepare
-from datasets.decode import open_video
-from datasets.lists import read_list
-from datasets.synthetic import write_video
+from action_launch.datasets import prepare
+from action_launch.datasets.decode import open_video
+from action_launch.datasets.lists import read_list
+from action_launch.datasets.synthetic import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (width, height, frames, fps, label); bad.mp4 is truncated, missing.mp4 is not there
@@ -42,7 +42,7 @@ def src(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "datasets.prepare", *args, "--no-progress"], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "action_launch.datasets.prepare", *args, "--no-progress"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -110,7 +110,7 @@ def test_frames_mode_and_fps(src, tmp_path):
         assert min(frame.width, frame.height) == 24
     assert not list(out.rglob("*.part"))
     # the suite's own raw-frame reader takes the folders as they are (template, numbered from 1)
-    from datasets.check import scan
+    from action_launch.datasets.check import scan
 
     assert scan(items, "rawframes", frame_template="img_{:05d}.jpg", start_index=1) == []
 
@@ -241,7 +241,7 @@ def test_killed_pool_leaves_nothing_half_done(src, tmp_path):
         (many / f"c{k:02d}.mp4").symlink_to(src / "b/v2.mp4")
     (many / "all.txt").write_text("".join(f"c{k:02d}.mp4 {k % 3}\n" for k in range(8)))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "datasets.prepare", str(many / "all.txt"), str(out), "--short-side", "64",
+    args = [sys.executable, "-m", "action_launch.datasets.prepare", str(many / "all.txt"), str(out), "--short-side", "64",
             "--preset", "veryslow", "--workers", "2", "--no-progress"]
     proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from action_launch.config import load_config
+from action_launch.training import checkpoint as ckpt
+from action_launch.training.loaders import ShardSampler, make_loader
+from action_launch.training.trainer import Trainer
+
 from conftest import REPO, run_train
-from launch import checkpoint as ckpt
-from launch.config import load_config
-from launch.data import ShardSampler, make_loader
-from launch.trainer import Trainer
 
 # one intra-op thread: two threads on 2 cores shared with other work oversubscribe them many times over
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -52,7 +53,7 @@ class Chunks(torch.utils.data.Dataset):
 
 
 class StubEngine:
-    """What validate() needs of `launch.engine.Engine`, with a plain module (no DeepSpeed)."""
+    """What validate() needs of `action_launch.training.engine.Engine`, with a plain module (no DeepSpeed)."""
 
     def __init__(self, model: nn.Module):
         self.module, self.device, self.global_step = model, torch.device("cpu"), 5

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from launch.config import OptimConfig
-from launch.schedule import effective_batch_size, lr_at, lr_scale_factor, scale_lrs
+from action_launch.config import OptimConfig
+from action_launch.training.schedule import effective_batch_size, lr_at, lr_scale_factor, scale_lrs
 
 
 def test_effective_batch_counts_accumulation_and_world():

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from action_launch.cluster.plan import parse_time_minutes, resolve, safe_component, split_top_level
+from action_launch.cluster.snapshot import snapshot_code
+from action_launch.config import ConfigError
+
 from conftest import REPO
-from launch.config import ConfigError
-from launch.slurm import parse_time_minutes, safe_component, snapshot_code
-from launch.submit import resolve, split_top_level
 
 
 def test_grid_values_split_on_top_level_commas_only():
@@ -77,7 +78,13 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
 
 def test_code_snapshot_copies_the_tree_once(tmp_path):
     first = snapshot_code(REPO, tmp_path)
-    assert (first / "launch" / "trainer.py").read_text() == (REPO / "launch" / "trainer.py").read_text()
+    # laid out as installed: launch/ is the action_launch package, models/ and datasets/ inside it
+    assert (first / "action_launch" / "training" / "trainer.py").read_text() == (REPO / "launch" / "training" / "trainer.py").read_text()
+    assert (first / "action_launch" / "models" / "tsm.py").read_text() == (REPO / "models" / "tsm.py").read_text()
+    assert (first / "configs" / "demo.yaml").is_file() and not (first / "launch").exists()
+    code = "import action_launch.models, action_launch.training.trainer as t; print(t.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=first, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(first / "action_launch" / "training" / "trainer.py"), proc.stderr
     assert not (first / ".venv").exists() and not (first / "runs").exists()
     assert snapshot_code(REPO, tmp_path) == first
 
@@ -99,4 +106,4 @@ def test_local_executor_runs_the_same_job(video_set, tmp_path):
     info = json.loads((folder / "job.json").read_text())
     assert info["cluster"] == "local" and info["world_size"] == 1
     assert (folder / "checkpoints").is_dir() and (folder / "config.yaml").is_file()
-    assert info["code_snapshot"] and Path(info["code_snapshot"], "launch", "trainer.py").is_file()
+    assert info["code_snapshot"] and Path(info["code_snapshot"], "action_launch", "training", "trainer.py").is_file()

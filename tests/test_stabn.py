@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models.stabn import STABN
+from action_launch import models
+from action_launch.models.stabn import STABN
+
 from conftest import count_params, sgd_losses
 
 # Measured on this implementation; the reference reports ~55.7M in all and 54.3M for the backbone.

@@ -5,8 +5,8 @@ import decord
 import numpy as np
 import pytest
 
-from datasets import DataConfig, build, synthetic
-from datasets.lists import read_list
+from action_launch.datasets import DataConfig, build, synthetic
+from action_launch.datasets.lists import read_list
 
 SMALL = dict(num_train=8, num_val=4, size=32, frames=24, seed=3, classes=4)
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-import models
-from models.timesformer import ATTENTION_TYPES, Block, TimeSformer, inflate_vit_state_dict
+from action_launch import models
+from action_launch.models.timesformer import ATTENTION_TYPES, Block, TimeSformer, inflate_vit_state_dict
+
 from conftest import count_params
 
 TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=2, num_heads=4,

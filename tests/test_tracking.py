@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from action_launch.tracking.server import TrackingServer
+
 from conftest import free_port, run_train, tiny_overrides
-from launch.tracking import TrackingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
 

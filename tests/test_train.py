@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, final_weights, free_port, run_train, tiny_overrides
+from conftest import final_weights, free_port, run_train, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
 
@@ -128,8 +127,8 @@ def test_two_processes_under_torchrun_with_zero(video_set, tmp_path):
 
 
 def test_load_weights_skips_a_head_of_another_shape(tmp_path):
-    import models
-    from launch.engine import load_weights
+    from action_launch import models
+    from action_launch.training.engine import load_weights
 
     source = models.create("timesformer_tiny", num_classes=4)
     torch.save({"module": source.state_dict()}, tmp_path / "weights.pt")

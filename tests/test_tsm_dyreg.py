@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs
-from models.tsm import TSM, temporal_shift
+from action_launch import models
+from action_launch.models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs
+from action_launch.models.tsm import TSM, temporal_shift
+
 from conftest import count_params, sgd_losses
 
 TSM_R50_PARAMS = 23_864_558  # torchvision ResNet-50 without its fc (23,508,032) + Linear(2048, 174)
@@ -199,7 +200,7 @@ def test_parameter_groups_follow_tsm():
 
 
 def test_engine_uses_the_tsm_groups():
-    from launch.engine import parameter_groups
+    from action_launch.training.engine import parameter_groups
 
     model = models.create("tsm_r50_dyreg_tiny")
     groups = parameter_groups(model, weight_decay=5e-4)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from action_launch.sweeps.spec import SweepError, load_sweep, parse_sweep, trial_overrides
+
 from conftest import REPO, tiny_overrides
-from launch.sweep_spec import SweepError, load_sweep, parse_sweep, trial_overrides
 
 TINY = str(REPO / "configs" / "timesformer" / "tiny.yaml")
 
@@ -76,7 +77,7 @@ def test_sweep_file_entries_and_errors(tmp_path):
 def test_seeded_sweep_draws_the_same_trials():
     from ray.tune.experiment import Experiment
 
-    from launch.tune_run import param_space, search_algorithm
+    from action_launch.sweeps.run import param_space, search_algorithm
 
     def draws(seed, max_concurrent=0):
         spec = parse_sweep({"seed": seed, "num_samples": 2, "space": {

@@ -12,8 +12,8 @@ sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import torch  # noqa: E402
 
-from launch.config import load_config  # noqa: E402
-from launch.trainer import Trainer  # noqa: E402
+from action_launch.config import load_config  # noqa: E402
+from action_launch.training.trainer import Trainer  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--config")

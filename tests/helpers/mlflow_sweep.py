@@ -11,7 +11,7 @@ import json
 import time
 from typing import Dict, List, Tuple
 
-from launch.config import flatten, load_config, to_dict
+from action_launch.config import flatten, load_config, to_dict
 
 EXPERIMENT = "demo_sweeps"
 SWEEP = "frames_sampling_lr"

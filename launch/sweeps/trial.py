@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,11 +28,12 @@ import ray
 import yaml
 from ray import tune
 
-from launch import checkpoint as ckpt
-from launch.sweep_spec import to_override_text, trial_overrides
+from action_launch.common.files import atomic_write_text
+from action_launch.common.processes import stop_process_group, without_distributed_vars
+from action_launch.sweeps.spec import to_override_text, trial_overrides
+from action_launch.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -67,7 +67,7 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
 
 def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_id: str) -> List[str]:
     """The exact command that trains this trial."""
-    entry = [str(REPO / "launch" / "train.py")]
+    entry = ["-m", "action_launch.train"]  # the same command as launch/train.py, from the code this runs
     if setup.workers > 1:
         entry = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={setup.workers}", *entry]
     tags = {"sweep.name": setup.sweep_name, "sweep.trial_id": trial_id}
@@ -88,9 +88,7 @@ def trial_environment(threads: int) -> Dict[str, str]:
     """The training process's environment: a run of its own, not a rank of the job or process group
     that the Ray worker happens to live in (inside a Slurm sweep job, SLURM_PROCID/NTASKS describe the job)."""
     keep = ("SLURM_JOB_ID", "SLURM_CONF")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k in keep}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = {k: v for k, v in without_distributed_vars().items() if not k.startswith("SLURM_") or k in keep}
     env.update({"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
     return env
 
@@ -114,19 +112,6 @@ def _stop_requested() -> bool:
         return bool(session is not None and session.stop_event.is_set())
     except (ImportError, AttributeError):
         return False
-
-
-def _terminate(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -159,9 +144,7 @@ class _CostClock:
         return self.before + time.time() - self.start
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"wall_s": self.wall_s()}))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps({"wall_s": self.wall_s()}))
 
 
 def adopt_handed_checkpoint(trial_dir: Path, run_name: str) -> int:
@@ -214,7 +197,7 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
         try:
             reported_step = _watch(proc, trial_dir, setup, clock, reported_step)
         finally:
-            _terminate(proc)
+            stop_process_group(proc, grace_s=20.0)
     if _stop_requested():
         return
     if proc.returncode != 0:

@@ -1,116 +1,30 @@
-"""The Slurm side of `launch/submit.py`: the job that runs on every task, code snapshots, job folders.
+"""The jobs that run on the cluster's tasks, and what a job folder says about its job.
 
-This is the only module that imports submitit (lazily). A job is a small picklable callable
-(`TrainJob`): submitting it does not import torch or the trainer; on the cluster every task runs
-`TrainJob.__call__`, which exports the process-group environment from Slurm's variables and runs
-the same `Trainer` as `launch/train.py`.
+A job is a small picklable callable (`TrainJob`): submitting it does not import torch or the trainer;
+on the cluster every task runs `TrainJob.__call__`, which exports the process-group environment from
+Slurm's variables and runs the same `Trainer` as `launch/train.py`.
 
 Preemption and time limits: Slurm signals every task (`--signal=USR2@<slurm.signal_delay_s>`, or
-`scancel --signal=USR1`). The handler only sets a flag. The Trainer all-reduces that flag at every
-optimizer step, so all ranks stop at the same step boundary and save one DeepSpeed checkpoint
-together; then rank 0 requeues the job (`scontrol requeue`: same job id, same folder), at most
-`slurm.max_requeues` times (`SLURM_RESTART_COUNT`, tagged in MLflow as `slurm.requeue_count`). The
-requeued job resumes from the newest complete checkpoint of its folder and logs into the same
-MLflow run. Nothing is saved inside a signal handler: a DeepSpeed save is collective.
+`scancel --signal=USR1`); the handler only sets a flag (`training.signals`), all ranks stop at the same
+step boundary and save one DeepSpeed checkpoint together, then rank 0 requeues the job (`scontrol
+requeue`: same job id, same folder), at most `slurm.max_requeues` times (`SLURM_RESTART_COUNT`, tagged
+in MLflow as `slurm.requeue_count`). The requeued job resumes from the newest complete checkpoint of its
+folder and logs into the same MLflow run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")  # preemption / time-limit warning: checkpoint, then requeue
-STOP_SIGNALS = ("SIGTERM",)  # scancel or an external `scontrol requeue`: checkpoint if there is time, no requeue
-
-
-def safe_component(text: str) -> str:
-    """A folder-name-safe form of a config value (the value itself stays untouched in the config)."""
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_.") or "_"
-
-
-def job_folder_template(output_dir: str, experiment: str, name: str) -> Path:
-    """`<output_dir>/<experiment>/<name>/%j`: submitit puts the job id in place of %j."""
-    return Path(output_dir).resolve() / safe_component(experiment) / safe_component(name) / "%j"
-
-
-def parse_time_minutes(text: str) -> int:
-    """Slurm's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
-    text = str(text).strip()
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not match:
-        raise ValueError(f"slurm.time: {text!r} is not a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS)")
-    days, a, b, c = (int(g) if g else None for g in match.groups())
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # H:M:S
-        seconds = a * 3600 + b * 60 + c
-    elif b is not None:  # M:S
-        seconds = a * 60 + b
-    else:  # M
-        seconds = a * 60
-    return max(1, -(-seconds // 60))
-
-
-# ------------------------------------------------------------------------------------ code snapshot
-
-def snapshot_code(repo: Path, root: Path) -> Path:
-    """Copy the tracked (and untracked, not ignored) files of `repo` to `root/<content hash>`.
-
-    The job imports the suite from this copy, so editing the tree while the job waits in the queue
-    changes nothing (submitit's RsyncSnapshot idea). Identical trees share one copy.
-    """
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                             capture_output=True, check=True).stdout.decode()
-    files = sorted({f for f in listing.split("\0") if f and (repo / f).is_file()})
-    digest = hashlib.sha256()
-    for rel in files:
-        digest.update(rel.encode() + b"\0" + (repo / rel).read_bytes() + b"\0")
-    target = root / digest.hexdigest()[:16]
-    if (target / ".complete").exists():
-        return target
-    tmp = root / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel in files:
-        dest = tmp / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / rel, dest)
-    (tmp / ".complete").write_text("\n".join(files) + "\n")
-    try:
-        tmp.rename(target)
-    except OSError:  # another submission made the same copy first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-# ------------------------------------------------------------------------------------------- the job
-
-class StopFlag:
-    """Set from signal handlers; read by the Trainer at step boundaries. Setting a flag is all a handler does."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[str] = None
-        self.requeue = False
-
-    def install(self, names: Tuple[str, ...] = REQUEUE_SIGNALS + STOP_SIGNALS) -> "StopFlag":
-        for name in names:
-            signal.signal(getattr(signal, name), self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        self.signal = self.signal or name
-        self.requeue = self.requeue or name in REQUEUE_SIGNALS
-
-    def __call__(self) -> bool:
-        return self.signal is not None
+from action_launch.common.files import atomic_write_text
+from action_launch.common.processes import DISTRIBUTED_VARS
+from action_launch.training.signals import StopFlag
 
 
 class TrainJob:
@@ -140,14 +54,13 @@ class TrainJob:
         stop.install()  # replaces submitit's USR2 handler, which would checkpoint on rank 0 alone
         job_env = submitit.JobEnvironment()
         export_distributed_env(job_env)
-        from launch.config import from_dict
-        from launch.trainer import Trainer
+        from action_launch.config import from_dict
+        from action_launch.training.trainer import Trainer
 
         cfg = from_dict(self.config, source="submitted config")
-        folder = Path(job_env.paths.folder).resolve()
-        cfg.run_dir = lambda: folder  # the job folder runs/<experiment>/<name>/<job id> is the run folder
+        folder = Path(job_env.paths.folder).resolve()  # runs/<experiment>/<name>/<job id> is the run folder
         requeues = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        trainer = Trainer(cfg, resume=True, stop_requested=stop)
+        trainer = Trainer(cfg, resume=True, stop_requested=stop, run_dir=folder)
         trainer.tracker.set_tags({"slurm.job_id": job_env.job_id, "slurm.requeue_count": requeues,
                                   "slurm.nodes": job_env.num_nodes, "slurm.tasks": job_env.num_tasks})
         metrics = trainer.fit()
@@ -191,15 +104,16 @@ def export_distributed_env(job_env: Any) -> None:
     """
     import submitit
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for key in DISTRIBUTED_VARS:
         os.environ.pop(key, None)  # the submitting shell's values must not leak into the job
     dist_env = submitit.helpers.TorchDistributedEnvironment()
     if job_env.cluster == "slurm":
-        dist_env.master_addr = _node_address(dist_env.master_addr)
+        dist_env.master_addr = node_address(dist_env.master_addr)
     dist_env.export(set_cuda_visible_devices=False, overwrite=True)
 
 
-def _node_address(node: str) -> str:
+def node_address(node: str) -> str:
+    """Slurm's NodeAddr of `node` (a NodeName need not resolve as a host name); `node` itself if unknown."""
     try:
         out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, check=True,
                              timeout=30).stdout
@@ -269,18 +183,7 @@ def status_report(run_dir: Path, lines: int = 40) -> str:
 
 def write_job_json(folder: Path, info: Dict[str, Any]) -> None:
     """Record how a job was submitted, next to its logs and checkpoints."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "job.json.tmp"
-    tmp.write_text(json.dumps({**info, "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
-    tmp.replace(folder / "job.json")
+    atomic_write_text(folder / "job.json",
+                      json.dumps({**info, "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
 
-
-def slurm_available() -> bool:
-    """Whether sbatch exists and a controller answers."""
-    if shutil.which("sbatch") is None:
-        return False
-    try:
-        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets.config import DataConfig
+from action_launch.datasets.config import DataConfig
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,15 +1,15 @@
 """Running a sweep inside a Ray runtime: tracking server and parent run, the Tuner, the summary.
 
-Used by `launch/tune.py` on one machine and by the Slurm job of `launch/tune_slurm.py` on the first node
+Used by `launch/tune.py` on one machine and by the Slurm sweep job (`cluster.sweep_job`) on the first node
 of an allocation (there Ray is already up across the nodes and `RAY_ADDRESS` points at it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -18,16 +18,25 @@ import ray
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from launch.config import Config, flatten, load_config, to_dict
-from launch.sweep_report import (COST, format_table, plot_frames_rate_heatmap, plot_metric_vs_cost,
-                                 plot_metric_vs_keys, sort_rows, write_csv)
-from launch.sweep_spec import Param, SweepSpec, flat_trial_config, trial_overrides
-from launch.tracking import Tracker, TrackingServer, annotate_run, default_tracking_uri, ensure_experiment
-from launch.tune import TUNE_DIR, budget_attr, free_port, max_budget, workers_per_trial
-from launch.tune_trial import TrialSetup, last_exception_line, run_trial, trial_run_name
+from action_launch import child_python_env
+from action_launch.common.processes import free_port
+from action_launch.config import Config, flatten, load_config, to_dict
+from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget
+from action_launch.sweeps.report import (
+    COST,
+    format_table,
+    plot_frames_rate_heatmap,
+    plot_metric_vs_cost,
+    plot_metric_vs_keys,
+    sort_rows,
+    write_csv,
+)
+from action_launch.sweeps.spec import Param, SweepSpec, flat_trial_config, trial_overrides
+from action_launch.sweeps.trial import TrialSetup, last_exception_line, run_trial, trial_run_name
+from action_launch.tracking.server import TrackingServer
+from action_launch.tracking.tracker import Tracker, annotate_run, default_tracking_uri, ensure_experiment
 
 log = logging.getLogger("launch.tune")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def ray_domain(param: Param) -> Any:
@@ -75,19 +84,20 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
                                    synch=bool(spec.pbt.get("synch", False)))
 
 
-def _start_ray(args: argparse.Namespace) -> None:
+def _start_ray() -> None:
     """Join the Ray cluster of `RAY_ADDRESS` (Slurm), else start a private one on 127.0.0.1."""
-    # Ray's worker processes inherit this environment: they import the trial function from this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    # Ray's worker processes inherit this environment: they import the trial function from this same code.
+    os.environ.update(child_python_env())
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
 
-def _parent_params(args: argparse.Namespace, spec: SweepSpec) -> Dict[str, Any]:
+def _parent_params(plan: SweepPlan) -> Dict[str, Any]:
+    args, spec = plan.request, plan.spec
     params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.scheduler": args.scheduler,
-              "sweep.budget": spec.budget, "sweep.num_samples": args.num_samples or spec.num_samples,
+              "sweep.budget": spec.budget, "sweep.num_samples": plan.num_samples,
               "sweep.seed": str(spec.seed),
               "sweep.config": args.config or "defaults", "sweep.overrides": " ".join(args.overrides)}
     params.update({f"space.{':'.join(p.keys)}": p.describe() for p in spec.params})  # MLflow keys take no comma
@@ -111,26 +121,27 @@ def _tracking(cfg: Config, sweep_dir: Path, stack: ExitStack) -> Optional[str]:
     return uri
 
 
-def run_sweep(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path) -> Dict[str, Any]:
+def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
     """Run (or resume) the sweep to the end; returns the summary written to `summary.json`."""
+    args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.sweep, sweep_dir / "sweep.yaml")
     with ExitStack() as stack:
         uri = _tracking(cfg, sweep_dir, stack)
         parent = Tracker(sweep_dir, uri or "", cfg.tracking.experiment or cfg.experiment, sweep_dir.name,
                          enabled=uri is not None)
-        parent.start(_parent_params(args, spec), {"sweep.role": "parent", "sweep.name": sweep_dir.name})
+        parent.start(_parent_params(plan), {"sweep.role": "parent", "sweep.name": sweep_dir.name})
         setup = TrialSetup(config=str(Path(args.config).resolve()) if args.config else None, overrides=list(args.overrides),
                            sweep_dir=str(sweep_dir), output_dir=str(Path(cfg.output_dir).resolve()),
                            experiment=cfg.experiment, sweep_name=sweep_dir.name, tracking_uri=uri,
-                           parent_run_id=parent.run_id, workers=workers_per_trial(args),
-                           threads=max(1, int(args.cpus_per_trial) // workers_per_trial(args)))
-        _start_ray(args)
+                           parent_run_id=parent.run_id, workers=args.workers,
+                           threads=max(1, int(args.cpus_per_trial) // args.workers))
+        _start_ray()
         stack.callback(ray.shutdown)
         status = "FAILED"
         try:
-            grid = _fit(args, cfg, spec, sweep_dir, setup)
-            summary = summarise(grid, args, cfg, spec, sweep_dir, parent, setup)
+            grid = _fit(plan, setup)
+            summary = summarise(grid, plan, parent, setup)
             status = "FINISHED"
             return summary
         finally:
@@ -149,7 +160,8 @@ def search_algorithm(spec: SweepSpec, max_concurrent: Optional[int]) -> BasicVar
     return BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=spec.seed)
 
 
-def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, setup: TrialSetup):
+def _fit(plan: SweepPlan, setup: TrialSetup):
+    args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     if args.resume:
@@ -158,7 +170,7 @@ def _fit(args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space(spec),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=args.num_samples or spec.num_samples,
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=plan.num_samples,
                                         scheduler=make_scheduler(args.scheduler, spec, cfg),
                                         search_alg=search_algorithm(spec, args.max_concurrent), reuse_actors=True),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
@@ -205,9 +217,9 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
     tracker.finish(status)
 
 
-def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, sweep_dir: Path, parent: Tracker,
-              setup: TrialSetup) -> Dict[str, Any]:
+def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict[str, Any]:
     """Stop reasons onto the trials' runs; table, CSV, plots and the best trial onto the parent run."""
+    args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
     budget_key, full = budget_attr(spec), max_budget(spec, cfg)
     rows: List[Dict[str, Any]] = []
     for result in grid:
@@ -253,3 +265,23 @@ def summarise(grid, args: argparse.Namespace, cfg: Config, spec: SweepSpec, swee
     print(f"results: {sweep_dir / 'results.csv'}\ncompare: python launch/compare.py --experiment "
           f"{cfg.tracking.experiment or cfg.experiment} --parent {sweep_dir.name}")
     return summary
+
+
+def sweep(request: SweepRequest) -> int:
+    """`launch/tune.py` on this machine (or inside a Slurm sweep job's Ray cluster): check, plan, run or
+    resume; the command's exit code."""
+    plan = make_plan(request)
+    if plan is None:
+        return 2
+    if request.dry_run:
+        return 0
+    state = plan.sweep_dir / TUNE_DIR
+    if state.exists() and not request.resume:
+        print(f"error: {plan.sweep_dir} already holds a sweep; continue it with --resume, or start another with "
+              f"--name <new name>", file=sys.stderr)
+        return 2
+    if request.resume and not state.exists():
+        print(f"error: --resume: no sweep to resume in {plan.sweep_dir}", file=sys.stderr)
+        return 2
+    summary = run_sweep(plan)
+    return 0 if summary["completed_or_stopped"] > 0 else 1

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from launch import losses
+from action_launch.training import losses
 
 
 def as_video_map(x: torch.Tensor, batch: int, frames: int, aspect: float = 1.0) -> Optional[torch.Tensor]:

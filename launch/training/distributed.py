@@ -8,11 +8,12 @@ Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, first host of SLURM_JOB_NODE
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from dataclasses import dataclass
 
 import torch
+
+from action_launch.common.processes import free_port
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,6 @@ class DistEnv:
         return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _first_slurm_host(nodelist: str) -> str:
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
@@ -57,7 +52,7 @@ def resolve_env() -> DistEnv:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         local_rank = int(env.get("LOCAL_RANK", rank))
         addr = env.get("MASTER_ADDR", "127.0.0.1")
-        port = int(env.get("MASTER_PORT", 0)) or _free_port()
+        port = int(env.get("MASTER_PORT", 0)) or free_port()
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
         local_rank = int(env.get("SLURM_LOCALID", 0))
@@ -66,7 +61,7 @@ def resolve_env() -> DistEnv:
         port = int(env.get("MASTER_PORT", 0)) or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
     else:
         rank, world, local_rank = 0, 1, 0
-        addr, port = "127.0.0.1", int(env.get("MASTER_PORT", 0)) or _free_port()
+        addr, port = "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port()
     for key, value in dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local_rank, MASTER_ADDR=addr, MASTER_PORT=port).items():
         env[key] = str(value)
     return DistEnv(rank, world, local_rank, addr, port)

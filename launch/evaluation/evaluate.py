@@ -37,13 +37,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from launch import checkpoint as ckpt
-from launch.config import Config, ConfigError, deep_merge, flatten, from_dict, load_yaml_with_bases, parse_overrides
-from launch.data import SequenceStreamSampler, sequences_of, split_batch
-from launch.losses import logits_of
-from launch.memory import WindowMemory, carries_memory
-from launch.metrics import (average_by_group, classification_metrics, confusion_matrix, is_regression,  # noqa: F401
-                            regression_metrics)
+from action_launch.common.files import atomic_write
+from action_launch.config import (
+    Config,
+    ConfigError,
+    deep_merge,
+    flatten,
+    from_dict,
+    load_yaml_with_bases,
+    parse_overrides,
+)
+from action_launch.training import checkpoint as ckpt
+from action_launch.training.loaders import SequenceStreamSampler, sequences_of, split_batch
+from action_launch.training.losses import logits_of
+from action_launch.training.memory import WindowMemory, carries_memory
+from action_launch.training.metrics import (  # noqa: F401
+    average_by_group,
+    classification_metrics,
+    confusion_matrix,
+    is_regression,
+    regression_metrics,
+)
 
 log = logging.getLogger("launch.evaluate")
 
@@ -120,8 +134,8 @@ def run_dir_of(checkpoint: Path) -> Optional[Path]:
 
 def load_model(cfg: Config, checkpoint: Path) -> nn.Module:
     """The config's model with the checkpoint's weights; any missing or mis-shaped tensor is an error."""
-    import models
-    from launch.engine import load_weights  # imports DeepSpeed only inside the engine class
+    from action_launch import models
+    from action_launch.training.engine import load_weights  # imports DeepSpeed only inside the engine class
 
     model = models.build(cfg.model)
     report = load_weights(model, checkpoint)
@@ -262,13 +276,8 @@ def _names(class_names: Optional[Sequence[str]], n: int) -> List[str]:
 
 def save_predictions(path: Path, scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], **extra: Any) -> Path:
     """Write `predictions.npz` atomically (scores, labels, ids and any extra scalars)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, scores=scores, labels=labels, ids=np.asarray(list(ids), dtype=str),
-             **{k: np.asarray(v) for k, v in extra.items()})
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: np.savez(tmp, scores=scores, labels=labels, ids=np.asarray(list(ids), dtype=str),
+                                                   **{k: np.asarray(v) for k, v in extra.items()}))
 
 
 def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
@@ -286,8 +295,9 @@ def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
                         out: Optional[Union[str, Path]] = None, track: bool = True) -> Dict[str, float]:
     """Evaluate one checkpoint folder on `ecfg.split`; write predictions, metrics and log them. Returns the metrics."""
-    import datasets
     from torch.utils.data import DataLoader
+
+    from action_launch import datasets
 
     ecfg = ecfg or EvalConfig()
     checkpoint = Path(checkpoint)
@@ -324,7 +334,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
         cm = confusion_matrix(scores.argmax(1), labels.astype(np.int64), scores.shape[1])
         (test_dir / "confusion_matrix.json").write_text(json.dumps(
             {"classes": _names(class_names, scores.shape[1]), "rows_true_cols_predicted": cm.tolist()}))
-        from launch.plots import save_confusion_matrix
+        from action_launch.evaluation.confusion import save_confusion_matrix
 
         artifacts += [test_dir / "confusion_matrix.json",
                       save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=class_names)]
@@ -338,7 +348,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
 def _track(cfg: Config, run_dir: Path, checkpoint: Path, ecfg: EvalConfig, how: str, step: int,
            metrics: Mapping[str, float], files: Sequence[Path]) -> None:
     """Log into the training run's MLflow run (its journal knows the run id and the store)."""
-    from launch.tracking import Journal, Tracker, default_tracking_uri
+    from action_launch.tracking.tracker import Journal, Tracker, default_tracking_uri
 
     state = Journal(run_dir).state()
     uri = cfg.tracking.uri or state.get("uri") or default_tracking_uri(cfg.output_dir)

@@ -6,7 +6,11 @@ the chosen model preset, so a config can set any constructor argument and nothin
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 import difflib
 import math
 import re
@@ -17,7 +21,8 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple,
 
 import yaml
 
-from datasets.config import DataConfig
+from action_launch.common.files import atomic_write_text
+from action_launch.datasets.config import DataConfig
 
 
 class ConfigError(ValueError):
@@ -176,6 +181,22 @@ class Config:
         return Path(self.output_dir) / self.experiment / self.name
 
 
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> Dict[str, str]:
+    """The docstring under each field of a config dataclass, as one line (`{}` where the source is not at hand)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 # ----------------------------------------------------------------------------------------- loading
 
 def load_yaml_with_bases(path: Union[str, Path], _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
@@ -261,11 +282,7 @@ def to_dict(cfg: Config) -> Dict[str, Any]:
 
 def dump_config(cfg: Config, path: Union[str, Path]) -> None:
     """Write the fully resolved config; `--config` on this file reproduces the run."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -391,7 +408,7 @@ class _Validator:
 
     def model_section(self, section: Mapping[str, Any]) -> Dict[str, Any]:
         """Check `model:` against the preset's constructor: known name, known arguments, right types."""
-        import models  # the registry is only needed once a config names a model
+        from action_launch import models  # the registry is only needed once a config names a model
 
         section = dict(section)
         name = section.get("name")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
-from launch.config import Config, OptimConfig, TrainConfig
-from launch.schedule import ScaledLR, lr_at
+from action_launch.config import Config, OptimConfig, TrainConfig
+from action_launch.training.schedule import ScaledLR, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
         raise FileNotFoundError(f"--load-from: no weights at {path}")
     blob = torch.load(file, map_location="cpu", weights_only=False)
     state = blob.get("module", blob.get("state_dict", blob.get("model", blob))) if isinstance(blob, dict) else blob
-    from models.resnet3d import is_resnet2d_state_dict
+    from action_launch.models.resnet3d import is_resnet2d_state_dict
 
     if hasattr(model, "load_imagenet_resnet") and is_resnet2d_state_dict(state):
         # A 2D torchvision ResNet (ImageNet): the model maps the names and inflates 2D kernels itself.
@@ -266,6 +266,6 @@ def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
 
 def warm_up() -> None:
     """Build DeepSpeed's CPU ops once (about a minute) so later runs and tests start in seconds."""
-    from launch.distributed import resolve_env
+    from action_launch.training.distributed import resolve_env
 
     init_distributed(resolve_env().backend)

@@ -16,20 +16,32 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import datasets
-import models
-from launch import checkpoint as ckpt
-from launch.config import Config, dump_config, flatten, to_dict
-from launch.console import EpochProgress, setup_logging
-from launch.data import (ResumableDistributedSampler, SequenceStreamSampler, ShardSampler, make_loader, sequences_of,
-                         split_batch)
-from launch.distributed import DistEnv, resolve_env
-from launch.engine import Engine, init_distributed, load_weights
-from launch.losses import logits_of, make_loss
-from launch.memory import WindowMemory, carries_memory
-from launch.metrics import average_by_group, classification_metrics, confusion_matrix, is_regression, regression_metrics
-from launch.schedule import effective_batch_size, scale_lrs
-from launch.tracking import Tracker, default_tracking_uri
+from action_launch import ROOT, datasets, models
+from action_launch.common.console import EpochProgress, setup_logging
+from action_launch.config import Config, dump_config, flatten, to_dict
+from action_launch.tracking.tracker import Tracker, default_tracking_uri
+from action_launch.training import checkpoint as ckpt
+from action_launch.training.distributed import DistEnv, resolve_env
+from action_launch.training.engine import Engine, init_distributed, load_weights
+from action_launch.training.loaders import (
+    ResumableDistributedSampler,
+    SequenceStreamSampler,
+    ShardSampler,
+    make_loader,
+    sequences_of,
+    split_batch,
+)
+from action_launch.training.losses import logits_of, make_loss
+from action_launch.training.memory import WindowMemory, carries_memory
+from action_launch.training.metrics import (
+    average_by_group,
+    classification_metrics,
+    confusion_matrix,
+    is_regression,
+    regression_metrics,
+)
+from action_launch.training.schedule import effective_batch_size, scale_lrs
+from action_launch.training.signals import stop_flag_in_slurm_step
 
 log = logging.getLogger("launch.train")
 
@@ -70,7 +82,7 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 def run_tags(env: DistEnv) -> Dict[str, str]:
     """Where and from which code this run was started."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = ROOT
     tags = {"host": socket.gethostname(), "world_size": str(env.world_size)}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
@@ -93,15 +105,16 @@ class Trainer:
     """Builds everything from a config and runs (or resumes) the training."""
 
     def __init__(self, cfg: Config, resume: bool = True, resume_from: Optional[str] = None,
-                 load_from: Optional[str] = None, stop_requested: Optional[Callable[[], bool]] = None):
+                 load_from: Optional[str] = None, stop_requested: Optional[Callable[[], bool]] = None,
+                 run_dir: Optional[Path] = None):
         self.cfg = cfg
         self.env = resolve_env()
         setup_logging(self.env.is_main)
         init_distributed(self.env.backend)
         seed_everything(cfg.seed + self.env.rank, cfg.deterministic)
-        self.run_dir = cfg.run_dir()
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.stop_requested = stop_requested or _stop_flag_in_slurm_step()
+        self.stop_requested = stop_requested or stop_flag_in_slurm_step()
         self._last_confusion: Optional[np.ndarray] = None
         if self.env.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
@@ -373,7 +386,7 @@ class Trainer:
                                          **self.progress.last_val}, indent=2))
             self.tracker.log_artifact(final)
         if self._last_confusion is not None:
-            from launch.plots import save_confusion_matrix
+            from action_launch.evaluation.confusion import save_confusion_matrix
 
             png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
                                         class_names=getattr(self.val_set, "class_names", None))
@@ -392,14 +405,3 @@ def _sequences(dataset: Any, cfg: Config) -> List[List[int]]:
 def _loader_indices(loader: Any) -> np.ndarray:
     """Dataset indices of an evaluation loader's samples, in the order it yields them."""
     return np.array([i for batch in loader.batch_sampler for i in batch], dtype=np.int64)
-
-
-# --------------------------------------------- preemption under plain sbatch/srun (slurm/train.sbatch)
-def _stop_flag_in_slurm_step() -> Callable[[], bool]:
-    """Inside a Slurm job step, USR1/USR2 (time limit or preemption warning) only set a flag; fit() then
-    checkpoints on every rank at the next optimizer step and returns. launch/submit.py passes its own flag."""
-    if "SLURM_STEP_ID" not in os.environ:
-        return lambda: False
-    from launch.slurm import StopFlag
-
-    return StopFlag().install(("SIGUSR1", "SIGUSR2"))

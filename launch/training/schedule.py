@@ -10,7 +10,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from launch.config import OptimConfig
+from action_launch.config import OptimConfig
 
 
 def effective_batch_size(micro_batch: int, grad_accum: int, world_size: int) -> int:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from launch.tracking import server_reachable
+from action_launch.tracking.server import server_reachable
 
 RunDict = Dict[str, Any]
 

@@ -3,12 +3,12 @@
 submitit starts one task per node. Task 0 starts a Ray head on its node, the others start Ray workers
 that join it (each `ray start --block`, stopped by this code, never by `ray stop`, which would kill
 every Ray process of the user on the machine). When all nodes have joined, task 0 runs the Tuner
-against that cluster (`launch/tune_run.py`, the same code as a local sweep); at the end it writes a
+against that cluster (`sweeps.run.sweep`, the same code as a local sweep); at the end it writes a
 marker, every task stops its own Ray process, and the job ends.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -17,10 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from launch import slurm as slurm_job
-from launch.config import Config
+from action_launch import ROOT, child_python_env
+from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, working_dir
+from action_launch.cluster.jobs import node_address, write_job_json
+from action_launch.cluster.plan import safe_component
+from action_launch.cluster.snapshot import snapshot_code
+from action_launch.common.processes import stop_process_group
+from action_launch.sweeps.plan import SweepRequest, make_plan
 
-REPO = Path(__file__).resolve().parents[1]
 DONE = "sweep_done"
 
 
@@ -33,8 +37,8 @@ def ray_port(job_id: str) -> int:
 def _ray_environment(token: str) -> None:
     """Set before anything imports Ray: a multi-node cluster that only holders of this job's token may join."""
     os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
-                       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                       "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+                       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    os.environ.update(child_python_env())  # Ray's workers import the trial function from this same code
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 
 
@@ -42,15 +46,6 @@ def _ray_start(args: List[str], log: Path) -> subprocess.Popen:
     ray = str(Path(sys.executable).with_name("ray"))
     return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", *args], stdout=open(log, "a"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
 
 
 def _wait_for_nodes(address: str, count: int, timeout_s: float) -> None:
@@ -71,10 +66,17 @@ def _wait_for_nodes(address: str, count: int, timeout_s: float) -> None:
 
 
 class SweepJob:
-    """What every task of the sweep job runs. Args: tune.py's argv, code snapshot, the user's folder."""
+    """What every task of the sweep job runs.
 
-    def __init__(self, argv: List[str], code_dir: Optional[str], workdir: str, cpus: int, gpus: int):
-        self.argv, self.code_dir, self.workdir, self.cpus, self.gpus = argv, code_dir, workdir, cpus, gpus
+    Args:
+        request: the sweep as `launch/tune.py` was asked for it (run here without `slurm`).
+        code_dir: code snapshot to import from (None: the installed tree).
+        workdir: the directory tune.py ran in; relative paths of the request are relative to it.
+        cpus, gpus: what each node's Ray process offers to trials.
+    """
+
+    def __init__(self, request: SweepRequest, code_dir: Optional[str], workdir: str, cpus: int, gpus: int):
+        self.request, self.code_dir, self.workdir, self.cpus, self.gpus = request, code_dir, workdir, cpus, gpus
         self.token = secrets.token_hex(32)  # Ray's token auth; the job's pickle is readable by its owner only
 
     def __call__(self) -> Optional[Dict[str, Any]]:
@@ -88,8 +90,8 @@ class SweepJob:
         folder = Path(job_env.paths.folder).resolve()
         on_slurm = job_env.cluster == "slurm"
         # Slurm's NodeAddr of each node (a node name need not resolve as a host name).
-        head = slurm_job._node_address(job_env.hostnames[0]) if on_slurm else "127.0.0.1"
-        own = slurm_job._node_address(os.environ.get("SLURMD_NODENAME", job_env.hostname)) if on_slurm else "127.0.0.1"
+        head = node_address(job_env.hostnames[0]) if on_slurm else "127.0.0.1"
+        own = node_address(os.environ.get("SLURMD_NODENAME", job_env.hostname)) if on_slurm else "127.0.0.1"
         address = f"{head}:{ray_port(job_env.job_id)}"
         resources = [f"--num-cpus={self.cpus}", f"--num-gpus={self.gpus}", f"--node-ip-address={own}"]
         log = folder / f"ray_node{job_env.node}.log"
@@ -98,13 +100,12 @@ class SweepJob:
                                f"--temp-dir=/tmp/ray_{job_env.job_id}", *resources], log)
             try:
                 _wait_for_nodes(address, job_env.num_nodes, timeout_s=300)
-                from launch.tune import main as tune_main
+                from action_launch.sweeps.run import sweep
 
-                code = tune_main([a for a in self.argv if a not in ("--slurm", "--wait", "--local")])
-                return {"exit_code": code}
+                return {"exit_code": sweep(self.request)}
             finally:
                 (folder / DONE).write_text("done")
-                _stop(proc)
+                stop_process_group(proc, grace_s=60.0)
         proc = None
         try:
             deadline = time.time() + 300
@@ -118,48 +119,39 @@ class SweepJob:
             return None
         finally:
             if proc is not None:
-                _stop(proc)
+                stop_process_group(proc, grace_s=60.0)
 
 
-def submit_sweep(args: argparse.Namespace, cfg: Config, sweep_dir: Path) -> int:
-    """Submit (or with --dry-run, print) the sweep job; with --wait, wait for it and return its exit code."""
-    import submitit
-
-    from launch.submit import sbatch_script
-
-    s = cfg.slurm
-    nodes = args.nodes or s.nodes
-    gpus = args.gpus_per_node if args.gpus_per_node is not None else s.gpus_per_node
-    folder = sweep_dir / "slurm" / "%j"
+def submit_sweep(request: SweepRequest) -> int:
+    """Check the sweep, then submit it as one job (with `dry_run`, print its sbatch script); with `wait`,
+    wait for it and return the sweep's exit code."""
+    plan = make_plan(request)
+    if plan is None:
+        return 2
+    given = {"nodes": request.nodes, "gpus_per_node": request.gpus_per_node, "partition": request.partition,
+             "time": request.time}
+    s = dataclasses.replace(plan.cfg.slurm, **{k: v for k, v in given.items() if v is not None})
+    folder = plan.sweep_dir / "slurm" / "%j"
     # --dry-run shows the Slurm script even where no Slurm is installed
-    cluster = "slurm" if args.dry_run else "local" if args.local or not slurm_job.slurm_available() else "slurm"
-    executor = submitit.AutoExecutor(folder=folder, cluster=None if cluster == "slurm" else "local")
-    params: Dict[str, Any] = {"name": slurm_job.safe_component(f"tune/{sweep_dir.name}"),
-                              "timeout_min": slurm_job.parse_time_minutes(args.time or s.time),
-                              "cpus_per_task": s.cpus_per_task, "nodes": nodes if cluster == "slurm" else 1,
-                              "tasks_per_node": 1}
-    if cluster == "slurm":
-        params["slurm_setup"] = ["export PYTHONUNBUFFERED=1"]
-        for key in ("partition", "account", "qos", "constraint"):
-            value = getattr(args, key, None) or getattr(s, key)
-            if value:
-                params[f"slurm_{key}"] = value
-    if gpus:
-        params["gpus_per_node"] = gpus
-    executor.update_parameters(**params)
-    argv = [a for a in sys.argv[1:] if a != "--dry-run"]
-    print(f"one Slurm job: {nodes} node(s), Ray head on the first, {s.cpus_per_task} CPU(s) and {gpus} GPU(s) per node")
-    if args.dry_run:
+    cluster = "slurm" if request.dry_run else choose_cluster(request.local)
+    executor = make_executor(folder, cluster, s, name=safe_component(f"tune/{plan.sweep_dir.name}"), nodes=s.nodes,
+                             tasks_per_node=1, local_tasks=1, requeue_signal=False)
+    print(f"one Slurm job: {s.nodes} node(s), Ray head on the first, {s.cpus_per_task} CPU(s) and "
+          f"{s.gpus_per_node} GPU(s) per node")
+    if request.dry_run:
         print(sbatch_script(executor, 1))
         return 0
-    code_dir = slurm_job.snapshot_code(REPO, Path(cfg.output_dir).resolve() / ".code")
-    job = executor.submit(SweepJob(argv, str(code_dir), os.getcwd(), s.cpus_per_task, gpus))
+    code_dir = snapshot_code(ROOT, Path(plan.cfg.output_dir).resolve() / ".code")
+    on_node = dataclasses.replace(request, slurm=False, wait=False, local=False, dry_run=False)
+    job_spec = SweepJob(on_node, str(code_dir), os.getcwd(), s.cpus_per_task, s.gpus_per_node)
+    with working_dir(code_dir):  # the job starts in the snapshot and imports action_launch from it
+        job = executor.submit(job_spec)
     job_folder = Path(str(folder).replace("%j", str(job.job_id)))
-    slurm_job.write_job_json(job_folder, {"command": [sys.executable, *sys.argv], "job_id": str(job.job_id),
-                                          "cluster": cluster, "nodes": nodes, "sweep_dir": str(sweep_dir),
-                                          "code_snapshot": str(code_dir)})
+    write_job_json(job_folder, {"command": [sys.executable, *sys.argv], "job_id": str(job.job_id),
+                                "cluster": cluster, "nodes": s.nodes, "sweep_dir": str(plan.sweep_dir),
+                                "code_snapshot": str(code_dir)})
     print(f"submitted sweep job {job.job_id}; logs in {job_folder}; status: python launch/submit.py --status {job_folder}")
-    if not getattr(args, "wait", False):
+    if not request.wait:
         return 0
     head = job.results()[0]  # one result per task; the head's carries the sweep's exit code
     return int((head or {}).get("exit_code", 1))

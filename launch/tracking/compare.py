@@ -1,0 +1,265 @@
+"""Compare MLflow runs (`python launch/compare.py --experiment E [--parent SWEEP] [--metric val/top1] [--params k1,k2]`).
+
+Prints a table of the experiment's runs, or with --parent (a sweep name or parent run id) of one
+sweep's trials: the key params, the metric, the stop reason and the cost of each, best first. The same
+table is written as CSV and PNG under --out, and the last line is the `mlflow ui` command (or URL) that
+shows the runs. By default the columns are the params that differ between the runs; for a sweep the
+metric and mode default to the sweep's own (`sweep.metric`, `sweep.mode`).
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from action_launch.tracking import query as tq  # imports MLflow only inside functions
+from action_launch.tracking.tracker import default_tracking_uri
+
+RunDict = Dict[str, Any]
+
+COST_METRICS = {"cost/clip_frames": "clip_frames", "cost/wall_s": "wall_s"}
+# Params that differ between any two runs without saying anything about them.
+IDENTITY_PARAMS = {"name", "output_dir", "experiment", "tracking.uri", "tracking.experiment", "slurm.job_name"}
+MAX_AUTO_PARAMS = 8  # more differing params than this: the rest are named, --params picks them
+ERROR_WIDTH = 40  # characters of an error message shown in the terminal and the PNG (the CSV has all)
+
+
+def stop_reason(run: RunDict) -> str:
+    """A trial's `sweep.stop_reason`, else the run's MLflow status in lower case."""
+    return run["tags"].get("sweep.stop_reason") or run["status"].lower()
+
+
+def swept_keys(parent_params: Dict[str, str]) -> List[str]:
+    """Config keys a sweep searched over: its `space.<key>` params (`space.a:b` for a joint entry)."""
+    return [key for k in parent_params if k.startswith("space.") for key in k[len("space."):].split(":")]
+
+
+def differing_params(runs: Sequence[RunDict], first: Iterable[str] = ()) -> List[str]:
+    """Param keys whose value is not the same in every run (absent counts as a value); `first` keys lead."""
+    keys = sorted({k for r in runs for k in r["params"]} - IDENTITY_PARAMS)
+    differ = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1 and not _per_run_path(runs, k)]
+    lead = [k for k in first if k in differ]
+    return lead + [k for k in differ if k not in lead]
+
+
+def _per_run_path(runs: Sequence[RunDict], key: str) -> bool:
+    """Whether each run's value names that run (a file in its own folder): different, but not a choice."""
+    return all(run["name"] and run["name"].split("/")[-1] in run["params"].get(key, "") for run in runs)
+
+
+def sort_runs(runs: Sequence[RunDict], metric: str, mode: str) -> List[RunDict]:
+    """Best first by the metric's latest value; runs without it (errored early) last, each group by name."""
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(run: RunDict):
+        value = run["metrics"].get(metric)
+        missing = value is None or math.isnan(value)
+        return (missing, 0.0 if missing else sign * value, run["name"] or "")
+
+    return sorted(runs, key=key)
+
+
+def _with_cost_tags(run: RunDict) -> RunDict:
+    """A trial's compute as a metric even where it was only tagged (`sweep.compute.clip_frames`)."""
+    tagged = run["tags"].get("sweep.compute.clip_frames")
+    if "cost/clip_frames" in run["metrics"] or tagged in (None, "", "None"):
+        return run
+    try:
+        return {**run, "metrics": {**run["metrics"], "cost/clip_frames": float(tagged)}}
+    except ValueError:
+        return run
+
+
+def table_rows(runs: Sequence[RunDict], metric: str, params: Sequence[str], trials: bool = False) -> tuple:
+    """(columns, rows) with raw values: run (or trial), params..., metric, [epoch], stop, [costs], run_id."""
+    costs = [m for m in COST_METRICS if any(m in r["metrics"] for r in runs)]
+    epochs = any("epoch" in r["metrics"] for r in runs) and metric != "epoch"
+    columns = ["trial" if trials else "run", *params, metric, *(["epoch"] if epochs else []), "stop",
+               *(COST_METRICS[m] for m in costs), "run_id"]
+    rows = []
+    for run in runs:
+        row = [run["tags"].get("sweep.trial_id", run["name"]) if trials else run["name"],
+               *(run["params"].get(k, "") for k in params), run["metrics"].get(metric),
+               *([run["metrics"].get("epoch")] if epochs else []), stop_reason(run),
+               *(run["metrics"].get(m) for m in costs), run["run_id"]]
+        rows.append(row)
+    return columns, rows
+
+
+def _cell(column: str, value: Any) -> str:
+    """A value as the terminal and the PNG show it (the CSV keeps raw values)."""
+    if value is None or value == "":
+        return "-"
+    if column == "stop":
+        return value if len(value) <= ERROR_WIDTH else value[:ERROR_WIDTH - 3] + "..."
+    if column == "run_id":
+        return value[:8]
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    if column == "clip_frames":
+        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= div:
+                return f"{value / div:.3g}{unit}"
+        return f"{value:.0f}"
+    if column == "wall_s":
+        return f"{value:.0f}s" if value < 120 else f"{int(value // 60)}m{int(value % 60):02d}s"
+    if column == "epoch" and value.is_integer():
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _numeric(column: str, rows: Sequence[Sequence[Any]], index: int) -> bool:
+    values = [r[index] for r in rows if r[index] not in (None, "")]
+    return bool(values) and all(isinstance(v, (int, float)) or re.fullmatch(r"-?[\d.e+-]+", str(v)) for v in values)
+
+
+def render_text(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned plain-text table: numbers right-aligned, text left-aligned."""
+    cells = [[_cell(c, v) for c, v in zip(columns, row)] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    right = [_numeric(c, rows, i) for i, c in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """The table with raw values (full run ids and error messages)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return path
+
+
+def _stop_colour(reason: str) -> str:
+    if reason.startswith(("errored", "failed", "killed")):
+        return "#f4c7c3"
+    if reason.startswith("stopped"):
+        return "#fce8b2"
+    if reason in ("completed", "finished"):
+        return "#b7e1cd"
+    return "#e8eaed"
+
+
+def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], metric: str,
+                   mode: str) -> Path:
+    """The table as a figure: metric cells shaded by value (darker is better), stop cells by outcome."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [[_cell(c, v) for c, v in zip(columns, row)] for row in rows] or [["-"] * len(columns)]
+    widths = [max([1.1 * len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]  # headers are bold
+    # About 0.075 inch per character at 9 points, plus cell padding; a row is 0.27 inch.
+    fig_w = min(max(6.0, 0.075 * sum(widths) + 0.12 * len(columns)), 40.0)
+    table_h = 0.27 * (len(cells) + 1)
+    fig = plt.figure(figsize=(fig_w, table_h + 0.45))
+    fig.text(0.005, 1 - 0.1 / (table_h + 0.45), title, fontsize=10, va="top")
+    ax = fig.add_axes((0.005, 0.02, 0.99, table_h / (table_h + 0.45)))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=list(columns), bbox=(0, 0, 1, 1), cellLoc="left",
+                     colWidths=[(w + 2) / sum(x + 2 for x in widths) for w in widths])
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    m, s = columns.index(metric), columns.index("stop")
+    values = [r[m] for r in rows if isinstance(r[m], float) and not math.isnan(r[m])]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    cmap = plt.get_cmap("Blues")
+    right = [_numeric(c, rows, j) for j, c in enumerate(columns)]
+    for (i, j), cell in table.get_celld().items():
+        cell.PAD = 0.6 / (widths[j] + 2)  # matplotlib pads by a fraction of the cell width: keep it a character
+        if i > 0 and right[j]:
+            cell.set_text_props(ha="right")
+            cell._loc = "right"  # where Cell places its text; matplotlib sets it only through the table-wide cellLoc
+    for j in range(len(columns)):
+        table[0, j].set_facecolor("#dadce0")
+        table[0, j].set_text_props(weight="bold")
+    for i, row in enumerate(rows, start=1):
+        if isinstance(row[m], float) and not math.isnan(row[m]):
+            goodness = (row[m] - lo) / (hi - lo) if hi > lo else 1.0
+            goodness = goodness if mode == "max" else 1.0 - goodness
+            table[i, m].set_facecolor(cmap(0.15 + 0.6 * goodness))
+            table[i, m].set_text_props(color="white" if goodness > 0.6 else "black")
+        table[i, s].set_facecolor(_stop_colour(str(row[s])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "runs"
+
+
+def _check_keys(wanted: Sequence[str], present: Iterable[str], what: str) -> None:
+    present = sorted(set(present))
+    for key in wanted:
+        if key not in present:
+            close = difflib.get_close_matches(key, present, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise tq.TrackingQueryError(f"no run has {what} {key!r}{hint}")
+
+
+def compare_runs(args: Any) -> int:
+    """`launch/compare.py`'s work for its parsed arguments (experiment, parent, tracking_uri, output_dir,
+    metric, mode, params, out): print and write the table; the command's exit code."""
+    uri = args.tracking_uri or default_tracking_uri(args.output_dir)
+    try:
+        exp_id = tq.experiment_id(uri, args.experiment)
+        sweep: Optional[RunDict] = None
+        if args.parent:
+            sweep, runs = tq.sweep_trials(uri, args.experiment, args.parent)
+            if not runs:
+                raise tq.TrackingQueryError(f"run {sweep['name']!r} ({sweep['run_id']}) has no child runs "
+                                            f"(tag mlflow.parentRunId); is it a sweep's parent run?")
+        else:
+            runs = tq.list_runs(uri, args.experiment)
+            parents = tq.sweep_parents(runs)
+            runs = [r for r in runs if r not in parents]
+            if not runs:
+                raise tq.TrackingQueryError(f"experiment {args.experiment!r} has no runs")
+        sweep_params = sweep["params"] if sweep else {}
+        metric = args.metric or sweep_params.get("sweep.metric", "val/top1")
+        mode = args.mode or sweep_params.get("sweep.mode", "max")
+        _check_keys([metric], (k for r in runs for k in r["metrics"]), "metric")
+        if args.params:
+            params = [p.strip() for p in args.params.split(",") if p.strip()]
+            _check_keys(params, (k for r in runs for k in r["params"]), "param")
+            more: List[str] = []
+        else:
+            swept = swept_keys(sweep_params)
+            differ = differing_params(runs, first=swept)
+            params, more = differ[:MAX_AUTO_PARAMS], differ[MAX_AUTO_PARAMS:]
+    except (tq.TrackingQueryError, ConnectionError, FileNotFoundError) as err:
+        print(f"compare: {err}", file=sys.stderr)
+        return 1
+
+    ordered = sort_runs([_with_cost_tags(r) for r in runs], metric, mode)
+    columns, rows = table_rows(ordered, metric, params, trials=sweep is not None)
+    what = f"sweep {sweep['tags'].get('sweep.name', sweep['name'])}" if sweep else "runs"
+    title = f"{args.experiment}: {what}, {len(rows)} {'trials' if sweep else 'runs'}, by {metric} ({mode}) best first"
+    out = args.out or Path(args.output_dir) / "compare"
+    stem = _slug(args.experiment) + (f"__{_slug(what[len('sweep '):])}" if sweep else "")
+    csv_path = write_csv(out / f"{stem}.csv", columns, rows)
+    png_path = save_table_png(out / f"{stem}.png", title, columns, rows, metric, mode)
+
+    print(title)
+    print(render_text(columns, rows))
+    if more:
+        print(f"({len(more)} more params differ: {', '.join(more)}; pick columns with --params)")
+    print(f"Wrote {csv_path} and {png_path}")
+    command, url = tq.ui_url(uri, exp_id)
+    print(f"Browse them: {command}  then open {url}" if command else f"Browse them: {url}")
+    return 0
+
