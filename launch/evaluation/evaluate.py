@@ -334,7 +334,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
         cm = confusion_matrix(scores.argmax(1), labels.astype(np.int64), scores.shape[1])
         (test_dir / "confusion_matrix.json").write_text(json.dumps(
             {"classes": _names(class_names, scores.shape[1]), "rows_true_cols_predicted": cm.tolist()}))
-        from action_launch.evaluation.confusion import save_confusion_matrix
+        from action_launch.training.confusion import save_confusion_matrix
 
         artifacts += [test_dir / "confusion_matrix.json",
                       save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=class_names)]

@@ -386,7 +386,7 @@ class Trainer:
                                          **self.progress.last_val}, indent=2))
             self.tracker.log_artifact(final)
         if self._last_confusion is not None:
-            from action_launch.evaluation.confusion import save_confusion_matrix
+            from action_launch.training.confusion import save_confusion_matrix
 
             png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
                                         class_names=getattr(self.val_set, "class_names", None))

@@ -1,4 +1,4 @@
-"""Figures logged as run artifacts (matplotlib, headless)."""
+"""The confusion matrix as a figure (matplotlib, headless), logged as a run artifact by training and test.py."""
 from __future__ import annotations
 
 from pathlib import Path
