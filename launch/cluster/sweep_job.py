@@ -24,6 +24,7 @@ from action_launch.cluster.plan import safe_component
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.common.processes import stop_process_group
 from action_launch.sweeps.plan import SweepRequest, make_plan
+from action_launch.sweeps.ray_cluster import wait_for_nodes
 
 DONE = "sweep_done"
 
@@ -46,23 +47,6 @@ def _ray_start(args: List[str], log: Path) -> subprocess.Popen:
     ray = str(Path(sys.executable).with_name("ray"))
     return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", *args], stdout=open(log, "a"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait_for_nodes(address: str, count: int, timeout_s: float) -> None:
-    import ray
-
-    os.environ["RAY_ADDRESS"] = address
-    deadline = time.time() + timeout_s
-    ray.init(address=address, log_to_driver=False)
-    try:
-        while time.time() < deadline:
-            alive = [n for n in ray.nodes() if n.get("Alive")]
-            if len(alive) >= count:
-                return
-            time.sleep(1)
-        raise TimeoutError(f"only {len(alive)} of {count} Ray nodes joined {address} within {timeout_s:.0f} s")
-    finally:
-        ray.shutdown()
 
 
 class SweepJob:
@@ -99,7 +83,7 @@ class SweepJob:
             proc = _ray_start(["--head", f"--port={ray_port(job_env.job_id)}", "--include-dashboard=false",
                                f"--temp-dir=/tmp/ray_{job_env.job_id}", *resources], log)
             try:
-                _wait_for_nodes(address, job_env.num_nodes, timeout_s=300)
+                wait_for_nodes(address, job_env.num_nodes, timeout_s=300)
                 from action_launch.sweeps.run import sweep
 
                 return {"exit_code": sweep(self.request)}

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
-import textwrap
-import difflib
 import math
 import re
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -123,7 +123,7 @@ def _tracking(cfg: Config, sweep_dir: Path, stack: ExitStack) -> Optional[str]:
 
 def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
     """Run (or resume) the sweep to the end; returns the summary written to `summary.json`."""
-    args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
+    args, cfg, sweep_dir = plan.request, plan.cfg, plan.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.sweep, sweep_dir / "sweep.yaml")
     with ExitStack() as stack:
