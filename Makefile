@@ -22,7 +22,7 @@ DEMO_DATA ?= data/synthetic
 DEMO_SET ?= --num-train 640 --num-val 128
 DEMO_ARGS ?=
 demo: setup
-	$(PY) -m datasets.synthetic $(DEMO_DATA) $(DEMO_SET)
+	$(PY) -m action_launch.datasets.synthetic $(DEMO_DATA) $(DEMO_SET)
 	$(PY) launch/train.py --config configs/demo.yaml data.root=$(DEMO_DATA) $(DEMO_ARGS)
 
 # The whole suite, the real-cluster Slurm tests (marker `slurm`) included: they need root and the Debian

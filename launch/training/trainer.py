@@ -40,6 +40,7 @@ from action_launch.training.metrics import (
     is_regression,
     regression_metrics,
 )
+from action_launch.training.prediction import predictions
 from action_launch.training.schedule import effective_batch_size, scale_lrs
 from action_launch.training.signals import stop_flag_in_slurm_step
 
@@ -341,11 +342,7 @@ class Trainer:
         """This rank's scores (probabilities, or raw outputs for regression), labels and summed loss, in loader order."""
         scores, labels, losses = [], [], []
         memory = WindowMemory() if self.memory is not None else None
-        for batch in self.val_loader:
-            inputs, targets, meta = split_batch(batch)
-            outputs = self.engine.predict(inputs, **(memory.model_kwargs(meta) if memory else {}))
-            if memory is not None:
-                memory.update(meta, outputs)
+        for _, outputs, targets in predictions(self.val_loader, self.engine.predict, memory, self.engine.device):
             losses.append(float(self.engine.loss_fn(outputs, targets.to(self.engine.device))) * len(targets))
             out = logits_of(outputs).float()
             scores.append((out if regression else out.softmax(-1)).cpu().numpy())
