@@ -1,11 +1,12 @@
-"""A finished sweep as a table and figures: results CSV, metric vs each swept key, a frames x
-sampling-rate heat map of the best metric, and metric vs compute. Plain rows in, files out."""
+"""A finished sweep's figures: metric vs each swept key, a frames x sampling-rate heat map of the best
+metric, and metric vs compute. Plain rows in, files out (the table and CSV: `common.tables`)."""
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from action_launch.common.tables import is_number
+from action_launch.tracking.stop_reasons import outcome
 
 FRAMES, RATE, COST = "data.num_frames", "data.sampling_rate", "cost/clip_frames"
 
@@ -19,49 +20,14 @@ def _pyplot():
     return plt
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def sort_rows(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> List[Mapping[str, Any]]:
-    """Best first; trials without the metric last."""
-    sign = -1 if mode == "max" else 1
-    return sorted(rows, key=lambda r: (not _is_number(r.get(metric)), sign * r[metric] if _is_number(r.get(metric)) else 0))
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Aligned text table."""
-    def text(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    cells = [[text(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: Path) -> Path:
-    """Rows as CSV with the given columns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def plot_metric_vs_keys(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str, path: Path) -> Path:
     """One panel per swept key: the metric of every trial against that key's value."""
     plt = _pyplot()
     keys = list(keys) or ["trial"]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        points = [(r.get(key), r.get(metric)) for r in rows if _is_number(r.get(metric))]
-        numeric = all(_is_number(x) for x, _ in points)
+        points = [(r.get(key), r.get(metric)) for r in rows if is_number(r.get(metric))]
+        numeric = all(is_number(x) for x, _ in points)
         labels = sorted({str(x) for x, _ in points}) if not numeric else []
         xs = [x if numeric else labels.index(str(x)) for x, _ in points]
         ax.scatter(xs, [y for _, y in points], alpha=0.8)
@@ -83,7 +49,7 @@ def plot_frames_rate_heatmap(rows: Sequence[Mapping[str, Any]], metric: str, mod
     cells: Dict[tuple, float] = {}
     for r in rows:
         f, s, m = r.get(FRAMES), r.get(RATE), r.get(metric)
-        if not (_is_number(f) and _is_number(s) and _is_number(m)):
+        if not (is_number(f) and is_number(s) and is_number(m)):
             continue
         old = cells.get((f, s))
         cells[(f, s)] = m if old is None else (max(old, m) if mode == "max" else min(old, m))
@@ -96,7 +62,7 @@ def plot_frames_rate_heatmap(rows: Sequence[Mapping[str, Any]], metric: str, mod
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            if _is_number(value):
+            if is_number(value):
                 ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="white")
     ax.set_xticks(range(len(rates)), [str(s) for s in rates])
     ax.set_yticks(range(len(frames)), [str(f) for f in frames])
@@ -116,8 +82,8 @@ def plot_metric_vs_cost(rows: Sequence[Mapping[str, Any]], metric: str, path: Pa
     fig, ax = plt.subplots(figsize=(5, 3.5))
     groups: Dict[str, List[Mapping[str, Any]]] = {}
     for r in rows:
-        if _is_number(r.get(metric)) and _is_number(r.get(COST)):
-            groups.setdefault(str(r.get("stop_reason", "")).split(" at ")[0], []).append(r)
+        if is_number(r.get(metric)) and is_number(r.get(COST)):
+            groups.setdefault(outcome(str(r.get("stop_reason", ""))), []).append(r)
     for label, members in sorted(groups.items()):
         ax.scatter([r[COST] for r in members], [r[metric] for r in members], label=label, alpha=0.8)
     ax.set_xlabel("compute (clip-frames)")

@@ -20,19 +20,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from action_launch import child_python_env
 from action_launch.common.processes import free_port
+from action_launch.common.tables import best_first, format_table, write_csv
 from action_launch.config import Config, flatten, load_config, to_dict
 from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget
-from action_launch.sweeps.report import (
-    COST,
-    format_table,
-    plot_frames_rate_heatmap,
-    plot_metric_vs_cost,
-    plot_metric_vs_keys,
-    sort_rows,
-    write_csv,
-)
+from action_launch.sweeps.report import COST, plot_frames_rate_heatmap, plot_metric_vs_cost, plot_metric_vs_keys
 from action_launch.sweeps.spec import Param, SweepSpec, flat_trial_config, trial_overrides
 from action_launch.sweeps.trial import TrialSetup, last_exception_line, run_trial, trial_run_name
+from action_launch.tracking import stop_reasons
 from action_launch.tracking.server import TrackingServer
 from action_launch.tracking.tracker import Tracker, annotate_run, default_tracking_uri, ensure_experiment
 
@@ -179,14 +173,14 @@ def _fit(plan: SweepPlan, setup: TrialSetup):
     return tuner.fit()
 
 
-def stop_reason(result, scheduler: str, budget_key: str, full_budget: int) -> str:
-    """completed | stopped by <scheduler> at <budget> k | errored: <first line of the error>."""
+def trial_stop_reason(result, scheduler: str, budget_key: str, full_budget: int) -> str:
+    """Why a Ray trial ended (`tracking.stop_reasons`): its error, a scheduler's stop, or the full budget."""
     if result.error is not None:
-        return f"errored: {(last_exception_line(str(result.error)) or type(result.error).__name__)[:300]}"
+        return stop_reasons.errored(last_exception_line(str(result.error)) or type(result.error).__name__)
     reached = (result.metrics or {}).get(budget_key, 0)
     if reached >= full_budget:
-        return "completed"
-    return f"stopped by {scheduler} at {budget_key} {reached}"
+        return stop_reasons.COMPLETED
+    return stop_reasons.stopped_by(scheduler, budget_key, reached)
 
 
 def _history_best(result, metric: str, mode: str) -> Optional[float]:
@@ -204,7 +198,7 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
     """Put the stop reason (and the end status) on the trial's MLflow run; a trial that failed before its
     training opened a run gets one here, so every trial of the sweep has its child run."""
     reason = row["stop_reason"]
-    status = "FAILED" if reason.startswith("errored") else "KILLED" if reason.startswith("stopped") else "FINISHED"
+    status = stop_reasons.mlflow_status(reason)
     tags = {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}
     if (trial_dir / "tracking" / "state.json").exists():
         annotate_run(trial_dir, tags, status)
@@ -227,25 +221,26 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
         id_file = Path(result.path) / "trial_id"
         # The trial's own record first: after a PBT exploit the last result can be the donor's.
         trial_id = id_file.read_text().strip() if id_file.exists() else metrics.get("trial_id") or Path(result.path).name
-        reason = stop_reason(result, args.scheduler, budget_key, full)
+        reason = trial_stop_reason(result, args.scheduler, budget_key, full)
         row = {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
                spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
                budget_key: metrics.get(budget_key), COST: metrics.get(COST), "cost/wall_s": metrics.get("cost/wall_s")}
         rows.append(row)
         if setup.tracking_uri:
             _record_trial(sweep_dir / trial_id, row, flat_trial_config(result.config or {}), cfg, setup)
-    rows = sort_rows(rows, spec.metric, spec.mode)
+    rows = best_first(rows, lambda row: row[spec.metric], spec.mode)
     columns = ["trial_id", *spec.swept_keys(), spec.metric, budget_key, COST, "cost/wall_s", "stop_reason"]
-    print(format_table(rows, columns), flush=True)
-    files = [write_csv(rows, columns, sweep_dir / "results.csv"),
+    table = [[row.get(c) for c in columns] for row in rows]
+    print(format_table(columns, table), flush=True)
+    files = [write_csv(sweep_dir / "results.csv", columns, table),
              plot_metric_vs_keys(rows, spec.swept_keys(), spec.metric, sweep_dir / "metric_vs_keys.png"),
              plot_metric_vs_cost(rows, spec.metric, sweep_dir / "metric_vs_cost.png"),
              plot_frames_rate_heatmap(rows, spec.metric, spec.mode, sweep_dir / "frames_rate_heatmap.png"),
              sweep_dir / "sweep.yaml"]
     best = rows[0] if rows and rows[0].get(spec.metric) is not None else None
     summary = {"trials": len(rows), "best": best,
-               "completed_or_stopped": sum(not r["stop_reason"].startswith("errored") for r in rows),
-               "errored": sum(r["stop_reason"].startswith("errored") for r in rows),
+               "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) != "errored" for r in rows),
+               "errored": sum(stop_reasons.outcome(r["stop_reason"]) == "errored" for r in rows),
                "total_clip_frames": sum(r[COST] or 0 for r in rows), "rows": rows}
     if best is not None:
         best_dir = sweep_dir / best["trial_id"]

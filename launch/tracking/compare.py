@@ -8,7 +8,6 @@ metric and mode default to the sweep's own (`sweep.metric`, `sweep.mode`).
 """
 from __future__ import annotations
 
-import csv
 import difflib
 import math
 import re
@@ -16,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from action_launch.common.tables import best_first, format_table, numeric_column, write_csv
 from action_launch.tracking import query as tq  # imports MLflow only inside functions
+from action_launch.tracking.stop_reasons import outcome, run_stop_reason
 from action_launch.tracking.tracker import default_tracking_uri
 
 RunDict = Dict[str, Any]
@@ -26,11 +27,6 @@ COST_METRICS = {"cost/clip_frames": "clip_frames", "cost/wall_s": "wall_s"}
 IDENTITY_PARAMS = {"name", "output_dir", "experiment", "tracking.uri", "tracking.experiment", "slurm.job_name"}
 MAX_AUTO_PARAMS = 8  # more differing params than this: the rest are named, --params picks them
 ERROR_WIDTH = 40  # characters of an error message shown in the terminal and the PNG (the CSV has all)
-
-
-def stop_reason(run: RunDict) -> str:
-    """A trial's `sweep.stop_reason`, else the run's MLflow status in lower case."""
-    return run["tags"].get("sweep.stop_reason") or run["status"].lower()
 
 
 def swept_keys(parent_params: Dict[str, str]) -> List[str]:
@@ -53,14 +49,8 @@ def _per_run_path(runs: Sequence[RunDict], key: str) -> bool:
 
 def sort_runs(runs: Sequence[RunDict], metric: str, mode: str) -> List[RunDict]:
     """Best first by the metric's latest value; runs without it (errored early) last, each group by name."""
-    sign = -1.0 if mode == "max" else 1.0
-
-    def key(run: RunDict):
-        value = run["metrics"].get(metric)
-        missing = value is None or math.isnan(value)
-        return (missing, 0.0 if missing else sign * value, run["name"] or "")
-
-    return sorted(runs, key=key)
+    by_name = sorted(runs, key=lambda run: run["name"] or "")
+    return best_first(by_name, lambda run: run["metrics"].get(metric), mode)
 
 
 def _with_cost_tags(run: RunDict) -> RunDict:
@@ -84,7 +74,7 @@ def table_rows(runs: Sequence[RunDict], metric: str, params: Sequence[str], tria
     for run in runs:
         row = [run["tags"].get("sweep.trial_id", run["name"]) if trials else run["name"],
                *(run["params"].get(k, "") for k in params), run["metrics"].get(metric),
-               *([run["metrics"].get("epoch")] if epochs else []), stop_reason(run),
+               *([run["metrics"].get("epoch")] if epochs else []), run_stop_reason(run),
                *(run["metrics"].get(m) for m in costs), run["run_id"]]
         rows.append(row)
     return columns, rows
@@ -114,41 +104,7 @@ def _cell(column: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _numeric(column: str, rows: Sequence[Sequence[Any]], index: int) -> bool:
-    values = [r[index] for r in rows if r[index] not in (None, "")]
-    return bool(values) and all(isinstance(v, (int, float)) or re.fullmatch(r"-?[\d.e+-]+", str(v)) for v in values)
-
-
-def render_text(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Aligned plain-text table: numbers right-aligned, text left-aligned."""
-    cells = [[_cell(c, v) for c, v in zip(columns, row)] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    right = [_numeric(c, rows, i) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
-
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """The table with raw values (full run ids and error messages)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
-    return path
-
-
-def _stop_colour(reason: str) -> str:
-    if reason.startswith(("errored", "failed", "killed")):
-        return "#f4c7c3"
-    if reason.startswith("stopped"):
-        return "#fce8b2"
-    if reason in ("completed", "finished"):
-        return "#b7e1cd"
-    return "#e8eaed"
+_OUTCOME_COLOURS = {"errored": "#f4c7c3", "stopped": "#fce8b2", "completed": "#b7e1cd", "other": "#e8eaed"}
 
 
 def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], metric: str,
@@ -176,7 +132,7 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
     values = [r[m] for r in rows if isinstance(r[m], float) and not math.isnan(r[m])]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     cmap = plt.get_cmap("Blues")
-    right = [_numeric(c, rows, j) for j, c in enumerate(columns)]
+    right = [numeric_column(rows, j) for j in range(len(columns))]
     for (i, j), cell in table.get_celld().items():
         cell.PAD = 0.6 / (widths[j] + 2)  # matplotlib pads by a fraction of the cell width: keep it a character
         if i > 0 and right[j]:
@@ -191,7 +147,7 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
             goodness = goodness if mode == "max" else 1.0 - goodness
             table[i, m].set_facecolor(cmap(0.15 + 0.6 * goodness))
             table[i, m].set_text_props(color="white" if goodness > 0.6 else "black")
-        table[i, s].set_facecolor(_stop_colour(str(row[s])))
+        table[i, s].set_facecolor(_OUTCOME_COLOURS[outcome(str(row[s]))])
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -255,7 +211,7 @@ def compare_runs(args: Any) -> int:
     png_path = save_table_png(out / f"{stem}.png", title, columns, rows, metric, mode)
 
     print(title)
-    print(render_text(columns, rows))
+    print(format_table(columns, rows, _cell))
     if more:
         print(f"({len(more)} more params differ: {', '.join(more)}; pick columns with --params)")
     print(f"Wrote {csv_path} and {png_path}")
