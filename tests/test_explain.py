@@ -1,4 +1,4 @@
-"""Grad-CAM (launch/gradcam.py) and `launch/explain.py`: maps, their layouts, rendering, MLflow artifact."""
+"""Grad-CAM (launch/evaluation/gradcam.py) and `launch/explain.py`: maps, their layouts, rendering, MLflow artifact."""
 from __future__ import annotations
 
 import json

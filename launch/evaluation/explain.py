@@ -4,7 +4,7 @@
 Loads the model of checkpoint C (a checkpoint folder, or a run folder: its `best` checkpoint, else
 the newest), reads video V (a file, or a frame folder for `data.dataset=rawframes`) the way the
 config's validation split does (the centred clip, short-side resize, centre crop, normalisation),
-and computes Grad-CAM (`launch.gradcam`) for the predicted class, or class K, over layer NAME
+and computes Grad-CAM (`evaluation.gradcam`) for the predicted class, or class K, over layer NAME
 (default: the last feature-map layer the class score depends on, found from the model). For
 ST-ABN the model's own spatial attention map and per-frame temporal attention are drawn too.
 

@@ -3,7 +3,7 @@
 A run comes back as `{"run_id", "name", "status", "start_time", "end_time", "params", "metrics",
 "tags"}`, where `metrics` holds each metric's latest value. A sweep (written by `launch/tune.py`) is
 a parent run tagged `sweep.role=parent` and `sweep.name=<name>` whose trials are child runs tagged
-`mlflow.parentRunId=<parent id>`. Like `launch/tracking.py`, this module may import MLflow; the
+`mlflow.parentRunId=<parent id>`. Like the rest of `tracking`, this module may import MLflow; the
 callers (`launch/compare.py`) see dicts and the errors below only.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def init_distributed(backend: str) -> None:
-    """Start the process group from RANK/WORLD_SIZE/MASTER_* (see `launch.distributed`)."""
+    """Start the process group from RANK/WORLD_SIZE/MASTER_* (see `training.distributed`)."""
     import deepspeed
     from deepspeed.utils import logger as ds_logger
 
@@ -87,7 +87,7 @@ def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: f
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
                     micro_batches_per_epoch: int, grad_accum: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-optimizer-step scheduler following `launch.schedule.lr_at` (fractional epochs)."""
+    """Per-optimizer-step scheduler following `training.schedule.lr_at` (fractional epochs)."""
     steps_per_epoch = micro_batches_per_epoch / grad_accum
     peak = scaled.lr if scaled.lr > 0 else 1.0
 

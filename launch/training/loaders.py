@@ -6,7 +6,7 @@ restarted. Datasets accept such keys (see `datasets.video`).
 
 `SequenceStreamSampler` batches the windows of recordings (interactions) so that each recording is
 walked in order through successive batches, for models that carry memory from window to window
-(`launch.memory`).
+(`training.memory`).
 """
 from __future__ import annotations
 

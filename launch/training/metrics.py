@@ -1,6 +1,6 @@
 """Metrics over a whole evaluation set (all ranks' predictions gathered first): classification
 (top-k, mean class accuracy, macro F1) and regression (MSE per output, optionally per participant).
-Shared by validation during training (`launch.trainer`) and checkpoint evaluation (`launch.evaluate`)."""
+Shared by validation during training (`training.trainer`) and checkpoint evaluation (`evaluation.evaluate`)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple

@@ -157,7 +157,7 @@ class Trainer:
                 f"{len(self.train_set)} training clips cannot fill one optimizer step of micro_batch_size "
                 f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum} x world size {env.world_size}")
         length = self.micro_per_epoch * cfg.train.micro_batch_size
-        if self.memory is not None:  # batch slot b walks one recording's windows in order (launch.memory)
+        if self.memory is not None:  # batch slot b walks one recording's windows in order (training.memory)
             self.sampler = SequenceStreamSampler(_sequences(self.train_set, cfg), cfg.train.micro_batch_size,
                                                  env.world_size, env.rank, cfg.seed, shuffle=True, length=length)
             val_sampler = SequenceStreamSampler(_sequences(self.val_set, cfg), cfg.train.micro_batch_size,
@@ -308,7 +308,7 @@ class Trainer:
         """Validation metrics over the whole validation set, logged and returned.
 
         Classification: loss, top-1/top-5, mean class accuracy and macro F1 (and the confusion
-        matrix kept for the final artifacts). Regression (`launch.metrics.is_regression`): loss,
+        matrix kept for the final artifacts). Regression (`training.metrics.is_regression`): loss,
         `mse` and `mse/<output>` over all samples, and, when the dataset names each sample's
         participant, `participant/mse` and `participant/mse/<output>` after averaging a
         participant's predictions and targets over its chunks (the personality protocol, which
