@@ -235,11 +235,6 @@ class SkeletonDataset(torch.utils.data.Dataset):
         state["_data"] = None
         return state
 
-    @property
-    def num_channels(self) -> int:
-        """Channels of a returned sample: the stream's C, plus 12 with Laban features."""
-        return self.data.shape[1] + (12 if self.cfg.laban else 0)
-
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -175,15 +175,3 @@ def multiscale_adjacency(A: np.ndarray, num_scales: int) -> np.ndarray:
     if num_scales < 1:
         raise ValueError(f"num_scales must be >= 1, got {num_scales}")
     return np.stack([normalize_adjacency(k_adjacency(A, k, with_self=True)) for k in range(num_scales)])
-
-
-def is_connected(A: np.ndarray) -> bool:
-    """Whether the undirected graph of adjacency `A` is connected."""
-    seen, todo = {0}, [0]
-    while todo:
-        v = todo.pop()
-        for u in np.flatnonzero(A[v]):
-            if int(u) not in seen:
-                seen.add(int(u))
-                todo.append(int(u))
-    return len(seen) == len(A)

@@ -145,7 +145,7 @@ def test_laban_dataset_has_15_channels(tmp_path):
     data = np.load(tmp_path / "train_data.npy")
     ds = build(_cfg(tmp_path, graph="smpl-24", laban=True), "train")
     x, _ = ds[(0, 0)]
-    assert ds.num_channels == 15 and x.shape == (15, T, 24, M)
+    assert x.shape == (15, T, 24, M)  # 3 coordinates + 12 Laban features
     assert np.allclose(x[:3].numpy(), data[0])
     assert np.allclose(x[3:].numpy(), laban.laban_features(data[0], bone_pairs("smpl-24")), atol=1e-6)
     with pytest.raises(ValueError, match="data.graph"):

@@ -53,10 +53,6 @@ class WindowMemory:
         """Forget everything (a new epoch or evaluation pass)."""
         self._last = {}
 
-    def carried(self, meta: Mapping[str, Any]) -> List[bool]:
-        """Per window of a batch: whether it continues a recording from the previous batch."""
-        return [self._previous(rec, w) is not None for rec, w in zip(*_windows(meta))]
-
     def _previous(self, recording: str, window: int) -> Optional[torch.Tensor]:
         earlier = [(w, m) for w, m in self._last.get(recording, ()) if w < window]
         return max(earlier, key=lambda e: e[0])[1] if earlier else None
