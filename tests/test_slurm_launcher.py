@@ -1,16 +1,20 @@
 """`launch/submit.py` without a cluster: config resolution, grids, batch layout, the sbatch script, snapshots."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from action_launch.cluster.executor import make_executor
+from action_launch.cluster.jobs import write_job_json
 from action_launch.cluster.plan import parse_time_minutes, resolve, safe_component, split_top_level
 from action_launch.cluster.snapshot import snapshot_code
-from action_launch.config import ConfigError
+from action_launch.config import ConfigError, SlurmConfig
 
 from conftest import REPO
 
@@ -107,3 +111,48 @@ def test_local_executor_runs_the_same_job(video_set, tmp_path):
     assert info["cluster"] == "local" and info["world_size"] == 1
     assert (folder / "checkpoints").is_dir() and (folder / "config.yaml").is_file()
     assert info["code_snapshot"] and Path(info["code_snapshot"], "action_launch", "training", "trainer.py").is_file()
+
+
+def _local_job(tmp_path: Path, fn):
+    """`fn` submitted through submitit's local executor as submit.py submits a job: (job, its folder with job.json)."""
+    executor = make_executor(tmp_path / "%j", "local", SlurmConfig(), name="status", nodes=1, tasks_per_node=1)
+    job = executor.submit(fn)
+    folder = tmp_path / str(job.job_id)
+    write_job_json(folder, {"job_id": str(job.job_id), "cluster": "local", "nodes": 1, "tasks_per_node": 1})
+    return job, folder
+
+
+def _status(folder: Path) -> str:
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--status", str(folder)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_status_of_a_failed_local_job_shows_its_traceback_and_logs(tmp_path):
+    job, folder = _local_job(tmp_path, functools.partial(int, "no-such-number"))
+    assert isinstance(job.exception(), Exception)  # waits for the job to end
+    (folder / "checkpoints" / "step_00000002").mkdir(parents=True)
+    out = _status(folder)
+    assert out.startswith(f"job {job.job_id} on local: 1 node(s) x 1 task(s)\nstate: FINISHED\n"), out
+    assert "checkpoints: step_00000002" in out and "job failed:" in out
+    assert "Traceback (most recent call last)" in out and "invalid literal for int() with base 10: 'no-such-number'" in out
+    assert f"--- {job.job_id}_0_log.err (last " in out and f"--- {job.job_id}_0_log.out (last " in out
+
+
+def test_status_of_a_finished_local_job_shows_its_result(tmp_path):
+    job, folder = _local_job(tmp_path, functools.partial(sum, [1, 2]))
+    assert job.result() == 3
+    out = _status(folder)
+    assert "result: 3" in out and "checkpoints: none" in out and "job failed" not in out
+
+
+def test_status_of_a_running_job_answers_without_waiting(tmp_path):
+    job, folder = _local_job(tmp_path, functools.partial(time.sleep, 120))
+    try:
+        start = time.time()
+        out = _status(folder)
+        assert time.time() - start < 10  # submitit's exception() would wait for the end (or 15 s for a result file)
+        assert "result: none yet" in out and "job failed" not in out
+    finally:
+        job.cancel()

@@ -125,25 +125,31 @@ def node_address(node: str) -> str:
 
 # ------------------------------------------------------------------------------------------ status
 
-def job_state(job_id: str, cluster: str, run_dir: Path) -> str:
-    """Slurm's accounting state of a job; for a local job, what its result file says."""
-    if cluster != "slurm":
-        result = run_dir / f"{job_id}_0_result.pkl"
-        if not result.is_file():
-            return "RUNNING (or killed: no result yet)"
-        import pickle
+def submitted_job(run_dir: Path, info: Dict[str, Any]) -> Any:
+    """submitit's own job object (all its tasks) for a job folder and its job.json."""
+    import submitit
 
-        return "COMPLETED" if pickle.loads(result.read_bytes())[0] == "success" else "FAILED"
+    job_class = submitit.SlurmJob if info.get("cluster", "slurm") == "slurm" else submitit.LocalJob
+    tasks = int(info.get("nodes") or 1) * int(info.get("tasks_per_node") or 1)
+    return job_class(run_dir, str(info["job_id"]), tasks=tuple(range(tasks)))
+
+
+def _outcome(job: Any) -> List[str]:
+    """What the tasks' result files say: the first failure's traceback, else task 0's result.
+
+    Only tasks whose result file exists are asked: for them submitit's `exception()` and `result()`
+    return at once, where for a running job they would wait for its end.
+    """
+    finished = [job.task(t) for t in range(job.num_tasks) if job.task(t).paths.result_pickle.exists()]
     try:
-        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        return f"UNKNOWN (sacct: {err})"
-    for line in out.splitlines():
-        jid, state, code = (line.split("|") + ["", ""])[:3]
-        if jid == job_id:
-            return f"{state} (exit code {code})"
-    return "UNKNOWN (not in sacct yet)"
+        error = next((e for e in (task.exception() for task in finished) if e is not None), None)
+        if error is not None:
+            return ["", "job failed:", str(error).rstrip()]
+        if finished and finished[0].task_id == 0:
+            return [f"result: {finished[0].result()}"]
+    except Exception as err:  # noqa: BLE001 - a status command must not fail on a bad result file
+        return [f"(unreadable result file in {job.paths.folder}: {err})"]
+    return ["result: none yet (running, stopped to be requeued, or killed)"]
 
 
 def _tail(path: Path, lines: int) -> List[str]:
@@ -151,30 +157,21 @@ def _tail(path: Path, lines: int) -> List[str]:
 
 
 def status_report(run_dir: Path, lines: int = 40) -> str:
-    """State, checkpoints and the tail of the logs of a submitted job (`submit.py --status RUN_DIR`)."""
-    run_dir = Path(run_dir)
+    """State, checkpoints, result or error, and the tails of the logs of a submitted job (`submit.py --status`)."""
+    run_dir = Path(run_dir).resolve()
     info_path = run_dir / "job.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no job.json (expected a job folder runs/<experiment>/<name>/<job id>)")
     info = json.loads(info_path.read_text())
-    job_id, cluster = info["job_id"], info.get("cluster", "slurm")
-    out = [f"job {job_id} on {cluster}: {info.get('nodes')} node(s) x {info.get('tasks_per_node')} task(s)",
-           f"state: {job_state(job_id, cluster, run_dir)}"]
+    job = submitted_job(run_dir, info)
+    # A local job rebuilt here has no process to poll: submitit calls it FINISHED once it wrote a result.
+    out = [f"job {job.job_id} on {info.get('cluster', 'slurm')}: {info.get('nodes')} node(s) x "
+           f"{info.get('tasks_per_node', 1)} task(s)", f"state: {job.state}"]
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
     out.append(f"checkpoints: {', '.join(ckpts) if ckpts else 'none'}")
-    result = run_dir / f"{job_id}_0_result.pkl"
-    if result.is_file():
-        import pickle
-
-        try:
-            kind, value = pickle.loads(result.read_bytes())
-            if kind == "error":
-                out += ["", "job failed:", str(value).rstrip()]
-            else:
-                out.append(f"result: {value}")
-        except Exception as err:  # noqa: BLE001 - a status command must not fail on a bad result file
-            out.append(f"(unreadable result file {result}: {err})")
-    for path in sorted(run_dir.glob(f"{job_id}_*_log.err")) + sorted(run_dir.glob(f"{job_id}_*_log.out")):
+    out += _outcome(job)
+    tasks = [job.task(t) for t in range(job.num_tasks)]
+    for path in [t.paths.stderr for t in tasks] + [t.paths.stdout for t in tasks]:
         tail = _tail(path, lines)
         if tail:
             out += ["", f"--- {path.name} (last {len(tail)} lines)", *tail]
