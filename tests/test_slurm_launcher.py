@@ -1,8 +1,15 @@
-"""`launch/submit.py` without a cluster: config resolution, grids, batch layout, the sbatch script, snapshots."""
+"""`launch/submit.py` without a cluster: config resolution, grids, batch layout, the sbatch script, snapshots,
+`--status` of local jobs.
+
+The sbatch scripts of a training job and of a sweep job are compared whole with golden files in
+tests/data/ (output folder and Python path as placeholders). After a deliberate change, regenerate them:
+    REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_slurm_launcher.py -k sbatch
+and review the diff of tests/data/*.sbatch."""
 from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -66,17 +73,39 @@ def test_unknown_slurm_key_is_named():
         resolve([], ["slurm.nodez=2"], {}, check_model=False)
 
 
+DATA = Path(__file__).parent / "data"
+
+
+def check_golden(script: str, name: str, output_dir: Path) -> None:
+    """`script` equals tests/data/<name> once this machine's output folder and Python are placeholders."""
+    text = script.replace(str(output_dir), "<OUTPUT_DIR>").replace(sys.executable, "<PYTHON>")
+    golden = DATA / name
+    if os.environ.get("REGEN_GOLDEN"):
+        golden.write_text(text)
+    assert text.splitlines() == golden.read_text().splitlines(), \
+        f"the sbatch script differs from {golden}; if that is intended: REGEN_GOLDEN=1 pytest {__file__} -k sbatch"
+
+
 def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
+    """A training job of 2 nodes x 4 GPUs: the whole script as sbatch would get it."""
     proc = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2", "--gpus-per-node", "4",
-                           "--partition", "gpu", "--time", "1:30:00", f"output_dir={tmp_path}", "name=x; rm -rf ~"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                           "--partition", "gpu", "--time", "1:30:00", "--mem-gb", "64", f"output_dir={tmp_path}",
+                           "name=x; rm -rf ~"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "2 node(s) x 4 task(s) = world size 8" in proc.stdout
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --signal=USR2@120",
-                 f"#SBATCH --output={tmp_path}/default/x_rm_-rf/%j/%j_0_log.out"):
-        assert line in proc.stdout.splitlines(), line
-    assert "rm -rf" not in proc.stdout.split("# ---- resolved config")[0].split("# ---- sbatch script")[1]
+    script = proc.stdout.split("# ---- sbatch script")[1].split("\n", 1)[1].split("\n# ---- resolved config")[0]
+    check_golden(script, "train_2x4_gpus.sbatch", tmp_path)
+    assert "rm -rf" not in script  # the name reaches the script only as a safe folder name
+    assert not tmp_path.joinpath("default").exists()
+
+
+def test_sweep_dry_run_prints_the_sbatch_script_of_one_job(tmp_path):
+    """`tune.py --slurm`: one task per node (the Ray head on the first), every GPU of the node for it."""
+    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--slurm", "--nodes", "2", "--gpus-per-node",
+                           "4", "--partition", "gpu", "--time", "2:00:00", "--name", "golden", f"output_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    check_golden("#!/bin/bash" + proc.stdout.split("#!/bin/bash", 1)[1], "sweep_2_nodes.sbatch", tmp_path)
     assert not tmp_path.joinpath("default").exists()
 
 

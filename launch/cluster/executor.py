@@ -33,8 +33,9 @@ def make_executor(folder: Path, cluster: str, slurm: SlurmConfig, *, name: str, 
     """A submitit AutoExecutor for `nodes` x `tasks_per_node` tasks with the resources of `slurm`.
 
     On the local executor everything runs on this machine: `local_tasks` processes (default all the
-    tasks). `requeue_signal` asks Slurm for the time-limit warning (`--signal`) that makes a training
-    job checkpoint and requeue itself.
+    tasks). `requeue_signal`: Slurm's time-limit warning (`--signal`), which makes a training job
+    checkpoint and requeue itself, comes `slurm.signal_delay_s` before the limit; without it submitit still
+    asks for one at 90 s, which ends a job that has no `checkpoint()` ("timed-out and not checkpointable").
     """
     import submitit
 
