@@ -58,6 +58,18 @@ def test_unknown_key_names_path_and_closest(tmp_path):
     assert "unknown key train.epoch; did you mean train.epochs?" in str(err.value) and str(path) in str(err.value)
 
 
+def test_an_override_is_named_as_the_origin_of_every_prefix_of_its_key(tmp_path):
+    path = write(tmp_path / "x.yaml", {"train": {"epochs": 3}})
+    with pytest.raises(ConfigError) as err:  # fails at `trian`, the override's first part
+        load_config(path, ["trian.epochs=2"])
+    assert str(err.value) == "unknown key trian; did you mean train? (in command-line override)"
+    with pytest.raises(ConfigError, match=r"data.mean\[1\]: expected float, got 'x' .* \(in command-line override\)"):
+        load_config(path, ["data.mean=[0.4,x,0.4]"])
+    path = write(tmp_path / "y.yaml", {"trian": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=rf"unknown key trian; did you mean train\? \(in {path}\)"):
+        load_config(path, ["train.epochs=2"])
+
+
 def test_wrong_type_names_path_type_and_value():
     with pytest.raises(ConfigError, match=r"optim.lr: expected float, got 'abc' \(str\)"):
         load_config(None, ["optim.lr=abc"])
@@ -65,7 +77,7 @@ def test_wrong_type_names_path_type_and_value():
         load_config(None, ["train.epochs=2.5"])
     with pytest.raises(ConfigError, match=r"train.zero_stage: expected one of 0, 1, 2, got 3"):
         load_config(None, ["train.zero_stage=3"])
-    with pytest.raises(ConfigError, match=r"optim.name: expected one of 'sgd', 'adamw', got 'adam'"):
+    with pytest.raises(ConfigError, match=r"optim.name: expected one of 'sgd', 'adamw', got 'adam'; did you mean 'adamw'"):
         load_config(None, ["optim.name=adam"])
     with pytest.raises(ConfigError, match=r"deterministic: expected bool"):
         load_config(None, ["deterministic=1"])

@@ -1,0 +1,118 @@
+"""Loading a run config: YAML files with `_base_` inheritance, `key.sub=value` overrides, then the validator."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from action_launch.common.files import atomic_write_text
+from action_launch.config.schema import Config
+from action_launch.config.validation import ConfigError, Validator
+
+
+def load_yaml_with_bases(path: Union[str, Path], _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """Read a YAML config, merging the files named by `_base_` (relative to it) underneath it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        raise ConfigError(f"config inheritance cycle: {' -> '.join(map(str, _seen + (resolved,)))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(raw).__name__}")
+    bases = raw.pop("_base_", [])
+    merged: Dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, load_yaml_with_bases(path.parent / base, _seen + (resolved,)))
+    return deep_merge(merged, raw)
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
+    """Merge `update` into a copy of `base`: mappings recursively, everything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """Turn `a.b=value` strings into a nested dict; values are parsed as YAML scalars."""
+    nested: Dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets inside {part!r}, which another override set to a value")
+        node[leaf] = value
+    return nested
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load, merge overrides, and validate a config. Without a path, the embedded defaults are used."""
+    raw = load_yaml_with_bases(path) if path else {}
+    source = str(path) if path else "defaults"
+    override_tree = parse_overrides(overrides)
+    merged = deep_merge(raw, override_tree)
+    return from_dict(merged, source=source, override_keys=set(flatten(override_tree)))
+
+
+def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: Iterable[str] = (),
+              check_model: bool = True) -> Config:
+    """Validate a plain dict (e.g. a loaded YAML) into a `Config`.
+
+    `check_model=False` skips the `model:` check against the preset's constructor, which imports torch
+    (`submit.py --dry-run` stays fast; the job checks it when it starts).
+    """
+    validator = Validator(source, override_keys)
+    cfg = validator.convert(dict(raw), Config)
+    if check_model:
+        cfg.model = validator.model_section(cfg.model)
+    return cfg
+
+
+def to_dict(cfg: Config) -> Dict[str, Any]:
+    """The config as plain YAML-able values (tuples become lists)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Config, path: Union[str, Path]) -> None:
+    """Write the fully resolved config; `--config` on this file reproduces the run."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """`{'a': {'b': 1}}` -> `{'a.b': 1}`; lists stay values."""
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

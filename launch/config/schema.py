@@ -1,0 +1,201 @@
+"""The run configuration's schema: one dataclass per section, a default and a docstring for every field.
+
+The `data:` section is owned by the data layer (`datasets.config.DataConfig`); the `model:` section is
+free-form here and checked against the chosen preset's constructor by the validator. `EvalConfig` is the
+`test:` section, which only the evaluator reads.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from action_launch.config.validation import must
+from action_launch.datasets.config import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate scaling and schedule."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    """Optimizer: SGD (momentum, optional Nesterov) or AdamW."""
+    lr: float = 0.005
+    """Base learning rate, valid for `base_batch_size` clips per optimizer step."""
+    base_batch_size: int = 64
+    """Batch size that `lr` (and `warmup_start_lr`, `final_lr`) were tuned for."""
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    """How the LR follows the effective batch (micro x accumulation x world size)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = True
+    """Nesterov momentum for SGD."""
+    betas: Tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 1e-4
+    """L2 weight decay for weights; norms, biases and embeddings get none."""
+    clip_grad: float = 0.0
+    """Clip the global gradient L2 norm to this value (0 disables)."""
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    """LR schedule over epochs (fractional: the LR changes every optimizer step)."""
+    step_epochs: List[float] = field(default_factory=list)
+    """`step` schedule: epochs at which the LR changes."""
+    step_lrs: List[float] = field(default_factory=list)
+    """`step` schedule: relative LR of each interval (len(step_epochs)+1); empty means 1, 0.1, 0.01, ..."""
+    warmup_epochs: float = 0.0
+    """Linear warmup length in epochs."""
+    warmup_start_lr: float = 0.0
+    """LR at the start of the warmup, for `base_batch_size` (scaled like `lr`)."""
+    final_lr: float = 0.0
+    """LR at the end of the cosine schedule, for `base_batch_size` (scaled like `lr`)."""
+    keep_effective_batch: bool = False
+    """On more devices (`submit.py --nodes N`), lower `train.grad_accum` to keep the effective batch (and LR)."""
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, batch layout, precision and logging cadence."""
+
+    epochs: int = 15
+    """Training epochs."""
+    micro_batch_size: int = 8
+    """Clips per device per forward/backward."""
+    grad_accum: int = 1
+    """Micro batches accumulated per optimizer step."""
+    max_steps_per_epoch: Optional[int] = None
+    """Cap on micro batches per epoch (smoke tests, quick sweeps); None uses the whole set."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Numeric precision of the DeepSpeed engine (fp16 needs a GPU)."""
+    zero_stage: Literal[0, 1, 2] = 0
+    """DeepSpeed ZeRO stage."""
+    loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
+    """Loss for models without their own `compute_loss`."""
+    eval_every_epochs: int = 1
+    """Validate every N epochs (and always after the last)."""
+    log_every_steps: int = 10
+    """Log training metrics every N optimizer steps."""
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many are kept."""
+
+    every_steps: int = 0
+    """Also save every N optimizer steps (0: only at epoch ends)."""
+    keep_last: int = 3
+    """Step checkpoints kept besides the best one."""
+    best_metric: str = "val/top1"
+    """Validation metric that selects the `best` checkpoint."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a larger or smaller `best_metric` is better."""
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking."""
+
+    enabled: bool = True
+    """Log to MLflow (the run folder keeps a local copy of every metric either way)."""
+    uri: Optional[str] = None
+    """Tracking URI; default `$MLFLOW_TRACKING_URI` or `sqlite:///<output_dir>/mlflow.db`."""
+    experiment: Optional[str] = None
+    """MLflow experiment name; default the run's `experiment`."""
+    tags: Dict[str, str] = field(default_factory=dict)
+    """Extra run tags, e.g. `mlflow.parentRunId` (set by `launch/tune.py` to nest a trial under its sweep)."""
+
+
+@dataclass
+class SlurmConfig:
+    """Slurm resources of `launch/submit.py`; each field can be overridden by the flag of the same name."""
+
+    nodes: int = 1
+    """Nodes of the job (`--nodes`)."""
+    gpus_per_node: int = 0
+    """GPUs per node; one task per GPU, or one task per node when 0 (CPU)."""
+    cpus_per_task: int = 1
+    """CPU cores per task (data loader workers run on these)."""
+    mem_gb: Optional[float] = None
+    """Memory per node in GB; None leaves the partition's default."""
+    partition: Optional[str] = None
+    """Slurm partition; None uses the cluster's default."""
+    account: Optional[str] = None
+    """Slurm account to charge."""
+    qos: Optional[str] = None
+    """Quality of service."""
+    constraint: Optional[str] = None
+    """Node feature constraint (e.g. `a100`)."""
+    time: str = "01:00:00"
+    """Time limit per allocation, [D-]HH:MM:SS or minutes; a requeued job gets it again."""
+    job_name: Optional[str] = None
+    """Job name; default `<experiment>/<name>`."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which Slurm signals the job to checkpoint and requeue."""
+    max_requeues: int = 3
+    """Requeues after preemption or time limit before the job gives up."""
+    array_parallelism: int = 16
+    """Jobs of an array (grid) that may run at the same time."""
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    experiment: str = "default"
+    """Experiment name: groups runs in `output_dir/<experiment>/` and in MLflow."""
+    name: str = "run"
+    """Run name: the run folder is `output_dir/<experiment>/<name>/`."""
+    output_dir: str = "runs"
+    """Root folder of all runs (and of the default SQLite MLflow store)."""
+    seed: int = 0
+    """Seed of every random number generator of the run."""
+    deterministic: bool = False
+    """Use deterministic torch algorithms (slower; makes CPU runs bit-reproducible)."""
+    model: Dict[str, Any] = field(default_factory=lambda: {"name": "timesformer_tiny"})
+    """`name`: a preset of `models.list_presets()`; other keys override the preset's constructor arguments."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def run_dir(self) -> Path:
+        """Folder holding this run's config, checkpoints and local metrics."""
+        return Path(self.output_dir) / self.experiment / self.name
+
+
+Aggregate = Literal["mean_softmax", "sum"]
+
+
+@dataclass
+class EvalConfig:
+    """The `test:` section: how a checkpoint is evaluated (`launch/test.py`, `train.py --test-best`)."""
+
+    aggregate: Aggregate = "mean_softmax"
+    """How the views of a video are combined: `mean_softmax` (mean of probabilities) or `sum` (sum of logits)."""
+    split: Literal["test", "val"] = "test"
+    """Data split to evaluate: `test` (`data.test_list`, falling back to `data.val_list`) or `val`."""
+    batch_size: int = field(default=0, metadata=must(lambda n: n >= 0, ">= 0"))
+    """Videos per forward (each with all its views); 0 uses `train.micro_batch_size`."""
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> Dict[str, str]:
+    """The docstring under each field of a config dataclass, as one line (`{}` where the source is not at hand)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
