@@ -146,7 +146,7 @@ def test_load_eval_config_splits_off_the_test_section(tmp_path):
     path.write_text("experiment: e\ntest:\n  aggregate: sum\n")
     cfg, ecfg = ev.load_eval_config(path, ["test.batch_size=2", "seed=3"])
     assert (ecfg.aggregate, ecfg.batch_size, ecfg.split) == ("sum", 2, "test") and cfg.seed == 3
-    with pytest.raises(ConfigError, match="test.aggregat; valid keys: aggregate"):
+    with pytest.raises(ConfigError, match="unknown key test.aggregat; did you mean test.aggregate?"):
         ev.load_eval_config(path, ["test.aggregat=sum"])
     with pytest.raises(ConfigError, match="test.split"):
         ev.load_eval_config(path, ["test.split=train"])

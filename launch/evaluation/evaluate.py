@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, get_args
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ from torch import nn
 
 from action_launch.common.files import atomic_write
 from action_launch.config import (
+    Aggregate,
     Config,
-    ConfigError,
+    EvalConfig,
+    Validator,
     deep_merge,
     flatten,
     from_dict,
@@ -61,37 +63,7 @@ from action_launch.training.metrics import (  # noqa: F401
 
 log = logging.getLogger("launch.evaluate")
 
-AGGREGATES = ("mean_softmax", "sum")
-SPLITS = ("test", "val")
-
-
-@dataclass
-class EvalConfig:
-    """The `test:` section: how a checkpoint is evaluated."""
-
-    aggregate: str = "mean_softmax"
-    """How the views of a video are combined: `mean_softmax` (mean of probabilities) or `sum` (sum of logits)."""
-    split: str = "test"
-    """Data split to evaluate: `test` (`data.test_list`, falling back to `data.val_list`) or `val`."""
-    batch_size: int = 0
-    """Videos per forward (each with all its views); 0 uses `train.micro_batch_size`."""
-
-    def __post_init__(self) -> None:
-        if self.aggregate not in AGGREGATES:
-            raise ConfigError(f"test.aggregate: expected one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"test.split: expected one of {', '.join(SPLITS)}, got {self.split!r}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 0:
-            raise ConfigError(f"test.batch_size: expected an int >= 0, got {self.batch_size!r}")
-
-
-def eval_config_from(section: Mapping[str, Any], source: str = "config") -> EvalConfig:
-    """Validate a `test:` mapping; unknown keys name the valid ones."""
-    valid = [f.name for f in fields(EvalConfig)]
-    for key in section:
-        if key not in valid:
-            raise ConfigError(f"unknown key test.{key}; valid keys: {', '.join(valid)} (in {source})")
-    return EvalConfig(**dict(section))
+AGGREGATES = get_args(Aggregate)
 
 
 def load_eval_config(path: Optional[Union[str, Path]], overrides: Sequence[str] = ()) -> Tuple[Config, EvalConfig]:
@@ -99,12 +71,10 @@ def load_eval_config(path: Optional[Union[str, Path]], overrides: Sequence[str] 
     raw = load_yaml_with_bases(path) if path else {}
     override_tree = parse_overrides(overrides)
     tree = deep_merge(raw, override_tree)
-    section = tree.pop("test", {}) or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"test: expected a mapping, got {section!r}")
-    override_keys = {k for k in flatten(override_tree) if not k.startswith("test.")}
-    cfg = from_dict(tree, source=str(path) if path else "defaults", override_keys=override_keys)
-    return cfg, eval_config_from(section, str(path) if path else "command line")
+    section = tree.pop("test", None) or {}
+    source, override_keys = str(path) if path else "defaults", set(flatten(override_tree))
+    cfg = from_dict(tree, source=source, override_keys=override_keys)
+    return cfg, Validator(source, override_keys).convert(section, EvalConfig, "test")
 
 
 # ------------------------------------------------------------------------------------- checkpoints
