@@ -14,7 +14,7 @@ input without a view axis: skeletons, per-person features) or the views of each 
 
 A model that carries memory from window to window (`carries_memory = True`, HIINT) is run on
 batches whose slots walk whole recordings in window order, with its memory carried
-(`launch.memory`); its scores are then put back in dataset order.
+(`training.memory`); its scores are then put back in dataset order.
 
 Results: `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
 `checkpoint`), `<run>/test/metrics.json`, the confusion matrix (`confusion_matrix.json` + `.png`),
@@ -50,7 +50,7 @@ from action_launch.config import (
     parse_overrides,
 )
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.loaders import SequenceStreamSampler, sequences_of, split_batch
+from action_launch.training.loaders import SequenceStreamSampler, sequences_of
 from action_launch.training.losses import logits_of
 from action_launch.training.memory import WindowMemory, carries_memory
 from action_launch.training.metrics import (  # noqa: F401
@@ -60,6 +60,7 @@ from action_launch.training.metrics import (  # noqa: F401
     is_regression,
     regression_metrics,
 )
+from action_launch.training.prediction import predictions
 
 log = logging.getLogger("launch.evaluate")
 
@@ -133,17 +134,21 @@ def aggregate_views(outputs: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown aggregate {how!r}; expected one of {', '.join(AGGREGATES)} or mean")
 
 
+def _has_view_axis(inputs: torch.Tensor, views: Optional[bool]) -> bool:
+    return inputs.ndim == 6 if views is None else views
+
+
+def _logits_per_view(outputs: Any, inputs: torch.Tensor, views: Optional[bool]) -> torch.Tensor:
+    """The logits of `outputs` per view (B, V, K) (V = 1 for plain inputs)."""
+    logits = logits_of(outputs)
+    return logits.reshape(*inputs.shape[:2], -1) if _has_view_axis(inputs, views) else logits.unsqueeze(1)
+
+
 def _forward(model: nn.Module, inputs: torch.Tensor, views: Optional[bool],
              **model_kwargs: Any) -> Tuple[Any, torch.Tensor]:
     """The model's outputs and its logits per view (B, V, K) (V = 1 for plain inputs)."""
-    if views is None:
-        views = inputs.ndim == 6
-    if views:
-        b, v = inputs.shape[:2]
-        outputs = model(inputs.flatten(0, 1), **model_kwargs)
-        return outputs, logits_of(outputs).reshape(b, v, -1)
-    outputs = model(inputs, **model_kwargs)
-    return outputs, logits_of(outputs).unsqueeze(1)
+    outputs = model(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **model_kwargs)
+    return outputs, _logits_per_view(outputs, inputs, views)
 
 
 def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str, views: Optional[bool] = None) -> torch.Tensor:
@@ -167,25 +172,22 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
             views: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Scores (N, K) and labels of every batch of `loader`, in the loader's order.
 
-    A model that carries memory (`launch.memory`) gets, for each window, the memory its
+    A model that carries memory (`training.memory`) gets, for each window, the memory its
     recording's previous window left in the previous batch: give it a loader whose batches walk
     each recording in order (`sequence_loader`).
     """
     model.eval().to(device)
     memory = WindowMemory() if carries_memory(model) else None
+
+    def forward(inputs: torch.Tensor, **kwargs: Any) -> Any:
+        if memory is not None and _has_view_axis(inputs, views):
+            raise ValueError("a model that carries memory is evaluated on one view per window: set "
+                             "data.test_num_clips=1 and data.test_num_crops=1")
+        return _forward(model, inputs.to(device), views, **kwargs)[0]
+
     scores, labels = [], []
-    for batch in loader:
-        inputs, targets, meta = split_batch(batch)
-        kwargs: Dict[str, Any] = {}
-        if memory is not None:
-            if views or (views is None and inputs.ndim == 6):
-                raise ValueError("a model that carries memory is evaluated on one view per window: set "
-                                 "data.test_num_clips=1 and data.test_num_crops=1")
-            kwargs = {k: v.to(device) for k, v in memory.model_kwargs(meta).items()}
-        outputs, logits = _forward(model, inputs.to(device), views, **kwargs)
-        if memory is not None:
-            memory.update(meta, outputs)
-        scores.append(aggregate_views(logits, how).cpu().numpy())
+    for inputs, outputs, targets in predictions(loader, forward, memory, device):
+        scores.append(aggregate_views(_logits_per_view(outputs, inputs, views), how).cpu().numpy())
         labels.append(np.asarray(targets))
     return np.concatenate(scores), np.concatenate(labels)
 
@@ -277,7 +279,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     how = "mean" if regression else ecfg.aggregate
     dataset = datasets.build(cfg.data, ecfg.split)
     batch_size = ecfg.batch_size or cfg.train.micro_batch_size
-    if carries_memory(model):  # each recording's windows in order, memory carried (launch.memory)
+    if carries_memory(model):  # each recording's windows in order, memory carried (training.memory)
         loader = sequence_loader(dataset, batch_size, cfg.data.num_workers)
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers,
