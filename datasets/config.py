@@ -1,15 +1,19 @@
-"""The `data:` config section. Every field is documented; the launcher validates types and keys."""
+"""The `data:` config section. Every field is documented; the launcher validates types and keys.
+
+A field with a closed set of values is a `Literal` of the names the data code dispatches on
+(`DATASETS`, `lists.FORMATS`, `video.SAMPLINGS`, ...); tests/test_validation.py keeps them equal.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 
 @dataclass
 class DataConfig:
     """Where the clips come from, how frames are sampled and how they are augmented."""
 
-    dataset: str = "video"
+    dataset: Literal["video", "rawframes", "skeleton", "multiperson"] = "video"
     """Dataset kind: `video` (decord-decoded files), `rawframes` (JPEG/PNG frame folders),
     `skeleton` (NTU-style .npy + label .pkl) or `multiperson` (synchronised windows of P people)."""
     root: str = "data/synthetic"
@@ -20,7 +24,7 @@ class DataConfig:
     """Validation list file."""
     test_list: Optional[str] = None
     """Test list file; defaults to `val_list`."""
-    list_format: str = "video"
+    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
     """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
     `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
     separator: str = " "
@@ -33,10 +37,10 @@ class DataConfig:
     """Stride between sampled frames, defined at `target_fps`."""
     target_fps: float = 30.0
     """Frame rate the stride is defined at; a file's own fps rescales it (PySlowFast)."""
-    sampling: str = "dense"
+    sampling: Literal["dense", "segment"] = "dense"
     """`dense`: `num_frames` frames `sampling_rate` apart (TimeSformer); `segment`: TSN, one
     frame from each of `num_frames` equal segments (Something-Something, ST-ABN, TSM)."""
-    short_video: str = "loop"
+    short_video: Literal["loop", "clamp"] = "loop"
     """A video shorter than the dense clip span: `loop` (wrap around) or `clamp` (repeat the last frame)."""
     train_short_side: List[int] = field(default_factory=lambda: [256, 320])
     """Training short-side scale jitter range [min, max]."""
@@ -68,7 +72,7 @@ class DataConfig:
     (`datasets.read_bad_files` reads it back); None: only warnings. The engine points it at the run folder."""
     test_num_clips: int = 1
     """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres and starts)."""
-    test_num_crops: int = 1
+    test_num_crops: Literal[1, 3] = 1
     """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side)."""
     frame_template: str = "img_{:05d}.jpg"
     """rawframes: file name of frame i inside a frame folder (`str.format` of the frame number)."""
@@ -80,9 +84,9 @@ class DataConfig:
     """skeleton: .npy of the validation split (labels: `val_list`)."""
     test_data: Optional[str] = None
     """skeleton: .npy of the test split (labels: `test_list`); defaults to `val_data`."""
-    skeleton_stream: str = "joint"
+    skeleton_stream: Literal["joint", "bone"] = "joint"
     """skeleton: `joint` coordinates or `bone` vectors (bone[v1] = joint[v1] - joint[parent v1])."""
-    graph: str = "ntu-rgb+d"
+    graph: Literal["ntu-rgb+d", "kinetics", "smpl-24"] = "ntu-rgb+d"
     """skeleton: graph whose edges define the bones (`models.graphs`: ntu-rgb+d, kinetics, smpl-24)."""
     window_size: int = 0
     """skeleton: frames per sample after the temporal crop and resize; 0 keeps the array's T frames."""

@@ -61,14 +61,15 @@ def test_sweep_file_entries_and_errors(tmp_path):
     assert joint.num_trials() == 2
     assert trial_overrides({"data.num_frames,data.sampling_rate": [32, 2], "optim.lr": 0.001}) == [
         "data.num_frames=32", "data.sampling_rate=2", "optim.lr=0.001"]
-    bad = [({"space": {"optim.lr": {"loguniform": [0, 1]}}}, "positive bounds"),
+    bad = [({"space": {"optim.lr": {"loguniform": [0, 1]}}}, "space.optim.lr: loguniform needs positive bounds"),
            ({"space": {"optim.lr": {"between": [1, 2]}}}, "expected exactly one of"),
            ({"space": {"a,b": {"grid": [[1, 2], [3]]}}}, "list of 2 values"),
            ({"space": {"model.num_frames": {"same_as": "data.num_frames"}}}, "does not set"),
-           ({"space": {"optim.lr": [1]}, "mode": "up"}, "mode must be max or min"),
-           ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not in space"),
-           ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed must be an integer >= 0"),
-           ({"space": {"optim.lr": [1]}, "num_samples": 0}, "num_samples must be an integer >= 1")]
+           ({"space": {"optim.lr": [1]}, "mode": "up"}, r"mode: expected one of 'max', 'min', got 'up' \(in sweep\)"),
+           ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not an entry of space"),
+           ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed: expected int, got 'x'"),
+           ({"space": {"optim.lr": [1]}, "seed": -1}, "seed: expected a value >= 0, got -1"),
+           ({"space": {"optim.lr": [1]}, "num_samples": 0}, "num_samples: expected a value >= 1, got 0")]
     for raw, message in bad:
         with pytest.raises(SweepError, match=message):
             parse_sweep(raw)

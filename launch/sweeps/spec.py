@@ -21,22 +21,94 @@ A sweep file is YAML; every search-space key is a dotted config key, exactly as 
 
 Entries: `grid` (every value, crossed with the other grids), `choice`, `uniform`, `loguniform`,
 `randint` (high exclusive), `same_as` (copy of another key), `depends_on` + `cases` (conditional
-on another key's value). This module only parses and checks; `launch/tune.py` turns it into Ray.
+on another key's value). The other keys are the fields of `SweepFile`, `AshaSection` and `PbtSection`,
+converted by the config validator (`action_launch.config.Validator`). This module only parses and
+checks; `launch/tune.py` turns it into Ray.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, NoReturn, Optional, Sequence, Tuple, Union
 
 import yaml
+
+from action_launch.config import ConfigError, Validator, must
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "same_as", "depends_on")
 SCHEDULERS = ("fifo", "asha", "pbt")
 
 
-class SweepError(ValueError):
-    """A sweep file that cannot be used; the message names the entry and what was expected."""
+class SweepError(ConfigError):
+    """A sweep file that cannot be used; the message names the entry, what was expected and the file."""
+
+
+class _Section(Mapping):
+    """A scheduler section that also reads as the mapping of its set fields (None ones left out), as the
+    scheduler code reads it: `spec.asha.get("grace_period")`, `"max_t" in spec.asha`."""
+
+    def _set(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._set()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._set())
+
+    def __len__(self) -> int:
+        return len(self._set())
+
+
+@dataclass(frozen=True)
+class AshaSection(_Section):
+    """`asha:`, Ray's ASHAScheduler, counted in the sweep's `budget` unit."""
+
+    grace_period: int = field(default=1, metadata=must(lambda n: n >= 1, ">= 1"))
+    """Budget every trial gets before it may be stopped."""
+    reduction_factor: float = field(default=3.0, metadata=must(lambda x: x > 1, "> 1"))
+    """Each rung keeps the best 1/reduction_factor of the trials that reach it."""
+    max_t: Optional[int] = field(default=None, metadata=must(lambda n: n >= 1, ">= 1"))
+    """Budget of a full trial; None: the config's `train.epochs` (a `steps` budget must set it)."""
+
+
+@dataclass(frozen=True)
+class PbtSection(_Section):
+    """`pbt:`, Ray's PopulationBasedTraining, counted in the sweep's `budget` unit."""
+
+    perturbation_interval: int = field(default=2, metadata=must(lambda n: n >= 1, ">= 1"))
+    """Budget between two exploit/explore steps of a trial."""
+    mutate: Optional[List[str]] = None
+    """Space entries PBT perturbs (names as in `space:`); None: the uniform and loguniform ones."""
+    quantile_fraction: float = field(default=0.25, metadata=must(lambda x: 0 <= x <= 0.5, "in [0, 0.5]"))
+    """Fraction of trials in the bottom quantile that copy one of the top quantile."""
+    resample_probability: float = field(default=0.25, metadata=must(lambda x: 0 <= x <= 1, "in [0, 1]"))
+    """Chance that a perturbed value is drawn afresh from its entry instead of scaled."""
+    synch: bool = False
+    """Synchronous PBT: trials exploit together once all of them reached the interval."""
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """The keys of a sweep file."""
+
+    metric: str = "val/top1"
+    """Validation metric the schedulers and the result compare."""
+    mode: Literal["max", "min"] = "max"
+    """Whether a larger or a smaller `metric` is better."""
+    budget: Literal["epochs", "steps"] = "epochs"
+    """ASHA/PBT time unit: validations (epochs) or optimizer steps."""
+    num_samples: int = field(default=1, metadata=must(lambda n: n >= 1, ">= 1"))
+    """Samples of the random entries per grid point."""
+    seed: Optional[int] = field(default=None, metadata=must(lambda n: n >= 0, ">= 0"))
+    """Seed of the random entries' draws: the same trials every run (None: new draws each sweep)."""
+    space: Dict[str, Any] = field(default_factory=dict)
+    """Dotted config key (or keys joined by commas) -> search entry; parsed by `parse_param`."""
+    asha: AshaSection = field(default_factory=AshaSection)
+    """Settings of `--scheduler asha`."""
+    pbt: PbtSection = field(default_factory=PbtSection)
+    """Settings of `--scheduler pbt`."""
 
 
 @dataclass(frozen=True)
@@ -81,18 +153,10 @@ class Param:
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    """A parsed sweep file."""
+class SweepSpec(SweepFile):
+    """A parsed sweep file: its keys, its `space:` as entries, and the file it came from."""
 
-    metric: str = "val/top1"
-    mode: str = "max"
-    budget: str = "epochs"
-    num_samples: int = 1
-    seed: Optional[int] = None
-    """Seed of the random entries' draws: the same trials every run (None: new draws each sweep)."""
     params: Tuple[Param, ...] = ()
-    asha: Mapping[str, Any] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 3})
-    pbt: Mapping[str, Any] = field(default_factory=lambda: {"perturbation_interval": 2})
     source: str = "sweep"
 
     def swept_keys(self) -> List[str]:
@@ -113,15 +177,14 @@ class SweepSpec:
 
     def pbt_mutations(self) -> List[Param]:
         """The entries PBT perturbs: `pbt.mutate`, default the continuous ones."""
-        names = self.pbt.get("mutate")
-        if names is None:
+        if self.pbt.mutate is None:
             return [p for p in self.params if p.kind in ("uniform", "loguniform")]
         by_name = {p.name: p for p in self.params}
-        return [by_name[n] for n in names]
+        return [by_name[n] for n in self.pbt.mutate]
 
 
-def _fail(source: str, entry: str, message: str) -> None:
-    raise SweepError(f"{source}: {entry}: {message}")
+def _fail(source: str, entry: str, message: str) -> NoReturn:
+    raise SweepError(f"space.{entry}: {message} (in {source})")
 
 
 def _pair(source: str, key: str, kind: str, value: Any) -> Tuple[float, float]:
@@ -188,40 +251,18 @@ def _check_references(params: Sequence[Param], source: str) -> None:
                 _fail(source, p.name, f"refers to {p.source}, itself derived; refer to a sampled key")
 
 
-def _integer(source: str, key: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SweepError(f"{source}: {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
     """Validate a loaded sweep file into a `SweepSpec`."""
-    allowed = {"metric", "mode", "budget", "num_samples", "seed", "space", "asha", "pbt"}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise SweepError(f"{source}: unknown section(s) {unknown}; expected {sorted(allowed)}")
-    space = raw.get("space")
-    if not isinstance(space, Mapping) or not space:
-        raise SweepError(f"{source}: `space:` must map config keys to search entries")
-    params = tuple(parse_param(str(name), entry, source) for name, entry in space.items())
+    file = Validator(source, error=SweepError).convert(raw, SweepFile)
+    if not file.space:
+        raise SweepError(f"space: expected a mapping of config keys to search entries (in {source})")
+    params = tuple(parse_param(str(name), entry, source) for name, entry in file.space.items())
     _check_references(params, source)
-    mode = raw.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise SweepError(f"{source}: mode must be max or min, got {mode!r}")
-    budget = raw.get("budget", "epochs")
-    if budget not in ("epochs", "steps"):
-        raise SweepError(f"{source}: budget must be epochs or steps, got {budget!r}")
-    num_samples = _integer(source, "num_samples", raw.get("num_samples", 1), minimum=1)
-    seed = None if raw.get("seed") is None else _integer(source, "seed", raw["seed"], minimum=0)
-    defaults = SweepSpec()
-    asha = {**defaults.asha, **(raw.get("asha") or {})}
-    pbt = {**defaults.pbt, **(raw.get("pbt") or {})}
-    spec = SweepSpec(str(raw.get("metric", "val/top1")), mode, budget, num_samples, seed, params, asha, pbt, source)
     names = {p.name for p in params}
-    for name in pbt.get("mutate") or []:
+    for name in file.pbt.mutate or []:
         if name not in names:
-            raise SweepError(f"{source}: pbt.mutate names {name!r}, which is not in space")
-    return spec
+            raise SweepError(f"pbt.mutate: {name!r} is not an entry of space (in {source})")
+    return SweepSpec(**vars(file), params=params, source=source)
 
 
 def load_sweep(path: Union[str, Path]) -> SweepSpec:
@@ -229,10 +270,10 @@ def load_sweep(path: Union[str, Path]) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {path} does not exist")
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
-    if not isinstance(raw, Mapping):
-        raise SweepError(f"{path}: expected a mapping at the top level")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML: {err}") from None
     return parse_sweep(raw, str(path))
 
 
