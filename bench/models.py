@@ -11,12 +11,13 @@ pass under `torch.utils.flop_counter.FlopCounterMode` on the meta device (shapes
 preset costs seconds) and are reported per clip, forward alone and forward + backward (GFLOPs,
 one multiply-add = 2 FLOPs; the counter counts matrix products and convolutions only).
 
-Input layout by model kind, from the model's attributes:
-- skeleton models (`num_point`, `num_person`, `in_channels`): (C, T, V, M), T = `data.window_size`
-  (0 in a config means "keep the arrays' length": `--skeleton-frames`, 300 for NTU and Kinetics);
-- per-person feature models (`modality_dims`, `num_persons`, `num_frames`): (P, T, sum of dims);
+Input layout by model kind: the registry's `models._registry.input_shape` (the tests use it too), given
+the config's sizes:
+- skeleton models: (C, T, V, M), T = `data.window_size` (0 in a config means "keep the arrays' length":
+  `--skeleton-frames`, 300 for NTU and Kinetics);
+- per-person feature models: (P, T, sum of modality dims);
 - video models: (3, T, S, S), T = the model's `num_frames` / `num_segments` (else `data.num_frames`),
-  S = `data.crop_size` (no config: a ViT's own image size, else 224).
+  S = `data.crop_size` (no config: the preset's crop size, a ViT's own image size, else 224).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from action_launch import models  # noqa: E402
 from action_launch.config import load_config, load_yaml_with_bases  # noqa: E402
 from action_launch.datasets.config import DataConfig  # noqa: E402
+from action_launch.models._registry import input_shape  # noqa: E402
 from action_launch.training.losses import logits_of, make_loss  # noqa: E402
 
 
@@ -73,21 +75,12 @@ def preset_configs(root: Path = REPO / "configs") -> Dict[str, Tuple[str, DataCo
     return found
 
 
-def clip_shape(model: nn.Module, data: Optional[DataConfig], skeleton_frames: int) -> Tuple[int, ...]:
-    """Input shape of one sample (no batch axis) for `model`; see the module docstring."""
-    if all(hasattr(model, a) for a in ("num_point", "num_person", "in_channels")):
-        t = data.window_size if data is not None and data.window_size > 0 else skeleton_frames
-        return (model.in_channels, t, model.num_point, model.num_person)
-    if all(hasattr(model, a) for a in ("modality_dims", "num_persons", "num_frames")):
-        return (model.num_persons, model.num_frames, sum(model.modality_dims))
-    # The model's own clip length (ST-ABN's temporal FCs need it exactly), else the config's.
-    frames = getattr(model, "num_frames", None) or getattr(model, "num_segments", None) or data.num_frames
-    if data is not None:
-        return (3, int(frames), data.crop_size, data.crop_size)
-    size = 224
-    if hasattr(model, "grid_size") and hasattr(model, "patch_embed"):  # a ViT: its position-embedding grid
-        size = model.grid_size * model.patch_embed.proj.kernel_size[0]
-    return (3, int(frames), size, size)
+def clip_shape(model: nn.Module, preset: str, data: Optional[DataConfig], skeleton_frames: int) -> Tuple[int, ...]:
+    """Input shape of one sample (no batch axis): the registry's `input_shape` with the config's sizes."""
+    if data is None:
+        return input_shape(model, preset, window=skeleton_frames)
+    return input_shape(model, preset, window=data.window_size or skeleton_frames, frames=data.num_frames,
+                       crop_size=data.crop_size)
 
 
 def _targets(outputs, batch: int, regression: bool) -> torch.Tensor:
@@ -133,7 +126,7 @@ def bench_preset(preset: str, batch: int, iters: int, warmup: int, data: Optiona
     """Build `preset`, count its FLOPs (meta device), then time `iters` forward + backward passes."""
     torch.manual_seed(0)
     model = models.create(preset).train()
-    shape = clip_shape(model, data, skeleton_frames)
+    shape = clip_shape(model, preset, data, skeleton_frames)
     x = torch.randn(batch, *shape)
     regression = getattr(model, "task", None) == "regression"
     loss_fn = make_loss(model, "mse" if regression else "cross_entropy")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
+
+# Skeleton arrays of NTU RGB+D and Kinetics-Skeleton are stored padded to 300 frames.
+SKELETON_FRAMES = 300
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,10 @@ class Preset:
     name: str
     cls: type
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    num_params: Optional[int] = None
+    """Parameter count the preset is documented to have (tests check it); None: not stated."""
+    crop_size: Optional[int] = None
+    """Side of the square frames a video preset is made for; None: a ViT's own image size, else 224."""
 
     def parameters(self) -> Dict[str, inspect.Parameter]:
         """Constructor parameters of the preset's class (what a config may override)."""
@@ -27,11 +34,17 @@ class Preset:
 _PRESETS: Dict[str, Preset] = {}
 
 
-def register_preset(name: str, cls: type, **kwargs: Any) -> Preset:
-    """Register `name` as `cls(**kwargs)`; a second registration of a name is a bug."""
+def register_preset(name: str, cls: type, *, num_params: Optional[int] = None, crop_size: Optional[int] = None,
+                    **kwargs: Any) -> Preset:
+    """Register `name` as `cls(**kwargs)`; a second registration of a name is a bug.
+
+    Args:
+        num_params: the parameter count the preset is documented to have, if any.
+        crop_size: the frame side a video preset is made for, if not the default (see `input_shape`).
+    """
     if name in _PRESETS:
         raise ValueError(f"model preset {name!r} is registered twice")
-    _PRESETS[name] = Preset(name, cls, dict(kwargs))
+    _PRESETS[name] = Preset(name, cls, dict(kwargs), num_params, crop_size)
     return _PRESETS[name]
 
 
@@ -60,3 +73,39 @@ def build(model_cfg: Mapping[str, Any]) -> nn.Module:
     """Build from a config section: `{'name': preset, **constructor overrides}`."""
     cfg = dict(model_cfg)
     return create(cfg.pop("name"), **cfg)
+
+
+def input_shape(model: nn.Module, preset: Optional[str] = None, *, window: Optional[int] = None,
+                frames: Optional[int] = None, crop_size: Optional[int] = None) -> Tuple[int, ...]:
+    """Shape of one input sample (no batch axis) that `model` expects, read from its attributes.
+
+    - skeleton models (`num_point`, `num_person`, `in_channels`): (C, T, V, M); T = `window`, else
+      `SKELETON_FRAMES` (the length skeleton arrays are stored at);
+    - per-person feature models (`modality_dims`, `num_persons`, `num_frames`): (P, T, sum of dims);
+    - video models: (3, T, S, S); T = the model's `num_frames` / `num_segments` (some need exactly that
+      length, e.g. ST-ABN's temporal classifier), else `frames`; S = `crop_size`, else the crop size of
+      `preset`, else a ViT's own image size, else 224.
+
+    A config's data section supplies `window` (`data.window_size`), `frames` (`data.num_frames`) and
+    `crop_size` (`data.crop_size`); without one the model's own sizes are used.
+    """
+    if all(hasattr(model, a) for a in ("num_point", "num_person", "in_channels")):
+        return (model.in_channels, window or SKELETON_FRAMES, model.num_point, model.num_person)
+    if all(hasattr(model, a) for a in ("modality_dims", "num_persons", "num_frames")):
+        return (model.num_persons, model.num_frames, sum(model.modality_dims))
+    length = getattr(model, "num_frames", None) or getattr(model, "num_segments", None) or frames
+    if length is None:
+        raise ValueError(f"{type(model).__name__} has no num_frames or num_segments attribute: pass frames=")
+    size = crop_size or (get_preset(preset).crop_size if preset else None)
+    if size is None and hasattr(model, "grid_size") and hasattr(model, "patch_embed"):  # a ViT: its position grid
+        size = model.grid_size * model.patch_embed.proj.kernel_size[0]
+    size = size or 224
+    return (3, int(length), size, size)
+
+
+def num_outputs(model: nn.Module) -> int:
+    """Classes (or regression targets) of `model`: its `num_classes` or `num_class` attribute."""
+    for attr in ("num_classes", "num_class"):
+        if isinstance(getattr(model, attr, None), int):
+            return getattr(model, attr)
+    raise AttributeError(f"{type(model).__name__} has neither num_classes nor num_class")

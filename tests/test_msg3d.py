@@ -137,14 +137,6 @@ def test_presets_are_registered_with_plain_annotations():
     assert defaults["channels"] == (96, 192, 384) and defaults["task"] == "classification"
 
 
-@pytest.mark.parametrize("preset", PAPER + TINY)
-def test_paper_size_forward_on_meta(preset):
-    with torch.device("meta"):
-        model = models.create(preset)
-        out = model(_input(preset, 2, 300))
-    assert out.shape == (2, models.get_preset(preset).kwargs["num_class"])
-
-
 @pytest.mark.parametrize("preset", PAPER)
 def test_real_forward_t64(preset):
     model = models.create(preset).eval()

@@ -56,7 +56,6 @@ def test_presets():
     assert count_params(model) == 155_972
     light_tiny = models.create("light_timesformer_tiny")
     assert light_tiny.num_frames == 8 and light_tiny.num_classes == 12
-    assert light_tiny(torch.randn(1, 3, 8, 32, 32)).shape == (1, 12)
 
 
 def test_constructor_is_fully_annotated_with_plain_types():
