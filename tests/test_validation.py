@@ -55,17 +55,19 @@ def test_a_bad_choice_in_a_file_names_the_file(tmp_path):
         load_config(path)
 
 
-def test_train_and_submit_fail_with_one_line_before_anything_starts(tmp_path):
-    train = subprocess.run([sys.executable, "launch/train.py", "--print-config", "data.sampling=dnese"], cwd=REPO,
+@pytest.mark.parametrize("override, closest", [("data.dataset=vidoe", "video"), ("data.sampling=dnese", "dense"),
+                                               ("data.skeleton_stream=bones", "bone")])
+def test_train_and_submit_fail_with_one_line_before_anything_starts(tmp_path, override, closest):
+    expected = f"config error: {override.split('=')[0]}: "
+    train = subprocess.run([sys.executable, "launch/train.py", "--print-config", override], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert train.returncode == 2 and train.stdout == ""
-    assert train.stderr.strip().splitlines() == [
-        "config error: data.sampling: expected one of 'dense', 'segment', got 'dnese'; did you mean 'dense'? "
-        "(in command-line override)"]
+    [line] = train.stderr.strip().splitlines()
+    assert line.startswith(expected) and line.endswith(f"did you mean {closest!r}? (in command-line override)")
     submit = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--local", f"output_dir={tmp_path}",
-                             "data.dataset=vidoe"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert submit.returncode == 2 and "did you mean 'video'?" in submit.stderr
-    assert len(submit.stderr.strip().splitlines()) == 1 and "sbatch" not in submit.stdout
+                             override], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 2 and submit.stdout == ""
+    assert submit.stderr.strip().splitlines() == [line]
     assert not any(tmp_path.iterdir())
 
 
@@ -90,14 +92,17 @@ def test_sweep_file_sections_fail_with_the_dotted_key_and_the_file(tmp_path, sec
     assert str(err.value) == f"{message} (in {path})"
 
 
-def test_tune_dry_run_fails_on_a_bad_sweep_section(tmp_path):
+@pytest.mark.parametrize("section, message", [
+    ({"asha": {"grace": 5}}, "unknown key asha.grace; did you mean asha.grace_period?"),
+    ({"pbt": {"perturbation_intervall": 2}}, "unknown key pbt.perturbation_intervall; "
+                                             "did you mean pbt.perturbation_interval?")])
+def test_tune_dry_run_fails_on_a_bad_sweep_section(tmp_path, section, message):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"space": SPACE, "asha": {"grace": 5}}))
+    path.write_text(yaml.safe_dump({"space": SPACE, **section}))
     proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--sweep", str(path),
                            f"output_dir={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: unknown key asha.grace; did you mean asha.grace_period? "
-                                                f"(in {path})"]
+    assert proc.stderr.strip().splitlines() == [f"error: {message} (in {path})"]
     assert not (tmp_path / "runs").exists()
 
 
