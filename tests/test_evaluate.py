@@ -54,16 +54,21 @@ def test_aggregate_views_mean_softmax_vs_sum():
         ev.aggregate_views(logits, "max")
 
 
-def test_predict_batch_accepts_views_and_plain_clips():
+def test_predict_accepts_views_and_plain_clips():
     model = ChannelMeans()
     batch = torch.stack([DISAGREE, AGREE])  # (B=2, V=3, C, T, H, W)
+    labels = torch.tensor([0, 1])
+    cpu = torch.device("cpu")
+
+    def scores(inputs, how, views=None):
+        return torch.from_numpy(ev.predict(model, [(inputs, labels)], how, cpu, views)[0])
+
     with torch.no_grad():
-        by_views = ev.predict_batch(model, batch, "sum")
         by_loop = torch.stack([model(video).sum(0) for video in batch])
-        torch.testing.assert_close(by_views, by_loop)
-        plain = ev.predict_batch(model, batch[:, 0], "mean_softmax")  # (B, C, T, H, W): one view each
+        torch.testing.assert_close(scores(batch, "sum"), by_loop)
+        plain = scores(batch[:, 0], "mean_softmax")  # (B, C, T, H, W): one view each
         torch.testing.assert_close(plain, model(batch[:, 0]).softmax(-1))
-        torch.testing.assert_close(ev.predict_batch(model, batch[:, 0], "sum", views=False), model(batch[:, 0]))
+        torch.testing.assert_close(scores(batch[:, 0], "sum", views=False), model(batch[:, 0]))
 
 
 def test_views_are_declared_by_the_dataset():

@@ -152,10 +152,6 @@ def test_today_resumes_the_old_sweep_without_rerunning_the_finished_trial(resume
         assert not re.search(r"epoch \d+/\d+ step", after[len(before):])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="launch/sweeps/run.py calls Tuner.restore without param_space: trials not yet started "
-                          "keep Ray's ('__fn_ph', id) placeholders for same_as/depends_on entries; remove this "
-                          "mark when it passes param_space=param_space(spec)")
 def test_today_completes_the_old_sweep(resumed):
     """The trial the old driver never started runs with its `same_as` / `depends_on` values resolved."""
     proc, sweep_dir = resumed["proc"], resumed["sweep_dir"]

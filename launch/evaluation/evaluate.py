@@ -144,22 +144,6 @@ def _logits_per_view(outputs: Any, inputs: torch.Tensor, views: Optional[bool]) 
     return logits.reshape(*inputs.shape[:2], -1) if _has_view_axis(inputs, views) else logits.unsqueeze(1)
 
 
-def _forward(model: nn.Module, inputs: torch.Tensor, views: Optional[bool],
-             **model_kwargs: Any) -> Tuple[Any, torch.Tensor]:
-    """The model's outputs and its logits per view (B, V, K) (V = 1 for plain inputs)."""
-    outputs = model(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **model_kwargs)
-    return outputs, _logits_per_view(outputs, inputs, views)
-
-
-def predict_batch(model: nn.Module, inputs: torch.Tensor, how: str, views: Optional[bool] = None) -> torch.Tensor:
-    """Scores (B, K) of a batch of views (B, V, ...) or of plain inputs (one view each).
-
-    `views=None` takes a 6-D batch for video views (B, V, C, T, H, W) and anything else as plain
-    inputs; the evaluator says it explicitly from the dataset (see `has_views`).
-    """
-    return aggregate_views(_forward(model, inputs, views)[1], how)
-
-
 def has_views(dataset: Any, split: str) -> bool:
     """Whether the samples carry a view axis: a dataset whose test split returns (V, ...) views says so
     with a `num_views` attribute (the video and raw-frame datasets); others (skeletons, per-person
@@ -183,7 +167,8 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
         if memory is not None and _has_view_axis(inputs, views):
             raise ValueError("a model that carries memory is evaluated on one view per window: set "
                              "data.test_num_clips=1 and data.test_num_crops=1")
-        return _forward(model, inputs.to(device), views, **kwargs)[0]
+        inputs = inputs.to(device)
+        return model(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **kwargs)
 
     scores, labels = [], []
     for inputs, outputs, targets in predictions(loader, forward, memory, device):

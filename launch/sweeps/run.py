@@ -160,7 +160,10 @@ def _fit(plan: SweepPlan, setup: TrialSetup):
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     if args.resume:
         log.info("resuming the sweep in %s (finished trials are kept)", sweep_dir)
-        tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_unfinished=True)
+        # Ray keeps same_as / depends_on entries as placeholders and resolves them only from a param_space
+        # handed to restore: without it, trials not yet started would get the placeholder as their value.
+        tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, param_space=param_space(spec),
+                                   resume_unfinished=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space(spec),
