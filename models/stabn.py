@@ -174,7 +174,7 @@ class STABN(nn.Module):
 
 # Paper: Something-Something v1 (174 classes), 32 frames x 224^2: 55,665,928 parameters
 # (54,340,396 without the two classifiers; the reference reports ~55.7M / 54.3M).
-register_preset("stabn_r50", STABN, num_classes=174, num_frames=32)
+register_preset("stabn_r50", STABN, num_params=55_665_928, num_classes=174, num_frames=32)
 
 # Tiny preset for tests and CPU demos: 4 frames x 64^2, widths 8/16/32/64, one block per stage.
 register_preset("stabn_r50_tiny", STABN, num_classes=4, num_frames=4, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64))

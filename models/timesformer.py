@@ -392,9 +392,9 @@ _TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_
              qkv_bias=True, drop_path_rate=0.0, attention="divided_space_time")
 
 # Paper: Kinetics-400, 8 frames x 224^2, divided space-time (121,566,352 parameters).
-register_preset("timesformer_base", TimeSformer, **_BASE, num_frames=8, num_classes=400)
+register_preset("timesformer_base", TimeSformer, num_params=121_566_352, **_BASE, num_frames=8, num_classes=400)
 # LightTimeSformer: the same network on 32 frames spanning the whole gesture; MuWiGes has 12 classes.
-register_preset("light_timesformer", TimeSformer, **_BASE, num_frames=32, num_classes=12)
+register_preset("light_timesformer", TimeSformer, num_params=121_286_412, **_BASE, num_frames=32, num_classes=12)
 
 # Tiny presets for tests and CPU demos (~156k parameters).
 register_preset("timesformer_tiny", TimeSformer, **_TINY, num_frames=4, num_classes=4)
