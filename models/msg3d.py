@@ -309,7 +309,8 @@ _PERSONALITY = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15,
 _TINY = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
 
 register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_class=60, num_gcn_scales=13, num_g3d_scales=6, **_NTU)
-register_preset("msg3d_kinetics", MSG3D, num_params=3_144_328, num_class=400, num_gcn_scales=8, num_g3d_scales=8, **_KINETICS)
+register_preset("msg3d_kinetics", MSG3D, num_params=3_144_328, num_class=400, num_gcn_scales=8, num_g3d_scales=8,
+                **_KINETICS)
 register_preset("msg3d_personality", MSG3D, num_params=425_705, num_gcn_scales=13, num_g3d_scales=6, **_PERSONALITY)
 
 register_preset("msg3d_ntu60_tiny", MSG3D, num_class=60, **_NTU, **_TINY)

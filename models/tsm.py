@@ -210,7 +210,8 @@ _DYREG_PAPER = "layer2.2,layer3.4,layer4.1"
 # Paper (DyReg-GNN's SSv2 setting): Something-Something v2, 174 classes, 16 segments x 224^2.
 # TSM-R50: 23,864,558 parameters; with DyReg 28,701,830 (+1,141,640 / +1,836,040 / +1,859,592).
 register_preset("tsm_r50", TSM, num_params=23_864_558, num_classes=174, num_segments=16, **_R50)
-register_preset("tsm_r50_dyreg", TSM, num_params=28_701_830, num_classes=174, num_segments=16, dyreg_positions=_DYREG_PAPER, **_R50)
+register_preset("tsm_r50_dyreg", TSM, num_params=28_701_830, num_classes=174, num_segments=16,
+                dyreg_positions=_DYREG_PAPER, **_R50)
 
 # Tiny presets for tests and CPU demos: 4 frames x 64^2, widths 8/16/32/64, one block per stage.
 register_preset("tsm_r50_tiny", TSM, num_classes=4, num_segments=4, **_TINY)
