@@ -292,8 +292,8 @@ class HIINT(nn.Module):
 # of 64 frames; the paper gives no sizes, so width and depth are a small transformer's.
 
 register_preset("hiint_cpmt", HIINT, num_params=4_826_313, num_classes=3, num_persons=2,
-                modality_dims=(8, 35, 6, 50), num_frames=64, encoder="conv", temporal_stride=4, embed_dim=256, num_heads=8, intra_depth=2, cross_depth=2,
-                num_memory_tokens=8)
+                modality_dims=(8, 35, 6, 50), num_frames=64, encoder="conv", temporal_stride=4, embed_dim=256,
+                num_heads=8, intra_depth=2, cross_depth=2, num_memory_tokens=8)
 
 # Tiny: two modalities of 4 and 6 features, 8-frame windows, width 32; trains on a CPU in seconds.
 register_preset("hiint_cpmt_tiny", HIINT, num_classes=3, num_persons=2, modality_dims=(4, 6), num_frames=8,
