@@ -39,8 +39,9 @@ BACKENDS = {"deepspeed": "launch/training/engine.py", "mlflow": "launch/tracking
 """Third-party package -> the one file (or folder, ending in /) allowed to import it."""
 EXEMPT = {"bench", "tests"}
 """Top-level folders the import rules do not cover."""
-SKIP_DIRS = {"build", "dist", "runs", "data", "__pycache__"}
-"""Never source: build outputs, run folders, data sets (besides hidden folders and *.egg-info)."""
+SKIP_DIRS = {"build", "dist", "runs", "data"}
+"""Top-level folders that are never source: build outputs, run folders, data sets (nor are hidden folders,
+*.egg-info and __pycache__ anywhere)."""
 HEAVY = ("torch", "deepspeed", "ray", "mlflow", "submitit")
 """Packages a command's --help should not load."""
 HELP_IMPORTS_TORCH = {"explain", "ensemble"}
@@ -80,8 +81,8 @@ def source_files(root: Path) -> List[str]:
     found = []
     for folder, dirs, files in os.walk(root):
         rel = Path(folder).relative_to(root)
-        dirs[:] = [d for d in dirs if not (d.startswith(".") or d in SKIP_DIRS or d.endswith(".egg-info")
-                                           or (rel == Path(".") and d in EXEMPT))]
+        dirs[:] = [d for d in dirs if not (d.startswith(".") or d == "__pycache__" or d.endswith(".egg-info")
+                                           or (rel == Path(".") and (d in EXEMPT or d in SKIP_DIRS)))]
         found += [(rel / f).as_posix() for f in files if f.endswith(".py")]
     return sorted(found)
 
