@@ -1,7 +1,7 @@
 """Datasets: `build(cfg, split)` makes the dataset named by `cfg.dataset`.
 
 Importing this package is cheap (no torch, no decord): the dataset modules are imported only
-when `build` needs them, so `from datasets import DataConfig` stays fast for the launcher.
+when `build` needs them, so `from action_launch.datasets import DataConfig` stays fast for the launcher.
 Datasets import only torch, numpy, decord, av, Pillow (frame folders), the numpy-only
 `models.graphs` (skeleton bones) and the standard library.
 """

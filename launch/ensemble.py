@@ -13,8 +13,6 @@ import sys
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
     sys.path.pop(0)
 
-from action_launch.evaluation.ensemble import ensemble  # noqa: E402
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +24,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    return ensemble(parse_args(argv))
+    args = parse_args(argv)
+    from action_launch.evaluation.ensemble import ensemble  # imports torch: after parsing, so --help stays fast
+
+    return ensemble(args)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from action_launch.evaluation.explain import explain  # imports torch
+    args = parse_args(argv)
+    from action_launch.evaluation.explain import explain  # imports torch: after parsing, so --help stays fast
 
-    return explain(parse_args(argv))
+    return explain(args)
 
 
 if __name__ == "__main__":

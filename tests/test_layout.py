@@ -44,9 +44,6 @@ SKIP_DIRS = {"build", "dist", "runs", "data"}
 *.egg-info and __pycache__ anywhere)."""
 HEAVY = ("torch", "deepspeed", "ray", "mlflow", "submitit")
 """Packages a command's --help should not load."""
-HELP_IMPORTS_TORCH = {"explain", "ensemble"}
-"""Commands whose --help loads torch today (explain's main imports before parsing; ensemble imports
-evaluation.ensemble -> evaluation.evaluate -> torch at the top). Take a command out when it is fixed."""
 
 RULES = {
     **{pkg: f"only {where}{'*' if where.endswith('/') else ''} imports {pkg}" for pkg, where in BACKENDS.items()},
@@ -501,9 +498,8 @@ def run_help(script: Path, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def help_problems(proc: subprocess.CompletedProcess, imports_torch: bool) -> List[str]:
-    """What is wrong with a command's --help run: a failure, no usage text, heavy imports (or, for a command
-    listed in HELP_IMPORTS_TORCH, none any more)."""
+def help_problems(proc: subprocess.CompletedProcess) -> List[str]:
+    """What is wrong with a command's --help run: a failure, no usage text, heavy imports (torch, the backends)."""
     if proc.returncode != 0:
         return [f"exit {proc.returncode}: " + "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("import time:"))]
     if not proc.stdout.startswith("usage:"):
@@ -511,9 +507,7 @@ def help_problems(proc: subprocess.CompletedProcess, imports_torch: bool) -> Lis
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
                 if line.startswith("import time:") and line.count("|") == 2}
     heavy = sorted(set(HEAVY) & imported)
-    if imports_torch and not heavy:
-        return ["--help no longer imports torch: take the command out of HELP_IMPORTS_TORCH"]
-    if heavy and not imports_torch:
+    if heavy:
         return [f"--help imports {heavy}: import them after parsing the arguments"]
     return []
 
@@ -523,4 +517,4 @@ def help_problems(proc: subprocess.CompletedProcess, imports_torch: bool) -> Lis
 def test_help_from_anywhere(command, where, tmp_path):
     # an absolute script path and the user's cwd, as `python /path/to/launch/train.py --help` from anywhere
     proc = run_help(REPO / "launch" / f"{command}.py", REPO if where == "checkout" else tmp_path)
-    assert help_problems(proc, command in HELP_IMPORTS_TORCH) == []
+    assert help_problems(proc) == []
