@@ -171,10 +171,6 @@ class SweepSpec(SweepFile):
                 size *= len(p.values)
         return size
 
-    def num_trials(self) -> int:
-        """Trials the sweep starts: grid points x num_samples."""
-        return self.grid_size() * self.num_samples
-
     def pbt_mutations(self) -> List[Param]:
         """The entries PBT perturbs: `pbt.mutate`, default the continuous ones."""
         if self.pbt.mutate is None:
