@@ -1,18 +1,6 @@
-"""Explain a prediction (`python launch/explain.py --checkpoint C --video V --out out.gif [--config X.yaml]
-[--layer NAME] [--target-class K] [key.sub=value ...]`).
-
-Loads the model of checkpoint C (a checkpoint folder, or a run folder: its `best` checkpoint, else
-the newest), reads video V (a file, or a frame folder for `data.dataset=rawframes`) the way the
-config's validation split does (the centred clip, short-side resize, centre crop, normalisation),
-and computes Grad-CAM (`evaluation.gradcam`) for the predicted class, or class K, over layer NAME
-(default: the last feature-map layer the class score depends on, found from the model). For
-ST-ABN the model's own spatial attention map and per-frame temporal attention are drawn too.
-
-The frames are rendered side by side with the heat maps over them (input | Grad-CAM | ST-ABN
-attention), as an animated GIF (`--out x.gif`, one image per frame) or a PNG strip (`--out
-x.png`, frames top to bottom), and the image is logged as an artifact under `explain/` of the
-checkpoint's MLflow run (`--no-track` skips that; a file outside the run folder is copied into
-`<run>/explain/` first). Without --config, the config saved in the checkpoint is used.
+"""The work of `launch/explain.py` (its docstring says what it shows): the clip read as the config's
+validation split reads it, Grad-CAM (`evaluation.gradcam`) and ST-ABN's own attention rendered over the
+frames as a GIF or PNG strip, the image logged to the checkpoint's MLflow run.
 """
 from __future__ import annotations
 
