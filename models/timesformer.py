@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from action_launch.models._registry import register_preset
 
@@ -215,6 +216,7 @@ class TimeSformer(nn.Module):
 
         # Linear 0 -> drop_path_rate, computed in Python so the model can be built on the meta device.
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+        self.grad_checkpointing = False
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], attention)
             for i in range(depth)
@@ -279,7 +281,10 @@ class TimeSformer(nn.Module):
             x = torch.cat([cls, self.time_drop(patches).reshape(b, n * t, d)], dim=1)
 
         for blk in self.blocks:
-            x = blk(x, t)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, t, use_reentrant=False)  # activations recomputed in backward
+            else:
+                x = blk(x, t)
 
         if self.attention == "space_only":
             x = x.reshape(b, t, 1 + n, d).mean(dim=1)  # average the per-frame outputs
@@ -287,6 +292,10 @@ class TimeSformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's switch)."""
+        self.grad_checkpointing = enable
 
     def load_image_vit(self, state_dict: Mapping[str, Any]) -> Dict[str, List[str]]:
         """Initialise from an image ViT state dict (timm names); returns what was and wasn't loaded.

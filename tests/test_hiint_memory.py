@@ -207,6 +207,9 @@ class StubEngine:
         self.calls.append(model_kwargs)
         return loss.detach(), True, {k: v.detach() for k, v in outputs.items()}
 
+    def loss(self, outputs, targets):
+        return self.loss_fn(outputs, targets)
+
     def predict(self, inputs, **model_kwargs):
         with torch.no_grad():
             return self.module.eval()(inputs, **model_kwargs)
@@ -280,3 +283,14 @@ def test_tiny_hiint_config_trains_and_tests_with_memory(engagement, tmp_path):
     model = ev.load_model(cfg, best).eval()
     np.testing.assert_allclose(pred["scores"], _sequential(model, dataset).softmax(-1).numpy(), rtol=1e-4, atol=1e-6)
     assert pred["labels"].tolist() == [it.label for it in dataset.items]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("deepspeed_ready")
+def test_carried_memory_is_made_on_the_engine_device(engagement, tmp_path):
+    """Training, validation and test of a memory model under the device audit (tests/test_device_audit.py)."""
+    from test_device_audit import audited_run
+
+    assert audited_run("configs/hiint/tiny.yaml", [f"data.root={engagement}", f"output_dir={tmp_path}",
+                                                   "tracking.enabled=false", "train.epochs=1", "data.num_workers=0",
+                                                   "train.precision=bf16"]) == []

@@ -288,3 +288,17 @@ def test_inflation_rejects_incompatible_shapes():
     vit = _fake_image_vit()
     with pytest.raises(ValueError, match="patch_embed.proj.weight"):
         tiny(patch_size=4).load_image_vit(vit)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """`train.activation_checkpointing` recomputes the blocks in backward: same loss, same gradients."""
+    model = models.create("timesformer_tiny")
+    x = torch.randn(2, 3, 4, 32, 32)
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enabled)
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=0, atol=0)

@@ -71,7 +71,14 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
     """Cap on micro batches per epoch (smoke tests, quick sweeps); None uses the whole set."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Numeric precision of the DeepSpeed engine (fp16 needs a GPU)."""
+    """fp32, or mixed precision: fp32 weights and optimizer, the forward under `torch.autocast` in bf16 or fp16
+    (fp16 needs a GPU and gets a gradient scaler)."""
+    compile: bool = False
+    """Compile the model with `torch.compile`; where the compiler fails, the model runs eager (one warning says why)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (models with `set_grad_checkpointing`): less memory, ~30% more compute."""
+    channels_last: bool = False
+    """Keep the model's convolution weights and inputs channels-last (3D/2D CNNs; faster on tensor cores where measured)."""
     zero_stage: Literal[0, 1, 2] = 0
     """DeepSpeed ZeRO stage."""
     loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"

@@ -167,14 +167,14 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
         if memory is not None and _has_view_axis(inputs, views):
             raise ValueError("a model that carries memory is evaluated on one view per window: set "
                              "data.test_num_clips=1 and data.test_num_crops=1")
-        inputs = inputs.to(device)
+        inputs = inputs.to(device, non_blocking=True)
         return model(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **kwargs)
 
     scores, labels = [], []
     for inputs, outputs, targets in predictions(loader, forward, memory, device):
-        scores.append(aggregate_views(_logits_per_view(outputs, inputs, views), how).cpu().numpy())
+        scores.append(aggregate_views(_logits_per_view(outputs, inputs, views), how))
         labels.append(np.asarray(targets))
-    return np.concatenate(scores), np.concatenate(labels)
+    return torch.cat(scores).cpu().numpy(), np.concatenate(labels)  # one copy to the host, after the pass
 
 
 def sequence_loader(dataset: Any, batch_size: int, num_workers: int = 0) -> Any:
@@ -186,7 +186,7 @@ def sequence_loader(dataset: Any, batch_size: int, num_workers: int = 0) -> Any:
         raise ValueError(f"a model that carries memory needs a dataset of recordings (data.dataset=multiperson); "
                          f"{type(dataset).__name__} has none")
     return DataLoader(dataset, batch_sampler=SequenceStreamSampler(sequences, batch_size, shuffle=False),
-                      num_workers=num_workers)
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
 def in_dataset_order(values: np.ndarray, loader: Any) -> np.ndarray:
@@ -268,7 +268,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
         loader = sequence_loader(dataset, batch_size, cfg.data.num_workers)
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-                            drop_last=False)
+                            drop_last=False, pin_memory=cfg.data.pin_memory and torch.cuda.is_available())
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     scores, labels = predict(model, loader, how, device, has_views(dataset, ecfg.split))
     if carries_memory(model):

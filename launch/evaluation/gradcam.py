@@ -153,7 +153,8 @@ def grad_cam(model: nn.Module, clip: torch.Tensor, layer: Optional[str] = None, 
         with torch.enable_grad():
             outputs = model(clip)
             logits = logits_of(outputs).float()
-            targets = logits.argmax(1) if target is None else torch.full((n,), int(target), dtype=torch.long)
+            targets = (logits.argmax(1) if target is None
+                       else torch.full((n,), int(target), dtype=torch.long, device=logits.device))
             if int(targets.max()) >= logits.shape[1] or int(targets.min()) < 0:
                 raise ValueError(f"--target-class {target} is out of range for {logits.shape[1]} classes")
             score = logits.gather(1, targets[:, None]).sum()
@@ -195,8 +196,8 @@ def _detach(outputs: Any) -> Any:
 
 def denormalize(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """A normalised (C, T, H, W) clip back to displayable (T, H, W, 3) uint8 frames."""
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=clip.device).view(-1, 1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=clip.device).view(-1, 1, 1, 1)
     x = (clip.float() * s + m).clamp(0, 1).permute(1, 2, 3, 0)
     if x.shape[-1] == 1:
         x = x.expand(*x.shape[:-1], 3)

@@ -36,6 +36,14 @@ class DistEnv:
         """nccl on CUDA, gloo on CPU."""
         return "nccl" if torch.cuda.is_available() else "gloo"
 
+    @property
+    def device(self) -> torch.device:
+        """This process's device: GPU `LOCAL_RANK` of the visible ones (modulo their count, for jobs that show
+        each task only its own GPU), else the CPU."""
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
 
 def _first_slurm_host(nodelist: str) -> str:
     try:

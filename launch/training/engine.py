@@ -16,34 +16,70 @@ import torch
 from torch import nn
 
 from action_launch.config import Config, OptimConfig, TrainConfig
+from action_launch.training.distributed import DistEnv, resolve_env
 from action_launch.training.schedule import ScaledLR, lr_at
 
 log = logging.getLogger(__name__)
 
 
-def init_distributed(backend: str) -> None:
-    """Start the process group from RANK/WORLD_SIZE/MASTER_* (see `training.distributed`)."""
+def init_distributed(env: DistEnv) -> torch.device:
+    """Bind this process to its device, then start the process group on it (RANK/WORLD_SIZE/MASTER_* from
+    `training.distributed`); returns the device.
+
+    The GPU is chosen from LOCAL_RANK before the group starts and handed to NCCL (`device_id`), so no
+    collective ever guesses a device from the global rank (which hangs on nodes whose ranks map to GPUs
+    differently).
+    """
     import deepspeed
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # our own log lines say what matters; DeepSpeed's INFO floods them
-    if os.environ.get("WORLD_SIZE") == "1" and not torch.distributed.is_initialized():
-        # One process needs no rendezvous: an in-memory store instead of a TCP store listening on every interface.
-        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    device = env.device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        bound = {"device_id": device} if device.type == "cuda" else {}
+        if env.world_size == 1:
+            # One process needs no rendezvous: an in-memory store instead of a TCP store listening on every interface.
+            torch.distributed.init_process_group(env.backend, store=torch.distributed.HashStore(), rank=0,
+                                                 world_size=1, **bound)
+        else:
+            torch.distributed.init_process_group(env.backend, **bound)
+    deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False)
+    return device
+
+
+def configure_backends(deterministic: bool) -> None:
+    """cuDNN autotuning and TF32 matmuls for speed; with `deterministic`, the CUDA knobs that make kernels
+    repeatable instead (cuBLAS workspace, deterministic algorithms, no autotuning)."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True)
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def deepspeed_config(train: TrainConfig, optim: OptimConfig, world_size: int) -> Dict[str, Any]:
-    """The DeepSpeed JSON config derived from ours (batch layout, clipping, precision, ZeRO)."""
+    """The DeepSpeed JSON config derived from ours (batch layout, clipping, precision, ZeRO).
+
+    Mixed precision is DeepSpeed's `torch_autocast`: fp32 weights, gradients and optimizer state, the
+    forward under `torch.autocast` (fp16 with a gradient scaler). DeepSpeed's `bf16`/`fp16` modes cast
+    the weights themselves, which BatchNorm's fp32 running statistics reject (every CNN and GCN here).
+    """
     if train.precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    mixed = AUTOCAST_DTYPES.get(train.precision)
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
         "gradient_clipping": optim.clip_grad,
-        "bf16": {"enabled": train.precision == "bf16"},
-        "fp16": {"enabled": train.precision == "fp16"},
+        "torch_autocast": {"enabled": mixed is not None, "dtype": str(mixed or torch.bfloat16)},
         "zero_optimization": {"stage": train.zero_stage},
         # Our optimizers are plain torch ones; ZeRO 1/2 partition their state just the same.
         "zero_allow_untested_optimizer": True,
@@ -76,13 +112,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
             {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
 
 
-def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW over the groups; each group's LR is peak_lr x lr_mult."""
+def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over the groups; each group's LR is peak_lr x lr_mult. On a GPU the
+    fused kernels: one launch per step for all parameters instead of several per tensor."""
     for group in groups:
         group["lr"] = peak_lr * group["lr_mult"]
+    fused = device.type == "cuda"
     if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=peak_lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0)
-    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(optim.betas), eps=optim.eps)
+        return torch.optim.SGD(groups, lr=peak_lr, momentum=optim.momentum,
+                               nesterov=optim.nesterov and optim.momentum > 0, fused=fused)
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
@@ -101,21 +141,33 @@ LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
 class Engine:
-    """A model inside a DeepSpeed engine, with the loss and the step the loop needs."""
+    """A model inside a DeepSpeed engine, with the loss and the step the loop needs.
+
+    Everything it makes lives on `device`; inputs are moved there without blocking (pinned batches), and
+    nothing here reads a value back to the host: the loss comes back as a device tensor.
+    """
 
     def __init__(self, model: nn.Module, cfg: Config, scaled: ScaledLR, world_size: int, micro_batches_per_epoch: int,
-                 loss_fn: LossFn):
+                 loss_fn: LossFn, device: torch.device):
         import deepspeed
 
-        self.ds_config = deepspeed_config(cfg.train, cfg.optim, world_size)
+        t = cfg.train
+        self.ds_config = deepspeed_config(t, cfg.optim, world_size)
+        model.to(device)
+        if t.channels_last:  # cuDNN follows the weights' layout: the activations come out channels-last too
+            model.to(memory_format=_memory_format(model))
+        if t.activation_checkpointing:
+            _enable_activation_checkpointing(model)
+        self._compile_pending = t.compile
+        if t.compile:
+            model.compile()  # in place: the state dict keeps its names
         groups = parameter_groups(model, cfg.optim.weight_decay)
-        optimizer = build_optimizer(groups, cfg.optim, scaled.lr)
-        scheduler = build_scheduler(optimizer, cfg.optim, scaled, cfg.train.epochs, micro_batches_per_epoch,
-                                    cfg.train.grad_accum)
+        optimizer = build_optimizer(groups, cfg.optim, scaled.lr, device)
+        scheduler = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         self.loss_fn = loss_fn
-        self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16 if cfg.train.precision == "fp16" else None
+        self.dtype = AUTOCAST_DTYPES.get(t.precision)
 
     @property
     def device(self) -> torch.device:
@@ -136,18 +188,31 @@ class Engine:
         """LR of the first parameter group (the base group)."""
         return self.optimizer.param_groups[0]["lr"]
 
-    def _inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        inputs = inputs.to(self.device, non_blocking=True)
-        return inputs.to(self.dtype) if self.dtype is not None and inputs.is_floating_point() else inputs
+    def autocast(self) -> Any:
+        """The precision context of forward passes and losses (a no-op in fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
-    def _kwargs(self, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-        return {k: self._inputs(v) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
+    def to_device(self, value: Any) -> Any:
+        """A tensor (or a dict/list of them) on the engine's device, copied without blocking (from pinned batches)."""
+        if isinstance(value, torch.Tensor):
+            return value.to(self.device, non_blocking=True)
+        if isinstance(value, Mapping):
+            return {k: self.to_device(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.to_device(v) for v in value)
+        return value
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of `outputs` against `targets` (moved to the device), in the engine's precision context
+        (autocast computes losses in fp32)."""
+        with self.autocast():
+            return self.loss_fn(outputs, self.to_device(targets))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, **model_kwargs: Any) -> Tuple[torch.Tensor, bool]:
         """Forward, backward and (at an accumulation boundary) optimizer step on one micro batch.
 
         `model_kwargs` are extra keyword inputs of the model (a carried memory), moved to the
-        device like `inputs`. Returns the detached loss and whether an optimizer step happened.
+        device like `inputs`. Returns the detached loss (on the device) and whether an optimizer step happened.
         """
         loss, boundary, _ = self.train_step_outputs(inputs, targets, **model_kwargs)
         return loss, boundary
@@ -155,19 +220,36 @@ class Engine:
     def train_step_outputs(self, inputs: torch.Tensor, targets: torch.Tensor,
                            **model_kwargs: Any) -> Tuple[torch.Tensor, bool, Any]:
         """`train_step` that also returns the model's outputs, detached (a memory to carry to the next window)."""
+        if self._compile_pending:
+            return self._first_compiled_step(inputs, targets, model_kwargs)
         self.ds.train()
         boundary = self.ds.is_gradient_accumulation_boundary()
-        outputs = self.ds(self._inputs(inputs), **self._kwargs(model_kwargs))
-        loss = self.loss_fn(outputs, targets.to(self.device))
+        outputs = self.ds(self.to_device(inputs), **self.to_device(model_kwargs))
+        loss = self.loss(outputs, targets)
         self.ds.backward(loss)
         self.ds.step()
         return loss.detach().float(), boundary, _detached(outputs)
 
+    def _first_compiled_step(self, inputs: torch.Tensor, targets: torch.Tensor,
+                             model_kwargs: Mapping[str, Any]) -> Tuple[torch.Tensor, bool, Any]:
+        """The first step compiles the model; if the compiler fails, say why once and train eager."""
+        self._compile_pending = False
+        try:
+            return self.train_step_outputs(inputs, targets, **model_kwargs)
+        except Exception as err:  # noqa: BLE001 - any compiler failure (Dynamo, AOTAutograd, Inductor, a C++ build)
+            log.warning("train.compile: torch.compile failed (%s); training eager instead", _root_cause(err))
+            import torch._dynamo
+
+            self.module._compiled_call_impl = None  # undoes nn.Module.compile(), which set it
+            torch._dynamo.reset()
+            self.ds.zero_grad()  # a backward that failed halfway may have left partial gradients
+            return self.train_step_outputs(inputs, targets, **model_kwargs)
+
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, **model_kwargs: Any) -> Any:
-        """Model outputs in eval mode (`model_kwargs` as in `train_step`)."""
+        """Model outputs in eval mode (`model_kwargs` as in `train_step`), in the engine's precision."""
         self.ds.eval()
-        return self.ds(self._inputs(inputs), **self._kwargs(model_kwargs))
+        return self.ds(self.to_device(inputs), **self.to_device(model_kwargs))
 
     def save(self, root: Path, tag: str, client_state: Mapping[str, Any]) -> None:
         """Collective: every rank writes its shard of model, optimizer and scheduler state."""
@@ -266,6 +348,24 @@ def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
 
 def warm_up() -> None:
     """Build DeepSpeed's CPU ops once (about a minute) so later runs and tests start in seconds."""
-    from action_launch.training.distributed import resolve_env
+    init_distributed(resolve_env())
 
-    init_distributed(resolve_env().backend)
+
+def _root_cause(err: BaseException) -> str:
+    """`Type: first line` of the innermost exception behind `err` (Dynamo wraps a compiler's own error)."""
+    while (inner := getattr(err, "inner_exception", None) or err.__cause__) is not None:
+        err = inner
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}"[:300]
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last_3d for a model with 3D convolutions, else channels_last (2D convolutions over frames)."""
+    return torch.channels_last_3d if any(isinstance(m, nn.Conv3d) for m in model.modules()) else torch.channels_last
+
+
+def _enable_activation_checkpointing(model: nn.Module) -> None:
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise ValueError(f"train.activation_checkpointing: {type(model).__name__} has no set_grad_checkpointing(); "
+                         f"set it to false for this model")
+    model.set_grad_checkpointing(True)

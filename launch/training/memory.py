@@ -64,7 +64,7 @@ class WindowMemory:
         if template is None:
             return {}
         memory = torch.stack([m if m is not None else torch.zeros_like(template) for m in rows])
-        return {"memory": memory, "carry": torch.tensor([m is not None for m in rows])}
+        return {"memory": memory, "carry": torch.tensor([m is not None for m in rows], device=memory.device)}
 
     def update(self, meta: Mapping[str, Any], outputs: Any) -> None:
         """Remember the memory each window of this batch left (the model's `outputs["memory"]`)."""

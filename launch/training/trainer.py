@@ -22,7 +22,7 @@ from action_launch.config import Config, dump_config, flatten, to_dict
 from action_launch.tracking.tracker import Tracker, default_tracking_uri
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.distributed import DistEnv, resolve_env
-from action_launch.training.engine import Engine, init_distributed, load_weights
+from action_launch.training.engine import Engine, configure_backends, init_distributed, load_weights
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
     SequenceStreamSampler,
@@ -57,15 +57,11 @@ class Progress:
     last_val: Optional[Dict[str, float]] = None
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch; optionally make torch pick deterministic kernels."""
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -98,8 +94,17 @@ def run_tags(env: DistEnv) -> Dict[str, str]:
 
 
 def _barrier() -> None:
+    """All ranks meet (on the GPU the process group is bound to, under NCCL)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def _host_group() -> Optional[Any]:
+    """A CPU (gloo) process group for host-side agreement under NCCL, so agreeing on a stop flag never waits
+    for the GPU; None where the default group is already on the CPU or there is one process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1 or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
 
 
 class Trainer:
@@ -111,8 +116,10 @@ class Trainer:
         self.cfg = cfg
         self.env = resolve_env()
         setup_logging(self.env.is_main)
-        init_distributed(self.env.backend)
-        seed_everything(cfg.seed + self.env.rank, cfg.deterministic)
+        configure_backends(cfg.deterministic)
+        self.device = init_distributed(self.env)
+        self.host_group = _host_group()
+        seed_everything(cfg.seed + self.env.rank)
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.ckpt_root = self.run_dir / "checkpoints"
         self.stop_requested = stop_requested or stop_flag_in_slurm_step()
@@ -133,7 +140,7 @@ class Trainer:
         self.effective_batch = effective_batch_size(cfg.train.micro_batch_size, cfg.train.grad_accum, self.env.world_size)
         self.scaled = scale_lrs(cfg.optim, self.effective_batch)
         self.engine = Engine(model, cfg, self.scaled, self.env.world_size, self.micro_per_epoch,
-                             make_loss(model, cfg.train.loss))
+                             make_loss(model, cfg.train.loss), self.device)
         self.progress = Progress()
         if start_ckpt is not None:
             self._restore(start_ckpt)
@@ -257,7 +264,7 @@ class Trainer:
         cfg, eng, prog = self.cfg, self.engine, self.progress
         self.sampler.set_epoch(prog.epoch, start=prog.micro_in_epoch * cfg.train.micro_batch_size)
         bar = EpochProgress(self.micro_per_epoch, prog.epoch, cfg.train.epochs, self.env.is_main, prog.micro_in_epoch)
-        loss_sum, count, wait, t0 = torch.zeros(()), 0, 0.0, time.perf_counter()
+        loss_sum, count, wait, t0 = torch.zeros((), device=eng.device), 0, 0.0, time.perf_counter()
         if self.memory is not None:
             self.memory.reset()
         fetch_start = time.perf_counter()
@@ -269,13 +276,15 @@ class Trainer:
             prog.micro_in_epoch += 1
             bar.update()
             if stepped and eng.global_step % cfg.train.log_every_steps == 0:
+                loss_mean = float(loss_sum) / count  # the one read of the device per log interval
                 elapsed = time.perf_counter() - t0
-                values = {"train/loss": float(loss_sum) / count, "train/lr": eng.lr,
+                values = {"train/loss": loss_mean, "train/lr": eng.lr,
                           "train/clips_per_s": count * cfg.train.micro_batch_size * self.env.world_size / elapsed,
-                          "train/data_wait_ms": 1000 * wait / count, "train/epoch": prog.epoch + prog.micro_in_epoch / self.micro_per_epoch}
+                          "train/data_wait_ms": 1000 * wait / count, "train/data_wait_frac": wait / elapsed,
+                          "train/epoch": prog.epoch + prog.micro_in_epoch / self.micro_per_epoch}
                 bar.report(prog.micro_in_epoch, values)
                 self.tracker.log_metrics(values, eng.global_step)
-                loss_sum, count, wait, t0 = torch.zeros(()), 0, 0.0, time.perf_counter()
+                loss_sum, count, wait, t0 = torch.zeros((), device=eng.device), 0, 0.0, time.perf_counter()
             if stepped and cfg.checkpoint.every_steps and eng.global_step % cfg.checkpoint.every_steps == 0 \
                     and prog.micro_in_epoch < self.micro_per_epoch:
                 self.save()
@@ -297,10 +306,11 @@ class Trainer:
         return loss, stepped
 
     def _stop_agreed(self) -> bool:
-        """All ranks agree to stop if any rank was asked to (preemption, time limit)."""
-        flag = torch.tensor([1.0 if self.stop_requested() else 0.0])
+        """All ranks agree to stop if any rank was asked to (preemption, time limit). The flag is host state:
+        it is agreed on over a CPU group, so the GPU keeps its queue of work."""
+        flag = torch.tensor([1.0 if self.stop_requested() else 0.0], device="cpu")
         if dist.is_initialized() and self.env.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group)
         return bool(flag.item())
 
     @torch.no_grad()
@@ -340,14 +350,16 @@ class Trainer:
 
     def _predict_validation(self, regression: bool) -> Any:
         """This rank's scores (probabilities, or raw outputs for regression), labels and summed loss, in loader order."""
-        scores, labels, losses = [], [], []
+        eng = self.engine
+        scores, labels, loss_sum = [], [], torch.zeros((), device=eng.device)
         memory = WindowMemory() if self.memory is not None else None
-        for _, outputs, targets in predictions(self.val_loader, self.engine.predict, memory, self.engine.device):
-            losses.append(float(self.engine.loss_fn(outputs, targets.to(self.engine.device))) * len(targets))
+        for _, outputs, targets in predictions(self.val_loader, eng.predict, memory, eng.device):
+            loss_sum += eng.loss(outputs, targets).float() * len(targets)
             out = logits_of(outputs).float()
-            scores.append((out if regression else out.softmax(-1)).cpu().numpy())
-            labels.append(targets.numpy())
-        return np.concatenate(scores), np.concatenate(labels), sum(losses)
+            scores.append(out if regression else out.softmax(-1))
+            labels.append(targets)
+        # one copy to the host after the pass, not one per batch
+        return torch.cat(scores).cpu().numpy(), torch.cat(labels).numpy(), float(loss_sum)
 
     def _regression_metrics(self, scores: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Dict[str, float]:
         names = getattr(self.val_set, "output_names", None)
