@@ -38,7 +38,7 @@ test-slurm: setup
 	$(PY) -m pytest tests -m slurm
 
 bench: setup
-	$(PY) bench/engine_overhead.py
+	$(PY) bench/gpu_throughput.py
 	$(PY) bench/data_pipeline.py
 
 clean-runs:

@@ -4,7 +4,7 @@
 #   bash bench/gpu_session.sh DATA_DIR OUT_DIR
 #
 # Expects wheels of what the machine lacks in .whl/ (deepspeed, hjson, pydantic, pydantic-core,
-# annotated-types, typing-inspection, decord; see the README's GPU section) and the demo clips in DATA_DIR
+# annotated-types, typing-inspection, decord, as `pip download` or `pip wheel` make them) and the demo clips in DATA_DIR
 # (python -m action_launch.datasets.synthetic DATA_DIR --num-train 640 --num-val 128, made where PyAV is).
 # Runs: the demo for 2 epochs in bf16 and test.py on its best checkpoint; one epoch in fp16 and one under
 # torchrun with NCCL; bench/gpu_throughput.py over every paper preset (TimeSformer-B also compiled and in

@@ -75,7 +75,7 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
 
 
 def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps: int) -> Dict[str, Callable]:
-    """name -> step function of each variant, every one on its own copy of the model with the same init."""
+    """name -> builder of each variant's step function, every one on its own copy of the model with the same init."""
     overrides = [f"model.name={preset}", "optim.name=adamw", "optim.schedule=cosine", "train.epochs=100",
                  f"train.precision={args.precision}", "optim.base_batch_size=8"]
     cfg = load_config(None, overrides)
@@ -89,20 +89,29 @@ def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps
     plain = fresh().train()
     loss_fn = make_loss(plain, cfg.train.loss)
     optimizer = build_optimizer(parameter_groups(plain, cfg.optim.weight_decay), cfg.optim, scaled.lr, device)
-    out = {"plain": plain_step(plain, optimizer, build_scheduler(optimizer, cfg.optim, scaled, 100, steps, 1), loss_fn,
-                               dtype, device)}
+    plain_built = plain_step(plain, optimizer, build_scheduler(optimizer, cfg.optim, scaled, 100, steps, 1), loss_fn,
+                             dtype, device)
+    out: Dict[str, Callable] = {"plain": lambda: plain_built}
     kinds = [("engine", cfg)]
     if args.compile:
         kinds.append(("engine_compiled", load_config(None, [*overrides, "train.compile=true"])))
     if args.channels_last:
         kinds.append(("engine_channels_last", load_config(None, [*overrides, "train.channels_last=true"])))
     for name, c in kinds:
-        model = fresh()
-        engine = Engine(model, c, scaled, 1, steps, make_loss(model, c.train.loss), device)
-        out[name] = lambda x, y, e=engine: e.train_step(x, y)
+        out[name] = _engine_step(fresh, c, scaled, steps, device)
     if args.deepspeed_bf16:
-        out["deepspeed_bf16"] = _deepspeed_bf16_step(fresh(), cfg, scaled, steps, device)
+        out["deepspeed_bf16"] = lambda: _deepspeed_bf16_step(fresh(), cfg, scaled, steps, device)
     return out
+
+
+def _engine_step(fresh: Callable, cfg: Any, scaled: Any, steps: int, device: torch.device) -> Callable:
+    """A builder of the engine's step: built when its variant is first warmed up, so one that fails to build
+    is reported on its own."""
+    def build() -> Callable:
+        model = fresh()
+        engine = Engine(model, cfg, scaled, 1, steps, make_loss(model, cfg.train.loss), device)
+        return lambda x, y: engine.train_step(x, y)
+    return build
 
 
 def _deepspeed_bf16_step(model: torch.nn.Module, cfg: Any, scaled: Any, steps: int, device: torch.device) -> Callable:
@@ -153,16 +162,18 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
         return row
     times: Dict[str, List[float]] = {name: [] for name in steps}
     peak_mem: Dict[str, float] = {}
-    for name, step in steps.items():  # warm up (and compile) each variant once
+    for name, build in list(steps.items()):  # build, then warm up (and compile) each variant once
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
+            steps[name] = step = build()
             for _ in range(args.warmup):
                 step(x, y)
             _sync(device)
         except Exception as err:  # noqa: BLE001 - e.g. DeepSpeed's bf16 mode on a BatchNorm model
             row[f"{name}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
             times.pop(name)
+            steps.pop(name)
             continue
         if device.type == "cuda":
             peak_mem[name] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -174,6 +185,9 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
                 steps[name](x, y)
             _sync(device)
             times[name].append(time.perf_counter() - start)
+    if args.profile:
+        for name in times:
+            _profile(steps[name], x, y, device, args.profile / f"profile_{preset}_{name}.txt")
     peak = peak_flops(device) if args.precision != "fp32" else None
     for name, spans in times.items():
         clips_s = batch * args.steps / statistics.median(spans)
@@ -186,6 +200,20 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
         if name != "plain" and "plain" in times:
             row[f"{name}_vs_plain"] = round(row[f"{name}_clips_s"] / row["plain_clips_s"], 3)
     return row
+
+
+def _profile(step: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device, path: Path, steps: int = 5) -> None:
+    """torch.profiler over `steps` steps: the operators by their own device time (CPU time on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(x, y)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
@@ -219,6 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--channels-last", action="store_true", help="also the engine with train.channels_last=true")
     parser.add_argument("--deepspeed-bf16", action="store_true", help="also DeepSpeed's own bf16 mode")
     parser.add_argument("--json-out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("--profile", type=Path, help="folder for a torch.profiler table of each variant (5 steps)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

@@ -154,8 +154,6 @@ class Engine:
         t = cfg.train
         self.ds_config = deepspeed_config(t, cfg.optim, world_size)
         model.to(device)
-        if t.channels_last:  # cuDNN follows the weights' layout: the activations come out channels-last too
-            model.to(memory_format=_memory_format(model))
         if t.activation_checkpointing:
             _enable_activation_checkpointing(model)
         self._compile_pending = t.compile
@@ -166,6 +164,10 @@ class Engine:
         scheduler = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
+        if world_size == 1:  # nothing to reduce; DeepSpeed would still flatten, all-reduce and copy back every gradient
+            self.ds.enable_backward_allreduce = False
+        if t.channels_last:  # after initialize, whose weight broadcast views each weight as contiguous bytes
+            _channels_last(model)  # cuDNN follows the weights' layout: activations come out channels-last too
         self.loss_fn = loss_fn
         self.dtype = AUTOCAST_DTYPES.get(t.precision)
 
@@ -359,9 +361,12 @@ def _root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"[:300]
 
 
-def _memory_format(model: nn.Module) -> torch.memory_format:
-    """channels_last_3d for a model with 3D convolutions, else channels_last (2D convolutions over frames)."""
-    return torch.channels_last_3d if any(isinstance(m, nn.Conv3d) for m in model.modules()) else torch.channels_last
+def _channels_last(model: nn.Module) -> None:
+    """Convolution weights channels-last (3D ones channels_last_3d), in place; other tensors keep their layout."""
+    for module in model.modules():
+        layout = {nn.Conv2d: torch.channels_last, nn.Conv3d: torch.channels_last_3d}.get(type(module))
+        if layout is not None:
+            module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:
