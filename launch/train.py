@@ -48,6 +48,13 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    from action_launch.training.preflight import PreflightError, check_run
+
+    try:
+        check_run(cfg, args.resume_from, args.load_from)
+    except PreflightError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from action_launch.training.trainer import Trainer
 
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
@@ -57,9 +64,7 @@ def main(argv=None) -> int:
 
         evaluate_after_training(cfg, trainer.ckpt_root, "best" if args.test_best else "last")
     if trainer.env.is_main:
-        from action_launch.tracking.tracker import backend_store_hint
-
-        print(backend_store_hint(trainer.tracker))
+        print(trainer.summary())
     return 0
 
 

@@ -145,7 +145,7 @@ def test_resume_from_another_runs_checkpoint(reference_run, tmp_path):
     run_dir, overrides, _ = reference_run
     source = run_dir / "checkpoints" / "step_00000004"
     proc = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path}", "--resume-from", str(source)])
-    assert "resumed from" in proc.stdout and "epoch 2, micro batch 2, optimizer step 4" in proc.stdout
+    assert "resumed from" in proc.stdout and "1 of 3 epochs done, 2 micro batches into the next, optimizer step 4" in proc.stdout
     expected, got = final_weights(run_dir), final_weights(tmp_path / "tests" / "reference")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     bad = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path / 'x'}", "--resume-from",

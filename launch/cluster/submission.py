@@ -142,6 +142,14 @@ def submit_training(request: SubmitRequest) -> int:
     if request.dry_run:
         _print_dry_run(plans, request)
         return 0
+    from action_launch.training.preflight import PreflightError, check_run
+
+    try:  # what fails the job on the node fails here, before anything is submitted
+        for plan in plans:
+            check_run(plan.cfg)
+    except PreflightError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     cluster = choose_cluster(request.local)
     if cluster == "local" and not request.local:
         print("no Slurm controller found (sbatch/scontrol ping): running through submitit's local executor")

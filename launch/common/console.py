@@ -6,10 +6,17 @@ import sys
 from typing import Dict
 
 
+# Libraries whose INFO lines say nothing a user acts on (setuptools' compiler, probed by DeepSpeed's op
+# builders, logs every gcc command line).
+QUIET_LOGGERS = ("compilers", "distutils", "setuptools")
+
+
 def setup_logging(is_main: bool) -> None:
     """INFO on rank 0, warnings only elsewhere; one format for the whole suite."""
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, stream=sys.stdout, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class EpochProgress:

@@ -323,6 +323,8 @@ def log_run_artifact(run_dir: Path, path: Path, artifact_path: Optional[str] = N
 
 def backend_store_hint(tracker: Tracker) -> str:
     """The command that opens this run in the MLflow UI (or says how to sync it first)."""
+    if not tracker.enabled:
+        return f"MLflow off (tracking.enabled=false); every metric is in {tracker.run_dir / 'tracking' / 'journal.jsonl'}"
     if tracker.uri.startswith(("http://", "https://")):
         hint = f"MLflow run at {tracker.uri}"
     else:

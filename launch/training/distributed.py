@@ -73,3 +73,26 @@ def resolve_env() -> DistEnv:
     for key, value in dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local_rank, MASTER_ADDR=addr, MASTER_PORT=port).items():
         env[key] = str(value)
     return DistEnv(rank, world, local_rank, addr, port)
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a Slurm allocation's --cpus-per-task, a container's
+    cpuset, taskset), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(env: DistEnv, data_workers: int) -> str:
+    """Set torch's intra-op threads so the processes of this node and their DataLoader workers do not
+    oversubscribe the cores: cores / processes per node - workers, at least 1; `OMP_NUM_THREADS`, when set,
+    wins (as with torchrun). Returns the choice in words, for the log."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = available_cores()
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+    threads = max(1, cores // max(1, local) - data_workers)
+    torch.set_num_threads(threads)
+    return (f"torch threads {threads} = {cores} cores / {local} process(es) on this node - {data_workers} data "
+            f"worker(s), at least 1 (OMP_NUM_THREADS overrides)")

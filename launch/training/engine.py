@@ -7,6 +7,8 @@ ZeRO. DeepSpeed steps the scheduler once per optimizer step.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -30,11 +32,13 @@ def init_distributed(env: DistEnv) -> torch.device:
     collective ever guesses a device from the global rank (which hangs on nodes whose ranks map to GPUs
     differently).
     """
+    device = env.device
+    if device.type == "cpu":  # said, not detected: DeepSpeed then does not warn that it fell back to the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # our own log lines say what matters; DeepSpeed's INFO floods them
-    device = env.device
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
@@ -45,7 +49,8 @@ def init_distributed(env: DistEnv) -> torch.device:
                                                  world_size=1, **bound)
         else:
             torch.distributed.init_process_group(env.backend, **bound)
-    deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # on the CPU it prints that its comm op loaded, at every start
+        deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False)
     return device
 
 

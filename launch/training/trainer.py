@@ -19,9 +19,9 @@ import torch.distributed as dist
 from action_launch import ROOT, datasets, models
 from action_launch.common.console import EpochProgress, setup_logging
 from action_launch.config import Config, dump_config, flatten, to_dict
-from action_launch.tracking.tracker import Tracker, default_tracking_uri
+from action_launch.tracking.tracker import Tracker, backend_store_hint, default_tracking_uri
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.distributed import DistEnv, resolve_env
+from action_launch.training.distributed import DistEnv, configure_threads, resolve_env
 from action_launch.training.engine import Engine, configure_backends, init_distributed, load_weights
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
@@ -119,6 +119,7 @@ class Trainer:
         configure_backends(cfg.deterministic)
         self.device = init_distributed(self.env)
         self.host_group = _host_group()
+        log.info(configure_threads(self.env, cfg.data.num_workers))
         seed_everything(cfg.seed + self.env.rank)
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -194,8 +195,8 @@ class Trainer:
         client = self.engine.load(path)
         self.progress = Progress(**client["progress"])
         _set_rng_state(client["rng"][min(self.env.rank, len(client["rng"]) - 1)])
-        log.info("resumed from %s: epoch %d, micro batch %d, optimizer step %d", path, self.progress.epoch + 1,
-                 self.progress.micro_in_epoch, self.engine.global_step)
+        log.info("resumed from %s: %d of %d epochs done, %d micro batches into the next, optimizer step %d", path,
+                 self.progress.epoch, self.cfg.train.epochs, self.progress.micro_in_epoch, self.engine.global_step)
 
     def save(self, is_best: bool = False) -> Path:
         """Collective checkpoint of engine, progress and every rank's RNG state; committed atomically."""
@@ -241,6 +242,9 @@ class Trainer:
                  "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
                  cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
                  cfg.optim.base_batch_size, self.run_dir)
+        if self.progress.epoch >= cfg.train.epochs:
+            log.info("%s is already complete (%d of %d epochs): nothing to train; raise train.epochs to go on, or "
+                     "start another run with name=<new name>", self.run_dir, self.progress.epoch, cfg.train.epochs)
         status = "FAILED"
         try:
             while self.progress.epoch < cfg.train.epochs:
@@ -258,6 +262,20 @@ class Trainer:
         finally:
             self._write_final_artifacts()
             tracker.finish(status)
+
+    def summary(self) -> str:
+        """Where a finished (or stopped) run stands, in a few lines: epochs, best checkpoint, where to look next."""
+        cfg, best = self.cfg, ckpt.best_checkpoint(self.ckpt_root)
+        lines = [f"run {self.run_dir}: {self.progress.epoch} of {cfg.train.epochs} epochs"]
+        if best is not None and self.progress.best is not None:
+            lines.append(f"best {cfg.checkpoint.best_metric} {self.progress.best:.4g}: {best.resolve()}")
+        last = self.progress.last_val or {}
+        if last:
+            lines.append("last validation: " + " ".join(f"{k} {v:.4g}" for k, v in last.items()))
+        lines.append(backend_store_hint(self.tracker))
+        lines.append(f"compare runs: python launch/compare.py --experiment {cfg.tracking.experiment or cfg.experiment} "
+                     f"--output-dir {cfg.output_dir}")
+        return "\n".join(lines)
 
     def _train_epoch(self) -> bool:
         """One epoch from `progress.micro_in_epoch`; False if a stop was requested (after a checkpoint)."""
