@@ -32,9 +32,9 @@ run() {  # run NAME SECONDS CMD...: a time limit each, so one hang cannot eat th
 COMMON=(--config configs/demo.yaml "data.root=$DATA" tracking.enabled=false data.num_workers=6 output_dir=/tmp/runs)
 run demo_bf16 80 python3 launch/train.py "${COMMON[@]}" name=bf16 train.epochs=2 train.precision=bf16 train.log_every_steps=20
 run test_bf16 50 python3 launch/test.py --checkpoint /tmp/runs/demo/bf16 --no-track
-run demo_fp16 60 python3 launch/train.py "${COMMON[@]}" name=fp16 train.epochs=1 train.precision=fp16
+run demo_fp16 60 python3 launch/train.py "${COMMON[@]}" name=fp16 train.epochs=1 optim.warmup_epochs=0 train.precision=fp16
 run torchrun_nccl 60 python3 -m torch.distributed.run --standalone --nproc_per_node 1 launch/train.py "${COMMON[@]}" \
-    name=nccl train.epochs=1 train.precision=bf16
+    name=nccl train.epochs=1 optim.warmup_epochs=0 train.precision=bf16
 run bench_timesformer 150 python3 bench/gpu_throughput.py --presets timesformer_base --compile --deepspeed-bf16 \
     --json-out "$OUT/gpu_throughput.jsonl"
 run bench_presets 180 python3 bench/gpu_throughput.py \

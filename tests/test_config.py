@@ -121,3 +121,12 @@ def test_print_config_cli():
     bad = subprocess.run([sys.executable, "launch/train.py", "--print-config", "optim.lrr=1"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean optim.lr?" in bad.stderr
+
+
+def test_a_cosine_warmup_as_long_as_the_run_is_refused():
+    """The warmup ramps toward the cosine's value at its end: for a run no longer than it, that is final_lr (0)."""
+    with pytest.raises(ConfigError, match=r"optim.warmup_epochs=1 >= train.epochs=1 with the cosine schedule.*"
+                                          r"\(in command-line override\)"):
+        load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1"])
+    assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=2"]).optim.warmup_epochs == 1
+    assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1", "optim.schedule=step"]).train.epochs == 1

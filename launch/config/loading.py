@@ -83,9 +83,21 @@ def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: Ite
     """
     validator = Validator(source, override_keys)
     cfg = validator.convert(dict(raw), Config)
+    _check_schedule(cfg, validator)
     if check_model:
         cfg.model = validator.model_section(cfg.model)
     return cfg
+
+
+def _check_schedule(cfg: Config, validator: Validator) -> None:
+    """A cosine warmup ramps toward the schedule's value where the warmup ends; ending at the last epoch, that
+    is `final_lr` (0 by default), and the run would train at an LR near it from the first step to the last."""
+    o, epochs = cfg.optim, cfg.train.epochs
+    if o.schedule == "cosine" and o.warmup_epochs >= epochs:
+        key = "optim.warmup_epochs" if "optim.warmup_epochs" in validator.override_keys else "train.epochs"
+        validator.fail(key, f"optim.warmup_epochs={o.warmup_epochs:g} >= train.epochs={epochs} with the cosine "
+                            f"schedule: the warmup would ramp to the schedule's end (optim.final_lr={o.final_lr:g}) and "
+                            f"train at about that LR throughout; lower optim.warmup_epochs or raise train.epochs")
 
 
 def to_dict(cfg: Config) -> Dict[str, Any]:
