@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch goes first, pinned exactly, so that nothing later re-resolves it to a CUDA build. DeepSpeed's CPU ops
-# are compiled here, at set-up, not inside the first training run.
+# are compiled here, at set-up, not inside the first training run (into .venv/torch_extensions/; a lock left
+# by a killed build is cleared, and the build is given 15 minutes at most).
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	RANK=0 WORLD_SIZE=1 $(PY) -c 'from action_launch.training.engine import warm_up; warm_up()'
+	RANK=0 WORLD_SIZE=1 timeout 900 $(PY) -c 'from action_launch.training.engine import warm_up; warm_up()'
 	touch $(STAMP)
 
 # The main job on its embedded defaults: generated H.264 clips, local process, SQLite MLflow under runs/.

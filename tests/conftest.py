@@ -53,7 +53,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def deepspeed_ready() -> None:
-    """Compile DeepSpeed's CPU ops once per test session (the cache lives in ~/.cache/torch_extensions)."""
+    """Compile DeepSpeed's CPU ops once per test session (built under the venv's torch_extensions/)."""
     subprocess.run([sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"], cwd=REPO, check=True,
                    timeout=900, env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"})
 

@@ -147,8 +147,7 @@ def jobs(slurm_cluster, video_set, tmp_path_factory):
         "array": start_submit(["--time", "00:15:00", *tiny_overrides(video_set, root / "array", "unused"),
                                f"name=a,b,{SHELL_NAME}", "train.epochs=1", "train.max_steps_per_epoch=1",
                                "tracking.enabled=false"],
-                              env={"HOME": str(home),
-                                   "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/torch_extensions")}),
+                              env={"HOME": str(home)}),
         # a job that fails when it starts, past what submit.py checks (a missing data.root is refused before
         # submitting): 48 training clips cannot fill a micro batch of 64
         "fail": start_submit(["--time", "00:15:00", *tiny_overrides(video_set, root / "fail", "fail"),

@@ -19,6 +19,7 @@ from torch import nn
 
 from action_launch.config import Config, OptimConfig, TrainConfig
 from action_launch.training.distributed import DistEnv, resolve_env
+from action_launch.training.op_builds import prepare_op_builds
 from action_launch.training.schedule import ScaledLR, lr_at
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def init_distributed(env: DistEnv) -> torch.device:
     differently).
     """
     device = env.device
+    prepare_op_builds()
     if device.type == "cpu":  # said, not detected: DeepSpeed then does not warn that it fell back to the CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed

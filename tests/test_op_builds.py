@@ -1,0 +1,46 @@
+"""DeepSpeed's JIT-built ops: built per environment, and never waited on behind a killed build's lock."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from action_launch.training.op_builds import STALE_LOCK_SECONDS, environment_build_dir, remove_stale_locks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lock(path: Path, age_s: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_only_locks_older_than_any_build_are_removed(tmp_path, caplog):
+    old_set = _lock(tmp_path / "deepspeed_shm_comm" / "lock", STALE_LOCK_SECONDS + 60)  # TORCH_EXTENSIONS_DIR layout
+    old_default = _lock(tmp_path / "py311_cpu" / "cpu_adam" / "lock", 3 * STALE_LOCK_SECONDS)  # torch's default
+    building = _lock(tmp_path / "fused_adam" / "lock", 30)
+    assert sorted(remove_stale_locks(tmp_path)) == sorted([old_set, old_default])
+    assert not old_set.exists() and not old_default.exists() and building.exists()
+    assert "killed op build" in caplog.text and "fused_adam" not in caplog.text
+    assert remove_stale_locks(tmp_path / "absent") == []
+
+
+def test_ops_are_built_inside_the_virtual_environment():
+    assert sys.prefix != sys.base_prefix, "the suite runs from the project's .venv"
+    assert environment_build_dir() == Path(sys.prefix) / "torch_extensions"
+
+
+def test_a_killed_builds_lock_does_not_hang_the_next_start(tmp_path, deepspeed_ready):
+    """The lock a killed build leaves behind made every later start wait forever (CI hung in set-up)."""
+    built = Path(sys.prefix) / "torch_extensions"
+    shutil.copytree(built, tmp_path / "ext")
+    lock = _lock(tmp_path / "ext" / "deepspeed_shm_comm" / "lock", 2 * STALE_LOCK_SECONDS)
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    done = subprocess.run([sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "killed op build" in done.stderr and not lock.exists()
