@@ -1,17 +1,22 @@
 """Data pipeline throughput: how close the dataset gets to bare decoding, and what workers add.
 
     .venv/bin/python bench/data_pipeline.py [--videos 24] [--size 160] [--frames 96]
-        [--num-frames 8] [--sampling-rate 8] [--crop 112] [--workers 2] [--repeats 2]
+        [--num-frames 8] [--sampling-rate 8] [--crop 112] [--workers 2] [--repeats 2] [--rounds 5]
 
 On generated H.264 videos (a panning texture with grain, so that decoding costs what real
 footage costs, unlike the mostly static synthetic set), for the SAME sampled indices:
   (a) bare decord: open VideoReader(num_threads=1) + one get_batch of the sorted unique indices
   (b) VideoDataset.__getitem__((i, seed)): sampling + decode + train transforms, in-process
-  (c) a DataLoader with --workers worker processes over the same keys
-and prints clips/s, b/a (target >= 0.8) and c/b (target >= 1.6 with 2 workers on 2 cores).
+  (c) a DataLoader over the same keys with 1 worker process and with N = --workers, taking turns in
+      --rounds rounds (1, N, N, 1, 1, N, ...: the order alternates), so that load from other
+      processes hits both alike
+and prints clips/s, b/a (target >= 0.8) and, per round and as the median of the per-round
+ratios, N workers / 1 worker (target >= 1.6 with 2 workers on 2 cores).
+Each DataLoader figure is a whole pass, clips / the time from before the loader's iterator is
+created to its last batch: worker start-up and the first batches are counted (no warm-up is
+discarded), so no worker's first batch comes for free and the ratio is, if anything, low.
 Side fact: get_batch on the same frames given unsorted vs sorted.
-Torch runs single-threaded in-process, as in DataLoader workers, so (b) and (c) compare
-one core against --workers cores.
+Torch runs single-threaded in-process, as in DataLoader workers.
 
     .venv/bin/python bench/data_pipeline.py --prepared [--videos 8] [--size 160] [--frames 300]
         [--source-gop 250] [--gop 16] [--num-frames 8] [--sampling-rate 32] [--rounds 5]
@@ -31,7 +36,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +73,38 @@ def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0, 
 
 def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
+
+
+def loader_rate(loader: Iterable[Sequence[torch.Tensor]]) -> float:
+    """Clips/s of one pass over `loader`; the clock starts before its iterator (and so its workers) is
+    created, so start-up and the first batches count."""
+    t = time.perf_counter()
+    clips = sum(len(batch[0]) for batch in loader)
+    return _rate(clips, time.perf_counter() - t)
+
+
+def worker_rounds(loaders: Dict[int, Iterable[Sequence[torch.Tensor]]], rounds: int) -> Dict[int, List[float]]:
+    """workers -> clips/s of each round; every round times one pass of each loader, in an order that
+    alternates from round to round (1, 2, 2, 1, ...)."""
+    rates: Dict[int, List[float]] = {w: [] for w in loaders}
+    order = list(loaders)
+    for r in range(rounds):
+        for w in order if r % 2 == 0 else order[::-1]:
+            rates[w].append(loader_rate(loaders[w]))
+    return rates
+
+
+def print_worker_rounds(rates: Dict[int, List[float]], item: float) -> None:
+    """The rounds side by side: clips/s of 1 and N workers and their ratio, per round and the medians."""
+    one, many = rates
+    ratios = [m / o for o, m in zip(rates[one], rates[many])]
+    print(f"(c) DataLoader, whole passes (worker start-up counted), {len(ratios)} rounds in alternating order:")
+    print(f"    {'round':>5}  {f'{one} worker':>9}  {f'{many} workers':>10}  {f'{many}/{one}':>5}")
+    for r, (o, m, q) in enumerate(zip(rates[one], rates[many], ratios)):
+        print(f"    {r + 1:5d}  {o:9.1f}  {m:10.1f}  {q:5.2f}")
+    med_one, med_many = float(np.median(rates[one])), float(np.median(rates[many]))
+    print(f"    median {med_one:9.1f}  {med_many:10.1f}  {np.median(ratios):5.2f}  (median of per-round ratios; "
+          f"target >= 1.6; {many} workers / (b) = {med_many / item:.2f})")
 
 
 def _keyframes(path: str) -> int:
@@ -178,7 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--prepared", action="store_true", help="compare sources with their datasets.prepare copies")
     p.add_argument("--source-gop", type=int, default=250, help="with --prepared: keyframe interval of the sources")
     p.add_argument("--gop", type=int, default=16, help="with --prepared: keyframe interval of the prepared copies")
-    p.add_argument("--rounds", type=int, default=5, help="with --prepared: alternating rounds (medians reported)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported): of the DataLoaders "
+                   "with 1 and --workers workers, or with --prepared of the three sets")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
@@ -191,6 +229,8 @@ def main(argv=None) -> int:
         a.sampling_rate = a.sampling_rate or 32
         return bench_prepared(a)
     a.videos, a.frames, a.sampling_rate = a.videos or 24, a.frames or 96, a.sampling_rate or 8
+    if a.workers < 2:
+        p.error("--workers: at least 2 (the DataLoader is compared with its 1-worker self)")
 
     tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="bench_data_")
     folder = a.dir or tmp.name
@@ -227,20 +267,11 @@ def main(argv=None) -> int:
         t_item += time.perf_counter() - t
     bare, item = _rate(len(keys), t_bare), _rate(len(keys), t_item)
 
-    loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, sampler=keys, num_workers=a.workers)
-    t = time.perf_counter()
-    it = iter(loader)
-    first = next(it)
-    t_first = time.perf_counter()
-    rest = sum(b[0].shape[0] for b in it)
-    t_end = time.perf_counter()
-    loaded = _rate(rest, t_end - t_first)
-    loaded_all = _rate(rest + first[0].shape[0], t_end - t)
-
     print(f"(a) bare decord get_batch      {bare:8.1f} clips/s")
     print(f"(b) dataset __getitem__        {item:8.1f} clips/s   b/a = {item / bare:.2f}  (target >= 0.8)")
-    print(f"(c) DataLoader, {a.workers} workers      {loaded:8.1f} clips/s   c/b = {loaded / item:.2f}  "
-          f"(target >= 1.6; {loaded_all:.1f} clips/s counting worker start-up)")
+    loaders = {w: torch.utils.data.DataLoader(ds, batch_size=a.batch_size, sampler=keys, num_workers=w)
+               for w in (1, a.workers)}
+    print_worker_rounds(worker_rounds(loaders, a.rounds), item)
 
     # side fact: the same frames requested unsorted
     t_sorted = t_unsorted = 0.0
