@@ -7,10 +7,11 @@
     python -m action_launch.datasets.prepare --from-folders SRC_DIR OUT_DIR [--val-fraction 0.2] [--seed 0]
 
 Re-encoding (the default): every video of the list becomes an H.264 mp4 (libx264, yuv420p,
-no audio) under OUT_DIR at the same relative path (extension `.mp4`), resized so that its
-short side is --short-side (aspect kept, both sides even; 0 keeps the size), with a keyframe
-exactly every --gop frames (scene-cut keyframes off) and, with --fps, resampled to that rate
-(frames dropped or repeated). The defaults are chosen for random access, not for size: a
+no audio) under OUT_DIR at the same relative path (extension `.mp4`), scaled down so that its
+short side is --short-side (aspect kept, both sides even; a video whose short side is already
+at most --short-side keeps its size, never enlarged, as every video does with 0; the summary
+counts them), with a keyframe exactly every --gop frames (scene-cut keyframes off) and, with
+--fps, resampled to that rate (frames dropped or repeated). The defaults are chosen for random access, not for size: a
 clip of sparse frames costs a seek to the keyframe before each frame plus the frames decoded
 from there, so the keyframe interval bounds the work; x264's `fastdecode` tune (CAVLC instead
 of CABAC, no deblocking) and no B-frames make every decoded frame cheaper, for files about a
@@ -21,7 +22,8 @@ as mmaction2's raw frames are), same resize and resampling.
 
 The new list (OUT_DIR/<name of SRC_LIST>, or --out-list) has the same labels, in the same
 order, with paths relative to OUT_DIR: `path label` (csv lists stay csv) or, with --frames,
-`frame_dir total_frames label`.
+`frame_dir total_frames label`. The source root's classes.txt (--root, default the list's
+folder), if it has one, is copied to OUT_DIR, so that OUT_DIR is a complete data root.
 
 Videos are decoded and encoded one frame at a time with PyAV, in --workers processes, with a
 progress bar and an ETA. A video that fails (missing, undecodable, truncated) is printed at
@@ -31,8 +33,9 @@ are still listed. Exit status 2: the list itself is unusable.
 Resumable and atomic: an output is written under a temporary name in its own folder
 (`x.mp4.part`, `x.part/`), verified (decord reads back the frame count written; the JPEGs are
 all there) and renamed into place; OUT_DIR/prepare_manifest.jsonl then records it with the
-source's size and mtime and the options. A later run skips an output whose record matches and
-that still verifies, and redoes anything else: a leftover `.part` is overwritten, never taken
+source's size, mtime and frame size, the options and the frame size written. A later run skips
+an output whose record matches (the frame size too, as these options size it now) and that
+still verifies, and redoes anything else: a leftover `.part` is overwritten, never taken
 for complete. The list is written last (temporary file, then rename).
 
 --from-folders: `SRC_DIR/class_name/video.ext` -> OUT_DIR/classes.txt (sorted class names, the
@@ -72,7 +75,8 @@ class PrepareOptions:
     """What an output is made with; a finished output is reused only if these are equal."""
 
     short_side: int = 256
-    """Target short side in pixels (rounded to even); 0 keeps the source size (made even)."""
+    """Largest short side in pixels (rounded to even): bigger videos are scaled down to it, the
+    others keep their size (made even, never enlarged); 0 keeps every size."""
     gop: int = 16
     """Keyframe interval of re-encoded videos, exact (scene-cut keyframes are off)."""
     fps: Optional[float] = None
@@ -94,15 +98,19 @@ class PrepareOptions:
 # --- sizes, rates and paths
 
 
-def output_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
-    """(width, height) with the short side `short_side`, aspect kept, both even (yuv420p)."""
-    def even(x: float) -> int:
-        return max(2, 2 * int(round(x / 2)))
+def keeps_size(width: int, height: int, short_side: int) -> bool:
+    """A video of this size is not scaled: its short side is at most `short_side`, or `short_side` is 0."""
+    return not 0 < short_side < min(width, height)
 
-    if short_side <= 0:
-        return even(width), even(height)
+
+def output_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
+    """(width, height) of the copy, both even (yuv420p): scaled down to the short side
+    `short_side` (aspect kept, rounded), or the source's own size (an odd side loses a pixel)
+    when `keeps_size`; never larger than the source."""
+    if keeps_size(width, height, short_side):
+        return max(2, width - width % 2), max(2, height - height % 2)
     scale = short_side / min(width, height)
-    return even(width * scale), even(height * scale)
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
 
 def _fraction(fps: float) -> Fraction:
@@ -239,6 +247,13 @@ def encode_video(src: str, dst: str, opts: PrepareOptions) -> int:
     return written
 
 
+def source_size(src: str) -> Tuple[int, int]:
+    """(width, height) of a source's video stream, from its header."""
+    container, stream, _ = _decoded(src)
+    with container:
+        return stream.codec_context.width, stream.codec_context.height
+
+
 def _verify_video(path: str, expected: int) -> None:
     from .decode import BadVideoError, open_video
 
@@ -315,6 +330,9 @@ def is_finished(record: Optional[dict], src: str, dst: str, opts: PrepareOptions
         return False
     if record.get("options") != asdict(opts) or any(record.get(k) != v for k, v in _source_stamp(src).items()):
         return False
+    source = record.get("source_frame_size")
+    if not source or record.get("frame_size") != list(output_size(*source, opts.short_side)):
+        return False  # sized otherwise than these options size it now (enlarged by an older version)
     if opts.frames:
         return os.path.isdir(dst) and count_frames(dst, opts.template) == record.get("frames")
     if not os.path.isfile(dst) or os.path.getsize(dst) != record.get("bytes"):
@@ -338,8 +356,10 @@ def prepare_one(src: str, dst: str, opts: PrepareOptions, record: Optional[dict]
         os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
         stamp = _source_stamp(src) if os.path.exists(src) else None
         written = (extract_frames if opts.frames else encode_video)(src, dst, opts)
+        width, height = source_size(src)
         record = {**stamp, "frames": written, "options": asdict(opts),
-                  "bytes": None if opts.frames else os.path.getsize(dst)}
+                  "bytes": None if opts.frames else os.path.getsize(dst), "source_frame_size": [width, height],
+                  "frame_size": list(output_size(width, height, opts.short_side))}
         return {"status": "done", "frames": written, "record": record}
     except PrepareError as e:
         return {"status": "failed", "reason": str(e)}
@@ -377,6 +397,15 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def copy_classes(root: str, out_dir: str) -> None:
+    """Copy `root`/classes.txt to `out_dir` (temporary file, then rename), if it is there and
+    not that file already."""
+    src, dst = os.path.join(root, "classes.txt"), os.path.join(out_dir, "classes.txt")
+    if os.path.isfile(src) and not (os.path.exists(dst) and os.path.samefile(src, dst)):
+        shutil.copyfile(src, dst + ".part")
+        os.replace(dst + ".part", dst)
+
+
 def _list_line(fmt: str, separator: str, path: str, label, frames: int) -> str:
     if fmt == "rawframes":
         return f"{path} {frames} {label}\n"
@@ -391,6 +420,8 @@ class Report:
     """Outputs written by this run."""
     skipped: int = 0
     """Outputs already finished and verified."""
+    kept_size: int = 0
+    """Outputs (done or skipped) at their source's own size: its short side was at most the target."""
     failed: List[Tuple[int, str, str]] = field(default_factory=list)
     """(list line, source path, reason) of every entry left out of the new list."""
     list_path: str = ""
@@ -482,6 +513,9 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
         lines.append(_list_line("rawframes" if opts.frames else fmt, separator, rel, item.label, result["frames"]))
     report.done = sum(r["status"] == "done" for r in results.values())
     report.skipped = sum(r["status"] == "skipped" for r in results.values())
+    report.kept_size = sum(keeps_size(*r["record"]["source_frame_size"], opts.short_side)
+                           for r in results.values() if r["status"] != "failed")
+    copy_classes(root, out_dir)
     _write_atomic(list_path, "".join(lines))  # last: the list marks the prepared set usable
     return report
 
@@ -534,7 +568,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--root", help="folder the list's relative paths resolve against (default: the list's folder)")
     parser.add_argument("--format", default="video", choices=("video", "csv"), help="format of the source list")
     parser.add_argument("--separator", default=" ", help="field separator of csv lists")
-    parser.add_argument("--short-side", type=int, default=256, help="short side of the copies (0: keep the size)")
+    parser.add_argument("--short-side", type=int, default=256,
+                        help="largest short side of the copies: bigger videos are scaled down to it, smaller ones "
+                             "keep their size (0: keep every size)")
     parser.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encoded videos")
     parser.add_argument("--fps", type=float, help="frame rate of the copies (default: the source's, every frame)")
     parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower: better, bigger)")
@@ -583,8 +619,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for line, path, reason in report.failed:
         print(f"{a.src}:{line}: {path}: {reason}")
     kind = "frame folders" if opts.frames else "videos"
+    kept = (f"{report.kept_size} kept at their own size (short side at most {opts.short_side}, never enlarged); "
+            if opts.short_side > 0 else "")
     print(f"{report.list_path}: {report.done + report.skipped} {kind} ({report.done} prepared now, "
-          f"{report.skipped} already done), {len(report.failed)} failed and left out; "
+          f"{report.skipped} already done), {len(report.failed)} failed and left out; {kept}"
           f"{time.time() - t0:.1f}s", file=sys.stderr)
     return 1 if report.failed else 0
 

@@ -1,8 +1,9 @@
 """datasets.prepare on real generated mp4s: re-encoding and frame extraction, the lists they
-write, failures reported, keyframe interval and size honoured, resuming without redoing work,
-and lists from a class-folder layout."""
+write, failures reported, keyframe interval and size honoured (small videos never enlarged),
+classes.txt copied, resuming without redoing work, and lists from a class-folder layout."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,57 @@ def test_reencode_lists_frames_size_gop(src, tmp_path):
         assert (settings["cabac"], settings["deblock"][0], settings["bframes"]) == ("0", "0", "0")
         assert (settings["keyint"], settings["scenecut"]) == ("8", "0")
     assert not list(out.rglob("*.part")) and not (out / "a/bad.mp4").exists()
+
+
+def test_output_size_never_enlarges():
+    assert prepare.output_size(92, 64, 256) == (92, 64)  # such clips became 368x256
+    assert prepare.output_size(96, 64, 64) == (96, 64)  # at the target: kept
+    assert prepare.output_size(63, 45, 256) == (62, 44)  # made even by losing a pixel, not gaining one
+    assert prepare.output_size(93, 65, 0) == (92, 64)
+    assert prepare.output_size(96, 64, 48) == (72, 48)
+    assert prepare.output_size(640, 360, 256) == (456, 256)
+
+
+def test_small_videos_keep_their_size_and_classes_are_copied(tmp_path):
+    """--frames at the default --short-side 256: a 92x64 clip stays 92x64, a bigger one is
+    scaled down, the summary counts the first; classes.txt comes along, OUT_DIR is a data root."""
+    root = tmp_path / "src"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for name, (w, h) in {"small.mp4": (92, 64), "big.mp4": (384, 288)}.items():
+        write_video(str(root / name), rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8))
+    (root / "train.txt").write_text("small.mp4 1\nbig.mp4 0\n")
+    (root / "classes.txt").write_text("walk\nrun\n")
+    out = tmp_path / "out"
+    proc = run_cli(str(root / "train.txt"), str(out), "--frames", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 kept at their own size (short side at most 256, never enlarged)" in proc.stderr
+    sizes = {}
+    for name in ("small", "big"):
+        with av.open(str(out / name / "img_00001.jpg")) as c:
+            frame = next(c.decode(video=0))
+        sizes[name] = (frame.width, frame.height)
+    assert sizes == {"small": (92, 64), "big": (342, 256)}
+    assert (out / "classes.txt").read_text() == "walk\nrun\n"
+
+
+def test_reencode_scales_down_only_and_redoes_older_records(src, tmp_path):
+    out = tmp_path / "out"
+    opts = prepare.PrepareOptions(short_side=48, gop=8)
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert (report.done, report.kept_size) == (4, 2)
+    shapes = {"a/v0.mp4": (48, 64), "a/v1.mp4": (48, 72), "b/v2.mp4": (48, 60), "b/v3.mp4": (64, 48)}  # (h, w)
+    assert {rel: open_video(str(out / rel))[0].shape[:2] for rel in shapes} == shapes
+    assert not (out / "classes.txt").exists()  # the source root has none
+    # records without the frame sizes were written by a version that enlarged small videos: redone
+    manifest = out / prepare.MANIFEST
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    older = [{k: v for k, v in rec.items() if k not in ("frame_size", "source_frame_size")} for rec in records]
+    manifest.write_text("".join(json.dumps(rec) + "\n" for rec in older))
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert (report.done, report.skipped, report.kept_size) == (4, 0, 2)
+    report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
+    assert (report.done, report.skipped, report.kept_size) == (0, 4, 2)
 
 
 def test_encoder_settings_can_be_x264s_own(src, tmp_path):
