@@ -66,10 +66,11 @@ class DataConfig:
     """Keep workers alive between epochs."""
     max_bad_fraction: float = 0.01
     """Unreadable videos are skipped (another sample is returned); more distinct bad files than
-    this fraction of the list raises an error listing them."""
+    this fraction of the list stop the run with an error listing them."""
     bad_files_log: Optional[str] = None
     """File each worker appends `path<TAB>reason` lines to for every unreadable video
-    (`datasets.read_bad_files` reads it back); None: only warnings. The engine points it at the run folder."""
+    (`datasets.read_bad_files` reads it back), once per file; None: warnings only. A run points it at its
+    folder and checks the ceiling in the training process."""
     test_num_clips: int = 1
     """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres and starts)."""
     test_num_crops: Literal[1, 3] = 1

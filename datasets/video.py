@@ -10,7 +10,7 @@ says how to open one item (`open`: its frame count, fps and a reader of given in
 Unreadable videos (missing, empty, truncated, undecodable) do not stop an epoch: the sample
 is replaced by the next readable one of the split, the file is warned about once, kept in
 `dataset.bad_files` and appended to `cfg.bad_files_log`; past `cfg.max_bad_fraction` of the
-list, a RuntimeError lists them all.
+list, an error lists them all (see `BadFileSkipper`).
 
 Splits: `train` (random clip, scale jitter, random crop, flip) and `val` (the centred clip,
 centre crop) give `(clip (C, T, H, W), label)`. `test` gives `(views (V, C, T, H, W), label)`
@@ -68,26 +68,41 @@ def parse_key(key: Key, n: int, calls: int):
 
 
 class BadFileSkipper:
-    """Bad-file bookkeeping shared by the datasets: warn once per file, log it, fail past
-    `cfg.max_bad_fraction` of the list with the list of bad files. Needs `self.cfg`,
-    `self.list_path`, `self.items`, `self._paths` (the split's files) and `self.noun`."""
+    """Bad-file bookkeeping shared by the datasets: skip, warn once, log, and the ceiling
+    `cfg.max_bad_fraction` of the list. Needs `self.cfg`, `self.list_path`, `self.items`,
+    `self._paths` (the split's files) and `self.noun`.
+
+    With `cfg.bad_files_log` (a run's `bad_files.tsv`, shared by its DataLoader workers) a file is
+    warned about and logged once per run, and the log's owner enforces the ceiling with
+    `ceiling_error()` in its own process, over what every worker found. Without a log, the
+    dataset raises itself past the ceiling."""
 
     noun = "video"
 
     def _record_bad(self, path: str, reason: str) -> None:
         self.bad_files[path] = reason
-        warnings.warn(f"skipping unreadable {self.noun} {path}: {reason}", RuntimeWarning, stacklevel=3)
         log = self.cfg.bad_files_log
-        known = dict(self.bad_files)
         if log:
+            if path in read_bad_files(log):  # another worker, or an earlier epoch, found it
+                return
             append_bad_file(log, path, reason)
-            # other workers' findings count too; keep only this split's files
-            known.update({p: r for p, r in read_bad_files(log).items() if p in self._paths})
-        if len(known) > self.cfg.max_bad_fraction * len(self.items):
-            self.bad_files.update(known)
-            raise RuntimeError(
-                f"{len(known)} of {len(self.items)} {self.noun}s in {self.list_path} are unreadable, more than "
-                f"data.max_bad_fraction={self.cfg.max_bad_fraction}: {self._bad_listing()}")
+        warnings.warn(f"skipping unreadable {self.noun} {path}: {reason}", RuntimeWarning, stacklevel=3)
+        error = None if log else self.ceiling_error()
+        if error:
+            raise RuntimeError(error)
+
+    def ceiling_error(self) -> Optional[str]:
+        """The error to stop on once this split's unreadable files (this process's and the log's) pass
+        `cfg.max_bad_fraction` of the list, listing every one found; None below the ceiling."""
+        known = dict(self.bad_files)
+        if self.cfg.bad_files_log:
+            known.update({p: r for p, r in read_bad_files(self.cfg.bad_files_log).items() if p in self._paths})
+        if len(known) <= self.cfg.max_bad_fraction * len(self.items):
+            return None
+        self.bad_files.update(known)
+        return (f"{len(known)} of {len(self.items)} {self.noun}s in {self.list_path} found unreadable so far, more "
+                f"than data.max_bad_fraction={self.cfg.max_bad_fraction}: fix or delist them, or raise the fraction "
+                f"(`python -m action_launch.datasets.check {self.list_path} --jobs 4` finds them all):{self._bad_listing()}")
 
     def _bad_listing(self) -> str:
         return "".join(f"\n  {p}: {r}" for p, r in sorted(self.bad_files.items()))

@@ -55,10 +55,14 @@ def main(argv=None) -> int:
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from action_launch.training.trainer import Trainer
+    from action_launch.training.trainer import Trainer, TooManyBadFiles
 
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TooManyBadFiles as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if (args.test_best or args.test_last) and trainer.env.is_main and trainer.progress.epoch >= cfg.train.epochs:
         from action_launch.evaluation.evaluate import evaluate_after_training
 

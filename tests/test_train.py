@@ -151,3 +151,42 @@ def test_resume_from_another_runs_checkpoint(reference_run, tmp_path):
     bad = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path / 'x'}", "--resume-from",
                      str(tmp_path / "nowhere")], check=False)
     assert bad.returncode != 0 and "not a complete checkpoint folder" in bad.stderr
+
+
+def test_too_many_bad_videos_stop_the_run_in_one_message(video_set, tmp_path):
+    """Past data.max_bad_fraction the training process, not a DataLoader worker, stops the run: one error line
+    listing the bad files every worker found, exit 2, no traceback, each file warned about and logged once, no
+    decord lines, a checkpoint to resume from once the data is fixed, and the MLflow run marked FAILED."""
+    root = tmp_path / "data"
+    root.mkdir()
+    good = (video_set / "train" / "0000.mp4").read_bytes()
+    bad = {"missing.mp4": None, "empty.mp4": b"", "truncated.mp4": good[: len(good) // 2], "junk.mp4": b"\x00junk" * 40}
+    for name, data in bad.items():
+        if data is not None:
+            (root / name).write_bytes(data)
+    lines = [f"{video_set / line}" for line in (video_set / "train.txt").read_text().splitlines()]
+    for k, name in enumerate(bad):  # spread over the list
+        lines.insert(12 * k + 5, f"{root / name} {k}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "val.txt").write_text("".join(f"{video_set / l}\n" for l in (video_set / "val.txt").read_text().splitlines()))
+    (root / "classes.txt").write_text((video_set / "classes.txt").read_text())
+    overrides = tiny_overrides(root, tmp_path / "out", "bad") + ["data.num_workers=2", "data.max_bad_fraction=0.02",
+                                                                  "train.epochs=2"]
+    proc = run_train(overrides, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "video_reader.cc:" not in proc.stderr and " @ 0x" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert "of 52 videos" in error and "found unreadable so far, more than data.max_bad_fraction=0.02" in error
+    listed = proc.stderr.split(error, 1)[1].split()
+    found = [name for name in bad if any(token.endswith(f"/{name}:") for token in listed)]
+    assert len(found) >= 2
+    for name in bad:
+        assert proc.stderr.count(f"skipping unreadable video {root / name}:") <= 1, name
+    log = (tmp_path / "out" / "tests" / "bad" / "bad_files.tsv").read_text().splitlines()
+    assert len(log) == len(set(log)) >= len(found)
+    assert list((tmp_path / "out" / "tests" / "bad" / "checkpoints").glob("step_*"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED"

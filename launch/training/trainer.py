@@ -47,6 +47,10 @@ from action_launch.training.signals import stop_flag_in_slurm_step
 log = logging.getLogger("launch.train")
 
 
+class TooManyBadFiles(RuntimeError):
+    """The unreadable files of a split passed `data.max_bad_fraction`; the message lists them."""
+
+
 @dataclass
 class Progress:
     """Where training stands; saved in every checkpoint next to the engine state."""
@@ -152,8 +156,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ building
     def _build_data(self) -> None:
         cfg, env = self.cfg, self.env
-        if env.is_main:
-            cfg.data.bad_files_log = cfg.data.bad_files_log or str(self.run_dir / "bad_files.tsv")
+        cfg.data.bad_files_log = cfg.data.bad_files_log or str(self.run_dir / "bad_files.tsv")
         self.train_set = datasets.build(cfg.data, "train")
         self.val_set = datasets.build(cfg.data, "val")
         per_rank = len(self.train_set) // env.world_size
@@ -257,6 +260,8 @@ class Trainer:
                     is_best = self._improves_best(self.progress.last_val)
                 self.progress.epoch, self.progress.micro_in_epoch = epoch + 1, 0
                 self.save(is_best)
+                if (error := self._bad_files_error(self.train_set, self.val_set)) is not None:
+                    raise TooManyBadFiles(error)
             status = "FINISHED"
             return self.progress.last_val or {}
         finally:
@@ -302,6 +307,11 @@ class Trainer:
                           "train/epoch": prog.epoch + prog.micro_in_epoch / self.micro_per_epoch}
                 bar.report(prog.micro_in_epoch, values)
                 self.tracker.log_metrics(values, eng.global_step)
+                # mid-epoch only: the epoch's end checks after its own checkpoint
+                if prog.micro_in_epoch < self.micro_per_epoch and (error := self._bad_files_error(self.train_set)):
+                    self.save()  # a run resumed once the data is fixed loses nothing
+                    bar.close()
+                    raise TooManyBadFiles(error)
                 loss_sum, count, wait, t0 = torch.zeros((), device=eng.device), 0, 0.0, time.perf_counter()
             if stepped and cfg.checkpoint.every_steps and eng.global_step % cfg.checkpoint.every_steps == 0 \
                     and prog.micro_in_epoch < self.micro_per_epoch:
@@ -324,12 +334,28 @@ class Trainer:
         return loss, stepped
 
     def _stop_agreed(self) -> bool:
-        """All ranks agree to stop if any rank was asked to (preemption, time limit). The flag is host state:
-        it is agreed on over a CPU group, so the GPU keeps its queue of work."""
-        flag = torch.tensor([1.0 if self.stop_requested() else 0.0], device="cpu")
+        """All ranks agree to stop if any rank was asked to (preemption, time limit)."""
+        return self._any_rank(self.stop_requested())
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any. Host state, agreed on over a CPU group, so the GPU
+        keeps its queue of work."""
+        value = torch.tensor([1.0 if flag else 0.0], device="cpu")
         if dist.is_initialized() and self.env.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group)
-        return bool(flag.item())
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.host_group)
+        return bool(value.item())
+
+    def _bad_files_error(self, *splits: Any) -> Optional[str]:
+        """The error to stop every rank on once a split's unreadable files, as the run's bad-file log holds
+        them (all ranks' DataLoader workers append to it), pass `data.max_bad_fraction`; else None. Rank 0
+        reads the log; a dataset that never skips files (skeletons) has no `ceiling_error`."""
+        error = None
+        if self.env.is_main:
+            checks = [split.ceiling_error for split in splits if hasattr(split, "ceiling_error")]
+            error = next((e for check in checks if (e := check())), None)
+        if not self._any_rank(error is not None):
+            return None
+        return error or "rank 0 found too many unreadable files; its error lists them"
 
     @torch.no_grad()
     def validate(self, epoch: int) -> Dict[str, float]:
