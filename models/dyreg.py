@@ -2,32 +2,42 @@
 
 Paper: "Discovering Dynamic Salient Regions for Spatio-Temporal Graph Neural Networks",
 Duta, Nicolicioiu and Leordeanu, NeurIPS 2021 (https://arxiv.org/abs/2009.08427); reference code
-bit-ml/DyReg-GNN, used on a TSM ResNet-50 (see `models/tsm.py`, which places it by name).
+bit-ml/DyReg-GNN (`ops/dyreg.py`, `ops/rstg.py`, `ops/models_utils.py`), used on a TSM ResNet-50
+(see `models/tsm.py`, which places it by name). This module computes what that code computes with
+the settings of its `train_model.sh` (GRU, one send layer, sum combination, no update MLP, dot
+attention, "big" offset generator, centre anchors).
 
 `DynamicGraph` maps features (B, T, C, H, W) to (B, T, C, H, W) with 9 nodes (a 3x3 set):
-1. regions: a small conv net (1x1 reduce, two 3x3 convs down, a transposed conv back up with a
-   skip, a 3x3 head, then a conv over the pooled `offset_grid` map acting as a fully connected
-   layer) gives per frame an embedding for every node; a GRU runs over time per node; a Linear
-   gives 4 offsets (size_h, size_w, centre_h, centre_w) multiplied by a learnable scale that
-   starts at 0, so every region starts at its anchor (all at the centre, as the reference runs);
-2. each node has a separable bilinear-tent kernel over H x W, normalised to sum 1; node features
-   are the kernel-weighted average of the map plus a position embedding (a Linear on the kernel
-   resampled to `pos_grid` x `pos_grid`);
+1. regions: the reference's "fishnet" offset net (1x1 reduce, two unpadded-then-padded 3x3 convs
+   down, a transposed conv back up with a skip, a 3x3 head, then a conv covering the whole
+   remaining map, acting as a fully connected layer; at a 28-pixel map the sides are
+   28 -> 13 -> 6 -> 13 -> 6 -> 1, at 14: 14 -> 6 -> 6 -> 6 -> 6 -> 1, at 7: 7 -> 5 -> 5 -> 5 -> 5
+   -> 1, see `offset_net_geometry`) gives per frame an embedding for every node; a GRU runs over
+   time per node; a Linear gives 4 offsets (size_h, size_w, centre_h, centre_w) multiplied by a
+   learnable scale that starts at 0, so every region starts at its anchor;
+2. each node has a separable tent kernel over the H x W pixels at integer positions 0..H-1:
+   half-width exp(o) * (H / (2 * 3) + 1) + 1, centre H/2 * (1 + tanh(o + atanh(2 a / H - 1)))
+   for an anchor a (in pixels) clamped to [0, H - 1], normalised to sum 1 (eps 1e-37). Node
+   features are the kernel-weighted sum of the map plus a position embedding (a Linear on the
+   flattened kernel);
 3. RSTG: 3 iterations of (GRU over time per node; messages m_ij = LN(ReLU(Linear(x_i + x_j)));
    aggregation a_i = ReLU(sum_j softmax_j(q_i . k_j) m_ij + bias); x = LN(x + a)), then a GRU
    over time;
 4. back to the map: out = sum_n node_n * kernel_n; an optional 1x1 projection (in_channels ->
-   node_dim and back) narrows the graph when in_channels is large.
+   node_dim, GroupNorm(1), and back) narrows the graph when in_channels is large.
 
 `DyRegResidual` wraps it as x + GroupNorm1(zero-initialised scale)(dyreg(x)) on (B*T, C, H, W), so
 an inserted module starts as the identity. "LN" here normalises jointly over nodes (and node
-pairs) and channels with a per-channel affine, as the reference; the per-frame map norms are
-GroupNorm with one group (LayerNorm over C, H, W with a per-channel affine).
+pairs) and channels with a per-channel affine, as the reference's LayerNormAffineXC; the per-frame
+map norms are GroupNorm with one group (the reference's LayerNormAffine2D: LayerNorm over C, H, W
+with a per-channel affine).
 
-No clip length or map size is built in: T comes from the input, the offset net ends in adaptive
-pooling to `offset_grid`, and the position embedding resamples the kernels to `pos_grid`. At the
-map size the reference was trained at (`pos_grid`, see `dyreg_kwargs`) both resamplings are the
-identity and the parameter count equals the reference's.
+No clip length or map size is built in: T comes from the input. `map_size` is the map side at
+training size (the reference's `iH`); on a map of another size the graph does what the
+reference's `--full_res` evaluation does: the offset net's input is average-pooled to `map_size`
+(so its last conv still covers the whole map), the kernels are built at the actual size, and the
+position embedding sees them average-pooled to `map_size` (not renormalised). At the training size
+both poolings are skipped and the parameter count equals the reference's.
 """
 from typing import Any, Dict, Tuple
 
@@ -59,40 +69,60 @@ def _time_gru(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, n, t, -1).permute(0, 2, 1, 3)
 
 
-class OffsetNet(nn.Module):
-    """Per-frame region embeddings (B*T, C, H, W) -> (B*T, out_features).
+def offset_net_geometry(size: int) -> Tuple[Tuple[int, int], int, int]:
+    """The offset net's layout for an input of side `size`: (strides, padding, final side).
 
-    1x1 conv to 32 -> 3x3 conv (stride s1) -> 3x3 conv to 16 (stride s2) -> 3x3 transposed conv
-    back to 32 (+ skip) -> 3x3 head to 16 (stride s2) -> adaptive average pool to `grid` -> a
-    `grid` x `grid` conv to out_features. Each conv is followed by ReLU and a GroupNorm(1).
+    The reference's `get_fishnet_params` (ops/models_utils.py): above 20 pixels both downsampling
+    convs have stride 2, above 10 only the first, else neither; the first 3x3 conv is never
+    padded, the later ones (second down conv, transposed conv, head) are padded by 1 only where
+    the second stride is 1. Its tabulated sizes (32 -> 15 -> 7, 28 -> 13 -> 6, 16 -> 7 -> 7,
+    14 -> 6 -> 6, 8 -> 6 -> 6, 7 -> 5 -> 5) all follow this rule; the final side is what the last
+    conv covers. (The reference's branch for sides above 50 adds a max-pool but cannot run; here
+    those sides follow the rule above 20.)
+    """
+    if size < 3:
+        raise ValueError(f"the offset net needs a map of at least 3 pixels, got {size}")
+    s1, s2, pad = (2, 2, 0) if size > 20 else (2, 1, 1) if size > 10 else (1, 1, 1)
+    first = (size - 3) // s1 + 1
+    return (s1, s2), pad, (first + 2 * pad - 3) // s2 + 1
+
+
+class OffsetNet(nn.Module):
+    """Per-frame region embeddings (B*T, C, size, size) -> (B*T, out_features).
+
+    The reference's Fishnet + global conv: 1x1 conv to 32 -> 3x3 conv to 32 (stride s1, no
+    padding) -> 3x3 conv to 16 (stride s2, padding p) -> 3x3 transposed conv back to 32 (stride s2,
+    padding p) + the skip from the first 3x3 conv -> 3x3 head to 16 (stride s2, padding p) -> a
+    conv covering the whole remaining map to out_features. Each conv but the last is followed by
+    ReLU and a GroupNorm(1). s1, s2, p from `offset_net_geometry(size)`.
     """
 
-    def __init__(self, in_channels: int, out_features: int, grid: int = 6, strides: Tuple[int, ...] = (2, 1)) -> None:
+    def __init__(self, in_channels: int, out_features: int, size: int) -> None:
         super().__init__()
-        if len(strides) != 2 or min(strides) < 1:
-            raise ValueError(f"offset strides need 2 positive values, got {tuple(strides)}")
-        s1, s2 = strides
-        self.grid = grid
+        (s1, s2), pad, grid = offset_net_geometry(size)
+        self.size = size
         self.reduce = nn.Conv2d(in_channels, 32, 1)
         self.reduce_norm = nn.GroupNorm(1, 32)
-        self.down1 = nn.Conv2d(32, 32, 3, stride=s1, padding=1)
+        self.down1 = nn.Conv2d(32, 32, 3, stride=s1)
         self.down1_norm = nn.GroupNorm(1, 32)
-        self.down2 = nn.Conv2d(32, 16, 3, stride=s2, padding=1)
+        self.down2 = nn.Conv2d(32, 16, 3, stride=s2, padding=pad)
         self.down2_norm = nn.GroupNorm(1, 16)
-        self.up = nn.ConvTranspose2d(16, 32, 3, stride=s2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 32, 3, stride=s2, padding=pad)
         self.up_norm = nn.GroupNorm(1, 32)
-        self.head = nn.Conv2d(32, 16, 3, stride=s2, padding=1)
+        self.head = nn.Conv2d(32, 16, 3, stride=s2, padding=pad)
         self.head_norm = nn.GroupNorm(1, 16)
         self.fc = nn.Conv2d(16, out_features, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"OffsetNet is built for {self.size}x{self.size} maps, got {tuple(x.shape[-2:])}")
         x = self.reduce_norm(F.relu(self.reduce(x)))
         skip = self.down1_norm(F.relu(self.down1(x)))
         x = self.down2_norm(F.relu(self.down2(skip)))
+        # output_size: the skip's side; at the reference's sizes it is the transposed conv's own.
         x = self.up_norm(F.relu(self.up(x, output_size=skip.shape[-2:]))) + skip
         x = self.head_norm(F.relu(self.head(x)))
-        x = F.adaptive_avg_pool2d(x, self.grid)
-        return self.fc(x).flatten(1)
+        return self.fc(x).flatten(1)  # the last conv covers the whole map: (B*T, out_features, 1, 1)
 
 
 class RSTG(nn.Module):
@@ -129,20 +159,19 @@ class DynamicGraph(nn.Module):
     """Dynamic-region graph on (B, T, C, H, W) -> (B, T, C, H, W); see the module docstring."""
 
     def __init__(self, in_channels: int, node_dim: int = 0, grid: int = 3, offset_dim: int = 128,
-                 pos_grid: int = 14, offset_grid: int = 6, offset_strides: Tuple[int, ...] = (2, 1),
-                 iterations: int = 3, anchors: str = "center") -> None:
+                 map_size: int = 14, iterations: int = 3, anchors: str = "center") -> None:
         """
         Args:
             in_channels: channels C of the feature map.
             node_dim: node width; 0 means in_channels, anything else adds 1x1 projections in and out.
             grid: nodes per side (3 -> 9 nodes).
             offset_dim: width of the region embeddings and of their GRU.
-            pos_grid: side of the grid the kernels are resampled to for the position embedding
-                (the reference uses the training map size: 28, 14, 7 in layers 2, 3, 4).
-            offset_grid: side of the pooled map the offset net's last conv covers (6, 6, 5).
-            offset_strides: strides of the offset net's two downsampling convs ((2,2), (2,1), (1,1)).
+            map_size: side of the map at training size (28, 14, 7 in layers 2, 3, 4 at 224 input):
+                sizes the position embedding and the offset net (`offset_net_geometry`); maps of
+                another size are pooled to it for those two (the reference's full-resolution mode).
+                Below 3 pixels the offset net runs on the map pooled up to 3 x 3.
             iterations: RSTG message-passing iterations.
-            anchors: "center" (all regions start at the map centre, as the reference runs) or
+            anchors: "center" (all regions start at the map centre, as the reference is trained) or
                 "grid" (a grid x grid layout).
         """
         super().__init__()
@@ -153,7 +182,7 @@ class DynamicGraph(nn.Module):
         self.num_nodes = grid * grid
         self.node_dim = node_dim
         self.offset_dim = offset_dim
-        self.pos_grid = pos_grid
+        self.map_size = map_size
         self.anchors = anchors
         self.project = node_dim != in_channels
         if self.project:
@@ -161,55 +190,61 @@ class DynamicGraph(nn.Module):
             self.project_norm = nn.GroupNorm(1, node_dim)
             self.project_out = nn.Conv2d(node_dim, in_channels, 1)
 
-        self.offset_net = OffsetNet(node_dim, self.num_nodes * offset_dim, offset_grid, offset_strides)
+        self.offset_net = OffsetNet(node_dim, self.num_nodes * offset_dim, max(3, map_size))
         self.offset_norm = NodeNorm(offset_dim)
         self.offset_gru = nn.GRU(offset_dim, offset_dim, batch_first=True)
         self.offset_gru_norm = NodeNorm(offset_dim)
         self.offset_fc = nn.Linear(offset_dim, 4)
         self.offset_scale = nn.Parameter(torch.zeros(4))  # 0: regions start at their anchors
 
-        self.pos_embed = nn.Linear(pos_grid * pos_grid, node_dim)
+        self.pos_embed = nn.Linear(map_size * map_size, node_dim)
         self.rstg = RSTG(node_dim, iterations)
 
     def offsets(self, x: torch.Tensor, b: int, t: int) -> torch.Tensor:
         """(B*T, C, H, W) -> offsets (B*T, N, 4): log-size h, log-size w, centre h, centre w."""
+        size = self.offset_net.size
+        if x.shape[-2:] != (size, size):
+            x = F.adaptive_avg_pool2d(x, size)
         e = self.offset_net(x).reshape(b, t, self.num_nodes, self.offset_dim)
         e = self.offset_gru_norm(_time_gru(self.offset_gru, self.offset_norm(e)))
         return (self.offset_fc(e) * self.offset_scale).reshape(b * t, self.num_nodes, 4)
 
-    def _anchor_logits(self, like: torch.Tensor) -> torch.Tensor:
-        """atanh(2a - 1) of the normalised anchor of every node: (N, 2) for (h, w)."""
+    def _anchors(self, side: int, like: torch.Tensor) -> torch.Tensor:
+        """Anchor positions in pixels along one side, per node: (N,) (rows for h, columns for w)."""
         if self.anchors == "center":
-            return like.new_zeros(self.num_nodes, 2)
-        a = (2 * torch.arange(self.grid, device=like.device, dtype=like.dtype) + 1) / (2 * self.grid)
-        a = torch.atanh(2 * a - 1)
-        return torch.stack(torch.meshgrid(a, a, indexing="ij"), dim=-1).reshape(self.num_nodes, 2)
+            a = like.new_full((self.grid,), side / 2)
+        else:  # the centres of `grid` equal cells of [0, side]
+            a = torch.linspace(0, side, 2 * self.grid + 1, device=like.device, dtype=like.dtype)[1::2]
+        return a
 
     def kernels(self, offsets: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Offsets (B*T, N, 4) -> separable tent kernels (B*T, N, H, W), each summing to 1.
 
-        Coordinates are in pixels, pixel i covering [i, i + 1). A kernel's half-width is
-        exp(o) * (side / (2 * grid) + 1) + 1 and its centre side/2 * (1 + tanh(o + atanh(2a - 1)))
-        for a normalised anchor a, so centres stay inside the map whatever the offsets.
+        Pixels sit at integer positions 0..side-1. A kernel's half-width is
+        exp(o) * (side / (2 * grid) + 1) + 1 and its centre side/2 * (1 + tanh(o + atanh(2a/side - 1)))
+        for the anchor a (pixels), clamped to [0, side - 1]: the reference's `get_dynamic_kernel`.
+        Node n has anchor row n // grid and column n % grid.
         """
-        anchor = self._anchor_logits(offsets)
+        ah = self._anchors(h, offsets).repeat_interleave(self.grid)  # node n -> row n // grid
+        aw = self._anchors(w, offsets).repeat(self.grid)  # node n -> column n % grid
 
-        def tent(size_o: torch.Tensor, centre_o: torch.Tensor, anchor_l: torch.Tensor, side: int) -> torch.Tensor:
+        def tent(size_o: torch.Tensor, centre_o: torch.Tensor, anchor: torch.Tensor, side: int) -> torch.Tensor:
             half = torch.exp(size_o) * (side / (2 * self.grid) + 1) + 1
-            centre = side / 2 * (1 + torch.tanh(centre_o + anchor_l))
-            pos = torch.arange(side, device=offsets.device, dtype=offsets.dtype) + 0.5
+            # the reference's order of operations: anchor + (tanh(.) * side/2 + side/2 - anchor)
+            shift = torch.tanh(centre_o + torch.atanh(2 * anchor / side - 1)) * (side / 2) + side / 2 - anchor
+            centre = torch.clamp(anchor + shift, 0, side - 1)
+            pos = torch.arange(side, device=offsets.device, dtype=offsets.dtype)
             return F.relu(half.unsqueeze(-1) - (pos - centre.unsqueeze(-1)).abs())  # (B*T, N, side)
 
-        kh = tent(offsets[..., 0], offsets[..., 2], anchor[:, 0], h)
-        kw = tent(offsets[..., 1], offsets[..., 3], anchor[:, 1], w)
+        kh = tent(offsets[..., 0], offsets[..., 2], ah, h)
+        kw = tent(offsets[..., 1], offsets[..., 3], aw, w)
         kernel = kh.unsqueeze(-1) * kw.unsqueeze(-2)
-        return kernel / (kernel.sum(dim=(-2, -1), keepdim=True) + 1e-6)
+        return kernel / (kernel.sum(dim=(-2, -1), keepdim=True) + 1e-37)
 
     def position_embedding(self, kernel: torch.Tensor) -> torch.Tensor:
-        """Kernels (B*T, N, H, W) -> (B*T, N, node_dim), through the `pos_grid` resampling."""
-        if kernel.shape[-2:] != (self.pos_grid, self.pos_grid):
-            kernel = F.adaptive_avg_pool2d(kernel, self.pos_grid)
-            kernel = kernel / (kernel.sum(dim=(-2, -1), keepdim=True) + 1e-6)
+        """Kernels (B*T, N, H, W) -> (B*T, N, node_dim), average-pooled to `map_size` when another size."""
+        if kernel.shape[-2:] != (self.map_size, self.map_size):
+            kernel = F.adaptive_avg_pool2d(kernel, self.map_size)  # not renormalised, as the reference
         return self.pos_embed(kernel.flatten(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,7 +256,7 @@ class DynamicGraph(nn.Module):
             x = self.project_norm(self.project_in(x))
         kernel = self.kernels(self.offsets(x, b, t), h, w)  # (B*T, N, H, W)
         flat = kernel.flatten(2)  # (B*T, N, H*W)
-        nodes = flat @ x.flatten(2).transpose(1, 2)  # (B*T, N, C): kernel-weighted average
+        nodes = flat @ x.flatten(2).transpose(1, 2)  # (B*T, N, C): kernel-weighted sum
         nodes = nodes + self.position_embedding(kernel)
         nodes = self.rstg(nodes.reshape(b, t, self.num_nodes, self.node_dim))
         out = (nodes.reshape(b * t, self.num_nodes, self.node_dim).transpose(1, 2) @ flat).reshape(b * t, -1, h, w)
@@ -249,13 +284,9 @@ class DyRegResidual(nn.Module):
 
 
 def dyreg_kwargs(in_channels: int, map_size: int, max_node_dim: int = 256, offset_dim: int = 128) -> Dict[str, Any]:
-    """DynamicGraph settings the reference uses for a map of side `map_size` at training size.
-
-    node_dim = min(in_channels, max_node_dim) (a projection only where the map is wider, layer4
-    of ResNet-50); the position grid is the map itself; the offset net downsamples twice above 20
-    pixels, once above 10, and its last conv covers min(6, map_size - 2) cells, which reproduces
-    the reference's strides and 6/6/5 grids at 28/14/7 pixels.
+    """DynamicGraph settings the reference uses (ops/models_config.py, ResNet-50 with
+    `--bottleneck_graph --ch_div=4`) for a conv2 output of `in_channels` and side `map_size` at
+    training size: node_dim = min(in_channels, max_node_dim) (a projection only where the map is
+    wider, layer4 of ResNet-50); the offset net's layout follows from map_size.
     """
-    strides = (2, 2) if map_size > 20 else (2, 1) if map_size > 10 else (1, 1)
-    return dict(node_dim=min(in_channels, max_node_dim), offset_dim=offset_dim, pos_grid=map_size,
-                offset_grid=max(1, min(6, map_size - 2)), offset_strides=strides)
+    return dict(node_dim=min(in_channels, max_node_dim), offset_dim=offset_dim, map_size=map_size)

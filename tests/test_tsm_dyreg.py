@@ -1,5 +1,7 @@
-"""TSM (models/tsm.py) and DyReg-GNN (models/dyreg.py): counts, shift, identity at init, training."""
+"""TSM (models/tsm.py) and DyReg-GNN (models/dyreg.py): counts, shift, identity at init, training,
+and DyReg computed as the reference code (bit-ml/DyReg-GNN) computes it, in float64."""
 import inspect
+import math
 from typing import Tuple
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from action_launch import models
-from action_launch.models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs
+from action_launch.models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs, offset_net_geometry
 from action_launch.models.tsm import TSM, temporal_shift
 
 from conftest import count_params, sgd_losses
@@ -69,14 +71,277 @@ def test_paper_graphs_real_forward_backward(channels, side):
 
 
 def test_paper_graph_settings_follow_the_reference():
-    # node width 128 / 256 / 256 (layer4 projects 512 -> 256), position grid = the 224-input map.
-    def expect(node_dim, pos_grid, offset_grid, strides):
-        return dict(node_dim=node_dim, offset_dim=128, pos_grid=pos_grid, offset_grid=offset_grid,
-                    offset_strides=strides)
+    # ops/models_config.py, ResNet-50 with --bottleneck_graph --ch_div=4: node width 128 / 256 / 256
+    # (layer4 projects 512 -> 256), H = iH = the 224-input map: 28 / 14 / 7.
+    assert dyreg_kwargs(128, 28) == {"node_dim": 128, "offset_dim": 128, "map_size": 28}
+    assert dyreg_kwargs(256, 14) == {"node_dim": 256, "offset_dim": 128, "map_size": 14}
+    assert dyreg_kwargs(512, 7) == {"node_dim": 256, "offset_dim": 128, "map_size": 7}
 
-    assert dyreg_kwargs(128, 28) == expect(128, 28, 6, (2, 2))
-    assert dyreg_kwargs(256, 14) == expect(256, 14, 6, (2, 1))
-    assert dyreg_kwargs(512, 7) == expect(256, 7, 5, (1, 1))
+
+# --------------------------------------------------------------------------------------------
+# DyReg as the reference computes it (bit-ml/DyReg-GNN, ops/dyreg.py, ops/rstg.py,
+# ops/models_utils.py), in float64. `_ref_*` below are written from the reference's equations and
+# tensor layouts, not from models/dyreg.py; they read our module's parameters by name.
+
+# ops/models_utils.py get_fishnet_params: map side -> strides, paddings and the LayerNorm sizes
+# (norm_size) of the reference's offset net. The body (transposed) conv comes back to norm_size[0].
+_REF_FISHNET = {
+    32: ([(2, 2), (2, 2)], [(0, 0), (0, 0)], [15, 7, 7]),
+    28: ([(2, 2), (2, 2)], [(0, 0), (0, 0)], [13, 6, 6]),
+    16: ([(2, 2), (1, 1)], [(0, 0), (1, 1)], [7, 7, 7]),
+    14: ([(2, 2), (1, 1)], [(0, 0), (1, 1)], [6, 6, 6]),
+    8: ([(1, 1), (1, 1)], [(0, 0), (1, 1)], [6, 6, 6]),
+    7: ([(1, 1), (1, 1)], [(0, 0), (1, 1)], [5, 5, 5]),
+}
+
+
+def _ref_ln2d(x, norm):
+    """LayerNormAffine2D: LayerNorm over (C, H, W), then scale/bias per channel."""
+    return F.layer_norm(x, x.shape[1:]) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+
+
+def _ref_ln_xc(x, shape, norm):
+    """LayerNormAffineXC: LayerNorm over the trailing `shape`, then scale/bias on the last axis."""
+    return F.layer_norm(x, shape) * norm.weight + norm.bias
+
+
+def _ref_fishnet(net, x, side):
+    """Fishnet.forward + the global conv (ops/dyreg.py create_offset_modules, offset_generator='big')."""
+    strides, padding, norm_size = _REF_FISHNET[side]
+    x = _ref_ln2d(F.relu(F.conv2d(x, net.reduce.weight, net.reduce.bias)), net.reduce_norm)
+    tail0 = _ref_ln2d(F.relu(F.conv2d(x, net.down1.weight, net.down1.bias, stride=strides[0], padding=padding[0])),
+                      net.down1_norm)
+    assert tail0.shape[-2:] == (norm_size[0], norm_size[0])
+    x = _ref_ln2d(F.relu(F.conv2d(tail0, net.down2.weight, net.down2.bias, stride=strides[1], padding=padding[1])),
+                  net.down2_norm)
+    assert x.shape[-2:] == (norm_size[1], norm_size[1])
+    x = F.conv_transpose2d(x, net.up.weight, net.up.bias, stride=strides[1], padding=padding[1])
+    assert x.shape[-2:] == (norm_size[0], norm_size[0])
+    x = _ref_ln2d(F.relu(x), net.up_norm) + tail0
+    x = _ref_ln2d(F.relu(F.conv2d(x, net.head.weight, net.head.bias, stride=strides[1], padding=padding[1])),
+                  net.head_norm)
+    assert x.shape[-2:] == (norm_size[-1], norm_size[-1])
+    x = F.conv2d(x, net.fc.weight, net.fc.bias)  # kernel norm_size[-1]: acts as a fully connected layer
+    assert x.shape[-2:] == (1, 1)
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+def _ref_atanh(x):
+    x = x.clamp(-1 + 1e-7, 1 - 1e-7)
+    return 0.5 * (torch.log(1 + x) - torch.log(1 - x))
+
+
+def _ref_kernel(offsets, H, W, init_regions="center", h=3, w=3):
+    """get_dynamic_kernel: offsets (BT, N, 4) -> (BT, N, H, W)."""
+    if init_regions == "center":
+        ph = (H / 2 * torch.ones(1, h, 1, dtype=offsets.dtype)).repeat(1, 1, w).view(1, h * w, 1)
+        pw = (W / 2 * torch.ones(1, w, 1, dtype=offsets.dtype)).repeat(1, h, 1)  # the reference: H / 2 (square maps)
+    else:
+        ph = torch.linspace(0, H, 2 * h + 1, dtype=offsets.dtype)[1::2].unsqueeze(-1).unsqueeze(0)
+        pw = torch.linspace(0, W, 2 * w + 1, dtype=offsets.dtype)[1::2].unsqueeze(-1).unsqueeze(0)
+        ph = ph.repeat(1, 1, w).view(1, h * w, 1)
+        pw = pw.repeat(1, h, 1)
+    regions_h = torch.exp(offsets[:, :, 0]).unsqueeze(-1) * (H / (2 * h) + 1) + 1
+    regions_w = torch.exp(offsets[:, :, 1]).unsqueeze(-1) * (W / (2 * w) + 1) + 1
+    regions_dh = torch.tanh(offsets[:, :, 2].unsqueeze(-1) + _ref_atanh(2 * ph / H - 1)) * (H / 2) + H / 2 - ph
+    regions_dw = torch.tanh(offsets[:, :, 3].unsqueeze(-1) + _ref_atanh(2 * pw / W - 1)) * (W / 2) + W / 2 - pw
+    arange_h = torch.arange(0, H, dtype=offsets.dtype).view(1, 1, H)
+    arange_w = torch.arange(0, W, dtype=offsets.dtype).view(1, 1, W)
+    kernel_h = F.relu(regions_h - torch.abs(arange_h - torch.clamp(ph + regions_dh, 0, H - 1))).unsqueeze(-1)
+    kernel_w = F.relu(regions_w - torch.abs(arange_w - torch.clamp(pw + regions_dw, 0, W - 1))).unsqueeze(-2)
+    kernel = torch.matmul(kernel_h, kernel_w)
+    return kernel / (torch.sum(kernel, dim=(2, 3), keepdim=True) + 1e-37)
+
+
+def _ref_rstg(rstg, inp):
+    """RSTG.forward with GRU, send_layers=1, combine_by_sum, update_layers=0, dot attention.
+
+    inp: B x T x C x N -> B x T x C x N; inside, nodes are B x N x T x C as the reference keeps them.
+    """
+    B, T, C, N = inp.shape
+
+    def norm4(x, norm):  # get_norm on B x N x T x C: LayerNorm over (N, C) per (B, T)
+        return _ref_ln_xc(x.permute(0, 2, 1, 3), (N, C), norm).permute(0, 2, 1, 3)
+
+    nodes = norm4(inp.permute(0, 3, 1, 2), rstg.input_norm)
+    for _ in range(3):
+        nodes = rstg.time_gru(nodes.reshape(B * N, T, C))[0].view(B, N, T, C)
+        nodes1 = nodes.unsqueeze(1).repeat(1, N, 1, 1, 1)
+        nodes2 = nodes.unsqueeze(2).repeat(1, 1, N, 1, 1)
+        messages = F.relu(F.linear(nodes1 + nodes2, rstg.send.weight, rstg.send.bias))
+        messages = _ref_ln_xc(messages.permute(0, 3, 1, 2, 4), (N, N, C), rstg.send_norm).permute(0, 2, 3, 1, 4)
+        q = F.linear(nodes, rstg.query.weight, rstg.query.bias).permute(0, 2, 1, 3)
+        k = F.linear(nodes, rstg.key.weight, rstg.key.bias).permute(0, 2, 3, 1)
+        corr = torch.matmul(q, k).unsqueeze(-1).permute(0, 2, 3, 1, 4)
+        aggregated = F.relu((F.softmax(corr, dim=2) * messages).sum(dim=2) + rstg.att_bias)
+        nodes = norm4(nodes + aggregated, rstg.update_norm)
+    nodes = rstg.out_gru(nodes.reshape(B * N, T, C))[0].view(B, N, T, C)
+    return nodes.permute(0, 2, 3, 1)
+
+
+def _ref_dynamic_graph(g, feats, iH, init_regions="center"):
+    """DynamicGraph.forward: feats B x T x C x H x W; iH the training map side (full_res when H != iH)."""
+    B, T, _, H, W = feats.shape
+    BT, N, D = B * T, 9, g.offset_dim
+    x = feats.reshape(BT, *feats.shape[2:])
+    if g.project:  # project_i3d_linear + the dynamic_graph_projection LayerNormAffine2D
+        x = _ref_ln2d(F.conv2d(x, g.project_in.weight, g.project_in.bias), g.project_norm)
+    C = x.shape[1]
+    full_res = (H, W) != (iH, iH)
+    # get_offsets
+    offset_in = F.adaptive_avg_pool2d(x, (iH, iH)) if full_res else x  # input_pooling
+    gf = _ref_fishnet(g.offset_net, offset_in, iH).view(BT, N, D)
+    gf = _ref_ln_xc(gf, (N, D), g.offset_norm)
+    gf = gf.view(B, T, N, D).permute(0, 2, 1, 3).contiguous().view(B * N, T, D)
+    of = g.offset_gru(gf)[0].view(B, N, T, D).permute(0, 2, 1, 3).contiguous().view(BT, N, D)
+    of = _ref_ln_xc(of, (N, D), g.offset_gru_norm)
+    offsets = F.linear(of, g.offset_fc.weight, g.offset_fc.bias) * g.offset_scale
+    kernel = _ref_kernel(offsets, H, W, init_regions)
+    # set_input: differentiable_resize_area + the kernel position embedding
+    act = torch.matmul(x.view(BT, C, H * W), kernel.view(BT, N, H * W).permute(0, 2, 1)).view(B, T, C, N)
+    location = kernel
+    if full_res:  # kernel_location_pool, not renormalised
+        location = F.adaptive_avg_pool2d(kernel, (iH, iH))
+    location = F.linear(location.reshape(B, T, N, iH * iH), g.pos_embed.weight, g.pos_embed.bias)
+    nodes = _ref_rstg(g.rstg, act + location.permute(0, 1, 3, 2))
+    # remap_nodes
+    out = torch.matmul(nodes.reshape(BT, C, N), kernel.view(BT, N, H * W)).view(BT, C, H, W)
+    if g.project:
+        out = F.conv2d(out, g.project_out.weight, g.project_out.bias)
+    return out.view(B, T, *out.shape[1:]), offsets
+
+
+def _ref_residual(wrapper, x, num_frames, iH, init_regions="center"):
+    """DynamicGraphWrapper (rstg_combine='plus'): x + LayerNormAffine2D(dynamic_graph(x)) on BT x C x H x W."""
+    y, offsets = _ref_dynamic_graph(wrapper.dyreg, x.view(-1, num_frames, *x.shape[1:]), iH, init_regions)
+    return x + _ref_ln2d(y.reshape(x.shape), wrapper.norm), offsets
+
+
+def _randomise(module, offset_scale):
+    """Every parameter random (norm scales around 1), the offset scale as given: a graph in training."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
+            if name.endswith("norm.weight"):
+                p.add_(1.0)
+        module.dyreg.offset_scale.copy_(torch.tensor(offset_scale, dtype=torch.float64))
+
+
+def test_kernel_hand_values_integer_pixels():
+    # 5 x 5 map, centre anchors, zero offsets: half-width 5/6 + 2 = 17/6, centre 2.5, pixels at
+    # 0..4: distances 2.5, 1.5, 0.5, 0.5, 1.5 -> 1/3, 4/3, 7/3, 7/3, 4/3, i.e. (1, 4, 7, 7, 4) / 23.
+    graph = DynamicGraph(4, offset_dim=4, map_size=5).double()
+    profile = torch.tensor([1.0, 4, 7, 7, 4], dtype=torch.float64) / 23
+    kernel = graph.kernels(torch.zeros(1, 9, 4, dtype=torch.float64), 5, 5)[0]
+    for k in kernel:
+        torch.testing.assert_close(k, torch.outer(profile, profile), rtol=0, atol=1e-15)
+    # Centre offsets +-20: the centres (5 and 0 before clamping) are clamped to [0, 4]: rows
+    # centred at 4 -> (0, 0, 5, 11, 17) / 33, columns at 0 -> (17, 11, 5, 0, 0) / 33.
+    offsets = torch.tensor([0.0, 0.0, 20.0, -20.0], dtype=torch.float64).expand(1, 9, 4)
+    rows = torch.tensor([0.0, 0, 5, 11, 17], dtype=torch.float64) / 33
+    kernel = graph.kernels(offsets, 5, 5)[0]
+    for k in kernel:
+        torch.testing.assert_close(k, torch.outer(rows, rows.flip(0)), rtol=0, atol=1e-15)
+    # A size offset ln 2 on rows only: half-width 2 * (5/6 + 1) + 1 = 14/3 -> (13, 19, 25, 25, 19) / 101.
+    offsets = torch.tensor([math.log(2.0), 0.0, 0.0, 0.0], dtype=torch.float64).expand(1, 9, 4)
+    rows = torch.tensor([13.0, 19, 25, 25, 19], dtype=torch.float64) / 101
+    torch.testing.assert_close(graph.kernels(offsets, 5, 5)[0, 4], torch.outer(rows, profile), rtol=0, atol=1e-15)
+
+
+def test_grid_anchors_hand_values():
+    # 9 x 9, grid anchors at 9 (2k + 1) / 6 = 1.5, 4.5, 7.5 (linspace(0, 9, 7)[1::2]), half-width
+    # 9/6 + 2 = 3.5: around 1.5 the pixels 0..8 get (2, 3, 3, 2, 1, 0, 0, 0, 0) / 11, around 4.5
+    # (0, 0, 1, 2, 3, 3, 2, 1, 0) / 12, around 7.5 (cut by the border) (0, 0, 0, 0, 0, 1, 2, 3, 3) / 9;
+    # node n sits at row n // 3, column n % 3.
+    graph = DynamicGraph(4, offset_dim=4, map_size=9, anchors="grid").double()
+    kernel = graph.kernels(torch.zeros(1, 9, 4, dtype=torch.float64), 9, 9)[0]
+    profiles = [torch.tensor([2.0, 3, 3, 2, 1, 0, 0, 0, 0], dtype=torch.float64) / 11,
+                torch.tensor([0.0, 0, 1, 2, 3, 3, 2, 1, 0], dtype=torch.float64) / 12,
+                torch.tensor([0.0, 0, 0, 0, 0, 1, 2, 3, 3], dtype=torch.float64) / 9]
+    for n in range(9):
+        torch.testing.assert_close(kernel[n], torch.outer(profiles[n // 3], profiles[n % 3]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(kernel, _ref_kernel(torch.zeros(1, 9, 4, dtype=torch.float64), 9, 9, "grid")[0],
+                               rtol=0, atol=1e-15)
+
+
+def test_kernels_equal_the_reference_on_random_offsets():
+    torch.manual_seed(0)
+    offsets = torch.randn(6, 9, 4, dtype=torch.float64) * 2  # large enough that some centres clamp
+    for anchors in ("center", "grid"):
+        graph = DynamicGraph(4, offset_dim=4, map_size=7, anchors=anchors).double()
+        for side in (7, 14, 28):
+            torch.testing.assert_close(graph.kernels(offsets, side, side), _ref_kernel(offsets, side, side, anchors),
+                                       rtol=0, atol=1e-14)
+
+
+def test_offset_net_geometry_is_the_references():
+    # Every side the reference tabulates: strides, padding (the first conv's is always 0) and the
+    # side the last conv covers.
+    for side, (strides, padding, norm_size) in _REF_FISHNET.items():
+        assert offset_net_geometry(side) == ((strides[0][0], strides[1][0]), padding[1][0], norm_size[-1]), side
+    # The intermediate sides at the paper's maps, 28 -> 13 -> 6 -> 13 -> 6 -> 1 at layer2.
+    sizes = {}
+    for side in (28, 14, 7):
+        graph = DynamicGraph(8, offset_dim=4, map_size=side)
+        net = graph.offset_net
+        sizes[side] = []
+        hooks = [m.register_forward_hook(lambda m, i, o, seen=sizes[side]: seen.append(o.shape[-1]))
+                 for m in (net.down1, net.down2, net.up, net.head, net.fc)]
+        graph.offsets(torch.randn(2, 8, side, side), 1, 2)
+        for h in hooks:
+            h.remove()
+        assert net.fc.kernel_size == (_REF_FISHNET[side][2][-1],) * 2
+    assert sizes == {28: [13, 6, 13, 6, 1], 14: [6, 6, 6, 6, 1], 7: [5, 5, 5, 5, 1]}
+
+
+@pytest.mark.parametrize("in_channels,node_dim,side", [(16, 16, 28), (16, 16, 14), (24, 16, 7)])
+@pytest.mark.parametrize("offset_scale", [(0.0, 0.0, 0.0, 0.0), (0.7, -0.5, 1.5, -1.2)], ids=["zero", "active"])
+def test_dyreg_residual_equals_the_reference_float64(in_channels, node_dim, side, offset_scale):
+    # The paper's geometry (maps 28 / 14 / 7, a projection where node_dim < in_channels), narrow
+    # channels to keep it fast; every parameter random, the residual open; B=2, T=3.
+    wrapper = DyRegResidual(in_channels, node_dim=node_dim, offset_dim=8, map_size=side).double()
+    _randomise(wrapper, offset_scale)
+    x = torch.randn(2 * 3, in_channels, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, ref_offsets = _ref_residual(wrapper, x, 3, side)
+        offsets = wrapper.dyreg.offsets(wrapper.dyreg.project_norm(wrapper.dyreg.project_in(x))
+                                        if wrapper.dyreg.project else x, 2, 3)
+        out = wrapper(x, 3)
+    torch.testing.assert_close(offsets, ref_offsets, rtol=0, atol=1e-12)
+    if any(offset_scale):  # the regions really moved (and some centres reach the border)
+        assert ref_offsets.abs().max() > 0.5
+    assert (expected - x).abs().max() > 0.1  # the graph branch is not negligible
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("train_side,side", [(7, 8), (14, 16)])
+def test_other_map_size_is_the_references_full_res_mode(train_side, side):
+    # ops/models_config.py with --full_res: H = 8 / 16 at the 256 input, iH = 7 / 14 from training.
+    wrapper = DyRegResidual(16, node_dim=16, offset_dim=8, map_size=train_side).double()
+    _randomise(wrapper, (0.7, -0.5, 1.5, -1.2))
+    x = torch.randn(2 * 2, 16, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, _ = _ref_residual(wrapper, x, 2, train_side)
+        torch.testing.assert_close(wrapper(x, 2), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_tsm_places_dyreg_between_conv2_and_bn2():
+    # ops/dyreg.py make_rstg with --bottleneck_graph: conv2 = Sequential(SplitBT(conv2), DynamicGraphWrapper),
+    # so the graph sees conv2's output and bn2 sees the graph's.
+    model = models.create("tsm_r50_dyreg_tiny").eval()
+    block = model.layer3[0]
+    seen = {}
+    hooks = [block.conv2.register_forward_hook(lambda m, i, o: seen.__setitem__("conv2", o)),
+             block.dyreg.register_forward_hook(lambda m, i, o: seen.__setitem__("dyreg", (i[0], o))),
+             block.bn2.register_forward_hook(lambda m, i, o: seen.__setitem__("bn2", i[0]))]
+    with torch.no_grad():
+        torch.nn.init.ones_(block.dyreg.norm.weight)  # open the residual: its output differs from its input
+        model(torch.randn(1, 3, 4, 64, 64))
+    for h in hooks:
+        h.remove()
+    dyreg_in, dyreg_out = seen["dyreg"]
+    assert dyreg_in is seen["conv2"] and seen["bn2"] is dyreg_out and not torch.equal(dyreg_in, dyreg_out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,7 +390,7 @@ def test_tiny_forward_any_clip_length_and_size(name, frames, size):
 @pytest.mark.parametrize("frames,size", [(3, (8, 8)), (5, (11, 6))])
 def test_dynamic_graph_any_clip_length_and_size(frames, size):
     torch.manual_seed(0)
-    graph = DynamicGraph(16, offset_dim=16, pos_grid=8, offset_grid=6, offset_strides=(1, 1))
+    graph = DynamicGraph(16, offset_dim=16, map_size=8)
     x = torch.randn(2, frames, 16, *size)
     assert graph(x).shape == x.shape
     # Offsets start at zero (learnable scale 0): every region sits at the centre anchor.
@@ -134,13 +399,6 @@ def test_dynamic_graph_any_clip_length_and_size(frames, size):
     kernel = graph.kernels(offsets, *size)
     assert kernel.shape == (2 * frames, 9, *size)
     torch.testing.assert_close(kernel.sum(dim=(-2, -1)), torch.ones(2 * frames, 9))
-
-
-def test_grid_anchors_spread_the_regions():
-    graph = DynamicGraph(8, offset_dim=8, pos_grid=6, offset_grid=4, offset_strides=(1, 1), anchors="grid")
-    kernel = graph.kernels(torch.zeros(1, 9, 4), 9, 9)[0]  # anchors at pixel centres 1, 4, 7
-    peaks = [divmod(int(k.argmax()), 9) for k in kernel]
-    assert peaks == [(i, j) for i in (1, 4, 7) for j in (1, 4, 7)]
 
 
 def test_dyreg_residual_is_the_identity_at_init():
