@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -62,9 +63,49 @@ def get_preset(name: str) -> Preset:
     return _PRESETS[name]
 
 
+# --------------------------------------------------------------------------------------------
+# The class count has one name across all models: `num_classes`. MS-G3D used to take `num_class` (the
+# reference code's name); old calls and configs that still say so are read as `num_classes`.
+
+_num_class_warned = False
+
+
+def warn_num_class_once(where: str) -> None:
+    """One FutureWarning per process that `num_class` (met at `where`) is read as `num_classes`."""
+    global _num_class_warned
+    if _num_class_warned:
+        return
+    _num_class_warned = True
+    warnings.warn(f"{where}: `num_class` is deprecated, use `num_classes` (the class count's one name across all "
+                  f"models); read as num_classes this time", FutureWarning, stacklevel=3)
+
+
+def rename_num_class(kwargs: Mapping[str, Any], where: str = "num_class") -> Dict[str, Any]:
+    """`kwargs` with a deprecated `num_class` renamed to `num_classes` (warning once); a copy either way.
+
+    Both given with different values is an error (which one was meant cannot be told); `None` counts as unset.
+    """
+    out = dict(kwargs)
+    if "num_class" not in out:
+        return out
+    old = out.pop("num_class")
+    if old is None:
+        return out
+    new = out.get("num_classes")
+    if new is not None and new != old:
+        raise TypeError(f"{where}={old!r} (deprecated) and num_classes={new!r} disagree: give only num_classes")
+    warn_num_class_once(where)
+    out["num_classes"] = old
+    return out
+
+
 def create(name: str, **overrides: Any) -> nn.Module:
-    """Instantiate preset `name`; `None` overrides are dropped so unset options never win."""
+    """Instantiate preset `name`; `None` overrides are dropped so unset options never win.
+
+    A deprecated `num_class` override is taken as `num_classes` (with a warning, once).
+    """
     preset = get_preset(name)
+    overrides = rename_num_class(overrides, f"models.create({name!r}, num_class=...)")
     kwargs = {**preset.kwargs, **{k: v for k, v in overrides.items() if v is not None}}
     return preset.cls(**kwargs)
 
@@ -104,8 +145,9 @@ def input_shape(model: nn.Module, preset: Optional[str] = None, *, window: Optio
 
 
 def num_outputs(model: nn.Module) -> int:
-    """Classes (or regression targets) of `model`: its `num_classes` or `num_class` attribute."""
+    """Classes (or regression targets) of `model`: its `num_classes` attribute (`num_class` for a model
+    class written before the name was unified)."""
     for attr in ("num_classes", "num_class"):
         if isinstance(getattr(model, attr, None), int):
             return getattr(model, attr)
-    raise AttributeError(f"{type(model).__name__} has neither num_classes nor num_class")
+    raise AttributeError(f"{type(model).__name__} has no num_classes attribute")

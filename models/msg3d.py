@@ -9,20 +9,20 @@ Also the personality-recognition variant (DYAD workshop @ ICCV 2021): the same n
 24-joint skeletons of one person with 15 input channels (xyz + 12 Laban features), widths
 12/24/48 and five regression outputs (Big-Five traits, trained with MSE by the engine).
 
-Input (N, C, T, V, M): batch, channels, frames, joints, persons. Output (N, num_class).
+Input (N, C, T, V, M): batch, channels, frames, joints, persons. Output (N, num_classes).
 
 Layout: blocks (MultiScaleGraphConv, TemporalWindows, G3D, MultiWindowG3D, TemporalConv,
 MultiScaleTCN, MSG3DBlock), the MSG3D model, then presets (paper sizes, then tiny ones).
 """
 
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from action_launch.models._registry import register_preset
+from action_launch.models._registry import register_preset, rename_num_class
 from action_launch.models.graphs import get_graph, multiscale_adjacency, window_adjacency
 
 __all__ = ["MSG3D", "MSG3DBlock", "MultiScaleGraphConv", "MultiWindowG3D", "G3D", "MultiScaleTCN"]
@@ -192,8 +192,12 @@ class MSG3DBlock(nn.Module):
     """One STGC block: ReLU(MS-GCN path + multi-window G3D path), then an MS-TCN.
 
     MS-GCN path: MS-GCN -> MS-TCN (stride) -> MS-TCN (no activation). The first block changes
-    the width in its graph convs (in -> out); later blocks keep `in` there and widen in the
-    temporal conv (GCN path) and in the window collapse (G3D path), as in the reference.
+    the width in its MS-GCN (in -> out); later blocks keep `in` there and widen in the temporal
+    conv (GCN path) and in the window collapse (G3D path), as in the reference. The G3D path's
+    window graph conv keeps `in` too, except in a first block on 3 input channels, where it maps
+    in -> out at once: the reference's rule (`MS_G3D.__init__`: `if in_channels == 3:
+    embed_channels_out = out_channels`), so a first block on xyz + Laban features (15 channels)
+    keeps 15 channels in its window graph conv and widens only at the collapse.
 
     Args:
         in_channels: input channels.
@@ -214,7 +218,8 @@ class MSG3DBlock(nn.Module):
             MultiScaleTCN(hidden, out_channels, stride=stride),
             MultiScaleTCN(out_channels, out_channels, activation=False),
         )
-        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, hidden)
+        embed = out_channels if first and in_channels == 3 else in_channels
+        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, embed)
         self.tcn = MultiScaleTCN(out_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +230,8 @@ class MSG3D(nn.Module):
     """MS-G3D network: data BN -> 3 STGC blocks (stride 1, 2, 2) -> pool over T, V, M -> linear.
 
     Args:
-        num_class: outputs (classes, or regression targets when task='regression').
+        num_classes: outputs (classes, or regression targets when task='regression'). The reference
+            code's name, `num_class`, is still accepted as a keyword, with a deprecation warning.
         num_point: joints V; must equal the graph's number of joints.
         num_person: persons M per sample (averaged before the classifier).
         num_gcn_scales: scales of the MS-GCN paths (13 for NTU, 8 for Kinetics).
@@ -240,7 +246,7 @@ class MSG3D(nn.Module):
 
     def __init__(
         self,
-        num_class: int = 60,
+        num_classes: int = 60,
         num_point: int = 25,
         num_person: int = 2,
         num_gcn_scales: int = 13,
@@ -250,8 +256,16 @@ class MSG3D(nn.Module):
         channels: Tuple[int, int, int] = (96, 192, 384),
         dropout: float = 0.0,
         task: str = "classification",
+        **deprecated: Any,
     ) -> None:
         super().__init__()
+        if deprecated:
+            unknown = sorted(set(deprecated) - {"num_class"})
+            if unknown:
+                raise TypeError(f"MSG3D.__init__() got an unexpected keyword argument {unknown[0]!r}")
+            # `num_class=` (the old name): num_classes is then still its default unless both were given.
+            given = {"num_classes": num_classes} if num_classes != 60 else {}
+            num_classes = rename_num_class({**given, **deprecated}, "MSG3D(num_class=...)")["num_classes"]
         if task not in ("classification", "regression"):
             raise ValueError(f"model.task must be 'classification' or 'regression', got {task!r}")
         skeleton = get_graph(graph)
@@ -261,7 +275,7 @@ class MSG3D(nn.Module):
         channels = tuple(int(c) for c in channels)
         if len(channels) != 3 or any(c <= 0 or c % 6 for c in channels):
             raise ValueError(f"model.channels must be 3 positive multiples of 6, got {channels}")
-        self.num_class, self.num_point, self.num_person = num_class, num_point, num_person
+        self.num_classes, self.num_point, self.num_person = num_classes, num_point, num_person
         self.in_channels, self.task = in_channels, task
         A = skeleton.A
 
@@ -273,7 +287,12 @@ class MSG3D(nn.Module):
             MSG3DBlock(c2, c3, A, num_gcn_scales, num_g3d_scales, stride=2),
         ])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(c3, num_class)
+        self.fc = nn.Linear(c3, num_classes)
+
+    @property
+    def num_class(self) -> int:
+        """Deprecated alias of `num_classes` (the reference code's name)."""
+        return self.num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, T, V, M) -> pooled features (N, channels[-1])."""
@@ -292,7 +311,7 @@ class MSG3D(nn.Module):
         return x.reshape(N, M, x.shape[1], -1).mean(3).mean(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, V, M) -> (N, num_class)."""
+        """(N, C, T, V, M) -> (N, num_classes)."""
         return self.fc(self.dropout(self.forward_features(x)))
 
 
@@ -301,18 +320,24 @@ class MSG3D(nn.Module):
 
 _NTU = dict(num_point=25, num_person=2, graph="ntu-rgb+d", in_channels=3)
 _KINETICS = dict(num_point=18, num_person=2, graph="kinetics", in_channels=3)
-# One person, SMPL joints, xyz + 12 Laban features, five Big-Five trait scores. With 13/6 scales
-# this has 425,705 parameters (375k of them the A_res residual graphs); the reference quotes
-# ~560k measured on the authors' fork, whose exact changes we could not inspect.
-_PERSONALITY = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_class=5,
+# One person, SMPL joints, xyz + 12 Laban features, five Big-Five trait scores: the network of the
+# authors' code (Rgtemze/PersonalityRecognition, model/msg3d_laban.py with
+# config/personality/train_joint_laban.yaml: layer_channels 12, 13/6 scales, 24 joints, in_channels
+# 15), 426,551 parameters (375k of them the A_res residual graphs). That code reports 560,459 (~560k):
+# its Model also builds a second copy of the second STGC block (`l2_gcn3d2`, `l2_sgcn2`, `l2_tcn2`:
+# 133,908 parameters) that forward never calls; 560,459 - 133,908 = 426,551. Its graph file lists the
+# SMPL edges as lists, which index whole rows of A, so that model runs on a fully connected graph; this
+# preset keeps the SMPL skeleton the paper describes. README.md, "Models and data".
+_PERSONALITY = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_classes=5,
                     channels=(12, 24, 48), task="regression")
 _TINY = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
 
-register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_class=60, num_gcn_scales=13, num_g3d_scales=6, **_NTU)
-register_preset("msg3d_kinetics", MSG3D, num_params=3_144_328, num_class=400, num_gcn_scales=8, num_g3d_scales=8,
+register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_classes=60, num_gcn_scales=13, num_g3d_scales=6,
+                **_NTU)
+register_preset("msg3d_kinetics", MSG3D, num_params=3_144_328, num_classes=400, num_gcn_scales=8, num_g3d_scales=8,
                 **_KINETICS)
-register_preset("msg3d_personality", MSG3D, num_params=425_705, num_gcn_scales=13, num_g3d_scales=6, **_PERSONALITY)
+register_preset("msg3d_personality", MSG3D, num_params=426_551, num_gcn_scales=13, num_g3d_scales=6, **_PERSONALITY)
 
-register_preset("msg3d_ntu60_tiny", MSG3D, num_class=60, **_NTU, **_TINY)
-register_preset("msg3d_kinetics_tiny", MSG3D, num_class=400, **_KINETICS, **_TINY)
+register_preset("msg3d_ntu60_tiny", MSG3D, num_classes=60, **_NTU, **_TINY)
+register_preset("msg3d_kinetics_tiny", MSG3D, num_classes=400, **_KINETICS, **_TINY)
 register_preset("msg3d_personality_tiny", MSG3D, **{**_PERSONALITY, **_TINY})

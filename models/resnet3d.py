@@ -113,7 +113,7 @@ def load_resnet2d_state_dict(model: nn.Module, state: Mapping[str, Any],
     the model's tensor is 3D.
 
     `rename(key)` gives the model names a checkpoint key goes to (none: unexpected; several: copied
-    to each, e.g. layer4 into ST-ABN's layer4 and its attention-branch copy). A 4-D kernel meets a
+    to each; ST-ABN maps conv1/bn1 to its stem). A 4-D kernel meets a
     5-D one with the same (O, I, kh, kw) by `inflate_conv_weight` over the target's temporal size;
     any other shape difference (the 1000-class `fc`) is skipped and reported, as `load_weights`
     does for heads. Returns {"missing", "unexpected", "mismatched", "inflated"}: model keys not

@@ -147,17 +147,17 @@ class STABN(nn.Module):
     def load_imagenet_resnet(self, state_dict: Mapping[str, Any]) -> Dict[str, List[str]]:
         """Initialise the 3D ResNet from a 2D ImageNet ResNet state dict (torchvision names), I3D style.
 
-        `conv1`/`bn1` go to the stem, `layer1`-`layer3` by name, `layer4` to both the perception
-        branch's layer4 and the attention branch's copy `att_layer4` (same shapes; only the stride
-        differs) [inferred: the reference initialises its branches from one ImageNet ResNet]. 2D
-        kernels are repeated over the temporal kernel size and divided by it (3x1x1 in layers 3-4);
-        the 1000-class `fc` is skipped for its shape. Returns `load_resnet2d_state_dict`'s report.
+        `conv1`/`bn1` go to the stem, `layer1`-`layer4` by name (layer4 is the perception branch's);
+        2D kernels are repeated over the temporal kernel size and divided by it (3x1x1 in layers 3-4);
+        the 1000-class `fc` is skipped for its shape. Nothing goes to the attention branch: its copy
+        of layer4, `att_layer4`, keeps its initialisation, as in the reference, whose
+        `ResNet_SlowFast.init_weights` copies a 2D ResNet's tensor only into the module of the same
+        name, and a 2D ResNet has no `att_layer4`. Returns `load_resnet2d_state_dict`'s report
+        (`att_layer4.*` among `missing`).
         """
         def rename(key: str) -> Tuple[str, ...]:
             if key.startswith(("conv1.", "bn1.")):
                 return ("stem." + key,)
-            if key.startswith("layer4."):
-                return (key, "att_" + key)
             return (key,)
 
         return load_resnet2d_state_dict(self, state_dict, rename)

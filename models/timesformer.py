@@ -18,7 +18,6 @@ so an image ViT-B/16 checkpoint maps onto it (`TimeSformer.load_image_vit`).
 Token layout inside the blocks: (B, 1 + N*T, D), the CLS token first, then patch tokens ordered
 patch-major, time-minor (token 1 + n*T + t is patch n of frame t), as in the reference code.
 """
-import math
 import re
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -328,16 +327,20 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """(1, 1 + g*g, D) -> (1, 1 + grid*grid, D), bicubic over the patch grid (CLS kept)."""
-    src = int(math.isqrt(pos.shape[1] - 1))
-    if src * src != pos.shape[1] - 1:
-        raise ValueError(f"pos_embed with {pos.shape[1] - 1} patch positions is not a square grid")
+def _resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """(1, 1 + n, D) -> (1, 1 + num_patches, D) as the reference's `load_pretrained` does it: the CLS
+    position kept, the n patch positions resized as a 1-D sequence with nearest interpolation (not as a
+    2-D grid; any n, square or not)."""
     d = pos.shape[2]
-    patches = pos[:, 1:].float().transpose(1, 2).reshape(1, d, src, src)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
-    patches = patches.flatten(2).transpose(1, 2).to(pos.dtype)
-    return torch.cat([pos[:, :1], patches], dim=1)
+    patches = pos[:, 1:].float().transpose(1, 2).reshape(1, d, -1)  # (1, D, n); nearest copies values exactly
+    patches = F.interpolate(patches, size=num_patches, mode="nearest").transpose(1, 2)
+    return torch.cat([pos[:, :1], patches.to(pos.dtype)], dim=1)
+
+
+def _resize_time_embed(time: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(1, T, D) -> (1, num_frames, D), nearest over time, as the reference's `load_pretrained`."""
+    out = F.interpolate(time.float().transpose(1, 2), size=num_frames, mode="nearest").transpose(1, 2)
+    return out.to(time.dtype)
 
 
 def inflate_vit_state_dict(
@@ -349,7 +352,10 @@ def inflate_vit_state_dict(
     - for divided attention, blocks.i.temporal_attn / temporal_norm1 are copies of the block's
       attn / norm1 (the reference's initialisation); temporal_fc stays zero, so the inflated
       model starts out computing the image ViT on every frame;
-    - pos_embed is resized (bicubic) when the patch grid differs, time_embed (if present) linearly;
+    - pos_embed is resized when the number of patches differs, time_embed (if present) when the frame
+      count does, both as the reference's `load_pretrained` (timesformer/models/helpers.py) does it:
+      nearest interpolation over the patch (resp. frame) sequence, the CLS position kept; the patch
+      positions are resized as a 1-D sequence, not as a 2-D grid;
     - head.* is dropped when its shape differs (another class count).
 
     Returns (state dict to load with strict=False, report) where the report lists
@@ -367,12 +373,11 @@ def inflate_vit_state_dict(
             continue
         target = own[key].shape
         if value.shape != target:
-            if key == "pos_embed":
-                value = _resize_pos_embed(value, model.grid_size)
+            if key == "pos_embed" and value.ndim == 3 and value.shape[2] == target[2]:
+                value = _resize_pos_embed(value, target[1] - 1)
                 report["resized"].append(key)
-            elif key == "time_embed":
-                value = F.interpolate(value.transpose(1, 2).float(), size=target[1], mode="linear",
-                                      align_corners=False).transpose(1, 2).to(value.dtype)
+            elif key == "time_embed" and value.ndim == 3 and value.shape[2] == target[2]:
+                value = _resize_time_embed(value, target[1])
                 report["resized"].append(key)
             elif key.startswith("head."):
                 report["dropped_keys"].append(key)

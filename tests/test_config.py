@@ -105,6 +105,38 @@ def test_model_section_checked_against_preset_constructor():
         load_config(None, ["model.name=timesformer_tin"])
 
 
+@pytest.fixture
+def num_class_warning_armed(monkeypatch):
+    """The deprecated-name warning is given once per process: re-arm it for the test."""
+    from action_launch.models import _registry
+
+    monkeypatch.setattr(_registry, "_num_class_warned", False, raising=False)
+
+
+def test_old_model_num_class_is_read_as_num_classes(tmp_path, num_class_warning_armed):
+    # MS-G3D configs used to say model.num_class; an old file still loads, as num_classes, warning once.
+    old = write(tmp_path / "old.yaml", {"model": {"name": "msg3d_ntu60_tiny", "num_class": 5}})
+    with pytest.warns(FutureWarning, match=r"model.num_class \(in .*old.yaml\).*deprecated.*num_classes"):
+        cfg = load_config(old)
+    assert cfg.model == {"name": "msg3d_ntu60_tiny", "num_classes": 5}
+    dump_config(cfg, tmp_path / "resolved.yaml")  # the resolved config is written with the new name
+    assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["model"] == cfg.model
+    # the new name works for every model, MS-G3D included; a command-line override beats an old file's value
+    assert load_config(None, ["model.name=msg3d_ntu60_tiny", "model.num_classes=7"]).model["num_classes"] == 7
+    assert load_config(old, ["model.num_classes=7"]).model == {"name": "msg3d_ntu60_tiny", "num_classes": 7}
+    assert load_config(None, ["model.num_class=3"]).model == {"name": "timesformer_tiny", "num_classes": 3}
+    both = write(tmp_path / "both.yaml", {"model": {"name": "msg3d_ntu60_tiny", "num_class": 5, "num_classes": 6}})
+    with pytest.raises(ConfigError, match=r"model.num_class=5 \(deprecated\) and model.num_classes=6 disagree.*both.yaml"):
+        load_config(both)
+    with pytest.raises(ConfigError, match="model.num_classes: expected int"):
+        load_config(old, ["model.num_classes=many"])
+
+
+def test_msg3d_configs_use_num_classes():
+    for path in sorted((REPO / "configs" / "msg3d").glob("*.yaml")):
+        assert "num_class:" not in path.read_text(), path
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["optim.lr=0.02", "data.train_short_side=[40,48]", "optim.betas=[0.8,0.9]"])
     dump_config(cfg, tmp_path / "config.yaml")

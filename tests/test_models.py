@@ -73,3 +73,14 @@ def test_tiny_eval_forward_is_deterministic(name):
     x = torch.randn(BATCH, *input_shape(model, name))
     with torch.no_grad():
         torch.testing.assert_close(_outputs(model(x))["logits"], _outputs(model(x))["logits"])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_the_class_count_has_one_name_num_classes(name):
+    """Every model takes its class count as `num_classes` (configs set it the same way for all) and reports it."""
+    preset = models.get_preset(name)
+    params = preset.parameters()
+    assert "num_classes" in params and "num_class" not in params and "num_class" not in preset.kwargs
+    with torch.device("meta"):
+        model = models.create(name, num_classes=3)
+    assert model.num_classes == num_outputs(model) == 3

@@ -122,10 +122,51 @@ def test_msg3d_ntu60_has_the_reference_parameter_count():
 
 
 def test_other_paper_parameter_counts():
-    # The reference quotes ~560k for the personality variant; this construction gives 425,705
-    # (see models/msg3d.py). Pinned so an accidental architecture change is noticed.
-    assert _num_params(models.create("msg3d_personality")) == 425_705
+    # The authors' personality code counts 560,459 (~560k), of which 133,908 belong to a copy of the
+    # second block that its forward never calls; the network it computes with has 426,551.
+    assert _num_params(models.create("msg3d_personality")) == 426_551 == 560_459 - 133_908
     assert _num_params(models.create("msg3d_kinetics")) == 3_144_328
+
+
+def test_personality_first_block_follows_the_reference_embedding_rule():
+    # MS-G3D's MS_G3D.__init__ (embed_factor 1): the window graph conv keeps in_channels, except for
+    # in_channels == 3, where it maps to out_channels at once. The personality model's first block
+    # has 15 inputs, so its G3D pathways embed 15 channels and the collapse maps 15 -> 12; in the
+    # authors' code: window graph MLP Conv2d(15 * 6 scales, 15), out_conv Conv3d(15, 12, (1, w, 1)).
+    model = models.create("msg3d_personality")
+    for g3d, w in zip(model.blocks[0].g3d_path.pathways, (3, 5)):
+        assert g3d.gcn.conv.weight.shape == (15, 15 * 6, 1, 1)
+        assert g3d.collapse.weight.shape == (12, 15, 1, w, 1)
+    assert model.blocks[0].gcn_path[0].conv.weight.shape == (12, 15 * 13, 1, 1)  # MS-GCN: 15 -> 12 at once
+    ntu = models.create("msg3d_ntu60_tiny")  # 3 input channels: 3 -> out in the window graph conv
+    assert ntu.blocks[0].g3d_path.pathways[0].gcn.conv.weight.shape == (12, 3 * 2, 1, 1)
+
+
+def test_num_classes_is_the_class_count_keyword():
+    model = models.create("msg3d_ntu60", num_classes=7)
+    assert model.fc.out_features == 7 and model.num_classes == 7 and models.get_preset("msg3d_ntu60").kwargs["num_classes"] == 60
+    assert MSG3D(num_classes=3, channels=(6, 12, 18), num_gcn_scales=2, num_g3d_scales=2).fc.out_features == 3
+    assert "num_classes" in models.get_preset("msg3d_personality").parameters()
+    assert "num_class" not in models.get_preset("msg3d_personality").parameters()
+
+
+def test_old_num_class_keyword_is_still_accepted_with_one_warning(monkeypatch):
+    from action_launch.models import _registry
+
+    monkeypatch.setattr(_registry, "_num_class_warned", False, raising=False)
+    with pytest.warns(FutureWarning, match="num_class.*deprecated.*num_classes"):
+        model = models.create("msg3d_ntu60_tiny", num_class=7)
+    assert model.fc.out_features == 7 and model.num_classes == 7 and model.num_class == 7
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: the second use is silent
+        assert MSG3D(num_class=9, channels=(6, 12, 18), num_gcn_scales=2, num_g3d_scales=2).fc.out_features == 9
+    with pytest.raises(TypeError, match="disagree"):
+        models.create("msg3d_ntu60_tiny", num_class=7, num_classes=8)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_clas'"):
+        MSG3D(num_clas=9)
+    # the state-dict names are those of before: `fc.*`, nothing renamed
+    assert {k for k in model.state_dict() if k.startswith("fc.")} == {"fc.weight", "fc.bias"}
 
 
 def test_presets_are_registered_with_plain_annotations():
@@ -142,7 +183,7 @@ def test_real_forward_t64(preset):
     model = models.create(preset).eval()
     with torch.no_grad():
         out = model(_input(preset, 1, 64))
-    assert out.shape == (1, models.get_preset(preset).kwargs["num_class"])
+    assert out.shape == (1, models.get_preset(preset).kwargs["num_classes"])
     assert torch.isfinite(out).all()
 
 

@@ -93,3 +93,36 @@ def test_constructor_arguments_have_plain_type_hints():
     for name, p in inspect.signature(STABN.__init__).parameters.items():
         if name != "self":
             assert p.annotation in allowed, (name, p.annotation)
+
+
+def _imagenet_resnet_like(model: STABN) -> dict:
+    """Random tensors under torchvision's 2D ResNet names and shapes for `model`'s backbone and layer4
+    (the 3D names minus the stem prefix; a 5-D kernel's 2D counterpart is (O, I, kh, kw)), plus an fc."""
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for key, value in model.state_dict().items():
+        if not key.startswith(("stem.", "layer1.", "layer2.", "layer3.", "layer4.")):
+            continue
+        name = key.removeprefix("stem.")
+        shape = value.shape[:2] + value.shape[3:] if value.ndim == 5 else value.shape
+        state[name] = value.clone() if value.dtype == torch.long else torch.randn(shape, generator=g)
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, model.fc.in_features, generator=g), torch.randn(1000, generator=g)
+    return state
+
+
+def test_imagenet_resnet_leaves_the_attention_branch_at_its_initialisation():
+    # Reference (ResNet_SlowFast.init_weights): a 2D ResNet tensor goes only to the module of the same
+    # name; a 2D ResNet has no att_layer4, so the attention branch keeps its initialisation.
+    torch.manual_seed(0)
+    model = models.create("stabn_r50_tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = _imagenet_resnet_like(model)
+    report = model.load_imagenet_resnet(state)
+    after = model.state_dict()
+    att = [k for k in before if k.startswith("att_layer4.")]
+    assert att and all(torch.equal(after[k], before[k]) for k in att)
+    assert set(att) <= set(report["missing"])
+    assert not any(k.startswith("att_") for k in report["inflated"])
+    torch.testing.assert_close(after["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"][:, :, None])
+    torch.testing.assert_close(after["stem.conv1.weight"], state["conv1.weight"][:, :, None])
+    assert report["unexpected"] == [] and report["mismatched"] == ["fc.weight", "fc.bias"]

@@ -272,6 +272,37 @@ def test_load_image_vit_same_classes_keeps_head_and_resizes_pos_embed():
     assert model(torch.randn(1, 3, 4, 48, 48)).shape == (1, 4)
 
 
+@pytest.mark.parametrize("src_size,dst_size", [(32, 48), (48, 32), (24, 40)])
+def test_image_vit_pos_embed_is_resized_as_the_reference_one_dimensional_nearest(src_size, dst_size):
+    # The reference (TimeSformer timesformer/models/helpers.py, load_pretrained): when num_patches + 1 !=
+    # pos_embed.size(1), the CLS position is kept and the patch positions, taken as one sequence
+    # (1, D, n), go through F.interpolate(size=num_patches, mode='nearest'): new patch i is old patch
+    # floor(i * n / num_patches), whatever the grids' shapes (no 2-D or bicubic resampling).
+    vit = _fake_image_vit(num_classes=4, img_size=src_size)
+    model = tiny(img_size=dst_size)
+    report = model.load_image_vit(vit)
+    assert report["resized"] == ["pos_embed"]
+    n, m = (src_size // 8) ** 2, (dst_size // 8) ** 2
+    src, out = vit["pos_embed"], model.pos_embed.detach()
+    assert out.shape == (1, 1 + m, 64)
+    assert torch.equal(out[:, 0], src[:, 0])
+    expected = torch.stack([src[0, 1 + (i * n) // m] for i in range(m)])
+    assert torch.equal(out[0, 1:], expected)
+
+
+def test_time_embed_of_another_clip_length_is_resized_nearest_as_the_reference():
+    # load_pretrained: 'time_embed' of another length goes through F.interpolate(size=num_frames,
+    # mode='nearest') over time: frame t takes old frame floor(t * T_old / T_new).
+    vit = _fake_image_vit(num_classes=4)
+    vit["time_embed"] = torch.randn(1, 4, 64)
+    for frames in (8, 3):
+        model = tiny(num_frames=frames)
+        report = model.load_image_vit(vit)
+        assert report["resized"] == ["time_embed"]
+        expected = torch.stack([vit["time_embed"][0, (t * 4) // frames] for t in range(frames)])
+        assert torch.equal(model.time_embed.detach()[0], expected)
+
+
 def test_inflation_filter_for_other_attention_types_and_wrapped_checkpoints():
     vit = _fake_image_vit(num_classes=4)
     model = tiny(attention="joint_space_time")

@@ -175,6 +175,8 @@ class Validator:
             self.fail("model.name", f"model.name: {err.args[0]}")
         params = preset.parameters()
         hints = typing.get_type_hints(preset.cls.__init__)
+        if "num_class" in section and "num_class" not in params:
+            section = self._num_class_renamed(section)
         out = {"name": name}
         for key, value in section.items():
             if key == "name":
@@ -184,3 +186,22 @@ class Validator:
                 self._unknown(dotted, key, list(params), "model")
             out[key] = self.convert(value, hints.get(key, Any), dotted) if value is not None else None
         return out
+
+    def _num_class_renamed(self, section: Dict[str, Any]) -> Dict[str, Any]:
+        """`model.num_class` (MS-G3D's old name of the class count) read as `model.num_classes`, warning once.
+
+        Both set to different values: the one given on the command line wins (an override of an old
+        file); from the same place, the config is ambiguous and fails.
+        """
+        old, new = section.get("num_class"), section.get("num_classes")
+        if old is not None and new is not None and old != new:
+            from_cli = [k for k in ("model.num_class", "model.num_classes") if k in self.override_keys]
+            if len(from_cli) != 1:
+                self.fail("model.num_class", f"model.num_class={old!r} (deprecated) and model.num_classes={new!r} "
+                                             f"disagree; keep only model.num_classes")
+            section = dict(section)
+            section.pop("num_class" if from_cli == ["model.num_classes"] else "num_classes")
+        from action_launch.models._registry import rename_num_class
+
+        origin = "command-line override" if "model.num_class" in self.override_keys else self.source
+        return rename_num_class(section, f"model.num_class (in {origin})")

@@ -57,10 +57,11 @@ def _check_classes(cfg: Config, needed: int) -> None:
     if cfg.train.loss != "cross_entropy" or needed == 0:
         return
     from action_launch import models  # the registry; its model files import torch
+    from action_launch.models._registry import rename_num_class
 
     preset = models.get_preset(cfg.model["name"])
-    kwargs = {**preset.kwargs, **cfg.model}
-    head = kwargs.get("num_classes", kwargs.get("num_class"))
+    kwargs = {**preset.kwargs, **rename_num_class(cfg.model, "model.num_class")}
+    head = kwargs.get("num_classes")
     if head is not None and head < needed:
         names = Path(cfg.data.root, "classes.txt")
         known = f" ({len(names.read_text().split())} in {names})" if names.is_file() else ""
