@@ -10,6 +10,7 @@ run's log; those lines are caught here and become the reason of the `BadVideoErr
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -120,6 +121,7 @@ def _process_capture_file() -> IO[bytes]:
     global _capture_file
     if _capture_file is None or _capture_file[0] != os.getpid():
         _capture_file = (os.getpid(), tempfile.TemporaryFile())
+        atexit.register(_capture_file[1].close)
     return _capture_file[1]
 
 

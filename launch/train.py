@@ -20,8 +20,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="refuse to start if the run folder already holds checkpoints")
     parser.add_argument("--resume-from", help="checkpoint folder: weights, optimizer, scheduler, step, RNG state")
-    parser.add_argument("--load-from", help="weights only (checkpoint folder or state-dict file); step 0; "
-                                            "tensors of another shape (a new head) are skipped")
+    parser.add_argument("--load-from", help="weights only, step 0: a checkpoint folder, a state-dict file, or a "
+                                            "published checkpoint (TimeSformer .pyth, MS-G3D .pt, TSM/DyReg-GNN "
+                                            ".pth.tar, ST-ABN mmaction; recognised by its keys). All or nothing: a "
+                                            "classifier head of another size is the one tensor skipped")
+    parser.add_argument("--load-from-partial", action="store_true",
+                        help="accept a partial --load-from (same as train.load_partial=true); the report lists "
+                             "what did not load")
     parser.add_argument("--seed", type=int, help="same as seed=N")
     parser.add_argument("--deterministic", action="store_true", help="same as deterministic=true")
     test = parser.add_mutually_exclusive_group()
@@ -38,6 +43,8 @@ def main(argv=None) -> int:
         overrides.append(f"seed={args.seed}")
     if args.deterministic:
         overrides.append("deterministic=true")
+    if args.load_from_partial:
+        overrides.append("train.load_partial=true")
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
@@ -55,9 +62,14 @@ def main(argv=None) -> int:
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from action_launch.models.checkpoints import CheckpointError
     from action_launch.training.trainer import Trainer, TooManyBadFiles
 
-    trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
+    try:
+        trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         trainer.fit()
     except TooManyBadFiles as err:

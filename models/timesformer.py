@@ -327,7 +327,7 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
+def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     """(1, 1 + n, D) -> (1, 1 + num_patches, D) as the reference's `load_pretrained` does it: the CLS
     position kept, the n patch positions resized as a 1-D sequence with nearest interpolation (not as a
     2-D grid; any n, square or not)."""
@@ -337,7 +337,7 @@ def _resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     return torch.cat([pos[:, :1], patches.to(pos.dtype)], dim=1)
 
 
-def _resize_time_embed(time: torch.Tensor, num_frames: int) -> torch.Tensor:
+def resize_time_embed(time: torch.Tensor, num_frames: int) -> torch.Tensor:
     """(1, T, D) -> (1, num_frames, D), nearest over time, as the reference's `load_pretrained`."""
     out = F.interpolate(time.float().transpose(1, 2), size=num_frames, mode="nearest").transpose(1, 2)
     return out.to(time.dtype)
@@ -374,10 +374,10 @@ def inflate_vit_state_dict(
         target = own[key].shape
         if value.shape != target:
             if key == "pos_embed" and value.ndim == 3 and value.shape[2] == target[2]:
-                value = _resize_pos_embed(value, target[1] - 1)
+                value = resize_pos_embed(value, target[1] - 1)
                 report["resized"].append(key)
             elif key == "time_embed" and value.ndim == 3 and value.shape[2] == target[2]:
-                value = _resize_time_embed(value, target[1])
+                value = resize_time_embed(value, target[1])
                 report["resized"].append(key)
             elif key.startswith("head."):
                 report["dropped_keys"].append(key)

@@ -83,6 +83,9 @@ class TrainConfig:
     """DeepSpeed ZeRO stage."""
     loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
     """Loss for models without their own `compute_loss`."""
+    load_partial: bool = False
+    """Accept a partial `--load-from` (`--load-from-partial`): tensors outside the head missing, unexpected or of
+    another shape are reported, not refused (a file that maps nothing is still refused)."""
     eval_every_epochs: int = 1
     """Validate every N epochs (and always after the last)."""
     log_every_steps: int = 10

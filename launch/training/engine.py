@@ -306,52 +306,24 @@ def model_state_file(ckpt: Path) -> Path:
     return ckpt / "mp_rank_00_model_states.pt"
 
 
-def _is_image_vit(state: Mapping[str, Any]) -> bool:
-    """An image ViT state dict: patch embedding and attention blocks, no temporal attention (any key prefix)."""
-    keys = list(state)
-    return (any(k.endswith("patch_embed.proj.weight") for k in keys)
-            and any(k.endswith("blocks.0.attn.qkv.weight") for k in keys)
-            and not any(".temporal_attn." in k for k in keys))
+def load_weights(model: nn.Module, path: Path, partial: bool = False) -> Dict[str, List[str]]:
+    """Load weights only (for `--load-from`): a DeepSpeed checkpoint folder or a state-dict file, in this
+    project's names or in a published upstream layout (`models.checkpoints` recognises the format by
+    its keys and maps every tensor by name; image ResNets and ViTs go to the model's own inflating loader).
 
-
-def load_weights(model: nn.Module, path: Path) -> Dict[str, List[str]]:
-    """Load weights only (for `--load-from`): a DeepSpeed checkpoint folder or a plain state-dict file.
-
-    Tensors whose shape differs from the model's (e.g. a classifier head for another class count) are
-    skipped and reported, so a checkpoint from another dataset can initialise a new run. A 2D ImageNet
-    ResNet in torchvision's layout goes to the model's `load_imagenet_resnet` when it has one (ST-ABN
-    inflates it to 3D, TSM copies it), which maps names and reports the same way (plus `inflated`); an
-    image ViT (timm names, no temporal attention) goes to `load_image_vit` (TimeSformer).
+    All or nothing: a tensor outside the classification head that is missing, of another shape or
+    unexpected raises `models.checkpoints.CheckpointError` (carrying the report), unless `partial`;
+    a head of another size (a new class count) is skipped and reported. The report (a mapping with
+    `missing`, `unexpected`, `mismatched`; a `models.checkpoints.LoadReport` with the per-group detail)
+    is logged and returned.
     """
-    path = Path(path)
-    file = model_state_file(path) if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"--load-from: no weights at {path}")
-    blob = torch.load(file, map_location="cpu", weights_only=False)
-    state = blob.get("module", blob.get("state_dict", blob.get("model", blob))) if isinstance(blob, dict) else blob
-    from action_launch.models.resnet3d import is_resnet2d_state_dict
+    from action_launch.models.checkpoints import load_checkpoint
 
-    if hasattr(model, "load_imagenet_resnet") and is_resnet2d_state_dict(state):
-        # A 2D torchvision ResNet (ImageNet): the model maps the names and inflates 2D kernels itself.
-        report = model.load_imagenet_resnet(state)
-        log.info("loaded a 2D ResNet state dict from %s (%d tensors, %d inflated to 3D); skipped %d with another "
-                 "shape: %s; not in the file: %d model tensors", file, len(model.state_dict()) - len(report["missing"]),
-                 len(report["inflated"]), len(report["mismatched"]), report["mismatched"], len(report["missing"]))
-        return report
-    if hasattr(model, "load_image_vit") and _is_image_vit(state):
-        # An image ViT (timm names): TimeSformer copies its spatial attention into the temporal one.
-        vit = model.load_image_vit(state)
-        report = {"missing": vit["missing_keys"], "unexpected": vit["unexpected_keys"], "mismatched": vit["dropped_keys"]}
-        log.info("loaded an image ViT state dict from %s (%d tensors copied to temporal attention, resized %s); "
-                 "skipped %d with another shape: %s", file, len(vit["copied_to_temporal"]), vit["resized"],
-                 len(vit["dropped_keys"]), vit["dropped_keys"])
-        return report
-    own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    usable = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    result = model.load_state_dict(usable, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": [k for k in state if k not in own], "mismatched": mismatched}
-    log.info("loaded %d tensors from %s; skipped %d with another shape: %s", len(usable), file, len(mismatched), mismatched)
+    report = load_checkpoint(model, Path(path), partial=partial)
+    log.info("--load-from %s", report.text(limit=20))
+    if report.problems():
+        log.warning("--load-from %s: partial load accepted (train.load_partial): %s", path,
+                    "; ".join(report.problems()))
     return report
 
 

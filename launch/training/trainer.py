@@ -138,8 +138,9 @@ class Trainer:
         self.memory = WindowMemory() if carries_memory(model) else None
         self._build_data()
         start_ckpt = self._checkpoint_to_resume(resume, resume_from)
+        self.load_report, self.load_report_files = None, ()
         if load_from and start_ckpt is None:
-            load_weights(model, Path(load_from))
+            self.load_report = self._load_weights(model, Path(load_from))
         elif load_from:
             log.info("ignoring --load-from: resuming from %s", start_ckpt)
         self.effective_batch = effective_batch_size(cfg.train.micro_batch_size, cfg.train.grad_accum, self.env.world_size)
@@ -152,6 +153,22 @@ class Trainer:
         self.tracker = Tracker(self.run_dir, cfg.tracking.uri or default_tracking_uri(cfg.output_dir),
                                cfg.tracking.experiment or cfg.experiment, cfg.name, cfg.tracking.enabled,
                                active=self.env.is_main)
+        for path in self.load_report_files:  # the --load-from report (text and JSON), sent once the run opens
+            self.tracker.log_artifact(path)
+
+    def _load_weights(self, model: Any, path: Path) -> Any:
+        """`--load-from`: load (all or nothing unless train.load_partial) and keep the report in the run folder."""
+        from action_launch.models.checkpoints import CheckpointError
+
+        try:
+            report = load_weights(model, path, partial=self.cfg.train.load_partial)
+        except CheckpointError as err:
+            if self.env.is_main:
+                err.report.write(self.run_dir)
+            raise
+        if self.env.is_main:
+            self.load_report_files = report.write(self.run_dir)
+        return report
 
     # ------------------------------------------------------------------------------------ building
     def _build_data(self) -> None:
