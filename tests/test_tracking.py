@@ -1,7 +1,10 @@
-"""Tracking against a real `mlflow server` on 127.0.0.1: down at first, synced later, then live."""
+"""Tracking against a real `mlflow server` on 127.0.0.1: down at first, synced later, then live; and
+runs started at once on a new SQLite store."""
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -10,13 +13,14 @@ from action_launch.tracking.server import TrackingServer
 
 from conftest import free_port, run_train, tiny_overrides
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
+pytestmark = pytest.mark.slow
 
 
 def journal_events(run_dir: Path):
     return [json.loads(line) for line in (run_dir / "tracking" / "journal.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.usefixtures("deepspeed_ready")
 def test_server_down_then_sync_then_live(video_set, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -56,3 +60,67 @@ def test_server_down_then_sync_then_live(video_set, tmp_path):
         assert len(client.get_metric_history(live_run.info.run_id, "val/top1")) == 1
         state = json.loads((tmp_path / "tests" / "live" / "tracking" / "state.json").read_text())
         assert state["run_id"] == live_run.info.run_id and state["synced"] == len(journal_events(tmp_path / "tests" / "live"))
+
+
+def _start_run_at_once(root: str, index: int, barrier, results) -> None:
+    """One process of the test below: a Tracker run on the shared store, started when all are ready."""
+    from action_launch.tracking.tracker import Tracker
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+
+    warnings: list = []
+    logging.getLogger("action_launch").addHandler(Keep(logging.WARNING))
+    tracker = Tracker(Path(root) / f"run{index}", f"sqlite:///{root}/mlflow.db", "together", f"run{index}")
+    barrier.wait(timeout=120)
+    tracker.start({"index": index}, {"test": "together"})
+    tracker.log_metrics({"train/loss": 1.0 / (index + 1)}, step=1)
+    tracker.finish()
+    results.put((index, tracker.online, warnings))
+
+
+def test_runs_started_at_once_on_a_new_sqlite_store(tmp_path):
+    """Issue 15, item 8: MLflow creates a new store's schema on first use; four runs starting together
+    must not each run the migrations (all but one went offline with `duplicate column name: step`)."""
+    from mlflow.tracking import MlflowClient
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_start_run_at_once, args=(str(tmp_path), i, barrier, results)) for i in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+        if proc.exitcode is None:
+            proc.kill()
+        assert proc.exitcode == 0
+    reported = sorted(results.get(timeout=10) for _ in procs)
+    for index, online, warnings in reported:
+        assert online and warnings == [], f"run{index} went offline: {warnings}"
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["run0", "run1", "run2", "run3"]
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.metrics["train/loss"] > 0
+        run_dir = tmp_path / run.info.run_name
+        state = json.loads((run_dir / "tracking" / "state.json").read_text())
+        assert state["run_id"] == run.info.run_id and state["synced"] == len(journal_events(run_dir))
+
+
+def test_store_lock_held_too_long_goes_offline(tmp_path, monkeypatch, caplog):
+    """Nothing waits forever for the store's schema lock: past the timeout the run goes offline, saying why."""
+    import fcntl
+
+    from action_launch.tracking import server
+    from action_launch.tracking.tracker import Tracker
+
+    monkeypatch.setattr(server, "STORE_INIT_TIMEOUT_S", 0.5)
+    with open(tmp_path / "mlflow.db.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        tracker = Tracker(tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}", "held", "run")
+        tracker.start({"a": 1}, {})
+    assert not tracker.online and "run_id" not in json.loads((tmp_path / "run" / "tracking" / "state.json").read_text())
+    (reason,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "mlflow.db.lock for over 0.5 s" in reason and "\n" not in reason

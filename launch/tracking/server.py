@@ -1,15 +1,22 @@
 """An `mlflow server` over a SQLite store, for many processes logging at once, and reachability checks."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from action_launch.common.processes import stop_process_group
+
+log = logging.getLogger(__name__)
+
+STORE_INIT_TIMEOUT_S = 120.0
 
 
 def artifact_root_for(uri: str) -> Optional[Path]:
@@ -17,6 +24,45 @@ def artifact_root_for(uri: str) -> Optional[Path]:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
     return None
+
+
+@contextlib.contextmanager
+def store_init_lock(uri: str, timeout: Optional[float] = None) -> Iterator[None]:
+    """Hold an exclusive lock on `<db>.lock` beside a SQLite store while MLflow opens it.
+
+    MLflow creates and migrates a new store's schema when it first opens it, with no lock of its own:
+    several runs started at once each ran the migrations and all but one failed (`duplicate column
+    name: step`). Under this lock one process creates the schema and the others find it done. A
+    lock held longer than `timeout` (default STORE_INIT_TIMEOUT_S) raises TimeoutError (the tracker then goes offline, saying so);
+    a file system without locks is run unlocked, with a warning. Other URIs: no lock.
+    """
+    if not uri.startswith("sqlite:///") or uri[len("sqlite:///"):] in ("", ":memory:"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = db.with_name(db.name + ".lock")
+    with open(lock_path, "a") as fh:
+        timeout = STORE_INIT_TIMEOUT_S if timeout is None else timeout
+        deadline, locked = time.monotonic() + timeout, True
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another process held {lock_path} for over {timeout:g} s while "
+                                       f"opening the MLflow store {db}") from None
+                time.sleep(0.1)
+            except OSError as err:  # e.g. a network file system mounted without locks
+                log.warning("cannot lock %s (%s); opening the MLflow store without it", lock_path, err)
+                locked = False
+                break
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def server_reachable(uri: str, timeout: float = 3.0) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from action_launch.common.files import atomic_write_text
-from action_launch.tracking.server import artifact_root_for, server_reachable
+from action_launch.tracking.server import artifact_root_for, server_reachable, store_init_lock
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class MlflowSink:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        with store_init_lock(uri):  # opening a new SQLite store creates its schema: one process at a time
+            self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment_id(experiment, artifact_root)
 
     def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
