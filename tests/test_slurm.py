@@ -265,6 +265,9 @@ def test_grid_is_one_job_array_and_shell_metacharacters_stay_data(jobs):
         assert wait_job(job_id, folder) == "COMPLETED", (folder / f"{job_id}_0_log.err").read_text()[-3000:]
         events = [json.loads(line) for line in (folder / "tracking" / "journal.jsonl").read_text().splitlines()]
         names.append(next(e["values"]["name"] for e in events if e["kind"] == "params"))
+        # the run is tagged with the id submit.py printed (<array id>_<task>), not the task's own SLURM_JOB_ID
+        tagged = [e["values"]["slurm.job_id"] for e in events if e["kind"] == "tags" and "slurm.job_id" in e["values"]]
+        assert tagged and set(tagged) == {job_id}, tagged
     assert names == ["a", "b", SHELL_NAME]
     assert (jobs["home"] / "canary" / "alive").read_text() == "still here\n"
 

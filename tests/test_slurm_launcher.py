@@ -19,7 +19,8 @@ import pytest
 
 from action_launch.cluster.executor import make_executor
 from action_launch.cluster.jobs import write_job_json
-from action_launch.cluster.plan import parse_time_minutes, resolve, safe_component, split_top_level
+from action_launch.cluster.plan import (check_script_values, parse_time_minutes, resolve, safe_component,
+                                        split_top_level)
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.config import ConfigError, SlurmConfig
 
@@ -107,6 +108,69 @@ def test_sweep_dry_run_prints_the_sbatch_script_of_one_job(tmp_path):
     assert proc.returncode == 0, proc.stderr
     check_golden("#!/bin/bash" + proc.stdout.split("#!/bin/bash", 1)[1], "sweep_2_nodes.sbatch", tmp_path)
     assert not tmp_path.joinpath("default").exists()
+
+
+@pytest.mark.parametrize("args,option,value", [
+    (["--job-name", "a\nb"], "--job-name", "a\nb"),
+    (["--partition", "gpu\n#SBATCH --exclusive"], "--partition", "gpu\n#SBATCH --exclusive"),
+    (["--account", "a\tb"], "--account", "a\tb"),
+    (["--time", "01:00:00\r"], "--time", "01:00:00\r"),
+    (["slurm.qos=a\x01b"], "slurm.qos", "a\x01b"),
+    (["slurm.constraint=\"a100\\x7f\""], "slurm.constraint", "a100\x7f"),
+    (["experiment=\"x\\ty\""], "experiment", "x\ty"),
+])
+def test_control_characters_bound_for_the_sbatch_script_are_refused(tmp_path, args, option, value):
+    """A newline in a value would reach the generated script (sbatch refuses it, or reads a new line):
+    one error line naming the option with the value's repr, exit 2, nothing printed or written."""
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--config", "configs/demo.yaml", "--dry-run",
+                           f"output_dir={tmp_path}", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = f"config error: {option}: {value!r} contains a control character; a value that reaches the sbatch script may not"
+    assert proc.stderr.splitlines() == [error], proc.stderr
+    assert proc.stdout == "" and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,option,value", [(["--partition", "a\nb"], "--partition", "a\nb"),
+                                               (["--name", "s\nw"], "--name", "s\nw"),
+                                               (["slurm.account=a\x1fb"], "slurm.account", "a\x1fb")])
+def test_sweep_job_refuses_control_characters_too(tmp_path, args, option, value):
+    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--slurm", f"output_dir={tmp_path}", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = f"error: {option}: {value!r} contains a control character; a value that reaches the sbatch script may not"
+    assert proc.stderr.splitlines() == [error], proc.stderr
+    assert "#SBATCH" not in proc.stdout and not any(tmp_path.iterdir())
+
+
+def test_script_value_check_covers_every_control_character(tmp_path):
+    check_script_values({"ok": "gpu-a100_x.y:1 2,3", "number": 4, "none": None, "unicode": "ré"})
+    for char in [chr(c) for c in range(0x20)] + ["\x7f"]:
+        with pytest.raises(ConfigError, match="--partition"):
+            check_script_values({"--partition": f"gpu{char}"})
+    with pytest.raises(ConfigError, match="name"):  # every executor, whoever made it, is checked as well
+        make_executor(tmp_path / "%j", "slurm", SlurmConfig(), name="a\nb", nodes=1, tasks_per_node=1)
+    with pytest.raises(ConfigError, match="slurm_qos"):
+        make_executor(tmp_path / "%j", "slurm", SlurmConfig(qos="a\rb"), name="x", nodes=1, tasks_per_node=1)
+
+
+def test_run_tag_of_an_array_task_is_the_id_submit_printed(monkeypatch):
+    """Slurm gives each task of an array its own SLURM_JOB_ID (task 0 of array 22 is job 23); squeue, sacct
+    and submit.py call it 22_0."""
+    from types import SimpleNamespace
+
+    from action_launch.training.trainer import run_tags, slurm_job_id
+
+    assert slurm_job_id({"SLURM_JOB_ID": "23", "SLURM_ARRAY_JOB_ID": "22", "SLURM_ARRAY_TASK_ID": "0"}) == "22_0"
+    assert slurm_job_id({"SLURM_JOB_ID": "23"}) == "23"
+    assert slurm_job_id({}) is None
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    assert "slurm.job_id" not in run_tags(SimpleNamespace(world_size=1))
+    monkeypatch.setenv("SLURM_JOB_ID", "23")
+    assert run_tags(SimpleNamespace(world_size=1))["slurm.job_id"] == "23"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "22")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    assert run_tags(SimpleNamespace(world_size=1))["slurm.job_id"] == "22_0"
 
 
 def test_code_snapshot_copies_the_tree_once(tmp_path):

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-from action_launch.cluster.plan import parse_time_minutes
+from action_launch.cluster.plan import check_script_values, parse_time_minutes
 from action_launch.config import SlurmConfig
 
 
@@ -55,6 +55,8 @@ def make_executor(folder: Path, cluster: str, slurm: SlurmConfig, *, name: str, 
         params["gpus_per_node"] = slurm.gpus_per_node
     if slurm.mem_gb:
         params["mem_gb"] = slurm.mem_gb
+    # the callers check the user's values first, with their option names; this catches anything they missed
+    check_script_values({"job folder": str(folder), **{k: v for k, v in params.items() if k != "slurm_setup"}})
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(**params)
     return executor

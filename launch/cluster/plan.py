@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from action_launch.config import (
     Config,
@@ -37,6 +37,32 @@ def safe_component(text: str) -> str:
 def job_folder_template(output_dir: str, experiment: str, name: str) -> Path:
     """`<output_dir>/<experiment>/<name>/%j`: submitit puts the job id in place of %j."""
     return Path(output_dir).resolve() / safe_component(experiment) / safe_component(name) / "%j"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_script_values(values: Mapping[str, Any]) -> None:
+    """Refuse a value with a control character (newline, tab, NUL, ...) in it: these values reach the sbatch
+    script, which sbatch then refuses (or reads as a new line). `values`: option name -> value; one
+    error line names the first bad option and shows its value with repr()."""
+    for option, value in values.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ConfigError(f"{option}: {value!r} contains a control character; a value that reaches the "
+                              f"sbatch script may not")
+
+
+def script_values(cfg: Config, flags: Iterable[str] = ()) -> Dict[str, Any]:
+    """What of `cfg` reaches a job's sbatch script (directly, or as its job name and folder), by option name:
+    every `slurm.<field>` (`--<field>` where that field was given as one of `flags`), `output_dir`,
+    `experiment` and `name`."""
+    given = set(flags)
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(SlurmConfig):
+        option = "--" + f.name.replace("_", "-") if f.name in given else f"slurm.{f.name}"
+        out[option] = getattr(cfg.slurm, f.name)
+    out.update(output_dir=cfg.output_dir, experiment=cfg.experiment, name=cfg.name)
+    return out
 
 
 def parse_time_minutes(text: str) -> int:

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 from action_launch import ROOT
 from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, working_dir
 from action_launch.cluster.jobs import TrainJob, write_job_json
-from action_launch.cluster.plan import Plan, describe, job_folder_template, parse_time_minutes, resolve, safe_component
+from action_launch.cluster.plan import (Plan, check_script_values, describe, job_folder_template, parse_time_minutes,
+                                        resolve, safe_component, script_values)
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.config import ConfigError, dump_config, to_dict
 
@@ -132,7 +133,9 @@ def submit_training(request: SubmitRequest) -> int:
         # A real submission checks the model section now (imports torch: a typo fails here, not after
         # hours in the queue); --dry-run skips that to stay fast and says so.
         plans = resolve(request.configs, request.overrides, request.slurm, check_model=not request.dry_run)
+        given = [k for k, v in request.slurm.items() if v is not None]
         for plan in plans:
+            check_script_values(script_values(plan.cfg, given))
             parse_time_minutes(plan.cfg.slurm.time)
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -20,9 +20,10 @@ from typing import Any, Dict, List, Optional
 from action_launch import ROOT, child_python_env
 from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, working_dir
 from action_launch.cluster.jobs import node_address, write_job_json
-from action_launch.cluster.plan import safe_component
+from action_launch.cluster.plan import check_script_values, safe_component, script_values
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.common.processes import stop_process_group
+from action_launch.config import ConfigError
 from action_launch.sweeps.plan import SweepRequest, make_plan
 from action_launch.sweeps.ray_cluster import wait_for_nodes
 
@@ -115,6 +116,13 @@ def submit_sweep(request: SweepRequest) -> int:
     given = {"nodes": request.nodes, "gpus_per_node": request.gpus_per_node, "partition": request.partition,
              "time": request.time}
     s = dataclasses.replace(plan.cfg.slurm, **{k: v for k, v in given.items() if v is not None})
+    try:  # before anything is written or submitted
+        check_script_values({**script_values(dataclasses.replace(plan.cfg, slurm=s),
+                                             [k for k, v in given.items() if v is not None]),
+                             "--name": request.name})
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     folder = plan.sweep_dir / "slurm" / "%j"
     # --dry-run shows the Slurm script even where no Slurm is installed
     cluster = "slurm" if request.dry_run else choose_cluster(request.local)

@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -92,9 +92,19 @@ def run_tags(env: DistEnv) -> Dict[str, str]:
         tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty))})
     except (OSError, subprocess.CalledProcessError):
         tags["git.commit"] = "unknown"
-    if "SLURM_JOB_ID" in os.environ:
-        tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
+    job_id = slurm_job_id(os.environ)
+    if job_id:
+        tags["slurm.job_id"] = job_id
     return tags
+
+
+def slurm_job_id(environ: Mapping[str, str]) -> Optional[str]:
+    """The job's id as sbatch, squeue, sacct and `submit.py` show it: `<array job id>_<task id>` for a task of
+    a job array (whose own SLURM_JOB_ID is another number), else SLURM_JOB_ID; None outside Slurm."""
+    array_id, task_id = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array_id and task_id:
+        return f"{array_id}_{task_id}"
+    return environ.get("SLURM_JOB_ID") or None
 
 
 def _barrier() -> None:
