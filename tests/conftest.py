@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from typing import List, Optional
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the log line of each validation a run trained for (not its closing summary's "last validation: ...")
+EPOCH_VALIDATION = re.compile(r"epoch \d+ validation: ")
 
 
 @pytest.fixture

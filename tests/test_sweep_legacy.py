@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_overrides
+from action_launch.training.op_builds import environment_build_dir
+from conftest import EPOCH_VALIDATION, REPO, tiny_overrides
 
 OLD_COMMIT = "aa045f1"  # the last commit with top-level `launch`, `models`, `datasets`
 EPOCHS = 2
@@ -105,8 +106,11 @@ def resumed(old_tree, video_set, deepspeed_ready, tmp_path_factory):
     sweep_dir = out / "tests" / "legacy"
 
     # The old code: its own checkout on the import path, as a sweep started before the move ran.
+    # It built DeepSpeed's ops under ~/.cache: pointed at this venv's build (made by deepspeed_ready), it
+    # compiles nothing, so the kill below cannot leave a half-built op's lock behind.
+    old_env = {**env, "PYTHONPATH": str(old_tree), "TORCH_EXTENSIONS_DIR": str(environment_build_dir())}
     driver = subprocess.Popen([sys.executable, "launch/tune.py", *args], cwd=old_tree,
-                              env={**env, "PYTHONPATH": str(old_tree)}, stdout=open(tmp / "old.log", "w"),
+                              env=old_env, stdout=open(tmp / "old.log", "w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
     while not _finished_trials(sweep_dir) and time.time() < deadline and driver.poll() is None:
@@ -148,7 +152,7 @@ def test_today_resumes_the_old_sweep_without_rerunning_the_finished_trial(resume
         after = (sweep_dir / trial / "train.log").read_text()
         before = resumed["before"][trial]
         assert after.startswith(before)
-        assert after.count(" validation: ") == before.count(" validation: ") == EPOCHS
+        assert len(EPOCH_VALIDATION.findall(after)) == len(EPOCH_VALIDATION.findall(before)) == EPOCHS
         assert not re.search(r"epoch \d+/\d+ step", after[len(before):])
 
 

@@ -8,7 +8,8 @@ that epoch's checkpoint. A child process keeps every trial on exactly the code p
 Restarts: a retried trial (`FailureConfig`) or an unfinished trial of a restored sweep resumes from
 its own folder, as any run does; a PBT exploit resumes from the donor trial's checkpoint with the
 mutated config. When Tune stops a trial (ASHA), the child is terminated at once; a killed driver or
-actor takes the child with it (parent-death signal).
+actor takes the child with it (parent-death signal). The last epoch is reported only after the child
+has exited, marked done: a completed trial's final outputs are written, and no scheduler pauses it.
 """
 from __future__ import annotations
 
@@ -217,8 +218,14 @@ def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _C
             cfg = yaml.safe_load((folder / "config.yaml").read_text())
             if not _is_validation_epoch(meta["epoch"], cfg):
                 continue
+            last = meta["epoch"] >= cfg["train"]["epochs"]
+            if last and not finished:
+                # The last epoch is reported once training has exited, as done: its final outputs are written
+                # by then, and no scheduler pauses (PBT) or stops a trial that has nothing left to train.
+                continue
             metrics = {**meta["last_val"], "epoch": meta["epoch"], "step": meta["step"],
-                       **_trial_cost(meta, cfg, setup.workers), "cost/wall_s": clock.wall_s()}
+                       **_trial_cost(meta, cfg, setup.workers), "cost/wall_s": clock.wall_s(),
+                       **({"done": True} if last else {})}
             clock.save()
             reported_step = meta["step"]
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
