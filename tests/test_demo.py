@@ -19,5 +19,6 @@ def test_make_demo_short(tmp_path):
     assert (data / "train.txt").read_text().count("\n") == 64
     assert "epoch 1 validation: val/top1" in proc.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" in proc.stdout
-    run_dir = tmp_path / "runs" / "demo" / "timesformer_tiny"
+    assert "python launch/compare.py --experiment demo" in proc.stdout
+    run_dir = tmp_path / "runs" / "demo" / "tsm_tiny"
     assert (run_dir / "config.yaml").exists() and (run_dir / "confusion_matrix.png").exists()

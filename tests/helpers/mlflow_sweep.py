@@ -57,6 +57,7 @@ def build_sweep_store(uri: str, experiment: str = EXPERIMENT, artifact_location:
     start = int(time.time() * 1000)
     for n, (trial_id, (overrides, top1, reason)) in enumerate(TRIALS.items()):
         cfg = load_config("configs/demo.yaml", [f"experiment={experiment}", f"name={trial_run_name(trial_id)}",
+                                                "model.name=timesformer_tiny",
                                                 f"model.num_frames={overrides['data.num_frames']}",
                                                 f"data.bad_files_log=runs/{experiment}/{SWEEP}/{trial_id}/bad_files.tsv",
                                                 *(f"{k}={v}" for k, v in overrides.items())])
