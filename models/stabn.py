@@ -149,10 +149,11 @@ class STABN(nn.Module):
 
         `conv1`/`bn1` go to the stem, `layer1`-`layer4` by name (layer4 is the perception branch's);
         2D kernels are repeated over the temporal kernel size and divided by it (3x1x1 in layers 3-4);
-        the 1000-class `fc` is skipped for its shape. Nothing goes to the attention branch: its copy
-        of layer4, `att_layer4`, keeps its initialisation, as in the reference, whose
-        `ResNet_SlowFast.init_weights` copies a 2D ResNet's tensor only into the module of the same
-        name, and a 2D ResNet has no `att_layer4`. Returns `load_resnet2d_state_dict`'s report
+        the 1000-class `fc` is skipped for its shape. Nothing goes to the attention branch (its copy of
+        layer4, `att_layer4`, included), as in the reference, whose `ResNet_SlowFast.init_weights` copies
+        a 2D ResNet's tensor only into the module of the same name; there, every convolution it does not
+        fill keeps PyTorch's default initialisation (its Kaiming init is for training from scratch), and
+        so it does here. Returns `load_resnet2d_state_dict`'s report
         (`att_layer4.*` among `missing`).
         """
         def rename(key: str) -> Tuple[str, ...]:
@@ -160,7 +161,14 @@ class STABN(nn.Module):
                 return ("stem." + key,)
             return (key,)
 
-        return load_resnet2d_state_dict(self, state_dict, rename)
+        report = load_resnet2d_state_dict(self, state_dict, rename)
+        # The reference applies its Kaiming init only when training from scratch: with a 2D file, a
+        # convolution the file does not fill keeps PyTorch's default initialisation.
+        missing = set(report["missing"])
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)) and f"{name}.weight" in missing:
+                module.reset_parameters()
+        return report
 
     def compute_loss(self, outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the perception head plus cross-entropy of the attention head."""

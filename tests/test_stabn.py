@@ -120,8 +120,16 @@ def test_imagenet_resnet_leaves_the_attention_branch_at_its_initialisation():
     report = model.load_imagenet_resnet(state)
     after = model.state_dict()
     att = [k for k in before if k.startswith("att_layer4.")]
-    assert att and all(torch.equal(after[k], before[k]) for k in att)
-    assert set(att) <= set(report["missing"])
+    assert att and set(att) <= set(report["missing"])
+    # its convolutions hold PyTorch's default init (uniform within 1/sqrt(fan_in)), not the from-scratch Kaiming
+    # normal (fan-out) they had: nothing of the 2D file, and the reference's pretrained path initialises no further
+    convs = {n: m for n, m in model.named_modules() if n.startswith("att_layer4.") and isinstance(m, torch.nn.Conv3d)}
+    assert convs
+    for name, conv in convs.items():
+        assert not torch.equal(conv.weight, before[f"{name}.weight"])
+        assert conv.weight.abs().max() <= 1 / conv.weight[0].numel() ** 0.5
+    # its BatchNorms are as the reference leaves them (weight 1, bias 0: also PyTorch's default)
+    assert all(torch.equal(after[k], before[k]) for k in att if ".bn" in k or "downsample.1" in k)
     assert not any(k.startswith("att_") for k in report["inflated"])
     torch.testing.assert_close(after["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"][:, :, None])
     torch.testing.assert_close(after["stem.conv1.weight"], state["conv1.weight"][:, :, None])
