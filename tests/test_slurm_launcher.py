@@ -249,3 +249,19 @@ def test_status_of_a_running_job_answers_without_waiting(tmp_path):
         assert "result: none yet" in out and "job failed" not in out
     finally:
         job.cancel()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("deepspeed_ready")
+def test_waiting_on_a_failed_job_prints_the_end_of_its_log(video_set, tmp_path):
+    """A job that fails on its node (48 training clips cannot fill a micro batch of 64: past what submit.py
+    checks): --wait (implied by the local executor) ends with the log's last lines, not only its path."""
+    from conftest import run_train, tiny_overrides
+
+    proc = run_train(["--local", *tiny_overrides(video_set, tmp_path, "fails"), "train.micro_batch_size=64"],
+                     script="launch/submit.py", check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    report = proc.stderr[proc.stderr.index("failed: "):]
+    assert report.startswith("failed: ValueError: 48 training clips cannot fill one optimizer step"), report
+    assert "_0_log.err:" in report and "cannot fill one optimizer step" in report.split("details:")[0], report
+    assert "details: python launch/submit.py --status" in report

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from action_launch.common.files import atomic_write_text
 from action_launch.common.processes import DISTRIBUTED_VARS
@@ -154,6 +154,19 @@ def _outcome(job: Any) -> List[str]:
 
 def _tail(path: Path, lines: int) -> List[str]:
     return path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else []
+
+
+def failure_tail(job: Any, lines: int = 15) -> Tuple[Optional[Path], List[str]]:
+    """(log, its last `lines` lines) that show why an ended job failed: the stderr of the first task that
+    holds a traceback, else task 0's stderr, else its stdout; (None, []) when no log was written."""
+    tasks = [job.task(t) for t in range(job.num_tasks)]
+    with_traceback = [p for p in (t.paths.stderr for t in tasks)
+                      if p.is_file() and "Traceback (most recent call last)" in p.read_text(errors="replace")]
+    for path in with_traceback[:1] + [tasks[0].paths.stderr, tasks[0].paths.stdout]:
+        tail = _tail(path, lines)
+        if tail:
+            return path, tail
+    return None, []
 
 
 def status_report(run_dir: Path, lines: int = 40) -> str:

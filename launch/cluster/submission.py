@@ -13,10 +13,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from action_launch import ROOT
 from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, working_dir
-from action_launch.cluster.jobs import TrainJob, write_job_json
+from action_launch.cluster.jobs import TrainJob, failure_tail, write_job_json
 from action_launch.cluster.plan import (Plan, check_script_values, describe, job_folder_template, parse_time_minutes,
                                         resolve, safe_component, script_values)
 from action_launch.cluster.snapshot import snapshot_code
+from action_launch.common.console import last_exception_line
 from action_launch.config import ConfigError, dump_config, to_dict
 
 
@@ -111,7 +112,7 @@ def _print_dry_run(plans: List[Plan], request: SubmitRequest) -> None:
 
 
 def _wait(submitted: Sequence[Tuple[Any, Path]]) -> int:
-    """Wait for every job; report each failure with where to look; 1 if any failed."""
+    """Wait for every job; report each failure with the end of its log and where to look; 1 if any failed."""
     failed = 0
     for job, folder in submitted:
         try:
@@ -119,8 +120,14 @@ def _wait(submitted: Sequence[Tuple[Any, Path]]) -> int:
             print(f"job {job.job_id} finished")
         except Exception as err:  # noqa: BLE001 - report every job, then fail once
             failed += 1
-            print(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}\n"
-                  f"  details: python launch/submit.py --status {shlex.quote(str(folder))}", file=sys.stderr)
+            log, tail = failure_tail(job)
+            # the error itself, from the log (submitit's exception ends with the log paths)
+            reason = last_exception_line("\n".join(tail)) or last_exception_line(str(err)) or type(err).__name__
+            lines = [f"job {job.job_id} failed: {reason}"]
+            if tail:
+                lines += [f"  last {len(tail)} lines of {log}:", *(f"    {line}" for line in tail)]
+            lines.append(f"  details: python launch/submit.py --status {shlex.quote(str(folder))}")
+            print("\n".join(lines), file=sys.stderr)
     for _, folder in submitted:  # the local executor makes an empty literal "%j" folder while it waits
         with contextlib.suppress(OSError):
             (folder.parent / "%j").rmdir()

@@ -1,7 +1,8 @@
-"""Rank-0 output: log lines everywhere, a tqdm bar on a terminal."""
+"""Rank-0 output: log lines everywhere, a tqdm bar on a terminal; reading a failed process's output."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Dict
 
@@ -47,3 +48,15 @@ class EpochProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b: ")
+
+
+def last_exception_line(text: str) -> str:
+    """The last `SomeError: message` line of a traceback or log (ANSI colours and torch's `[rankN]:` prefix
+    removed), or ''."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = (re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in plain.splitlines())
+    found = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return found[-1] if found else ""
