@@ -287,6 +287,20 @@ def test_cluster_listens_only_inside_its_namespace(slurm_cluster):
     assert not ports & listening_ports(HOME_NETNS["fd"])  # the namespace the tests started in
 
 
+@pytest.mark.parametrize("args, says", [(["--partition", "nosuch"], "invalid partition specified: nosuch"),
+                                        (["--nodes", "3"], "node configuration is not available")])
+def test_a_job_slurm_would_refuse_is_refused_before_anything_is_written(slurm_cluster, video_set, tmp_path, args, says):
+    """What `sbatch --test-only` refuses (a partition that does not exist; more nodes than the partition has,
+    which would pend forever) is one line and exit 2, with no job folder, code snapshot or job left behind."""
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--time", "00:05:00", *args,
+                           *tiny_overrides(video_set, tmp_path / "out", "refused")],
+                          cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: Slurm would refuse this job: ") and says in line, line
+    assert not (tmp_path / "out").exists() and "submitted job" not in proc.stdout
+
+
 def test_dry_run_script_passes_sbatch_test_only(slurm_cluster, video_set, tmp_path):
     proc = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2", "--time", "00:05:00",
                            *tiny_overrides(video_set, tmp_path, SHELL_NAME), "optim.lr=0.001,0.002"],

@@ -76,6 +76,24 @@ def sbatch_script(executor: Any, n_jobs: int) -> str:
     return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **params)
 
 
+def slurm_refusal(script: str, timeout_s: float = 60.0) -> Optional[str]:
+    """Why Slurm would refuse `script` (`sbatch --test-only`: partition, node count, time limit, account,
+    ...), in Slurm's words; None if it would queue it. Nothing is submitted and nothing written here."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as f:
+        f.write(script)
+        f.flush()
+        try:
+            done = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"sbatch --test-only gave no answer in {timeout_s:g} s (is slurmctld reachable?)"
+    if done.returncode == 0:
+        return None
+    said = [line.strip().removeprefix("sbatch: error: ") for line in done.stderr.splitlines() if line.strip()]
+    return "; ".join(said) or f"sbatch --test-only exited {done.returncode}"
+
+
 @contextlib.contextmanager
 def working_dir(path: Optional[Path]) -> Iterator[None]:
     """sbatch (and the local executor) start the job in the current directory: the code snapshot."""

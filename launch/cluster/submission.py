@@ -9,10 +9,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from action_launch import ROOT
-from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, working_dir
+from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, slurm_refusal, working_dir
 from action_launch.cluster.jobs import TrainJob, failure_tail, write_job_json
 from action_launch.cluster.plan import (Plan, check_script_values, describe, job_folder_template, parse_time_minutes,
                                         resolve, safe_component, script_values)
@@ -98,14 +98,25 @@ def submit_plans(plans: List[Plan], request: SubmitRequest, cluster: str) -> Lis
     return out
 
 
+def _script(plans: List[Plan], request: SubmitRequest) -> str:
+    """The sbatch file of this submission (one job, or one array)."""
+    first = plans[0].cfg
+    executor = _executor(plans, job_folder_template(first.output_dir, first.experiment, first.name), "slurm")
+    return sbatch_script(executor, len(plans) if len(plans) > 1 or request.array else 1)
+
+
+def _slurm_refusal(plans: List[Plan], request: SubmitRequest) -> Optional[str]:
+    """What `sbatch --test-only` refuses in this submission (a partition that does not exist, more nodes than
+    it has, ...), before any folder, snapshot or job exists; None if Slurm would queue it."""
+    return slurm_refusal(_script(plans, request))
+
+
 def _print_dry_run(plans: List[Plan], request: SubmitRequest) -> None:
     import yaml
 
-    first = plans[0].cfg
-    executor = _executor(plans, job_folder_template(first.output_dir, first.experiment, first.name), "slurm")
     print("\n(model section not checked against its preset in --dry-run; a real submission checks it)")
     print("\n# ---- sbatch script " + "-" * 60)
-    print(sbatch_script(executor, len(plans) if len(plans) > 1 or request.array else 1), end="")
+    print(_script(plans, request), end="")
     for i, plan in enumerate(plans):
         print(f"\n# ---- resolved config {i + 1}/{len(plans)} " + "-" * 52)
         print(yaml.safe_dump(to_dict(plan.cfg), sort_keys=False), end="")
@@ -163,6 +174,9 @@ def submit_training(request: SubmitRequest) -> int:
     cluster = choose_cluster(request.local)
     if cluster == "local" and not request.local:
         print("no Slurm controller found (sbatch/scontrol ping): running through submitit's local executor")
+    if cluster == "slurm" and (refusal := _slurm_refusal(plans, request)):
+        print(f"error: Slurm would refuse this job: {refusal}", file=sys.stderr)
+        return 2
     submitted = submit_plans(plans, request, cluster)
     for job, folder in submitted:
         print(f"submitted job {job.job_id} ({cluster}); run folder {folder}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from action_launch import ROOT, child_python_env
-from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, working_dir
+from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, slurm_refusal, working_dir
 from action_launch.cluster.jobs import node_address, write_job_json
 from action_launch.cluster.plan import check_script_values, safe_component, script_values
 from action_launch.cluster.snapshot import snapshot_code
@@ -133,6 +133,9 @@ def submit_sweep(request: SweepRequest) -> int:
     if request.dry_run:
         print(sbatch_script(executor, 1))
         return 0
+    if cluster == "slurm" and (refusal := slurm_refusal(sbatch_script(executor, 1))):
+        print(f"error: Slurm would refuse this job: {refusal}", file=sys.stderr)
+        return 2
     code_dir = snapshot_code(ROOT, Path(plan.cfg.output_dir).resolve() / ".code")
     on_node = dataclasses.replace(request, slurm=False, wait=False, local=False, dry_run=False)
     job_spec = SweepJob(on_node, str(code_dir), os.getcwd(), s.cpus_per_task, s.gpus_per_node)
