@@ -1,0 +1,56 @@
+"""The reaper ends what a killed process started: its own process groups and the processes it named."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from action_launch.common.reaper import descendants, start_time
+
+OWNER = """
+import os, subprocess, time
+from action_launch.common.reaper import start_reaper
+server = subprocess.Popen(["bash", "-c", "sleep 300 & sleep 300 & wait"], start_new_session=True)  # a group
+agent = subprocess.Popen(["sleep", "300"])  # a plain child, as Ray's agents are
+time.sleep(0.5)
+start_reaper(os.getpid(), groups=[server.pid], processes=[agent.pid])
+print(server.pid, agent.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    state = None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_a_killed_owner_takes_its_groups_and_named_processes_with_it(tmp_path):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    server, agent = map(int, owner.stdout.readline().split())
+    group = [server, *descendants(server)]
+    assert len(group) == 3 and all(start_time(p) for p in [*group, agent])
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(_gone(p) for p in [*group, agent]):
+        time.sleep(0.2)
+    assert all(_gone(p) for p in [*group, agent]), [p for p in [*group, agent] if not _gone(p)]
+
+
+def test_a_reused_pid_is_not_hit():
+    from action_launch.common.reaper import reap
+
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        owner = subprocess.Popen(["true"])
+        owner.wait()
+        reap(owner.pid, [], [(bystander.pid, "1")])  # the pid's start time differs: another process now
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
