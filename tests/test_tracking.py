@@ -124,3 +124,87 @@ def test_store_lock_held_too_long_goes_offline(tmp_path, monkeypatch, caplog):
     assert not tracker.online and "run_id" not in json.loads((tmp_path / "run" / "tracking" / "state.json").read_text())
     (reason,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "mlflow.db.lock for over 0.5 s" in reason and "\n" not in reason
+
+
+@pytest.mark.usefixtures("deepspeed_ready")
+def test_a_killed_run_is_closed_as_killed_by_sync(video_set, tmp_path):
+    """Issue 15, item 9: a run whose process dies (SIGKILL, a cancelled job) must not stay RUNNING: `track.py
+    sync` finds its writer gone and ends it KILLED, with every metric it had journalled."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT", "MLFLOW_TRACKING_URI")}
+    run_dir = tmp_path / "tests" / "dies"
+    journal = run_dir / "tracking" / "journal.jsonl"
+    log = open(tmp_path / "train.log", "w")
+    proc = subprocess.Popen([sys.executable, "launch/train.py", *tiny_overrides(video_set, tmp_path, "dies"),
+                             "train.epochs=50"], cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if journal.exists() and journal.read_text().count('"kind": "metrics"') >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "train.log").read_text()[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = json.loads((run_dir / "tracking" / "state.json").read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"  # what the kill leaves
+
+    synced = run_train(["sync", str(run_dir)], script="launch/track.py")
+    assert "closed as KILLED" in synced.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    events = journal_events(run_dir)
+    assert events[-1]["kind"] == "end" and events[-1]["status"] == "KILLED"
+    journalled = [e["step"] for e in events if e["kind"] == "metrics" and "train/loss" in e["values"]]
+    assert len(journalled) >= 3
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == journalled
+    again = run_train(["sync", str(run_dir)], script="launch/track.py")
+    assert "sent 0 journal events" in again.stdout and client.get_run(run_id).info.status == "KILLED"
+
+
+def test_sync_keeps_a_live_run_running_and_a_new_route_is_no_change(tmp_path, monkeypatch):
+    """A run whose writer is alive is not closed by a sync; a run resumed through another URI of the same store
+    (a resumed sweep's new server) records no `changed.tracking.uri`; a line cut by a kill is dropped, not
+    glued to the next event."""
+    from mlflow.tracking import MlflowClient
+
+    from action_launch.tracking.tracker import Tracker, sync
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(tmp_path / "run", store, "live", "run")
+    tracker.start({"tracking.uri": "http://127.0.0.1:1", "optim.lr": 0.1}, {})
+    tracker.log_metrics({"train/loss": 1.0}, step=1)
+    assert sync(tmp_path / "run") == 0
+    client = MlflowClient(store)
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"  # this process writes it: alive
+
+    with open(tmp_path / "run" / "tracking" / "journal.jsonl", "a") as fh:
+        fh.write('{"kind": "metrics", "step": 2, "ti')  # the writer was killed mid-line
+    again = Tracker(tmp_path / "run", store, "live", "run")
+    again.start({"tracking.uri": "http://127.0.0.1:2", "optim.lr": 0.2}, {})
+    again.finish()
+    run = client.get_run(tracker.run_id)
+    assert again.run_id == tracker.run_id and run.info.status == "FINISHED"
+    assert "changed.optim.lr" in run.data.tags and "changed.tracking.uri" not in run.data.tags
+    assert journal_events(tmp_path / "run")[-1]["kind"] == "end"
+
+    third = Tracker(tmp_path / "run", store, "live", "run")  # an attempt on another host: its writer can't be checked
+    third.start({}, {})
+    third.journal.save_state(writer={"host": "elsewhere", "pid": 1})
+    sync(tmp_path / "run")
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    sync(tmp_path / "run", killed=True)  # `track.py sync --killed`: the caller knows it is gone
+    assert client.get_run(tracker.run_id).info.status == "KILLED"

@@ -203,6 +203,19 @@ def test_asha_sweep_in_mlflow(asha_sweep):
 
 
 # ---------------------------------------------------------------------------------- kill + resume
+def _kill_sweep_server(store: Path) -> None:
+    """SIGKILL the `mlflow server` a killed sweep started over `store` (its own session: the driver's kill spares it)."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "mlflow" in cmd and " server " in cmd and f"sqlite:///{store}" in cmd:
+            try:
+                os.killpg(proc.info["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, deepspeed_ready):
     sweep = write_sweep(tmp_path / "fifo.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}})
     cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1")
@@ -224,6 +237,7 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     time.sleep(3)  # let Tune record the finished trial, as it would before any real interruption
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
+    _kill_sweep_server(tmp_path / "runs" / "mlflow.db")  # it goes with the rest, as under Slurm's scancel
     finished = finished_trials()
     assert 2 <= len(finished) < 4, (tmp_path / "first.log").read_text()[-3000:]
     before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
@@ -240,6 +254,19 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1  # the same parent run
     assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4           # one run per trial
     assert "resuming the sweep" in proc.stderr + proc.stdout
+    # Issue 15, item 1: every run ends, the trials finished before the kill too (their folders named the killed
+    # sweep's server; the resumed sweep reaches their store), and a resumed trial's new server is no changed param.
+    statuses = {r.data.tags.get("sweep.trial_id", "parent"): r.info.status for r in runs}
+    assert set(statuses.values()) == {"FINISHED"}, statuses
+    trials = [r for r in runs if r.data.tags.get("sweep.trial_id")]
+    assert all(r.data.tags.get("sweep.stop_reason") == "completed" for r in trials)
+    assert not [r.data.tags["sweep.trial_id"] for r in trials if "changed.tracking.uri" in r.data.tags]
+    for state in [sweep_dir / "tracking" / "state.json", *sweep_dir.glob("*/tracking/state.json")]:
+        assert json.loads(state.read_text())["store"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    # a later sync goes to that store: both sweeps' servers are gone by now
+    synced = subprocess.run([sys.executable, "launch/track.py", "sync", str(sweep_dir / finished[0])], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert synced.returncode == 0 and "sent 0 journal events" in synced.stdout, synced.stderr
 
 
 # ---------------------------------------------------------------------------------------------- PBT

@@ -111,6 +111,11 @@ def _tracking(cfg: Config, sweep_dir: Path, stack: ExitStack) -> Optional[str]:
         host = os.environ["RAY_ADDRESS"].rsplit(":", 1)[0] if os.environ.get("RAY_ADDRESS") else "127.0.0.1"
         server = stack.enter_context(TrackingServer(uri, free_port(host), sweep_dir / "mlflow_server.log", host))
         log.info("trials log to MLflow through %s (store %s)", server.uri, uri)
+        # Runs logging through the server record its store (`tracking/state.json`): the server dies with this
+        # sweep, and a later sync or resume of a run folder goes to the store, never to this port.
+        environment = server.environment()
+        os.environ.update(environment)
+        stack.callback(lambda: [os.environ.pop(key, None) for key in environment])
         return server.uri
     return uri
 
@@ -204,7 +209,8 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
     status = stop_reasons.mlflow_status(reason)
     tags = {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}
     if (trial_dir / "tracking" / "state.json").exists():
-        annotate_run(trial_dir, tags, status)
+        # through this sweep's server: a trial that ended before a killed sweep was resumed names the old one
+        annotate_run(trial_dir, tags, status, uri=setup.tracking_uri)
         return
     tracker = Tracker(trial_dir, setup.tracking_uri, cfg.tracking.experiment or cfg.experiment,
                       trial_run_name(setup.sweep_name, row["trial_id"]))

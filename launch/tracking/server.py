@@ -4,19 +4,36 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 from action_launch.common.processes import stop_process_group
 
 log = logging.getLogger(__name__)
 
 STORE_INIT_TIMEOUT_S = 120.0
+SERVER_ENV = "ACTION_LAUNCH_TRACKING_SERVER"
+"""Set by a sweep for its trials: the URI of the sweep's temporary `mlflow server` ..."""
+STORE_ENV = "ACTION_LAUNCH_TRACKING_STORE"
+"""... and the SQLite store it serves (what a run's folder names as its store: the server dies with the sweep)."""
+
+
+def backing_store(uri: str) -> Optional[str]:
+    """The store behind `uri`: a local store is its own; a sweep's temporary server (`SERVER_ENV`) has the
+    store of `STORE_ENV`; any other server: None (a lasting server is its own way to its store)."""
+    if not uri:
+        return None
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    if os.environ.get(SERVER_ENV) == uri and os.environ.get(STORE_ENV):
+        return os.environ[STORE_ENV]
+    return None
 
 
 def artifact_root_for(uri: str) -> Optional[Path]:
@@ -98,6 +115,10 @@ class TrackingServer:
              *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.log_file = log_file
+
+    def environment(self) -> Dict[str, str]:
+        """The variables that tell a run logging through this server which store it writes (`backing_store`)."""
+        return {SERVER_ENV: self.uri, STORE_ENV: self.store_uri}
 
     def wait(self, timeout: float = 120.0) -> "TrackingServer":
         """Block until the server answers /health; raise with its log tail if it died or never did."""

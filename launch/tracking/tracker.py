@@ -2,9 +2,12 @@
 
 Every event (params, tags, metrics, artifacts, end) is appended to `<run>/tracking/journal.jsonl`
 first, then sent to MLflow. `state.json` records the MLflow run id (a resumed or requeued job keeps
-logging into the same run) and how many journal lines reached the server. When the server is
-unreachable, training goes on, says so once, and `python launch/track.py sync RUN_DIR` sends the rest
-later. This is the only module that imports MLflow.
+logging into the same run), how many journal lines reached the server, the URI logged to and the store
+behind it (`store`: a sweep's temporary server dies with the sweep, its SQLite store stays), and which
+process writes the run (`writer`: host, pid). When the server is unreachable, training goes on, says so
+once, and `python launch/track.py sync RUN_DIR` sends the rest later, to the store. A run whose writer
+died without ending it (SIGKILL, a cancelled job) is closed as KILLED by the next sync.
+This is the only module that imports MLflow.
 """
 from __future__ import annotations
 
@@ -12,16 +15,20 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from action_launch.common.files import atomic_write_text
-from action_launch.tracking.server import artifact_root_for, server_reachable, store_init_lock
+from action_launch.tracking.server import artifact_root_for, backing_store, server_reachable, store_init_lock
 
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params and 1000 metrics per call
+_ROUTE_PARAMS = {"tracking.uri"}
+"""Params that say how a run reaches its store, not what it trained: a resumed sweep trial logs through the new
+sweep's server (another port, the same store and run), which is no change of the run (no `changed.` tag)."""
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -48,10 +55,26 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "journal.jsonl"
         self.state_path = self.dir / "state.json"
+        self._tail_checked = False
 
     def append(self, event: Dict[str, Any]) -> None:
+        if not self._tail_checked:
+            self._drop_cut_line()
         with open(self.path, "a") as fh:
             fh.write(json.dumps(event) + "\n")
+
+    def _drop_cut_line(self) -> None:
+        """Remove a last line a kill cut short (never read, see `events`): what is appended next must follow a
+        whole line, or it would be unreadable too."""
+        self._tail_checked = True
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            fh.truncate(fh.read().rfind(b"\n") + 1)
 
     def events(self) -> List[Dict[str, Any]]:
         if not self.path.exists():
@@ -142,7 +165,8 @@ class MlflowSink:
         logged = self.client.get_run(run_id).data.params
         params = {mlflow_key(k): v for k, v in params.items()}
         new = [Param(k, v) for k, v in params.items() if k not in logged]
-        changed = [RunTag(f"changed.{k}", v) for k, v in params.items() if k in logged and logged[k] != v]
+        changed = [RunTag(f"changed.{k}", v) for k, v in params.items()
+                   if k in logged and logged[k] != v and k not in _ROUTE_PARAMS]
         for i in range(0, len(new), _BATCH):
             self.client.log_batch(run_id, params=new[i:i + _BATCH])
         if changed:
@@ -151,6 +175,53 @@ class MlflowSink:
     def _flush_metrics(self, run_id: str, metrics: list) -> None:
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _proc_stat(pid: int) -> Optional[List[str]]:
+    """The fields of `/proc/<pid>/stat` after the command name (state first), or None (no such process, no /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def this_writer() -> Dict[str, Any]:
+    """Who writes a run: this host and process (and the process's start time, against a reused pid)."""
+    stat = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": int(stat[19]) if stat else None}
+
+
+def writer_gone(writer: Optional[Mapping[str, Any]]) -> Optional[bool]:
+    """Whether the process that wrote a run has died: True or False on its own host; None where it cannot be
+    told (another host, or no writer recorded)."""
+    if not writer or writer.get("host") != socket.gethostname() or not writer.get("pid"):
+        return None
+    pid = int(writer["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process by that pid
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # alive, on a system without /proc
+        return False
+    if stat[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return True
+    started = writer.get("started")
+    return started is not None and int(stat[19]) != int(started)  # the pid went to another process
+
+
+def _attempt_start(events: List[Dict[str, Any]]) -> int:
+    """Index of the last start (`params` event) of a run's journal: where its latest attempt begins (-1: none)."""
+    return max((i for i, e in enumerate(events) if e["kind"] == "params"), default=-1)
+
+
+def attempt_open(events: List[Dict[str, Any]]) -> bool:
+    """Whether the latest attempt of a run (a start and what follows it) has no end event."""
+    start = _attempt_start(events)
+    return start >= 0 and not any(e["kind"] == "end" for e in events[start:])
 
 
 def _param_text(value: Any) -> str:
@@ -178,7 +249,8 @@ class Tracker:
             return
         state = self._load_backlog()
         tags = {k: str(v) for k, v in tags.items()}  # MLflow tags are strings; a None would fail the whole run
-        self.journal.save_state(uri=self.uri, experiment=self.experiment, run_name=self.run_name)
+        self.journal.save_state(uri=self.uri, store=backing_store(self.uri) or state.get("store"),
+                                experiment=self.experiment, run_name=self.run_name, writer=this_writer())
         for kind, values in (("params", dict(params)), ("tags", dict(tags))):
             self.journal.append({"kind": kind, "values": values})
             self._pending.append({"kind": kind, "values": values})
@@ -195,8 +267,14 @@ class Tracker:
 
     def _connect(self, run_id: Optional[str], tags: Mapping[str, str]) -> None:
         if not server_reachable(self.uri):
-            self._go_offline(f"tracking server {self.uri} is unreachable")
-            return
+            store = self.journal.state().get("store")
+            if not store or store == self.uri or backing_store(self.uri) is not None:
+                self._go_offline(f"tracking server {self.uri} is unreachable")
+                return
+            # A sweep's temporary server, gone with its sweep (not the running sweep's): its store holds the run.
+            log.info("tracking server %s is gone; logging into the store it served, %s", self.uri, store)
+            self.uri = store
+            self.journal.save_state(uri=store)
         try:
             self.sink = MlflowSink(self.uri, self.experiment, artifact_root=self._artifact_root())
             self.run_id = self.sink.open_run(run_id, self.run_name, tags)
@@ -261,14 +339,22 @@ class Tracker:
         return self.sink is not None
 
 
-def sync(run_dir: Path, uri: Optional[str] = None) -> int:
-    """Send the journal lines of `run_dir` that never reached MLflow; returns how many were sent."""
-    journal = Journal(Path(run_dir))
+def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False) -> int:
+    """Send the journal lines of `run_dir` that never reached MLflow; returns how many were sent.
+
+    They go to `uri`, else to the run's store (`state.json`; a sweep's server is gone with its sweep), else to
+    the URI it logged to. A run whose latest attempt never ended and whose writer process has died (SIGKILL, a
+    cancelled job; on another host the caller says so with `killed`) is ended KILLED at the time of its last
+    event, its metrics kept: no run is left RUNNING by a process that no longer exists.
+    """
+    run_dir = Path(run_dir)
+    journal = Journal(run_dir)
     if not journal.path.exists():
         raise FileNotFoundError(f"{run_dir} has no tracking journal (expected {journal.path})")
     state = journal.state()
-    uri = uri or state.get("uri") or default_tracking_uri(Path(run_dir).parents[1])
-    tracker = Tracker(Path(run_dir), uri, state.get("experiment", "default"), state.get("run_name", Path(run_dir).name))
+    uri = uri or state.get("store") or state.get("uri") or default_tracking_uri(run_dir.parents[1])
+    _end_if_writer_died(journal, state, killed)
+    tracker = Tracker(run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name))
     tracker._load_backlog()
     tags = {k: v for e in tracker.journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
     tracker._connect(state.get("run_id"), tags)
@@ -276,25 +362,49 @@ def sync(run_dir: Path, uri: Optional[str] = None) -> int:
     tracker._push()
     if not tracker.online:
         raise ConnectionError(f"could not reach MLflow at {uri}; nothing was lost, try again later")
-    # Reconnecting marks the run RUNNING again; a run that had ended keeps its recorded end status.
-    ends = [e for e in tracker.journal.events() if e["kind"] == "end"]
-    if ends:
-        tracker.sink.send(tracker.run_id, ends[-1:], Path(run_dir))
-    journal.save_state(uri=uri)
+    # Reconnecting marks the run RUNNING again; a run that had ended keeps its recorded end status
+    # (one whose latest attempt is still going stays RUNNING).
+    events = tracker.journal.events()
+    ends = [e for e in events if e["kind"] == "end"]
+    if ends and not attempt_open(events):
+        tracker.sink.send(tracker.run_id, ends[-1:], run_dir)
+    store = backing_store(tracker.uri)
+    journal.save_state(uri=tracker.uri, **({"store": store} if store else {}))
     return backlog
 
 
-def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] = None) -> None:
+def _end_if_writer_died(journal: Journal, state: Mapping[str, Any], killed: bool) -> None:
+    """Journal a KILLED end for a run whose latest attempt has none and whose writer is gone."""
+    events = journal.events()
+    if not attempt_open(events):
+        return
+    writer = state.get("writer") or {}
+    gone = True if killed else writer_gone(writer)
+    if gone is None:
+        who = f"its writer (pid {writer['pid']} on {writer['host']})" if writer.get("host") else "its writer (not recorded)"
+        log.warning("%s: its run has not ended, and %s cannot be checked from here; if its processes are gone, "
+                    "close it with: python launch/track.py sync --killed %s", journal.dir.parent, who, journal.dir.parent)
+    if not gone:
+        return
+    times = [e["time"] for e in events[_attempt_start(events):] if "time" in e]
+    journal.append({"kind": "end", "status": "KILLED", "time": max(times) if times else int(time.time() * 1000)})
+    log.warning("%s: its writer (pid %s on %s) died without ending the run; closed as KILLED",
+                journal.dir.parent, writer.get("pid", "?"), writer.get("host", "?"))
+
+
+def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] = None,
+                 uri: Optional[str] = None) -> None:
     """Add tags (and optionally close with `status`) to the MLflow run of a finished or killed run folder.
 
-    Goes through the folder's journal like everything else, so it reaches MLflow now or at the next sync.
+    Goes through the folder's journal like everything else, so it reaches MLflow now (through `uri`, else
+    the run's store, see `sync`) or at the next sync.
     """
     journal = Journal(Path(run_dir))
     journal.append({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
     if status is not None:
         journal.append({"kind": "end", "status": status, "time": int(time.time() * 1000)})
     try:
-        sync(Path(run_dir))
+        sync(Path(run_dir), uri)
     except (ConnectionError, FileNotFoundError) as err:
         log.warning("could not update the MLflow run of %s now (%s); it is kept in its journal", run_dir, err)
 
