@@ -64,6 +64,16 @@ def start_reaper(owner: int, groups: Sequence[int] = (), processes: Iterable[int
                             start_new_session=True)
 
 
+def stop_reaper(reaper: subprocess.Popen) -> None:
+    """Dismiss a watcher whose owner cleaned up after itself."""
+    reaper.terminate()
+    try:
+        reaper.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -20,6 +20,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from action_launch import child_python_env
 from action_launch.common.processes import free_port
+from action_launch.common.reaper import descendants, start_reaper, stop_reaper
 from action_launch.common.tables import best_first, format_table, write_csv
 from action_launch.config import Config, flatten, load_config, to_dict
 from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget
@@ -78,14 +79,19 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
                                    synch=bool(spec.pbt.get("synch", False)))
 
 
-def _start_ray() -> None:
-    """Join the Ray cluster of `RAY_ADDRESS` (Slurm), else start a private one on 127.0.0.1."""
+def _start_ray(stack: ExitStack) -> None:
+    """Join the Ray cluster of `RAY_ADDRESS` (Slurm), else start a private one on 127.0.0.1 (shut down with
+    `stack`)."""
     # Ray's worker processes inherit this environment: they import the trial function from this same code.
     os.environ.update(child_python_env())
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        stack.callback(ray.shutdown)
         return
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # Ray's own processes are this one's children; its agents outlived a kill -9 of it
+    stack.callback(stop_reaper, start_reaper(os.getpid(), processes=descendants(os.getpid())))
+    stack.callback(ray.shutdown)
 
 
 def _parent_params(plan: SweepPlan) -> Dict[str, Any]:
@@ -135,8 +141,7 @@ def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
                            experiment=cfg.experiment, sweep_name=sweep_dir.name, tracking_uri=uri,
                            parent_run_id=parent.run_id, workers=args.workers,
                            threads=max(1, int(args.cpus_per_trial) // args.workers))
-        _start_ray()
-        stack.callback(ray.shutdown)
+        _start_ray(stack)
         status = "FAILED"
         try:
             grid = _fit(plan, setup)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 from action_launch.common.processes import stop_process_group
+from action_launch.common.reaper import start_reaper, stop_reaper
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class TrackingServer:
              "--backend-store-uri", store_uri, "--artifacts-destination", str(artifact_root_for(store_uri)),
              *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        # its own session: a kill -9 of this process would leave it (10 processes, GBs) running without this
+        self._reaper = start_reaper(os.getpid(), groups=[self.process.pid])
         self.log_file = log_file
 
     def environment(self) -> Dict[str, str]:
@@ -136,6 +139,7 @@ class TrackingServer:
     def stop(self) -> None:
         """Stop the server and its workers."""
         stop_process_group(self.process)
+        stop_reaper(self._reaper)
         self._log.close()
 
     def __enter__(self) -> "TrackingServer":
