@@ -44,3 +44,16 @@ def test_recommit_of_same_step_replaces(tmp_path):
     fake_save(tmp_path, 7, "new")
     ckpt.commit(tmp_path, 7, {})
     assert (tmp_path / "step_00000007" / "weights.pt").read_text() == "new"
+
+
+def test_prune_keeps_what_a_sweep_trial_has_not_reported(tmp_path):
+    """A trial that trains faster than its watcher polls lost validations to keep_last (a missed ASHA rung, and
+    synchronous PBT waiting forever for an epoch it never saw): checkpoints after the reported step stay."""
+    for step in (6, 12, 18):
+        fake_save(tmp_path, step)
+        ckpt.commit(tmp_path, step, {})
+    ckpt.hold_unreported(tmp_path, 6)  # 12 not reported yet: only 6 may go
+    assert [p.name for p in ckpt.prune(tmp_path, keep_last=1)] == ["step_00000006"]
+    ckpt.hold_unreported(tmp_path, 12)
+    assert [p.name for p in ckpt.prune(tmp_path, keep_last=1)] == ["step_00000012"]
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step_00000018"]

@@ -186,6 +186,7 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "ray_node.txt").write_text(ray.get_runtime_context().get_node_id() + "\n")  # where it ran
     reported_step = adopt_handed_checkpoint(trial_dir, run_name)
+    ckpt.hold_unreported(trial_dir / "checkpoints", reported_step)  # keep_last prunes nothing Tune has not seen
     cmd = training_command(setup, trial_config, trial_id)
     (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     env = trial_environment(setup.threads)
@@ -229,6 +230,7 @@ def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _C
             clock.save()
             reported_step = meta["step"]
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            ckpt.hold_unreported(trial_dir / "checkpoints", reported_step)
         if finished or _stop_requested():
             return reported_step
         time.sleep(setup.poll_s)

@@ -102,11 +102,28 @@ def mark_best(root: Path, ckpt: Path) -> None:
     tmp.replace(root / BEST)
 
 
+# Written by a sweep trial's watcher (`sweeps.trial`): the step of the last checkpoint handed to Tune.
+REPORTED = "tune_reported_step"
+
+
+def hold_unreported(root: Path, reported_step: int) -> None:
+    """Keep every checkpoint after `reported_step` from `prune` until it is reported (a sweep trial: Tune
+    must see each validation's checkpoint, however fast training runs ahead of its watcher)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{TMP_PREFIX}{REPORTED}"
+    tmp.write_text(f"{reported_step}\n")
+    os.replace(tmp, root / REPORTED)
+
+
 def prune(root: Path, keep_last: int) -> List[Path]:
-    """Delete all but the newest `keep_last` (at least one) complete checkpoints, never the `best` one."""
+    """Delete all but the newest `keep_last` (at least one) complete checkpoints, never the `best` one, nor
+    one a sweep trial has not reported yet (`hold_unreported`)."""
     found = complete_checkpoints(root)
     best = best_checkpoint(root)
-    doomed = [p for p in found[:-max(keep_last, 1)] if p != best]
+    marker = root / REPORTED
+    held_after = int(marker.read_text()) if marker.is_file() else None
+    doomed = [p for p in found[:-max(keep_last, 1)] if p != best
+              and (held_after is None or int(_TAG.match(p.name).group(1)) <= held_after)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
