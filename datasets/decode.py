@@ -40,13 +40,13 @@ def open_video(path: str) -> "decord.VideoReader":
         raise BadVideoError("missing")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise BadVideoError("empty file")
+    # Only the message leaves an except block: a kept exception's traceback holds the reader in a cycle,
+    # and a reader the garbage collector frees later in a forked DataLoader worker aborts the process.
     with _decoder_messages() as said:
         try:
-            vr = decord.VideoReader(path, num_threads=1)
+            vr, error = decord.VideoReader(path, num_threads=1), None
         except Exception as e:  # decord raises DECORDError (a RuntimeError); the details went to stderr
-            error = e
-        else:
-            error = None
+            vr, error = None, _first_line(e)
     if error is not None:
         raise BadVideoError(f"decode error: {_reason(error, said)}")
     if len(vr) == 0:
@@ -61,11 +61,11 @@ def read_frames(vr: "decord.VideoReader", indices: np.ndarray) -> np.ndarray:
     with _decoder_messages() as said:
         try:
             frames, error = vr.get_batch(unique.tolist()).asnumpy(), None
-        except Exception as e:
-            frames, error = None, e
+        except Exception as e:  # the message only (see open_video)
+            frames, error = None, (str(e), _first_line(e))
     if error is not None:
-        if "size must exactly match" not in str(error):
-            raise BadVideoError(f"decode error: {_reason(error, said)}")
+        if "size must exactly match" not in error[0]:
+            raise BadVideoError(f"decode error: {_reason(error[1], said)}")
         frames = _read_frames_padded(vr, unique)
     if frames.shape[0] != len(unique) or frames.ndim != 4:
         raise BadVideoError(f"decode error: got {frames.shape[0]} of {len(unique)} frames")
@@ -125,10 +125,10 @@ def _process_capture_file() -> IO[bytes]:
     return _capture_file[1]
 
 
-def _reason(error: BaseException, said: List[str]) -> str:
+def _reason(message: str, said: List[str]) -> str:
     """FFmpeg's or decord's own words when they printed any (the exception itself only says
-    "Error reading <path>..."), else the exception's first line."""
-    return "; ".join(dict.fromkeys(said))[:300] if said else _first_line(error)
+    "Error reading <path>..."), else the exception's first line (`message`)."""
+    return "; ".join(dict.fromkeys(said))[:300] if said else message
 
 
 def _first_line(e: BaseException) -> str:
