@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -67,6 +68,18 @@ def video_set(tmp_path_factory) -> Path:
     from action_launch.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synthetic"), num_train=48, num_val=16, size=32, frames=24)
+
+
+def still_running(started: dict, timeout_s: float = 30.0) -> List[int]:
+    """The processes of `started` (pid -> start time) still running after waiting up to `timeout_s` for all to end."""
+    from action_launch.common.processes import running
+
+    deadline = time.time() + timeout_s
+    while True:
+        left = [pid for pid, at in started.items() if running(pid, at)]
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 def tiny_overrides(data_dir: Path, output_dir: Path, name: str = "run") -> List[str]:

@@ -3,9 +3,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from action_launch.common.reaper import descendants, start_time
+from action_launch.common.processes import descendants, start_time
+from conftest import still_running
 
 OWNER = """
 import os, subprocess, time
@@ -19,27 +19,15 @@ time.sleep(300)
 """
 
 
-def _gone(pid: int) -> bool:
-    state = None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
 def test_a_killed_owner_takes_its_groups_and_named_processes_with_it(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, start_new_session=True)
     server, agent = map(int, owner.stdout.readline().split())
     group = [server, *descendants(server)]
-    assert len(group) == 3 and all(start_time(p) for p in [*group, agent])
+    started = {p: start_time(p) for p in [*group, agent]}
+    assert len(group) == 3 and all(started.values())
     os.kill(owner.pid, signal.SIGKILL)
     owner.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and not all(_gone(p) for p in [*group, agent]):
-        time.sleep(0.2)
-    assert all(_gone(p) for p in [*group, agent]), [p for p in [*group, agent] if not _gone(p)]
+    assert not still_running(started, timeout_s=10)
 
 
 def test_a_reused_pid_is_not_hit():
@@ -49,7 +37,7 @@ def test_a_reused_pid_is_not_hit():
     try:
         owner = subprocess.Popen(["true"])
         owner.wait()
-        reap(owner.pid, [], [(bystander.pid, "1")])  # the pid's start time differs: another process now
+        reap(owner.pid, [], [(bystander.pid, 1)])  # the pid's start time differs: another process now
         assert bystander.poll() is None
     finally:
         bystander.kill()

@@ -19,8 +19,8 @@ import yaml
 
 from action_launch.sweeps.spec import SweepError, load_sweep, parse_sweep, trial_overrides
 
-from action_launch.common.reaper import descendants, start_time
-from conftest import EPOCH_VALIDATION, REPO, tiny_overrides
+from action_launch.common.processes import descendants, start_time
+from conftest import EPOCH_VALIDATION, REPO, still_running, tiny_overrides
 
 TINY = str(REPO / "configs" / "timesformer" / "tiny.yaml")
 
@@ -204,24 +204,6 @@ def test_asha_sweep_in_mlflow(asha_sweep):
 
 
 # ---------------------------------------------------------------------------------- kill + resume
-def _wait_gone(pids: list, timeout_s: float = 30.0) -> list:
-    """The processes of `pids` still there (zombies count as gone) after up to `timeout_s`."""
-    deadline = time.time() + timeout_s
-    while True:
-        left = [p for p in pids if start_time(p) is not None and not _zombie(p)]
-        if not left or time.time() > deadline:
-            return left
-        time.sleep(0.5)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, deepspeed_ready):
     sweep = write_sweep(tmp_path / "fifo.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}})
     cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1")
@@ -241,11 +223,12 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     while len(finished_trials()) < 2 and time.time() < deadline and driver.poll() is None:
         time.sleep(1)
     time.sleep(3)  # let Tune record the finished trial, as it would before any real interruption
-    started = descendants(driver.pid)  # Ray, its agents, the mlflow server (a session of its own), the trial
+    # Ray, its agents, the mlflow server (a session of its own), the trial
+    started = {pid: start_time(pid) for pid in descendants(driver.pid)}
     os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as `kill -9 PID` does
     driver.wait()
     # nothing it started survives it: trials by their parent-death signal, the rest through the reapers
-    assert not _wait_gone(started), subprocess.run(["ps", "-o", "pid,pgid,args", "-p", ",".join(map(str, started))],
+    assert not still_running(started), subprocess.run(["ps", "-o", "pid,pgid,args", "-p", ",".join(map(str, started.keys()))],
                                                    capture_output=True, text=True).stdout
     finished = finished_trials()
     assert 2 <= len(finished) < 4, (tmp_path / "first.log").read_text()[-3000:]

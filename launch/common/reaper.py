@@ -18,36 +18,10 @@ import sys
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from action_launch.common.processes import running, start_time
+
 POLL_S = 0.5
 GRACE_S = 5.0
-
-
-def start_time(pid: int) -> Optional[str]:
-    """The start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def descendants(pid: int) -> List[int]:
-    """Every living process below `pid` (children, their children, ...)."""
-    children: dict = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def start_reaper(owner: int, groups: Sequence[int] = (), processes: Iterable[int] = ()) -> subprocess.Popen:
@@ -74,25 +48,7 @@ def stop_reaper(reaper: subprocess.Popen) -> None:
         reaper.wait()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return start_time(pid) is not None and not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def _signal_all(groups: Sequence[int], processes: Sequence[Tuple[int, str]], sig: int) -> bool:
+def _signal_all(groups: Sequence[int], processes: Sequence[Tuple[int, int]], sig: int) -> bool:
     """Send `sig`; True if anything was still there."""
     any_left = False
     for group in groups:
@@ -102,7 +58,7 @@ def _signal_all(groups: Sequence[int], processes: Sequence[Tuple[int, str]], sig
         except (ProcessLookupError, PermissionError):
             pass
     for pid, started in processes:
-        if start_time(pid) == started:
+        if running(pid, started):
             try:
                 os.kill(pid, sig)
                 any_left = True
@@ -111,9 +67,9 @@ def _signal_all(groups: Sequence[int], processes: Sequence[Tuple[int, str]], sig
     return any_left
 
 
-def reap(owner: int, groups: Sequence[int], processes: Sequence[Tuple[int, str]]) -> None:
+def reap(owner: int, groups: Sequence[int], processes: Sequence[Tuple[int, int]]) -> None:
     """Wait for `owner` to end, then end the rest: SIGTERM, and SIGKILL to what is left after GRACE_S."""
-    while _alive(owner):
+    while running(owner):
         time.sleep(POLL_S)
     if not _signal_all(groups, processes, signal.SIGTERM):
         return
@@ -131,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--group", type=int, action="append", default=[], help="a process group to end")
     parser.add_argument("--process", action="append", default=[], help="PID:START (start time in clock ticks)")
     a = parser.parse_args(argv)
-    processes = [(int(pid), started) for pid, started in (p.split(":", 1) for p in a.process)]
+    processes = [(int(pid), int(started)) for pid, started in (p.split(":", 1) for p in a.process)]
     reap(a.owner, a.group, processes)
     return 0
 

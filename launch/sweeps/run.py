@@ -19,8 +19,8 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from action_launch import child_python_env
-from action_launch.common.processes import free_port
-from action_launch.common.reaper import descendants, start_reaper, stop_reaper
+from action_launch.common.processes import descendants, free_port
+from action_launch.common.reaper import start_reaper, stop_reaper
 from action_launch.common.tables import best_first, format_table, write_csv
 from action_launch.config import Config, flatten, load_config, to_dict
 from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from action_launch.common.files import atomic_write_text
+from action_launch.common.processes import running, start_time
 from action_launch.tracking.server import artifact_root_for, backing_store, server_reachable, store_init_lock
 
 log = logging.getLogger(__name__)
@@ -177,19 +178,9 @@ class MlflowSink:
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
-def _proc_stat(pid: int) -> Optional[List[str]]:
-    """The fields of `/proc/<pid>/stat` after the command name (state first), or None (no such process, no /proc)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
 def this_writer() -> Dict[str, Any]:
     """Who writes a run: this host and process (and the process's start time, against a reused pid)."""
-    stat = _proc_stat(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": int(stat[19]) if stat else None}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": start_time(os.getpid())}
 
 
 def writer_gone(writer: Optional[Mapping[str, Any]]) -> Optional[bool]:
@@ -197,20 +188,7 @@ def writer_gone(writer: Optional[Mapping[str, Any]]) -> Optional[bool]:
     told (another host, or no writer recorded)."""
     if not writer or writer.get("host") != socket.gethostname() or not writer.get("pid"):
         return None
-    pid = int(writer["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's process by that pid
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:  # alive, on a system without /proc
-        return False
-    if stat[0] in ("Z", "X"):  # exited, not yet reaped by its parent
-        return True
-    started = writer.get("started")
-    return started is not None and int(stat[19]) != int(started)  # the pid went to another process
+    return not running(int(writer["pid"]), writer.get("started"))
 
 
 def _attempt_start(events: List[Dict[str, Any]]) -> int:
