@@ -37,11 +37,18 @@ def backing_store(uri: str) -> Optional[str]:
     return None
 
 
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` URI (query options dropped); None for other URIs and `:memory:`."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path not in ("", ":memory:") else None
+
+
 def artifact_root_for(uri: str) -> Optional[Path]:
     """Where an embedded SQLite store keeps artifacts: beside it, not in the current directory."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-    return None
+    db = sqlite_path(uri)
+    return db.parent / "mlartifacts" if db is not None else None
 
 
 @contextlib.contextmanager
@@ -54,10 +61,10 @@ def store_init_lock(uri: str, timeout: Optional[float] = None) -> Iterator[None]
     lock held longer than `timeout` (default STORE_INIT_TIMEOUT_S) raises TimeoutError (the tracker then goes offline, saying so);
     a file system without locks is run unlocked, with a warning. Other URIs: no lock.
     """
-    if not uri.startswith("sqlite:///") or uri[len("sqlite:///"):] in ("", ":memory:"):
+    db = sqlite_path(uri)
+    if db is None:
         yield
         return
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     lock_path = db.with_name(db.name + ".lock")
     with open(lock_path, "a") as fh:

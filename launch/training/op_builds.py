@@ -37,14 +37,13 @@ def remove_stale_locks(build_dir: Path, max_age_s: float = STALE_LOCK_SECONDS) -
     for lock in [*build_dir.glob("*/lock"), *build_dir.glob("*/*/lock")]:
         try:
             age = now - lock.stat().st_mtime
-            if age > max_age_s:
-                lock.unlink()
+            if age <= max_age_s:
+                continue
+            lock.unlink()
         except FileNotFoundError:  # its build just finished
             continue
-        if age > max_age_s:
-            log.warning("removed the lock of a killed op build (%s, %.0f min old); the op is rebuilt",
-                        lock, age / 60)
-            removed.append(lock)
+        log.warning("removed the lock of a killed op build (%s, %.0f min old); the op is rebuilt", lock, age / 60)
+        removed.append(lock)
     return removed
 
 
