@@ -71,6 +71,13 @@ class DataConfig:
     """File each worker appends `path<TAB>reason` lines to for every unreadable video
     (`datasets.read_bad_files` reads it back), once per file; None: warnings only. A run points it at its
     folder and checks the ceiling in the training process."""
+    check_files: Literal["auto", "always", "never"] = "auto"
+    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
+    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
+    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
+    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
+    cores); `never`: bad files are found as they are read, and the error
+    lists those found so far."""
     test_num_clips: int = 1
     """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres and starts)."""
     test_num_crops: Literal[1, 3] = 1

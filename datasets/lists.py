@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 FORMATS = ("video", "csv", "rawframes", "multilabel")
 
@@ -137,3 +137,18 @@ def read_bad_files(log_path: Optional[str]) -> dict:
             if path:
                 out.setdefault(path, reason)
     return out
+
+
+def too_many_bad_files(bad: Dict[str, str], total: int, list_path: str, noun: str, max_fraction: float,
+                       scanned: bool) -> Optional[str]:
+    """The one error for a split whose unreadable files (`bad`: path -> reason) pass `max_fraction` of its
+    `total` entries, listing them; None below the ceiling. `scanned`: the whole list was checked (else the
+    files are those found so far, and the error says how to find them all)."""
+    if len(bad) <= max_fraction * total:
+        return None
+    found = "are unreadable" if scanned else "found unreadable so far"
+    find_all = "" if scanned else (f" (data.check_files=always, or `python -m action_launch.datasets.check {list_path} "
+                                   f"--jobs 4`, finds them all before training)")
+    listing = "".join(f"\n  {p}: {r}" for p, r in sorted(bad.items()))
+    return (f"{len(bad)} of {total} {noun}s in {list_path} {found}, more than data.max_bad_fraction={max_fraction}: "
+            f"fix or delist them, or raise the fraction{find_all}:{listing}")

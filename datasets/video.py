@@ -30,7 +30,7 @@ import torch
 from . import transforms as T
 from .config import DataConfig
 from .decode import BadVideoError, open_video, read_frames
-from .lists import ListItem, append_bad_file, read_bad_files, read_list, resolve_list_path
+from .lists import ListItem, append_bad_file, read_bad_files, read_list, resolve_list_path, too_many_bad_files
 from .sampling import clip_indices, segment_indices
 
 SPLITS = ("train", "val", "test")
@@ -97,12 +97,11 @@ class BadFileSkipper:
         known = dict(self.bad_files)
         if self.cfg.bad_files_log:
             known.update({p: r for p, r in read_bad_files(self.cfg.bad_files_log).items() if p in self._paths})
-        if len(known) <= self.cfg.max_bad_fraction * len(self.items):
-            return None
-        self.bad_files.update(known)
-        return (f"{len(known)} of {len(self.items)} {self.noun}s in {self.list_path} found unreadable so far, more "
-                f"than data.max_bad_fraction={self.cfg.max_bad_fraction}: fix or delist them, or raise the fraction "
-                f"(`python -m action_launch.datasets.check {self.list_path} --jobs 4` finds them all):{self._bad_listing()}")
+        error = too_many_bad_files(known, len(self.items), self.list_path, self.noun, self.cfg.max_bad_fraction,
+                                   scanned=False)
+        if error:
+            self.bad_files.update(known)
+        return error
 
     def _bad_listing(self) -> str:
         return "".join(f"\n  {p}: {r}" for p, r in sorted(self.bad_files.items()))

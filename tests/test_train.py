@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -153,11 +155,8 @@ def test_resume_from_another_runs_checkpoint(reference_run, tmp_path):
     assert bad.returncode != 0 and "not a complete checkpoint folder" in bad.stderr
 
 
-def test_too_many_bad_videos_stop_the_run_in_one_message(video_set, tmp_path):
-    """Past data.max_bad_fraction the training process, not a DataLoader worker, stops the run: one error line
-    listing the bad files every worker found, exit 2, no traceback, each file warned about and logged once, no
-    decord lines, a checkpoint to resume from once the data is fixed, and the MLflow run marked FAILED."""
-    root = tmp_path / "data"
+def _list_with_bad_videos(video_set: Path, root: Path) -> Dict[str, Optional[bytes]]:
+    """train.txt under `root`: the video set's 48 clips with 4 bad files spread among them; returns the bad files."""
     root.mkdir()
     good = (video_set / "train" / "0000.mp4").read_bytes()
     bad = {"missing.mp4": None, "empty.mp4": b"", "truncated.mp4": good[: len(good) // 2], "junk.mp4": b"\x00junk" * 40}
@@ -170,8 +169,50 @@ def test_too_many_bad_videos_stop_the_run_in_one_message(video_set, tmp_path):
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "val.txt").write_text("".join(f"{video_set / l}\n" for l in (video_set / "val.txt").read_text().splitlines()))
     (root / "classes.txt").write_text((video_set / "classes.txt").read_text())
+    return bad
+
+
+def test_too_many_bad_videos_stop_the_run_before_it_starts(video_set, tmp_path):
+    """data.check_files (auto for a small list) scans the lists up front: past data.max_bad_fraction the run
+    stops with one error line and every bad file with its reason, exit 2, before a run folder, DeepSpeed or
+    MLflow exists."""
+    root = tmp_path / "data"
+    bad = _list_with_bad_videos(video_set, root)
+    proc = run_train(tiny_overrides(root, tmp_path / "out", "bad") + ["data.max_bad_fraction=0.02"], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "video_reader.cc:" not in proc.stderr and " @ 0x" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert f"4 of 52 videos in {root / 'train.txt'} are unreadable, more than data.max_bad_fraction=0.02" in error
+    listing = proc.stderr.split(error, 1)[1].strip().splitlines()
+    assert sorted(line.split(":")[0].strip() for line in listing) == sorted(str(root / name) for name in bad)
+    reasons = dict(line.strip().split(": ", 1) for line in listing)
+    assert reasons[str(root / "missing.mp4")] == "missing" and reasons[str(root / "empty.mp4")] == "empty file"
+    assert reasons[str(root / "junk.mp4")].startswith("decode error")
+    assert not (tmp_path / "out").exists()
+
+
+def test_below_the_ceiling_the_scan_says_how_many_will_be_skipped(video_set, tmp_path, capsys):
+    root = tmp_path / "data"
+    _list_with_bad_videos(video_set, root)
+    from action_launch.config import load_config
+    from action_launch.training.preflight import check_run
+
+    cfg = load_config("configs/demo.yaml", [f"data.root={root}", "data.max_bad_fraction=0.1"])
+    check_run(cfg)  # 4 of 52 is below 10%: no error
+    assert f"data check: 4 of 52 videos in {root / 'train.txt'} are unreadable and will be skipped" in capsys.readouterr().err
+    check_run(load_config("configs/demo.yaml", [f"data.root={root}", "data.check_files=never"]))  # not scanned
+    assert capsys.readouterr().err == ""
+
+
+def test_too_many_bad_videos_stop_the_run_in_one_message(video_set, tmp_path):
+    """Unscanned (data.check_files=never), past data.max_bad_fraction the training process, not a DataLoader
+    worker, stops the run: one error line listing the bad files every worker found, exit 2, no traceback, each
+    file warned about and logged once, no decord lines, a checkpoint to resume from once the data is fixed, and
+    the MLflow run marked FAILED."""
+    root = tmp_path / "data"
+    bad = _list_with_bad_videos(video_set, root)
     overrides = tiny_overrides(root, tmp_path / "out", "bad") + ["data.num_workers=2", "data.max_bad_fraction=0.02",
-                                                                  "train.epochs=2"]
+                                                                  "train.epochs=2", "data.check_files=never"]
     proc = run_train(overrides, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "video_reader.cc:" not in proc.stderr and " @ 0x" not in proc.stderr

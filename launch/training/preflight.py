@@ -1,4 +1,5 @@
-"""What can be checked about a run before DeepSpeed, MLflow or Slurm starts: paths and the class count.
+"""What can be checked about a run before DeepSpeed, MLflow or Slurm starts: paths, the class count and
+(`data.check_files`) every file of the lists.
 
 Each failure is one `PreflightError` line naming the key or flag and what to do, so `launch/train.py`
 and `launch/submit.py` stop in a second with exit code 2 instead of failing after the engine started
@@ -7,14 +8,17 @@ and `launch/submit.py` stop in a second with exit code 2 instead of failing afte
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from action_launch.config import Config
-from action_launch.datasets.lists import read_list, resolve_list_path
+from action_launch.datasets.config import DataConfig
+from action_launch.datasets.lists import ListItem, read_list, resolve_list_path, too_many_bad_files
 from action_launch.training import checkpoint as ckpt
 
 LIST_DATASETS = ("video", "rawframes")  # classification lists whose labels we can read up front
+CHECK_FILES_AUTO_LIMIT = 5000  # data.check_files=auto scans the train and val lists up to this many entries
 
 
 class PreflightError(ValueError):
@@ -39,17 +43,40 @@ def _check_data(cfg: Config) -> None:
                              f"{data.root}")
     if data.dataset not in LIST_DATASETS:
         return
-    labels: List[int] = []
+    lists: Dict[str, List[ListItem]] = {}
     for key, name in (("data.train_list", data.train_list), ("data.val_list", data.val_list)):
         path = resolve_list_path(data.root, name)
         if not os.path.isfile(path):
             raise PreflightError(f"{key}={name}: list file not found at {path}")
         try:
-            items = read_list(path, data.root, data.list_format, data.separator, data.path_prefix)
+            lists[path] = read_list(path, data.root, data.list_format, data.separator, data.path_prefix)
         except ValueError as err:
             raise PreflightError(f"{key}: {err}") from None
-        labels += [max(i.label) if isinstance(i.label, list) else i.label for i in items if i.label != []]
+    labels = [max(i.label) if isinstance(i.label, list) else i.label
+              for items in lists.values() for i in items if i.label != []]
     _check_classes(cfg, max(labels) + 1 if labels else 0)
+    if data.check_files == "always" or (data.check_files == "auto" and
+                                        sum(map(len, lists.values())) <= CHECK_FILES_AUTO_LIMIT):
+        _check_files(data, lists)
+
+
+def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]]) -> None:
+    """Open every file of the lists (`datasets.check.scan`, on this process's cores); a list past
+    `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line."""
+    from action_launch.datasets.check import scan  # decord only when files are checked
+
+    noun = "frame folder" if data.dataset == "rawframes" else "video"
+    jobs = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    for path, items in lists.items():
+        bad = {item.path: reason for item, reason in
+               scan(items, data.list_format, jobs=jobs, frame_template=data.frame_template,
+                    start_index=data.frame_start_index)}
+        error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
+        if error:
+            raise PreflightError(error)
+        if bad and os.environ.get("RANK", "0") == "0":
+            print(f"data check: {len(bad)} of {len(items)} {noun}s in {path} are unreadable and will be skipped "
+                  f"(at most data.max_bad_fraction={data.max_bad_fraction})", file=sys.stderr)
 
 
 def _check_classes(cfg: Config, needed: int) -> None:
