@@ -53,6 +53,12 @@ def ray_domain(param: Param) -> Any:
     return tune.sample_from(lambda spec: cases.get(spec.config[source], default))
 
 
+def mutation_domain(param: Param) -> Any:
+    """What PBT perturbs an entry within: a grid's or choice's value list (Ray moves to a neighbour), else
+    its search domain (a `grid_search` is no domain: Ray's PBT took it for a nested config and crashed)."""
+    return list(param.values) if param.kind in ("grid", "choice") else ray_domain(param)
+
+
 def param_space(spec: SweepSpec) -> Dict[str, Any]:
     """Ray's param_space: one entry per sweep entry (joint entries keep their comma-joined name)."""
     return {p.name: ray_domain(p) for p in spec.params}
@@ -68,7 +74,7 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
         return ASHAScheduler(time_attr=budget_attr(spec), max_t=max_budget(spec, cfg),
                              grace_period=int(spec.asha.get("grace_period", 1)),
                              reduction_factor=float(spec.asha.get("reduction_factor", 3)))
-    mutations = {p.name: ray_domain(p) for p in spec.pbt_mutations()}
+    mutations = {p.name: mutation_domain(p) for p in spec.pbt_mutations()}
     if not mutations:
         raise ValueError(f"{spec.source}: PBT needs something to perturb: a uniform/loguniform entry or pbt.mutate")
     return PopulationBasedTraining(time_attr=budget_attr(spec),

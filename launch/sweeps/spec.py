@@ -80,7 +80,9 @@ class PbtSection(_Section):
     perturbation_interval: int = field(default=2, metadata=must(lambda n: n >= 1, ">= 1"))
     """Budget between two exploit/explore steps of a trial."""
     mutate: Optional[List[str]] = None
-    """Space entries PBT perturbs (names as in `space:`); None: the uniform and loguniform ones."""
+    """Space entries PBT perturbs (names as in `space:`): a grid or choice entry moves to a neighbouring value
+    of its list (or one drawn afresh), a uniform, loguniform or randint one is scaled by 0.8 or 1.2 (or
+    drawn afresh); None: the uniform and loguniform ones."""
     quantile_fraction: float = field(default=0.25, metadata=must(lambda x: 0 <= x <= 0.5, "in [0, 0.5]"))
     """Fraction of trials in the bottom quantile that copy one of the top quantile."""
     resample_probability: float = field(default=0.25, metadata=must(lambda x: 0 <= x <= 1, "in [0, 1]"))
@@ -254,11 +256,24 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
         raise SweepError(f"space: expected a mapping of config keys to search entries (in {source})")
     params = tuple(parse_param(str(name), entry, source) for name, entry in file.space.items())
     _check_references(params, source)
-    names = {p.name for p in params}
-    for name in file.pbt.mutate or []:
-        if name not in names:
-            raise SweepError(f"pbt.mutate: {name!r} is not an entry of space (in {source})")
+    _check_mutations(file.pbt.mutate or [], params, source)
     return SweepSpec(**vars(file), params=params, source=source)
+
+
+def _check_mutations(mutate: List[str], params: Tuple[Param, ...], source: str) -> None:
+    """`pbt.mutate` names sampled entries of the space that no derived entry follows: PBT changes a value in
+    the middle of a trial, and a `same_as`/`depends_on` entry would keep the value derived at its start."""
+    by_name = {p.name: p for p in params}
+    for name in mutate:
+        if name not in by_name:
+            raise SweepError(f"pbt.mutate: {name!r} is not an entry of space (in {source})")
+        if by_name[name].kind in ("same_as", "depends_on"):
+            raise SweepError(f"pbt.mutate: {name} is derived from {by_name[name].source}; mutate that entry instead "
+                             f"(in {source})")
+        followers = [p.name for p in params if p.source in by_name[name].keys]
+        if followers:
+            raise SweepError(f"pbt.mutate: {name} is followed by {', '.join(followers)}, which a mutation would leave "
+                             f"at the trial's first value (in {source})")
 
 
 def load_sweep(path: Union[str, Path]) -> SweepSpec:
