@@ -1,10 +1,13 @@
 """Compare MLflow runs: `python launch/compare.py --experiment E [--parent SWEEP] [--metric val/top1] [--params k1,k2]`.
 
 Prints a table of the experiment's runs, or with --parent (a sweep name or parent run id) of one
-sweep's trials: the key params, the metric, the stop reason and the cost of each, best first. The same
-table is written as CSV and PNG under --out, and the last line is the `mlflow ui` command (or URL) that
-shows the runs. By default the columns are the params that differ between the runs; for a sweep the
-metric and mode default to the sweep's own (`sweep.metric`, `sweep.mode`).
+sweep's trials: the key params, the best value of the metric over each run's validations (the rule the
+sweep's results.csv ranks by), the stop reason and the cost (clip-frames, wall time) of each, best
+first. The same table is written as CSV and PNG under --out, and the last line is the `mlflow ui`
+command (or URL) that shows the runs; for a sweep, the URL opens a view of its trials with their
+metric, cost, stop reason and swept params as columns. By default the columns are the params that
+differ between the runs; for a sweep the metric and mode default to the sweep's own (`sweep.metric`,
+`sweep.mode`).
 """
 from __future__ import annotations
 

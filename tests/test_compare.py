@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,12 @@ from action_launch import compare as compare_command
 from action_launch.tracking import compare
 
 from conftest import free_port, run_train
-from helpers.mlflow_sweep import BEST_TRIAL, EXPERIMENT, SPACE, SWEEP, TRIALS, build_sweep_store, trial_run_name
+from helpers.mlflow_sweep import (BEST_TRIAL, EXPERIMENT, LAST_VALUE_WINNER, SPACE, SWEEP, TRIALS, build_sweep_store,
+                                   trial_run_name)
 
-BY_TOP1 = ["t_00002", "t_00000", "t_00003", "t_00001", "t_00004"]  # errored trial (no metric) last
+# by each trial's best val/top1 (t_00000's 0.66 before its last 0.58); the errored trial (no metric) last
+BY_TOP1 = ["t_00000", "t_00002", "t_00003", "t_00001", "t_00004"]
+METRIC_COLUMN = "best val/top1"
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +60,11 @@ def test_sweep_table_best_first_with_swept_params_csv_and_png(store, tmp_path, c
     code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri,
                                   "--out", str(tmp_path))
     assert code == 0, err
+    assert out.splitlines()[0] == (f"{EXPERIMENT}: sweep {SWEEP}, {len(TRIALS)} trials, by best val/top1 over each "
+                                   f"run's validations (max), best first")
     header = out.splitlines()[1].split()
     # the swept keys, not data.bad_files_log (a file in each trial's own folder)
-    assert header == ["trial", *SPACE, "val/top1", "epoch", "stop", "clip_frames", "wall_s", "run_id"]
+    assert header == ["trial", *SPACE, *METRIC_COLUMN.split(), "epoch", "stop", "clip_frames", "wall_s", "run_id"]
     rows = table_lines(out)
     assert [r.split()[0] for r in rows] == BY_TOP1
     assert "stopped by asha at epoch 2" in rows[2] and "errored: RuntimeError: CUDA out of me..." in rows[4]
@@ -68,10 +74,11 @@ def test_sweep_table_best_first_with_swept_params_csv_and_png(store, tmp_path, c
     table = read_csv(tmp_path / f"{stem}.csv")
     assert [r["trial"] for r in table] == BY_TOP1
     best = table[0]
-    assert best["val/top1"] == str(TRIALS[BEST_TRIAL][1][-1]) and best["stop"] == "completed"
-    assert best["data.num_frames"] == "16" and best["optim.lr"] == "0.002" and len(best["run_id"]) == 32
-    assert table[-1]["stop"] == TRIALS["t_00004"][2] and table[-1]["val/top1"] == ""  # full message in the CSV
-    assert float(best["clip_frames"]) == 4 * 640 * 16
+    assert best[METRIC_COLUMN] == str(max(TRIALS[BEST_TRIAL][1])) and best["stop"] == "completed"
+    assert best["data.num_frames"] == "8" and best["optim.lr"] == "0.001" and len(best["run_id"]) == 32
+    assert table[-1]["stop"] == TRIALS["t_00004"][2] and table[-1][METRIC_COLUMN] == ""  # full message in the CSV
+    assert float(best["clip_frames"]) == 4 * 640 * 8
+    assert float(best["wall_s"]) == 6.5 * 4 * 8  # the wall time at its last validation
     png = (tmp_path / f"{stem}.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -82,10 +89,11 @@ def test_chosen_params_metric_and_mode_by_parent_run_id(store, tmp_path, capsys)
                                   "--metric", "val/loss", "--mode", "min", "--params", "optim.lr, data.num_frames",
                                   "--out", str(tmp_path))
     assert code == 0, err
-    assert out.splitlines()[1].split()[:4] == ["trial", "optim.lr", "data.num_frames", "val/loss"]
+    assert out.splitlines()[1].split()[:5] == ["trial", "optim.lr", "data.num_frames", "best", "val/loss"]
+    assert "by best val/loss over each run's validations (min)" in out.splitlines()[0]
     assert [r.split()[0] for r in table_lines(out)] == BY_TOP1  # val/loss = 1.4 - top1: same order, lowest first
     assert list(read_csv(tmp_path / f"{EXPERIMENT}__{SWEEP}.csv")[0])[:4] == ["trial", "optim.lr", "data.num_frames",
-                                                                            "val/loss"]
+                                                                            "best val/loss"]
 
 
 def test_experiment_lists_runs_but_not_sweep_parents(store, tmp_path, capsys):
@@ -144,3 +152,152 @@ def test_script_uses_the_default_store_of_train_py(store):
     assert f"mlflow ui --backend-store-uri sqlite:///{root.resolve() / 'mlflow.db'}" in proc.stdout
     assert [r.split()[0] for r in table_lines(proc.stdout)] == BY_TOP1
     assert (root / "compare" / f"{EXPERIMENT}__{SWEEP}.csv").exists()
+
+
+class _Result:
+    """What `launch/sweeps/run.py`'s summary reads of a Ray Tune result (no Ray runtime needed)."""
+
+    def __init__(self, folder: Path, trial_id: str, overrides: dict, top1: list, reason: str):
+        import pandas as pd
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trial_id").write_text(trial_id)
+        self.path = str(folder)
+        self.config = {**overrides, "model.num_frames": overrides["data.num_frames"]}
+        self.error = RuntimeError(reason) if reason.startswith("errored") else None
+        frames = overrides["data.num_frames"]
+        history = [{"val/top1": acc, "val/loss": 1.4 - acc, "epoch": epoch, "step": 10 * epoch, "trial_id": trial_id,
+                    "cost/clip_frames": float(epoch * 640 * frames), "cost/wall_s": 6.5 * epoch * frames}
+                   for epoch, acc in enumerate(top1, 1)]
+        self.metrics = history[-1] if history else {"trial_id": trial_id}
+        self.metrics_dataframe = pd.DataFrame(history) if history else None
+
+
+def test_compare_and_the_sweep_results_name_the_same_winner(store, tmp_path, capsys):
+    """Where a trial's last value is not its best (t_00000: 0.66, then 0.58), compare.py, results.csv and
+    summary.json rank by the same rule (the best over a trial's validations) and name the same winner, and
+    each says which rule it used."""
+    pytest.importorskip("ray")
+    from action_launch.sweeps import run as sweep_run
+    from action_launch.sweeps.plan import SweepRequest, make_plan
+    from action_launch.sweeps.trial import TrialSetup
+    from action_launch.tracking.tracker import Tracker
+
+    assert TRIALS[BEST_TRIAL][1][-1] < TRIALS[LAST_VALUE_WINNER][1][-1] < max(TRIALS[BEST_TRIAL][1])  # last != best
+    uri, _, _ = store
+    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri,
+                                  "--out", str(tmp_path / "compare"))
+    assert code == 0, err
+    compare_winner = table_lines(out)[0].split()[0]
+
+    request = SweepRequest(config="configs/demo.yaml", sweep="configs/sweeps/frames_sampling_lr.yaml",
+                           overrides=[f"output_dir={tmp_path / 'runs'}", f"experiment={EXPERIMENT}",
+                                      "model.name=timesformer_tiny", "train.epochs=4", "tracking.enabled=false"],
+                           name=SWEEP, scheduler="asha")
+    plan = make_plan(request)
+    assert plan is not None
+    plan.sweep_dir.mkdir(parents=True)
+    grid = [_Result(tmp_path / "ray" / t, t, o, top1, r) for t, (o, top1, r) in TRIALS.items()]
+    parent = Tracker(plan.sweep_dir, "", EXPERIMENT, SWEEP, enabled=False)
+    setup = TrialSetup(config=None, overrides=[], sweep_dir=str(plan.sweep_dir), output_dir=str(tmp_path / "runs"),
+                       experiment=EXPERIMENT, sweep_name=SWEEP)
+    summary = sweep_run.summarise(grid, plan, parent, setup)
+    printed = capsys.readouterr().out
+    results = read_csv(plan.sweep_dir / "results.csv")
+    on_disk = json.loads((plan.sweep_dir / "summary.json").read_text())
+
+    assert compare_winner == results[0]["trial_id"] == summary["best"]["trial_id"] == on_disk["best"]["trial_id"] \
+        == BEST_TRIAL
+    assert [r["trial_id"] for r in results] == BY_TOP1
+    assert summary["best"]["val/top1"] == max(TRIALS[BEST_TRIAL][1])
+    # both say which rule: compare.py's title (above), the sweep's summary and its printed table
+    rule = compare.ranking_rule("val/top1", "max")
+    assert rule in out.splitlines()[0] and on_disk["ranking"] == rule and rule in printed
+    assert compare.score_column("val/top1") in results[0]
+
+
+def test_sweep_ranking_is_one_function():
+    """The sweep's summary and compare.py rank with `tracking.compare.trial_score` (best value, in the mode)."""
+    pytest.importorskip("ray")
+    from action_launch.sweeps import run as sweep_run
+
+    assert compare.trial_score([0.31, 0.66, 0.58], "max") == 0.66
+    assert compare.trial_score([0.9, 0.7, float("nan"), 0.8], "min") == 0.7
+    assert compare.trial_score([None, float("nan")], "max") is None
+    assert sweep_run.trial_score is compare.trial_score
+
+
+def test_sweep_view_for_the_mlflow_ui(store, tmp_path, capsys):
+    """compare.py --parent stores the sweep's runs-table view on the experiment (the columns the README's
+    screenshot shows: metric, epoch, costs, stop reason, swept params; trials sorted by the metric) and
+    prints the URL that opens it; the function the sweep itself calls at its end does the same by run id."""
+    from mlflow.tracking import MlflowClient
+
+    uri, parent, _ = store
+    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri,
+                                  "--out", str(tmp_path))
+    assert code == 0, err
+    key = compare.view_key(SWEEP)
+    assert "/#/experiments/" in out and f"/runs?viewStateShareKey={key}" in out.splitlines()[-1]
+    exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+    state = json.loads(exp.tags[f"mlflow.sharedViewState.{key}"])
+    assert state["orderByKey"] == "metrics.`val/top1`" and state["orderByAsc"] is False
+    assert state["selectedColumns"][:5] == ["metrics.`val/top1`", "metrics.`epoch`", "metrics.`cost/clip_frames`",
+                                            "metrics.`cost/wall_s`", "tags.`sweep.stop_reason`"]
+    assert state["selectedColumns"][5:] == [f"params.`{k}`" for k in SPACE]
+    assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]
+
+    MlflowClient(uri).delete_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{key}")
+    assert compare.share_sweep_view(uri, EXPERIMENT, parent, "val/loss", "min") == key
+    state = compare.tq.shared_view(uri, exp.experiment_id, key)
+    assert state["orderByKey"] == "metrics.`val/loss`" and state["orderByAsc"] is True
+
+
+def test_trial_wall_time_reaches_its_mlflow_run(tmp_path, capsys):
+    """The sweep's driver puts each trial's wall time (`cost/wall_s`, reported to Tune at each validation) on
+    the MLflow run train.py opened in the trial folder, at the reported steps, and only once: summarising
+    again (as a resumed sweep does) adds no point. compare.py shows it in the sweep's wall_s column."""
+    pytest.importorskip("ray")
+    from mlflow.tracking import MlflowClient
+
+    from action_launch.sweeps import run as sweep_run
+    from action_launch.sweeps.plan import SweepRequest, make_plan
+    from action_launch.sweeps.trial import TrialSetup
+    from action_launch.tracking.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = make_plan(SweepRequest(config="configs/demo.yaml", sweep="configs/sweeps/frames_sampling_lr.yaml",
+                                  overrides=[f"output_dir={tmp_path / 'runs'}", f"experiment={EXPERIMENT}",
+                                             "model.name=timesformer_tiny", "train.epochs=4", f"tracking.uri={uri}"],
+                                  name="walls", scheduler="asha"))
+    parent = Tracker(plan.sweep_dir, uri, EXPERIMENT, "walls")
+    parent.start({"sweep.metric": "val/top1", "sweep.mode": "max", **{f"space.{k}": v for k, v in SPACE.items()}},
+                 {"sweep.role": "parent", "sweep.name": "walls"})
+    grid = []
+    for trial_id in ("t_00000", "t_00001"):
+        overrides, top1, reason = TRIALS[trial_id]
+        run = Tracker(plan.sweep_dir / trial_id, uri, EXPERIMENT, f"walls/{trial_id}")  # as train.py opens it
+        run.start(overrides, {"mlflow.parentRunId": parent.run_id, "sweep.name": "walls", "sweep.trial_id": trial_id})
+        for epoch, acc in enumerate(top1, 1):
+            run.log_metrics({"val/top1": acc, "epoch": epoch}, 10 * epoch)
+        run.finish("FINISHED")
+        grid.append(_Result(tmp_path / "ray" / trial_id, trial_id, overrides, top1, reason))
+    setup = TrialSetup(config=None, overrides=[], sweep_dir=str(plan.sweep_dir), output_dir=str(tmp_path / "runs"),
+                       experiment=EXPERIMENT, sweep_name="walls", tracking_uri=uri, parent_run_id=parent.run_id)
+    for _ in range(2):  # the sweep, then its resume
+        sweep_run.summarise(grid, plan, parent, setup)
+    printed = capsys.readouterr().out
+    assert f"viewStateShareKey={compare.view_key('walls')}" in printed  # the sweep's view, printed at its end
+
+    client = MlflowClient(uri)
+    runs = {r.data.tags["sweep.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`sweep.trial_id` != ''")}
+    walls = {t: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "cost/wall_s")]
+             for t, r in runs.items()}
+    assert walls == {"t_00000": [(10, 52.0), (20, 104.0), (30, 156.0), (40, 208.0)], "t_00001": [(10, 26.0)]}
+    assert runs["t_00000"].info.status == "FINISHED" and runs["t_00001"].info.status == "KILLED"  # ASHA's stop
+    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", "walls", "--tracking-uri", uri,
+                                  "--out", str(tmp_path / "compare"))
+    assert code == 0, err
+    rows = {r.split()[0]: r for r in table_lines(out)}
+    assert "3m28s" in rows["t_00000"] and "26s" in rows["t_00001"]

@@ -171,12 +171,14 @@ def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
     assert per_epoch[8] == pytest.approx(4 * per_epoch[2])
     for png in ("metric_vs_keys.png", "metric_vs_cost.png"):
         assert (sweep_dir / png).stat().st_size > 5000
-    best = json.loads((sweep_dir / "summary.json").read_text())["best"]
-    assert best["val/loss"] == min(float(r["val/loss"]) for r in done)
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["ranking"] == "best val/loss over each run's validations (min), best first"
+    assert summary["best"]["val/loss"] == min(float(r["best val/loss"]) for r in done)
+    assert summary["best"]["trial_id"] == rows[0]["trial_id"]
 
 
 def test_asha_sweep_in_mlflow(asha_sweep):
-    root, _ = asha_sweep
+    root, proc = asha_sweep
     client, runs = mlflow_runs(root / "runs" / "mlflow.db")
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     assert len(parents) == 1
@@ -193,14 +195,18 @@ def test_asha_sweep_in_mlflow(asha_sweep):
         reason = child.data.tags["sweep.stop_reason"]
         statuses[reason.split(" ")[0]] = child.info.status
         history = client.get_metric_history(child.info.run_id, "val/loss")
+        # the wall time the trial reported with each validation, put on its run by the driver after the sweep
+        walls = client.get_metric_history(child.info.run_id, "cost/wall_s")
+        assert {m.step for m in walls} <= {m.step for m in history}, reason  # one point per reported validation
         if reason == "completed":
-            assert len(history) == 3 and child.info.status == "FINISHED"
+            assert len(history) == len(walls) == 3 and child.info.status == "FINISHED"
         elif reason.startswith("stopped"):
-            assert child.info.status == "KILLED" and 1 <= len(history) < 3
+            assert child.info.status == "KILLED" and 1 <= len(history) < 3 and len(walls) >= 1
         else:
             assert child.info.status == "FAILED"
         assert child.data.params["data.num_frames"] in {"2", "3", "4", "5", "6", "8"}
     assert set(statuses) == {"completed", "stopped", "errored:"}
+    assert "viewStateShareKey=sweep.asha" in proc.stdout  # the sweep's columns in the MLflow UI, at its end
 
 
 # ---------------------------------------------------------------------------------- kill + resume

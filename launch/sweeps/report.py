@@ -9,6 +9,8 @@ from action_launch.common.tables import is_number
 from action_launch.tracking.stop_reasons import outcome
 
 FRAMES, RATE, COST = "data.num_frames", "data.sampling_rate", "cost/clip_frames"
+WALL = "cost/wall_s"
+"""A trial's training wall time over all its attempts, reported to Tune with each validation."""
 
 
 def _pyplot():

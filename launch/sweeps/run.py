@@ -10,9 +10,10 @@ import logging
 import os
 import shutil
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import ray
 from ray import tune
@@ -24,12 +25,14 @@ from action_launch.common.reaper import start_reaper, stop_reaper
 from action_launch.common.tables import best_first, format_table, write_csv
 from action_launch.config import Config, flatten, load_config, to_dict
 from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget
-from action_launch.sweeps.report import COST, plot_frames_rate_heatmap, plot_metric_vs_cost, plot_metric_vs_keys
+from action_launch.sweeps.report import COST, WALL, plot_frames_rate_heatmap, plot_metric_vs_cost, plot_metric_vs_keys
 from action_launch.sweeps.spec import Param, SweepSpec, flat_trial_config, trial_overrides
 from action_launch.sweeps.trial import TrialSetup, last_exception_line, run_trial, trial_run_name
 from action_launch.tracking import stop_reasons
+from action_launch.tracking.compare import ranking_rule, score_column, share_sweep_view, trial_score
+from action_launch.tracking.query import experiment_id, ui_url
 from action_launch.tracking.server import TrackingServer
-from action_launch.tracking.tracker import Tracker, annotate_run, default_tracking_uri, ensure_experiment
+from action_launch.tracking.tracker import MetricPoint, Tracker, annotate_run, default_tracking_uri, ensure_experiment
 
 log = logging.getLogger("launch.tune")
 
@@ -203,25 +206,51 @@ def trial_stop_reason(result, scheduler: str, budget_key: str, full_budget: int)
 
 
 def _history_best(result, metric: str, mode: str) -> Optional[float]:
+    """The trial's ranking value (`tracking.compare.trial_score`, as compare.py ranks) over the results it
+    reported to Tune: one per validation."""
     frame = result.metrics_dataframe
     if frame is None or metric not in getattr(frame, "columns", []):
-        return (result.metrics or {}).get(metric)
-    values = frame[metric].dropna()
-    if values.empty:
-        return None
-    return float(values.max() if mode == "max" else values.min())
+        return trial_score([(result.metrics or {}).get(metric)], mode)
+    return trial_score(frame[metric].tolist(), mode)
+
+
+def _share_view(cfg: Config, setup: TrialSetup, parent: Tracker) -> None:
+    """Store the sweep's runs-table view on the experiment (columns: metric, epoch, costs, stop reason, swept
+    params) and print the URL that opens it: the MLflow UI shows a stored view only when asked by its key."""
+    if not (setup.tracking_uri and parent.online and parent.run_id):
+        return
+    experiment = cfg.tracking.experiment or cfg.experiment
+    try:
+        key = share_sweep_view(setup.tracking_uri, experiment, parent.run_id)
+        store = cfg.tracking.uri or default_tracking_uri(cfg.output_dir)  # the server here stops with the sweep
+        command, url = ui_url(store, experiment_id(setup.tracking_uri, experiment), view_key=key)
+    except Exception as err:  # noqa: BLE001 - a view is a convenience; the sweep's results are written anyway
+        log.warning("could not store the sweep's view for the MLflow UI (%s)", err)
+        return
+    print(f"browse: {command}  then open {url}" if command else f"browse: {url}")
+
+
+def wall_time_points(result) -> List[MetricPoint]:
+    """(step, `cost/wall_s`, time in ms) of each result a trial reported to Tune (one per validation)."""
+    frame = result.metrics_dataframe
+    if frame is None or not {"step", WALL}.issubset(getattr(frame, "columns", [])):
+        return []
+    rows = frame[["step", WALL, *(["timestamp"] if "timestamp" in frame.columns else [])]].dropna(subset=["step", WALL])
+    return [(int(r["step"]), float(r[WALL]), int(r.get("timestamp", time.time()) * 1000)) for _, r in rows.iterrows()]
 
 
 def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], cfg: Config,
-                  setup: TrialSetup) -> None:
-    """Put the stop reason (and the end status) on the trial's MLflow run; a trial that failed before its
-    training opened a run gets one here, so every trial of the sweep has its child run."""
+                  setup: TrialSetup, walls: Sequence[MetricPoint] = ()) -> None:
+    """Put the stop reason, the end status and the wall time series (`walls`, `cost/wall_s` per reported step)
+    on the trial's MLflow run; a trial that failed before its training opened a run gets one here, so every
+    trial of the sweep has its child run. Done here, after the sweep, not by the trial function: a trial
+    Tune stopped must end at once (Tune reuses its actor for the next trial)."""
     reason = row["stop_reason"]
     status = stop_reasons.mlflow_status(reason)
     tags = {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}
     if (trial_dir / "tracking" / "state.json").exists():
         # through this sweep's server: a trial that ended before a killed sweep was resumed names the old one
-        annotate_run(trial_dir, tags, status, uri=setup.tracking_uri)
+        annotate_run(trial_dir, tags, status, uri=setup.tracking_uri, metrics={WALL: walls})
         return
     tracker = Tracker(trial_dir, setup.tracking_uri, cfg.tracking.experiment or cfg.experiment,
                       trial_run_name(setup.sweep_name, row["trial_id"]))
@@ -244,13 +273,18 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
         reason = trial_stop_reason(result, args.scheduler, budget_key, full)
         row = {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
                spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
-               budget_key: metrics.get(budget_key), COST: metrics.get(COST), "cost/wall_s": metrics.get("cost/wall_s")}
+               budget_key: metrics.get(budget_key), COST: metrics.get(COST), WALL: metrics.get(WALL)}
         rows.append(row)
         if setup.tracking_uri:
-            _record_trial(sweep_dir / trial_id, row, flat_trial_config(result.config or {}), cfg, setup)
+            _record_trial(sweep_dir / trial_id, row, flat_trial_config(result.config or {}), cfg, setup,
+                          wall_time_points(result))
     rows = best_first(rows, lambda row: row[spec.metric], spec.mode)
-    columns = ["trial_id", *spec.swept_keys(), spec.metric, budget_key, COST, "cost/wall_s", "stop_reason"]
-    table = [[row.get(c) for c in columns] for row in rows]
+    rule = ranking_rule(spec.metric, spec.mode)
+    keys = ["trial_id", *spec.swept_keys(), spec.metric, f"last {spec.metric}", budget_key, COST, WALL,
+            "stop_reason"]
+    columns = [score_column(spec.metric) if k == spec.metric else k for k in keys]  # says which value ranks
+    table = [[row.get(k) for k in keys] for row in rows]
+    print(f"trials by {rule}:")
     print(format_table(columns, table), flush=True)
     files = [write_csv(sweep_dir / "results.csv", columns, table),
              plot_metric_vs_keys(rows, spec.swept_keys(), spec.metric, sweep_dir / "metric_vs_keys.png"),
@@ -258,7 +292,7 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
              plot_frames_rate_heatmap(rows, spec.metric, spec.mode, sweep_dir / "frames_rate_heatmap.png"),
              sweep_dir / "sweep.yaml"]
     best = rows[0] if rows and rows[0].get(spec.metric) is not None else None
-    summary = {"trials": len(rows), "best": best,
+    summary = {"trials": len(rows), "ranking": rule, "best": best,
                "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) != "errored" for r in rows),
                "errored": sum(stop_reasons.outcome(r["stop_reason"]) == "errored" for r in rows),
                "total_clip_frames": sum(r[COST] or 0 for r in rows), "rows": rows}
@@ -277,6 +311,7 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
     for path in files:
         if path is not None and path.exists():
             parent.log_artifact(path)
+    _share_view(cfg, setup, parent)
     print(f"results: {sweep_dir / 'results.csv'}\ncompare: python launch/compare.py --experiment "
           f"{cfg.tracking.experiment or cfg.experiment} --parent {sweep_dir.name}")
     return summary

@@ -1,10 +1,16 @@
 """Compare MLflow runs (`python launch/compare.py --experiment E [--parent SWEEP] [--metric val/top1] [--params k1,k2]`).
 
 Prints a table of the experiment's runs, or with --parent (a sweep name or parent run id) of one
-sweep's trials: the key params, the metric, the stop reason and the cost of each, best first. The same
-table is written as CSV and PNG under --out, and the last line is the `mlflow ui` command (or URL) that
-shows the runs. By default the columns are the params that differ between the runs; for a sweep the
-metric and mode default to the sweep's own (`sweep.metric`, `sweep.mode`).
+sweep's trials: the key params, the metric, the stop reason and the cost (clip-frames, wall time) of
+each, best first. The same table is written as CSV and PNG under --out, and the last line is the
+`mlflow ui` command (or URL) that shows the runs; for a sweep, the URL opens a view of its trials stored
+on the experiment (`share_sweep_view`). By default the columns are the params that differ between the
+runs; for a sweep the metric and mode default to the sweep's own (`sweep.metric`, `sweep.mode`).
+
+The ranking rule is here and only here (`trial_score`, named by `ranking_rule`): a run is ranked by the
+best value of the metric over its validations, in the mode (max or min), not by its last value (the
+value MLflow's own table shows). A sweep's `results.csv` and `summary.json` rank its trials by the same
+rule, over the results its trials reported to Tune (one per validation).
 """
 from __future__ import annotations
 
@@ -15,18 +21,56 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from action_launch.common.tables import best_first, format_table, numeric_column, write_csv
+from action_launch.common.tables import best_first, format_table, is_number, numeric_column, write_csv
 from action_launch.tracking import query as tq  # imports MLflow only inside functions
 from action_launch.tracking.stop_reasons import outcome, run_stop_reason
 from action_launch.tracking.tracker import default_tracking_uri
 
 RunDict = Dict[str, Any]
+SCORE = "score"
+"""Key of a run dict holding its ranking value (`trial_score` of its metric's history), set by `with_scores`."""
 
 COST_METRICS = {"cost/clip_frames": "clip_frames", "cost/wall_s": "wall_s"}
 # Params that differ between any two runs without saying anything about them.
 IDENTITY_PARAMS = {"name", "output_dir", "experiment", "tracking.uri", "tracking.experiment", "slurm.job_name"}
 MAX_AUTO_PARAMS = 8  # more differing params than this: the rest are named, --params picks them
 ERROR_WIDTH = 40  # characters of an error message shown in the terminal and the PNG (the CSV has all)
+
+
+def trial_score(values: Iterable[Any], mode: str) -> Optional[float]:
+    """The value a run (a sweep's trial) is ranked by: the best of its validations' values of the metric,
+    the max for mode `max`, the min for `min`; None when it has none (NaN, inf and non-numbers are ignored)."""
+    finite = [float(v) for v in values if is_number(v)]
+    if not finite:
+        return None
+    return max(finite) if mode == "max" else min(finite)
+
+
+def ranking_rule(metric: str, mode: str) -> str:
+    """The ranking rule in words, as compare.py's table and the sweep's results (summary.json) state it."""
+    return f"best {metric} over each run's validations ({mode}), best first"
+
+
+def score_column(metric: str) -> str:
+    """The column of the ranking value: `best <metric>` (not the metric's last value, which MLflow shows)."""
+    return f"best {metric}"
+
+
+def with_scores(runs: Sequence[RunDict], histories: Dict[str, Sequence[float]], metric: str,
+                mode: str) -> List[RunDict]:
+    """The runs, each with its ranking value under SCORE (from its history of `metric`; the latest value
+    stands in for a run whose history is not given)."""
+    out = []
+    for run in runs:
+        values = histories.get(run["run_id"])
+        if values is None:
+            values = [run["metrics"].get(metric)]
+        out.append({**run, SCORE: trial_score(values, mode)})
+    return out
+
+
+def _score(run: RunDict, metric: str) -> Any:
+    return run[SCORE] if SCORE in run else run["metrics"].get(metric)
 
 
 def swept_keys(parent_params: Dict[str, str]) -> List[str]:
@@ -48,9 +92,10 @@ def _per_run_path(runs: Sequence[RunDict], key: str) -> bool:
 
 
 def sort_runs(runs: Sequence[RunDict], metric: str, mode: str) -> List[RunDict]:
-    """Best first by the metric's latest value; runs without it (errored early) last, each group by name."""
+    """Best first by the ranking value (SCORE; the metric's latest value for a run without one); runs
+    without any (errored early) last, each group by name."""
     by_name = sorted(runs, key=lambda run: run["name"] or "")
-    return best_first(by_name, lambda run: run["metrics"].get(metric), mode)
+    return best_first(by_name, lambda run: _score(run, metric), mode)
 
 
 def _with_cost_tags(run: RunDict) -> RunDict:
@@ -65,15 +110,16 @@ def _with_cost_tags(run: RunDict) -> RunDict:
 
 
 def table_rows(runs: Sequence[RunDict], metric: str, params: Sequence[str], trials: bool = False) -> tuple:
-    """(columns, rows) with raw values: run (or trial), params..., metric, [epoch], stop, [costs], run_id."""
-    costs = [m for m in COST_METRICS if any(m in r["metrics"] for r in runs)]
+    """(columns, rows) with raw values: run (or trial), params..., best <metric>, [epoch], stop, [costs],
+    run_id. A sweep's table (`trials`) always has the cost columns, clip-frames and wall time."""
+    costs = [m for m in COST_METRICS if trials or any(m in r["metrics"] for r in runs)]
     epochs = any("epoch" in r["metrics"] for r in runs) and metric != "epoch"
-    columns = ["trial" if trials else "run", *params, metric, *(["epoch"] if epochs else []), "stop",
+    columns = ["trial" if trials else "run", *params, score_column(metric), *(["epoch"] if epochs else []), "stop",
                *(COST_METRICS[m] for m in costs), "run_id"]
     rows = []
     for run in runs:
         row = [run["tags"].get("sweep.trial_id", run["name"]) if trials else run["name"],
-               *(run["params"].get(k, "") for k in params), run["metrics"].get(metric),
+               *(run["params"].get(k, "") for k in params), _score(run, metric),
                *([run["metrics"].get("epoch")] if epochs else []), run_stop_reason(run),
                *(run["metrics"].get(m) for m in costs), run["run_id"]]
         rows.append(row)
@@ -128,7 +174,7 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
                      colWidths=[(w + 2) / sum(x + 2 for x in widths) for w in widths])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    m, s = columns.index(metric), columns.index("stop")
+    m, s = columns.index(score_column(metric)), columns.index("stop")
     values = [r[m] for r in rows if isinstance(r[m], float) and not math.isnan(r[m])]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     cmap = plt.get_cmap("Blues")
@@ -167,6 +213,49 @@ def _check_keys(wanted: Sequence[str], present: Iterable[str], what: str) -> Non
             raise tq.TrackingQueryError(f"no run has {what} {key!r}{hint}")
 
 
+def view_key(sweep_name: str) -> str:
+    """The share key of a sweep's runs-table view: its name, in characters a tag key and a URL both keep."""
+    return "sweep." + (re.sub(r"[^A-Za-z0-9_.-]+", "_", sweep_name).strip("_") or "sweep")
+
+
+def sweep_view_state(parent: RunDict, children: Sequence[RunDict], metric: str, mode: str) -> Dict[str, Any]:
+    """The MLflow UI's runs-table state for a sweep: its trials flat (sorted by the metric, which the UI
+    can only do by the latest value), with the metric, epoch, costs, stop reason and swept params shown.
+
+    Keys as the UI (MLflow 3) stores them: a column is `<metrics|params|tags|attributes>.`<key>``."""
+    def col(kind: str, key: str) -> str:
+        return f"{kind}.`{key}`"
+
+    swept = swept_keys(parent["params"])
+    columns = [col("metrics", metric), col("metrics", "epoch"), *(col("metrics", m) for m in COST_METRICS),
+               col("tags", "sweep.stop_reason"), *(col("params", k) for k in swept)]
+    longest = max([len(r["name"] or "") for r in children] or [20])
+    widths = {col("attributes", "Run Name"): 50 + 7 * longest, col("tags", "sweep.stop_reason"): 220,
+              col("metrics", metric): max(90, 24 + 7 * len(metric)), col("metrics", "epoch"): 70,
+              col("metrics", "cost/clip_frames"): 130, col("metrics", "cost/wall_s"): 110,
+              **{col("params", k): int(24 + 7 * len(k)) for k in swept}}
+    return {"orderByKey": col("metrics", metric), "orderByAsc": mode == "min", "selectedColumns": columns,
+            "columnOrder": [col("attributes", "Run Name"), *columns], "columnWidths": widths}
+
+
+def share_sweep_view(uri: str, experiment: str, parent: str, metric: Optional[str] = None,
+                     mode: Optional[str] = None) -> str:
+    """Store the runs-table view of sweep `parent` (name or parent run id) on its experiment (tag
+    `mlflow.sharedViewState.<key>`) and return the key; the UI opens it with `?viewStateShareKey=<key>`
+    (`tq.ui_url(..., view_key=key)`). Metric and mode default to the sweep's own."""
+    sweep, children = tq.sweep_trials(uri, experiment, parent)
+    metric = metric or sweep["params"].get("sweep.metric", "val/top1")
+    mode = mode or sweep["params"].get("sweep.mode", "max")
+    return store_sweep_view(uri, tq.experiment_id(uri, experiment), sweep, children, metric, mode)
+
+
+def store_sweep_view(uri: str, exp_id: str, sweep: RunDict, children: Sequence[RunDict], metric: str, mode: str) -> str:
+    """`share_sweep_view` for a sweep already read: writes the experiment tag, returns the key."""
+    key = view_key(sweep["tags"].get("sweep.name", sweep["name"]) or sweep["run_id"])
+    tq.share_view(uri, exp_id, key, sweep_view_state(sweep, children, metric, mode))
+    return key
+
+
 def compare_runs(args: Any) -> int:
     """`launch/compare.py`'s work for its parsed arguments (experiment, parent, tracking_uri, output_dir,
     metric, mode, params, out): print and write the table; the command's exit code."""
@@ -197,14 +286,23 @@ def compare_runs(args: Any) -> int:
             swept = swept_keys(sweep_params)
             differ = differing_params(runs, first=swept)
             params, more = differ[:MAX_AUTO_PARAMS], differ[MAX_AUTO_PARAMS:]
+
+        histories = tq.metric_histories(uri, [r["run_id"] for r in runs], metric)
     except (tq.TrackingQueryError, ConnectionError, FileNotFoundError) as err:
         print(f"compare: {err}", file=sys.stderr)
         return 1
 
-    ordered = sort_runs([_with_cost_tags(r) for r in runs], metric, mode)
+    key = None
+    if sweep:
+        try:  # the UI's view of the trials; the table does not depend on it
+            key = store_sweep_view(uri, exp_id, sweep, runs, metric, mode)
+        except Exception as err:  # noqa: BLE001  (a read-only store, a server that refuses the tag)
+            print(f"compare: could not store the sweep's view for the MLflow UI ({err})", file=sys.stderr)
+    scored = with_scores([_with_cost_tags(r) for r in runs], histories, metric, mode)
+    ordered = sort_runs(scored, metric, mode)
     columns, rows = table_rows(ordered, metric, params, trials=sweep is not None)
     what = f"sweep {sweep['tags'].get('sweep.name', sweep['name'])}" if sweep else "runs"
-    title = f"{args.experiment}: {what}, {len(rows)} {'trials' if sweep else 'runs'}, by {metric} ({mode}) best first"
+    title = f"{args.experiment}: {what}, {len(rows)} {'trials' if sweep else 'runs'}, by {ranking_rule(metric, mode)}"
     out = args.out or Path(args.output_dir) / "compare"
     stem = _slug(args.experiment) + (f"__{_slug(what[len('sweep '):])}" if sweep else "")
     csv_path = write_csv(out / f"{stem}.csv", columns, rows)
@@ -215,7 +313,7 @@ def compare_runs(args: Any) -> int:
     if more:
         print(f"({len(more)} more params differ: {', '.join(more)}; pick columns with --params)")
     print(f"Wrote {csv_path} and {png_path}")
-    command, url = tq.ui_url(uri, exp_id)
+    command, url = tq.ui_url(uri, exp_id, view_key=key)
     print(f"Browse them: {command}  then open {url}" if command else f"Browse them: {url}")
     return 0
 

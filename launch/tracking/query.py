@@ -9,16 +9,22 @@ callers (`launch/compare.py`) see dicts and the errors below only.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from urllib.parse import quote
 
 from action_launch.tracking.server import server_reachable
 
 RunDict = Dict[str, Any]
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+"""The MLflow UI reads a runs-table view (columns, order, sort) from experiment tag `<prefix><key>` when
+the page is opened with `?viewStateShareKey=<key>`; without the key the UI uses the browser's own saved
+state, which no server can set."""
 
 
 class TrackingQueryError(LookupError):
@@ -122,13 +128,34 @@ def sweep_trials(uri: str, experiment: str, parent: str) -> Tuple[RunDict, List[
     return parent_run, children
 
 
+def metric_histories(uri: str, run_ids: Iterable[str], metric: str) -> Dict[str, List[float]]:
+    """Every value each run logged for `metric` (its validations, for a `val/` metric), oldest first."""
+    client = _client(uri)
+    return {run_id: [m.value for m in sorted(client.get_metric_history(run_id, metric),
+                                             key=lambda m: (m.step, m.timestamp))]
+            for run_id in run_ids}
+
+
+def share_view(uri: str, exp_id: str, key: str, state: Mapping[str, Any]) -> None:
+    """Store a runs-table view on the experiment, opened in the UI with `?viewStateShareKey=<key>`."""
+    _client(uri).set_experiment_tag(exp_id, VIEW_TAG_PREFIX + key, json.dumps(state))
+
+
+def shared_view(uri: str, exp_id: str, key: str) -> Optional[Dict[str, Any]]:
+    """The view stored under `key` on the experiment, or None."""
+    text = _client(uri).get_experiment(exp_id).tags.get(VIEW_TAG_PREFIX + key)
+    return json.loads(text) if text else None
+
+
 def sweep_parents(runs: List[RunDict]) -> List[RunDict]:
     """The sweep parent runs among `runs`."""
     return [r for r in runs if r["tags"].get("sweep.role") == "parent"]
 
 
-def ui_url(uri: str, exp_id: str, port: int = 5000) -> Tuple[Optional[str], str]:
-    """(the `mlflow ui` command to run first or None for a server, the URL of the experiment's runs table)."""
+def ui_url(uri: str, exp_id: str, port: int = 5000, view_key: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """(the `mlflow ui` command to run first or None for a server, the URL of the experiment's runs table,
+    opening the shared view `view_key` when given)."""
+    page = f"#/experiments/{exp_id}/runs" + (f"?viewStateShareKey={quote(view_key, safe='')}" if view_key else "")
     if uri.startswith(("http://", "https://")):
-        return None, f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs"
-    return f"mlflow ui --backend-store-uri {uri}", f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
+        return None, f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}", f"http://127.0.0.1:{port}/{page}"

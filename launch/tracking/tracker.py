@@ -18,7 +18,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from action_launch.common.files import atomic_write_text
 from action_launch.common.processes import running, start_time
@@ -370,14 +370,23 @@ def _end_if_writer_died(journal: Journal, state: Mapping[str, Any], killed: bool
                 journal.dir.parent, writer.get("pid", "?"), writer.get("host", "?"))
 
 
+MetricPoint = Tuple[int, float, int]
+"""(step, value, time in ms) of one logged value of a metric."""
+
+
 def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] = None,
-                 uri: Optional[str] = None) -> None:
-    """Add tags (and optionally close with `status`) to the MLflow run of a finished or killed run folder.
+                 uri: Optional[str] = None, metrics: Optional[Mapping[str, Sequence[MetricPoint]]] = None) -> None:
+    """Add tags, metric points (`metrics`: key -> points) and optionally an end `status` to the MLflow run of a
+    finished or killed run folder.
 
     Goes through the folder's journal like everything else, so it reaches MLflow now (through `uri`, else
-    the run's store, see `sync`) or at the next sync.
+    the run's store, see `sync`) or at the next sync. A metric point the journal already holds (same key,
+    step and value: a resumed sweep annotates its trials again) is not added twice.
     """
     journal = Journal(Path(run_dir))
+    for key, points in (metrics or {}).items():
+        for step, value, stamp in _new_points(journal, key, points):
+            journal.append({"kind": "metrics", "step": step, "time": stamp, "values": {key: value}})
     journal.append({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
     if status is not None:
         journal.append({"kind": "end", "status": status, "time": int(time.time() * 1000)})
@@ -385,6 +394,13 @@ def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] =
         sync(Path(run_dir), uri)
     except (ConnectionError, FileNotFoundError) as err:
         log.warning("could not update the MLflow run of %s now (%s); it is kept in its journal", run_dir, err)
+
+
+def _new_points(journal: Journal, key: str, points: Sequence[MetricPoint]) -> List[MetricPoint]:
+    """The points of metric `key` whose (step, value) the journal does not hold yet."""
+    held = {(e["step"], e["values"][key]) for e in journal.events() if e["kind"] == "metrics" and key in e["values"]}
+    return [(int(step), float(value), int(stamp)) for step, value, stamp in points
+            if (int(step), float(value)) not in held]
 
 
 def log_run_artifact(run_dir: Path, path: Path, artifact_path: Optional[str] = None, uri: Optional[str] = None) -> bool:
