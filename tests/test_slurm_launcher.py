@@ -110,6 +110,14 @@ def test_sweep_dry_run_prints_the_sbatch_script_of_one_job(tmp_path):
     assert not tmp_path.joinpath("default").exists()
 
 
+def test_sweep_job_asks_for_the_memory_of_the_slurm_section(tmp_path):
+    """`slurm.mem_gb` reaches a sweep job's script as it does a training job's (tune.py --slurm once ignored it)."""
+    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--slurm", "--nodes", "2", "slurm.mem_gb=32",
+                           f"output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("#SBATCH --mem=32GB\n") == 1
+
+
 @pytest.mark.parametrize("args,option,value", [
     (["--job-name", "a\nb"], "--job-name", "a\nb"),
     (["--partition", "gpu\n#SBATCH --exclusive"], "--partition", "gpu\n#SBATCH --exclusive"),
