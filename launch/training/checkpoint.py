@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from action_launch.common.files import atomic_write_text
+
 _TAG = re.compile(r"^step_(\d{8})$")
 TMP_PREFIX = ".tmp-"
 META = "meta.json"
@@ -109,10 +111,7 @@ REPORTED = "tune_reported_step"
 def hold_unreported(root: Path, reported_step: int) -> None:
     """Keep every checkpoint after `reported_step` from `prune` until it is reported (a sweep trial: Tune
     must see each validation's checkpoint, however fast training runs ahead of its watcher)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{TMP_PREFIX}{REPORTED}"
-    tmp.write_text(f"{reported_step}\n")
-    os.replace(tmp, root / REPORTED)
+    atomic_write_text(root / REPORTED, f"{reported_step}\n")
 
 
 def prune(root: Path, keep_last: int) -> List[Path]:
