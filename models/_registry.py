@@ -142,12 +142,3 @@ def input_shape(model: nn.Module, preset: Optional[str] = None, *, window: Optio
         size = model.grid_size * model.patch_embed.proj.kernel_size[0]
     size = size or 224
     return (3, int(length), size, size)
-
-
-def num_outputs(model: nn.Module) -> int:
-    """Classes (or regression targets) of `model`: its `num_classes` attribute (`num_class` for a model
-    class written before the name was unified)."""
-    for attr in ("num_classes", "num_class"):
-        if isinstance(getattr(model, attr, None), int):
-            return getattr(model, attr)
-    raise AttributeError(f"{type(model).__name__} has no num_classes attribute")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from action_launch import models
-from action_launch.models._registry import input_shape, num_outputs
+from action_launch.models._registry import input_shape
 
 from conftest import count_params
 
@@ -47,7 +47,7 @@ def test_builds_and_runs_forward_backward_on_meta(name):
     if preset.num_params is not None:
         assert count_params(model) == preset.num_params
     outputs = _outputs(model(x))
-    assert outputs["logits"].shape == (BATCH, num_outputs(model))
+    assert outputs["logits"].shape == (BATCH, model.num_classes)
     _loss(outputs).backward()
     for pname, p in model.named_parameters():
         assert p.grad is None or p.grad.shape == p.shape, pname
@@ -60,7 +60,7 @@ def test_tiny_forward_backward(name):
     x = torch.randn(BATCH, *input_shape(model, name))
     outputs = _outputs(model(x))
     logits = outputs["logits"]
-    assert logits.shape == (BATCH, num_outputs(model)) and torch.isfinite(logits).all()
+    assert logits.shape == (BATCH, model.num_classes) and torch.isfinite(logits).all()
     _loss(outputs).backward()
     missing = [pname for pname, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without a gradient: {missing}"
@@ -83,4 +83,4 @@ def test_the_class_count_has_one_name_num_classes(name):
     assert "num_classes" in params and "num_class" not in params and "num_class" not in preset.kwargs
     with torch.device("meta"):
         model = models.create(name, num_classes=3)
-    assert model.num_classes == num_outputs(model) == 3
+    assert model.num_classes == 3
