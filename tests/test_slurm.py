@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -353,3 +354,7 @@ def test_sweep_as_one_slurm_job_runs_trials_on_both_nodes(slurm_cluster, video_s
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 4
+    # Issue 15: Ray stops in seconds on both nodes (workers first, each `ray start` signalled alone), not after
+    # its 30 s drain timeout
+    stopped = re.findall(r"ray on node (\d) stopped in ([\d.]+) s", logs)
+    assert sorted(n for n, _ in stopped) == ["0", "1"] and all(float(s) < 10 for _, s in stopped), stopped

@@ -4,7 +4,8 @@ submitit starts one task per node. Task 0 starts a Ray head on its node, the oth
 that join it (each `ray start --block`, stopped by this code, never by `ray stop`, which would kill
 every Ray process of the user on the machine). When all nodes have joined, task 0 runs the Tuner
 against that cluster (`sweeps.run.sweep`, the same code as a local sweep); at the end it writes a
-marker, every task stops its own Ray process, and the job ends.
+marker, the workers stop their Ray processes, then the head stops its own, and the job ends (in a few
+seconds: a head stopped first, or a whole process group signalled at once, made Ray wait out a 30 s drain).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from action_launch.sweeps.plan import SweepRequest, make_plan
 from action_launch.sweeps.ray_cluster import wait_for_nodes
 
 DONE = "sweep_done"
+STOPPED = "ray_stopped_node"  # + the node's index: a worker node has stopped its Ray
 
 
 def ray_port(job_id: str) -> int:
@@ -90,7 +92,8 @@ class SweepJob:
                 return {"exit_code": sweep(self.request)}
             finally:
                 (folder / DONE).write_text("done")
-                stop_process_group(proc, grace_s=60.0)
+                _wait_for_workers_stopped(folder, job_env.num_nodes, timeout_s=30.0)
+                _stop_ray(proc, job_env.node)
         proc = None
         try:
             deadline = time.time() + 300
@@ -100,11 +103,28 @@ class SweepJob:
                 proc = _ray_start([f"--address={address}", *resources], log)
                 time.sleep(5)
             while not (folder / DONE).exists():
-                time.sleep(2)
+                time.sleep(1)
             return None
         finally:
             if proc is not None:
-                stop_process_group(proc, grace_s=60.0)
+                _stop_ray(proc, job_env.node)
+            (folder / f"{STOPPED}{job_env.node}").write_text("stopped")
+
+
+def _stop_ray(proc: subprocess.Popen, node: int) -> None:
+    """Stop this node's `ray start --block` the way it shuts down quickly: a SIGTERM to it alone (it drains
+    the node through the head's GCS, so workers stop before the head), and say how long it took."""
+    began = time.monotonic()
+    stop_process_group(proc, grace_s=60.0, leader_first=True)
+    print(f"ray on node {node} stopped in {time.monotonic() - began:.1f} s", flush=True)
+
+
+def _wait_for_workers_stopped(folder: Path, nodes: int, timeout_s: float) -> None:
+    """Wait (at most `timeout_s`) until every worker node has stopped its Ray: a worker whose head is gone
+    first waits out its own drain timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all((folder / f"{STOPPED}{n}").exists() for n in range(1, nodes)):
+        time.sleep(0.5)
 
 
 def submit_sweep(request: SweepRequest) -> int:

@@ -2,6 +2,7 @@
 whether a process still runs (by pid and start time, from /proc)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,21 +13,23 @@ from typing import Dict, List, Mapping, Optional
 DISTRIBUTED_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0, leader_first: bool = False) -> None:
     """SIGTERM the process group `proc` leads (started with `start_new_session=True`), SIGKILL it after
-    `grace_s` seconds; returns once `proc` has exited. Nothing happens to a process that already ended."""
+    `grace_s` seconds; returns once `proc` has exited. Nothing happens to a process that already ended.
+
+    `leader_first`: SIGTERM goes to `proc` alone, a supervisor that stops its own children in order (`ray
+    start --block` drains its node through the GCS, which a signal to the whole group kills first: the drain
+    then waits 30 s for it); what is left of the group once `proc` exits is SIGKILLed."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        (os.kill if leader_first else os.killpg)(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
-    except ProcessLookupError:
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
-    except subprocess.TimeoutExpired:
-        try:
+    if leader_first or proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 
