@@ -267,6 +267,47 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     assert synced.returncode == 0 and "sent 0 journal events" in synced.stdout, synced.stderr
 
 
+def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_set, deepspeed_ready):
+    """Issue 15, item 4: ASHA stops a trial, the driver is killed about a second later (before Tune's own
+    save of trial statuses, every 10 s or more), and `--resume` does not train that trial again. The metric is
+    the clip-frames cost (min), so the 4-frame trial is stopped at epoch 1 by the 2-frame trial before it,
+    every time; with one trial at a time, the 3-frame trial's folder appears only once that stop is done."""
+    sweep = write_sweep(tmp_path / "asha.yaml", {"metric": "cost/clip_frames", "mode": "min",
+                                                 "space": {"data.num_frames": {"grid": [2, 4, 3]}},
+                                                 "asha": {"grace_period": 1, "reduction_factor": 3}})
+    cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "asha_kill", "--max-concurrent", "1", epochs=3)
+    sweep_dir = tmp_path / "runs" / "tests" / "asha_kill"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+
+    def trial_dirs():
+        return sorted(p.parent for p in sweep_dir.glob("*/command.txt"))  # Tune's ids end in the grid's order
+
+    deadline = time.time() + 600
+    while len(trial_dirs()) < 3 and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    started = {pid: start_time(pid) for pid in descendants(driver.pid)}
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert len(trial_dirs()) == 3, (tmp_path / "first.log").read_text()[-3000:]
+    assert not still_running(started)
+    stopped = trial_dirs()[1]
+    before = (stopped / "train.log").read_text()
+    assert len(EPOCH_VALIDATION.findall(before)) == 1, before[-2000:]
+
+    run_tune(cmd + ["--resume"])
+    after = (stopped / "train.log").read_text()
+    assert len(EPOCH_VALIDATION.findall(after)) == 1 and not re.search(r"epoch \d+/\d+ step", after[len(before):]), \
+        after[len(before):][-3000:]
+    rows = {r["trial_id"]: r for r in csv.DictReader(open(sweep_dir / "results.csv"))}
+    assert len(rows) == 3 and rows[stopped.name]["stop_reason"] == "stopped by asha at epoch 1", rows
+    assert rows[trial_dirs()[0].name]["stop_reason"] == "completed"
+    _, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    child = next(r for r in runs if r.data.tags.get("sweep.trial_id") == stopped.name)
+    assert child.info.status == "KILLED" and child.data.tags["sweep.stop_reason"] == "stopped by asha at epoch 1"
+
+
 # ---------------------------------------------------------------------------------------------- PBT
 def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deepspeed_ready):
     """Two trials, perturbation every epoch: the worse one continues from the better one's checkpoint with a

@@ -27,7 +27,7 @@ from action_launch.config import Config, flatten, load_config, to_dict
 from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget
 from action_launch.sweeps.report import COST, WALL, plot_frames_rate_heatmap, plot_metric_vs_cost, plot_metric_vs_keys
 from action_launch.sweeps.spec import Param, SweepSpec, flat_trial_config, trial_overrides
-from action_launch.sweeps.trial import TrialSetup, last_exception_line, run_trial, trial_run_name
+from action_launch.sweeps.trial import TrialSetup, last_exception_line, record_end, run_trial, trial_run_name
 from action_launch.tracking import stop_reasons
 from action_launch.tracking.compare import ranking_rule, score_column, share_sweep_view, trial_score
 from action_launch.tracking.query import experiment_id, ui_url
@@ -173,6 +173,17 @@ def search_algorithm(spec: SweepSpec, max_concurrent: Optional[int]) -> BasicVar
     return BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=spec.seed)
 
 
+class RecordTrialEnds(tune.Callback):
+    """Writes a trial's last result into its folder (`trial.record_end`) in the same step of the driver's loop
+    where Tune ends the trial (a scheduler's stop, its last epoch): a resumed sweep then never trains an ended
+    trial again, even when Tune's periodic save of trial statuses (every 10 s or more) had not caught the end
+    before a kill. Not called for the trials an interrupted sweep (Ctrl-C) stops: those were not ended."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        # Tune's storage path is the sweep folder (RunConfig below): <sweep>/<TUNE_DIR>/<Ray's trial folder>
+        record_end(Path(trial.path).parents[1] / trial.trial_id, trial.last_result or {})
+
+
 def _fit(plan: SweepPlan, setup: TrialSetup):
     args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
@@ -191,7 +202,8 @@ def _fit(plan: SweepPlan, setup: TrialSetup):
                                         search_alg=search_algorithm(spec, args.max_concurrent), reuse_actors=True),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                                      checkpoint_config=_checkpoint_config(args.scheduler)))
+                                      checkpoint_config=_checkpoint_config(args.scheduler),
+                                      callbacks=[RecordTrialEnds()]))  # restored with the Tuner on --resume
     return tuner.fit()
 
 

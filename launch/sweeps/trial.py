@@ -10,6 +10,11 @@ its own folder, as any run does; a PBT exploit resumes from the donor trial's ch
 mutated config. When Tune stops a trial (ASHA), the child is terminated at once; a killed driver or
 actor takes the child with it (parent-death signal). The last epoch is reported only after the child
 has exited, marked done: a completed trial's final outputs are written, and no scheduler pauses it.
+
+Ended trials stay ended: the moment Tune ends a trial (a scheduler's stop, its last epoch), the sweep's
+driver writes the trial's last result into its folder (`record_end`, `tune_end.json`). Tune saves its own
+record of trial statuses only every ~10 s, so a sweep killed in between and resumed would start such a
+trial again; it reports its recorded end instead of training (`run_trial`).
 """
 from __future__ import annotations
 
@@ -148,6 +153,27 @@ class _CostClock:
         atomic_write_text(self.path, json.dumps({"wall_s": self.wall_s()}))
 
 
+END_RECORD = "tune_end.json"
+_RAY_KEYS = {"trial_id", "should_checkpoint", "experiment_tag"}
+"""Keys Ray adds to a result besides `ray.tune.result.AUTO_RESULT_KEYS`; `done` is the trial's own."""
+
+
+def record_end(trial_dir: Path, result: Mapping[str, Any]) -> None:
+    """Keep the result Tune ended a trial with (what the trial reported, without Ray's own keys) in its folder."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    kept = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in _RAY_KEYS
+            and isinstance(v, (int, float, bool))}
+    Path(trial_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(trial_dir) / END_RECORD, json.dumps({**kept, "done": True}))
+
+
+def recorded_end(trial_dir: Path) -> Optional[Dict[str, Any]]:
+    """The result Tune ended this trial with in an earlier run of the sweep (`record_end`), or None."""
+    path = Path(trial_dir) / END_RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def adopt_handed_checkpoint(trial_dir: Path, run_name: str) -> int:
     """Take the checkpoint Tune handed this trial (if any); returns its step (0 when there is none).
 
@@ -183,6 +209,13 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     Path(context.get_trial_dir(), "trial_id").write_text(trial_id)  # names the trial even if it never reports
     run_name = trial_run_name(setup.sweep_name, trial_id)
     trial_dir = Path(setup.sweep_dir) / trial_id
+    ended = recorded_end(trial_dir)
+    if ended is not None:  # ended before a killed sweep was resumed: end it again, with the same result
+        with open(trial_dir / "train.log", "a") as log_file:
+            log_file.write(f"[tune] {run_name} had ended (epoch {ended.get('epoch')}) before the sweep was "
+                           f"resumed; not trained again\n")
+        tune.report(ended)
+        return
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "ray_node.txt").write_text(ray.get_runtime_context().get_node_id() + "\n")  # where it ran
     reported_step = adopt_handed_checkpoint(trial_dir, run_name)
