@@ -49,3 +49,11 @@ def test_a_joint_choice_entry_moves_as_one():
 def test_pbt_mutate_refuses_what_a_mutation_would_break(space, mutate, message):
     with pytest.raises(SweepError, match=message):
         parse_sweep({"space": space, "pbt": {"mutate": [mutate]}})
+
+
+def test_pbt_is_synchronous_unless_asked_otherwise():
+    """Asynchronous PBT made no exploit in a 4-trial sweep (bench/faults.py): synchronous is the default."""
+    space = {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}
+    cfg = load_config("configs/demo.yaml")
+    assert make_scheduler("pbt", parse_sweep(space), cfg)._synch is True
+    assert make_scheduler("pbt", parse_sweep({**space, "pbt": {"synch": False}}), cfg)._synch is False

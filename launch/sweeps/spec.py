@@ -17,7 +17,7 @@ A sweep file is YAML; every search-space key is a dotted config key, exactly as 
       data.num_frames,data.sampling_rate: {choice: [[8, 8], [32, 2]]}   # joint: set together
       optim.warmup_epochs: {depends_on: optim.lr_scaling, cases: {linear: 2, sqrt: 1}, default: 0}
     asha: {grace_period: 1, reduction_factor: 3}
-    pbt: {perturbation_interval: 2, mutate: [optim.lr], synch: false}
+    pbt: {perturbation_interval: 2, mutate: [optim.lr], synch: true}
 
 Entries: `grid` (every value, crossed with the other grids), `choice`, `uniform`, `loguniform`,
 `randint` (high exclusive), `same_as` (copy of another key), `depends_on` + `cases` (conditional
@@ -87,8 +87,11 @@ class PbtSection(_Section):
     """Fraction of trials in the bottom quantile that copy one of the top quantile."""
     resample_probability: float = field(default=0.25, metadata=must(lambda x: 0 <= x <= 1, "in [0, 1]"))
     """Chance that a perturbed value is drawn afresh from its entry instead of scaled."""
-    synch: bool = False
-    """Synchronous PBT: trials exploit together once all of them reached the interval."""
+    synch: bool = True
+    """Synchronous PBT: trials exploit together once all of them reached the interval. Asynchronous PBT
+    (false) compares a trial with the trials that have reported by then: in a sweep of a few trials, a few
+    at a time, that is often none or one, and it may never exploit (0 exploits in `bench/faults.py`'s
+    4-trial sweep); use it for large populations, where waiting for the slowest trial costs more."""
 
 
 @dataclass(frozen=True)
