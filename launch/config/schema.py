@@ -90,6 +90,13 @@ class TrainConfig:
     """Validate every N epochs (and always after the last)."""
     log_every_steps: int = 10
     """Log training metrics every N optimizer steps."""
+    collective_timeout_s: float = field(default=300.0, metadata=must(lambda s: s > 0, "> 0"))
+    """Longest wait of any collective (gradient all-reduce, stop agreement, validation gather, checkpoint barrier)
+    for the other ranks; past it every rank stops with an error naming the collective (a rank that died is found
+    at once where its connection closes). NCCL's watchdog ends the process at the same bound."""
+    data_timeout_s: float = field(default=120.0, metadata=must(lambda s: s >= 0, ">= 0"))
+    """Longest wait for one batch from the DataLoader workers (their start included) before the run stops with
+    an error (0: no bound); below `collective_timeout_s`, so the rank whose worker is stuck reports first."""
 
 
 @dataclass

@@ -11,27 +11,29 @@ import contextlib
 import io
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from action_launch.config import Config, OptimConfig, TrainConfig
-from action_launch.training.distributed import DistEnv, resolve_env
+from action_launch.training.distributed import DistEnv, enforce_nccl_timeout, resolve_env
 from action_launch.training.op_builds import prepare_op_builds
 from action_launch.training.schedule import ScaledLR, lr_at
 
 log = logging.getLogger(__name__)
 
 
-def init_distributed(env: DistEnv) -> torch.device:
+def init_distributed(env: DistEnv, timeout_s: Optional[float] = None) -> torch.device:
     """Bind this process to its device, then start the process group on it (RANK/WORLD_SIZE/MASTER_* from
     `training.distributed`); returns the device.
 
     The GPU is chosen from LOCAL_RANK before the group starts and handed to NCCL (`device_id`), so no
     collective ever guesses a device from the global rank (which hangs on nodes whose ranks map to GPUs
-    differently).
+    differently). `timeout_s` bounds the rendezvous and every collective of the group (None: torch's
+    defaults), and NCCL's watchdog is kept on to enforce it (`enforce_nccl_timeout`).
     """
     device = env.device
     prepare_op_builds()
@@ -43,16 +45,20 @@ def init_distributed(env: DistEnv) -> torch.device:
     ds_logger.setLevel(logging.WARNING)  # our own log lines say what matters; DeepSpeed's INFO floods them
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = timedelta(seconds=timeout_s) if timeout_s else None
     if not torch.distributed.is_initialized():
         bound = {"device_id": device} if device.type == "cuda" else {}
+        if env.backend == "nccl" and (warning := enforce_nccl_timeout()):
+            log.warning(warning)
         if env.world_size == 1:
             # One process needs no rendezvous: an in-memory store instead of a TCP store listening on every interface.
             torch.distributed.init_process_group(env.backend, store=torch.distributed.HashStore(), rank=0,
-                                                 world_size=1, **bound)
+                                                 world_size=1, timeout=timeout, **bound)
         else:
-            torch.distributed.init_process_group(env.backend, **bound)
+            torch.distributed.init_process_group(env.backend, timeout=timeout, **bound)
     with contextlib.redirect_stdout(io.StringIO()):  # on the CPU it prints that its comm op loaded, at every start
-        deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False,
+                                   **({"timeout": timeout} if timeout else {}))
     return device
 
 

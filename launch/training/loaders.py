@@ -7,10 +7,22 @@ restarted. Datasets accept such keys (see `datasets.video`).
 `SequenceStreamSampler` batches the windows of recordings (interactions) so that each recording is
 walked in order through successive batches, for models that carry memory from window to window
 (`training.memory`).
+
+Workers are started by a forkserver, not forked from the training process: that process has threads
+(the process group's, DeepSpeed's, MLflow's), and a fork taken while another thread holds a lock can
+leave the child stuck for ever (CPython gh-112275, in PyOS_AfterFork_Child). A loader's wait for a
+batch is bounded (`train.data_timeout_s`): a stuck worker raises `DataTimeout` instead of hanging.
 """
 from __future__ import annotations
 
+import ast
+import functools
+import logging
+import multiprocessing
 import random
+import sys
+from multiprocessing import forkserver
+from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,6 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from action_launch.datasets.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -144,17 +158,93 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class DataTimeout(RuntimeError):
+    """A DataLoader waited its timeout for one batch from its workers: a worker is stuck."""
+
+
+class BoundedLoader(DataLoader):
+    """A DataLoader whose wait for one batch from its workers raises `DataTimeout`, naming the loader, after
+    `timeout` seconds (0: no bound)."""
+
+    def __init__(self, *args: Any, name: str = "data", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.name = name
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._bounded(super().__iter__())
+
+    def _bounded(self, batches: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if self.timeout and "timed out" in str(err):
+                    raise DataTimeout(
+                        f"{self.name} DataLoader: no batch from its {self.num_workers} worker(s) in {self.timeout:g} s "
+                        f"(train.data_timeout_s): a worker is stuck (a deadlock, a stalled file system or decoder); "
+                        f"the run stops instead of waiting") from err
+                raise
+            yield batch
+
+
+@functools.lru_cache(maxsize=None)
+def worker_start_method() -> str:
+    """`forkserver` where the platform has it and this process's main script may be imported by a worker
+    (`_main_reimport_safe`), else the platform's default (said once in the log)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_start_method()
+    if not _main_reimport_safe():
+        log.warning("%s has no `if __name__ == \"__main__\":` guard, so DataLoader workers are forked from this "
+                    "process (a worker started by a forkserver would run that script again); a fork of a process "
+                    "with threads can hang, which train.data_timeout_s bounds", sys.modules["__main__"].__file__)
+        return "fork"
+    return "forkserver"
+
+
+def _main_reimport_safe() -> bool:
+    """Whether a worker started by forkserver or spawn, which imports this process's main script first, may do
+    so: run with `-m` or interactively, or a script with a top-level `if __name__ == "__main__":` guard."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) or not getattr(main, "__file__", None):
+        return True
+    try:
+        tree = ast.parse(Path(main.__file__).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    tests = [ast.unparse(node.test) for node in tree.body if isinstance(node, ast.If)]
+    return any("__name__" in test and "__main__" in test for test in tests)
+
+
+def _worker_context(dataset: Dataset, workers: int) -> Optional[Any]:
+    """The multiprocessing context of the workers. A forkserver imports torch and the dataset's module once (about
+    2 s), so that each worker it forks starts in a fraction of a second; it starts here, so those imports run
+    while the trainer builds the model and DeepSpeed, not while the first batch is awaited."""
+    if workers == 0:
+        return None
+    method = worker_start_method()
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":  # the preload list is read when the server starts; later calls change nothing
+        context.set_forkserver_preload(["numpy", "torch", type(dataset).__module__])
+        forkserver.ensure_running()
+    return context
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataConfig, seed: int,
-                drop_last: bool) -> DataLoader:
+                drop_last: bool, timeout_s: float = 0.0, name: str = "data") -> DataLoader:
     """A DataLoader with seeded workers and its own generator (it never draws from the global RNG).
 
-    A `SequenceStreamSampler` makes the batches itself (`batch_size` and `drop_last` are then its business)."""
+    A `SequenceStreamSampler` makes the batches itself (`batch_size` and `drop_last` are then its business).
+    With workers, they start by `worker_start_method()` and a wait of over `timeout_s` for one batch (0: no
+    bound) raises `DataTimeout` naming the loader (`name`)."""
     workers = cfg.num_workers
     batching = ({"batch_sampler": sampler} if isinstance(sampler, SequenceStreamSampler)
                 else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last})
-    return DataLoader(
-        dataset, **batching, num_workers=workers,
+    return BoundedLoader(
+        dataset, **batching, num_workers=workers, name=name,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(), worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=cfg.persistent_workers and workers > 0,
-        prefetch_factor=cfg.prefetch_factor if workers > 0 else None)
+        prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        multiprocessing_context=_worker_context(dataset, workers), timeout=timeout_s if workers > 0 else 0)

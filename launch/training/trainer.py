@@ -14,14 +14,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from action_launch import ROOT, datasets, models
 from action_launch.common.console import EpochProgress, setup_logging
 from action_launch.config import Config, dump_config, flatten, to_dict
 from action_launch.tracking.tracker import Tracker, backend_store_hint, default_tracking_uri
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.distributed import DistEnv, configure_threads, resolve_env
+from action_launch.training.distributed import Collectives, DistEnv, configure_threads, resolve_env
 from action_launch.training.engine import Engine, configure_backends, init_distributed, load_weights
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
@@ -107,22 +106,11 @@ def slurm_job_id(environ: Mapping[str, str]) -> Optional[str]:
     return environ.get("SLURM_JOB_ID") or None
 
 
-def _barrier() -> None:
-    """All ranks meet (on the GPU the process group is bound to, under NCCL)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _host_group() -> Optional[Any]:
-    """A CPU (gloo) process group for host-side agreement under NCCL, so agreeing on a stop flag never waits
-    for the GPU; None where the default group is already on the CPU or there is one process."""
-    if not dist.is_initialized() or dist.get_world_size() == 1 or dist.get_backend() == "gloo":
-        return None
-    return dist.new_group(backend="gloo")
-
-
 class Trainer:
     """Builds everything from a config and runs (or resumes) the training."""
+
+    comm = Collectives(rank=0, world_size=1, timeout_s=1.0)
+    """The collectives of the run (`__init__` sets this run's); one process, for a Trainer assembled piecewise."""
 
     def __init__(self, cfg: Config, resume: bool = True, resume_from: Optional[str] = None,
                  load_from: Optional[str] = None, stop_requested: Optional[Callable[[], bool]] = None,
@@ -131,8 +119,8 @@ class Trainer:
         self.env = resolve_env()
         setup_logging(self.env.is_main)
         configure_backends(cfg.deterministic)
-        self.device = init_distributed(self.env)
-        self.host_group = _host_group()
+        self.device = init_distributed(self.env, cfg.train.collective_timeout_s)
+        self.comm = Collectives(self.env.rank, self.env.world_size, cfg.train.collective_timeout_s)
         log.info(configure_threads(self.env, cfg.data.num_workers))
         seed_everything(cfg.seed + self.env.rank)
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
@@ -143,7 +131,7 @@ class Trainer:
             dump_config(cfg, self.run_dir / "config.yaml")
             for stale in ckpt.remove_incomplete(self.ckpt_root):
                 log.warning("removed incomplete checkpoint %s (a save was interrupted)", stale)
-        _barrier()
+        self.comm.barrier("the start (rank 0 tidies the run folder)")
         model = models.build(cfg.model)
         self.memory = WindowMemory() if carries_memory(model) else None
         self._build_data()
@@ -157,6 +145,7 @@ class Trainer:
         self.scaled = scale_lrs(cfg.optim, self.effective_batch)
         self.engine = Engine(model, cfg, self.scaled, self.env.world_size, self.micro_per_epoch,
                              make_loss(model, cfg.train.loss), self.device)
+        self.comm.bound()  # DeepSpeed's own groups, made without a timeout
         self.progress = Progress()
         if start_ckpt is not None:
             self._restore(start_ckpt)
@@ -203,10 +192,11 @@ class Trainer:
         else:
             self.sampler = ResumableDistributedSampler(self.train_set, env.world_size, env.rank, cfg.seed, length=length)
             val_sampler = ShardSampler(len(self.val_set), env.world_size, env.rank)
+        bound = cfg.train.data_timeout_s
         self.train_loader = make_loader(self.train_set, self.sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
-                                        drop_last=True)
+                                        drop_last=True, timeout_s=bound, name="training")
         self.val_loader = make_loader(self.val_set, val_sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
-                                      drop_last=False)
+                                      drop_last=False, timeout_s=bound, name="validation")
 
     def _checkpoint_to_resume(self, resume: bool, resume_from: Optional[str]) -> Optional[Path]:
         if resume_from:
@@ -231,14 +221,11 @@ class Trainer:
     def save(self, is_best: bool = False) -> Path:
         """Collective checkpoint of engine, progress and every rank's RNG state; committed atomically."""
         step = self.engine.global_step
-        rng = [_rng_state()]
-        if dist.is_initialized() and self.env.world_size > 1:
-            gathered: List[Any] = [None] * self.env.world_size
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
-        self.engine.save(self.ckpt_root, ckpt.tmp_tag_for(step), {"progress": asdict(self.progress), "rng": rng,
-                                                                   "config": to_dict(self.cfg)})
-        _barrier()
+        rng = self.comm.gather(_rng_state(), f"the RNG-state gather of checkpoint {step}")
+        with self.comm.guard(f"DeepSpeed's save of checkpoint {step}"):
+            self.engine.save(self.ckpt_root, ckpt.tmp_tag_for(step), {"progress": asdict(self.progress), "rng": rng,
+                                                                       "config": to_dict(self.cfg)})
+        self.comm.barrier(f"the barrier after every rank wrote checkpoint {step}")
         final = self.ckpt_root / ckpt.tag_for(step)
         if self.env.is_main:
             dump_config(self.cfg, self.ckpt_root / ckpt.tmp_tag_for(step) / "config.yaml")
@@ -246,7 +233,7 @@ class Trainer:
             if is_best:
                 ckpt.mark_best(self.ckpt_root, final)
             ckpt.prune(self.ckpt_root, self.cfg.checkpoint.keep_last)
-        _barrier()
+        self.comm.barrier(f"the barrier after rank 0 committed checkpoint {step}")
         return final
 
     def _improves_best(self, metrics: Dict[str, float]) -> bool:
@@ -320,7 +307,11 @@ class Trainer:
         fetch_start = time.perf_counter()
         for batch in self.train_loader:
             wait += time.perf_counter() - fetch_start
-            loss, stepped = self._train_step(batch)
+            with self.comm.guard(f"the gradient all-reduce of optimizer step {eng.global_step + 1}"):
+                loss, stepped = self._train_step(batch)
+            # agreed before the log's read of the device: a rank lost in this step's all-reduce is found on the
+            # host, not after the GPU's wait for it
+            stop = stepped and self._stop_agreed()
             loss_sum += loss
             count += 1
             prog.micro_in_epoch += 1
@@ -343,7 +334,7 @@ class Trainer:
             if stepped and cfg.checkpoint.every_steps and eng.global_step % cfg.checkpoint.every_steps == 0 \
                     and prog.micro_in_epoch < self.micro_per_epoch:
                 self.save()
-            if stepped and self._stop_agreed():
+            if stop:
                 self.save()
                 bar.close()
                 return False
@@ -362,15 +353,8 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         """All ranks agree to stop if any rank was asked to (preemption, time limit)."""
-        return self._any_rank(self.stop_requested())
-
-    def _any_rank(self, flag: bool) -> bool:
-        """True on every rank if `flag` is true on any. Host state, agreed on over a CPU group, so the GPU
-        keeps its queue of work."""
-        value = torch.tensor([1.0 if flag else 0.0], device="cpu")
-        if dist.is_initialized() and self.env.world_size > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.host_group)
-        return bool(value.item())
+        step = self.engine.global_step
+        return self.comm.any(self.stop_requested(), f"the stop agreement after optimizer step {step}")
 
     def _bad_files_error(self, *splits: Any) -> Optional[str]:
         """The error to stop every rank on once a split's unreadable files, as the run's bad-file log holds
@@ -380,7 +364,7 @@ class Trainer:
         if self.env.is_main:
             checks = [split.ceiling_error for split in splits if hasattr(split, "ceiling_error")]
             error = next((e for check in checks if (e := check())), None)
-        if not self._any_rank(error is not None):
+        if not self.comm.any(error is not None, "the agreement on unreadable files"):
             return None
         return error or "rank 0 found too many unreadable files; its error lists them"
 
@@ -399,11 +383,7 @@ class Trainer:
         regression = is_regression(self.cfg, self.engine.module)
         scores, labels, losses = self._predict_validation(regression)
         indices = _loader_indices(self.val_loader)
-        local = (scores, labels, losses, indices)
-        parts = [local]
-        if dist.is_initialized() and self.env.world_size > 1:
-            parts = [None] * self.env.world_size
-            dist.all_gather_object(parts, local)
+        parts = self.comm.gather((scores, labels, losses, indices), f"the gather of epoch {epoch + 1}'s validation")
         all_scores = np.concatenate([p[0] for p in parts])
         all_labels = np.concatenate([p[1] for p in parts])
         all_indices = np.concatenate([p[3] for p in parts])
