@@ -63,6 +63,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from action_launch.models.checkpoints import CheckpointError
+    from action_launch.training.distributed import CollectiveError
+    from action_launch.training.loaders import DataTimeout
     from action_launch.training.trainer import Trainer, TooManyBadFiles
 
     try:
@@ -75,6 +77,9 @@ def main(argv=None) -> int:
     except TooManyBadFiles as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (CollectiveError, DataTimeout) as err:  # a rank or a data worker died or hung: said in one line
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if (args.test_best or args.test_last) and trainer.env.is_main and trainer.progress.epoch >= cfg.train.epochs:
         from action_launch.evaluation.evaluate import evaluate_after_training
 

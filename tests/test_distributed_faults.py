@@ -79,8 +79,9 @@ def fault_run(video_set: Path, tmp_path: Path, fault: signal.Signals, timeout_s:
 
 
 def the_error(out: str) -> str:
-    """The one CollectiveError line of rank 0's output."""
-    (error,) = [line for line in out.splitlines() if "CollectiveError: rank 0:" in line]
+    """The one error line of rank 0's output (train.py prints the CollectiveError, no traceback)."""
+    assert "Traceback" not in out, out[-3000:]
+    (error,) = [line for line in out.splitlines() if line.startswith("error: rank 0:")]
     return error
 
 

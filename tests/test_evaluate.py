@@ -234,3 +234,13 @@ def test_test_metrics_and_predictions_reach_mlflow(known_run):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/top1")] == [7]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
     assert {"test/predictions.npz", "test/metrics.json", "test/confusion_matrix.png"} <= artifacts
+
+
+def test_evaluation_loads_as_training_does_with_its_batch_time_limit(video_set):
+    """test.py's loader is `training.loaders.make_loader`'s: its workers start the same way and a stuck one
+    raises DataTimeout after train.data_timeout_s instead of hanging the evaluation."""
+    cfg = load_config("configs/demo.yaml", [f"data.root={video_set}", "train.data_timeout_s=7", "data.num_workers=1"])
+    dataset = datasets.build(cfg.data, "test")
+    loader = ev.evaluation_loader(dataset, 4, cfg, memory=False, name="test")
+    assert (loader.timeout, loader.name, loader.num_workers) == (7, "test", 1)
+    assert [i for batch in loader.batch_sampler for i in batch] == list(range(len(dataset)))  # each once, in order

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from action_launch import datasets, models
 from action_launch.config import load_config
@@ -178,7 +179,8 @@ def test_evaluation_carries_memory_through_each_interaction(engagement):
     dataset = datasets.build(_data_cfg(engagement), "val")
     assert len(dataset) == 12 and sequences_of(dataset) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert not ev.has_views(datasets.build(_data_cfg(engagement), "test"), "test")  # feature windows: no views
-    loader = ev.sequence_loader(dataset, batch_size=2)  # 3 interactions on 2 slots: walks are interleaved
+    # 3 interactions on 2 slots: walks are interleaved
+    loader = DataLoader(dataset, batch_sampler=ev.sequence_sampler(dataset, batch_size=2))
     scores, labels = ev.predict(model, loader, "mean_softmax", torch.device("cpu"), views=False)
     scores, labels = ev.in_dataset_order(scores, loader), ev.in_dataset_order(labels, loader)
     expected = _sequential(model, dataset).softmax(-1).numpy()

@@ -50,7 +50,7 @@ from action_launch.config import (
     parse_overrides,
 )
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.loaders import SequenceStreamSampler, sequences_of
+from action_launch.training.loaders import SequenceStreamSampler, make_loader, sequences_of
 from action_launch.training.losses import logits_of
 from action_launch.training.memory import WindowMemory, carries_memory
 from action_launch.training.metrics import (  # noqa: F401
@@ -158,7 +158,7 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
 
     A model that carries memory (`training.memory`) gets, for each window, the memory its
     recording's previous window left in the previous batch: give it a loader whose batches walk
-    each recording in order (`sequence_loader`).
+    each recording in order (`sequence_sampler`).
     """
     model.eval().to(device)
     memory = WindowMemory() if carries_memory(model) else None
@@ -177,16 +177,23 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
     return torch.cat(scores).cpu().numpy(), np.concatenate(labels)  # one copy to the host, after the pass
 
 
-def sequence_loader(dataset: Any, batch_size: int, num_workers: int = 0) -> Any:
-    """An evaluation DataLoader whose batch slots walk whole recordings in window order (memory models)."""
-    from torch.utils.data import DataLoader
-
+def sequence_sampler(dataset: Any, batch_size: int) -> SequenceStreamSampler:
+    """Evaluation batches whose slots walk whole recordings in window order (memory models)."""
     sequences = sequences_of(dataset)
     if sequences is None:
         raise ValueError(f"a model that carries memory needs a dataset of recordings (data.dataset=multiperson); "
                          f"{type(dataset).__name__} has none")
-    return DataLoader(dataset, batch_sampler=SequenceStreamSampler(sequences, batch_size, shuffle=False),
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    return SequenceStreamSampler(sequences, batch_size, shuffle=False)
+
+
+def evaluation_loader(dataset: Any, batch_size: int, cfg: Config, memory: bool, name: str) -> Any:
+    """The one loader of an evaluation pass (`training.loaders.make_loader`: the training loaders' workers and
+    batch time limit, `train.data_timeout_s`): every sample once, in order, or recording by recording."""
+    from torch.utils.data import SequentialSampler
+
+    sampler = sequence_sampler(dataset, batch_size) if memory else SequentialSampler(dataset)
+    return make_loader(dataset, sampler, batch_size, cfg.data, cfg.seed, drop_last=False,
+                       timeout_s=cfg.train.data_timeout_s, name=name)
 
 
 def in_dataset_order(values: np.ndarray, loader: Any) -> np.ndarray:
@@ -252,8 +259,6 @@ def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
                         out: Optional[Union[str, Path]] = None, track: bool = True) -> Dict[str, float]:
     """Evaluate one checkpoint folder on `ecfg.split`; write predictions, metrics and log them. Returns the metrics."""
-    from torch.utils.data import DataLoader
-
     from action_launch import datasets
 
     ecfg = ecfg or EvalConfig()
@@ -264,11 +269,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     how = "mean" if regression else ecfg.aggregate
     dataset = datasets.build(cfg.data, ecfg.split)
     batch_size = ecfg.batch_size or cfg.train.micro_batch_size
-    if carries_memory(model):  # each recording's windows in order, memory carried (training.memory)
-        loader = sequence_loader(dataset, batch_size, cfg.data.num_workers)
-    else:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-                            drop_last=False, pin_memory=cfg.data.pin_memory and torch.cuda.is_available())
+    # a memory model walks each recording's windows in order, its memory carried (training.memory)
+    loader = evaluation_loader(dataset, batch_size, cfg, carries_memory(model), name=ecfg.split)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     scores, labels = predict(model, loader, how, device, has_views(dataset, ecfg.split))
     if carries_memory(model):
