@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--load-from-partial", action="store_true",
                         help="accept a partial --load-from (same as train.load_partial=true); the report lists "
                              "what did not load")
+    parser.add_argument("--until-epoch", type=int, metavar="N",
+                        help="stop once N epochs are done and checkpointed, the run left open for --resume (how a PBT "
+                             "sweep trial trains one perturbation interval at a time)")
     parser.add_argument("--seed", type=int, help="same as seed=N")
     parser.add_argument("--deterministic", action="store_true", help="same as deterministic=true")
     test = parser.add_mutually_exclusive_group()
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        trainer.fit()
+        trainer.fit(until_epoch=args.until_epoch)
     except TooManyBadFiles as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

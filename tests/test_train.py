@@ -90,6 +90,32 @@ def test_resume_mid_epoch_is_bit_identical(reference_run, tmp_path):
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_until_epoch_pauses_with_the_run_open_and_resumes_bit_identically(reference_run, tmp_path):
+    """--until-epoch N (a PBT trial's interval): stop after epoch N's checkpoint with the MLflow run still open and
+    no final outputs; the next process continues it, and the result is the uninterrupted run's, in one run."""
+    run_dir, overrides, _ = reference_run
+    resumed = ["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path}"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paused = tmp_path / "tests" / "reference"
+    for epoch in (1, 2):
+        proc = run_train([*resumed, "--until-epoch", str(epoch)])
+        assert f"paused after epoch {epoch} of 3" in proc.stderr + proc.stdout
+        assert max(json.loads(m.read_text())["epoch"] for m in paused.glob("checkpoints/step_*/meta.json")) == epoch
+        (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert run.info.status == "RUNNING" and not (paused / "confusion_matrix.png").exists()
+    run_train(resumed)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])  # one run, continued
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [3, 6, 9]
+    lr_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/lr")]
+    assert len(lr_steps) == len(set(lr_steps)) == 9  # no step logged twice
+    expected, got = final_weights(run_dir), final_weights(paused)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
 def test_kill_during_save_leaves_a_resumable_run(reference_run, tmp_path):
     run_dir, overrides, _ = reference_run
     resumed = [*overrides, f"output_dir={tmp_path}"]

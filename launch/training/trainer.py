@@ -248,8 +248,12 @@ class Trainer:
         return False
 
     # -------------------------------------------------------------------------------------- loop
-    def fit(self) -> Dict[str, float]:
-        """Train to `train.epochs` (from wherever the run stands) and return the last validation metrics."""
+    def fit(self, until_epoch: Optional[int] = None) -> Dict[str, float]:
+        """Train to `train.epochs` (from wherever the run stands) and return the last validation metrics.
+
+        `until_epoch`: stop once that many epochs are done and checkpointed, the run left open for a later
+        `fit` (a PBT trial trains one perturbation interval per process: nothing past the point where Tune
+        may hand it another trial's checkpoint)."""
         cfg, tracker = self.cfg, self.tracker
         params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
         tracker.start({**params, "optim.scaled_lr": self.scaled.lr,
@@ -262,7 +266,7 @@ class Trainer:
         if self.progress.epoch >= cfg.train.epochs:
             log.info("%s is already complete (%d of %d epochs): nothing to train; raise train.epochs to go on, or "
                      "start another run with name=<new name>", self.run_dir, self.progress.epoch, cfg.train.epochs)
-        status = "FAILED"
+        status: Optional[str] = "FAILED"
         try:
             while self.progress.epoch < cfg.train.epochs:
                 if not self._train_epoch():
@@ -276,11 +280,17 @@ class Trainer:
                 self.save(is_best)
                 if (error := self._bad_files_error(self.train_set, self.val_set)) is not None:
                     raise TooManyBadFiles(error)
+                if until_epoch is not None and until_epoch <= self.progress.epoch < cfg.train.epochs:
+                    log.info("paused after epoch %d of %d (--until-epoch); the run stays open, --resume continues it",
+                             self.progress.epoch, cfg.train.epochs)
+                    status = None
+                    return self.progress.last_val or {}
             status = "FINISHED"
             return self.progress.last_val or {}
         finally:
-            self._write_final_artifacts()
-            tracker.finish(status)
+            if status is not None:  # a paused run has no final outputs yet, and stays open
+                self._write_final_artifacts()
+                tracker.finish(status)
 
     def summary(self) -> str:
         """Where a finished (or stopped) run stands, in a few lines: epochs, best checkpoint, where to look next."""
