@@ -4,7 +4,8 @@ Every trial is `launch/train.py` with the trial's overrides, in `<output_dir>/<e
 id>/`. ASHA stops weak trials early, PBT perturbs and resumes from trial checkpoints, FIFO runs all to
 the end. MLflow gets one parent run per sweep and one nested child run per trial; with the embedded
 SQLite store, trials log through an `mlflow server` on 127.0.0.1 that this command starts and stops.
-`--resume` continues an interrupted sweep (Tuner.restore) without rerunning finished trials.
+`--resume` continues an interrupted sweep (Tuner.restore) without rerunning finished trials. Ctrl-C stops
+a local sweep (exit 130): trials that were training are marked `interrupted`, those not begun `not started`.
 """
 from __future__ import annotations
 
@@ -55,9 +56,13 @@ def main(argv=None) -> int:
 
         return submit_sweep(request)
     local_ray_environment()
-    from action_launch.sweeps.run import sweep
+    from action_launch.sweeps.run import resume_command, sweep
 
-    return sweep(request)
+    try:
+        return sweep(request)
+    except KeyboardInterrupt:  # a second Ctrl-C, while Tune was stopping after the first
+        print(f"interrupted: continue the sweep with: {resume_command()}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

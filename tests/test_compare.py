@@ -10,7 +10,7 @@ import pytest
 from action_launch import compare as compare_command
 from action_launch.tracking import compare
 
-from conftest import free_port, run_train
+from conftest import REPO, free_port, run_train
 from helpers.mlflow_sweep import (BEST_TRIAL, EXPERIMENT, LAST_VALUE_WINNER, SPACE, SWEEP, TRIALS, build_sweep_store,
                                    trial_run_name)
 
@@ -169,8 +169,20 @@ class _Result:
         history = [{"val/top1": acc, "val/loss": 1.4 - acc, "epoch": epoch, "step": 10 * epoch, "trial_id": trial_id,
                     "cost/clip_frames": float(epoch * 640 * frames), "cost/wall_s": 6.5 * epoch * frames}
                    for epoch, acc in enumerate(top1, 1)]
-        self.metrics = history[-1] if history else {"trial_id": trial_id}
+        self.metrics = {**history[-1], "done": True} if history else {"trial_id": trial_id}  # Tune ended it
         self.metrics_dataframe = pd.DataFrame(history) if history else None
+
+
+def _sweep_file(tmp_path: Path) -> str:
+    """The demo sweep's space with as many trials as TRIALS (the summary lists every planned trial)."""
+    import yaml
+
+    body = yaml.safe_load((REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml").read_text())
+    body["num_samples"] = len(TRIALS)
+    body["space"].update({"data.num_frames": {"choice": [4, 8, 16]}, "data.sampling_rate": {"choice": [2, 4, 8]}})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
 
 
 def test_compare_and_the_sweep_results_name_the_same_winner(store, tmp_path, capsys):
@@ -190,7 +202,7 @@ def test_compare_and_the_sweep_results_name_the_same_winner(store, tmp_path, cap
     assert code == 0, err
     compare_winner = table_lines(out)[0].split()[0]
 
-    request = SweepRequest(config="configs/demo.yaml", sweep="configs/sweeps/frames_sampling_lr.yaml",
+    request = SweepRequest(config="configs/demo.yaml", sweep=_sweep_file(tmp_path),
                            overrides=[f"output_dir={tmp_path / 'runs'}", f"experiment={EXPERIMENT}",
                                       "model.name=timesformer_tiny", "train.epochs=4", "tracking.enabled=false"],
                            name=SWEEP, scheduler="asha")
@@ -266,7 +278,7 @@ def test_trial_wall_time_reaches_its_mlflow_run(tmp_path, capsys):
     from action_launch.tracking.tracker import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    plan = make_plan(SweepRequest(config="configs/demo.yaml", sweep="configs/sweeps/frames_sampling_lr.yaml",
+    plan = make_plan(SweepRequest(config="configs/demo.yaml", sweep=_sweep_file(tmp_path),
                                   overrides=[f"output_dir={tmp_path / 'runs'}", f"experiment={EXPERIMENT}",
                                              "model.name=timesformer_tiny", "train.epochs=4", f"tracking.uri={uri}"],
                                   name="walls", scheduler="asha"))

@@ -308,6 +308,51 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     assert child.info.status == "KILLED" and child.data.tags["sweep.stop_reason"] == "stopped by asha at epoch 1"
 
 
+def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set, deepspeed_ready):
+    """Issue 15: SIGINT to a local sweep's driver (Ctrl-C) once a trial has validated epoch 1. The sweep
+    says it was interrupted and how to resume (exit 130); trials that were training are `interrupted` (not
+    `stopped by asha`: ASHA's only rung here is the last epoch) with their runs and the parent run KILLED; the
+    trial waiting for a CPU is `not started`. `--resume` then completes all three."""
+    sweep = write_sweep(tmp_path / "asha.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4]}},
+                                                 "asha": {"grace_period": 3, "reduction_factor": 3}})
+    cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "ctrl_c", epochs=3)  # 2 CPUs: 2 trials at once
+    sweep_dir = tmp_path / "runs" / "tests" / "ctrl_c"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and not any(
+            EPOCH_VALIDATION.search(log.read_text()) for log in sweep_dir.glob("*/train.log")):
+        time.sleep(0.2)
+    started = {pid: start_time(pid) for pid in descendants(driver.pid)}
+    os.kill(driver.pid, signal.SIGINT)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, f"{out[-3000:]}\n{err[-3000:]}"
+    said = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert len(said) == 1 and "ctrl_c" in said[0] and said[0].endswith("--resume"), err[-3000:]
+    assert not still_running(started)
+
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    trained = {p.parent.name for p in sweep_dir.glob("*/command.txt")}
+    assert len(rows) == 3 and 1 <= len(trained) <= 2, rows
+    assert {r["trial_id"]: r["stop_reason"] for r in rows if r["trial_id"] in trained} == dict.fromkeys(trained,
+                                                                                                   "interrupted")
+    assert [r["stop_reason"] for r in rows if r["trial_id"] not in trained] == ["not started"] * (3 - len(trained))
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["unfinished"] == 3
+    _, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
+    children = {r.data.tags["sweep.trial_id"]: r for r in runs if r.data.tags.get("sweep.trial_id")}
+    assert parent.info.status == "KILLED" and set(children) == trained
+    assert all(c.info.status == "KILLED" and c.data.tags["sweep.stop_reason"] == "interrupted" for c in children.values())
+
+    run_tune(cmd + ["--resume"])
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert [r["stop_reason"] for r in rows] == ["completed"] * 3, rows
+    _, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4  # the same parent, one run per trial
+
+
 # ---------------------------------------------------------------------------------------------- PBT
 def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deepspeed_ready):
     """Two trials, perturbation every epoch: the worse one continues from the better one's checkpoint with a

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -155,8 +156,11 @@ def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
         try:
             grid = _fit(plan, setup)
             summary = summarise(grid, plan, parent, setup)
-            status = "FINISHED"
+            status = "KILLED" if summary["interrupted"] else "FINISHED"
             return summary
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler answers only the first
+            status = "KILLED"
+            raise
         finally:
             parent.finish(status)
 
@@ -207,10 +211,14 @@ def _fit(plan: SweepPlan, setup: TrialSetup):
     return tuner.fit()
 
 
-def trial_stop_reason(result, scheduler: str, budget_key: str, full_budget: int) -> str:
-    """Why a Ray trial ended (`tracking.stop_reasons`): its error, a scheduler's stop, or the full budget."""
+def trial_stop_reason(result, scheduler: str, budget_key: str, full_budget: int, trial_dir: Path) -> str:
+    """Why a Ray trial ended (`tracking.stop_reasons`): its error, a scheduler's stop, or the full budget. A trial
+    Tune did not end (its last result is not `done`: the sweep was interrupted) is `interrupted` once it has
+    started training (`--resume` continues it), else `not started`."""
     if result.error is not None:
         return stop_reasons.errored(last_exception_line(str(result.error)) or type(result.error).__name__)
+    if not (result.metrics or {}).get("done"):
+        return stop_reasons.INTERRUPTED if (trial_dir / "command.txt").exists() else stop_reasons.NOT_STARTED
     reached = (result.metrics or {}).get(budget_key, 0)
     if reached >= full_budget:
         return stop_reasons.COMPLETED
@@ -258,6 +266,8 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
     trial of the sweep has its child run. Done here, after the sweep, not by the trial function: a trial
     Tune stopped must end at once (Tune reuses its actor for the next trial)."""
     reason = row["stop_reason"]
+    if reason == stop_reasons.NOT_STARTED:
+        return  # its run is opened when it trains (a resumed sweep)
     status = stop_reasons.mlflow_status(reason)
     tags = {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}
     if (trial_dir / "tracking" / "state.json").exists():
@@ -272,25 +282,38 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
     tracker.finish(status)
 
 
-def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict[str, Any]:
-    """Stop reasons onto the trials' runs; table, CSV, plots and the best trial onto the parent run."""
-    args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
-    budget_key, full = budget_attr(spec), max_budget(spec, cfg)
+def _trial_row(result, plan: SweepPlan) -> Dict[str, Any]:
+    """One trial's row of the sweep's table: id, swept values, stop reason, ranking value, budget and costs."""
+    spec, budget_key, metrics = plan.spec, budget_attr(plan.spec), result.metrics or {}
+    id_file = Path(result.path) / "trial_id"
+    # The trial's own record first: after a PBT exploit the last result can be the donor's.
+    trial_id = id_file.read_text().strip() if id_file.exists() else metrics.get("trial_id") or Path(result.path).name
+    reason = trial_stop_reason(result, plan.request.scheduler, budget_key, max_budget(spec, plan.cfg),
+                               plan.sweep_dir / trial_id)
+    return {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
+            spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
+            budget_key: metrics.get(budget_key), COST: metrics.get(COST), WALL: metrics.get(WALL)}
+
+
+def _trial_rows(grid, plan: SweepPlan, setup: TrialSetup) -> List[Dict[str, Any]]:
+    """The rows of the trials Tune created (their stop reasons put on their MLflow runs), then one `not started`
+    row for each planned trial it had not created yet (an interrupted sweep run one trial at a time)."""
     rows: List[Dict[str, Any]] = []
     for result in grid:
-        metrics = result.metrics or {}
-        id_file = Path(result.path) / "trial_id"
-        # The trial's own record first: after a PBT exploit the last result can be the donor's.
-        trial_id = id_file.read_text().strip() if id_file.exists() else metrics.get("trial_id") or Path(result.path).name
-        reason = trial_stop_reason(result, args.scheduler, budget_key, full)
-        row = {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
-               spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
-               budget_key: metrics.get(budget_key), COST: metrics.get(COST), WALL: metrics.get(WALL)}
-        rows.append(row)
+        rows.append(_trial_row(result, plan))
         if setup.tracking_uri:
-            _record_trial(sweep_dir / trial_id, row, flat_trial_config(result.config or {}), cfg, setup,
-                          wall_time_points(result))
-    rows = best_first(rows, lambda row: row[spec.metric], spec.mode)
+            _record_trial(plan.sweep_dir / rows[-1]["trial_id"], rows[-1], flat_trial_config(result.config or {}),
+                          plan.cfg, setup, wall_time_points(result))
+    # Tune draws a trial's values only when it creates it: those of the others are not known yet
+    planned = plan.spec.grid_size() * plan.num_samples
+    return rows + [{"trial_id": None, "stop_reason": stop_reasons.NOT_STARTED} for _ in range(planned - len(rows))]
+
+
+def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict[str, Any]:
+    """Stop reasons onto the trials' runs; table, CSV, plots and the best trial onto the parent run."""
+    cfg, spec, sweep_dir = plan.cfg, plan.spec, plan.sweep_dir
+    budget_key = budget_attr(spec)
+    rows = best_first(_trial_rows(grid, plan, setup), lambda row: row.get(spec.metric), spec.mode)
     rule = ranking_rule(spec.metric, spec.mode)
     keys = ["trial_id", *spec.swept_keys(), spec.metric, f"last {spec.metric}", budget_key, COST, WALL,
             "stop_reason"]
@@ -305,9 +328,12 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
              sweep_dir / "sweep.yaml"]
     best = rows[0] if rows and rows[0].get(spec.metric) is not None else None
     summary = {"trials": len(rows), "ranking": rule, "best": best,
-               "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) != "errored" for r in rows),
+               "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) in ("completed", "stopped")
+                                           for r in rows),
                "errored": sum(stop_reasons.outcome(r["stop_reason"]) == "errored" for r in rows),
-               "total_clip_frames": sum(r[COST] or 0 for r in rows), "rows": rows}
+               "unfinished": sum(stop_reasons.outcome(r["stop_reason"]) == "unfinished" for r in rows),
+               "total_clip_frames": sum(r.get(COST) or 0 for r in rows), "rows": rows}
+    summary["interrupted"] = summary["unfinished"] > 0
     if best is not None:
         best_dir = sweep_dir / best["trial_id"]
         if (best_dir / "config.yaml").exists():
@@ -346,4 +372,15 @@ def sweep(request: SweepRequest) -> int:
         print(f"error: --resume: no sweep to resume in {plan.sweep_dir}", file=sys.stderr)
         return 2
     summary = run_sweep(plan)
+    if summary["interrupted"]:
+        print(f"interrupted: sweep {plan.sweep_dir.name} stopped before its end ({summary['unfinished']} of "
+              f"{summary['trials']} trials unfinished); continue it with: {resume_command()}", file=sys.stderr)
+        return 130
     return 0 if summary["completed_or_stopped"] > 0 else 1
+
+
+def resume_command(argv: Optional[List[str]] = None) -> str:
+    """The command that continues this sweep: tune.py's own arguments (`argv`, default this process's) and
+    `--resume`."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    return shlex.join(["python", "launch/tune.py", *args, "--resume"])

@@ -150,7 +150,8 @@ def _cell(column: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-_OUTCOME_COLOURS = {"errored": "#f4c7c3", "stopped": "#fce8b2", "completed": "#b7e1cd", "other": "#e8eaed"}
+_OUTCOME_COLOURS = {"errored": "#f4c7c3", "stopped": "#fce8b2", "completed": "#b7e1cd", "unfinished": "#c9daf8",
+                    "other": "#e8eaed"}
 
 
 def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], metric: str,

@@ -1,10 +1,13 @@
 """Why a sweep trial ended, in words: `completed`, `stopped by <scheduler> at <budget> <k>`, or
-`errored: <message>`. Sweeps write it (tag `sweep.stop_reason`), tracking reads it back."""
+`errored: <message>`; in an interrupted sweep (Ctrl-C) also `interrupted` (it was training; `--resume`
+continues it) and `not started`. Sweeps write it (tag `sweep.stop_reason`), tracking reads it back."""
 from __future__ import annotations
 
 from typing import Any, Dict
 
 COMPLETED = "completed"
+INTERRUPTED = "interrupted"
+NOT_STARTED = "not started"
 ERROR_CHARS = 300  # of an error message kept in the tag (MLflow tags hold 5000, the table shows 40)
 
 
@@ -19,7 +22,10 @@ def errored(message: str) -> str:
 
 
 def outcome(reason: str) -> str:
-    """`errored`, `stopped`, `completed` or `other` for a stop reason or a lower-case MLflow status."""
+    """`errored`, `stopped`, `completed`, `unfinished` (an interrupted sweep's trial) or `other` for a stop
+    reason or a lower-case MLflow status."""
+    if reason in (INTERRUPTED, NOT_STARTED):
+        return "unfinished"
     if reason.startswith(("errored", "failed", "killed")):
         return "errored"
     if reason.startswith("stopped"):
@@ -30,8 +36,8 @@ def outcome(reason: str) -> str:
 
 
 def mlflow_status(reason: str) -> str:
-    """The MLflow run status a trial's run ends with: FAILED, KILLED (stopped early) or FINISHED."""
-    return {"errored": "FAILED", "stopped": "KILLED"}.get(outcome(reason), "FINISHED")
+    """The MLflow run status a trial's run ends with: FAILED, KILLED (stopped early or interrupted) or FINISHED."""
+    return {"errored": "FAILED", "stopped": "KILLED", "unfinished": "KILLED"}.get(outcome(reason), "FINISHED")
 
 
 def run_stop_reason(run: Dict[str, Any]) -> str:
