@@ -389,6 +389,14 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     used = {round(m.value, 12) for m in client.get_metric_history(child.info.run_id, "train/lr")}
     assert len(used) >= 2
     assert used <= {round(lr, 12) for lr in given}, (used, given)
+    # Issue 15: no abandoned branch in MLflow. A PBT trial trains one interval per process (train.py
+    # --until-epoch), so nothing is trained past the point where it may take the donor's checkpoint: one value
+    # per step and metric (the trained-ahead steps were logged twice, once per branch)
+    for run in (r for r in runs if r.data.tags.get("sweep.trial_id")):
+        for key in ("train/lr", "train/loss", "val/loss"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.data.tags["sweep.trial_id"], key, sorted(steps))
+    assert "paused after epoch 1 of 3" in (trial / "train.log").read_text()
 
 
 def test_a_trial_with_two_workers_is_one_two_process_run(tmp_path, video_set, deepspeed_ready):

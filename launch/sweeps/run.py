@@ -89,6 +89,14 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
                                    synch=bool(spec.pbt.get("synch", False)))
 
 
+def pbt_pause_every(scheduler: str, spec: SweepSpec) -> Optional[int]:
+    """Epochs each training process of a PBT trial runs (`TrialSetup.pause_every`): the perturbation interval
+    with an epochs budget; None otherwise (a steps budget, or another scheduler: one process trains it all)."""
+    if scheduler != "pbt" or spec.budget != "epochs":
+        return None
+    return int(spec.pbt.get("perturbation_interval", 2))
+
+
 def _start_ray(stack: ExitStack) -> None:
     """Join the Ray cluster of `RAY_ADDRESS` (Slurm), else start a private one on 127.0.0.1 (shut down with
     `stack`)."""
@@ -150,7 +158,8 @@ def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
                            sweep_dir=str(sweep_dir), output_dir=str(Path(cfg.output_dir).resolve()),
                            experiment=cfg.experiment, sweep_name=sweep_dir.name, tracking_uri=uri,
                            parent_run_id=parent.run_id, workers=args.workers,
-                           threads=max(1, int(args.cpus_per_trial) // args.workers))
+                           threads=max(1, int(args.cpus_per_trial) // args.workers),
+                           pause_every=pbt_pause_every(args.scheduler, plan.spec))
         _start_ray(stack)
         status = "FAILED"
         try:

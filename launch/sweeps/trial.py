@@ -64,6 +64,9 @@ class TrialSetup:
     cwd: str = field(default_factory=os.getcwd)
     """Where relative data paths of the config are resolved (the directory tune.py ran in)."""
     poll_s: float = 0.5
+    pause_every: Optional[int] = None
+    """PBT with an epochs budget: the perturbation interval. Each training process stops after the next
+    multiple of it (`pause_epoch`), so a trial never trains past a point where PBT may exploit it."""
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -222,27 +225,61 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     ckpt.hold_unreported(trial_dir / "checkpoints", reported_step)  # keep_last prunes nothing Tune has not seen
     cmd = training_command(setup, trial_config, trial_id)
     (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-    env = trial_environment(setup.threads)
-    log_path = trial_dir / "train.log"
     clock = _CostClock(trial_dir)
+    while True:
+        until = pause_epoch(trial_dir, setup.pause_every, trial_config, setup)
+        reported_step = _train(cmd + (["--until-epoch", str(until)] if until else []), trial_dir, setup, clock,
+                               reported_step, until)
+        if until is None or _stop_requested():
+            return
+
+
+def pause_epoch(trial_dir: Path, every: Optional[int], trial_config: Mapping[str, Any], setup: TrialSetup
+                ) -> Optional[int]:
+    """The epoch a PBT trial's next training process stops after (`train.py --until-epoch`): the next multiple
+    of the perturbation interval `every`, where PBT may hand the trial another's checkpoint (synchronous PBT
+    pauses it there). None without an interval, or when the run ends first."""
+    if not every:
+        return None
+    latest = ckpt.latest_checkpoint(trial_dir / "checkpoints")
+    epoch = ckpt.read_meta(latest)["epoch"] if latest is not None else 0
+    until = (epoch // every + 1) * every
+    return until if until < _planned_epochs(trial_config, setup) else None
+
+
+def _planned_epochs(trial_config: Mapping[str, Any], setup: TrialSetup) -> int:
+    """`train.epochs` of this trial (the sweep may set it)."""
+    from action_launch.config import load_config
+
+    return load_config(setup.config, [*setup.overrides, *trial_overrides(trial_config)]).train.epochs
+
+
+def _train(cmd: List[str], trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int,
+           until: Optional[int]) -> int:
+    """One training process of the trial, watched until it exits (or Tune stops the trial); returns the last
+    step reported. A failed process is a RuntimeError naming its last exception line."""
+    log_path = trial_dir / "train.log"
     with open(log_path, "a") as log_file:
         # setpriv: the child gets SIGTERM if this trial's thread or process dies before it does.
-        proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *cmd], cwd=setup.cwd, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *cmd], cwd=setup.cwd,
+                                env=trial_environment(setup.threads), stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            reported_step = _watch(proc, trial_dir, setup, clock, reported_step)
+            reported_step = _watch(proc, trial_dir, setup, clock, reported_step, until)
         finally:
             stop_process_group(proc, grace_s=20.0)
-    if _stop_requested():
-        return
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not _stop_requested():
         tail = _log_tail(log_path, 200)
         raise RuntimeError(f"training exited with code {proc.returncode}: {last_exception_line(tail) or 'see log'} "
                            f"(log {log_path})")
+    return reported_step
 
 
-def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int) -> int:
-    """Report each new validated epoch-end checkpoint until training ends or Tune stops the trial."""
+def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int,
+           until: Optional[int] = None) -> int:
+    """Report each new validated epoch-end checkpoint until training ends or Tune stops the trial. The last
+    epoch, and the pause epoch `until`, are reported once the process has exited: Tune's answer (go on, pause,
+    exploit) then finds nothing trained past them."""
     while True:
         finished = proc.poll() is not None
         for folder in ckpt.complete_checkpoints(trial_dir / "checkpoints"):
@@ -253,7 +290,7 @@ def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _C
             if not _is_validation_epoch(meta["epoch"], cfg):
                 continue
             last = meta["epoch"] >= cfg["train"]["epochs"]
-            if last and not finished:
+            if (last or (until is not None and meta["epoch"] >= until)) and not finished:
                 # The last epoch is reported once training has exited, as done: its final outputs are written
                 # by then, and no scheduler pauses (PBT) or stops a trial that has nothing left to train.
                 continue
