@@ -309,7 +309,8 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
 
 
 def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set, deepspeed_ready):
-    """Issue 15: SIGINT to a local sweep's driver (Ctrl-C) once a trial has validated epoch 1. The sweep
+    """Issue 15: SIGINT to a local sweep's process group, as a terminal's Ctrl-C sends it (the driver and the
+    Ray processes in its group; a driver signalled alone behaves the same), once a trial has validated epoch 1. The sweep
     says it was interrupted and how to resume (exit 130); trials that were training are `interrupted` (not
     `stopped by asha`: ASHA's only rung here is the last epoch) with their runs and the parent run KILLED; the
     trial waiting for a CPU is `not started`. `--resume` then completes all three."""
@@ -325,7 +326,7 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
             EPOCH_VALIDATION.search(log.read_text()) for log in sweep_dir.glob("*/train.log")):
         time.sleep(0.2)
     started = {pid: start_time(pid) for pid in descendants(driver.pid)}
-    os.kill(driver.pid, signal.SIGINT)
+    os.killpg(driver.pid, signal.SIGINT)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 130, f"{out[-3000:]}\n{err[-3000:]}"
     said = [line for line in err.splitlines() if line.startswith("interrupted:")]
