@@ -310,8 +310,8 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
 
 def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set, deepspeed_ready):
     """Issue 15: SIGINT to a local sweep's process group, as a terminal's Ctrl-C sends it (the driver and the
-    Ray processes in its group; a driver signalled alone behaves the same), once a trial has validated epoch 1. The sweep
-    says it was interrupted and how to resume (exit 130); trials that were training are `interrupted` (not
+    Ray processes in its group; a driver signalled alone behaves the same), once a trial has validated epoch 1.
+    The sweep says it was interrupted and how to resume (exit 130); trials that were training are `interrupted` (not
     `stopped by asha`: ASHA's only rung here is the last epoch) with their runs and the parent run KILLED; the
     trial waiting for a CPU is `not started`. `--resume` then completes all three."""
     sweep = write_sweep(tmp_path / "asha.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4]}},
