@@ -139,6 +139,16 @@ def test_workers_do_not_inherit_a_lock_another_thread_holds():
     assert proc.stdout.strip() == "batches 2"
 
 
+def test_workers_leave_slurm_signals_to_the_training_process():
+    """Slurm signals every process of a job step (USR1/USR2 before a preemption or the time limit): the workers,
+    the forkserver and the resource tracker carry on, the training process alone acts (a worker killed by SIGUSR1
+    failed a preempted job with ConnectionRefusedError; a killed tracker relaunched with KeyError tracebacks)."""
+    proc = run_helper("signalled", 20)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "batches 2", proc.stderr[-3000:]
+    assert "KeyError" not in proc.stderr and "relaunching" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_the_timeouts_are_config_keys():
     from action_launch.config import ConfigError, load_config
 

@@ -20,16 +20,18 @@ import functools
 import logging
 import multiprocessing
 import random
+import signal
 import sys
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from action_launch.datasets.config import DataConfig
+from action_launch.training.signals import REQUEUE_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +154,17 @@ def split_batch(batch: Sequence[Any]) -> Tuple[Any, Any, Optional[Any]]:
     return inputs, targets, None
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
+    """Seed numpy and `random` from the worker's torch seed, and ignore the requeue signals (Slurm sends them to
+    every process of a job step before a preemption or the time limit): the training process acts on them. A
+    worker of a forkserver started by `_worker_context` has them blocked from its start already; this also
+    covers one of a forkserver that multiprocessing restarted. SIGTERM keeps its default: it is how the
+    DataLoader and multiprocessing end a stuck worker."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    for name in REQUEUE_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class DataTimeout(RuntimeError):
@@ -227,8 +236,21 @@ def _worker_context(dataset: Dataset, workers: int) -> Optional[Any]:
     context = multiprocessing.get_context(method)
     if method == "forkserver":  # the preload list is read when the server starts; later calls change nothing
         context.set_forkserver_preload(["numpy", "torch", type(dataset).__module__])
-        forkserver.ensure_running()
+        _start_with_requeue_signals_blocked(forkserver.ensure_running)  # and the resource tracker it needs
     return context
+
+
+def _start_with_requeue_signals_blocked(start: Callable[[], None]) -> None:
+    """Call `start` with the requeue signals blocked in this thread, so the helper process it starts
+    (multiprocessing's resource tracker, the forkserver) and every worker forked from it inherit them blocked:
+    Slurm sends them to every process of a job step before a preemption, and they are the training process's
+    to act on (a preempted job failed: a worker, and the resource tracker, died of SIGUSR1 mid-batch). One
+    that arrives meanwhile reaches this process afterwards."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in REQUEUE_SIGNALS})
+    try:
+        start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataConfig, seed: int,
@@ -243,7 +265,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataCo
                 else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last})
     return BoundedLoader(
         dataset, **batching, num_workers=workers, name=name,
-        pin_memory=cfg.pin_memory and torch.cuda.is_available(), worker_init_fn=_seed_worker,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(), worker_init_fn=_init_worker,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,

@@ -1,14 +1,19 @@
-"""DataLoader workers that cannot deliver, for the fault tests: `make_loader` must raise, not hang.
+"""DataLoader workers under faults, for the fault tests: `make_loader` must raise, not hang, or carry on.
 
     python tests/helpers/stuck_loader.py hang TIMEOUT_S       a worker's __getitem__ never returns
     python tests/helpers/stuck_loader.py held-lock TIMEOUT_S  a thread of this process holds a lock the
                                                               dataset takes, while the workers start
+    python tests/helpers/stuck_loader.py signalled TIMEOUT_S  after the first batch, every process this one
+                                                              started gets SIGUSR1 and SIGUSR2, as Slurm
+                                                              signals every process of a job step
 
 Prints `batches N` once the loader delivered them all. A worker forked from this process inherits the
 held lock locked and waits for ever (the fork-after-threads hang); one started by a forkserver does not.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -26,7 +31,8 @@ LOCK = threading.Lock()
 
 
 class Clips(Dataset):
-    """Four constant clips; in a worker, `hang` never returns and `held-lock` takes LOCK first."""
+    """Four constant clips; in a worker, `hang` never returns and `held-lock` takes LOCK first; `signalled` clips
+    take a moment each (the signals come while a batch is being made)."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -39,6 +45,8 @@ class Clips(Dataset):
         if in_worker and self.mode == "hang":
             while True:
                 time.sleep(1)
+        if in_worker and self.mode == "signalled":
+            time.sleep(0.5)
         with LOCK:
             return torch.full((3,), float(index)), index
 
@@ -58,7 +66,23 @@ def main(mode: str, timeout_s: float) -> None:
     cfg = DataConfig(num_workers=1, persistent_workers=False)
     loader = make_loader(dataset, SequentialSampler(dataset), 2, cfg, seed=0, drop_last=False, timeout_s=timeout_s,
                          name="validation")
-    print(f"batches {sum(1 for _ in loader)}", flush=True)
+    batches = 0
+    for _ in loader:
+        batches += 1
+        if mode == "signalled" and batches == 1:
+            signal_descendants()
+    print(f"batches {batches}", flush=True)
+
+
+def signal_descendants() -> None:
+    """SIGUSR1 and SIGUSR2 to every process below this one (its workers, the forkserver, the resource tracker),
+    then a moment for them to act."""
+    from action_launch.common.processes import descendants
+
+    for pid in descendants(os.getpid()):
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(pid, sig)
+    time.sleep(1)
 
 
 if __name__ == "__main__":
