@@ -358,3 +358,52 @@ def test_sweep_as_one_slurm_job_runs_trials_on_both_nodes(slurm_cluster, video_s
     # its 30 s drain timeout
     stopped = re.findall(r"ray on node (\d) stopped in ([\d.]+) s", logs)
     assert sorted(n for n, _ in stopped) == ["0", "1"] and all(float(s) < 10 for _, s in stopped), stopped
+
+
+def test_cancelled_sweep_job_resumes_and_leaves_no_run_running(slurm_cluster, video_set, tmp_path):
+    """Issue 15 on Slurm: a sweep job `scancel`led once a trial has finished, then `tune.py --slurm --resume`:
+    the trials finished before the cancel are not trained again and their runs end FINISHED (they named the
+    cancelled job's mlflow server), and no resumed trial gets a changed.tracking.uri tag."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("metric: val/loss\nmode: min\nspace:\n  data.num_frames: {grid: [2, 3, 4, 6]}\n")
+    overrides = [o for o in tiny_overrides(video_set, tmp_path / "runs", "unused")
+                 if not o.startswith(("data.num_workers", "train.epochs"))]
+    cmd = [sys.executable, "launch/tune.py", "--config", "configs/timesformer/tiny.yaml", "--sweep", str(sweep),
+           "--name", "cancel", "--scheduler", "fifo", "--slurm", "--nodes", "2", "--time", "00:15:00", *overrides,
+           "data.num_workers=0", "train.epochs=2"]
+    first = subprocess.run(cmd, cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (job_id,) = [line.split()[3].rstrip(";") for line in first.stdout.splitlines()
+                 if line.startswith("submitted sweep job")]
+    sweep_dir = tmp_path / "runs" / "tests" / "cancel"
+
+    def finished_trials() -> List[str]:
+        return sorted({m.parents[2].name for m in sweep_dir.glob("*/checkpoints/step_*/meta.json")
+                       if json.loads(m.read_text())["epoch"] == 2})
+
+    deadline = time.monotonic() + 600
+    while not finished_trials() and time.monotonic() < deadline and sacct_state(job_id) not in TERMINAL:
+        time.sleep(1)
+    time.sleep(3)  # the trial's end reaches Tune and MLflow
+    subprocess.run(["scancel", job_id], check=True, timeout=60)
+    assert wait_job(job_id, sweep_dir / "slurm" / job_id, timeout=180) == "CANCELLED"
+    finished = finished_trials()
+    assert 1 <= len(finished) < 4, finished
+    before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
+
+    resumed = subprocess.run(cmd + ["--resume", "--wait"], cwd=REPO, env=submit_env(), capture_output=True, text=True,
+                             timeout=900)
+    logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(sweep_dir.glob("slurm/*/*_log.*")))
+    assert resumed.returncode == 0, f"{resumed.stdout[-3000:]}\n{resumed.stderr[-3000:]}\n{logs}"
+    rows = (sweep_dir / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(r.endswith(",completed") for r in rows), rows
+    for trial in finished:  # not trained again
+        after = (sweep_dir / trial / "train.log").read_text()[len(before[trial]):]
+        assert not re.search(r"epoch \d+/\d+ step", after), after[-2000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"}, {r.info.run_name: r.info.status for r in runs}
+    assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1
+    assert not [r.info.run_name for r in runs if "changed.tracking.uri" in r.data.tags]
