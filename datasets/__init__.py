@@ -22,14 +22,20 @@ DATASETS = {
 SPLITS = ("train", "val", "test")
 
 
+def dataset_class(dataset: str) -> type:
+    """The class of `data.dataset` (imports its module, and with it torch)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data.dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    module, name = DATASETS[dataset].split(":")
+    return getattr(importlib.import_module(module, __name__), name)
+
+
 def build(cfg: DataConfig, split: str):
     """The `torch.utils.data.Dataset` of `split` (train/val/test) for `cfg.dataset`."""
-    if cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+    cls = dataset_class(cfg.dataset)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    module, name = DATASETS[cfg.dataset].split(":")
-    return getattr(importlib.import_module(module, __name__), name)(cfg, split)
+    return cls(cfg, split)
 
 
-__all__ = ["DATASETS", "DataConfig", "SPLITS", "build", "read_bad_files"]
+__all__ = ["DATASETS", "DataConfig", "SPLITS", "build", "dataset_class", "read_bad_files"]

@@ -149,6 +149,10 @@ def too_many_bad_files(bad: Dict[str, str], total: int, list_path: str, noun: st
     found = "are unreadable" if scanned else "found unreadable so far"
     find_all = "" if scanned else (f" (data.check_files=always, or `python -m action_launch.datasets.check {list_path} "
                                    f"--jobs 4`, finds them all before training)")
-    listing = "".join(f"\n  {p}: {r}" for p, r in sorted(bad.items()))
     return (f"{len(bad)} of {total} {noun}s in {list_path} {found}, more than data.max_bad_fraction={max_fraction}: "
-            f"fix or delist them, or raise the fraction{find_all}:{listing}")
+            f"fix or delist them, or raise the fraction{find_all}:{bad_file_listing(bad)}")
+
+
+def bad_file_listing(bad: Dict[str, str]) -> str:
+    """Unreadable files (path -> reason) as indented `path: reason` lines, each after a newline, sorted by path."""
+    return "".join(f"\n  {p}: {r}" for p, r in sorted(bad.items()))

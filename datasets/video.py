@@ -30,7 +30,8 @@ import torch
 from . import transforms as T
 from .config import DataConfig
 from .decode import BadVideoError, open_video, read_frames
-from .lists import ListItem, append_bad_file, read_bad_files, read_list, resolve_list_path, too_many_bad_files
+from .lists import (ListItem, append_bad_file, bad_file_listing, read_bad_files, read_list, resolve_list_path,
+                    too_many_bad_files)
 from .sampling import clip_indices, segment_indices
 
 SPLITS = ("train", "val", "test")
@@ -102,9 +103,6 @@ class BadFileSkipper:
         if error:
             self.bad_files.update(known)
         return error
-
-    def _bad_listing(self) -> str:
-        return "".join(f"\n  {p}: {r}" for p, r in sorted(self.bad_files.items()))
 
 
 class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
@@ -178,7 +176,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
             except BadVideoError as e:
                 # an item of several files says which one failed in `e.path`
                 self._record_bad(getattr(e, "path", None) or item.path, str(e))
-        raise RuntimeError(f"no readable {self.noun} in {self.list_path}: {self._bad_listing()}")
+        raise RuntimeError(f"no readable {self.noun} in {self.list_path}: {bad_file_listing(self.bad_files)}")
 
     def _parse_key(self, key: Key):
         if not isinstance(key, (tuple, list)):

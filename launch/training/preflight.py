@@ -63,9 +63,10 @@ def _check_data(cfg: Config) -> None:
 def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]]) -> None:
     """Open every file of the lists (`datasets.check.scan`, on this process's cores); a list past
     `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line."""
+    from action_launch.datasets import dataset_class
     from action_launch.datasets.check import scan  # decord only when files are checked
 
-    noun = "frame folder" if data.dataset == "rawframes" else "video"
+    noun = dataset_class(data.dataset).noun  # as the dataset names its files in its own errors
     jobs = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     for path, items in lists.items():
         bad = {item.path: reason for item, reason in
