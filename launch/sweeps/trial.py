@@ -226,25 +226,25 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     cmd = training_command(setup, trial_config, trial_id)
     (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     clock = _CostClock(trial_dir)
+    epochs = _planned_epochs(trial_config, setup) if setup.pause_every else 0
     while True:
-        until = pause_epoch(trial_dir, setup.pause_every, trial_config, setup)
+        until = pause_epoch(trial_dir, setup.pause_every, epochs)
         reported_step = _train(cmd + (["--until-epoch", str(until)] if until else []), trial_dir, setup, clock,
                                reported_step, until)
         if until is None or _stop_requested():
             return
 
 
-def pause_epoch(trial_dir: Path, every: Optional[int], trial_config: Mapping[str, Any], setup: TrialSetup
-                ) -> Optional[int]:
+def pause_epoch(trial_dir: Path, every: Optional[int], epochs: int) -> Optional[int]:
     """The epoch a PBT trial's next training process stops after (`train.py --until-epoch`): the next multiple
     of the perturbation interval `every`, where PBT may hand the trial another's checkpoint (synchronous PBT
-    pauses it there). None without an interval, or when the run ends first."""
+    pauses it there). None without an interval, or when the run's `epochs` end first."""
     if not every:
         return None
     latest = ckpt.latest_checkpoint(trial_dir / "checkpoints")
     epoch = ckpt.read_meta(latest)["epoch"] if latest is not None else 0
     until = (epoch // every + 1) * every
-    return until if until < _planned_epochs(trial_config, setup) else None
+    return until if until < epochs else None
 
 
 def _planned_epochs(trial_config: Mapping[str, Any], setup: TrialSetup) -> int:
