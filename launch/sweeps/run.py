@@ -76,17 +76,16 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
         return FIFOScheduler()
     if kind == "asha":
         return ASHAScheduler(time_attr=budget_attr(spec), max_t=max_budget(spec, cfg),
-                             grace_period=int(spec.asha.get("grace_period", 1)),
-                             reduction_factor=float(spec.asha.get("reduction_factor", 3)))
+                             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
     mutations = {p.name: mutation_domain(p) for p in spec.pbt_mutations()}
     if not mutations:
         raise ValueError(f"{spec.source}: PBT needs something to perturb: a uniform/loguniform entry or pbt.mutate")
     return PopulationBasedTraining(time_attr=budget_attr(spec),
-                                   perturbation_interval=int(spec.pbt.get("perturbation_interval", 2)),
+                                   perturbation_interval=spec.pbt.perturbation_interval,
                                    hyperparam_mutations=mutations,
-                                   quantile_fraction=float(spec.pbt.get("quantile_fraction", 0.25)),
-                                   resample_probability=float(spec.pbt.get("resample_probability", 0.25)),
-                                   synch=bool(spec.pbt.get("synch", False)))
+                                   quantile_fraction=spec.pbt.quantile_fraction,
+                                   resample_probability=spec.pbt.resample_probability,
+                                   synch=spec.pbt.synch)
 
 
 def pbt_pause_every(scheduler: str, spec: SweepSpec) -> Optional[int]:
@@ -94,7 +93,7 @@ def pbt_pause_every(scheduler: str, spec: SweepSpec) -> Optional[int]:
     with an epochs budget; None otherwise (a steps budget, or another scheduler: one process trains it all)."""
     if scheduler != "pbt" or spec.budget != "epochs":
         return None
-    return int(spec.pbt.get("perturbation_interval", 2))
+    return spec.pbt.perturbation_interval
 
 
 def _start_ray(stack: ExitStack) -> None:
