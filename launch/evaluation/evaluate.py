@@ -269,11 +269,11 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     how = "mean" if regression else ecfg.aggregate
     dataset = datasets.build(cfg.data, ecfg.split)
     batch_size = ecfg.batch_size or cfg.train.micro_batch_size
-    # a memory model walks each recording's windows in order, its memory carried (training.memory)
-    loader = evaluation_loader(dataset, batch_size, cfg, carries_memory(model), name=ecfg.split)
+    memory = carries_memory(model)  # then each recording's windows are walked in order, memory carried
+    loader = evaluation_loader(dataset, batch_size, cfg, memory, name=ecfg.split)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     scores, labels = predict(model, loader, how, device, has_views(dataset, ecfg.split))
-    if carries_memory(model):
+    if memory:
         scores, labels = in_dataset_order(scores, loader), in_dataset_order(labels, loader)
     ids = video_ids(dataset)[:len(scores)]
     if regression and getattr(dataset, "participants", None) is not None:
