@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from action_launch.training import losses
+
+if TYPE_CHECKING:  # Pillow is imported where images are made
+    from PIL import Image
 
 
 def as_video_map(x: torch.Tensor, batch: int, frames: int, aspect: float = 1.0) -> Optional[torch.Tensor]:
