@@ -271,7 +271,8 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     """Issue 15, item 4: ASHA stops a trial, the driver is killed about a second later (before Tune's own
     save of trial statuses, every 10 s or more), and `--resume` does not train that trial again. The metric is
     the clip-frames cost (min), so the 4-frame trial is stopped at epoch 1 by the 2-frame trial before it,
-    every time; with one trial at a time, the 3-frame trial's folder appears only once that stop is done."""
+    every time; with one trial at a time, the 3-frame trial's folder appears only once that stop is done. The stopped
+    trial's process trains on while Tune decides (under 0.1 s; on a loaded machine a test epoch of 0.5 s may pass)."""
     sweep = write_sweep(tmp_path / "asha.yaml", {"metric": "cost/clip_frames", "mode": "min",
                                                  "space": {"data.num_frames": {"grid": [2, 4, 3]}},
                                                  "asha": {"grace_period": 1, "reduction_factor": 3}})
@@ -294,11 +295,13 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     assert not still_running(started)
     stopped = trial_dirs()[1]
     before = (stopped / "train.log").read_text()
-    assert len(EPOCH_VALIDATION.findall(before)) == 1, before[-2000:]
+    validated = len(EPOCH_VALIDATION.findall(before))  # 1, or 2 when training ran on while Tune decided the stop
+    assert validated in (1, 2), before[-2000:]
 
     run_tune(cmd + ["--resume"])
     after = (stopped / "train.log").read_text()
-    assert len(EPOCH_VALIDATION.findall(after)) == 1 and not re.search(r"epoch \d+/\d+ step", after[len(before):]), \
+    assert len(EPOCH_VALIDATION.findall(after)) == validated and not re.search(r"epoch \d+/\d+ step",
+                                                                                after[len(before):]), \
         after[len(before):][-3000:]
     rows = {r["trial_id"]: r for r in csv.DictReader(open(sweep_dir / "results.csv"))}
     assert len(rows) == 3 and rows[stopped.name]["stop_reason"] == "stopped by asha at epoch 1", rows
