@@ -27,6 +27,11 @@ code itself does), and loads all of it or nothing. Formats, each read from the u
   `.tcn`; `MLP.layers.0/1` become `conv` / `bn`; `out_conv` / `out_bn` become `collapse` / `bn`.
   The learned graph residuals `A_res` are stored as the K scales stacked row-wise, (K*V, V); ours
   are (K, V, V), the same numbers (upstream's `view(N, C, T, K, V)` of the aggregated rows).
+- `msg3d_personality`: Rgtemze/PersonalityRecognition (`model/msg3d_laban.py`, MS-G3D's layout and
+  `.pt` files): its MLPs start with a Dropout, so `MLP.layers.1/2` are `conv` / `bn`; two input
+  BatchNorms, `data_bn_x` (M*V*3 xyz) and `data_bn_laban` (M*V*12 Laban), become our one `data_bn`
+  over (M, V, 15), interleaved per joint; `l2_gcn3d2` / `l2_sgcn2` / `l2_tcn2`, a copy of the second
+  block that its forward never calls, are ignored. Its model runs on `graph: smpl-24-dense`.
 - `stabn_mmaction`: machine-perception-robotics-group/ST-ABN_PyTorch (MMAction v1, `TSN3D`):
   `{'state_dict': {'backbone.*', 'necks.*', 'cls_head.fc_cls.*'}}`. The backbone
   (`ResNet_SlowFast`) holds the attention branch (`bn_att`, `att_conv`, `t_att_conv`, ...; table
@@ -363,6 +368,8 @@ class Format:
     description: str
     detect: Callable[[Sequence[str], nn.Module], bool]
     rename: Callable[[str, nn.Module], Target]
+    # Joins file tensors that become one of ours, before renaming: (state, {joined file name: how}).
+    join: Optional[Callable[[Mapping[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, str]]]] = None
 
 
 def _any(keys: Iterable[str], test: Callable[[str], bool]) -> bool:
@@ -477,13 +484,16 @@ def _msg3d_detect(keys: Sequence[str], model: nn.Module) -> bool:
     return _any(keys, lambda k: re.match(r"^(sgcn|gcn3d)1\.", k) is not None)
 
 
-def _msg3d_mlp(rest: str) -> Optional[str]:
-    """MLP(in, [out]) = layers [Conv2d, BatchNorm2d, activation] (no dropout layer at dropout 0)."""
-    m = re.match(r"^mlp\.layers\.([01])\.(.*)$", rest)
-    return None if m is None else ("conv." if m[1] == "0" else "bn.") + m[2]
+def _msg3d_mlp(rest: str, first: int) -> Optional[str]:
+    """MLP(in, [out]) = layers [Dropout (only at dropout > 0.001), Conv2d, BatchNorm2d, activation]: the conv
+    is `layers.<first>`, the BatchNorm the next one."""
+    m = re.match(r"^mlp\.layers\.(\d+)\.(.*)$", rest)
+    if m is None or int(m[1]) not in (first, first + 1):
+        return None
+    return ("conv." if int(m[1]) == first else "bn.") + m[2]
 
 
-def _msg3d_rename(key: str, model: nn.Module) -> Target:
+def _msg3d_rename(key: str, model: nn.Module, mlp_conv: int = 0) -> Target:
     if key.startswith(("data_bn.", "fc.")):
         return (key if key.startswith("data_bn.") else _classifier(model) + key[len("fc"):], None)
     m = re.match(r"^(sgcn|gcn3d|tcn)(\d+)\.(.*)$", key)
@@ -496,7 +506,7 @@ def _msg3d_rename(key: str, model: nn.Module) -> Target:
         if rest == "0.A_res":
             return (f"blocks.{block}.gcn_path.0.A_res", "scales")
         if rest.startswith("0."):
-            tail = _msg3d_mlp(rest[2:])
+            tail = _msg3d_mlp(rest[2:], mlp_conv)
             return None if tail is None else (f"blocks.{block}.gcn_path.0.{tail}", None)
         return (f"blocks.{block}.gcn_path.{rest}", None)
     # gcn3d: MultiWindow_MS_G3D.gcn3d[w] = MS_G3D(gcn3d = Sequential(Unfold, SpatialTemporal_MS_GCN), out_conv, out_bn)
@@ -507,12 +517,48 @@ def _msg3d_rename(key: str, model: nn.Module) -> Target:
     if rest == "gcn3d.1.A_res":
         return (prefix + "gcn.A_res", "scales")
     if rest.startswith("gcn3d.1."):
-        tail = _msg3d_mlp(rest[len("gcn3d.1."):])
+        tail = _msg3d_mlp(rest[len("gcn3d.1."):], mlp_conv)
         return None if tail is None else (prefix + "gcn." + tail, None)
     for theirs, ours in (("out_conv.", "collapse."), ("out_bn.", "bn.")):
         if rest.startswith(theirs):
             return (prefix + ours + rest[len(theirs):], None)
     return None  # e.g. in1x1 (embed_factor != 1): no such layer here
+
+
+# The personality variant (Rgtemze/PersonalityRecognition model/msg3d_laban.py, on MS-G3D's modules).
+_PERSONALITY_BN = "data_bn_x+data_bn_laban."
+
+
+def _personality_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return "data_bn_laban.weight" in keys and _msg3d_detect(keys, model)
+
+
+def _personality_join(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """`data_bn_x` (xyz, M*V*3 channels) and `data_bn_laban` (M*V*L) -> one BatchNorm over (M, V, 3 + L):
+    channels of each (person, joint) side by side, as the model concatenates them (`MSG3D.forward`)."""
+    out, joined = dict(state), {}
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        xyz, laban = state.get(f"data_bn_x.{name}"), state.get(f"data_bn_laban.{name}")
+        if xyz is None or laban is None or xyz.ndim != 1 or xyz.numel() % 3:
+            continue
+        joints = xyz.numel() // 3
+        if laban.ndim != 1 or laban.numel() % joints:
+            continue
+        out[_PERSONALITY_BN + name] = torch.cat([xyz.reshape(joints, 3), laban.reshape(joints, -1)], 1).reshape(-1)
+        del out[f"data_bn_x.{name}"], out[f"data_bn_laban.{name}"]
+        joined[_PERSONALITY_BN + name] = f"{joints} (person, joint) groups of 3 xyz + {laban.numel() // joints} Laban"
+    if "data_bn_x.num_batches_tracked" in out and out.get("data_bn_laban.num_batches_tracked") is not None:
+        out[_PERSONALITY_BN + "num_batches_tracked"] = out.pop("data_bn_x.num_batches_tracked")
+        del out["data_bn_laban.num_batches_tracked"]
+    return out, joined
+
+
+def _personality_rename(key: str, model: nn.Module) -> Target:
+    if key.startswith(_PERSONALITY_BN):
+        return ("data_bn." + key[len(_PERSONALITY_BN):], None)
+    if key.startswith(("l2_gcn3d2.", "l2_sgcn2.", "l2_tcn2.")):
+        return Ignored("a copy of the second block that the authors' Model builds and its forward never calls")
+    return _msg3d_rename(key, model, mlp_conv=1)
 
 
 # ST-ABN (machine-perception-robotics-group/ST-ABN_PyTorch, MMAction v1 TSN3D + ResNet_SlowFast + Att_head).
@@ -584,6 +630,9 @@ FORMATS: Tuple[Format, ...] = (
            _dyreg_detect, _tsn_rename),
     Format("tsm", "TSM (mit-han-lab/temporal-shift-module: base_model.* with conv1.net, new_fc)",
            _tsn_detect, _tsn_rename),
+    Format("msg3d_personality", "MS-G3D personality variant (Rgtemze/PersonalityRecognition: data_bn_x + "
+           "data_bn_laban, MLPs after a Dropout, unused l2_* block)", _personality_detect, _personality_rename,
+           _personality_join),
     Format("msg3d", "MS-G3D (kenziyuliu/MS-G3D: sgcn*/gcn3d*/tcn* blocks, A_res as (K*V, V))",
            _msg3d_detect, _msg3d_rename),
     Format("stabn_mmaction", "ST-ABN (ST-ABN_PyTorch, MMAction TSN3D: backbone.* attention branch, necks.att_head.fc, "
@@ -650,6 +699,9 @@ def map_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: For
     """Rename and convert `state` (format `fmt`) onto `model`'s names; fills `report`; returns what to load."""
     own = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
+    joined: Dict[str, str] = {}
+    if fmt.join is not None:
+        state, joined = fmt.join(state)
     for key, value in state.items():
         target = fmt.rename(key, model)
         named = report.file_prefix + key  # as the file spells it
@@ -687,6 +739,8 @@ def map_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: For
                 report.resized[name] = f"{_shape(state[key])} -> {_shape(want)}: {note}"
         out[name] = value.to(own[name].dtype) if value.is_floating_point() else value
         report.loaded[name] = named
+        if key in joined:
+            report.reshaped[name] = joined[key]
     if fmt.name == "dyreg":
         report.conflicts.extend(_dyreg_anchor_conflicts(model, state, report.file_prefix))
     return out

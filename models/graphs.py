@@ -34,12 +34,15 @@ class SkeletonGraph:
         num_nodes: number of joints V.
         edges: 0-based (child, parent) pairs; together they form a tree (V - 1 edges).
         center: body-centre joint, used to centre coordinates.
+        fully_connected: the model's adjacency links every joint with every other; the tree then
+            only defines the bones.
     """
 
     name: str
     num_nodes: int
     edges: Tuple[Edge, ...]
     center: int
+    fully_connected: bool = False
 
     @property
     def root(self) -> int:
@@ -53,6 +56,8 @@ class SkeletonGraph:
     @property
     def A(self) -> np.ndarray:
         """Symmetric binary adjacency (V, V), no self-loops."""
+        if self.fully_connected:
+            return (1.0 - np.eye(self.num_nodes)).astype(np.float32)
         return adjacency(self.edges, self.num_nodes)
 
 
@@ -98,7 +103,13 @@ SMPL_24 = SkeletonGraph(
     center=0,
 )
 
-_GRAPHS: Dict[str, SkeletonGraph] = {g.name: g for g in (NTU_RGB_D, KINETICS, SMPL_24)}
+# The graph the personality authors' code (Rgtemze/PersonalityRecognition, graph/ntu_rgb_d.py) computes
+# with: its SMPL edges are lists, and `A[edge] = 1` with a list sets two whole rows, so every joint is
+# linked to every other. Their published results, and models trained with their code, use it.
+SMPL_24_DENSE = SkeletonGraph(name="smpl-24-dense", num_nodes=24, edges=SMPL_24.edges, center=0,
+                              fully_connected=True)
+
+_GRAPHS: Dict[str, SkeletonGraph] = {g.name: g for g in (NTU_RGB_D, KINETICS, SMPL_24, SMPL_24_DENSE)}
 
 
 def list_graphs() -> List[str]:

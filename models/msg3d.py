@@ -31,16 +31,18 @@ __all__ = ["MSG3D", "MSG3DBlock", "MultiScaleGraphConv", "MultiWindowG3D", "G3D"
 class MultiScaleGraphConv(nn.Module):
     """Graph convolution over K disentangled scales: aggregate per scale, concatenate, 1x1 conv.
 
-    out = ReLU(BN(Conv1x1(concat_k (A_k + A_res_k) x))), with A_res a learnable residual
+    out = ReLU(BN(Conv1x1(Dropout(concat_k (A_k + A_res_k) x)))), with A_res a learnable residual
     initialised near zero so training starts from the fixed normalised k-hop graphs.
 
     Args:
         in_channels: input channels C.
         out_channels: output channels.
         A_scales: (K, V, V) normalised adjacency stack (`graphs.multiscale_adjacency`).
+        dropout: dropout on the aggregated scales, before the 1x1 conv (the reference's MLP
+            dropout: 0 in MS-G3D, 0.6 / 0.4 in the personality code's MS-GCN / window graphs).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, A_scales: np.ndarray) -> None:
+    def __init__(self, in_channels: int, out_channels: int, A_scales: np.ndarray, dropout: float = 0.0) -> None:
         super().__init__()
         K, V, _ = A_scales.shape
         self.num_scales = K
@@ -48,6 +50,7 @@ class MultiScaleGraphConv(nn.Module):
         # torch.tensor (not from_numpy) follows a `with torch.device(...)` context (e.g. meta).
         self.register_buffer("A", torch.tensor(np.asarray(A_scales, dtype=np.float32)), persistent=False)
         self.A_res = nn.Parameter(torch.empty(K, V, V).uniform_(-1e-6, 1e-6))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv = nn.Conv2d(in_channels * K, out_channels, kernel_size=1)
         self.bn = nn.BatchNorm2d(out_channels)
 
@@ -56,7 +59,7 @@ class MultiScaleGraphConv(nn.Module):
         A = self.A.to(x.dtype) + self.A_res.to(x.dtype)
         # (N, C, T, V) -> (N, K, C, T, V): node v gathers sum_u A_k[v, u] x[u] at every scale k.
         x = torch.einsum("kvu,nctu->nkctv", A, x).reshape(N, self.num_scales * C, T, V)
-        return F.relu(self.bn(self.conv(x)))
+        return F.relu(self.bn(self.conv(self.dropout(x))))
 
 
 class TemporalWindows(nn.Module):
@@ -91,15 +94,16 @@ class G3D(nn.Module):
         window: frames per window (odd).
         stride: temporal stride between windows.
         embed_channels: channels of the window graph conv (the collapse maps them to out).
+        dropout: dropout of the window graph conv (`MultiScaleGraphConv`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_scales: int,
-                 window: int, stride: int, embed_channels: int) -> None:
+                 window: int, stride: int, embed_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.window = window
         self.unfold = TemporalWindows(window, stride)
         self.gcn = MultiScaleGraphConv(in_channels, embed_channels,
-                                       multiscale_adjacency(window_adjacency(A, window), num_scales))
+                                       multiscale_adjacency(window_adjacency(A, window), num_scales), dropout)
         # Conv3d over (T', window, V) with kernel (1, window, 1): a learned weighting of the
         # window's frames, which collapses them back to one frame per window.
         self.collapse = nn.Conv3d(embed_channels, out_channels, kernel_size=(1, window, 1))
@@ -116,10 +120,10 @@ class MultiWindowG3D(nn.Module):
     """Sum of G3D pathways with different window sizes (3 and 5 in the paper)."""
 
     def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_scales: int,
-                 stride: int, embed_channels: int, windows: Sequence[int] = (3, 5)) -> None:
+                 stride: int, embed_channels: int, windows: Sequence[int] = (3, 5), dropout: float = 0.0) -> None:
         super().__init__()
         self.pathways = nn.ModuleList(
-            G3D(in_channels, out_channels, A, num_scales, w, stride, embed_channels) for w in windows)
+            G3D(in_channels, out_channels, A, num_scales, w, stride, embed_channels, dropout) for w in windows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pathways[0](x)
@@ -155,11 +159,13 @@ class MultiScaleTCN(nn.Module):
         stride: temporal stride.
         dilations: dilations of the temporal conv branches.
         activation: ReLU at the end (False for the last TCN of the GCN path: it is summed first).
+        dropout: dropout after each dilated branch and on the sum, before the activation (the
+            personality code's addition, 0.4; MS-G3D has none).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
                  dilations: Sequence[int] = (1, 2, 3, 4), kernel_size: int = 3,
-                 activation: bool = True) -> None:
+                 activation: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         num_branches = len(dilations) + 2
         if out_channels % num_branches:
@@ -170,7 +176,8 @@ class MultiScaleTCN(nn.Module):
         def bottleneck() -> list:
             return [nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
 
-        branches = [nn.Sequential(*bottleneck(), TemporalConv(c, c, kernel_size, stride, d))
+        dropped = [nn.Dropout(dropout)] if dropout > 0 else []  # last in its branch: no index moves
+        branches = [nn.Sequential(*bottleneck(), TemporalConv(c, c, kernel_size, stride, d), *dropped)
                     for d in dilations]
         branches.append(nn.Sequential(*bottleneck(), nn.MaxPool2d((3, 1), stride=(stride, 1), padding=(1, 0)),
                                       nn.BatchNorm2d(c)))
@@ -181,10 +188,11 @@ class MultiScaleTCN(nn.Module):
             self.residual: nn.Module = nn.Identity()
         else:
             self.residual = TemporalConv(in_channels, out_channels, kernel_size=1, stride=stride)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([branch(x) for branch in self.branches], dim=1) + self.residual(x)
+        out = self.dropout(torch.cat([branch(x) for branch in self.branches], dim=1) + self.residual(x))
         return F.relu(out) if self.activation else out
 
 
@@ -207,20 +215,24 @@ class MSG3DBlock(nn.Module):
         num_g3d_scales: scales of the G3D window graphs.
         stride: temporal stride of the block.
         first: whether this is the first block (graph convs map in -> out at once).
+        gcn_dropout, g3d_dropout, tcn_dropout: dropout of the MS-GCN, the window graph convs and
+            every MS-TCN (`MSG3D`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_gcn_scales: int,
-                 num_g3d_scales: int, stride: int = 1, first: bool = False) -> None:
+                 num_g3d_scales: int, stride: int = 1, first: bool = False, gcn_dropout: float = 0.0,
+                 g3d_dropout: float = 0.0, tcn_dropout: float = 0.0) -> None:
         super().__init__()
         hidden = out_channels if first else in_channels
         self.gcn_path = nn.Sequential(
-            MultiScaleGraphConv(in_channels, hidden, multiscale_adjacency(A, num_gcn_scales)),
-            MultiScaleTCN(hidden, out_channels, stride=stride),
-            MultiScaleTCN(out_channels, out_channels, activation=False),
+            MultiScaleGraphConv(in_channels, hidden, multiscale_adjacency(A, num_gcn_scales), gcn_dropout),
+            MultiScaleTCN(hidden, out_channels, stride=stride, dropout=tcn_dropout),
+            MultiScaleTCN(out_channels, out_channels, activation=False, dropout=tcn_dropout),
         )
         embed = out_channels if first and in_channels == 3 else in_channels
-        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, embed)
-        self.tcn = MultiScaleTCN(out_channels, out_channels)
+        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, embed,
+                                       dropout=g3d_dropout)
+        self.tcn = MultiScaleTCN(out_channels, out_channels, dropout=tcn_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tcn(F.relu(self.gcn_path(x) + self.g3d_path(x)))
@@ -236,10 +248,16 @@ class MSG3D(nn.Module):
         num_person: persons M per sample (averaged before the classifier).
         num_gcn_scales: scales of the MS-GCN paths (13 for NTU, 8 for Kinetics).
         num_g3d_scales: scales of the G3D window graphs (6 for NTU, 8 for Kinetics).
-        graph: skeleton graph name: 'ntu-rgb+d', 'kinetics' or 'smpl-24'.
+        graph: skeleton graph name: 'ntu-rgb+d', 'kinetics', 'smpl-24' or 'smpl-24-dense' (every joint
+            linked to every other: the graph the personality authors' code computes with).
         in_channels: input channels C (3 for xyz, 15 for xyz + Laban features).
         channels: widths of the three blocks, each a multiple of 6.
         dropout: dropout before the final linear layer (the reference uses none).
+        gcn_dropout: dropout on each MS-GCN's aggregated input, before its 1x1 conv (MS-G3D: 0;
+            the personality code: 0.6).
+        g3d_dropout: the same in the G3D window graph convs (MS-G3D: 0; personality: 0.4).
+        tcn_dropout: dropout in every MS-TCN, after each dilated branch and on the sum (MS-G3D: 0;
+            personality: 0.4).
         task: 'classification' (logits) or 'regression' (raw outputs); the network is the same,
             the engine picks the loss (cross-entropy or MSE) from it.
     """
@@ -255,6 +273,9 @@ class MSG3D(nn.Module):
         in_channels: int = 3,
         channels: Tuple[int, int, int] = (96, 192, 384),
         dropout: float = 0.0,
+        gcn_dropout: float = 0.0,
+        g3d_dropout: float = 0.0,
+        tcn_dropout: float = 0.0,
         task: str = "classification",
         **deprecated: Any,
     ) -> None:
@@ -272,6 +293,10 @@ class MSG3D(nn.Module):
         if num_point != skeleton.num_nodes:
             raise ValueError(f"model.num_point={num_point} but graph {skeleton.name!r} has "
                              f"{skeleton.num_nodes} joints")
+        for key, p in (("dropout", dropout), ("gcn_dropout", gcn_dropout), ("g3d_dropout", g3d_dropout),
+                       ("tcn_dropout", tcn_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"model.{key} must be in [0, 1), got {p}")
         channels = tuple(int(c) for c in channels)
         if len(channels) != 3 or any(c <= 0 or c % 6 for c in channels):
             raise ValueError(f"model.channels must be 3 positive multiples of 6, got {channels}")
@@ -281,10 +306,11 @@ class MSG3D(nn.Module):
 
         self.data_bn = nn.BatchNorm1d(num_person * num_point * in_channels)
         c1, c2, c3 = channels
+        drops = dict(gcn_dropout=gcn_dropout, g3d_dropout=g3d_dropout, tcn_dropout=tcn_dropout)
         self.blocks = nn.ModuleList([
-            MSG3DBlock(in_channels, c1, A, num_gcn_scales, num_g3d_scales, stride=1, first=True),
-            MSG3DBlock(c1, c2, A, num_gcn_scales, num_g3d_scales, stride=2),
-            MSG3DBlock(c2, c3, A, num_gcn_scales, num_g3d_scales, stride=2),
+            MSG3DBlock(in_channels, c1, A, num_gcn_scales, num_g3d_scales, stride=1, first=True, **drops),
+            MSG3DBlock(c1, c2, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
+            MSG3DBlock(c2, c3, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
         ])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(c3, num_classes)
@@ -327,9 +353,10 @@ _KINETICS = dict(num_point=18, num_person=2, graph="kinetics", in_channels=3)
 # its Model also builds a second copy of the second STGC block (`l2_gcn3d2`, `l2_sgcn2`, `l2_tcn2`:
 # 133,908 parameters) that forward never calls; 560,459 - 133,908 = 426,551. Its graph file lists the
 # SMPL edges as lists, which index whole rows of A, so that model runs on a fully connected graph; this
-# preset keeps the SMPL skeleton the paper describes. README.md, "Models and data".
+# preset keeps the SMPL skeleton the paper describes (`model.graph: smpl-24-dense` is theirs). Its dropouts
+# are that code's defaults (ms_gcn.py 0.6, ms_gtcn.py 0.4, ms_tcn.py 0.4). README.md, "Models and data".
 _PERSONALITY = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_classes=5,
-                    channels=(12, 24, 48), task="regression")
+                    channels=(12, 24, 48), task="regression", gcn_dropout=0.6, g3d_dropout=0.4, tcn_dropout=0.4)
 _TINY = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
 
 register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_classes=60, num_gcn_scales=13, num_g3d_scales=6,

@@ -653,16 +653,17 @@ def _k_adjacency_stack(A, num_scales):
 
 
 class UpMLP(nn.Module):
-    def __init__(self, cin, cout):
+    def __init__(self, cin, cout, dropout=False):
         super().__init__()
-        self.layers = nn.ModuleList([nn.Conv2d(cin, cout, kernel_size=1), nn.BatchNorm2d(cout), nn.ReLU()])
+        self.layers = nn.ModuleList([nn.Dropout(0.5)] if dropout else [])  # mlp.py: only at dropout > 0.001
+        self.layers.extend([nn.Conv2d(cin, cout, kernel_size=1), nn.BatchNorm2d(cout), nn.ReLU()])
 
 
 class UpMSGCN(nn.Module):
-    def __init__(self, num_scales, cin, cout, V):
+    def __init__(self, num_scales, cin, cout, V, dropout=False):
         super().__init__()
         self.A_res = nn.Parameter(torch.zeros(num_scales * V, V))  # A_powers concatenated: (K*V, V)
-        self.mlp = UpMLP(cin * num_scales, cout)
+        self.mlp = UpMLP(cin * num_scales, cout, dropout)
 
 
 class UpTemporalConv(nn.Module):
@@ -674,11 +675,13 @@ class UpTemporalConv(nn.Module):
 
 
 class UpMSTCN(nn.Module):
-    def __init__(self, cin, cout, stride=1):
+    def __init__(self, cin, cout, stride=1, dropout=False):
         super().__init__()
         bc = cout // 6
+        drop = [nn.Dropout(0.4)] if dropout else []  # the personality code's ms_tcn.py: last in each dilated branch
         self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(cin, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(),
-                                                     UpTemporalConv(bc, bc, 3, stride, d)) for d in (1, 2, 3, 4)])
+                                                     UpTemporalConv(bc, bc, 3, stride, d), *drop)
+                                       for d in (1, 2, 3, 4)])
         self.branches.append(nn.Sequential(nn.Conv2d(cin, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(),
                                            nn.MaxPool2d((3, 1), (stride, 1), (1, 0)), nn.BatchNorm2d(bc)))
         self.branches.append(nn.Sequential(nn.Conv2d(cin, bc, 1, stride=(stride, 1)), nn.BatchNorm2d(bc)))
@@ -687,33 +690,43 @@ class UpMSTCN(nn.Module):
 
 
 class UpMSG3D(nn.Module):
-    def __init__(self, cin, cout, V, num_scales, window):
+    def __init__(self, cin, cout, V, num_scales, window, dropout=False):
         super().__init__()
         embed_in = cin
         embed_out = cout if cin == 3 else cin  # embed_factor 1: the first block widens at once
         self.in1x1 = nn.Identity()
         st_gcn = nn.Module()
         st_gcn.A_res = nn.Parameter(torch.zeros(num_scales * window * V, window * V))
-        st_gcn.mlp = UpMLP(embed_in * num_scales, embed_out)
+        st_gcn.mlp = UpMLP(embed_in * num_scales, embed_out, dropout)
         self.gcn3d = nn.Sequential(nn.Identity(), st_gcn)  # (UnfoldTemporalWindows, SpatialTemporal_MS_GCN)
         self.out_conv = nn.Conv3d(embed_out, cout, kernel_size=(1, window, 1))
         self.out_bn = nn.BatchNorm2d(cout)
 
 
 class UpMSG3DModel(nn.Module):
-    def __init__(self, num_class=60, V=25, M=2, gcn_scales=3, g3d_scales=2, channels=(12, 24, 48), cin=3):
+    """MS-G3D's Model; `personality`: Rgtemze/PersonalityRecognition's msg3d_laban.Model (data_bn_x over xyz and
+    data_bn_laban over the Laban channels, dropout everywhere, and an unused copy l2_* of the second block)."""
+
+    def __init__(self, num_class=60, V=25, M=2, gcn_scales=3, g3d_scales=2, channels=(12, 24, 48), cin=3,
+                 personality=False):
         super().__init__()
-        self.data_bn = nn.BatchNorm1d(M * cin * V)
+        if personality:
+            self.data_bn_x = nn.BatchNorm1d(M * 3 * V)
+            self.data_bn_laban = nn.BatchNorm1d(M * (cin - 3) * V)
+        else:
+            self.data_bn = nn.BatchNorm1d(M * cin * V)
         c = (cin,) + tuple(channels)
         for i in range(3):
-            mw = nn.Module()
-            mw.gcn3d = nn.ModuleList(UpMSG3D(c[i], c[i + 1], V, g3d_scales, w) for w in (3, 5))
-            setattr(self, f"gcn3d{i + 1}", mw)
-            hidden = c[1] if i == 0 else c[i]
-            setattr(self, f"sgcn{i + 1}", nn.Sequential(UpMSGCN(gcn_scales, c[i], hidden, V),
-                                                        UpMSTCN(hidden, c[i + 1], stride=1 if i == 0 else 2),
-                                                        UpMSTCN(c[i + 1], c[i + 1])))
-            setattr(self, f"tcn{i + 1}", UpMSTCN(c[i + 1], c[i + 1]))
+            for prefix in ("", "l2_") if i == 1 and personality else ("",):
+                mw = nn.Module()
+                mw.gcn3d = nn.ModuleList(UpMSG3D(c[i], c[i + 1], V, g3d_scales, w, personality) for w in (3, 5))
+                setattr(self, f"{prefix}gcn3d{i + 1}", mw)
+                hidden = c[1] if i == 0 else c[i]
+                setattr(self, f"{prefix}sgcn{i + 1}", nn.Sequential(
+                    UpMSGCN(gcn_scales, c[i], hidden, V, personality),
+                    UpMSTCN(hidden, c[i + 1], stride=1 if i == 0 else 2, dropout=personality),
+                    UpMSTCN(c[i + 1], c[i + 1], dropout=personality)))
+                setattr(self, f"{prefix}tcn{i + 1}", UpMSTCN(c[i + 1], c[i + 1], dropout=personality))
         self.fc = nn.Linear(c[3], num_class)
 
 
@@ -749,6 +762,88 @@ def test_msg3d_pt_maps_every_tensor_with_the_graph_scales_reshaped(tmp_path):
                               state[bn + "bias"]))
     with torch.no_grad():
         torch.testing.assert_close(model.blocks[0].gcn_path[0](x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_personality_pt_joins_the_two_input_norms_and_skips_the_unused_block(tmp_path):
+    """Rgtemze/PersonalityRecognition (msg3d_laban.py on MS-G3D's modules, 15 channels, 24 joints, one person):
+    every tensor the network computes with loads, the l2_* copy is ignored with its reason, and the two input
+    BatchNorms normalise the input exactly as the model's one data_bn does once loaded."""
+    up = randomize(UpMSG3DModel(num_class=5, V=24, M=1, cin=15, personality=True), seed=11)
+    state = up.state_dict()
+    torch.save(state, tmp_path / "personality.pt")
+    model = models.create("msg3d_personality_tiny").eval()
+    report = load_weights(model, tmp_path / "personality.pt")
+    assert report.format == "msg3d_personality" and report.complete, report.text()
+    assert not report.missing and not report.unexpected and not report.skipped and not report.conflicts
+    assert set(report.loaded) == set(model.state_dict())
+    assert set(report.ignored) == {k for k in state if k.startswith("l2_")} and len(report.ignored) > 100
+    assert all("never calls" in why for why in report.ignored.values())
+    check_pairs(report, {
+        "sgcn1.0.mlp.layers.1.weight": "blocks.0.gcn_path.0.conv.weight",  # layers.0 is the Dropout
+        "sgcn2.0.mlp.layers.2.running_var": "blocks.1.gcn_path.0.bn.running_var",
+        "gcn3d2.gcn3d.0.gcn3d.1.mlp.layers.1.bias": "blocks.1.g3d_path.pathways.0.gcn.conv.bias",
+        "gcn3d1.gcn3d.1.gcn3d.1.A_res": "blocks.0.g3d_path.pathways.1.gcn.A_res",
+        "tcn3.branches.2.3.conv.weight": "blocks.2.tcn.branches.2.3.conv.weight",
+        "data_bn_x+data_bn_laban.running_var": "data_bn.running_var", "fc.bias": "fc.bias"})
+    assert set(report.reshaped) >= {f"data_bn.{n}" for n in ("weight", "bias", "running_mean", "running_var")}
+
+    # msg3d_laban.Model.forward's input norms, from the file's tensors: each stream (N, M*V*C, T) through its
+    # BatchNorm, back to (N*M, C, T, V), then concatenated xyz first: what the first block receives.
+    x = torch.randn(2, 15, 16, 24, 1)
+    streams = []
+    for name, part in (("data_bn_x", x[:, :3]), ("data_bn_laban", x[:, 3:])):
+        c = part.shape[1]
+        flat = part.permute(0, 4, 3, 1, 2).reshape(2, 24 * c, 16)
+        flat = F.batch_norm(flat, state[name + ".running_mean"], state[name + ".running_var"],
+                            state[name + ".weight"], state[name + ".bias"])
+        streams.append(flat.view(2, 24, c, 16).permute(0, 2, 3, 1))
+    seen = []
+    hook = model.blocks[0].register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    torch.testing.assert_close(seen[0], torch.cat(streams, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_personality_preset_has_the_authors_dropout_and_their_graph_on_request():
+    """The authors' code drops out 0.6 before each MS-GCN's conv, 0.4 before each window graph conv, and 0.4 after
+    each dilated MS-TCN branch and on each MS-TCN's sum; `graph: smpl-24-dense` is the adjacency their
+    get_adjacency_matrix builds from list edges (`A[[i, j]] = 1` sets whole rows) and their k-hop rule."""
+    model = models.create("msg3d_personality_tiny")
+    block = model.blocks[1]
+    assert block.gcn_path[0].dropout.p == 0.6 and block.g3d_path.pathways[1].gcn.dropout.p == 0.4
+    for tcn in (block.gcn_path[1], block.gcn_path[2], block.tcn):
+        assert tcn.dropout.p == 0.4 and [type(b[-1]).__name__ for b in tcn.branches] == ["Dropout"] * 4 + [
+            "BatchNorm2d"] * 2
+    # Dropout holds no state: the same file loads with or without it, and eval outputs agree.
+    plain = models.create("msg3d_personality_tiny", gcn_dropout=0.0, g3d_dropout=0.0, tcn_dropout=0.0)
+    trained = randomize(models.create("msg3d_personality_tiny"), seed=3).state_dict()  # (A, not state, stays)
+    model.load_state_dict(trained, strict=True)
+    plain.load_state_dict(trained, strict=True)
+    x = torch.randn(2, 15, 16, 24, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x))
+    with pytest.raises(ValueError, match="model.tcn_dropout"):
+        models.create("msg3d_personality_tiny", tcn_dropout=1.0)
+
+    import numpy as np
+
+    A = np.zeros((24, 24), dtype=np.float32)
+    for edge in get_graph("smpl-24").edges:
+        A[list(edge)] = 1.0  # graph/tools.py get_adjacency_matrix with the edges as lists
+
+    def their_scales(A_binary, K):
+        eye = np.eye(len(A_binary))
+        hops = [eye] + [np.minimum(np.linalg.matrix_power(A_binary + eye, k), 1)
+                        - np.minimum(np.linalg.matrix_power(A_binary + eye, k - 1), 1) + eye for k in range(1, K)]
+        return np.stack([h / np.sqrt(h.sum(-1))[:, None] / np.sqrt(h.sum(-1))[None, :] for h in hops])
+
+    dense = models.create("msg3d_personality_tiny", graph="smpl-24-dense")
+    np.testing.assert_allclose(dense.blocks[0].gcn_path[0].A.numpy(), their_scales(A, 3), atol=1e-7)
+    window = np.tile(A + np.eye(24), (5, 5))  # ms_gtcn.py build_spatial_temporal_graph
+    np.testing.assert_allclose(dense.blocks[0].g3d_path.pathways[1].gcn.A.numpy(), their_scales(window, 2), atol=1e-7)
+    tree = models.create("msg3d_personality_tiny").blocks[0].gcn_path[0].A.numpy()
+    assert not np.allclose(tree, their_scales(A, 3))  # the default is the paper's SMPL skeleton
 
 
 # --------------------------------------------------------------------------------------------
