@@ -72,6 +72,11 @@ def test_msg3d_recipes():
     assert personality.model["name"] == "msg3d_personality" and personality.train.loss == "mse"
     assert personality.data.laban and personality.data.graph == "smpl-24"
     assert (personality.checkpoint.best_metric, personality.checkpoint.best_mode) == ("val/participant/mse", "min")
+    o, t = personality.optim, personality.train  # the authors' train_joint_laban.yaml
+    assert (o.lr, o.nesterov, o.weight_decay, o.step_epochs, t.epochs) == (0.05, True, 1e-3, [200, 300], 200)
+    assert (t.micro_batch_size, t.grad_accum, o.base_batch_size) == (16, 1, 16)
+    authors = load_config(REPO / "configs/msg3d/personality_udiva_authors.yaml")
+    assert authors.model["graph"] == "smpl-24-dense" and authors.optim == personality.optim
 
 
 def test_stabn_tsm_and_hiint_recipes():
