@@ -104,6 +104,8 @@ class DataConfig:
     """skeleton training: rotate xyz about each axis by a uniform angle in [-this, this] degrees (0: off)."""
     laban: bool = False
     """skeleton: append 12 Laban channels (velocity, flow, space, weight; `datasets.laban`) to the 3 of the stream."""
+    laban_formula: Literal["described", "authors"] = "described"
+    """skeleton: `described` (the paper's description) or `authors` (what the personality authors' code computes, SMPL-24)."""
     targets_csv: Optional[str] = None
     """skeleton: CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
     participant_column: str = "participant"

@@ -14,7 +14,8 @@ Per sample, in this order (`sequence_transform`, shared with `datasets.multipers
    uniform in [-random_rotation, random_rotation] degrees;
 3. the stream: `joint` coordinates, or `bone` vectors bone[v1] = joint[v1] - joint[v2] for
    the graph's (v1, v2) pairs (the root's bone is 0);
-4. with `cfg.laban`, the 12 Laban channels of the joints (`datasets.laban`) are appended.
+4. with `cfg.laban`, the 12 Laban channels of the joints (`datasets.laban`, by `cfg.laban_formula`)
+   are appended.
 
 `dataset[i]` / `dataset[(i, seed)]` -> (float32 (C, T, V, M) tensor, label int), C = 3 (15
 with Laban); random draws come from `np.random.default_rng(seed)` in the order crop fraction,
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
-from .laban import bone_vectors, laban_features
+from .laban import authors_laban_features, bone_vectors, laban_features
 from .lists import resolve_list_path
 from .video import SPLITS, Key, parse_key
 
@@ -119,7 +120,9 @@ def sequence_transform(x: np.ndarray, cfg: DataConfig, pairs: Optional[List[Tupl
     if cfg.skeleton_stream == "bone":
         x = bone_vectors(joints, pairs)
     if cfg.laban:
-        x = np.concatenate([x, laban_features(joints[:3], pairs)])
+        laban = (authors_laban_features(joints[:3]) if cfg.laban_formula == "authors"
+                 else laban_features(joints[:3], pairs))
+        x = np.concatenate([x, laban])
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -132,6 +135,9 @@ def check_skeleton_config(cfg: DataConfig) -> None:
     lo, hi = cfg.crop_range[0], cfg.crop_range[-1]
     if len(cfg.crop_range) not in (1, 2) or not 0 < lo <= hi <= 1:
         raise ValueError(f"data.crop_range must be [min, max] with 0 < min <= max <= 1, got {cfg.crop_range}")
+    if cfg.laban and cfg.laban_formula == "authors" and cfg.graph != "smpl-24":
+        raise ValueError(f"data.laban_formula=authors computes the personality authors' SMPL-24 features; "
+                         f"data.graph must be smpl-24, got {cfg.graph!r}")
 
 
 def load_labels(path: str) -> Tuple[List[str], List]:

@@ -77,6 +77,7 @@ def test_msg3d_recipes():
     assert (t.micro_batch_size, t.grad_accum, o.base_batch_size) == (16, 1, 16)
     authors = load_config(REPO / "configs/msg3d/personality_udiva_authors.yaml")
     assert authors.model["graph"] == "smpl-24-dense" and authors.optim == personality.optim
+    assert (authors.data.laban_formula, personality.data.laban_formula) == ("authors", "described")
 
 
 def test_stabn_tsm_and_hiint_recipes():

@@ -140,6 +140,39 @@ def test_laban_shapes_and_hand_checked_values():
         laban.laban_features(np.zeros((2, 4, 24)), pairs)
 
 
+def _authors_laban(data):
+    """data_gen/preprocess_personality.py's `laban` stage, restated: data (N, T, V=24, 3); velocity is np.diff of a
+    (N*T, V, 3) reshape along axis 1 (the joints) with prepend=0; angles are arccos of the normalised bone's dot
+    product with each axis (the (9, 9) bone left unnormalised); flow is np.diff twice along time with prepend=0;
+    channels last: velocity, flow, space, weight (= space)."""
+    n, t, v, _ = data.shape
+    velocity = np.diff(data.reshape(n * t, v, 3), axis=1, prepend=0).reshape(data.shape)
+    angles = np.copy(data)
+    for v1, v2 in laban.AUTHORS_SMPL_PAIRS:
+        bone = data[:, :, v1, :] - data[:, :, v2, :]
+        if v1 != v2:
+            bone = bone / np.sqrt(np.sum(np.square(bone), keepdims=True, axis=-1))
+        angles[:, :, v1, :] = np.dstack([np.arccos(np.dot(bone, axis))[..., None] for axis in np.eye(3)])
+    flow = np.diff(np.diff(angles, axis=1, prepend=0), axis=1, prepend=0)
+    return np.concatenate((velocity, flow, angles, angles), axis=-1)
+
+
+def test_authors_laban_features_match_their_preprocessing():
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(3, 7, 24, 3)).astype(np.float32)  # their layout: (N, T, V, xyz)
+    theirs = _authors_laban(data)  # (N, T, V, 12)
+    ours = np.stack([laban.authors_laban_features(sample.transpose(2, 0, 1)[..., None])[..., 0] for sample in data])
+    np.testing.assert_allclose(ours, theirs.transpose(0, 3, 1, 2), atol=1e-5)
+    f = ours[0]
+    assert np.allclose(f[0:3, :, 5], data[0, :, 5].T - data[0, :, 4].T) and np.allclose(f[0:3, :, 0], data[0, :, 0].T)
+    assert np.allclose(f[6:12, :, 9], np.pi / 2) and np.array_equal(f[6:9], f[9:12])  # root bone; weight = space
+    assert np.allclose(f[3:6, 0], f[6:9, 0])  # flow at t=0: the angles themselves (zeros before the first frame)
+    zero = laban.authors_laban_features(np.zeros((3, 2, 24)))
+    assert np.isfinite(zero).all() and np.allclose(zero[6:9], np.pi / 2)  # their code: NaN here
+    with pytest.raises(ValueError, match="SMPL-24"):
+        laban.authors_laban_features(np.zeros((3, 2, 25)))
+
+
 def test_laban_dataset_has_15_channels(tmp_path):
     _write(tmp_path, v=24)
     data = np.load(tmp_path / "train_data.npy")
@@ -150,6 +183,12 @@ def test_laban_dataset_has_15_channels(tmp_path):
     assert np.allclose(x[3:].numpy(), laban.laban_features(data[0], bone_pairs("smpl-24")), atol=1e-6)
     with pytest.raises(ValueError, match="data.graph"):
         build(_cfg(tmp_path, graph="ntu-rgb+d", laban=True), "train")
+    authors, _ = build(_cfg(tmp_path, graph="smpl-24", laban=True, laban_formula="authors"), "train")[(0, 0)]
+    assert np.allclose(authors[:3].numpy(), data[0])
+    assert np.allclose(authors[3:].numpy(), laban.authors_laban_features(data[0]), atol=1e-6)
+    assert not np.allclose(authors[3:].numpy(), x[3:].numpy())
+    with pytest.raises(ValueError, match="data.laban_formula=authors.*smpl-24"):
+        build(_cfg(tmp_path, graph="kinetics", laban=True, laban_formula="authors"), "train")
 
 
 def test_config_errors(root):
