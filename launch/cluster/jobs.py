@@ -61,7 +61,7 @@ class TrainJob:
         folder = Path(job_env.paths.folder).resolve()  # runs/<experiment>/<name>/<job id> is the run folder
         requeues = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         trainer = Trainer(cfg, resume=True, stop_requested=stop, run_dir=folder)
-        trainer.tracker.set_tags({"slurm.job_id": job_env.job_id, "slurm.requeue_count": requeues,
+        trainer.tracker.set_tags({"slurm.requeue_count": requeues,  # slurm.job_id: the Trainer's run tags
                                   "slurm.nodes": job_env.num_nodes, "slurm.tasks": job_env.num_tasks})
         metrics = trainer.fit()
         if trainer.progress.epoch >= cfg.train.epochs:
