@@ -138,6 +138,8 @@ def test_missing_store_and_unreachable_server(tmp_path, capsys):
     code, _, err = compare_main(capsys, "--experiment", EXPERIMENT, "--tracking-uri", f"sqlite:///{missing}")
     assert code == 1 and f"no MLflow store at {missing}" in err
     assert not missing.exists()  # reading never creates an empty store
+    code, _, err = compare_main(capsys, "--experiment", EXPERIMENT, "--tracking-uri", f"sqlite:///{missing}?timeout=5")
+    assert code == 1 and f"no MLflow store at {missing} " in err and not missing.exists()  # the query is not the path
     uri = f"http://127.0.0.1:{free_port()}"
     code, _, err = compare_main(capsys, "--experiment", EXPERIMENT, "--tracking-uri", uri)
     assert code == 1 and f"MLflow tracking server {uri} is unreachable" in err

@@ -41,8 +41,13 @@ def check_store(uri: str) -> None:
         if not server_reachable(uri):
             raise ConnectionError(f"MLflow tracking server {uri} is unreachable (no answer from {uri.rstrip('/')}/health)")
         return
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url  # MLflow's own database layer parses its SQLite URIs
+
+        database = make_url(uri).database
+        if not database or database == ":memory:":
+            return
+        path = Path(database)
     elif uri.startswith("file://"):
         path = Path(uri[len("file://"):])
     elif "://" not in uri:
