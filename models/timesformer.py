@@ -37,7 +37,9 @@ LN_EPS = 1e-6
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch of a sample with probability `p`."""
+    """Stochastic depth: drop the whole residual branch of a row (first axis) with probability `p`. The mask is
+    floor(keep + U[0, 1)), drawn as the reference's `drop_path` draws it, so a seeded training step makes the
+    reference's random choices."""
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -47,8 +49,8 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)).floor_()
+        return x.div(keep) * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -182,6 +182,22 @@ def test_init_statistics():
     assert drop == pytest.approx([0.0, 0.05, 0.1])
 
 
+def test_drop_path_draws_as_the_reference():
+    """vit_utils.drop_path: keep + rand(rows, 1, ...) floored, x / keep times that; from one seed the same rows
+    are dropped (so a seeded training step matches the reference's), whole rows, the rest scaled by 1 / keep."""
+    from action_launch.models.timesformer import DropPath
+
+    x = torch.randn(64, 5, 8)
+    torch.manual_seed(7)
+    ours = DropPath(0.3).train()(x)
+    torch.manual_seed(7)
+    mask = (0.7 + torch.rand(64, 1, 1)).floor_()
+    torch.testing.assert_close(ours, x.div(0.7) * mask, rtol=0, atol=0)
+    kept = ours.flatten(1).ne(0).all(1)
+    assert 0 < kept.sum() < 64 and ours[~kept].eq(0).all()
+    assert torch.equal(DropPath(0.3).eval()(x), x)
+
+
 # ---------------------------------------------------------------------------------- training
 
 
