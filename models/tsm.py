@@ -10,7 +10,9 @@ frame: the input (N, 3, T, H, W) becomes (N*T, 3, H, W). In the residual branch 
 bottleneck, before conv1, `temporal_shift` moves 1/shift_div of the channels one frame back in
 time and another 1/shift_div one frame forward, zero-padded at the clip ends; the shortcut is
 not shifted ("blockres"). The head is dropout -> Linear per frame, then the average over T
-(TSN's average consensus). T is read from the input; `num_segments` records the clip length
+(TSN's average consensus). TSM's code drops out the pooled features of a frame; DyReg-GNN's code
+(`dropout_at="map"`, the `tsm_r50_dyreg` preset) drops out every position of the last feature map
+and then pools (its ResNet's avgpool is an identity and its fc the dropout, pooled afterwards). T is read from the input; `num_segments` records the clip length
 the model is trained for.
 
 DyReg: `dyreg_positions="layer2.2,layer3.4,layer4.1"` inserts a `DyRegResidual` after conv2 of
@@ -92,7 +94,7 @@ class TSM(nn.Module):
     def __init__(self, num_classes: int = 174, num_segments: int = 8, layers: Tuple[int, ...] = (3, 4, 6, 3),
                  widths: Tuple[int, ...] = (64, 128, 256, 512), shift_div: int = 8, dropout: float = 0.5,
                  in_channels: int = 3, dyreg_positions: str = "", dyreg_input_size: int = 224,
-                 dyreg_max_node_dim: int = 256, dyreg_offset_dim: int = 128) -> None:
+                 dyreg_max_node_dim: int = 256, dyreg_offset_dim: int = 128, dropout_at: str = "pooled") -> None:
         """
         Args:
             num_classes: classifier outputs.
@@ -107,9 +109,14 @@ class TSM(nn.Module):
             dyreg_input_size: input side the graphs are sized for (position-embedding and offset grids).
             dyreg_max_node_dim: graph node width cap; wider conv2 outputs are projected to it.
             dyreg_offset_dim: width of the region-offset embeddings and GRU.
+            dropout_at: "pooled" (TSM's code: dropout on each frame's pooled features) or "map"
+                (DyReg-GNN's code: on the last feature map, before pooling); eval outputs are the same.
         """
         super().__init__()
         check_stages(widths, layers)
+        if dropout_at not in ("pooled", "map"):
+            raise ValueError(f"model.dropout_at must be 'pooled' or 'map', got {dropout_at!r}")
+        self.dropout_at = dropout_at
         self.num_classes = num_classes
         self.num_segments = num_segments
         self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
@@ -146,8 +153,8 @@ class TSM(nn.Module):
             bottleneck.dyreg = DyRegResidual(planes, **dyreg_kwargs(planes, map_size, max_node_dim, offset_dim))
         return names
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> per-frame features (N*T, C4)."""
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> the last feature map of every frame (N*T, C4, h, w)."""
         if x.ndim != 5:
             raise ValueError(f"expected input (N, C, T, H, W), got shape {tuple(x.shape)}")
         n, c, t, h, w = x.shape
@@ -156,12 +163,20 @@ class TSM(nn.Module):
         for i in range(1, 5):
             for block in getattr(self, f"layer{i}"):
                 x = block(x, t)
-        return x.mean(dim=(2, 3))
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> per-frame features (N*T, C4)."""
+        return self.forward_map(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[0], x.shape[2]
-        logits = self.fc(self.dropout(self.forward_features(x)))
-        return logits.reshape(n, t, -1).mean(dim=1)  # average consensus
+        fmap = self.forward_map(x)
+        if self.dropout_at == "map":
+            features = self.dropout(fmap).mean(dim=(2, 3))
+        else:
+            features = self.dropout(fmap.mean(dim=(2, 3)))
+        return self.fc(features).reshape(n, t, -1).mean(dim=1)  # average consensus
 
     def load_imagenet_resnet(self, state_dict: Mapping[str, Any]) -> Dict[str, List[str]]:
         """Initialise from a 2D ImageNet ResNet state dict (torchvision names): a direct copy by name.
@@ -211,9 +226,9 @@ _DYREG_PAPER = "layer2.2,layer3.4,layer4.1"
 # TSM-R50: 23,864,558 parameters; with DyReg 28,701,830 (+1,141,640 / +1,836,040 / +1,859,592).
 register_preset("tsm_r50", TSM, num_params=23_864_558, num_classes=174, num_segments=16, **_R50)
 register_preset("tsm_r50_dyreg", TSM, num_params=28_701_830, num_classes=174, num_segments=16,
-                dyreg_positions=_DYREG_PAPER, **_R50)
+                dyreg_positions=_DYREG_PAPER, dropout_at="map", **_R50)
 
 # Tiny presets for tests and CPU demos: 4 frames x 64^2, widths 8/16/32/64, one block per stage.
 register_preset("tsm_r50_tiny", TSM, num_classes=4, num_segments=4, **_TINY)
 register_preset("tsm_r50_dyreg_tiny", TSM, num_classes=4, num_segments=4, dyreg_positions="layer2.0,layer3.0,layer4.0",
-                dyreg_input_size=64, dyreg_max_node_dim=32, dyreg_offset_dim=16, **_TINY)
+                dyreg_input_size=64, dyreg_max_node_dim=32, dyreg_offset_dim=16, dropout_at="map", **_TINY)

@@ -473,3 +473,34 @@ def test_constructor_arguments_have_plain_type_hints():
     for name, p in inspect.signature(TSM.__init__).parameters.items():
         if name != "self":
             assert p.annotation in allowed, (name, p.annotation)
+
+
+@pytest.mark.parametrize("preset,dropout_at", [("tsm_r50_tiny", "pooled"), ("tsm_r50_dyreg_tiny", "map")])
+def test_training_dropout_falls_where_each_reference_code_puts_it(preset, dropout_at):
+    """TSM's TSN: new_fc(dropout(pooled frame features)). DyReg-GNN's TSN (Something-Something branch): the
+    ResNet's avgpool is an identity and its fc a Dropout, so the flattened last map (N*T, C*h*w) is dropped
+    out, then pooled (rstg_avgpool), then new_fc. From one seed the model draws the same masks as each."""
+    torch.manual_seed(0)
+    model = models.create(preset).train()
+    assert model.dropout_at == dropout_at
+    with torch.no_grad():
+        model.fc.weight.normal_(0, 0.5)  # a visible head (TSN's init is 0.001)
+    x = torch.randn(2, 3, 4, 64, 64)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        ours = model(x)
+        fmap = model.forward_map(x)  # training-mode BatchNorm: the same batch statistics, no random draws
+        torch.manual_seed(3)
+        pooled = (F.dropout(fmap.mean(dim=(2, 3)), 0.5, training=True) if dropout_at == "pooled"
+                  else F.dropout(fmap.flatten(1), 0.5, training=True).view_as(fmap).mean(dim=(2, 3)))
+        reference = model.fc(pooled).reshape(2, 4, -1).mean(dim=1)
+    torch.testing.assert_close(ours, reference)
+    other = models.create(preset, dropout_at="map" if dropout_at == "pooled" else "pooled")
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.manual_seed(3)
+        assert not torch.allclose(other.train()(x), ours)  # the other place draws other masks
+        other.load_state_dict(model.state_dict())  # (that step moved its BatchNorm statistics)
+        torch.testing.assert_close(other.eval()(x), model.eval()(x))  # and eval is the same network
+    with pytest.raises(ValueError, match="model.dropout_at"):
+        models.create(preset, dropout_at="head")
