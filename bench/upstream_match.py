@@ -3,19 +3,24 @@
     python bench/upstream_match.py msg3d --upstream PATH/TO/MS-G3D                       # kenziyuliu/MS-G3D
     python bench/upstream_match.py personality --upstream PATH/TO/PersonalityRecognition # Rgtemze/...
     python bench/upstream_match.py timesformer --upstream PATH/TO/TimeSformer            # needs einops
+    python bench/upstream_match.py tsm --upstream PATH/TO/temporal-shift-module          # needs torchvision
+    python bench/upstream_match.py dyreg --upstream PATH/TO/DyReg-GNN                    # needs torchvision
 
 For each network: build the upstream model from its checkout, move its BatchNorm statistics and graph
 residuals (MS-G3D) or temporal weights (TimeSformer) off their initial values as training does, save its
 weights as its own code saves them, load that file with `--load-from`'s loader into our preset, and print
-one JSON line: the load's format and counts, the largest output difference in eval mode, and in train
-mode from the same seed (equal only where every dropout and stochastic-depth draw is made in the
-upstream order). TSM, DyReg-GNN and ST-ABN need torchvision or MMAction v1 and are not run here.
+one JSON line: the load's format and counts, and the largest output difference, absolute and relative to
+the largest output, in eval mode and in train mode from the same seed (equal only where every dropout and
+stochastic-depth draw is made in the upstream order). torchvision serves the upstream TSM and DyReg-GNN code its ResNet and transforms only;
+ST-ABN's code needs MMAction v1 and is not run here.
 """
 from __future__ import annotations
 
 import argparse
 import collections.abc
+import contextlib
 import importlib.util
+import io
 import json
 import sys
 import tempfile
@@ -56,6 +61,7 @@ def _compare(name: str, theirs: torch.nn.Module, their_forward: Forward, state: 
     with torch.no_grad():
         theirs.eval(), ours.eval()
         reference = their_forward(x)
+        scale = reference.abs().max().item()
         eval_diff = (ours(x) - reference).abs().max().item()
         theirs.train(), ours.train()
         torch.manual_seed(seed)
@@ -63,8 +69,9 @@ def _compare(name: str, theirs: torch.nn.Module, their_forward: Forward, state: 
         torch.manual_seed(seed)
         train_diff = (ours(x) - train_reference).abs().max().item()
     return {"network": name, "format": report.format, "loaded": len(report.loaded), "ignored": len(report.ignored),
-            "problems": report.problems(), "max_abs_output": reference.abs().max().item(),
-            "eval_max_abs_diff": eval_diff, "train_same_seed_max_abs_diff": train_diff}
+            "problems": report.problems(), "max_abs_output": scale,
+            "eval_max_abs_diff": eval_diff, "train_same_seed_max_abs_diff": train_diff,
+            "eval_rel_diff": eval_diff / scale, "train_same_seed_rel_diff": train_diff / scale}
 
 
 def msg3d(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
@@ -134,8 +141,86 @@ def timesformer(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
         yield _compare(f"timesformer {attention}", theirs, theirs, state, ours, x, seed + 2)
 
 
+def _torchvision() -> None:
+    """Import torchvision for the upstream code; a build whose compiled ops do not match this torch still serves
+    the Python models and transforms it needs (its op registrations are skipped)."""
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+        import torchvision  # noqa: F401
+
+
+def _tsn_input(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, T, H, W) -> TSN's (N, T*C, H, W)."""
+    n, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(n, t * c, h, w)
+
+
+def _tsn_state(model: torch.nn.Module) -> Dict[str, Any]:
+    """As main.py saves it: the DataParallel model's state dict in a checkpoint dict."""
+    return {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+
+
+def tsm(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
+    """mit-han-lab/temporal-shift-module `ops.models.TSN` as scripts/train_tsm_kinetics_rgb_8f.sh builds it (ResNet-50,
+    8 segments, shift 1/8 blockres, dropout 0.5, average consensus; no ImageNet download)."""
+    _torchvision()
+    sys.path.insert(0, str(upstream))
+    from ops.models import TSN
+
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs = TSN(174, 8, "RGB", base_model="resnet50", consensus_type="avg", dropout=0.5, partial_bn=False,
+                     pretrain="", is_shift=True, shift_div=8, shift_place="blockres")
+    _trained_looking(theirs, seed, ("new_fc.weight",), 0.05)
+    x = torch.randn(2, 3, 8, 112, 112, generator=torch.Generator().manual_seed(seed + 1))
+    forward = lambda clip: theirs(_tsn_input(clip))  # noqa: E731
+    yield _compare("tsm_r50 num_segments=8", theirs, forward, _tsn_state(theirs),
+                   models.create("tsm_r50", num_segments=8), x, seed + 2)
+
+
+# bit-ml/DyReg-GNN reads its settings from the command line when its modules are imported: train_model.sh's.
+DYREG_ARGS = ("--npb --offset_generator=big --init_skip_zero=False --warmup_validate=False --dynamic_regions=dyreg "
+              "--init_regions=center --place_graph=layer2.2_layer3.4_layer4.1 --ch_div=4 --graph_residual_type=norm "
+              "--rnn_type=GRU --aggregation_type=dot --send_layers=1 --use_rstg=True --rstg_skip_connection=False "
+              "--remap_first=True --update_layers=0 --combine_by_sum=True --project_at_input=True "
+              "--tmp_norm_skip_conn=False --bottleneck_graph=True --lr 0.001 --batch-size 2 --dataset=somethingv2 "
+              "--modality=RGB --arch=resnet50 --num_segments 16 --gd 20 --lr_type=step --lr_steps 20 30 40 --epochs 60 "
+              "-j 16 --dropout=0.5 --consensus_type=avg --eval-freq=1 --shift_div=8 --shift --shift_place=blockres "
+              "--resume=none")  # --resume: build the ResNet without downloading ImageNet weights
+
+
+def dyreg(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
+    """bit-ml/DyReg-GNN `ops.models.TSN` with train_model.sh's settings (graphs at layer2.2, layer3.4, layer4.1, 16
+    segments at 224: the graphs are sized for it), graph weights moved off their identity start."""
+    _torchvision()
+    sys.path.insert(0, str(upstream))
+    argv, sys.argv = sys.argv, ["main_standard.py", *DYREG_ARGS.split()]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from ops.models import TSN
+
+            torch.manual_seed(seed)
+            theirs = TSN(174, 16, "RGB", base_model="resnet50", consensus_type="avg", dropout=0.5, partial_bn=False,
+                         pretrain="", is_shift=True, shift_div=8, shift_place="blockres")
+    finally:
+        sys.argv = argv
+    _trained_looking(theirs, seed, ("new_fc.weight", "dynamic_graph", "residual_norm"), 0.02)
+    x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
+
+    def forward(clip: torch.Tensor) -> torch.Tensor:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return theirs(_tsn_input(clip))[0]  # (logits, auxiliary features)
+
+    yield _compare("tsm_r50_dyreg", theirs, forward, _tsn_state(theirs), models.create("tsm_r50_dyreg"), x, seed + 2)
+
+
 SYSTEMS = {"msg3d": (msg3d, "model/msg3d.py"), "personality": (personality, "model/msg3d_laban.py"),
-           "timesformer": (timesformer, "timesformer/models/vit.py")}
+           "timesformer": (timesformer, "timesformer/models/vit.py"), "tsm": (tsm, "ops/temporal_shift.py"),
+           "dyreg": (dyreg, "ops/dyreg.py")}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
