@@ -5,14 +5,17 @@
     python bench/upstream_match.py timesformer --upstream PATH/TO/TimeSformer            # needs einops
     python bench/upstream_match.py tsm --upstream PATH/TO/temporal-shift-module          # needs torchvision
     python bench/upstream_match.py dyreg --upstream PATH/TO/DyReg-GNN                    # needs torchvision
+    python bench/upstream_match.py stabn --upstream PATH/TO/ST-ABN_PyTorch
 
 For each network: build the upstream model from its checkout, move its BatchNorm statistics and graph
 residuals (MS-G3D) or temporal weights (TimeSformer) off their initial values as training does, save its
 weights as its own code saves them, load that file with `--load-from`'s loader into our preset, and print
 one JSON line: the load's format and counts, and the largest output difference, absolute and relative to
 the largest output, in eval mode and in train mode from the same seed (equal only where every dropout and
-stochastic-depth draw is made in the upstream order). torchvision serves the upstream TSM and DyReg-GNN code its ResNet and transforms only;
-ST-ABN's code needs MMAction v1 and is not run here.
+stochastic-depth draw is made in the upstream order). torchvision serves the upstream TSM and DyReg-GNN code its ResNet and transforms only.
+ST-ABN's modules are loaded from their files without MMAction v1's package imports; the few mmcv 0.x
+names they use (initialisers, whose values the loaded weights replace, and an attribute dict) are
+provided here, and the modules are chained as its `TSN3D.forward_train` chains them.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 from action_launch import models
 from action_launch.models.checkpoints import load_checkpoint
@@ -53,7 +57,9 @@ def _trained_looking(model: torch.nn.Module, seed: int, params: Tuple[str, ...],
 
 
 def _compare(name: str, theirs: torch.nn.Module, their_forward: Forward, state: Dict[str, Any],
-             ours: torch.nn.Module, x: torch.Tensor, seed: int) -> Dict[str, Any]:
+             ours: torch.nn.Module, x: torch.Tensor, seed: int, our_forward: Optional[Forward] = None) -> Dict[str, Any]:
+    """Save `state`, load it into `ours` with `--load-from`'s loader, and compare the two forwards on `x`."""
+    our_forward = our_forward or ours
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upstream.pt"
         torch.save(state, path)
@@ -62,12 +68,12 @@ def _compare(name: str, theirs: torch.nn.Module, their_forward: Forward, state: 
         theirs.eval(), ours.eval()
         reference = their_forward(x)
         scale = reference.abs().max().item()
-        eval_diff = (ours(x) - reference).abs().max().item()
+        eval_diff = (our_forward(x) - reference).abs().max().item()
         theirs.train(), ours.train()
         torch.manual_seed(seed)
         train_reference = their_forward(x)
         torch.manual_seed(seed)
-        train_diff = (ours(x) - train_reference).abs().max().item()
+        train_diff = (our_forward(x) - train_reference).abs().max().item()
     return {"network": name, "format": report.format, "loaded": len(report.loaded), "ignored": len(report.ignored),
             "problems": report.problems(), "max_abs_output": scale,
             "eval_max_abs_diff": eval_diff, "train_same_seed_max_abs_diff": train_diff,
@@ -218,9 +224,112 @@ def dyreg(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     yield _compare("tsm_r50_dyreg", theirs, forward, _tsn_state(theirs), models.create("tsm_r50_dyreg"), x, seed + 2)
 
 
+def _mmcv_names() -> None:
+    """The mmcv 0.x names ST-ABN's modules import: weight initialisers and an attribute-access Config."""
+    def init(fill: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
+        def apply(module: nn.Module, *args: Any, bias: float = 0, **kwargs: Any) -> None:
+            fill(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.constant_(module.bias, bias)
+        return apply
+
+    class Config(dict):
+        def __init__(self, values: Optional[Dict[str, Any]] = None) -> None:
+            super().__init__({k: Config(v) if isinstance(v, dict) else v for k, v in (values or {}).items()})
+
+        __getattr__ = dict.__getitem__
+        __setattr__ = dict.__setitem__
+
+    mmcv, cnn, runner = (types.ModuleType(n) for n in ("mmcv", "mmcv.cnn", "mmcv.runner"))
+    cnn.constant_init = lambda module, val, bias=0: init(lambda w: nn.init.constant_(w, val))(module, bias=bias)
+    cnn.kaiming_init = init(lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"))
+    cnn.xavier_init = init(nn.init.xavier_uniform_)
+    runner.load_checkpoint = lambda *args, **kwargs: None  # the ImageNet init; weights come from the file
+    mmcv.cnn, mmcv.runner, mmcv.Config = cnn, runner, Config
+    sys.modules.update({"mmcv": mmcv, "mmcv.cnn": cnn, "mmcv.runner": runner})
+
+
+def _stabn_modules(upstream: Path) -> Dict[str, Any]:
+    """ST-ABN's backbone, neck, pooling, consensus and head modules, loaded from their files."""
+    _mmcv_names()
+    tenons = "mmaction.models.tenons"
+    for package in ("mmaction", "mmaction.utils", "mmaction.models", tenons, *(f"{tenons}.{p}" for p in (
+            "backbones", "necks", "cls_heads", "utils", "spatial_temporal_modules", "segmental_consensuses"))):
+        module = types.ModuleType(package)
+        module.__path__ = [str(upstream / package.replace(".", "/"))]
+        sys.modules[package] = module
+    out = {}
+    for key, name in (("backbone", "backbones.resnet_slow"), ("neck", "necks.att_cls_head"), ("head", "cls_heads.cls_head"),
+                      ("pool", "spatial_temporal_modules.simple_spatial_temporal_module"),
+                      ("consensus", "segmental_consensuses.simple_consensus")):
+        full = f"{tenons}.{name}"
+        spec = importlib.util.spec_from_file_location(full, upstream / (full.replace(".", "/") + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+        out[key] = module
+    return out
+
+
+def stabn(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
+    """machine-perception-robotics-group/ST-ABN_PyTorch as config_files/sthv1/st_abn_32.py builds its TSN3D (ResNet-50
+    slow path, attention branch, 32 frames at 224: its pools are sized for them), without the ImageNet download;
+    logits and attention logits compared."""
+    m = _stabn_modules(upstream)
+    frames = 32
+    torch.manual_seed(seed)
+    theirs = nn.Module()
+    theirs.backbone = m["backbone"].ResNet_SlowFast(
+        depth=50, pretrained=None, num_stages=4, out_indices=[3], frozen_stages=-1, inflate_freq=(0, 0, 1, 1),
+        inflate_style="3x1x1", conv1_kernel_t=1, conv1_stride_t=1, pool1_kernel_t=1, pool1_stride_t=1, with_cp=False,
+        bn_eval=False, partial_bn=False, style="pytorch", nsegments=frames)
+    theirs.necks = m["neck"].Att_head(
+        in_channels=[1024, 2048], out_channels=1024, spatial_modulation_config=dict(inplanes=[1024, 2048], planes=2048),
+        temporal_modulation_config=dict(scales=(8, 8), param=dict(inplanes=-1, planes=-1, downsample_scale=-1)),
+        upsampling_config=dict(scale=(1, 1, 1)),
+        downsampling_config=dict(scales=(1, 1, 1), param=dict(inplanes=-1, planes=-1, downsample_scale=-1)),
+        level_fusion_config=dict(in_channels=[1024, 1024], mid_channels=[1024, 1024], out_channels=2048,
+                                 ds_scales=[(1, 1, 1), (1, 1, 1)]),
+        att_head_config=dict(inplanes=-1, planes=174, loss_weight=0.5))
+    theirs.spatial_temporal_module = m["pool"].SimpleSpatialTemporalModule(spatial_type="avg", temporal_size=frames,
+                                                                           spatial_size=7)
+    theirs.segmental_consensus = m["consensus"].SimpleConsensus(consensus_type="avg")
+    theirs.cls_head = m["head"].ClsHead(with_avg_pool=False, temporal_feature_size=1, spatial_feature_size=1,
+                                        dropout_ratio=0.5, in_channels=2048, num_classes=174)
+    for part in (theirs.backbone, theirs.necks, theirs.cls_head):
+        part.init_weights()
+    _trained_looking(theirs, seed, (), 0.0)
+
+    def forward(clip: torch.Tensor) -> torch.Tensor:
+        """TSN3D.forward_train's chain, one clip per sample: the attention head's logits (its dropout, view, fc) and
+        the classifier's, side by side."""
+        ax, rx, _, _ = theirs.backbone(clip)
+        att = theirs.necks.att_head
+        att_logits = att.fc(att.dropout(ax).view(ax.size(0), -1))
+        rx = theirs.spatial_temporal_module(rx)
+        rx = theirs.segmental_consensus(rx.reshape((-1, 1) + rx.shape[1:])).squeeze(1)
+        return torch.cat([theirs.cls_head(rx), att_logits], dim=1)
+
+    class Ours(nn.Module):
+        """The preset's logits and attention logits, side by side."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = models.create("stabn_r50", num_frames=frames)
+
+        def forward(self, clip: torch.Tensor) -> torch.Tensor:
+            out = self.model(clip)
+            return torch.cat([out["logits"], out["att_logits"]], dim=1)
+
+    ours = Ours()
+    x = torch.randn(1, 3, frames, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
+    yield _compare("stabn_r50 (logits and attention logits)", theirs, forward, {"state_dict": theirs.state_dict()},
+                   ours.model, x, seed + 2, ours)
+
+
 SYSTEMS = {"msg3d": (msg3d, "model/msg3d.py"), "personality": (personality, "model/msg3d_laban.py"),
            "timesformer": (timesformer, "timesformer/models/vit.py"), "tsm": (tsm, "ops/temporal_shift.py"),
-           "dyreg": (dyreg, "ops/dyreg.py")}
+           "dyreg": (dyreg, "ops/dyreg.py"), "stabn": (stabn, "mmaction/models/tenons/backbones/resnet_slow.py")}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
