@@ -94,8 +94,8 @@ class DataConfig:
     """skeleton: .npy of the test split (labels: `test_list`); defaults to `val_data`."""
     skeleton_stream: Literal["joint", "bone"] = "joint"
     """skeleton: `joint` coordinates or `bone` vectors (bone[v1] = joint[v1] - joint[parent v1])."""
-    graph: Literal["ntu-rgb+d", "kinetics", "smpl-24"] = "ntu-rgb+d"
-    """skeleton: graph whose edges define the bones (`models.graphs`: ntu-rgb+d, kinetics, smpl-24)."""
+    graph: Literal["ntu-rgb+d", "kinetics", "smpl-24", "smpl-24-dense"] = "ntu-rgb+d"
+    """skeleton: graph whose edges define the bones (`models.graphs`; smpl-24-dense has smpl-24's bones)."""
     window_size: int = 0
     """skeleton: frames per sample after the temporal crop and resize; 0 keeps the array's T frames."""
     crop_range: List[float] = field(default_factory=lambda: [0.5, 1.0])
