@@ -12,10 +12,10 @@ residuals (MS-G3D) or temporal weights (TimeSformer) off their initial values as
 weights as its own code saves them, load that file with `--load-from`'s loader into our preset, and print
 one JSON line: the load's format and counts, and the largest output difference, absolute and relative to
 the largest output, in eval mode and in train mode from the same seed (equal only where every dropout and
-stochastic-depth draw is made in the upstream order). torchvision serves the upstream TSM and DyReg-GNN code its ResNet and transforms only.
-ST-ABN's modules are loaded from their files without MMAction v1's package imports; the few mmcv 0.x
-names they use (initialisers, whose values the loaded weights replace, and an attribute dict) are
-provided here, and the modules are chained as its `TSN3D.forward_train` chains them.
+stochastic-depth draw is made in the upstream order). torchvision serves the upstream TSM and DyReg-GNN
+code its ResNet and transforms only. ST-ABN's modules are loaded from their files without MMAction v1's
+package imports; the few mmcv 0.x names they use (initialisers, whose values the loaded weights replace,
+and an attribute dict) are provided here, and the modules are chained as its `TSN3D.forward_train` does.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ time and another 1/shift_div one frame forward, zero-padded at the clip ends; th
 not shifted ("blockres"). The head is dropout -> Linear per frame, then the average over T
 (TSN's average consensus). TSM's code drops out the pooled features of a frame; DyReg-GNN's code
 (`dropout_at="map"`, the `tsm_r50_dyreg` preset) drops out every position of the last feature map
-and then pools (its ResNet's avgpool is an identity and its fc the dropout, pooled afterwards). T is read from the input; `num_segments` records the clip length
-the model is trained for.
+and then pools (its ResNet's avgpool is an identity and its fc the dropout, pooled afterwards). T is
+read from the input; `num_segments` records the clip length the model is trained for.
 
 DyReg: `dyreg_positions="layer2.2,layer3.4,layer4.1"` inserts a `DyRegResidual` after conv2 of
 those bottlenecks (before bn2), sized for the map it sees at `dyreg_input_size` input. It starts
