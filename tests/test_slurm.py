@@ -208,7 +208,7 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(jobs):
     preempted(jobs, "pre")
     assert wait_job(job_id, folder) == "COMPLETED"
     log = (folder / f"{job_id}_0_log.out").read_text()
-    assert "stopped by SIGUSR1" in log and f"requeued job {job_id} (1/3)" in log, log[-3000:]
+    assert "stopped by SIGUSR1" in log and f"requeueing job {job_id} (1/3)" in log, log[-3000:]
     resumed = [line for line in log.splitlines() if "resumed from" in line]
     assert len(resumed) == 1 and "optimizer step 0" not in resumed[0], log[-3000:]
     info = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -91,8 +92,12 @@ def _after_stop(stop: StopFlag, requeues: int, max_requeues: int, job_env: Any, 
         raise RuntimeError(f"{where}; already requeued {requeues} times (slurm.max_requeues={max_requeues}): "
                            f"giving up. Resume by resubmitting the same config.")
     job_id = job_env.job_id
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-    print(f"{where}; requeued job {job_id} ({requeues + 1}/{max_requeues})", flush=True)
+    print(f"{where}; requeueing job {job_id} ({requeues + 1}/{max_requeues})", flush=True)
+    proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    # Requeueing ends this job's processes with SIGTERM, scontrol itself among them when it is still running.
+    if proc.returncode not in (0, -signal.SIGTERM):
+        raise RuntimeError(f"{where}; scontrol requeue {job_id} failed (exit {proc.returncode}): "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}. Resume by resubmitting the same config.")
 
 
 def export_distributed_env(job_env: Any) -> None:
