@@ -45,13 +45,14 @@ def bone_vectors(x: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
     return out
 
 
-def bone_angles(x: np.ndarray, pairs: Sequence[Tuple[int, int]], eps: float = 1e-8) -> np.ndarray:
-    """(3, T, V, ...) angles in radians between each bone and the x, y, z axes; 0 where the
-    bone has no length (the root)."""
+def bone_angles(x: np.ndarray, pairs: Sequence[Tuple[int, int]], eps: float = 1e-8,
+                zero_bone_cosine: float = 1.0) -> np.ndarray:
+    """(3, T, V, ...) angles in radians between each bone and the x, y, z axes; where the bone is no longer
+    than `eps` (the root's), arccos(`zero_bone_cosine`): 0 by default."""
     b = bone_vectors(x, pairs)
     norm = np.sqrt((b * b).sum(axis=0, keepdims=True))
     has_length = norm > eps
-    cosines = np.where(has_length, b / np.where(has_length, norm, 1.0), 1.0)  # zero bone -> angle 0
+    cosines = np.where(has_length, b / np.where(has_length, norm, 1.0), zero_bone_cosine)
     return np.arccos(np.clip(cosines, -1.0, 1.0)).astype(x.dtype, copy=False)
 
 
@@ -105,10 +106,7 @@ def authors_laban_features(x: np.ndarray) -> np.ndarray:
         raise ValueError(f"the authors' Laban features are for SMPL-24 joints, got V={x.shape[2]} (shape {x.shape})")
     velocity = x.copy()
     velocity[:, :, 1:] -= x[:, :, :-1]
-    b = bone_vectors(x, AUTHORS_SMPL_PAIRS)
-    norm = np.sqrt((b * b).sum(axis=0, keepdims=True))
-    cosines = np.where(norm > 0, b / np.where(norm > 0, norm, 1.0), 0.0)
-    angles = np.arccos(np.clip(cosines, -1.0, 1.0)).astype(x.dtype, copy=False)
+    angles = bone_angles(x, AUTHORS_SMPL_PAIRS, eps=0.0, zero_bone_cosine=0.0)  # their zero dot products
     padded = np.concatenate([np.zeros_like(angles[:, :2]), angles], axis=1)
     flow = padded[:, 2:] - 2 * padded[:, 1:-1] + padded[:, :-2]
     return np.concatenate([velocity, flow, angles, angles])

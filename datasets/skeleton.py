@@ -135,9 +135,9 @@ def check_skeleton_config(cfg: DataConfig) -> None:
     lo, hi = cfg.crop_range[0], cfg.crop_range[-1]
     if len(cfg.crop_range) not in (1, 2) or not 0 < lo <= hi <= 1:
         raise ValueError(f"data.crop_range must be [min, max] with 0 < min <= max <= 1, got {cfg.crop_range}")
-    if cfg.laban and cfg.laban_formula == "authors" and cfg.graph not in ("smpl-24", "smpl-24-dense"):
+    if cfg.laban and cfg.laban_formula == "authors" and graph_bone_pairs(cfg.graph) != graph_bone_pairs("smpl-24"):
         raise ValueError(f"data.laban_formula=authors computes the personality authors' SMPL-24 features; "
-                         f"data.graph must be smpl-24, got {cfg.graph!r}")
+                         f"data.graph must be smpl-24 (or another graph with its bones), got {cfg.graph!r}")
 
 
 def load_labels(path: str) -> Tuple[List[str], List]:
