@@ -38,6 +38,7 @@ import torch
 
 from .config import DataConfig
 from .decode import BadVideoError, open_video, read_frames
+from .protocols import Source
 from .skeleton import check_skeleton_config, graph_bone_pairs, sequence_transform, valid_length
 from .video import ClipDataset
 
@@ -155,17 +156,17 @@ class MultiPersonDataset(ClipDataset):
                 readers.append(open_video(path))
             except BadVideoError as e:
                 raise BadPersonFile(path, str(e)) from None
-        num, fps = min(len(vr) for vr in readers), readers[0].get_avg_fps()
+        source = Source(min(len(vr) for vr in readers), readers[0].get_avg_fps())
         if self.split == "test":
-            indices = self.view_indices(num, fps)
+            indices = self.view_indices(source)
             flat = indices.reshape(-1)
         else:
-            flat = indices = self.sample_indices(num, fps, rng)
+            flat = indices = self.sample_indices(source, rng)
         person_seed = int(rng.integers(2**63))  # every person's spatial draws repeat this one
         clips = []
         for path, vr in zip(item.paths, readers):
             try:
-                frames = read_frames(vr, flat)
+                frames = self.read(lambda indices: read_frames(vr, indices), flat)
             except BadVideoError as e:
                 raise BadPersonFile(path, str(e)) from None
             if self.split == "test":

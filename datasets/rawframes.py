@@ -12,13 +12,13 @@ a bad file (skipped, warned about once, logged). Frames decode with Pillow.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 
 from .config import DataConfig
 from .decode import BadVideoError
 from .lists import ListItem
+from .protocols import Source
 from .video import ClipDataset, Opened
 
 
@@ -77,6 +77,6 @@ class RawFrameDataset(ClipDataset):
         if not item.num_frames:
             raise BadVideoError("zero frames")
         cfg = self.cfg
-        fps: Optional[float] = None  # a folder has no frame rate: the stride is taken as listed
-        return item.num_frames, fps, lambda indices: read_frame_folder(
+        # a folder has no frame rate: the stride is taken as listed
+        return Source(item.num_frames), lambda indices: read_frame_folder(
             item.path, indices, cfg.frame_template, cfg.frame_start_index)

@@ -7,16 +7,18 @@ deduplicated decord `get_batch` per clip), sampled by `datasets.sampling`, trans
 keys, sampling, transforms, the multi-view test split and bad-file skipping. A subclass only
 says how to open one item (`open`: its frame count, fps and a reader of given indices).
 
+Which frames a clip takes and how they are resized, cropped, augmented and viewed is the job of the
+split's protocol (`data.protocol`, `datasets.protocols`): this module decodes what it asks for.
+
 Unreadable videos (missing, empty, truncated, undecodable) do not stop an epoch: the sample
 is replaced by the next readable one of the split, the file is warned about once, kept in
 `dataset.bad_files` and appended to `cfg.bad_files_log`; past `cfg.max_bad_fraction` of the
 list, an error lists them all (see `BadFileSkipper`).
 
-Splits: `train` (random clip, scale jitter, random crop, flip) and `val` (the centred clip,
-centre crop) give `(clip (C, T, H, W), label)`. `test` gives `(views (V, C, T, H, W), label)`
-with V = `cfg.test_num_clips` x `cfg.test_num_crops`, in clip-major order: view
-`v = clip * num_crops + crop`, crops ordered left, centre, right (top, centre, bottom for
-portrait frames) when there are 3; the evaluator averages the V predictions of a video.
+Splits: `train` (the protocol's random clip and augmentation) and `val` (its one deterministic view)
+give `(clip (C, T, H, W), label)`. `test` gives `(views (V, C, T, H, W), label)` with V =
+`cfg.test_num_clips` x `cfg.test_num_crops`, in clip-major order (view `v = clip * num_crops + crop`);
+the evaluator combines the V predictions of a video as the protocol's upstream does.
 """
 from __future__ import annotations
 
@@ -27,18 +29,17 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import transforms as T
 from .config import DataConfig
 from .decode import BadVideoError, open_video, read_frames
 from .lists import (ListItem, append_bad_file, bad_file_listing, read_bad_files, read_list, resolve_list_path,
                     too_many_bad_files)
-from .sampling import clip_indices, segment_indices
+from .protocols import Source, make_protocol, stream_timing
 
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("dense", "segment")
 Key = Union[int, Tuple[int, int]]
-# (frames in the source, its fps or None, reader: indices -> (T, H, W, C) uint8 frames)
-Opened = Tuple[int, Optional[float], Callable[[np.ndarray], np.ndarray]]
+# (what the protocol samples from, reader: indices -> (T, H, W, C) uint8 RGB frames)
+Opened = Tuple[Source, Callable[[np.ndarray], np.ndarray]]
 
 
 def count_classes(root: str, items: List[ListItem]) -> Optional[int]:
@@ -128,9 +129,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
                              f"{self.list_formats}, got {cfg.list_format!r}")
         if cfg.sampling not in SAMPLINGS:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {cfg.sampling!r}")
-        _check_sizes(cfg)
-        if split == "test":
-            _check_views(cfg)
+        self.protocol = make_protocol(cfg)
         self.cfg = cfg
         self.split = split
         self.train = split == "train"
@@ -155,7 +154,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
     @property
     def num_views(self) -> int:
         """Views per sample: clips x crops for the test split, else 1."""
-        return self.cfg.test_num_clips * self.cfg.test_num_crops if self.split == "test" else 1
+        return self.protocol.num_views if self.split == "test" else 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,49 +187,39 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         return self.load(item, rng), self.target(item)
 
     def open(self, item: ListItem) -> Opened:
-        """(frame count, fps or None, reader of frame indices); BadVideoError if unreadable."""
+        """(source, reader of frame indices); BadVideoError if unreadable."""
         raise NotImplementedError
 
-    def sample_indices(self, num_video_frames: int, fps: Optional[float], rng: np.random.Generator) -> np.ndarray:
-        """Frame indices of this split's clip for a video (train: random, else test mode)."""
-        cfg, mode = self.cfg, "train" if self.train else "test"
-        if cfg.sampling == "segment":
-            return segment_indices(num_video_frames, cfg.num_frames, mode, rng)
-        return clip_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, fps, cfg.target_fps,
-                            mode, rng, short_video=cfg.short_video)
+    def sample_indices(self, source: Source, rng: np.random.Generator) -> np.ndarray:
+        """Frame indices of this split's clip (train: random, val: the protocol's one view)."""
+        return self.protocol.train_indices(source, rng) if self.train else self.protocol.val_indices(source)
 
-    def view_indices(self, num_video_frames: int, fps: Optional[float]) -> np.ndarray:
-        """(test_num_clips, num_frames) indices of the test clips: dense clips evenly spaced
-        (`clip_indices(clip_idx, num_clips)`), or segment centres (and, for 2 clips, segment
-        starts: TSM's "twice sample")."""
-        cfg, k = self.cfg, self.cfg.test_num_clips
-        if cfg.sampling == "segment":
-            return segment_indices(num_video_frames, cfg.num_frames, "test", twice=k == 2).reshape(k, -1)
-        return np.stack([clip_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, fps, cfg.target_fps,
-                                      "test", clip_idx=c, num_clips=k, short_video=cfg.short_video)
-                         for c in range(k)])
+    def view_indices(self, source: Source) -> np.ndarray:
+        """(test_num_clips, num_frames) indices of the test clips."""
+        return self.protocol.test_indices(source)
+
+    def read(self, reader: Callable[[np.ndarray], np.ndarray], indices: np.ndarray) -> np.ndarray:
+        """Frames `indices` in the model's channel order (`data.channel_order`)."""
+        frames = reader(indices)
+        return np.ascontiguousarray(frames[..., ::-1]) if self.cfg.channel_order == "bgr" else frames
 
     def load(self, item: ListItem, rng: np.random.Generator) -> torch.Tensor:
         """Decode and transform one item; BadVideoError if the source cannot give the clip."""
-        num, fps, read = self.open(item)
+        source, reader = self.open(item)
         if self.split == "test":
-            indices = self.view_indices(num, fps)
+            indices = self.view_indices(source)
             # one read of every view's frames, then split by clip
-            frames = read(indices.reshape(-1))
+            frames = self.read(reader, indices.reshape(-1))
             return self.test_views(frames.reshape(indices.shape + frames.shape[1:]))
-        return self.transform(read(self.sample_indices(num, fps, rng)), rng)
+        return self.transform(self.read(reader, self.sample_indices(source, rng)), rng)
 
     def transform(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         """(T, H, W, C) uint8 frames -> the split's float32 (C, T, H, W) clip."""
-        cfg = self.cfg
-        if self.train:
-            return T.train_clip(frames, cfg.crop_size, cfg.train_short_side, cfg.mean, cfg.std, rng,
-                                flip=cfg.flip, multi_scale=cfg.multi_scale_crop)
-        return T.eval_clip(frames, cfg.crop_size, cfg.test_short_side, cfg.mean, cfg.std)
+        return self.protocol.train_clip(frames, rng) if self.train else self.protocol.val_clip(frames)
 
     def test_views(self, frames: np.ndarray) -> torch.Tensor:
         """(clips, T, H, W, C) frames -> (clips x crops, C, T, H, W) views, clip-major."""
-        return test_views(frames, self.cfg)
+        return self.protocol.test_views(frames)
 
     def target(self, item: ListItem):
         """The int label, or a multi-hot float32 vector for multi-label lists."""
@@ -255,37 +244,5 @@ class VideoDataset(ClipDataset):
 
     def open(self, item: ListItem) -> Opened:
         vr = open_video(item.path)
-        return len(vr), vr.get_avg_fps(), lambda indices: read_frames(vr, indices)
-
-
-def test_views(frames: np.ndarray, cfg: DataConfig) -> torch.Tensor:
-    """(clips, T, H, W, C) uint8 frames -> float32 (clips x crops, C, T, H, W): each clip
-    resized once (short side `cfg.test_short_side`), then its `cfg.test_num_crops` crops
-    (1: centre; 3: `transforms.three_crop`, left/centre/right), clip-major."""
-    views = []
-    for clip in frames:
-        resized = T.short_side_resize(T.to_tchw(clip), cfg.test_short_side)
-        crops = T.three_crop(resized, cfg.crop_size) if cfg.test_num_crops == 3 else [T.center_crop(resized, cfg.crop_size)]
-        views += [T.normalize(c, cfg.mean, cfg.std) for c in crops]
-    return torch.stack(views)
-
-
-def _check_views(cfg: DataConfig) -> None:
-    if cfg.test_num_crops not in (1, 3):
-        raise ValueError(f"data.test_num_crops must be 1 (centre) or 3 (left/centre/right), got {cfg.test_num_crops}")
-    if cfg.test_num_clips < 1:
-        raise ValueError(f"data.test_num_clips must be >= 1, got {cfg.test_num_clips}")
-    if cfg.sampling == "segment" and cfg.test_num_clips > 2:
-        raise ValueError(f"data.test_num_clips={cfg.test_num_clips} with data.sampling=segment: 1 (segment centres) "
-                         "or 2 (centres and starts) clips")
-
-
-def _check_sizes(cfg: DataConfig) -> None:
-    if len(cfg.train_short_side) not in (1, 2) or cfg.train_short_side[0] > cfg.train_short_side[-1]:
-        raise ValueError(f"data.train_short_side must be [min, max], got {cfg.train_short_side}")
-    if not cfg.multi_scale_crop and cfg.crop_size > cfg.train_short_side[0]:
-        raise ValueError(f"data.crop_size={cfg.crop_size} is larger than data.train_short_side[0]={cfg.train_short_side[0]}")
-    if cfg.crop_size > cfg.test_short_side:
-        raise ValueError(f"data.crop_size={cfg.crop_size} is larger than data.test_short_side={cfg.test_short_side}")
-    if len(cfg.mean) != 3 or len(cfg.std) != 3:
-        raise ValueError(f"data.mean and data.std need 3 values, got {cfg.mean} and {cfg.std}")
+        source = Source(len(vr), vr.get_avg_fps(), timing=lambda: stream_timing(item.path, vr))
+        return source, lambda indices: read_frames(vr, indices)
