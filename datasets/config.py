@@ -31,6 +31,12 @@ class DataConfig:
     """Field separator of `csv` lists."""
     path_prefix: str = ""
     """Prefix joined to every path of a list (TimeSformer's PATH_PREFIX)."""
+    protocol: Literal["native", "pyslowfast", "tsn", "mmaction"] = "native"
+    """How clips are sampled, resized, cropped, augmented and viewed (`datasets.protocols`), for the video
+    and frame-folder datasets: `native` (this project's own rules), or an upstream code's exactly:
+    `pyslowfast` (TimeSformer, LightTimeSformer), `tsn` (TSM and DyReg-GNN's TSNDataSet and test scripts),
+    `mmaction` (ST-ABN's MMAction 0.x RawFramesDataset). A published checkpoint scores its published
+    accuracy with the protocol of its upstream."""
     num_frames: int = 8
     """Frames per clip."""
     sampling_rate: int = 32
@@ -38,20 +44,36 @@ class DataConfig:
     target_fps: float = 30.0
     """Frame rate the stride is defined at; a file's own fps rescales it (PySlowFast)."""
     sampling: Literal["dense", "segment"] = "dense"
-    """`dense`: `num_frames` frames `sampling_rate` apart (TimeSformer); `segment`: TSN, one
-    frame from each of `num_frames` equal segments (Something-Something, ST-ABN, TSM)."""
+    """`dense`: `num_frames` frames `sampling_rate` apart (TimeSformer; `tsn`: TSM's I3D-style dense
+    sample, 64 frames); `segment`: TSN, one frame from each of `num_frames` equal segments
+    (Something-Something, ST-ABN, TSM), each protocol with its own segment formula."""
     short_video: Literal["loop", "clamp"] = "loop"
-    """A video shorter than the dense clip span: `loop` (wrap around) or `clamp` (repeat the last frame)."""
+    """`native` protocol: a video shorter than the dense clip span `loop`s (wraps around) or `clamp`s
+    (repeats the last frame; what PySlowFast does)."""
     train_short_side: List[int] = field(default_factory=lambda: [256, 320])
-    """Training short-side scale jitter range [min, max]."""
+    """Training short-side scale jitter range [min, max] (`native`, `pyslowfast`: TRAIN_JITTER_SCALES; `tsn`
+    and `mmaction` crop the frames as stored, as their upstream trains)."""
+    scale_sampling: Literal["uniform", "inverse_uniform"] = "uniform"
+    """`pyslowfast`: the jittered short side is drawn uniformly, or its inverse is (INV_UNIFORM_SAMPLE)."""
     test_short_side: int = 224
-    """Short side that test/val frames are resized to before the centre crop."""
+    """Short side that test/val frames are resized to before the crops (`pyslowfast` resizes to the test
+    crop for 3 crops and to `train_short_side[0]` for 1 crop: its rule, which this must state)."""
     crop_size: int = 224
-    """Square crop fed to the model."""
+    """Square crop fed to the model in training (and at test, unless `test_crop_size` says otherwise)."""
+    test_crop_size: Optional[int] = None
+    """Square crop of the val/test views; None: `crop_size` (PySlowFast's TEST_CROP_SIZE; TSM's
+    `--full_res` is `test_crop_size` = `test_short_side`)."""
     flip: bool = True
     """Random horizontal flip in training (switch off for Something-Something)."""
     multi_scale_crop: bool = False
-    """Training crop: TSM multi-scale crop (scales 1/.875/.75/.66, resized to `crop_size`) instead of a random crop."""
+    """`native` training crop: TSM multi-scale crop (scales 1/.875/.75/.66, resized to `crop_size`) instead of
+    a random crop (the `tsn` protocol always trains with TSM's own)."""
+    color_jitter: bool = False
+    """`mmaction`: ST-ABN's colour augmentation in training (brightness, contrast, saturation and hue, each
+    per frame with probability 1/2, then PCA lighting noise; `color_jitter` + `color_space_aug`)."""
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    """Channel order fed to the model. `bgr`: TimeSformer's Something-Something frames, which its code
+    reads with OpenCV and never converts (the released SSv2 weights expect it)."""
     mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
     """Per-channel mean on the 0-1 scale."""
     std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
@@ -79,9 +101,12 @@ class DataConfig:
     cores); `never`: bad files are found as they are read, and the error
     lists those found so far."""
     test_num_clips: int = 1
-    """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres and starts)."""
-    test_num_crops: Literal[1, 3] = 1
-    """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side)."""
+    """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres
+    and starts, TSM's twice sample; `tsn` dense sampling: 10, TSM's dense test)."""
+    test_num_crops: Literal[1, 3, 5, 10] = 1
+    """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side; `tsn`: TSM's
+    full-resolution 3 crops); `tsn` and `mmaction` also 5 (corners and centre) and 10 (those and their mirror
+    images)."""
     frame_template: str = "img_{:05d}.jpg"
     """rawframes: file name of frame i inside a frame folder (`str.format` of the frame number)."""
     frame_start_index: int = 1
