@@ -1,11 +1,17 @@
-"""Evaluate a checkpoint: `python launch/test.py --checkpoint C [--config X.yaml] [key.sub=value ...]`.
+"""Evaluate a checkpoint, or published weights, by the data protocol of the config.
+
+    python launch/test.py --checkpoint C [--config X.yaml] [key.sub=value ...]
+    python launch/test.py --weights FILE --config X.yaml [key.sub=value ...]
 
 C is a checkpoint folder (`<run>/checkpoints/step_N`), or a run folder (its `best` checkpoint, else
 the newest; `--last` for the newest). Without --config, the config saved in the checkpoint is used.
-Runs the multi-view protocol of the test split (`data.test_num_clips` x `data.test_num_crops` views,
-combined by `test.aggregate=mean_softmax|sum`), writes `<run>/predictions.npz` and logs
-top-1/top-5/mean-class accuracy, macro F1, per-class accuracy and the confusion matrix (MSE per
-output for regression) to the run in MLflow.
+FILE is a published weight file in any format `--load-from` reads (PySlowFast `.pyth`, TSM `.pth.tar`,
+MS-G3D `.pt`, ...): it is evaluated with the config's model and data, without a training run, into a new
+folder `<output_dir>/<experiment>/<name>@<file stem>` and a new MLflow run.
+Runs the test views of the config's `data.protocol` (`data.test_num_clips` x `data.test_num_crops`,
+combined as that protocol's upstream does unless `test.aggregate=mean_softmax|sum|mean` says otherwise),
+prints the protocol, writes `predictions.npz` and logs top-1/top-5/mean-class accuracy, macro F1,
+per-class accuracy and the confusion matrix (MSE per output for regression) to MLflow.
 """
 from __future__ import annotations
 
@@ -15,14 +21,14 @@ import sys
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
     sys.path.pop(0)
 
-from action_launch.config import ConfigError  # noqa: E402
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Overrides: dotted keys parsed as YAML, e.g. test.aggregate=sum "
                                             "test.split=val data.num_workers=0")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint folder, or a run folder")
+    source.add_argument("--weights", help="a published weight file (needs --config)")
     parser.add_argument("--config", help="YAML config; default: the checkpoint's own config.yaml")
     parser.add_argument("--last", action="store_true", help="with a run folder: the newest checkpoint, not the best")
     parser.add_argument("--out", help="predictions file (default <run>/predictions.npz)")
@@ -33,26 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from action_launch.evaluation.evaluate import evaluate_checkpoint, load_eval_config, resolve_checkpoint
+    from action_launch.evaluation.evaluate import run_test
 
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint, "last" if args.last else "best")
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    config = args.config or checkpoint / "config.yaml"
-    try:
-        cfg, ecfg = load_eval_config(config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    from action_launch.common.console import setup_logging
-
-    setup_logging(True)
-    metrics = evaluate_checkpoint(cfg, checkpoint, ecfg, out=args.out, track=not args.no_track)
-    for key, value in metrics.items():
-        print(f"test/{key}: {value:.4f}")
-    return 0
+    return run_test(args.checkpoint, args.weights, args.config, args.last, args.overrides, args.out, not args.no_track)
 
 
 if __name__ == "__main__":

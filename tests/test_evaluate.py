@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -229,11 +230,72 @@ def test_test_metrics_and_predictions_reach_mlflow(known_run):
     ev.evaluate_checkpoint(cfg, folder, ev.EvalConfig(aggregate="sum"))
     client = MlflowClient(f"sqlite:///{cfg.output_dir}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["test.aggregate"] == "sum"
+    assert run.info.status == "FINISHED" and run.data.params["test.aggregate"] == "sum"
+    assert run.data.params["test.views"] == "3" and run.data.params["test.checkpoint"] == folder.name
     assert run.data.metrics["test/top1"] == 100.0 and run.data.metrics["test/class_acc/left"] == 100.0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/top1")] == [7]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
     assert {"test/predictions.npz", "test/metrics.json", "test/confusion_matrix.png"} <= artifacts
+
+
+def test_views_are_combined_as_the_data_protocol_says_unless_test_aggregate_is_set(known_run, monkeypatch):
+    """Without test.aggregate, the views are combined by the protocol's rule: ViewSet's video 0 is right only when
+    its logits are summed (PySlowFast's rule), wrong when its probabilities are averaged (native's)."""
+    cfg, folder = known_run
+    for rule, top1 in (("sum", 100.0), ("mean_softmax", 50.0)):
+        monkeypatch.setattr(ViewSet, "protocol", SimpleNamespace(name="x", aggregate=rule, describe=dict), raising=False)
+        assert ev.evaluate_checkpoint(cfg, folder, track=False)["top1"] == top1
+        assert str(ev.load_predictions(cfg.run_dir())["aggregate"]) == rule
+    assert ev.evaluate_checkpoint(cfg, folder, ev.EvalConfig(aggregate="sum"), track=False)["top1"] == 100.0
+
+
+def test_published_weights_are_evaluated_into_a_run_of_their_own(known_run, tmp_path, capsys):
+    """test.py --weights: no training run folder; each evaluation gets a new folder and a new MLflow run whose
+    record names the file (path and sha256), the config and the protocol."""
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from action_launch import test as test_entry
+
+    cfg, _ = known_run
+    config = cfg.run_dir().parent / "known.yaml"
+    dump_config(cfg, config)
+    weights = tmp_path / "published.pth"
+    state = ChannelMeans().state_dict()
+    state["scale"] = torch.tensor(2.0)
+    torch.save({"state_dict": state}, weights)
+    args = ["--weights", str(weights), "--config", str(config), "tracking.enabled=true", "test.aggregate=sum"]
+    assert test_entry.main(args) == 0
+    assert test_entry.main(args) == 0  # a second evaluation keeps the first one's record
+    first, second = (cfg.run_dir().parent / f"known@published{s}" for s in ("", "-2"))
+    assert "test/top1: 100.0000" in capsys.readouterr().out and first.is_dir() and second.is_dir()
+    assert not cfg.run_dir().joinpath("predictions.npz").exists()  # the training run folder is untouched
+    np.testing.assert_allclose(ev.load_predictions(first)["scores"][0], [20.0, 12.0], rtol=1e-6)  # scale 2 loaded
+    client = MlflowClient(f"sqlite:///{cfg.output_dir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["known@published", "known@published-2"]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["test/top1"] == 100.0
+    assert run.data.tags["eval.weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert run.data.tags["eval.weights"] == str(weights.resolve())
+    assert run.data.params["test.aggregate"] == "sum" and run.data.params["data.protocol"] == "native"
+    assert test_entry.main(["--weights", str(weights)]) == 2
+    assert "--weights needs --config" in capsys.readouterr().err
+    assert test_entry.main(["--weights", str(tmp_path / "nope.pth"), "--config", str(config)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_published_weights_whose_classifier_does_not_fit_are_refused(tmp_path):
+    """Training may replace a head of another size; evaluating one the file does not hold would be chance level."""
+    theirs = models.create("tsm_r50_tiny", num_classes=5)
+    torch.save({"state_dict": theirs.state_dict()}, tmp_path / "five.pth")
+    cfg = load_config("configs/tsm/tiny.yaml", ["model.num_classes=4"])
+    with pytest.raises(ValueError, match=r"--weights .*five.pth: the classifier .* does not load .*model.num_classes"):
+        ev.load_published_weights(cfg, tmp_path / "five.pth")
+    model, report = ev.load_published_weights(load_config("configs/tsm/tiny.yaml", ["model.num_classes=5"]),
+                                              tmp_path / "five.pth")
+    assert report.complete and torch.equal(model.state_dict()["fc.weight"], theirs.state_dict()["fc.weight"])
 
 
 def test_evaluation_loads_as_training_does_with_its_batch_time_limit(video_set):

@@ -164,8 +164,6 @@ def test_script_value_check_covers_every_control_character(tmp_path):
 def test_run_tag_of_an_array_task_is_the_id_submit_printed(monkeypatch):
     """Slurm gives each task of an array its own SLURM_JOB_ID (task 0 of array 22 is job 23); squeue, sacct
     and submit.py call it 22_0."""
-    from types import SimpleNamespace
-
     from action_launch.training.trainer import run_tags, slurm_job_id
 
     assert slurm_job_id({"SLURM_JOB_ID": "23", "SLURM_ARRAY_JOB_ID": "22", "SLURM_ARRAY_TASK_ID": "0"}) == "22_0"
@@ -173,12 +171,12 @@ def test_run_tag_of_an_array_task_is_the_id_submit_printed(monkeypatch):
     assert slurm_job_id({}) is None
     for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(key, raising=False)
-    assert "slurm.job_id" not in run_tags(SimpleNamespace(world_size=1))
+    assert "slurm.job_id" not in run_tags(1)
     monkeypatch.setenv("SLURM_JOB_ID", "23")
-    assert run_tags(SimpleNamespace(world_size=1))["slurm.job_id"] == "23"
+    assert run_tags(1)["slurm.job_id"] == "23"
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "22")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
-    assert run_tags(SimpleNamespace(world_size=1))["slurm.job_id"] == "22_0"
+    assert run_tags(1)["slurm.job_id"] == "22_0"
 
 
 def test_code_snapshot_copies_the_tree_once(tmp_path):

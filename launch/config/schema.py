@@ -187,15 +187,17 @@ class Config:
         return Path(self.output_dir) / self.experiment / self.name
 
 
-Aggregate = Literal["mean_softmax", "sum"]
+Aggregate = Literal["mean_softmax", "sum", "mean"]
 
 
 @dataclass
 class EvalConfig:
     """The `test:` section: how a checkpoint is evaluated (`launch/test.py`, `train.py --test-best`)."""
 
-    aggregate: Aggregate = "mean_softmax"
-    """How the views of a video are combined: `mean_softmax` (mean of probabilities) or `sum` (sum of logits)."""
+    aggregate: Optional[Aggregate] = None
+    """How the views of a video are combined: `mean_softmax` (mean of probabilities), `sum` (sum of logits) or
+    `mean` (mean of logits); None: as the upstream of `data.protocol` does (`pyslowfast` sums, `tsn` and
+    `mmaction` average the logits, `native` the probabilities). Regression outputs are always averaged."""
     split: Literal["test", "val"] = "test"
     """Data split to evaluate: `test` (`data.test_list`, falling back to `data.val_list`) or `val`."""
     batch_size: int = field(default=0, metadata=must(lambda n: n >= 0, ">= 0"))

@@ -27,9 +27,10 @@ reads: `load_eval_config` splits it off before the run config is validated.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, get_args
 
@@ -44,10 +45,12 @@ from action_launch.config import (
     EvalConfig,
     Validator,
     deep_merge,
+    dump_config,
     flatten,
     from_dict,
     load_yaml_with_bases,
     parse_overrides,
+    to_dict,
 )
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.loaders import SequenceStreamSampler, make_loader, sequences_of
@@ -256,18 +259,67 @@ def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------- run
 
-def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
-                        out: Optional[Union[str, Path]] = None, track: bool = True) -> Dict[str, float]:
-    """Evaluate one checkpoint folder on `ecfg.split`; write predictions, metrics and log them. Returns the metrics."""
+AGGREGATE_WORDS = {"sum": "the sum of their logits", "mean": "the mean of their logits",
+                   "mean_softmax": "the mean of their softmax probabilities"}
+
+
+def view_aggregate(ecfg: EvalConfig, dataset: Any, regression: bool) -> str:
+    """How the views of a sample are combined: regression outputs are averaged; else `test.aggregate`, or, when
+    it is unset, the rule of the dataset's protocol (its upstream's; `mean_softmax` for datasets without one)."""
+    if regression:
+        return "mean"
+    if ecfg.aggregate:
+        return ecfg.aggregate
+    protocol = getattr(dataset, "protocol", None)
+    return protocol.aggregate if protocol is not None else "mean_softmax"
+
+
+def protocol_params(dataset: Any, split: str, how: str) -> Dict[str, str]:
+    """The `test.*` params that say how a split was evaluated: the data protocol, its clips and crops, the view
+    sizes and how views were combined (a dataset without views, or the val split, has 1 view)."""
+    protocol = getattr(dataset, "protocol", None)
+    out = {"test.split": split, "test.views": str(dataset.num_views if has_views(dataset, split) else 1)}
+    if protocol is not None:
+        out["test.protocol"] = protocol.name
+        if has_views(dataset, split):
+            out.update({f"test.{k}": v for k, v in protocol.describe().items() if k not in ("protocol", "aggregate")})
+    out["test.aggregate"] = how
+    return out
+
+
+def protocol_line(params: Mapping[str, str], regression: bool) -> str:
+    """One line for the log: the protocol, views and how they are combined."""
+    views = int(params["test.views"])
+    text = f"test protocol {params.get('test.protocol', 'none')} on the {params['test.split']} split: "
+    if "test.num_clips" in params:
+        text += (f"{params['test.num_clips']} clip(s) x {params['test.num_crops']} crop(s) = {views} view(s) of "
+                 f"{params['test.crop_size']} px (short side {params['test.short_side']})")
+    else:
+        text += f"{views} view(s) per sample"
+    how = "the mean of the outputs" if regression else AGGREGATE_WORDS[params["test.aggregate"]]
+    return text + (f", combined by {how}" if views > 1 else "")
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation pass wrote and measured."""
+
+    metrics: Dict[str, float]
+    params: Dict[str, str]
+    files: List[Path]
+
+
+def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, run_dir: Path, source: str, step: int,
+                   out: Optional[Union[str, Path]] = None) -> Evaluation:
+    """Evaluate `model` on `ecfg.split` by the data protocol; write predictions, metrics and the confusion matrix
+    under `run_dir` (`source` names the weights in them)."""
     from action_launch import datasets
 
-    ecfg = ecfg or EvalConfig()
-    checkpoint = Path(checkpoint)
-    run_dir = run_dir_of(checkpoint) or cfg.run_dir()
-    model = load_model(cfg, checkpoint)
     regression = is_regression(cfg, model)
-    how = "mean" if regression else ecfg.aggregate
     dataset = datasets.build(cfg.data, ecfg.split)
+    how = view_aggregate(ecfg, dataset, regression)
+    params = protocol_params(dataset, ecfg.split, how)
+    log.info("%s", protocol_line(params, regression))
     batch_size = ecfg.batch_size or cfg.train.micro_batch_size
     memory = carries_memory(model)  # then each recording's windows are walked in order, memory carried
     loader = evaluation_loader(dataset, batch_size, cfg, memory, name=ecfg.split)
@@ -282,40 +334,116 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     metrics = evaluation_metrics(scores, labels, regression, class_names)
 
     out = Path(out) if out else run_dir / "predictions.npz"
-    save_predictions(out, scores, labels, ids, aggregate=how, checkpoint=str(checkpoint.resolve()))
+    save_predictions(out, scores, labels, ids, aggregate=how, checkpoint=source)
     test_dir = run_dir / "test"
     test_dir.mkdir(parents=True, exist_ok=True)
-    step = int(ckpt.read_meta(checkpoint).get("step", 0)) if (checkpoint / ckpt.META).is_file() else 0
-    (test_dir / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "step": step,
-                                                       "eval": asdict(ecfg), **metrics}, indent=2))
-    artifacts = [test_dir / "metrics.json"]
+    (test_dir / "metrics.json").write_text(json.dumps({"checkpoint": source, "step": step, "eval": asdict(ecfg),
+                                                       "protocol": params, **metrics}, indent=2))
+    files = [out, test_dir / "metrics.json"]
     if not regression:
         cm = confusion_matrix(scores.argmax(1), labels.astype(np.int64), scores.shape[1])
         (test_dir / "confusion_matrix.json").write_text(json.dumps(
             {"classes": _names(class_names, scores.shape[1]), "rows_true_cols_predicted": cm.tolist()}))
         from action_launch.training.confusion import save_confusion_matrix
 
-        artifacts += [test_dir / "confusion_matrix.json",
-                      save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=class_names)]
-    log.info("test on %d videos (%s, %s): %s", len(scores), checkpoint, how,
+        files += [test_dir / "confusion_matrix.json",
+                  save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=class_names)]
+    log.info("test on %d samples (%s, %s): %s", len(scores), source, how,
              " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k))
+    return Evaluation(metrics, params, files)
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
+                        out: Optional[Union[str, Path]] = None, track: bool = True) -> Dict[str, float]:
+    """Evaluate one checkpoint folder on `ecfg.split`; write predictions, metrics and log them into the training
+    run. Returns the metrics."""
+    ecfg = ecfg or EvalConfig()
+    checkpoint = Path(checkpoint)
+    run_dir = run_dir_of(checkpoint) or cfg.run_dir()
+    step = int(ckpt.read_meta(checkpoint).get("step", 0)) if (checkpoint / ckpt.META).is_file() else 0
+    result = evaluate_model(cfg, load_model(cfg, checkpoint), ecfg, run_dir, str(checkpoint.resolve()), step, out)
     if track:
-        _track(cfg, run_dir, checkpoint, ecfg, how, step, metrics, [out, *artifacts])
-    return metrics
+        _track(cfg, run_dir, {**result.params, "test.checkpoint": checkpoint.name}, {}, step, result)
+    return result.metrics
 
 
-def _track(cfg: Config, run_dir: Path, checkpoint: Path, ecfg: EvalConfig, how: str, step: int,
-           metrics: Mapping[str, float], files: Sequence[Path]) -> None:
-    """Log into the training run's MLflow run (its journal knows the run id and the store)."""
+def load_published_weights(cfg: Config, weights: Path) -> Tuple[nn.Module, Any]:
+    """The config's model with a published weight file (any format `--load-from` reads) and the load report. The
+    whole network must load, its classifier included: evaluating a head the file does not hold is refused."""
+    from action_launch import models
+    from action_launch.models.checkpoints import CheckpointError, load_checkpoint
+
+    model = models.build(cfg.model)
+    try:
+        report = load_checkpoint(model, weights)
+    except CheckpointError as err:
+        raise ValueError(str(err).replace("--load-from", "--weights", 1)) from None
+    head = sorted(k for k in report.head if k not in report.loaded)
+    if head:
+        why = report.skipped.get(head[0]) or "absent from the file"
+        raise ValueError(f"--weights {weights}: the classifier {head[0]} does not load ({why}); set "
+                         f"model.num_classes to the file's class count and use the data its head was trained on")
+    return model, report
+
+
+def evaluation_folder(cfg: Config, weights: Path) -> Path:
+    """A new folder for one evaluation of published weights: `<output_dir>/<experiment>/<name>@<file stem>`, with
+    `-2`, `-3`, ... when earlier evaluations are there (each evaluation keeps its own record)."""
+    base = Path(cfg.output_dir) / cfg.experiment / f"{cfg.name}@{weights.stem}"
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return folder
+
+
+def evaluate_weights(cfg: Config, weights: Union[str, Path], ecfg: Optional[EvalConfig] = None,
+                     out: Optional[Union[str, Path]] = None, track: bool = True) -> Tuple[Dict[str, float], Path]:
+    """Evaluate a published weight file with the config's model and data protocol, without a training run: the
+    results go to a new `evaluation_folder` and a new MLflow run (config as params, the file and its sha256 as
+    tags). Returns the metrics and the folder."""
+    ecfg = ecfg or EvalConfig()
+    weights = Path(weights)
+    model, report = load_published_weights(cfg, weights)
+    run_dir = evaluation_folder(cfg, weights)
+    run_dir.mkdir(parents=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    (run_dir / "load_report.txt").write_text(report.text())
+    log.info("--weights %s: %s, %d tensors loaded", weights, report.description or report.format, len(report.loaded))
+    result = evaluate_model(cfg, model, ecfg, run_dir, str(weights.resolve()), 0, out)
+    if track:
+        from action_launch.training.trainer import run_tags
+
+        config = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
+        tags = {**run_tags(1), "eval.weights": str(weights.resolve()), "eval.weights_sha256": _sha256(weights),
+                "eval.weights_format": report.format}
+        result.files += [run_dir / "config.yaml", run_dir / "load_report.txt"]
+        _track(cfg, run_dir, {**config, **result.params}, tags, 0, result, run_name=run_dir.name)
+    return result.metrics, run_dir
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file: which weights an evaluation read, whatever the file is later renamed to."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _track(cfg: Config, run_dir: Path, params: Mapping[str, Any], tags: Mapping[str, str], step: int,
+           result: Evaluation, run_name: Optional[str] = None) -> None:
+    """Log an evaluation into the run of `run_dir` (a training run: its journal knows the run id and the store;
+    a new evaluation folder: a new run named `run_name`)."""
     from action_launch.tracking.tracker import Journal, Tracker, default_tracking_uri
 
     state = Journal(run_dir).state()
     uri = cfg.tracking.uri or state.get("uri") or default_tracking_uri(cfg.output_dir)
     tracker = Tracker(run_dir, uri, cfg.tracking.experiment or state.get("experiment") or cfg.experiment,
-                      state.get("run_name", cfg.name), cfg.tracking.enabled)
-    tracker.start({}, {"test.checkpoint": checkpoint.name, "test.aggregate": how, "test.split": ecfg.split})
-    tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, step)
-    for file in files:
+                      run_name or state.get("run_name", cfg.name), cfg.tracking.enabled)
+    tracker.start(params, tags)
+    tracker.log_metrics({f"test/{k}": v for k, v in result.metrics.items()}, step)
+    for file in result.files:
         try:
             tracker.log_artifact(file, "test")
         except ValueError:  # a --out outside the run folder stays where it is
@@ -326,3 +454,41 @@ def _track(cfg: Config, run_dir: Path, checkpoint: Path, ecfg: EvalConfig, how: 
 def evaluate_after_training(cfg: Config, ckpt_root: Path, which: str) -> Dict[str, float]:
     """`train.py --test-best/--test-last`: evaluate the best (else newest) or the newest checkpoint."""
     return evaluate_checkpoint(cfg, resolve_checkpoint(ckpt_root, which))
+
+
+def run_test(checkpoint: Optional[str], weights: Optional[str], config: Optional[str], last: bool,
+             overrides: Sequence[str], out: Optional[str], track: bool) -> int:
+    """`launch/test.py`: evaluate a checkpoint (or run folder) or published weights; print the metrics. Exit
+    status 2, with one line, for what cannot be evaluated as asked."""
+    import sys
+
+    from action_launch.common.console import setup_logging
+    from action_launch.config import ConfigError
+
+    def fail(message: str) -> int:
+        print(message, file=sys.stderr)
+        return 2
+
+    if weights and not config:
+        return fail("error: --weights needs --config (the model and the data protocol to evaluate it with)")
+    if weights and not Path(weights).is_file():
+        return fail(f"error: --weights {weights}: no such file")
+    try:
+        folder = None if weights else resolve_checkpoint(checkpoint, "last" if last else "best")
+        cfg, ecfg = load_eval_config(config or folder / "config.yaml", overrides)
+    except FileNotFoundError as err:
+        return fail(f"error: {err}")
+    except ConfigError as err:
+        return fail(f"config error: {err}")
+    setup_logging(True)
+    try:
+        if weights:
+            metrics, run_dir = evaluate_weights(cfg, weights, ecfg, out=out, track=track)
+            print(f"results in {run_dir}")
+        else:
+            metrics = evaluate_checkpoint(cfg, folder, ecfg, out=out, track=track)
+    except ValueError as err:  # a protocol that does not fit the data, weights that do not fit the model
+        return fail(f"error: {err}")
+    for key, value in metrics.items():
+        print(f"test/{key}: {value:.4f}")
+    return 0

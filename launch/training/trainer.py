@@ -80,10 +80,10 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_tags(env: DistEnv) -> Dict[str, str]:
-    """Where and from which code this run was started."""
+def run_tags(world_size: int) -> Dict[str, str]:
+    """Where and from which code this run was started, on how many processes."""
     repo = ROOT
-    tags = {"host": socket.gethostname(), "world_size": str(env.world_size)}
+    tags = {"host": socket.gethostname(), "world_size": str(world_size)}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
@@ -258,7 +258,7 @@ class Trainer:
         params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
         tracker.start({**params, "optim.scaled_lr": self.scaled.lr,
                        "optim.effective_batch_size": self.effective_batch},
-                      {**run_tags(self.env), **cfg.tracking.tags})
+                      {**run_tags(self.env.world_size), **cfg.tracking.tags})
         log.info("world size %d; effective batch %d = micro %d x accumulation %d x world %d; lr %.6g -> %.6g (%s rule, "
                  "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
                  cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
