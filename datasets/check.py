@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -27,11 +27,22 @@ from .lists import FORMATS, ListItem, read_list
 from .sampling import clip_indices, frame_stride
 
 
-def check_video(path: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
-                target_fps: float = 30.0) -> Optional[str]:
-    """None if the video is readable (and long enough for the clip), else the reason."""
+class Probe(NamedTuple):
+    """What the scan found for one list entry: the reason it is unreadable (None if readable) and, when it
+    opened, its frame count and fps (None for frame folders)."""
+
+    item: ListItem
+    reason: Optional[str]
+    frames: Optional[int] = None
+    fps: Optional[float] = None
+
+
+def probe_video(path: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
+                target_fps: float = 30.0) -> Tuple[Optional[str], Optional[int], Optional[float]]:
+    """(reason or None if readable and long enough for the clip, frame count, fps) of a video."""
     from .decode import BadVideoError, open_video, read_frames  # decord only when checking videos
 
+    n = fps = None
     try:
         vr = open_video(path)
         n, fps = len(vr), vr.get_avg_fps()
@@ -41,12 +52,18 @@ def check_video(path: str, num_frames: Optional[int] = None, sampling_rate: Opti
                                   short_video="clamp").tolist()
         read_frames(vr, np.array(probe))
     except BadVideoError as e:
-        return str(e)
+        return str(e), n, fps
     if num_frames and sampling_rate:
         span = num_frames * frame_stride(sampling_rate, fps, target_fps)
         if n < span:
-            return f"too short: {n} frames at {fps:g} fps, the clip spans {span:g}"
-    return None
+            return f"too short: {n} frames at {fps:g} fps, the clip spans {span:g}", n, fps
+    return None, n, fps
+
+
+def check_video(path: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
+                target_fps: float = 30.0) -> Optional[str]:
+    """None if the video is readable (and long enough for the clip), else the reason."""
+    return probe_video(path, num_frames, sampling_rate, target_fps)[0]
 
 
 def check_frames(path: str, listed: Optional[int], num_frames: Optional[int] = None,
@@ -86,24 +103,31 @@ def _check_templated(path: str, listed: int, template: str, start_index: int) ->
     return None
 
 
-def _check(args: tuple) -> Optional[str]:
+def _check(args: tuple) -> Probe:
     item, fmt, num_frames, rate, target_fps, template, start_index = args
     if fmt == "rawframes":
-        return check_frames(item.path, item.num_frames, num_frames, template, start_index)
-    return check_video(item.path, num_frames, rate, target_fps)
+        reason = check_frames(item.path, item.num_frames, num_frames, template, start_index)
+        return Probe(item, reason, item.num_frames if reason is None else None)
+    return Probe(item, *probe_video(item.path, num_frames, rate, target_fps))
+
+
+def probe(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
+          target_fps: float = 30.0, jobs: int = 1, frame_template: Optional[str] = None,
+          start_index: int = 1) -> List[Probe]:
+    """A `Probe` of every item, in list order."""
+    work = [(it, fmt, num_frames, sampling_rate, target_fps, frame_template, start_index) for it in items]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            return list(pool.map(_check, work, chunksize=16))
+    return [_check(w) for w in work]
 
 
 def scan(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
          target_fps: float = 30.0, jobs: int = 1, frame_template: Optional[str] = None,
          start_index: int = 1) -> List[Tuple[ListItem, str]]:
     """(item, reason) for every bad item, in list order."""
-    work = [(it, fmt, num_frames, sampling_rate, target_fps, frame_template, start_index) for it in items]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            reasons = list(pool.map(_check, work, chunksize=16))
-    else:
-        reasons = [_check(w) for w in work]
-    return [(it, r) for it, r in zip(items, reasons) if r is not None]
+    return [(p.item, p.reason) for p in probe(items, fmt, num_frames, sampling_rate, target_fps, jobs,
+                                              frame_template, start_index) if p.reason is not None]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -47,6 +47,10 @@ class NativeProtocol(Protocol):
             return float(cfg.num_frames)
         return cfg.num_frames * frame_stride(cfg.sampling_rate, fps, cfg.target_fps)
 
+    @property
+    def loops_short_clips(self) -> bool:
+        return self.cfg.sampling == "dense" and self.cfg.short_video == "loop"
+
     def _clip(self, source: Source, mode: str, rng=None, clip_idx: int = 0, num_clips: int = 1) -> np.ndarray:
         cfg = self.cfg
         if cfg.sampling == "segment":

@@ -102,6 +102,11 @@ class Protocol:
         """Frames of a source at `fps` that one clip covers (a source shorter than this repeats frames)."""
         return float(self.cfg.num_frames)
 
+    @property
+    def loops_short_clips(self) -> bool:
+        """Whether a source shorter than the clip is meant to repeat (loop) by design, not by mistake."""
+        return False
+
     def train_indices(self, source: Source, rng: np.random.Generator) -> np.ndarray:
         """(T,) frame indices of a training clip."""
         raise NotImplementedError

@@ -19,6 +19,9 @@ def _cmd(script: str, *args: str) -> subprocess.CompletedProcess:
     (["data.root=/nonexistent/clips"], "data.root=/nonexistent/clips: no such folder"),
     (["model.num_classes=2"], "model.num_classes=2, but the lists of data.root="),
     (["data.train_list=missing.txt"], "data.train_list=missing.txt: list file not found"),
+    (["data.crop_size=40"], "data.crop_size=40 is larger than data.test_short_side=32"),
+    (["data.short_video=clamp", "data.sampling_rate=32"], "data.num_frames=4 x data.sampling_rate=32 (at "
+     "data.target_fps=30): a clip spans 128 frames, more than every video of "),
 ])
 def test_a_run_that_cannot_start_says_why_in_one_line(video_set, tmp_path, script, problem, expected):
     start = time.time()

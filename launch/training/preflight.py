@@ -1,5 +1,5 @@
-"""What can be checked about a run before DeepSpeed, MLflow or Slurm starts: paths, the class count and
-(`data.check_files`) every file of the lists.
+"""What can be checked about a run before DeepSpeed, MLflow or Slurm starts: paths, the data protocol, the class
+count and (`data.check_files`) every file of the lists, and whether a clip fits them.
 
 Each failure is one `PreflightError` line naming the key or flag and what to do, so `launch/train.py`
 and `launch/submit.py` stop in a second with exit code 2 instead of failing after the engine started
@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from action_launch.config import Config
 from action_launch.datasets.config import DataConfig
 from action_launch.datasets.lists import ListItem, read_list, resolve_list_path, too_many_bad_files
 from action_launch.training import checkpoint as ckpt
 
+if TYPE_CHECKING:
+    from action_launch.datasets.check import Probe
+    from action_launch.datasets.protocols import Protocol
+
 LIST_DATASETS = ("video", "rawframes")  # classification lists whose labels we can read up front
+CLIP_DATASETS = ("video", "rawframes", "multiperson")  # the datasets a data protocol feeds
 CHECK_FILES_AUTO_LIMIT = 5000  # data.check_files=auto scans the train and val lists up to this many entries
 
 
@@ -35,8 +40,21 @@ def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optiona
     _check_data(cfg)
 
 
+def _check_protocol(data: DataConfig) -> Optional[Protocol]:
+    """The data protocol of a clip dataset, checked against the config (None for the other datasets)."""
+    if data.dataset not in CLIP_DATASETS:
+        return None
+    from action_launch.datasets.protocols import make_protocol
+
+    try:
+        return make_protocol(data)
+    except ValueError as err:
+        raise PreflightError(str(err)) from None
+
+
 def _check_data(cfg: Config) -> None:
     data = cfg.data
+    protocol = _check_protocol(data)
     if not os.path.isdir(data.root):
         raise PreflightError(f"data.root={data.root}: no such folder (from {Path.cwd()}); set data.root to the "
                              f"folder of your lists, or make the demo clips: python -m action_launch.datasets.synthetic "
@@ -57,27 +75,49 @@ def _check_data(cfg: Config) -> None:
     _check_classes(cfg, max(labels) + 1 if labels else 0)
     if data.check_files == "always" or (data.check_files == "auto" and
                                         sum(map(len, lists.values())) <= CHECK_FILES_AUTO_LIMIT):
-        _check_files(data, lists)
+        _check_files(data, lists, protocol)
 
 
-def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]]) -> None:
-    """Open every file of the lists (`datasets.check.scan`, on this process's cores); a list past
-    `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line."""
+def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]], protocol: Optional[Protocol]) -> None:
+    """Open every file of the lists (`datasets.check.probe`, on this process's cores); a list past
+    `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line. A
+    clip longer than every readable file of a list is a PreflightError naming the keys that set its length."""
     from action_launch.datasets import dataset_class
-    from action_launch.datasets.check import scan  # decord only when files are checked
+    from action_launch.datasets.check import probe  # decord only when files are checked
 
     noun = dataset_class(data.dataset).noun  # as the dataset names its files in its own errors
     jobs = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     for path, items in lists.items():
-        bad = {item.path: reason for item, reason in
-               scan(items, data.list_format, jobs=jobs, frame_template=data.frame_template,
-                    start_index=data.frame_start_index)}
+        probes = probe(items, data.list_format, jobs=jobs, frame_template=data.frame_template,
+                       start_index=data.frame_start_index)
+        bad = {p.item.path: p.reason for p in probes if p.reason is not None}
         error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
         if error:
             raise PreflightError(error)
+        _check_clip_fits(data, protocol, path, [p for p in probes if p.reason is None and p.frames], noun)
         if bad and os.environ.get("RANK", "0") == "0":
             print(f"data check: {len(bad)} of {len(items)} {noun}s in {path} are unreadable and will be skipped "
                   f"(at most data.max_bad_fraction={data.max_bad_fraction})", file=sys.stderr)
+
+
+def _check_clip_fits(data: DataConfig, protocol: Optional[Protocol], path: str, readable: List[Probe], noun: str) -> None:
+    """PreflightError when the protocol's clip spans more frames than every readable file of a list has: each
+    clip would then repeat frames, in every video, which a setting meant for other data does (the native
+    protocol's looping of short clips is a choice, not a mistake: `data.short_video=loop`)."""
+    if protocol is None or not readable or protocol.loops_short_clips:
+        return
+    fits = [p.frames / protocol.span(p.fps) for p in readable]
+    if max(fits) >= 1:
+        return
+    longest = readable[fits.index(max(fits))]
+    span = protocol.span(longest.fps)
+    rate = f" at {longest.fps:g} fps" if longest.fps else ""
+    keys = ("data.num_frames" if data.sampling == "segment" else
+            f"data.num_frames={data.num_frames} x data.sampling_rate={data.sampling_rate} "
+            f"(at data.target_fps={data.target_fps:g})")
+    raise PreflightError(f"{keys}: a clip spans {span:.0f} frames, more than every {noun} of {path} has (the "
+                         f"longest, {longest.item.path}, has {longest.frames}{rate}): lower "
+                         f"{'data.num_frames' if data.sampling == 'segment' else 'data.sampling_rate or data.num_frames'}")
 
 
 def _check_classes(cfg: Config, needed: int) -> None:
