@@ -63,8 +63,9 @@ def upstream_site(packages: Sequence[str] = UPSTREAM_PACKAGES) -> Path:
 
 
 def import_torchvision() -> None:
-    """Import torchvision for the upstream code; a build whose compiled ops do not match this torch still serves
-    the Python models and transforms it needs (its op registrations are skipped)."""
+    """Import torchvision (from `upstream_site`) for the upstream code; a build whose compiled ops do not match this
+    torch still serves the Python models and transforms it needs (its op registrations are skipped)."""
+    upstream_site()
     try:
         import torchvision  # noqa: F401
     except RuntimeError:
@@ -244,14 +245,25 @@ def pixel_diff(ours: torch.Tensor, theirs: torch.Tensor, mean: Sequence[float], 
     return float(((ours.double() - theirs.double()) * s * 255).abs().max())
 
 
+def _forget_modules_of(folder: Path) -> None:
+    """Drop from sys.modules every module whose top-level name is a package or module of `folder` (another
+    checkout's `feeders`, `ops`, ... would otherwise be found already imported)."""
+    names = {p.stem if p.suffix == ".py" else p.name for p in folder.iterdir() if p.suffix == ".py" or p.is_dir()}
+    for name in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[name]
+
+
 @contextlib.contextmanager
 def upstream_on_path(checkout: Path) -> Iterator[None]:
-    """`checkout` first on sys.path while the block runs (upstream code imports its own packages by name)."""
+    """`checkout` first on sys.path while the block runs (upstream code imports its own packages by name), and
+    none of its module names left imported from elsewhere before or after."""
+    _forget_modules_of(checkout)
     sys.path.insert(0, str(checkout))
     try:
         yield
     finally:
         sys.path.remove(str(checkout))
+        _forget_modules_of(checkout)
 
 
 def summary(name: str, rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:

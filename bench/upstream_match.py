@@ -36,6 +36,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+import pipeline_skeleton
+from pipeline_common import import_torchvision
+
 from action_launch import models
 from action_launch.models.checkpoints import load_checkpoint
 
@@ -147,18 +150,6 @@ def timesformer(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
         yield _compare(f"timesformer {attention}", theirs, theirs, state, ours, x, seed + 2)
 
 
-def _torchvision() -> None:
-    """Import torchvision for the upstream code; a build whose compiled ops do not match this torch still serves
-    the Python models and transforms it needs (its op registrations are skipped)."""
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [m for m in sys.modules if m.startswith("torchvision")]:
-            del sys.modules[name]
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
-        import torchvision  # noqa: F401
-
-
 def _tsn_input(x: torch.Tensor) -> torch.Tensor:
     """(N, C, T, H, W) -> TSN's (N, T*C, H, W)."""
     n, c, t, h, w = x.shape
@@ -173,7 +164,7 @@ def _tsn_state(model: torch.nn.Module) -> Dict[str, Any]:
 def tsm(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     """mit-han-lab/temporal-shift-module `ops.models.TSN` as scripts/train_tsm_kinetics_rgb_8f.sh builds it (ResNet-50,
     8 segments, shift 1/8 blockres, dropout 0.5, average consensus; no ImageNet download)."""
-    _torchvision()
+    import_torchvision()
     sys.path.insert(0, str(upstream))
     from ops.models import TSN
 
@@ -202,7 +193,7 @@ DYREG_ARGS = ("--npb --offset_generator=big --init_skip_zero=False --warmup_vali
 def dyreg(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     """bit-ml/DyReg-GNN `ops.models.TSN` with train_model.sh's settings (graphs at layer2.2, layer3.4, layer4.1, 16
     segments at 224: the graphs are sized for it), graph weights moved off their identity start."""
-    _torchvision()
+    import_torchvision()
     sys.path.insert(0, str(upstream))
     argv, sys.argv = sys.argv, ["main_standard.py", *DYREG_ARGS.split()]
     try:
@@ -325,19 +316,30 @@ def stabn(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
 SYSTEMS = {"msg3d": (msg3d, "model/msg3d.py"), "personality": (personality, "model/msg3d_laban.py"),
            "timesformer": (timesformer, "timesformer/models/vit.py"), "tsm": (tsm, "ops/temporal_shift.py"),
            "dyreg": (dyreg, "ops/dyreg.py"), "stabn": (stabn, "mmaction/models/tenons/backbones/resnet_slow.py")}
+# the data pipelines: upstream's own data code against our datasets, on the same files (bench/pipeline_*.py)
+PIPELINES = {"pipeline-msg3d": (pipeline_skeleton.run_msg3d, "feeders/feeder.py"),
+             "pipeline-personality": (pipeline_skeleton.run_personality, "data_gen/preprocess_personality.py")}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("system", choices=sorted(SYSTEMS))
+    parser.add_argument("system", choices=sorted({**SYSTEMS, **PIPELINES}))
     parser.add_argument("--upstream", type=Path, required=True, help="a checkout of the system's upstream repository")
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".pipeline",
+                        help="pipeline checks: where the videos, frame folders and arrays they read are made (kept)")
     args = parser.parse_args(argv)
-    run, marker = SYSTEMS[args.system]
+    run, marker = {**SYSTEMS, **PIPELINES}[args.system]
     if not (args.upstream / marker).is_file():
         parser.error(f"--upstream {args.upstream}: no {marker} there (a checkout of {args.system}'s upstream code?)")
+    if args.system in PIPELINES:
+        workdir = args.workdir.resolve() / args.system
+        workdir.mkdir(parents=True, exist_ok=True)
+        lines = run(args.upstream.resolve(), workdir)
+    else:
+        lines = run(args.upstream.resolve())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for line in run(args.upstream.resolve()):
+        for line in lines:
             print(json.dumps(line), flush=True)
     return 0
 
