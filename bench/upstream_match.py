@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import pipeline_skeleton
-from pipeline_common import import_torchvision
+from pipeline_common import import_torchvision, upstream_on_path
 
 from action_launch import models
 from action_launch.models.checkpoints import load_checkpoint
@@ -190,29 +190,46 @@ DYREG_ARGS = ("--npb --offset_generator=big --init_skip_zero=False --warmup_vali
               "--resume=none")  # --resume: build the ResNet without downloading ImageNet weights
 
 
-def dyreg(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
-    """bit-ml/DyReg-GNN `ops.models.TSN` with train_model.sh's settings (graphs at layer2.2, layer3.4, layer4.1, 16
-    segments at 224: the graphs are sized for it), graph weights moved off their identity start."""
-    import_torchvision()
-    sys.path.insert(0, str(upstream))
-    argv, sys.argv = sys.argv, ["main_standard.py", *DYREG_ARGS.split()]
+def _dyreg_tsn(upstream: Path, seed: int, extra_args: str = "") -> nn.Module:
+    """DyReg-GNN's `ops.models.TSN` built with train_model.sh's settings (plus `extra_args`): its modules read the
+    command line when imported, so they are imported afresh for each setting."""
+    argv, sys.argv = sys.argv, ["main_standard.py", *DYREG_ARGS.split(), *extra_args.split()]
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with upstream_on_path(upstream), contextlib.redirect_stdout(io.StringIO()):
             from ops.models import TSN
 
             torch.manual_seed(seed)
-            theirs = TSN(174, 16, "RGB", base_model="resnet50", consensus_type="avg", dropout=0.5, partial_bn=False,
-                         pretrain="", is_shift=True, shift_div=8, shift_place="blockres")
+            return TSN(174, 16, "RGB", base_model="resnet50", consensus_type="avg", dropout=0.5, partial_bn=False,
+                       pretrain="", is_shift=True, shift_div=8, shift_place="blockres")
     finally:
         sys.argv = argv
+
+
+def dyreg(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
+    """bit-ml/DyReg-GNN `ops.models.TSN` with train_model.sh's settings (graphs at layer2.2, layer3.4, layer4.1, 16
+    segments at 224: the graphs are sized for it), graph weights moved off their identity start; then the same
+    weights in its `--full_res=True` model (evaluate_model_multi_clip.sh: 256 x 256 input, offset-net input and
+    position kernels pooled to the training sizes) against our preset on 256 x 256 input."""
+    import_torchvision()
+    theirs = _dyreg_tsn(upstream, seed)
     _trained_looking(theirs, seed, ("new_fc.weight", "dynamic_graph", "residual_norm"), 0.02)
+
+    def forward(model: nn.Module) -> Forward:
+        def run(clip: torch.Tensor) -> torch.Tensor:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return model(_tsn_input(clip))[0]  # (logits, auxiliary features)
+        return run
+
     x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
-
-    def forward(clip: torch.Tensor) -> torch.Tensor:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return theirs(_tsn_input(clip))[0]  # (logits, auxiliary features)
-
-    yield _compare("tsm_r50_dyreg", theirs, forward, _tsn_state(theirs), models.create("tsm_r50_dyreg"), x, seed + 2)
+    yield _compare("tsm_r50_dyreg", theirs, forward(theirs), _tsn_state(theirs), models.create("tsm_r50_dyreg"), x,
+                   seed + 2)
+    full_res = _dyreg_tsn(upstream, seed, "--full_res=True")
+    # every weight and BatchNorm statistic is the 224 model's; the anchors and pixel indices (`*_buf`) are made
+    # for the 256 maps (their values follow the map size, not always their shapes)
+    full_res.load_state_dict({k: v for k, v in theirs.state_dict().items() if not k.endswith("_buf")}, strict=False)
+    x = torch.randn(1, 3, 16, 256, 256, generator=torch.Generator().manual_seed(seed + 3))
+    yield _compare("tsm_r50_dyreg full_res (256 input)", full_res, forward(full_res), _tsn_state(theirs),
+                   models.create("tsm_r50_dyreg"), x, seed + 4)
 
 
 def _mmcv_names() -> None:
