@@ -105,8 +105,8 @@ class DataConfig:
     and starts, TSM's twice sample; `tsn` dense sampling: 10, TSM's dense test)."""
     test_num_crops: Literal[1, 3, 5, 10] = 1
     """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side; `tsn`: TSM's
-    full-resolution 3 crops); `tsn` and `mmaction` also 5 (corners and centre) and 10 (those and their mirror
-    images)."""
+    full-resolution 3 crops; `mmaction`: three_crop, left/right/middle, the crop spanning the short side); `tsn`
+    also 5 (corners and centre), `tsn` and `mmaction` 10 (those and their mirror images)."""
     frame_template: str = "img_{:05d}.jpg"
     """rawframes: file name of frame i inside a frame folder (`str.format` of the frame number)."""
     frame_start_index: int = 1
