@@ -57,7 +57,8 @@ class DataConfig:
     """`pyslowfast`: the jittered short side is drawn uniformly, or its inverse is (INV_UNIFORM_SAMPLE)."""
     test_short_side: int = 224
     """Short side that test/val frames are resized to before the crops (`pyslowfast` resizes to the test
-    crop for 3 crops and to `train_short_side[0]` for 1 crop: its rule, which this must state)."""
+    crop, or with dense sampling and 1 crop to `train_short_side[0]`; `tsn` to crop_size * 256 // 224: rules
+    which this must state)."""
     crop_size: int = 224
     """Square crop fed to the model in training (and at test, unless `test_crop_size` says otherwise)."""
     test_crop_size: Optional[int] = None
