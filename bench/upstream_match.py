@@ -1,21 +1,29 @@
-"""Our presets against the upstream code itself: the same weights, the same input, the largest difference.
+"""Our presets and data pipelines against the upstream code itself: the same weights or files, the same input.
 
     python bench/upstream_match.py msg3d --upstream PATH/TO/MS-G3D                       # kenziyuliu/MS-G3D
     python bench/upstream_match.py personality --upstream PATH/TO/PersonalityRecognition # Rgtemze/...
-    python bench/upstream_match.py timesformer --upstream PATH/TO/TimeSformer            # needs einops
-    python bench/upstream_match.py tsm --upstream PATH/TO/temporal-shift-module          # needs torchvision
-    python bench/upstream_match.py dyreg --upstream PATH/TO/DyReg-GNN                    # needs torchvision
+    python bench/upstream_match.py timesformer --upstream PATH/TO/TimeSformer            # facebookresearch/...
+    python bench/upstream_match.py tsm --upstream PATH/TO/temporal-shift-module          # mit-han-lab/...
+    python bench/upstream_match.py dyreg --upstream PATH/TO/DyReg-GNN                    # bit-ml/DyReg-GNN
     python bench/upstream_match.py stabn --upstream PATH/TO/ST-ABN_PyTorch
+    python bench/upstream_match.py pipeline-SYSTEM --upstream CHECKOUT [--workdir DIR]   # the data pipelines
+    python bench/upstream_match.py pipeline-stabn --upstream PATH/TO/ST-ABN_PyTorch --mmcv PATH/TO/mmcv  # v0.2.10
 
-For each network: build the upstream model from its checkout, move its BatchNorm statistics and graph
-residuals (MS-G3D) or temporal weights (TimeSformer) off their initial values as training does, save its
-weights as its own code saves them, load that file with `--load-from`'s loader into our preset, and print
-one JSON line: the load's format and counts, and the largest output difference, absolute and relative to
-the largest output, in eval mode and in train mode from the same seed (equal only where every dropout and
-stochastic-depth draw is made in the upstream order). torchvision serves the upstream TSM and DyReg-GNN
-code its ResNet and transforms only. ST-ABN's modules are loaded from their files without MMAction v1's
-package imports; the few mmcv 0.x names they use (initialisers, whose values the loaded weights replace,
-and an attribute dict) are provided here, and the modules are chained as its `TSN3D.forward_train` does.
+Networks: build the upstream model from its checkout, move its BatchNorm statistics and graph residuals (MS-G3D) or
+temporal weights (TimeSformer) off their initial values as training does, save its weights as its own code saves
+them, load that file with `--load-from`'s loader into our preset, and print one JSON line: the load's format and
+counts, and the largest output difference, absolute and relative to the largest output, in eval mode and in train
+mode from the same seed (equal only where every dropout and stochastic-depth draw is made in the upstream order).
+ST-ABN's modules are loaded from their files without MMAction v1's package imports; the few mmcv 0.x names they use
+(initialisers, whose values the loaded weights replace, and an attribute dict) are provided here, and the modules
+are chained as its `TSN3D.forward_train` does. DyReg-GNN is also run in its full-resolution test mode (256 x 256).
+
+Data pipelines (`pipeline-timesformer`, `-tsm`, `-dyreg`, `-stabn`, `-msg3d`, `-personality`; bench/pipeline_*.py):
+upstream's own dataset classes and transforms against our datasets with the matching `data.protocol`, on real H.264
+videos (or frame folders made from them, or skeleton arrays): per setting, one JSON line saying whether the frame
+indices are equal and the largest pixel difference (0-255, normalisation undone), in test, val and training mode
+(upstream's random draws recorded and replayed into ours). The libraries the upstream code imports (torchvision,
+OpenCV, fvcore, ...) are installed once into bench/.upstream-site, never into the project.
 """
 from __future__ import annotations
 
@@ -36,8 +44,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+import pipeline_mmaction
+import pipeline_pyslowfast
 import pipeline_skeleton
-from pipeline_common import import_torchvision, upstream_on_path
+import pipeline_tsn
+from pipeline_common import DYREG_ARGS, import_torchvision, upstream_on_path
 
 from action_launch import models
 from action_launch.models.checkpoints import load_checkpoint
@@ -177,17 +188,6 @@ def tsm(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     forward = lambda clip: theirs(_tsn_input(clip))  # noqa: E731
     yield _compare("tsm_r50 num_segments=8", theirs, forward, _tsn_state(theirs),
                    models.create("tsm_r50", num_segments=8), x, seed + 2)
-
-
-# bit-ml/DyReg-GNN reads its settings from the command line when its modules are imported: train_model.sh's.
-DYREG_ARGS = ("--npb --offset_generator=big --init_skip_zero=False --warmup_validate=False --dynamic_regions=dyreg "
-              "--init_regions=center --place_graph=layer2.2_layer3.4_layer4.1 --ch_div=4 --graph_residual_type=norm "
-              "--rnn_type=GRU --aggregation_type=dot --send_layers=1 --use_rstg=True --rstg_skip_connection=False "
-              "--remap_first=True --update_layers=0 --combine_by_sum=True --project_at_input=True "
-              "--tmp_norm_skip_conn=False --bottleneck_graph=True --lr 0.001 --batch-size 2 --dataset=somethingv2 "
-              "--modality=RGB --arch=resnet50 --num_segments 16 --gd 20 --lr_type=step --lr_steps 20 30 40 --epochs 60 "
-              "-j 16 --dropout=0.5 --consensus_type=avg --eval-freq=1 --shift_div=8 --shift --shift_place=blockres "
-              "--resume=none")  # --resume: build the ResNet without downloading ImageNet weights
 
 
 def _dyreg_tsn(upstream: Path, seed: int, extra_args: str = "") -> nn.Module:
@@ -334,7 +334,11 @@ SYSTEMS = {"msg3d": (msg3d, "model/msg3d.py"), "personality": (personality, "mod
            "timesformer": (timesformer, "timesformer/models/vit.py"), "tsm": (tsm, "ops/temporal_shift.py"),
            "dyreg": (dyreg, "ops/dyreg.py"), "stabn": (stabn, "mmaction/models/tenons/backbones/resnet_slow.py")}
 # the data pipelines: upstream's own data code against our datasets, on the same files (bench/pipeline_*.py)
-PIPELINES = {"pipeline-msg3d": (pipeline_skeleton.run_msg3d, "feeders/feeder.py"),
+PIPELINES = {"pipeline-timesformer": (pipeline_pyslowfast.run, "timesformer/datasets/kinetics.py"),
+             "pipeline-tsm": (pipeline_tsn.run, "ops/temporal_shift.py"),
+             "pipeline-dyreg": (pipeline_tsn.run, "ops/dyreg.py"),
+             "pipeline-stabn": (pipeline_mmaction.run, "mmaction/datasets/rawframes_dataset.py"),
+             "pipeline-msg3d": (pipeline_skeleton.run_msg3d, "feeders/feeder.py"),
              "pipeline-personality": (pipeline_skeleton.run_personality, "data_gen/preprocess_personality.py")}
 
 
@@ -344,21 +348,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--upstream", type=Path, required=True, help="a checkout of the system's upstream repository")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".pipeline",
                         help="pipeline checks: where the videos, frame folders and arrays they read are made (kept)")
+    parser.add_argument("--mmcv", type=Path, help="pipeline-stabn: a checkout of open-mmlab/mmcv at tag v0.2.10")
     args = parser.parse_args(argv)
     run, marker = {**SYSTEMS, **PIPELINES}[args.system]
     if not (args.upstream / marker).is_file():
         parser.error(f"--upstream {args.upstream}: no {marker} there (a checkout of {args.system}'s upstream code?)")
+    if args.system == "pipeline-stabn" and not (args.mmcv and (args.mmcv / "mmcv" / "image").is_dir()):
+        parser.error("pipeline-stabn needs --mmcv PATH, a checkout of open-mmlab/mmcv at tag v0.2.10 (ST-ABN's)")
     if args.system in PIPELINES:
         workdir = args.workdir.resolve() / args.system
         workdir.mkdir(parents=True, exist_ok=True)
-        lines = run(args.upstream.resolve(), workdir)
+        extra = {"mmcv": args.mmcv.resolve()} if args.system == "pipeline-stabn" else {}
+        lines = run(args.upstream.resolve(), workdir, **extra)
     else:
         lines = run(args.upstream.resolve())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for line in lines:
+        for line in _quietly(lines):
             print(json.dumps(line), flush=True)
     return 0
+
+
+def _quietly(lines: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """The lines, with what the upstream code prints while making each sent to stderr (stdout holds the JSON)."""
+    while True:
+        with contextlib.redirect_stdout(sys.stderr):
+            line = next(lines, None)
+        if line is None:
+            return
+        yield line
 
 
 if __name__ == "__main__":

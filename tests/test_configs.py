@@ -28,8 +28,12 @@ def test_every_recipe_and_tiny_config_exists():
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_loads_and_validates(path):
+    from action_launch.datasets.protocols import make_protocol
+
     cfg = load_config(REPO / path)
     assert isinstance(cfg.model["name"], str)
+    if cfg.data.dataset != "skeleton":
+        make_protocol(cfg.data)  # the recipe's data protocol accepts its settings
     if "_base_" not in path:
         assert cfg.experiment != "default" and cfg.name != "run", "a runnable config names its run"
 
@@ -53,6 +57,12 @@ def test_timesformer_recipes():
     assert k400.model["name"] == "timesformer_base" and k400.model["num_classes"] == 400
     ssv2 = load_config(REPO / "configs/timesformer/ssv2.yaml")
     assert ssv2.model["num_classes"] == 174 and ssv2.data.sampling == "segment" and not ssv2.data.flip
+    # as PySlowFast feeds them: K400 1 clip x 3 crops of frames scaled to 224; SSv2 frames in OpenCV's BGR order,
+    # inverse-uniform scale jitter
+    assert (k400.data.protocol, k400.data.test_num_clips, k400.data.test_num_crops, k400.data.test_short_side) == \
+        ("pyslowfast", 1, 3, 224)
+    assert (ssv2.data.protocol, ssv2.data.channel_order, ssv2.data.scale_sampling) == \
+        ("pyslowfast", "bgr", "inverse_uniform")
     light = load_config(REPO / "configs/timesformer/light_muwiges.yaml")
     assert light.model["name"] == "light_timesformer" and light.model["num_frames"] == light.data.num_frames == 32
     assert effective_batch_size(light.train.micro_batch_size, light.train.grad_accum, 8) == 64
@@ -91,6 +101,12 @@ def test_stabn_tsm_and_hiint_recipes():
     assert (o.lr, o.weight_decay, o.clip_grad, o.step_epochs, dyreg.train.epochs) == (0.001, 5e-4, 20.0, [20, 30, 40], 60)
     assert dyreg.model["dyreg_positions"] == "layer2.2,layer3.4,layer4.1" and dyreg.data.num_frames == 16
     assert (dyreg.data.test_num_clips, dyreg.data.test_num_crops, dyreg.data.flip) == (2, 3, False)
+    # as each upstream feeds its network: DyReg's multi-clip script at full resolution, TSM's README's accurate
+    # setting, ST-ABN's MMAction pipeline with its colour jitter
+    tsm = load_config(REPO / "configs/tsm/_base_.yaml")
+    assert (dyreg.data.protocol, dyreg.data.test_crop_size, tsm.data.protocol, tsm.data.test_crop_size) == \
+        ("tsn", 256, "tsn", None)
+    assert (stabn.data.protocol, stabn.data.color_jitter, stabn.data.test_num_crops) == ("mmaction", True, 1)
     hiint = load_config(REPO / "configs/hiint/engagement_3class.yaml")
     assert hiint.model["name"] == "hiint_cpmt" and hiint.model["num_classes"] == 3
     assert hiint.checkpoint.best_metric == "val/macro_f1"

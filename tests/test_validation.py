@@ -22,7 +22,7 @@ def choices(cls: type, name: str) -> set:
 
 def test_data_literals_are_the_names_the_data_code_dispatches_on():
     from action_launch import datasets
-    from action_launch.datasets import lists, sampling, skeleton, video
+    from action_launch.datasets import lists, protocols, sampling, skeleton, video
     from action_launch.models import graphs
 
     assert choices(DataConfig, "dataset") == set(datasets.DATASETS)
@@ -31,7 +31,9 @@ def test_data_literals_are_the_names_the_data_code_dispatches_on():
     assert choices(DataConfig, "short_video") == set(sampling.SHORT_VIDEO)
     assert choices(DataConfig, "skeleton_stream") == set(skeleton.STREAMS)
     assert choices(DataConfig, "graph") == set(graphs.list_graphs())
-    assert choices(DataConfig, "test_num_crops") == {1, 3}
+    assert choices(DataConfig, "protocol") == set(protocols.PROTOCOLS)
+    crops = {n for name in protocols.PROTOCOLS for n in protocols.protocol_class(name).crops}
+    assert choices(DataConfig, "test_num_crops") == crops
 
 
 @pytest.mark.parametrize("override, message", [
@@ -40,7 +42,9 @@ def test_data_literals_are_the_names_the_data_code_dispatches_on():
     ("data.sampling=dnese", "data.sampling: expected one of 'dense', 'segment', got 'dnese'; did you mean 'dense'?"),
     ("data.skeleton_stream=bones", "data.skeleton_stream: expected one of 'joint', 'bone', got 'bones'; "
                                    "did you mean 'bone'?"),
-    ("data.test_num_crops=2", "data.test_num_crops: expected one of 1, 3, got 2 (in command-line override)"),
+    ("data.test_num_crops=2", "data.test_num_crops: expected one of 1, 3, 5, 10, got 2 (in command-line override)"),
+    ("data.protocol=slowfast", "data.protocol: expected one of 'native', 'pyslowfast', 'tsn', 'mmaction', got "
+                               "'slowfast'; did you mean 'pyslowfast'?"),
 ])
 def test_a_bad_choice_names_the_key_and_the_closest_choice(override, message):
     with pytest.raises(ConfigError) as err:
@@ -120,9 +124,9 @@ def test_test_section_is_checked_by_the_same_validator(tmp_path):
     from action_launch.evaluation.evaluate import load_eval_config
 
     path = tmp_path / "c.yaml"
-    path.write_text("test:\n  aggregate: mean\n")
-    with pytest.raises(ConfigError, match=rf"test.aggregate: expected one of 'mean_softmax', 'sum', got 'mean'; "
-                                          rf"did you mean 'mean_softmax'\? \(in {path}\)"):
+    path.write_text("test:\n  aggregate: mean_sofmax\n")
+    with pytest.raises(ConfigError, match=rf"test.aggregate: expected one of 'mean_softmax', 'sum', 'mean', got "
+                                          rf"'mean_sofmax'; did you mean 'mean_softmax'\? \(in {path}\)"):
         load_eval_config(path)
     with pytest.raises(ConfigError, match=r"test.split: expected one of 'test', 'val', got 'tset'; did you mean "
                                           r"'test'\? \(in command-line override\)"):

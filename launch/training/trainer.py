@@ -175,6 +175,10 @@ class Trainer:
         cfg.data.bad_files_log = cfg.data.bad_files_log or str(self.run_dir / "bad_files.tsv")
         self.train_set = datasets.build(cfg.data, "train")
         self.val_set = datasets.build(cfg.data, "val")
+        protocol = getattr(self.train_set, "protocol", None)
+        if protocol is not None and env.is_main:
+            log.info("data protocol %s: %s", protocol.name,
+                     ", ".join(f"{k} {v}" for k, v in protocol.describe().items() if k != "protocol"))
         per_rank = len(self.train_set) // env.world_size
         micro = min(per_rank // cfg.train.micro_batch_size, cfg.train.max_steps_per_epoch or per_rank)
         # Every epoch ends on an optimizer step, so epoch-end checkpoints hold no half-accumulated gradients.
