@@ -249,6 +249,21 @@ def test_views_are_combined_as_the_data_protocol_says_unless_test_aggregate_is_s
     assert ev.evaluate_checkpoint(cfg, folder, ev.EvalConfig(aggregate="sum"), track=False)["top1"] == 100.0
 
 
+def test_the_protocol_a_split_is_evaluated_with_is_said_and_logged(video_set):
+    cfg = load_config("configs/timesformer/tiny.yaml", [f"data.root={video_set}", "data.protocol=pyslowfast",
+                                                         "data.test_num_clips=2", "data.test_num_crops=3"])
+    dataset = datasets.build(cfg.data, "test")
+    how = ev.view_aggregate(ev.EvalConfig(), dataset, regression=False)
+    params = ev.protocol_params(dataset, "test", how)
+    assert (how, params["test.protocol"], params["test.num_clips"], params["test.num_crops"], params["test.views"]) == \
+        ("sum", "pyslowfast", "2", "3", "6")
+    assert ev.protocol_line(params, regression=False) == (
+        "test protocol pyslowfast on the test split: 2 clip(s) x 3 crop(s) = 6 view(s) of 32 px (short side 32), "
+        "combined by the sum of their logits")
+    val = ev.protocol_params(datasets.build(cfg.data, "val"), "val", how)
+    assert (val["test.views"], val["test.protocol"]) == ("1", "pyslowfast") and "test.num_crops" not in val
+
+
 def test_published_weights_are_evaluated_into_a_run_of_their_own(known_run, tmp_path, capsys):
     """test.py --weights: no training run folder; each evaluation gets a new folder and a new MLflow run whose
     record names the file (path and sha256), the config and the protocol."""
