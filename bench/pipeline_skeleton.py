@@ -81,7 +81,8 @@ def run_msg3d(upstream: Path, workdir: Path, samples: int = 6) -> Iterator[Dict[
         folder = workdir / "data" / benchmark
         folder.mkdir(parents=True, exist_ok=True)
         for part in ("train", "val"):
-            _write_split(folder, part, _skeletons(rng, samples, joints, 2), [int(k) for k in rng.integers(0, 60, samples)])
+            labels = [int(k) for k in rng.integers(0, 60, samples)]
+            _write_split(folder, part, _skeletons(rng, samples, joints, 2), labels)
         # gen_bone_data.py reads ../data/<benchmark>/ from its working folder, as its README runs it
         (workdir / "data_gen").mkdir(exist_ok=True)
         subprocess.run([sys.executable, str(upstream / "data_gen" / "gen_bone_data.py"), "--dataset", dataset],
@@ -91,25 +92,16 @@ def run_msg3d(upstream: Path, workdir: Path, samples: int = 6) -> Iterator[Dict[
 
             for stream in ("joint", "bone"):
                 for part, which, split in (("train", "train_feeder_args", "train"), ("val", "test_feeder_args", "val")):
-                    args = _feeder_args(upstream, f"config/{config_dir}/{'train' if part == 'train' else 'test'}_{stream}.yaml",
-                                        which)
-                    theirs = Feeder(str(folder / f"{part}_data_{stream}.npy"), str(folder / f"{part}_label.pkl"), **args)
+                    phase = "train" if part == "train" else "test"
+                    args = _feeder_args(upstream, f"config/{config_dir}/{phase}_{stream}.yaml", which)
+                    theirs = Feeder(str(folder / f"{part}_data_{stream}.npy"), str(folder / f"{part}_label.pkl"),
+                                    **args)
                     cfg = load_config(REPO / "configs/msg3d/ntu60_xsub_joint.yaml", [
                         f"data.root={folder}", f"data.graph={graph}", f"data.skeleton_stream={stream}",
                         "data.train_data=train_data_joint.npy", "data.val_data=val_data_joint.npy"])
                     same, worst = _compare(theirs, build(cfg.data, split))
                     yield {"check": f"msg3d {dataset} {stream} {split}", "feeder_args": args, "samples": samples,
                            "shapes_equal": same, "max_abs_diff": worst}
-
-
-@contextlib.contextmanager
-def _cwd(folder: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def run_personality(upstream: Path, workdir: Path, participants: int = 4, chunks: int = 3,
@@ -127,7 +119,7 @@ def run_personality(upstream: Path, workdir: Path, participants: int = 4, chunks
     np.save(folder / "y_train.npy", np.repeat(traits, chunks, axis=0))
     np.save(folder / "info_train.npy", np.array([[p, p, chunks] for p in range(participants)], dtype=np.float64))
     os.environ.setdefault("MPLBACKEND", "Agg")
-    with upstream_on_path(upstream), _cwd(workdir):
+    with upstream_on_path(upstream), contextlib.chdir(workdir):
         from data_gen import preprocess_personality
 
         preprocess_personality.preprocess("body_keypoints_full_train", "train", "laban")

@@ -185,24 +185,19 @@ def compare_test(up: types.SimpleNamespace, listing: Path, segments: int, clips:
     ours = _our_dataset(listing, "test", segments, sampling="dense" if dense else "segment", test_num_clips=clips,
                         test_num_crops=crops, test_crop_size=SCALE_SIZE if full_res else None)
     assert len(theirs) == len(ours), "TSNDataSet dropped list entries"
-    rows, our_seen = [], _our_indices(ours)
-    for i in range(len(ours)):
-        their_seen = []
-        our_seen.clear()
-        with _their_indices(up, their_seen), contextlib.redirect_stdout(io.StringIO()):
-            data = _their_input(up, theirs[i])
-        views, _ = ours[i]
+
+    def layout(data: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         # upstream stacks crop-major, then clip, then segment, each a 3-channel image
         h, w = data.shape[-2:]
-        data = data.view(crops, clips, segments, 3, h, w).permute(1, 0, 3, 2, 4, 5).reshape(views.shape)
-        rows.append(_row(_name(ours, i), our_seen, their_seen, views, data, 1, views=int(views.shape[0])))
-    return rows
+        return data.view(crops, clips, segments, 3, h, w).permute(1, 0, 3, 2, 4, 5).reshape(views.shape)
+
+    return _compare_each(up, theirs, ours, layout, channel_axis=1)
 
 
-def compare_val(up: types.SimpleNamespace, listing: Path, segments: int) -> List[Dict[str, Any]]:
-    """main.py's validation input against our `val` split, per video."""
-    theirs = _their_dataset(up, listing, segments, _val_cropping(up), random_shift=False)
-    ours = _our_dataset(listing, "val", segments, sampling="segment")
+def _compare_each(up: types.SimpleNamespace, theirs: Any, ours: Any,
+                  layout: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  channel_axis: int) -> List[Dict[str, Any]]:
+    """A row per video: upstream's input (put into our layout by `layout(theirs, ours)`) against ours."""
     rows, our_seen = [], _our_indices(ours)
     for i in range(len(ours)):
         their_seen = []
@@ -210,9 +205,17 @@ def compare_val(up: types.SimpleNamespace, listing: Path, segments: int) -> List
         with _their_indices(up, their_seen), contextlib.redirect_stdout(io.StringIO()):
             data = _their_input(up, theirs[i])
         clip, _ = ours[i]
-        data = data.view(segments, 3, *data.shape[-2:]).transpose(0, 1)
-        rows.append(_row(_name(ours, i), our_seen, their_seen, clip, data, 0))
+        extra = {"views": int(clip.shape[0])} if channel_axis == 1 else {}
+        rows.append(_row(_name(ours, i), our_seen, their_seen, clip, layout(data, clip), channel_axis, **extra))
     return rows
+
+
+def compare_val(up: types.SimpleNamespace, listing: Path, segments: int) -> List[Dict[str, Any]]:
+    """main.py's validation input against our `val` split, per video."""
+    theirs = _their_dataset(up, listing, segments, _val_cropping(up), random_shift=False)
+    ours = _our_dataset(listing, "val", segments, sampling="segment")
+    return _compare_each(up, theirs, ours, lambda data, clip: data.view(segments, 3, *data.shape[-2:]).transpose(0, 1),
+                         channel_axis=0)
 
 
 def compare_train(up: types.SimpleNamespace, listing: Path, segments: int, flip: bool, dense: bool = False,

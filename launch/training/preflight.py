@@ -100,7 +100,8 @@ def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]], protocol: O
                   f"(at most data.max_bad_fraction={data.max_bad_fraction})", file=sys.stderr)
 
 
-def _check_clip_fits(data: DataConfig, protocol: Optional[Protocol], path: str, readable: List[Probe], noun: str) -> None:
+def _check_clip_fits(data: DataConfig, protocol: Optional[Protocol], path: str, readable: List[Probe],
+                     noun: str) -> None:
     """PreflightError when the protocol's clip spans more frames than every readable file of a list has: each
     clip would then repeat frames, in every video, which a setting meant for other data does (the native
     protocol's looping of short clips is a choice, not a mistake: `data.short_video=loop`)."""
@@ -112,12 +113,12 @@ def _check_clip_fits(data: DataConfig, protocol: Optional[Protocol], path: str, 
     longest = readable[fits.index(max(fits))]
     span = protocol.span(longest.fps)
     rate = f" at {longest.fps:g} fps" if longest.fps else ""
-    keys = ("data.num_frames" if data.sampling == "segment" else
-            f"data.num_frames={data.num_frames} x data.sampling_rate={data.sampling_rate} "
-            f"(at data.target_fps={data.target_fps:g})")
+    segment = data.sampling == "segment"
+    keys = ("data.num_frames" if segment else f"data.num_frames={data.num_frames} x data.sampling_rate="
+            f"{data.sampling_rate} (at data.target_fps={data.target_fps:g})")
+    lower = "data.num_frames" if segment else "data.sampling_rate or data.num_frames"
     raise PreflightError(f"{keys}: a clip spans {span:.0f} frames, more than every {noun} of {path} has (the "
-                         f"longest, {longest.item.path}, has {longest.frames}{rate}): lower "
-                         f"{'data.num_frames' if data.sampling == 'segment' else 'data.sampling_rate or data.num_frames'}")
+                         f"longest, {longest.item.path}, has {longest.frames}{rate}): lower {lower}")
 
 
 def _check_classes(cfg: Config, needed: int) -> None:
