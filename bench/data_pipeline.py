@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from action_launch.datasets import DataConfig, build  # noqa: E402
 from action_launch.datasets.decode import open_video, read_frames  # noqa: E402
 from action_launch.datasets.synthetic import write_video  # noqa: E402
+from action_launch.datasets.protocols import Source  # noqa: E402
 
 
 def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0, gop: Optional[int] = None) -> str:
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
     plans = []
     for i, seed in keys:
         vr = open_video(ds.items[i].path)
-        plans.append((ds.items[i].path, ds.sample_indices(len(vr), vr.get_avg_fps(), np.random.default_rng(seed))))
+        source = Source(len(vr), vr.get_avg_fps())
+        plans.append((ds.items[i].path, ds.sample_indices(source, np.random.default_rng(seed))))
     print(f"clip: {a.num_frames} frames x rate {a.sampling_rate}, train transforms (short side {short}, "
           f"crop {a.crop}, flip); {len(keys)} clips per measurement")
 

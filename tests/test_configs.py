@@ -138,7 +138,7 @@ def test_tiny_timesformer_trains_tests_and_ensembles(video_set, tmp_path):
     pred = np.load(run_dir / "predictions.npz")
     assert pred["scores"].shape == (16, 4) and len(set(pred["ids"].tolist())) == 16  # every val video once
     np.testing.assert_allclose(pred["scores"].sum(1), 1.0, rtol=1e-5)  # mean of softmax over 2 clips
-    assert "test on 16 videos" in proc.stdout
+    assert "test on 16 samples" in proc.stdout
     # the entry point (in-process: a subprocess costs seconds of imports) on the same run, summing the views' logits
     from action_launch import test as test_entry
 
