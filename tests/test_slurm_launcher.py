@@ -192,6 +192,42 @@ def test_code_snapshot_copies_the_tree_once(tmp_path):
     assert snapshot_code(REPO, tmp_path) == first
 
 
+def _git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_a_snapshot_tags_its_runs_with_the_commit_dirty_flag_and_diff_it_was_taken_from(tmp_path):
+    """A job runs a snapshot, which is no git tree (or sits in another checkout, whose HEAD moves on): the version
+    is recorded at submission and read back by the job's run tags."""
+    from action_launch.common.code_version import code_version
+
+    repo = tmp_path / "repo"
+    (repo / "launch").mkdir(parents=True)
+    (repo / "launch" / "a.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "first")
+    commit = _git(repo, "rev-parse", "HEAD").strip()
+    (repo / "launch" / "a.py").write_text("x = 2\n")
+    (repo / "new.txt").write_text("untracked\n")
+    outer = tmp_path / "outer"  # a snapshot folder inside another checkout, as runs/.code is
+    outer.mkdir()
+    _git(outer, "init", "-q")
+    version = code_version(snapshot_code(repo, outer / ".code"))
+    assert (version.commit, version.dirty) == (commit, True)
+    assert "-x = 1" in version.diff and "+x = 2" in version.diff and "+untracked" in version.diff
+    _git(repo, "commit", "-q", "-am", "second")  # the same files on another commit: another copy, another version
+    again = code_version(snapshot_code(repo, outer / ".code"))
+    assert again.commit == _git(repo, "rev-parse", "HEAD").strip() != commit
+    # the run tags of a job started in a snapshot of this checkout name this checkout's commit
+    first = snapshot_code(REPO, tmp_path / "code")
+    code = "import json; from action_launch.training.trainer import run_tags; print(json.dumps(run_tags(1)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=first, capture_output=True, text=True, timeout=120)
+    tags = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tags["git.commit"] == _git(REPO, "rev-parse", "HEAD").strip() and tags["git.dirty"] in ("True", "False")
+
+
 def test_folder_names_are_safe():
     assert safe_component("x; rm -rf ~") == "x_rm_-rf"
     assert safe_component("lr=0.1") == "lr=0.1"

@@ -1,5 +1,6 @@
 """Code snapshots: the job runs a copy of the code taken at submission, so editing the tree while the job
-waits in the queue changes nothing (submitit's RsyncSnapshot idea).
+waits in the queue changes nothing (submitit's RsyncSnapshot idea). The copy records the commit, the dirty flag
+and the uncommitted diff it was taken from (`common.code_version`), which the job's run is tagged with.
 
 The copy is laid out as the installed distribution is: `launch/` becomes `action_launch/`, `models/` and
 `datasets/` go inside it, everything else (configs, slurm/) keeps its place. A job started in the copy
@@ -12,6 +13,8 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+
+from action_launch.common.code_version import CodeVersion, git_version, record_version
 
 # checkout folder -> its place in the importable copy
 IMPORT_LAYOUT = {"launch": "action_launch", "models": "action_launch/models", "datasets": "action_launch/datasets"}
@@ -27,12 +30,14 @@ def snapshot_code(repo: Path, root: Path) -> Path:
     """Copy the tracked (and untracked, not ignored) files of `repo` to `root/<content hash>`.
 
     The job imports the suite from this copy, so editing the tree while the job waits in the queue
-    changes nothing (submitit's RsyncSnapshot idea). Identical trees share one copy.
+    changes nothing (submitit's RsyncSnapshot idea). Identical trees of one commit share one copy.
     """
     listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
                              capture_output=True, check=True).stdout.decode()
     files = sorted({f for f in listing.split("\0") if f and (repo / f).is_file()})
+    version = git_version(repo) or CodeVersion("unknown", False)
     digest = hashlib.sha256(repr(IMPORT_LAYOUT).encode())  # a copy of another layout is another copy
+    digest.update(version.commit.encode() + b"\0")  # the same files on another commit record another version
     for rel in files:
         digest.update(rel.encode() + b"\0" + (repo / rel).read_bytes() + b"\0")
     target = root / digest.hexdigest()[:16]
@@ -44,6 +49,7 @@ def snapshot_code(repo: Path, root: Path) -> Path:
         dest = tmp / snapshot_path(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / rel, dest)
+    record_version(version, tmp)
     (tmp / ".complete").write_text("\n".join(files) + "\n")
     try:
         tmp.rename(target)

@@ -6,7 +6,6 @@ import logging
 import os
 import random
 import socket
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,11 +15,12 @@ import numpy as np
 import torch
 
 from action_launch import ROOT, datasets, models
+from action_launch.common.code_version import DIFF_FILE, CodeVersion, code_version
 from action_launch.common.console import EpochProgress, setup_logging
 from action_launch.config import Config, dump_config, flatten, to_dict
 from action_launch.tracking.tracker import Tracker, backend_store_hint, default_tracking_uri
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.distributed import Collectives, DistEnv, configure_threads, resolve_env
+from action_launch.training.distributed import Collectives, configure_threads, resolve_env
 from action_launch.training.engine import Engine, configure_backends, init_distributed, load_weights
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
@@ -80,17 +80,13 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_tags(world_size: int) -> Dict[str, str]:
-    """Where and from which code this run was started, on how many processes."""
-    repo = ROOT
-    tags = {"host": socket.gethostname(), "world_size": str(world_size)}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty))})
-    except (OSError, subprocess.CalledProcessError):
-        tags["git.commit"] = "unknown"
+def run_tags(world_size: int, version: Optional[CodeVersion] = None) -> Dict[str, str]:
+    """Where and from which code (default: `code_version` of this package's root) this run was started, on how
+    many processes."""
+    version = version or code_version(ROOT)  # git's in a checkout, the one recorded at submission in a snapshot
+    tags = {"host": socket.gethostname(), "world_size": str(world_size), "git.commit": version.commit}
+    if version.commit != "unknown":
+        tags.update({"mlflow.source.git.commit": version.commit, "git.dirty": str(version.dirty)})
     job_id = slurm_job_id(os.environ)
     if job_id:
         tags["slurm.job_id"] = job_id
@@ -260,9 +256,13 @@ class Trainer:
         may hand it another trial's checkpoint)."""
         cfg, tracker = self.cfg, self.tracker
         params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
+        version = code_version(ROOT)
         tracker.start({**params, "optim.scaled_lr": self.scaled.lr,
                        "optim.effective_batch_size": self.effective_batch},
-                      {**run_tags(self.env.world_size), **cfg.tracking.tags})
+                      {**run_tags(self.env.world_size, version), **cfg.tracking.tags})
+        if version.diff and self.env.is_main:  # what the commit does not say about the code that ran
+            (self.run_dir / DIFF_FILE).write_text(version.diff)
+            tracker.log_artifact(self.run_dir / DIFF_FILE)
         log.info("world size %d; effective batch %d = micro %d x accumulation %d x world %d; lr %.6g -> %.6g (%s rule, "
                  "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
                  cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
