@@ -106,9 +106,11 @@ def resumed(old_tree, video_set, deepspeed_ready, tmp_path_factory):
     sweep_dir = out / "tests" / "legacy"
 
     # The old code: its own checkout on the import path, as a sweep started before the move ran.
-    # It built DeepSpeed's ops under ~/.cache: pointed at this venv's build (made by deepspeed_ready), it
-    # compiles nothing, so the kill below cannot leave a half-built op's lock behind.
-    old_env = {**env, "PYTHONPATH": str(old_tree), "TORCH_EXTENSIONS_DIR": str(environment_build_dir())}
+    # It built DeepSpeed's ops under ~/.cache with the first ninja on PATH: pointed at this venv's build (made by
+    # deepspeed_ready) with this venv's ninja, it compiles nothing, so the kill below cannot leave a half-built
+    # op's lock behind.
+    old_env = {**env, "PYTHONPATH": str(old_tree), "TORCH_EXTENSIONS_DIR": str(environment_build_dir()),
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
     driver = subprocess.Popen([sys.executable, "launch/tune.py", *args], cwd=old_tree,
                               env=old_env, stdout=open(tmp / "old.log", "w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
