@@ -1,16 +1,19 @@
 """Child processes and the environment they inherit: process groups, free ports, distributed variables;
-whether a process still runs (by pid and start time, from /proc)."""
+whether a process still runs (by pid and start time, from /proc); ending with one's parent."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 from typing import Dict, List, Mapping, Optional
 
 # What torchrun / Slurm jobs set to make a process one rank of a process group.
 DISTRIBUTED_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0, leader_first: bool = False) -> None:
@@ -94,3 +97,19 @@ def descendants(pid: int) -> List[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Have the kernel send `sig` to this process once its parent ends (Linux's PR_SET_PDEATHSIG; strictly, once
+    the parent's thread that started this process ends, so a parent that starts children from passing threads
+    should not be relied on). Kept across exec, reset by fork. False where it cannot be asked (not Linux) or the
+    request failed; the caller then has no such guarantee. A parent that ended before the call is not signalled:
+    compare `os.getppid()` before and after."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig)), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0)) == 0
+    except (OSError, AttributeError):  # no libc to load, or one without prctl
+        return False

@@ -11,14 +11,18 @@ walked in order through successive batches, for models that carry memory from wi
 Workers are started by a forkserver, not forked from the training process: that process has threads
 (the process group's, DeepSpeed's, MLflow's), and a fork taken while another thread holds a lock can
 leave the child stuck for ever (CPython gh-112275, in PyOS_AfterFork_Child). A loader's wait for a
-batch is bounded (`train.data_timeout_s`): a stuck worker raises `DataTimeout` instead of hanging.
+batch is bounded (`train.data_timeout_s`): a stuck worker raises `DataTimeout` instead of hanging. When the
+training process dies (SIGKILL, the OOM killer), its workers, the forkserver and the resource tracker end
+within seconds (`_end_with_training_process`).
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import logging
 import multiprocessing
+import os
 import random
 import signal
 import sys
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from action_launch.common.processes import die_with_parent
 from action_launch.datasets.config import DataConfig
 from action_launch.training.signals import REQUEUE_SIGNALS
 
@@ -73,6 +78,22 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class BatchShardSampler(Sampler):
+    """Evaluation by whole batches: the batches of the one-process pass, in groups that one rank walks in order (a
+    batch, or the batches of a block of recordings for a model that carries memory); rank r takes groups r, r+W, ...
+    A sample is computed in the batch it has in one process, so its result does not depend on the world size (a
+    kernel may be chosen by batch size). Yields the batches: a loader's `batch_sampler`."""
+
+    def __init__(self, groups: Sequence[Sequence[Sequence[int]]], num_replicas: int = 1, rank: int = 0):
+        self.batches: List[List[int]] = [list(batch) for group in groups[rank::num_replicas] for batch in group]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def sequences_of(dataset: Dataset) -> Optional[List[List[int]]]:
@@ -154,17 +175,53 @@ def split_batch(batch: Sequence[Any]) -> Tuple[Any, Any, Optional[Any]]:
     return inputs, targets, None
 
 
-def _init_worker(worker_id: int) -> None:
-    """Seed numpy and `random` from the worker's torch seed, and ignore the requeue signals (Slurm sends them to
-    every process of a job step before a preemption or the time limit): the training process acts on them. A
-    worker of a forkserver started by `_worker_context` has them blocked from its start already; this also
-    covers one of a forkserver that multiprocessing restarted. SIGTERM keeps its default: it is how the
-    DataLoader and multiprocessing end a stuck worker."""
+def _init_worker(worker_id: int, owner: int) -> None:
+    """End with the training process (`owner`, its pid; `_end_with_training_process`), seed numpy and `random`
+    from the worker's torch seed, and ignore the requeue signals (Slurm sends them to every process of a job step
+    before a preemption or the time limit): the training process acts on them. A worker of a forkserver started
+    by `_worker_context` has them blocked from its start already; this also covers one of a forkserver that
+    multiprocessing restarted. SIGTERM keeps its default: it is how the DataLoader and multiprocessing end a
+    stuck worker."""
+    _end_with_training_process(owner)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     for name in REQUEUE_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _end_with_training_process(owner: int) -> None:
+    """Make this worker end within a moment of the training process `owner`, however that ends (SIGKILL, the OOM
+    killer, a crash). A worker started by a forkserver is the forkserver's child, not `owner`'s, so torch's
+    watchdog (which waits for the worker's parent pid to change) never fired, and the worker outlived a killed
+    rank for ever, with the forkserver and the resource tracker. Here the kernel ends the worker with its
+    parent, the forkserver (single-threaded, so the thread caveat of `die_with_parent` does not apply), and the
+    worker lets go of the forkserver's liveness pipe, so the forkserver ends as soon as `owner` does; the
+    resource tracker ends once all of them have. A worker forked by `owner` itself is left to torch's watchdog."""
+    forkserver_pid = os.getppid()
+    if forkserver_pid == owner:
+        return
+    # where the kernel cannot be asked (not Linux), the forkserver still ends with `owner`, and torch's watchdog
+    # then ends an idle worker within its 5 s check (its parent pid changes); a busy one, after its batch
+    die_with_parent(signal.SIGKILL)
+    _release_forkserver_liveness()
+    if os.getppid() != forkserver_pid:  # the forkserver ended before the kernel was asked: nobody would signal
+        os._exit(0)
+
+
+def _release_forkserver_liveness() -> None:
+    """Close this worker's copy of the write end of the forkserver's "alive" pipe. multiprocessing hands it to
+    every process the forkserver starts, so that it could use the same forkserver; the forkserver ends when
+    the pipe's last writer closes it, so while a worker held it, the forkserver (and the worker, its child)
+    waited for each other for ever after the training process died. A worker that starts processes of its own
+    by forkserver (none of ours does) starts a forkserver of its own."""
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    server._forkserver_alive_fd = None
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class DataTimeout(RuntimeError):
@@ -257,15 +314,17 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataCo
                 drop_last: bool, timeout_s: float = 0.0, name: str = "data") -> DataLoader:
     """A DataLoader with seeded workers and its own generator (it never draws from the global RNG).
 
-    A `SequenceStreamSampler` makes the batches itself (`batch_size` and `drop_last` are then its business).
+    A `SequenceStreamSampler` or `BatchShardSampler` makes the batches itself (`batch_size` and `drop_last` are then
+    its business).
     With workers, they start by `worker_start_method()` and a wait of over `timeout_s` for one batch (0: no
     bound) raises `DataTimeout` naming the loader (`name`)."""
     workers = cfg.num_workers
-    batching = ({"batch_sampler": sampler} if isinstance(sampler, SequenceStreamSampler)
+    batching = ({"batch_sampler": sampler} if isinstance(sampler, (SequenceStreamSampler, BatchShardSampler))
                 else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last})
     return BoundedLoader(
         dataset, **batching, num_workers=workers, name=name,
-        pin_memory=cfg.pin_memory and torch.cuda.is_available(), worker_init_fn=_init_worker,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        worker_init_fn=functools.partial(_init_worker, owner=os.getpid()),
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
