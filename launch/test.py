@@ -12,6 +12,15 @@ Runs the test views of the config's `data.protocol` (`data.test_num_clips` x `da
 combined as that protocol's upstream does unless `test.aggregate=mean_softmax|sum|mean` says otherwise),
 prints the protocol, writes `predictions.npz` and logs top-1/top-5/mean-class accuracy, macro F1,
 per-class accuracy and the confusion matrix (MSE per output for regression) to MLflow.
+
+Several processes split the work and give the one-process results bit for bit (fp32, same kernels):
+
+    torchrun --nproc_per_node 8 launch/test.py --checkpoint C     # one node (GPU LOCAL_RANK each, else CPU + gloo)
+    srun --ntasks 16 --gpus-per-task 1 python launch/test.py --checkpoint C
+
+Each rank evaluates whole batches of the one-process pass (whole recordings for memory models) on its own
+device; rank 0 gathers the predictions, writes, logs and prints; the other ranks print only errors. A rank
+that fails, dies or hangs stops every rank within `train.collective_timeout_s` with one error (exit status 1).
 """
 from __future__ import annotations
 

@@ -318,6 +318,6 @@ def test_evaluation_loads_as_training_does_with_its_batch_time_limit(video_set):
     raises DataTimeout after train.data_timeout_s instead of hanging the evaluation."""
     cfg = load_config("configs/demo.yaml", [f"data.root={video_set}", "train.data_timeout_s=7", "data.num_workers=1"])
     dataset = datasets.build(cfg.data, "test")
-    loader = ev.evaluation_loader(dataset, 4, cfg, memory=False, name="test")
+    loader = ev.evaluation_loader(dataset, ev.evaluation_groups(dataset, 4, memory=False), cfg, name="test")
     assert (loader.timeout, loader.name, loader.num_workers) == (7, "test", 1)
     assert [i for batch in loader.batch_sampler for i in batch] == list(range(len(dataset)))  # each once, in order

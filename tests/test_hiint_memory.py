@@ -16,7 +16,7 @@ from action_launch import datasets, models
 from action_launch.config import load_config
 from action_launch.evaluation import evaluate as ev
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.loaders import SequenceStreamSampler, make_loader, sequences_of
+from action_launch.training.loaders import BatchShardSampler, SequenceStreamSampler, make_loader, sequences_of
 from action_launch.training.memory import WindowMemory, carries_memory
 from action_launch.training.trainer import Trainer
 
@@ -180,9 +180,10 @@ def test_evaluation_carries_memory_through_each_interaction(engagement):
     assert len(dataset) == 12 and sequences_of(dataset) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert not ev.has_views(datasets.build(_data_cfg(engagement), "test"), "test")  # feature windows: no views
     # 3 interactions on 2 slots: walks are interleaved
-    loader = DataLoader(dataset, batch_sampler=ev.sequence_sampler(dataset, batch_size=2))
+    loader = DataLoader(dataset, batch_sampler=BatchShardSampler(ev.evaluation_groups(dataset, 2, memory=True)))
     scores, labels = ev.predict(model, loader, "mean_softmax", torch.device("cpu"), views=False)
-    scores, labels = ev.in_dataset_order(scores, loader), ev.in_dataset_order(labels, loader)
+    order = ev.loader_indices(loader)
+    scores, labels = ev.in_dataset_order(scores, order), ev.in_dataset_order(labels, order)
     expected = _sequential(model, dataset).softmax(-1).numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert labels.tolist() == [it.label for it in dataset.items]

@@ -1,10 +1,11 @@
 """Multi-view evaluation of a checkpoint: per-video scores, metrics, `predictions.npz`, MLflow.
 
-Runs in one process with plain torch (no DeepSpeed: evaluation needs no optimizer, no ZeRO and no
-process group). A batch from the test split is either plain clips `(B, C, T, H, W)` (any model
-input without a view axis: skeletons, per-person features) or the views of each video,
+Runs with plain torch (no DeepSpeed: evaluation needs no optimizer and no ZeRO), in one process or in several
+(`torchrun`, a Slurm step: `evaluation_ranks`). A batch from the test split is either plain clips `(B, C, T, H, W)`
+(any model input without a view axis: skeletons, per-person features) or the views of each video,
 `(B, V, C, T, H, W)` (temporal clips x spatial crops, from `data.test_num_clips` x
-`data.test_num_crops`; a dataset whose test split returns views has a `num_views` attribute). The V views of a video are run as one batch of B*V clips and combined:
+`data.test_num_crops`; a dataset whose test split returns views has a `num_views` attribute). The V views of a
+video are run as one batch of B*V clips and combined:
 
 - `mean_softmax` (default; DyReg/TSM protocol): mean over views of the softmax probabilities;
 - `sum`: sum over views of the logits (TimeSformer sums its views' predictions);
@@ -16,9 +17,17 @@ A model that carries memory from window to window (`carries_memory = True`, HIIN
 batches whose slots walk whole recordings in window order, with its memory carried
 (`training.memory`); its scores are then put back in dataset order.
 
-Results: `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
-`checkpoint`), `<run>/test/metrics.json`, the confusion matrix (`confusion_matrix.json` + `.png`),
-and the metrics `test/top1`, `test/top5`, `test/mean_class_acc`, `test/macro_f1`,
+Several processes give what one gives, bit for bit: the one-process pass is a fixed sequence of batches
+(`evaluation_groups`), and rank r of W computes groups r, r+W, ... of it (`training.loaders.BatchShardSampler`) on
+its own device (`cuda:LOCAL_RANK`, else the CPU), so every sample is computed in the batch it has in one process. A
+group is one batch, or, for a model that carries memory, the batches of a block of `batch_size` whole recordings
+(one per slot), so memory never crosses ranks. The ranks agree after every batch that none failed (`Ranks`, over
+`training.distributed.Collectives`: every wait bounded by `train.collective_timeout_s`), then gather their
+predictions once, on the host, and put them in dataset order; only rank 0 writes and logs.
+
+Results (rank 0): `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
+`checkpoint`), `<run>/test/metrics.json` (with the processes that computed them), the confusion matrix
+(`confusion_matrix.json` + `.png`), and the metrics `test/top1`, `test/top5`, `test/mean_class_acc`, `test/macro_f1`,
 `test/class_acc/<class>` (or `test/mse` and `test/mse/<output>` for regression) logged to the
 training run in MLflow through `launch.tracking.Tracker`, at the checkpoint's step.
 
@@ -52,8 +61,10 @@ from action_launch.config import (
     parse_overrides,
     to_dict,
 )
+from action_launch.evaluation.ranks import EvaluationStopped, Ranks, evaluation_ranks
 from action_launch.training import checkpoint as ckpt
-from action_launch.training.loaders import SequenceStreamSampler, make_loader, sequences_of
+from action_launch.training.distributed import CollectiveError
+from action_launch.training.loaders import BatchShardSampler, SequenceStreamSampler, make_loader, sequences_of
 from action_launch.training.losses import logits_of
 from action_launch.training.memory import WindowMemory, carries_memory
 from action_launch.training.metrics import (  # noqa: F401
@@ -155,16 +166,19 @@ def has_views(dataset: Any, split: str) -> bool:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
-            views: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: Any, how: str, device: torch.device, views: Optional[bool] = None,
+            ranks: Optional[Ranks] = None, steps: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Scores (N, K) and labels of every batch of `loader`, in the loader's order.
 
     A model that carries memory (`training.memory`) gets, for each window, the memory its
     recording's previous window left in the previous batch: give it a loader whose batches walk
-    each recording in order (`sequence_sampler`).
+    each recording in order (`evaluation_groups`). With `ranks`, the loader holds this rank's share and the ranks
+    agree after each of `steps` batches (the most any rank has; a rank whose share is shorter agrees for the rest),
+    so that a rank that fails stops the others within a batch.
     """
     model.eval().to(device)
     memory = WindowMemory() if carries_memory(model) else None
+    ranks = ranks or Ranks.one_process(device)
 
     def forward(inputs: torch.Tensor, **kwargs: Any) -> Any:
         if memory is not None and _has_view_axis(inputs, views):
@@ -177,34 +191,52 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device,
     for inputs, outputs, targets in predictions(loader, forward, memory, device):
         scores.append(aggregate_views(_logits_per_view(outputs, inputs, views), how))
         labels.append(np.asarray(targets))
+        ranks.agree(f"the agreement after batch {len(scores)} of {steps}")
+    for step in range(len(scores), steps):
+        ranks.agree(f"the agreement after batch {step + 1} of {steps} (this rank's share has {len(scores)})")
+    if not scores:  # a rank with no batch (more ranks than groups)
+        return np.empty((0, 0), dtype=np.float32), np.empty(0)
     return torch.cat(scores).cpu().numpy(), np.concatenate(labels)  # one copy to the host, after the pass
 
 
-def sequence_sampler(dataset: Any, batch_size: int) -> SequenceStreamSampler:
-    """Evaluation batches whose slots walk whole recordings in window order (memory models)."""
+def evaluation_groups(dataset: Any, batch_size: int, memory: bool) -> List[List[List[int]]]:
+    """The batches of the one-process evaluation pass, in the groups that one rank walks in order: every sample once,
+    in dataset order, one batch per group; for a model that carries memory, the recordings (`sequences_of`) in
+    blocks of `batch_size`, each block's batches walking its recordings window by window, one per slot (a block
+    whose recordings are of unequal length shrinks at its end), so memory never leaves a group."""
+    if not memory:
+        size = len(dataset)
+        return [[list(range(start, min(start + batch_size, size)))] for start in range(0, size, batch_size)]
     sequences = sequences_of(dataset)
     if sequences is None:
         raise ValueError(f"a model that carries memory needs a dataset of recordings (data.dataset=multiperson); "
                          f"{type(dataset).__name__} has none")
-    return SequenceStreamSampler(sequences, batch_size, shuffle=False)
+    blocks = [sequences[start:start + batch_size] for start in range(0, len(sequences), batch_size)]
+    return [list(SequenceStreamSampler(block, batch_size, shuffle=False)) for block in blocks]
 
 
-def evaluation_loader(dataset: Any, batch_size: int, cfg: Config, memory: bool, name: str) -> Any:
-    """The one loader of an evaluation pass (`training.loaders.make_loader`: the training loaders' workers and
-    batch time limit, `train.data_timeout_s`): every sample once, in order, or recording by recording."""
-    from torch.utils.data import SequentialSampler
-
-    sampler = sequence_sampler(dataset, batch_size) if memory else SequentialSampler(dataset)
-    return make_loader(dataset, sampler, batch_size, cfg.data, cfg.seed, drop_last=False,
+def evaluation_loader(dataset: Any, groups: Sequence[Sequence[Sequence[int]]], cfg: Config, name: str,
+                      rank: int = 0, world_size: int = 1) -> Any:
+    """The loader of rank `rank`'s share of an evaluation pass (`training.loaders.make_loader`: the training loaders'
+    workers and batch time limit, `train.data_timeout_s`): groups rank, rank + world_size, ... of `groups`."""
+    sampler = BatchShardSampler(groups, world_size, rank)
+    return make_loader(dataset, sampler, 1, cfg.data, cfg.seed, drop_last=False,  # the sampler makes the batches
                        timeout_s=cfg.train.data_timeout_s, name=name)
 
 
-def in_dataset_order(values: np.ndarray, loader: Any) -> np.ndarray:
-    """Rows of `values` (one per sample, in the loader's order) put back in dataset order."""
-    order = [i for batch in loader.batch_sampler for i in batch]
-    out = np.empty_like(values)
-    out[np.asarray(order, dtype=np.int64)] = values
-    return out
+def most_batches(groups: Sequence[Sequence[Sequence[int]]], world_size: int) -> int:
+    """The number of batches of the longest share of `groups` over `world_size` ranks: every rank's agreements."""
+    return max(len(BatchShardSampler(groups, world_size, rank)) for rank in range(world_size))
+
+
+def loader_indices(loader: Any) -> np.ndarray:
+    """Dataset indices of an evaluation loader's samples, in the order it yields them."""
+    return np.array([i for batch in loader.batch_sampler for i in batch], dtype=np.int64)
+
+
+def in_dataset_order(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Rows of `values` (row j is the sample of dataset index `indices[j]`) sorted by dataset index."""
+    return values[np.argsort(indices, kind="stable")]
 
 
 def video_ids(dataset: Any) -> List[str]:
@@ -243,7 +275,8 @@ def _names(class_names: Optional[Sequence[str]], n: int) -> List[str]:
 
 def save_predictions(path: Path, scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], **extra: Any) -> Path:
     """Write `predictions.npz` atomically (scores, labels, ids and any extra scalars)."""
-    return atomic_write(path, lambda tmp: np.savez(tmp, scores=scores, labels=labels, ids=np.asarray(list(ids), dtype=str),
+    return atomic_write(path, lambda tmp: np.savez(tmp, scores=scores, labels=labels,
+                                                   ids=np.asarray(list(ids), dtype=str),
                                                    **{k: np.asarray(v) for k, v in extra.items()}))
 
 
@@ -301,6 +334,22 @@ def protocol_line(params: Mapping[str, str], regression: bool) -> str:
 
 
 @dataclass
+class Predictions:
+    """A split's predictions gathered from every rank, in dataset order, with their metrics."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    ids: List[str]
+    how: str
+    params: Dict[str, str]
+    metrics: Dict[str, float]
+    class_names: Optional[Sequence[str]]
+    regression: bool
+    processes: Dict[str, Any]
+    """world_size, each rank's device and its number of samples."""
+
+
+@dataclass
 class Evaluation:
     """What one evaluation pass wrote and measured."""
 
@@ -309,59 +358,90 @@ class Evaluation:
     files: List[Path]
 
 
-def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, run_dir: Path, source: str, step: int,
-                   out: Optional[Union[str, Path]] = None) -> Evaluation:
-    """Evaluate `model` on `ecfg.split` by the data protocol; write predictions, metrics and the confusion matrix
-    under `run_dir` (`source` names the weights in them)."""
+def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, ranks: Optional[Ranks] = None) -> Predictions:
+    """Evaluate `model` on `ecfg.split` by the data protocol, each rank of `ranks` (default: this process alone) on
+    its share of the one-process batches (`evaluation_groups`); every rank gets the predictions of all, in dataset
+    order, and their metrics."""
     from action_launch import datasets
 
+    ranks = ranks or Ranks.one_process()
     regression = is_regression(cfg, model)
     dataset = datasets.build(cfg.data, ecfg.split)
     how = view_aggregate(ecfg, dataset, regression)
     params = protocol_params(dataset, ecfg.split, how)
     log.info("%s", protocol_line(params, regression))
-    batch_size = ecfg.batch_size or cfg.train.micro_batch_size
-    memory = carries_memory(model)  # then each recording's windows are walked in order, memory carried
-    loader = evaluation_loader(dataset, batch_size, cfg, memory, name=ecfg.split)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    scores, labels = predict(model, loader, how, device, has_views(dataset, ecfg.split))
-    if memory:
-        scores, labels = in_dataset_order(scores, loader), in_dataset_order(labels, loader)
-    ids = video_ids(dataset)[:len(scores)]
+    # a model that carries memory walks each recording's windows in order, memory carried
+    groups = evaluation_groups(dataset, ecfg.batch_size or cfg.train.micro_batch_size, carries_memory(model))
+    loader = evaluation_loader(dataset, groups, cfg, ecfg.split, ranks.rank, ranks.world_size)
+    steps = most_batches(groups, ranks.world_size)
+    ranks.plan(steps)
+    ranks.agree("the agreement before the evaluation")
+    scores, labels = predict(model, loader, how, ranks.device, has_views(dataset, ecfg.split), ranks, steps)
+    shares = ranks.collect((str(ranks.device), loader_indices(loader), scores, labels))
+    indices, scores, labels = _in_dataset_order(shares)
+    all_ids = video_ids(dataset)
+    ids = [all_ids[i] for i in indices]
     if regression and getattr(dataset, "participants", None) is not None:
-        scores, labels, ids = average_by_group(scores, labels, dataset.participants[:len(scores)])
+        scores, labels, ids = average_by_group(scores, labels, [dataset.participants[i] for i in indices])
     class_names = getattr(dataset, "output_names" if regression else "class_names", None)
-    metrics = evaluation_metrics(scores, labels, regression, class_names)
+    processes = {"world_size": ranks.world_size, "devices": [s[0] for s in shares],
+                 "samples": [len(s[1]) for s in shares]}
+    return Predictions(scores, labels, ids, how, params, evaluation_metrics(scores, labels, regression, class_names),
+                       class_names, regression, processes)
 
+
+def _in_dataset_order(shares: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dataset indices, scores and labels of every rank's share `(device, indices, scores, labels)`, sorted by index
+    (a rank without a batch has none)."""
+    shares = [share for share in shares if len(share[1])]
+    indices = np.concatenate([share[1] for share in shares])
+    scores = in_dataset_order(np.concatenate([share[2] for share in shares]), indices)
+    labels = in_dataset_order(np.concatenate([share[3] for share in shares]), indices)
+    return np.sort(indices), scores, labels
+
+
+def save_evaluation(pred: Predictions, ecfg: EvalConfig, run_dir: Path, source: str, step: int,
+                    out: Optional[Union[str, Path]] = None) -> Evaluation:
+    """Write predictions, metrics and the confusion matrix under `run_dir` (`source` names the weights in them):
+    rank 0's part of an evaluation."""
     out = Path(out) if out else run_dir / "predictions.npz"
-    save_predictions(out, scores, labels, ids, aggregate=how, checkpoint=source)
+    save_predictions(out, pred.scores, pred.labels, pred.ids, aggregate=pred.how, checkpoint=source)
     test_dir = run_dir / "test"
     test_dir.mkdir(parents=True, exist_ok=True)
     (test_dir / "metrics.json").write_text(json.dumps({"checkpoint": source, "step": step, "eval": asdict(ecfg),
-                                                       "protocol": params, **metrics}, indent=2))
+                                                       "protocol": pred.params, "processes": pred.processes,
+                                                       **pred.metrics}, indent=2))
     files = [out, test_dir / "metrics.json"]
-    if not regression:
-        cm = confusion_matrix(scores.argmax(1), labels.astype(np.int64), scores.shape[1])
+    if not pred.regression:
+        k = pred.scores.shape[1]
+        cm = confusion_matrix(pred.scores.argmax(1), pred.labels.astype(np.int64), k)
         (test_dir / "confusion_matrix.json").write_text(json.dumps(
-            {"classes": _names(class_names, scores.shape[1]), "rows_true_cols_predicted": cm.tolist()}))
+            {"classes": _names(pred.class_names, k), "rows_true_cols_predicted": cm.tolist()}))
         from action_launch.training.confusion import save_confusion_matrix
 
         files += [test_dir / "confusion_matrix.json",
-                  save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=class_names)]
-    log.info("test on %d samples (%s, %s): %s", len(scores), source, how,
-             " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k))
-    return Evaluation(metrics, params, files)
+                  save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=pred.class_names)]
+    log.info("test on %d samples (%s, %s, %d process(es)): %s", len(pred.scores), source, pred.how,
+             pred.processes["world_size"], " ".join(f"{k} {v:.4g}" for k, v in pred.metrics.items() if "/" not in k))
+    return Evaluation(pred.metrics, pred.params, files)
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
-                        out: Optional[Union[str, Path]] = None, track: bool = True) -> Dict[str, float]:
-    """Evaluate one checkpoint folder on `ecfg.split`; write predictions, metrics and log them into the training
-    run. Returns the metrics."""
+                        out: Optional[Union[str, Path]] = None, track: bool = True,
+                        ranks: Optional[Ranks] = None) -> Dict[str, float]:
+    """Evaluate one checkpoint folder on `ecfg.split`, over `ranks` (default: this process alone); rank 0 writes
+    predictions and metrics and logs them into the training run. Returns the metrics (on every rank)."""
     ecfg = ecfg or EvalConfig()
+    ranks = ranks or Ranks.one_process()
     checkpoint = Path(checkpoint)
+    with ranks.together():
+        pred = evaluate_model(cfg, load_model(cfg, checkpoint), ecfg, ranks)
+    if not ranks.is_main:
+        return pred.metrics
     run_dir = run_dir_of(checkpoint) or cfg.run_dir()
     step = int(ckpt.read_meta(checkpoint).get("step", 0)) if (checkpoint / ckpt.META).is_file() else 0
-    result = evaluate_model(cfg, load_model(cfg, checkpoint), ecfg, run_dir, str(checkpoint.resolve()), step, out)
+    result = save_evaluation(pred, ecfg, run_dir, str(checkpoint.resolve()), step, out)
     if track:
         _track(cfg, run_dir, {**result.params, "test.checkpoint": checkpoint.name}, {}, step, result)
     return result.metrics
@@ -398,25 +478,33 @@ def evaluation_folder(cfg: Config, weights: Path) -> Path:
 
 
 def evaluate_weights(cfg: Config, weights: Union[str, Path], ecfg: Optional[EvalConfig] = None,
-                     out: Optional[Union[str, Path]] = None, track: bool = True) -> Tuple[Dict[str, float], Path]:
-    """Evaluate a published weight file with the config's model and data protocol, without a training run: the
-    results go to a new `evaluation_folder` and a new MLflow run (config as params, the file and its sha256 as
-    tags). Returns the metrics and the folder."""
+                     out: Optional[Union[str, Path]] = None, track: bool = True,
+                     ranks: Optional[Ranks] = None) -> Tuple[Dict[str, float], Optional[Path]]:
+    """Evaluate a published weight file with the config's model and data protocol, without a training run, over
+    `ranks` (default: this process alone). Rank 0 writes the results to a new `evaluation_folder`, once they are
+    complete, and logs a new MLflow run (config as params, the file and its sha256 as tags). Returns the metrics and
+    the folder (None on the other ranks)."""
     ecfg = ecfg or EvalConfig()
+    ranks = ranks or Ranks.one_process()
     weights = Path(weights)
-    model, report = load_published_weights(cfg, weights)
+    with ranks.together():
+        model, report = load_published_weights(cfg, weights)
+        log.info("--weights %s: %s, %d tensors loaded", weights, report.description or report.format,
+                 len(report.loaded))
+        pred = evaluate_model(cfg, model, ecfg, ranks)
+    if not ranks.is_main:
+        return pred.metrics, None
     run_dir = evaluation_folder(cfg, weights)
     run_dir.mkdir(parents=True)
     dump_config(cfg, run_dir / "config.yaml")
     (run_dir / "load_report.txt").write_text(report.text())
-    log.info("--weights %s: %s, %d tensors loaded", weights, report.description or report.format, len(report.loaded))
-    result = evaluate_model(cfg, model, ecfg, run_dir, str(weights.resolve()), 0, out)
+    result = save_evaluation(pred, ecfg, run_dir, str(weights.resolve()), 0, out)
     if track:
         from action_launch.training.trainer import run_tags
 
         config = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
-        tags = {**run_tags(1), "eval.weights": str(weights.resolve()), "eval.weights_sha256": _sha256(weights),
-                "eval.weights_format": report.format}
+        tags = {**run_tags(ranks.world_size), "eval.weights": str(weights.resolve()),
+                "eval.weights_sha256": _sha256(weights), "eval.weights_format": report.format}
         result.files += [run_dir / "config.yaml", run_dir / "load_report.txt"]
         _track(cfg, run_dir, {**config, **result.params}, tags, 0, result, run_name=run_dir.name)
     return result.metrics, run_dir
@@ -458,16 +546,17 @@ def evaluate_after_training(cfg: Config, ckpt_root: Path, which: str) -> Dict[st
 
 def run_test(checkpoint: Optional[str], weights: Optional[str], config: Optional[str], last: bool,
              overrides: Sequence[str], out: Optional[str], track: bool) -> int:
-    """`launch/test.py`: evaluate a checkpoint (or run folder) or published weights; print the metrics. Exit
-    status 2, with one line, for what cannot be evaluated as asked."""
+    """`launch/test.py`: evaluate a checkpoint (or run folder) or published weights, in this process or as one rank
+    of a torchrun or Slurm job (`evaluation_ranks`); rank 0 prints the metrics. Exit status 2, with one line, for
+    what cannot be evaluated as asked; 1 when a rank failed, died or hung (every rank stops)."""
     import sys
 
-    from action_launch.common.console import setup_logging
     from action_launch.config import ConfigError
+    from action_launch.training.loaders import DataTimeout
 
-    def fail(message: str) -> int:
+    def fail(message: str, status: int = 2) -> int:
         print(message, file=sys.stderr)
-        return 2
+        return status
 
     if weights and not config:
         return fail("error: --weights needs --config (the model and the data protocol to evaluate it with)")
@@ -480,15 +569,20 @@ def run_test(checkpoint: Optional[str], weights: Optional[str], config: Optional
         return fail(f"error: {err}")
     except ConfigError as err:
         return fail(f"config error: {err}")
-    setup_logging(True)
     try:
-        if weights:
-            metrics, run_dir = evaluate_weights(cfg, weights, ecfg, out=out, track=track)
-            print(f"results in {run_dir}")
-        else:
-            metrics = evaluate_checkpoint(cfg, folder, ecfg, out=out, track=track)
+        with evaluation_ranks(cfg.train.collective_timeout_s, cfg.data.num_workers) as ranks:
+            if weights:
+                metrics, run_dir = evaluate_weights(cfg, weights, ecfg, out=out, track=track, ranks=ranks)
+            else:
+                metrics, run_dir = evaluate_checkpoint(cfg, folder, ecfg, out=out, track=track, ranks=ranks), None
     except ValueError as err:  # a protocol that does not fit the data, weights that do not fit the model
         return fail(f"error: {err}")
+    except (CollectiveError, EvaluationStopped, DataTimeout) as err:  # a rank or a data worker died, hung or failed
+        return fail(f"error: {err}", 1)
+    if not ranks.is_main:
+        return 0
+    if run_dir is not None:
+        print(f"results in {run_dir}")
     for key, value in metrics.items():
         print(f"test/{key}: {value:.4f}")
     return 0

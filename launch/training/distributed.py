@@ -53,11 +53,14 @@ class DistEnv:
 
     @property
     def device(self) -> torch.device:
-        """This process's device: GPU `LOCAL_RANK` of the visible ones (modulo their count, for jobs that show
-        each task only its own GPU), else the CPU."""
-        if torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
+        """This process's device: `local_device` of its LOCAL_RANK among the visible GPUs."""
+        return local_device(self.local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def local_device(local_rank: int, cuda_devices: int) -> torch.device:
+    """GPU `local_rank` of `cuda_devices` visible ones (modulo their count, for jobs that show each task only its own
+    GPU), else the CPU."""
+    return torch.device("cuda", local_rank % cuda_devices) if cuda_devices else torch.device("cpu")
 
 
 def _first_slurm_host(nodelist: str) -> str:
@@ -268,3 +271,20 @@ class Collectives:
         if self.active:
             with self.guard(what):
                 dist.barrier(group=self.group)
+
+    def means(self, values: torch.Tensor, what: str) -> List[float]:
+        """The mean over the ranks of each entry of `values`, a 1-D tensor on this rank's device, read back to the host:
+        one all-reduce over the default group (NCCL on GPUs: the tensor stays on the device until the one read)."""
+        if self.active:
+            values = values.clone()
+            with self.guard(what):
+                dist.all_reduce(values)
+                values /= self.world_size
+                return values.tolist()  # inside the guard: under NCCL a lost rank surfaces at this read
+        return values.tolist()
+
+    def close(self) -> None:
+        """No collective follows (the end of the run): let go of the CPU group, so that destroying it
+        (`engine.shutdown_distributed`) ends its threads. No barrier first: rank 0 may still be evaluating the
+        best checkpoint for longer than `timeout_s`."""
+        self.active, self.group = False, None
