@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
         return 2
     from action_launch.models.checkpoints import CheckpointError
     from action_launch.training.distributed import CollectiveError
+    from action_launch.training.engine import ResumeRefused
     from action_launch.training.loaders import DataTimeout
     from action_launch.training.trainer import Trainer, TooManyBadFiles
 
@@ -75,20 +77,26 @@ def main(argv=None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ResumeRefused as err:  # every rank refuses alike; one says so
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         trainer.fit(until_epoch=args.until_epoch)
     except TooManyBadFiles as err:
         print(f"error: {err}", file=sys.stderr)
+        trainer.close()  # every rank agreed to stop here
         return 2
     except (CollectiveError, DataTimeout) as err:  # a rank or a data worker died or hung: said in one line
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 1  # no trainer.close(): destroying the groups could wait for the lost rank
     if (args.test_best or args.test_last) and trainer.env.is_main and trainer.progress.epoch >= cfg.train.epochs:
         from action_launch.evaluation.evaluate import evaluate_after_training
 
         evaluate_after_training(cfg, trainer.ckpt_root, "best" if args.test_best else "last")
     if trainer.env.is_main:
         print(trainer.summary())
+    trainer.close()
     return 0
 
 

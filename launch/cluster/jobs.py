@@ -65,6 +65,7 @@ class TrainJob:
         trainer.tracker.set_tags({"slurm.requeue_count": requeues,  # slurm.job_id: the Trainer's run tags
                                   "slurm.nodes": job_env.num_nodes, "slurm.tasks": job_env.num_tasks})
         metrics = trainer.fit()
+        trainer.close()  # every rank ended here together (finished, or stopped after a collective checkpoint)
         if trainer.progress.epoch >= cfg.train.epochs:
             return metrics
         # Stopped early at a step boundary, after a checkpoint that every rank took part in.

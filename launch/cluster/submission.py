@@ -167,7 +167,7 @@ def submit_training(request: SubmitRequest) -> int:
 
     try:  # what fails the job on the node fails here, before anything is submitted
         for plan in plans:
-            check_run(plan.cfg)
+            check_run(plan.cfg, gpus=plan.cfg.slurm.gpus_per_node > 0)  # the job's tasks, not this machine
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

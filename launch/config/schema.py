@@ -81,6 +81,12 @@ class TrainConfig:
     """Keep the model's convolution weights and inputs channels-last (3D/2D CNNs; faster on tensor cores where measured)."""
     zero_stage: Literal[0, 1, 2] = 0
     """DeepSpeed ZeRO stage."""
+    sync_bn: bool = False
+    """Turn the model's BatchNorms into `torch.nn.SyncBatchNorm`: each step normalises with the statistics of the
+    global batch (every rank's micro batch), as one process with the whole batch would, at one all-reduce per layer.
+    CUDA only (a CPU run is refused). Off, a rank normalises with its own micro batch's statistics (DataParallel's
+    and plain DDP's behaviour); the running statistics are averaged over the ranks before each validation and
+    checkpoint either way."""
     loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
     """Loss for models without their own `compute_loss`."""
     load_partial: bool = False

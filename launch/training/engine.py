@@ -7,11 +7,14 @@ ZeRO. DeepSpeed steps the scheduler once per optimizer step.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import io
 import logging
 import os
 from datetime import timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -19,9 +22,10 @@ import torch
 from torch import nn
 
 from action_launch.config import Config, OptimConfig, TrainConfig
+from action_launch.training.batchnorm import sync_batchnorm
 from action_launch.training.distributed import DistEnv, enforce_nccl_timeout, resolve_env
-from action_launch.training.op_builds import prepare_op_builds
-from action_launch.training.schedule import ScaledLR, lr_at
+from action_launch.training.op_builds import prepare_op_builds, reported_builds
+from action_launch.training.schedule import ScaledLR, ScheduleClock, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def init_distributed(env: DistEnv, timeout_s: Optional[float] = None) -> torch.d
     defaults), and NCCL's watchdog is kept on to enforce it (`enforce_nccl_timeout`).
     """
     device = env.device
-    prepare_op_builds()
+    build_dir = prepare_op_builds()
     if device.type == "cpu":  # said, not detected: DeepSpeed then does not warn that it fell back to the CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
@@ -47,6 +51,11 @@ def init_distributed(env: DistEnv, timeout_s: Optional[float] = None) -> torch.d
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=timeout_s) if timeout_s else None
     if not torch.distributed.is_initialized():
+        # Its functions take the world group as a default argument, bound at import: imported once the group
+        # exists (torch._dynamo imports it, in deepspeed.initialize) they would keep the group alive past
+        # `shutdown_distributed`, until the interpreter's own shutdown tears its gloo threads down (an abort).
+        importlib.import_module("torch.distributed.nn.functional")
+
         bound = {"device_id": device} if device.type == "cuda" else {}
         if env.backend == "nccl" and (warning := enforce_nccl_timeout()):
             log.warning(warning)
@@ -56,10 +65,33 @@ def init_distributed(env: DistEnv, timeout_s: Optional[float] = None) -> torch.d
                                                  world_size=1, timeout=timeout, **bound)
         else:
             torch.distributed.init_process_group(env.backend, timeout=timeout, **bound)
-    with contextlib.redirect_stdout(io.StringIO()):  # on the CPU it prints that its comm op loaded, at every start
+    # on the CPU it builds (once) and loads its comm op, and prints that it loaded it at every start
+    with reported_builds(build_dir), contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False,
                                    **({"timeout": timeout} if timeout else {}))
     return device
+
+
+def shutdown_distributed() -> None:
+    """Destroy every process group of this process, the newest first and the world group last, through DeepSpeed,
+    which then lets go of its own references to them (its clone of the world group).
+
+    The end of a run that every rank reached: a group whose last reference goes here joins its gloo threads now.
+    Left to the interpreter's shutdown, a gloo thread still releasing a collective's tensors needs the GIL when
+    Python no longer hands it out, and the process aborts (`terminate called without an active exception`:
+    SIGABRT, a finished run reported FAILED). Not after a lost rank: destroying a group whose peer still waits
+    in a collective can wait for it.
+    """
+    import deepspeed.comm as ds_comm
+    from torch.distributed import distributed_c10d as c10d
+
+    if not torch.distributed.is_initialized():
+        return
+    world = c10d._get_default_group()
+    for group in reversed(list(c10d._world.pg_map)):  # the map keeps the order of creation
+        if group is not world:
+            ds_comm.destroy_process_group(group)
+    ds_comm.destroy_process_group()
 
 
 def configure_backends(deterministic: bool) -> None:
@@ -139,13 +171,15 @@ def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: f
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
-                    micro_batches_per_epoch: int, grad_accum: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-optimizer-step scheduler following `training.schedule.lr_at` (fractional epochs)."""
-    steps_per_epoch = micro_batches_per_epoch / grad_accum
+                    micro_batches_per_epoch: int, grad_accum: int,
+                    clock: Optional[ScheduleClock] = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-optimizer-step scheduler following `training.schedule.lr_at` at the fractional epoch `clock` gives each
+    step (by default: steps counted from epoch 0, `micro_batches_per_epoch / grad_accum` an epoch)."""
+    clock = clock or ScheduleClock(Fraction(micro_batches_per_epoch, grad_accum))
     peak = scaled.lr if scaled.lr > 0 else 1.0
 
     def factor(step: int) -> float:
-        return lr_at(step / steps_per_epoch, optim, scaled, total_epochs) / peak
+        return lr_at(clock.epoch(step), optim, scaled, total_epochs) / peak
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -161,11 +195,15 @@ class Engine:
     """
 
     def __init__(self, model: nn.Module, cfg: Config, scaled: ScaledLR, world_size: int, micro_batches_per_epoch: int,
-                 loss_fn: LossFn, device: torch.device):
+                 loss_fn: LossFn, device: torch.device, load_universal: bool = False):
+        """`load_universal`: `load` will read a checkpoint converted by `to_universal` (DeepSpeed reads the
+        layout of the checkpoints it loads from its config)."""
         import deepspeed
 
         t = cfg.train
         self.ds_config = deepspeed_config(t, cfg.optim, world_size)
+        if load_universal:
+            self.ds_config["checkpoint"] = {"load_universal": True}
         model.to(device)
         if t.activation_checkpointing:
             _enable_activation_checkpointing(model)
@@ -173,11 +211,17 @@ class Engine:
         if t.compile:
             model.compile()  # in place: the state dict keeps its names
         groups = parameter_groups(model, cfg.optim.weight_decay)
+        if t.sync_bn:  # after the groups, which a model may find by BatchNorm type; its parameters stay the same
+            model = sync_batchnorm(model, device)
         optimizer = build_optimizer(groups, cfg.optim, scaled.lr, device)
-        scheduler = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum)
+        self.clock = ScheduleClock(Fraction(micro_batches_per_epoch, t.grad_accum))
+        scheduler = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum,
+                                    self.clock)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
-        if world_size == 1:  # nothing to reduce; DeepSpeed would still flatten, all-reduce and copy back every gradient
+        # nothing to reduce; DeepSpeed would still flatten, all-reduce and copy back every gradient. Not under ZeRO-1/2,
+        # whose optimizer takes its gradient partitions from that reduction (without it: KeyError in its first step)
+        if world_size == 1 and t.zero_stage == 0:
             self.ds.enable_backward_allreduce = False
         if t.channels_last:  # after initialize, whose weight broadcast views each weight as contiguous bytes
             _channels_last(model)  # cuDNN follows the weights' layout: activations come out channels-last too
@@ -266,33 +310,64 @@ class Engine:
         self.ds.eval()
         return self.ds(self.to_device(inputs), **self.to_device(model_kwargs))
 
+    def close(self) -> None:
+        """The end of training: DeepSpeed removes its gradient hooks (`DeepSpeedEngine.destroy`), which otherwise
+        keep the engine, its ZeRO optimizer and the process group they hold from ever being collected."""
+        self.ds.destroy()
+
     def save(self, root: Path, tag: str, client_state: Mapping[str, Any]) -> None:
         """Collective: every rank writes its shard of model, optimizer and scheduler state."""
         self.ds.save_checkpoint(str(root), tag=tag, client_state=dict(client_state), save_latest=False)
 
+    @property
+    def samples(self) -> int:
+        """Clips trained on so far, over all ranks (DeepSpeed counts them each optimizer step and checkpoints them)."""
+        return self.ds.global_samples
+
     def load(self, ckpt: Path) -> Dict[str, Any]:
-        """Restore weights, optimizer, scheduler and step from a checkpoint folder; returns its client state."""
+        """Restore weights, optimizer, scheduler and step from a checkpoint folder (one that `to_universal` wrote, for
+        an engine built with `load_universal`); returns its client state."""
         configured = list(self.scheduler.base_lrs)
         path, client_state = self.ds.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
                                                      load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt}")
+        if self.ds_config.get("checkpoint", {}).get("load_universal"):
+            self._load_buffers(ckpt)
         self._apply_configured_lrs(configured)
         return client_state or {}
+
+    def _load_buffers(self, ckpt: Path) -> None:
+        """The module's buffers (BatchNorm running statistics) from the checkpoint's model file: DeepSpeed's universal
+        load restores parameters only, and leaves every buffer as the freshly built model had it."""
+        saved = torch.load(model_state_file(ckpt), map_location=self.device, weights_only=False)["module"]
+        buffers = {name: saved[name] for name, _ in self.module.named_buffers() if name in saved}
+        self.module.load_state_dict(buffers, strict=False)
+
+    def restart_schedule(self, epoch: Fraction) -> None:
+        """Continue the LR schedule from fractional `epoch` at the restored optimizer step, and set the LRs of the next
+        step from it: after a resume on another batch layout (`training.layout`), whose steps per epoch differ."""
+        self.clock.restart_at(self.scheduler.last_epoch, epoch)
+        self._set_scheduled_lrs()
 
     def _apply_configured_lrs(self, configured: List[float]) -> None:
         """Keep this run's configured LRs after loading a checkpoint that was trained with others.
 
         The scheduler's saved state carries the old peak LRs; a resume with a changed `optim.lr` (a PBT
-        exploit, a researcher lowering the LR) must follow the new config from the restored step on.
+        exploit, a researcher lowering the LR, another effective batch) must follow the new config from the
+        restored step on.
         """
         if configured == list(self.scheduler.base_lrs):
             return
         log.info("checkpoint LRs %s replaced by this run's configured %s", self.scheduler.base_lrs, configured)
         self.scheduler.base_lrs = configured
+        self._set_scheduled_lrs()
+
+    def _set_scheduled_lrs(self) -> None:
+        """Each group's LR as the scheduler computes it at its current step (what its last `step()` set)."""
         step = self.scheduler.last_epoch
         groups = self.scheduler.optimizer.param_groups
-        for group, base, factor in zip(groups, configured, self.scheduler.lr_lambdas):
+        for group, base, factor in zip(groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * factor(step)
         self.scheduler._last_lr = [group["lr"] for group in groups]
 
@@ -310,6 +385,74 @@ def _detached(outputs: Any) -> Any:
 def model_state_file(ckpt: Path) -> Path:
     """The file holding the (unsharded) module weights of a DeepSpeed checkpoint folder."""
     return ckpt / "mp_rank_00_model_states.pt"
+
+
+# Optimizers whose state DeepSpeed's universal checkpoint converts: it reads exactly Adam's `exp_avg` and `exp_avg_sq`.
+UNIVERSAL_OPTIMIZERS = ("adamw",)
+
+
+class ResumeRefused(ValueError):
+    """A checkpoint this run cannot resume on its world size or ZeRO stage; the message is one line naming the way
+    out."""
+
+
+def zero_shards(ckpt: Path) -> int:
+    """Ranks over which ZeRO-1/2 partitioned the optimizer state of `ckpt` (one file each); 0 for a ZeRO-0 checkpoint,
+    whose model file holds the whole optimizer state, the same on every rank."""
+    return len(list(ckpt.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def needs_conversion(ckpt: Path, saved_stage: Optional[int], zero_stage: int, world_size: int, optimizer: str) -> bool:
+    """Whether an engine of ZeRO stage `zero_stage` on `world_size` processes must load `ckpt` converted
+    (`to_universal`); raises `ResumeRefused` where no conversion works. `saved_stage`: the stage `ckpt` was saved
+    with, if known.
+
+    Measured with DeepSpeed 0.19.8 on the CPU, fp32 and bf16 autocast alike: a ZeRO-0 checkpoint loads into ZeRO-0 on
+    any world size as it is; ZeRO-1/2 shards load as they are on their own world size (ZeRO-1 and 2 into each other),
+    and on another one once converted to a universal checkpoint, with the same training after it; the converter
+    reads Adam's state only (SGD's momentum: KeyError), needs ZeRO shards (none in a ZeRO-0 checkpoint), and a
+    universal checkpoint loads into ZeRO-1/2 only (ZeRO-0: AttributeError).
+    """
+    shards = zero_shards(ckpt)
+    weights_only = f"or start a new run from its weights: --load-from {ckpt} name=<new name>"
+    if shards == 0:
+        if zero_stage == 0:
+            return False
+        raise ResumeRefused(f"{ckpt} was saved with train.zero_stage=0, whose optimizer state DeepSpeed cannot give "
+                            f"ZeRO-{zero_stage}: resume it with train.zero_stage=0 (on any number of processes), "
+                            f"{weights_only}")
+    saved = f"ZeRO-{saved_stage}" if saved_stage else "ZeRO"
+    if zero_stage == 0:
+        raise ResumeRefused(f"{ckpt} holds {saved} optimizer state in {shards} partitions, which ZeRO-0 cannot load: "
+                            f"resume it with train.zero_stage={saved_stage or 1} (on any number of processes), "
+                            f"{weights_only}")
+    if shards == world_size:
+        return False
+    if optimizer not in UNIVERSAL_OPTIMIZERS:
+        raise ResumeRefused(f"{ckpt} holds optim.name={optimizer} state in {saved} partitions for {shards} processes, "
+                            f"and DeepSpeed's universal checkpoint converts Adam's state only: resume it on {shards} "
+                            f"processes (torchrun --nproc_per_node {shards}; submit.py --nodes x --gpus-per-node = "
+                            f"{shards}), {weights_only}")
+    return True
+
+
+def to_universal(ckpt: Path, dest: Path) -> Path:
+    """Convert the ZeRO-1/2 checkpoint `ckpt` into DeepSpeed's universal checkpoint, `dest/<ckpt's name>`, which an
+    engine built with `load_universal` loads on any world size and ZeRO-1/2; returns that folder.
+
+    DeepSpeed's converter writes a `latest_universal` file beside the folder (in `dest`), prints its stages and
+    draws progress bars: its console output is dropped. It runs in this process (one worker: a process pool would
+    fork a process that has threads).
+    """
+    from deepspeed.checkpoint import ds_to_universal
+
+    out = dest / ckpt.name
+    # inject_missing_state: the converter asks for the parallelism info Megatron-style models attach; ours have none
+    args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(out), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ds_to_universal.main(args)
+    return out
 
 
 def load_weights(model: nn.Module, path: Path, partial: bool = False) -> Dict[str, List[str]]:
@@ -334,7 +477,11 @@ def load_weights(model: nn.Module, path: Path, partial: bool = False) -> Dict[st
 
 
 def warm_up() -> None:
-    """Build DeepSpeed's CPU ops once (about a minute) so later runs and tests start in seconds."""
+    """Build DeepSpeed's CPU ops once (about a minute) so later runs and tests start in seconds; says what it built
+    (set-up's `make` runs this)."""
+    from action_launch.common.console import setup_logging
+
+    setup_logging(True)
     init_distributed(resolve_env())
 
 

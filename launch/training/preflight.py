@@ -30,14 +30,32 @@ class PreflightError(ValueError):
     """A run that cannot start as configured; the message is one line."""
 
 
-def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optional[str] = None) -> None:
-    """Raise PreflightError for a missing checkpoint, data folder or list, or a head too small for the labels."""
+def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optional[str] = None,
+              gpus: Optional[bool] = None) -> None:
+    """Raise PreflightError for a missing checkpoint, data folder or list, a head too small for the labels, or
+    `train.sync_bn` on a run without GPUs (`gpus`: whether the run gets CUDA GPUs; None: whether this machine has
+    them)."""
+    _check_sync_bn(cfg, gpus)
     if resume_from and not (Path(resume_from) / ckpt.META).is_file():
         raise PreflightError(f"--resume-from {resume_from}: not a complete checkpoint folder (no {ckpt.META}); "
                              f"give a folder runs/<experiment>/<name>/checkpoints/step_N")
     if load_from and not Path(load_from).exists():
         raise PreflightError(f"--load-from {load_from}: no such file or folder")
     _check_data(cfg)
+
+
+def _check_sync_bn(cfg: Config, gpus: Optional[bool]) -> None:
+    """torch's SyncBatchNorm runs on CUDA tensors only: `train.sync_bn` on the CPU would fail at the first step."""
+    if not cfg.train.sync_bn:
+        return
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.is_available()
+    if not gpus:
+        from action_launch.training.batchnorm import SYNC_BN_NEEDS_GPU
+
+        raise PreflightError(SYNC_BN_NEEDS_GPU)
 
 
 def _check_protocol(data: DataConfig) -> Optional[Protocol]:

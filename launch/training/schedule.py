@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from action_launch.config import OptimConfig
 
@@ -47,6 +48,29 @@ def scale_lrs(optim: OptimConfig, effective_batch: int) -> ScaledLR:
     """Apply the scaling rule to the peak, warmup-start and final LRs alike."""
     factor = lr_scale_factor(optim.lr_scaling, effective_batch, optim.base_batch_size)
     return ScaledLR(factor, effective_batch, optim.lr * factor, optim.warmup_start_lr * factor, optim.final_lr * factor)
+
+
+@dataclass
+class ScheduleClock:
+    """The fractional epoch the LR schedule stands at after each optimizer step.
+
+    A run counts `steps_per_epoch` steps an epoch from step 0 at epoch 0. A run resumed on another batch layout
+    (world size, micro batch, accumulation) takes fewer or more steps an epoch than the run that saved it, so its
+    step count no longer tells the epoch: `restart_at` anchors the count at the epoch the checkpoint reached.
+    Exact arithmetic: a resume on the same layout gives every step the same float epoch as an uninterrupted run.
+    """
+
+    steps_per_epoch: Fraction
+    origin_step: int = 0
+    origin_epoch: Fraction = Fraction(0)
+
+    def epoch(self, step: int) -> float:
+        """The fractional epoch after `step` optimizer steps."""
+        return float(self.origin_epoch + (step - self.origin_step) / self.steps_per_epoch)
+
+    def restart_at(self, step: int, epoch: Fraction) -> None:
+        """From optimizer step `step` on, count from fractional epoch `epoch`."""
+        self.origin_step, self.origin_epoch = step, Fraction(epoch)
 
 
 def _relative_step_lrs(optim: OptimConfig) -> list:

@@ -1,10 +1,12 @@
 """The training loop: epochs of DeepSpeed steps, validation, checkpoints, tracking, exact resume."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import random
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -20,8 +22,20 @@ from action_launch.common.console import EpochProgress, setup_logging
 from action_launch.config import Config, dump_config, flatten, to_dict
 from action_launch.tracking.tracker import Tracker, backend_store_hint, default_tracking_uri
 from action_launch.training import checkpoint as ckpt
+from action_launch.training.batchnorm import average_running_stats
 from action_launch.training.distributed import Collectives, configure_threads, resolve_env
-from action_launch.training.engine import Engine, configure_backends, init_distributed, load_weights
+from action_launch.training.engine import (
+    Engine,
+    ResumeRefused,
+    configure_backends,
+    init_distributed,
+    load_weights,
+    needs_conversion,
+    shutdown_distributed,
+    to_universal,
+    zero_shards,
+)
+from action_launch.training.layout import Layout, Position, map_position
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
     SequenceStreamSampler,
@@ -107,6 +121,8 @@ class Trainer:
 
     comm = Collectives(rank=0, world_size=1, timeout_s=1.0)
     """The collectives of the run (`__init__` sets this run's); one process, for a Trainer assembled piecewise."""
+    stats_shared_at: Optional[int] = None
+    """The optimizer step at which the ranks last made their BatchNorm running statistics equal (`_share_stats`)."""
 
     def __init__(self, cfg: Config, resume: bool = True, resume_from: Optional[str] = None,
                  load_from: Optional[str] = None, stop_requested: Optional[Callable[[], bool]] = None,
@@ -139,12 +155,15 @@ class Trainer:
             log.info("ignoring --load-from: resuming from %s", start_ckpt)
         self.effective_batch = effective_batch_size(cfg.train.micro_batch_size, cfg.train.grad_accum, self.env.world_size)
         self.scaled = scale_lrs(cfg.optim, self.effective_batch)
+        self.layout = Layout(self.env.world_size, cfg.train.micro_batch_size, cfg.train.grad_accum,
+                             self.micro_per_epoch, cfg.train.zero_stage)
+        convert = start_ckpt is not None and self._needs_conversion(start_ckpt)  # refused here, before the engine
         self.engine = Engine(model, cfg, self.scaled, self.env.world_size, self.micro_per_epoch,
-                             make_loss(model, cfg.train.loss), self.device)
+                             make_loss(model, cfg.train.loss), self.device, load_universal=convert)
         self.comm.bound()  # DeepSpeed's own groups, made without a timeout
         self.progress = Progress()
         if start_ckpt is not None:
-            self._restore(start_ckpt)
+            self._restore(start_ckpt, convert)
         self.tracker = Tracker(self.run_dir, cfg.tracking.uri or default_tracking_uri(cfg.output_dir),
                                cfg.tracking.experiment or cfg.experiment, cfg.name, cfg.tracking.enabled,
                                active=self.env.is_main)
@@ -211,16 +230,73 @@ class Trainer:
         return latest if resume else None
 
     # ------------------------------------------------------------------------------- checkpoints
-    def _restore(self, path: Path) -> None:
-        client = self.engine.load(path)
+    def _needs_conversion(self, path: Path) -> bool:
+        """Whether `path` must be converted for this run's world size and ZeRO stage (`engine.needs_conversion`, which
+        raises `ResumeRefused` where nothing converts it)."""
+        saved = Layout.from_meta(ckpt.read_meta(path))
+        return needs_conversion(path, saved.zero_stage if saved else None, self.cfg.train.zero_stage,
+                                self.env.world_size, self.cfg.optim.name)
+
+    def _restore(self, path: Path, convert: bool) -> None:
+        """Continue from a checkpoint, converted first if `convert`; one saved on another layout continues its epoch
+        after the clips it used and its LR schedule at the epoch it reached (`training.layout`)."""
+        client = self._load_converted(path) if convert else self.engine.load(path)
         self.progress = Progress(**client["progress"])
-        _set_rng_state(client["rng"][min(self.env.rank, len(client["rng"]) - 1)])
+        saved = Layout.from_meta(ckpt.read_meta(path)) or self.layout  # older checkpoints: this run's layout
+        position = map_position(self.progress.epoch, self.progress.micro_in_epoch, saved, self.layout,
+                                same_order=self.memory is None)
+        used, self.progress.micro_in_epoch = self.progress.micro_in_epoch, position.micro_in_epoch
+        self.engine.restart_schedule(position.epoch)
+        rng = client["rng"]
+        if self.env.rank < len(rng):  # a rank the saved run did not have keeps its own seed (seed + rank)
+            _set_rng_state(rng[self.env.rank])
         log.info("resumed from %s: %d of %d epochs done, %d micro batches into the next, optimizer step %d", path,
                  self.progress.epoch, self.cfg.train.epochs, self.progress.micro_in_epoch, self.engine.global_step)
+        if saved != self.layout:
+            log.info(self._relayout_line(saved, used, position))
+
+    def _relayout_line(self, saved: Layout, used: int, position: Position) -> str:
+        """One line: how the position of a checkpoint saved on another layout maps onto this run's."""
+        line = (f"saved on {saved.describe()}, resumed on {self.layout.describe()}: epoch {self.progress.epoch + 1} "
+                f"continues at micro batch {position.micro_in_epoch} of {self.micro_per_epoch} per rank "
+                f"({used} of {saved.micro_per_epoch} on the saved layout), the LR schedule at epoch "
+                f"{float(position.epoch):.4g}: LR {self.engine.lr:.4g} for effective batch {self.effective_batch}")
+        if self.memory is not None:
+            return line + "; the recordings' streams are cut anew, so some windows of this epoch repeat or are left out"
+        if position.repeated:
+            return line + f"; the last {position.repeated} clips it used are used again (whole steps of this layout)"
+        return line + "; no clip of the epoch repeats or is left out"
+
+    def _load_converted(self, path: Path) -> Dict[str, Any]:
+        """Rank 0 converts `path` into the run folder (DeepSpeed's universal checkpoint), every rank loads the copy,
+        and it goes: the next checkpoint is in this run's layout. A copy left by a crash goes at the next start."""
+        scratch = self.ckpt_root / f"{ckpt.TMP_PREFIX}universal-{path.name}"
+        error = None
+        if self.env.is_main:
+            start = time.perf_counter()
+            scratch.mkdir(parents=True, exist_ok=True)
+            try:
+                to_universal(path, scratch)
+            except Exception as err:  # noqa: BLE001 - whatever stops DeepSpeed's converter is said in one line
+                error = (f"could not convert {path} for {self.layout.describe()} ({type(err).__name__}: {err}); "
+                         f"resume it on the world size it was saved with, or start a new run from its weights: "
+                         f"--load-from {path} name=<new name>")
+            else:
+                log.info("%s was saved by %d processes in ZeRO partitions; converted for %s with DeepSpeed's universal "
+                         "checkpoint in %.1f s", path.name, zero_shards(path), self.layout.describe(),
+                         time.perf_counter() - start)
+        if self.comm.any(error is not None, f"the agreement on the conversion of {path.name}"):
+            raise ResumeRefused(error or f"rank 0 could not convert {path}; its error says why")
+        client = self.engine.load(scratch / path.name)
+        self.comm.barrier(f"the barrier after every rank loaded the converted {path.name}")
+        if self.env.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return client
 
     def save(self, is_best: bool = False) -> Path:
         """Collective checkpoint of engine, progress and every rank's RNG state; committed atomically."""
         step = self.engine.global_step
+        self._share_stats(f"the BatchNorm statistics' mean before checkpoint {step}")
         rng = self.comm.gather(_rng_state(), f"the RNG-state gather of checkpoint {step}")
         with self.comm.guard(f"DeepSpeed's save of checkpoint {step}"):
             self.engine.save(self.ckpt_root, ckpt.tmp_tag_for(step), {"progress": asdict(self.progress), "rng": rng,
@@ -229,12 +305,25 @@ class Trainer:
         final = self.ckpt_root / ckpt.tag_for(step)
         if self.env.is_main:
             dump_config(self.cfg, self.ckpt_root / ckpt.tmp_tag_for(step) / "config.yaml")
-            final = ckpt.commit(self.ckpt_root, step, {"step": step, **asdict(self.progress)})
+            meta = {"step": step, **asdict(self.progress), "samples": self.engine.samples,
+                    "layout": self.layout.to_meta()}
+            final = ckpt.commit(self.ckpt_root, step, meta)
             if is_best:
                 ckpt.mark_best(self.ckpt_root, final)
             ckpt.prune(self.ckpt_root, self.cfg.checkpoint.keep_last)
         self.comm.barrier(f"the barrier after rank 0 committed checkpoint {step}")
         return final
+
+    def _share_stats(self, what: str) -> None:
+        """Give every rank the mean over the ranks of its BatchNorm running statistics (`training.batchnorm`), so a
+        validation scores, and a checkpoint keeps, one model; rank 0's own would leave out the other ranks' batches.
+        Once per optimizer step: the checkpoint after a validation keeps exactly the statistics it scored with."""
+        step = self.engine.global_step
+        if self.stats_shared_at == step:
+            return
+        with self.comm.guard(what):
+            average_running_stats(self.engine.module, self.env.world_size)
+        self.stats_shared_at = step
 
     def _improves_best(self, metrics: Dict[str, float]) -> bool:
         """Whether `metrics` beat the best so far (and record them as the new best)."""
@@ -310,6 +399,17 @@ class Trainer:
                      f"--output-dir {cfg.output_dir}")
         return "\n".join(lines)
 
+    def close(self) -> None:
+        """The end of the run on every rank, after its final outputs: every process group is destroyed in order and
+        its threads end now, while the interpreter is whole (`engine.shutdown_distributed`); the trainer is done.
+        Only at an end that every rank reached (finished, stopped or paused together): with a rank lost in a
+        collective, destroying its groups could wait for it."""
+        self.comm.close()
+        self.engine.close()
+        self.engine = None  # DeepSpeed's engine and optimizer hold its groups, in reference cycles: collected here
+        gc.collect()
+        shutdown_distributed()
+
     def _train_epoch(self) -> bool:
         """One epoch from `progress.micro_in_epoch`; False if a stop was requested (after a checkpoint)."""
         cfg, eng, prog = self.cfg, self.engine, self.progress
@@ -331,8 +431,11 @@ class Trainer:
             prog.micro_in_epoch += 1
             bar.update()
             if stepped and eng.global_step % cfg.train.log_every_steps == 0:
-                loss_mean = float(loss_sum) / count  # the one read of the device per log interval
-                elapsed = time.perf_counter() - t0
+                # each rank ran `count` micro batches of its own shard: the run's figures are the means over the ranks
+                # of their loss, data wait and time, in one all-reduce and the one read of the device per log interval
+                local = torch.tensor([wait, time.perf_counter() - t0], device=eng.device)
+                loss_mean, wait, elapsed = self.comm.means(torch.cat([(loss_sum / count).reshape(1), local]),
+                                                           f"the mean over ranks of step {eng.global_step}'s metrics")
                 values = {"train/loss": loss_mean, "train/lr": eng.lr,
                           "train/clips_per_s": count * cfg.train.micro_batch_size * self.env.world_size / elapsed,
                           "train/data_wait_ms": 1000 * wait / count, "train/data_wait_frac": wait / elapsed,
@@ -394,6 +497,7 @@ class Trainer:
         `launch/test.py` reports as `test/mse`). A model that carries memory walks each recording
         in order (the validation sampler) with its memory carried from window to window.
         """
+        self._share_stats(f"the BatchNorm statistics' mean before epoch {epoch + 1}'s validation")
         regression = is_regression(self.cfg, self.engine.module)
         scores, labels, losses = self._predict_validation(regression)
         indices = _loader_indices(self.val_loader)
