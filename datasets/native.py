@@ -19,7 +19,7 @@ import torch
 
 from . import transforms as T
 from .protocols import Protocol, Source
-from .sampling import clip_indices, frame_stride, segment_indices
+from .sampling import clip_indices, frame_stride, loops_short_videos, segment_indices
 
 
 class NativeProtocol(Protocol):
@@ -49,7 +49,7 @@ class NativeProtocol(Protocol):
 
     @property
     def loops_short_clips(self) -> bool:
-        return self.cfg.sampling == "dense" and self.cfg.short_video == "loop"
+        return loops_short_videos(self.cfg.sampling, self.cfg.short_video)
 
     def _clip(self, source: Source, mode: str, rng=None, clip_idx: int = 0, num_clips: int = 1) -> np.ndarray:
         cfg = self.cfg

@@ -38,6 +38,13 @@ def frame_stride(sampling_rate: float, fps: Optional[float], target_fps: float =
     return float(sampling_rate) * float(fps) / float(target_fps)
 
 
+def loops_short_videos(sampling: str, short_video: str) -> bool:
+    """Whether a video shorter than its clip is read by design, not by mistake: dense clips with
+    `data.short_video=loop` wrap around it (`clip_indices`). The one rule the datasets, the run's
+    preflight and `datasets.check` share."""
+    return sampling == "dense" and short_video == "loop"
+
+
 def clip_indices(
     num_video_frames: int,
     num_frames: int,

@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 
-from action_launch.datasets import check
-from action_launch.datasets.synthetic import write_video
+from action_launch.datasets import DataConfig, build, check
+from action_launch.datasets.synthetic import generate, write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,15 +30,15 @@ def _list(tmp_path):
 
 def test_cli_reports_each_bad_entry(tmp_path):
     lst = _list(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "action_launch.datasets.check", str(lst), "--num-frames", "4", "--sampling-rate", "4"],
-                         capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-m", "action_launch.datasets.check", str(lst), "--num-frames", "4", "--sampling-rate", "4",
+                          "--short-video", "clamp"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1, out.stderr
     lines = out.stdout.strip().splitlines()
     reasons = {line.split(": ")[1].rsplit("/", 1)[-1]: line.split(": ", 2)[2] for line in lines}
     assert set(reasons) == {"short.mp4", "truncated.mp4", "missing.mp4", "empty.mp4"}
     assert reasons["missing.mp4"] == "missing" and reasons["empty.mp4"] == "empty file"
     assert reasons["truncated.mp4"].startswith("decode error")
-    assert reasons["short.mp4"].startswith("too short: 12 frames")
+    assert reasons["short.mp4"] == "too short: 12 frames at 30 fps, the clip spans 16 (short_video=clamp repeats its last frame)"
     assert lines[0].startswith(f"{lst}:2: ")
     assert "4 of 6 entries unreadable" in out.stderr
 
@@ -47,10 +47,40 @@ def test_clean_list_exits_zero_and_bad_list_two(tmp_path, capsys):
     _video(tmp_path / "ok.mp4", 20)
     (tmp_path / "good.txt").write_text("ok.mp4 0\n")
     assert check.main([str(tmp_path / "good.txt")]) == 0
-    assert check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4"]) == 1
+    assert check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4"]) == 0  # looped
+    assert check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4", "--short-video", "clamp"]) == 1
     (tmp_path / "bad.txt").write_text("ok.mp4\n")
     assert check.main([str(tmp_path / "bad.txt")]) == 2
     assert "bad.txt:1" in capsys.readouterr().err
+
+
+def test_short_clips_follow_the_training_rule(tmp_path, capsys):
+    """By default the checker judges short clips as training does (data.short_video=loop: a clip longer than the
+    video wraps around it), so a short video is readable, and said to loop; what the training's own dataset
+    skips (the same clip, its val view) is reported."""
+    lst = _list(tmp_path)
+    assert check.main([str(lst), "--num-frames", "4", "--sampling-rate", "4"]) == 1
+    out, err = capsys.readouterr()
+    reported = {line.split(": ")[1] for line in out.splitlines()}
+    assert {os.path.basename(p) for p in reported} == {"truncated.mp4", "missing.mp4", "empty.mp4"}
+    assert err.strip() == "3 of 6 entries unreadable; 1 shorter than the clip, which training loops (data.short_video=loop)"
+    cfg = DataConfig(root=str(tmp_path), train_list="list.txt", val_list="list.txt", num_frames=4, sampling_rate=4,
+                     crop_size=32, train_short_side=[32, 32], test_short_side=32, max_bad_fraction=1.0)
+    val = build(cfg, "val")
+    assert cfg.short_video == "loop" and val.protocol.loops_short_clips
+    for i in range(len(val)):
+        val[i]
+    assert str(tmp_path / "short.mp4") not in val.bad_files and set(val.bad_files) <= reported
+    assert {"missing.mp4", "empty.mp4"} <= {os.path.basename(p) for p in val.bad_files}
+
+
+def test_every_short_clip_of_a_set_is_readable_as_training_reads_it(tmp_path, capsys):
+    """Issue 22: 54 synthetic clips of 24 frames against an 8 x 32 clip were all "unreadable: too short"."""
+    root = generate(tmp_path / "syn", num_train=6, num_val=2, size=32, frames=24)
+    assert check.main([str(root / "train.txt"), "--num-frames", "8", "--sampling-rate", "32"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == ("all 6 entries readable; 6 shorter than the clip, which training loops "
+                                         "(data.short_video=loop)")
 
 
 def test_rawframes_folders(tmp_path, capsys):
