@@ -31,6 +31,16 @@ class ListItem:
     """1-based line number in the list file (for error messages)."""
 
 
+def read_class_names(root: str) -> Optional[List[str]]:
+    """The class names of `root`/classes.txt (one a line, blank lines skipped; line i names label i), or
+    None when there is no classes.txt."""
+    path = os.path.join(root, "classes.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def resolve_list_path(root: str, list_file: str) -> str:
     """A list file path: relative ones are taken relative to `root`."""
     return list_file if os.path.isabs(list_file) else os.path.join(root, list_file)

@@ -42,7 +42,7 @@ import torch
 
 from .config import DataConfig
 from .laban import authors_laban_features, bone_vectors, laban_features
-from .lists import resolve_list_path
+from .lists import read_class_names, resolve_list_path
 from .video import SPLITS, Key, parse_key
 
 STREAMS = ("joint", "bone")
@@ -210,6 +210,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
         if self.pairs is not None and len(self.pairs) != v:
             raise ValueError(f"data.graph={cfg.graph!r} has {len(self.pairs)} joints, {self.data_path} has V={v}")
         self.num_classes = int(max(self.labels)) + 1 if self.labels else None
+        self.class_names: Optional[List[str]] = read_class_names(cfg.root)  # label i's name (the root's classes.txt)
         self.participants: Optional[List[str]] = None
         self.targets: Optional[np.ndarray] = None
         self.output_names: Optional[List[str]] = list(cfg.target_columns) if cfg.targets_csv else None

@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target-class", type=int, help="class to explain (default: the predicted one)")
     parser.add_argument("--no-track", action="store_true", help="do not log the image to MLflow")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may follow key=value overrides
 
 
 def main(argv=None) -> int:

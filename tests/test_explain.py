@@ -180,6 +180,22 @@ def test_explain_png_strip_for_a_transformer_without_tracking(tmp_path, clips, c
     assert "close: blocks" in capsys.readouterr().err
 
 
+def test_explain_prints_the_class_name_of_classes_txt(tmp_path, clips, capsys):
+    """The data root's classes.txt names the explained class in the printed line (and in the captions)."""
+    from action_launch import explain
+
+    cfg, folder, _ = _tracked_run(tmp_path, clips, "configs/timesformer/tiny.yaml")
+    video = sorted((clips / "val").glob("*.mp4"))[0]
+    out = tmp_path / "cam.png"
+    assert explain.main(["--checkpoint", str(folder), "--video", str(video), "--out", str(out), "--no-track",
+                         "--target-class", "2"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "Grad-CAM over" in line]
+    assert line.startswith("class 2 (grow) p=")  # classes.txt: up, down, grow, shrink
+    from action_launch.evaluation.explain import class_label
+
+    assert class_label(2, None) == "2" and class_label(4, ["up", "down", "grow", "shrink"]) == "4"
+
+
 def test_load_clip_is_the_validation_clip_of_the_data_layer(tmp_path, clips):
     from action_launch import datasets
     from action_launch.evaluation.explain import load_clip

@@ -19,7 +19,7 @@ import pytest
 
 from action_launch.cluster.executor import make_executor
 from action_launch.cluster.jobs import write_job_json
-from action_launch.cluster.plan import (check_script_values, parse_time_minutes, resolve, safe_component,
+from action_launch.cluster.plan import (check_script_values, describe, parse_time_minutes, resolve, safe_component,
                                         split_top_level)
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.config import ConfigError, SlurmConfig
@@ -57,6 +57,34 @@ def test_flags_override_the_slurm_section_and_grids_multiply(tmp_path):
         s = plan.cfg.slurm
         assert (s.nodes, s.partition, s.qos, s.time) == (4, "cpu", "low", "02:00:00")
         assert plan.cfg.data.train_short_side == [32, 36]
+
+
+def test_each_task_of_a_job_array_names_its_mlflow_run_by_its_grid_point(tmp_path):
+    """A 2x2 grid: four MLflow run names `<name>/<key=value,...>` (Hydra's form), one run folder name (each task's
+    folder is `<name>/<job id>`, which a requeue finds it by); the task index where no grid point tells tasks apart."""
+    plans = resolve([], ["name=grid", "optim.lr=0.001,0.01", "data.num_frames=8,16"], {}, check_model=False)
+    assert [p.cfg.run_name() for p in plans] == [
+        "grid/optim.lr=0.001,data.num_frames=8", "grid/optim.lr=0.001,data.num_frames=16",
+        "grid/optim.lr=0.01,data.num_frames=8", "grid/optim.lr=0.01,data.num_frames=16"]
+    assert {p.cfg.name for p in plans} == {"grid"}
+    assert "job 4/4 {'optim.lr': 0.01, 'data.num_frames': 16}: default/grid (MLflow run grid/optim.lr=0.01," \
+        "data.num_frames=16)" in describe(plans[3], 3, 4)
+    # a grid file's values (a list among them), under a run name of the config's own
+    config = tmp_path / "c.yaml"
+    config.write_text("name: r\ntracking:\n  run_name: mine\ngrid:\n  data.train_short_side: [[32, 36], [40, 44]]\n")
+    assert [p.cfg.run_name() for p in resolve([str(config)], [], {}, check_model=False)] == [
+        "mine/data.train_short_side=[32,36]", "mine/data.train_short_side=[40,44]"]
+    # a grid over the name itself: the names tell the tasks apart
+    assert [p.cfg.run_name() for p in resolve([], ["name=a,b"], {}, check_model=False)] == ["a", "b"]
+    # two configs of one name and no grid: the task index
+    other = tmp_path / "d.yaml"
+    other.write_text("name: r\nseed: 3\n")
+    first = tmp_path / "e.yaml"
+    first.write_text("name: r\n")
+    assert [p.cfg.run_name() for p in resolve([str(first), str(other)], [], {}, check_model=False)] == ["r/0", "r/1"]
+    # one job keeps its name
+    (single,) = resolve([], ["name=one"], {}, check_model=False)
+    assert single.cfg.run_name() == "one" and single.cfg.tracking.run_name is None
 
 
 def test_more_nodes_scale_the_lr_or_keep_the_effective_batch():
@@ -246,6 +274,29 @@ def test_local_executor_runs_the_same_job(video_set, tmp_path):
     assert info["cluster"] == "local" and info["world_size"] == 1
     assert (folder / "checkpoints").is_dir() and (folder / "config.yaml").is_file()
     assert info["code_snapshot"] and Path(info["code_snapshot"], "action_launch", "training", "trainer.py").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("deepspeed_ready")
+def test_the_tasks_of_a_local_array_are_told_apart_in_mlflow(video_set, tmp_path):
+    """A 2-point grid through the local executor: one MLflow run per task named by its grid point, each in its own
+    `<name>/<job id>` folder, whose confusion matrix is labelled with the data root's classes.txt."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_train, tiny_overrides
+
+    run_train(["--local", *tiny_overrides(video_set, tmp_path, "grid"), "train.epochs=1", "train.max_steps_per_epoch=1",
+               "optim.lr=0.002,0.001"], script="launch/submit.py")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["grid/optim.lr=0.001", "grid/optim.lr=0.002"]
+    folders = sorted((tmp_path / "tests" / "grid").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        info = json.loads((folder / "job.json").read_text())
+        assert info["run_name"] == f"grid/optim.lr={info['lr']}" and info["name"] == "grid"
+        cm = json.loads((folder / "confusion_matrix.json").read_text())
+        assert cm["classes"] == ["up", "down", "grow", "shrink"]
 
 
 def _local_job(tmp_path: Path, fn):

@@ -149,7 +149,39 @@ def resolve(config_paths: Sequence[str], overrides: Sequence[str], flags: Dict[s
                             override_keys=set(flatten(tree)) | {f"slurm.{k}" for k in flag_tree["slurm"]},
                             check_model=check_model)
             plans.append(_layout(cfg, written, {k: parse_overrides([f"x={v}"])["x"] for k, v in point.items()}))
+    name_array_tasks(plans)
     return plans
+
+
+# keys whose value is already the run name's base: a grid over them needs no `key=value` suffix
+_NAME_KEYS = ("name", "tracking.run_name")
+
+
+def _value_text(value: Any) -> str:
+    """A grid value as written in an override: strings as they are, the rest as compact JSON (`[32,36]`, `true`)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def grid_point_text(point: Mapping[str, Any]) -> str:
+    """A grid point in Hydra's `key=value,key=value` form (`optim.lr=0.1,seed=0`), the run's name keys left out."""
+    return ",".join(f"{key}={_value_text(value)}" for key, value in point.items() if key not in _NAME_KEYS)
+
+
+def name_array_tasks(plans: Sequence[Plan]) -> None:
+    """Give each task of a job array its own MLflow run name (`tracking.run_name`): `<name>/<grid point>`, with the
+    task index appended where that would repeat (e.g. several configs of one name without a grid). The run folders
+    keep `<name>/<job id>`: the job id (`<array id>_<task>`) already tells them apart, and a requeue finds its folder
+    by it."""
+    if len(plans) < 2:
+        return
+    labels = []
+    for plan in plans:
+        point = grid_point_text(plan.grid_point)
+        labels.append(f"{plan.cfg.run_name()}/{point}" if point else plan.cfg.run_name())
+    for index, (plan, label) in enumerate(zip(plans, labels)):
+        label = label if labels.count(label) == 1 else f"{label}/{index}"
+        if label != plan.cfg.name:
+            plan.cfg.tracking.run_name = label
 
 
 def _layout(cfg: Config, written_slurm: Dict[str, Any], point: Dict[str, Any]) -> Plan:
@@ -175,7 +207,8 @@ def describe(plan: Plan, index: int, total: int) -> str:
     cfg = plan.cfg
     device = f"{cfg.slurm.gpus_per_node} GPU(s)/node, nccl" if cfg.slurm.gpus_per_node else "CPU, gloo"
     head = f"job {index + 1}/{total}" + (f" {plan.grid_point}" if plan.grid_point else "")
-    return (f"{head}: {cfg.experiment}/{cfg.name}\n"
+    run = f" (MLflow run {cfg.run_name()})" if cfg.run_name() != cfg.name else ""
+    return (f"{head}: {cfg.experiment}/{cfg.name}{run}\n"
             f"  {plan.nodes} node(s) x {plan.tasks_per_node} task(s) = world size {plan.world_size} ({device})\n"
             f"  effective batch {plan.effective_batch} = micro {cfg.train.micro_batch_size} x accumulation "
             f"{cfg.train.grad_accum} x world {plan.world_size}\n"

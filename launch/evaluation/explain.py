@@ -58,12 +58,9 @@ def load_clip(data_cfg, video: str) -> torch.Tensor:
     return clip
 
 
-def class_names(root: str) -> Optional[List[str]]:
-    """`classes.txt` of the data root (one name per line), if there is one."""
-    file = Path(root) / "classes.txt"
-    if not file.is_file():
-        return None
-    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+def class_label(k: int, names: Optional[List[str]]) -> str:
+    """Class `k` as printed: its index and, where the data root's classes.txt names it, its name."""
+    return f"{k} ({names[k]})" if names and k < len(names) else str(k)
 
 
 def _per_frame(values: torch.Tensor, frames: int, size) -> torch.Tensor:
@@ -112,6 +109,7 @@ def log_image(run_dir: Optional[Path], image: Path, uri: Optional[str]) -> bool:
 def explain(args: Any) -> int:
     """`launch/explain.py`'s work for its parsed arguments (checkpoint, video, out, config, layer, target_class,
     no_track, overrides): render and save the explanation; the command's exit code."""
+    from action_launch.datasets.lists import read_class_names
     from action_launch.evaluation.evaluate import load_eval_config, load_model, resolve_checkpoint, run_dir_of
     from action_launch.evaluation.gradcam import grad_cam, save_images
     from action_launch.training.losses import logits_of
@@ -137,9 +135,10 @@ def explain(args: Any) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_images(render(clip, result, cfg.data.mean, cfg.data.std, class_names(cfg.data.root)), str(out))
+    names = read_class_names(cfg.data.root)
+    save_images(render(clip, result, cfg.data.mean, cfg.data.std, names), str(out))
     k = int(result.target[0])
-    print(f"class {k} (p={float(result.probs[0, k]):.3f}), Grad-CAM over {result.layer}: {out}")
+    print(f"class {class_label(k, names)} p={float(result.probs[0, k]):.3f}, Grad-CAM over {result.layer}: {out}")
     if not args.no_track and cfg.tracking.enabled:
         if log_image(run_dir_of(checkpoint), out, cfg.tracking.uri):
             print("logged to MLflow as an artifact under explain/")

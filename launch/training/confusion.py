@@ -1,10 +1,25 @@
-"""The confusion matrix as a figure (matplotlib, headless), logged as a run artifact by training and test.py."""
+"""The confusion matrix as a figure (matplotlib, headless) and as JSON, logged as run artifacts by training and
+test.py; rows and columns are labelled with the dataset's class names where it has them."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+
+def class_labels(class_names: Optional[Sequence[str]], n: int) -> List[str]:
+    """The labels of `n` classes: the dataset's class names when it has one per class, else `0`..`n-1`."""
+    return list(class_names) if class_names is not None and len(class_names) == n else [str(i) for i in range(n)]
+
+
+def save_confusion_json(cm: np.ndarray, path: Path, class_names: Optional[Sequence[str]] = None) -> Path:
+    """The counts as JSON: `classes` (the labels of rows and columns) and `rows_true_cols_predicted`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"classes": class_labels(class_names, cm.shape[0]),
+                                "rows_true_cols_predicted": cm.tolist()}))
+    return path
 
 
 def save_confusion_matrix(cm: np.ndarray, path: Path, class_names: Optional[Sequence[str]] = None) -> Path:
@@ -15,7 +30,7 @@ def save_confusion_matrix(cm: np.ndarray, path: Path, class_names: Optional[Sequ
     import matplotlib.pyplot as plt
 
     n = cm.shape[0]
-    names = list(class_names) if class_names is not None and len(class_names) == n else [str(i) for i in range(n)]
+    names = class_labels(class_names, n)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = min(2 + 0.5 * n, 20)
     fig, ax = plt.subplots(figsize=(size, size))
