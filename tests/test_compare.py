@@ -315,3 +315,21 @@ def test_trial_wall_time_reaches_its_mlflow_run(tmp_path, capsys):
     assert code == 0, err
     rows = {r.split()[0]: r for r in table_lines(out)}
     assert "3m28s" in rows["t_00000"] and "26s" in rows["t_00001"]
+
+
+def test_experiment_table_and_view_leave_out_evaluations(tmp_path, capsys):
+    """The runs of an experiment whose first run has an evaluation nested under it (as test.py logs one): the table
+    lists the training runs only, and the experiment's runs view (printed URL) gets the table's columns."""
+    from helpers.mlflow_runs import RUNS, RUNS_EXPERIMENT, build_runs_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    evaluation = build_runs_store(uri, (tmp_path / "mlartifacts").as_uri())
+    code, out, err = compare_main(capsys, "--experiment", RUNS_EXPERIMENT, "--tracking-uri", uri, "--params",
+                                  "optim.lr", "--out", str(tmp_path))
+    assert code == 0, err
+    assert sorted(r.split()[0] for r in table_lines(out)) == sorted(RUNS) and evaluation not in out
+    assert out.splitlines()[-1].endswith(f"/runs?viewStateShareKey={compare.RUNS_VIEW}")
+    exp_id = compare.tq.experiment_id(uri, RUNS_EXPERIMENT)
+    state = compare.tq.shared_view(uri, exp_id, compare.RUNS_VIEW)
+    assert state["selectedColumns"] == ["metrics.`best/val/top1`", "metrics.`val/top1`", "metrics.`epoch`",
+                                        "attributes.`Duration`", "params.`optim.lr`"]

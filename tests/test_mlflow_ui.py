@@ -2,6 +2,9 @@
 
 The README's screenshot `docs/img/mlflow_sweep_runs.png` is of a real sweep: tests/test_tune.py takes it
 with these helpers when UPDATE_SCREENSHOTS=1. Here, a constructed sweep checks the view itself.
+An experiment of training runs opens with the columns that matter too (best and latest value of the metric,
+epoch, Duration, the params that differ), from the view `compare.share_runs_view` stores (train.py stores it at
+the end of each run and prints its URL), its evaluations folded under their training runs.
 Three details make the page readable without clicking:
 - a sort key other than the start time makes the UI list child runs flat instead of folded under
   their parent (the UI nests children only when sorted by start time without a filter);
@@ -26,6 +29,7 @@ from action_launch.tracking.compare import swept_keys
 from action_launch.tracking.server import TrackingServer
 
 from conftest import REPO, free_port
+from helpers.mlflow_runs import RUNS, RUNS_EXPERIMENT, build_runs_store
 from helpers.mlflow_sweep import EXPERIMENT, TRIALS, build_sweep_store, trial_run_name
 
 pytestmark = pytest.mark.slow
@@ -129,3 +133,36 @@ def test_sweep_runs_table_in_mlflow_ui(sweep_store, tmp_path):
         assert image.size == WINDOW
         colours = len(image.convert("RGB").getcolors(maxcolors=1 << 20) or ())
     assert colours > 100, "the screenshot looks blank"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_training_runs_open_with_the_columns_that_matter(tmp_path):
+    from action_launch.tracking.compare import share_runs_view
+    from action_launch.tracking.query import shared_view
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    evaluation = build_runs_store(uri, (tmp_path / "mlartifacts").as_uri())
+    key = share_runs_view(uri, RUNS_EXPERIMENT, "val/top1")
+    from mlflow.tracking import MlflowClient
+
+    exp_id = MlflowClient(uri).get_experiment_by_name(RUNS_EXPERIMENT).experiment_id
+    state = shared_view(uri, exp_id, key)
+    # the best value, the latest one, the epoch, the wall time and the params that differ (not name nor seed)
+    assert state["selectedColumns"] == ["metrics.`best/val/top1`", "metrics.`val/top1`", "metrics.`epoch`",
+                                        "attributes.`Duration`", "params.`data.num_frames`", "params.`optim.lr`"]
+    port = free_port()
+    server = TrackingServer(uri, port, tmp_path / "server.log", extra_args=[
+        "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"])
+    try:
+        server.wait(timeout=300)
+        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={key}",
+                       tmp_path / "runs.png", tmp_path / "chromium")
+    finally:
+        server.stop()
+    assert "Request error" not in dom, "the UI could not load the runs (see server.log)"
+    for name in RUNS:
+        assert name in dom, f"{name} is not in the runs table"
+    for header in ("best/val/top1", "Duration", "optim.lr", "data.num_frames"):
+        assert header in dom, f"no {header} column"
+    assert "0.61" in dom and "0.59" in dom  # the best values, not only the last ones (0.57)
+    assert evaluation not in dom  # folded under its training run, not a row of its own

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from action_launch.common.tables import best_first, format_table, is_number, numeric_column, write_csv
 from action_launch.tracking import query as tq  # imports MLflow only inside functions
 from action_launch.tracking.stop_reasons import outcome, run_stop_reason
-from action_launch.tracking.tracker import default_tracking_uri
+from action_launch.tracking.tracker import EVALUATED_TAG, best_key, default_tracking_uri
 
 RunDict = Dict[str, Any]
 SCORE = "score"
@@ -257,6 +257,49 @@ def store_sweep_view(uri: str, exp_id: str, sweep: RunDict, children: Sequence[R
     return key
 
 
+RUNS_VIEW = "runs"
+"""The share key of an experiment's runs-table view (`share_runs_view`): `?viewStateShareKey=runs`."""
+
+
+def training_runs(runs: Sequence[RunDict]) -> List[RunDict]:
+    """The runs that trained (or are trials): not the sweeps' parent runs, not the evaluations of checkpoints."""
+    parents = tq.sweep_parents(list(runs))
+    return [r for r in runs if r not in parents and EVALUATED_TAG not in r["tags"]]
+
+
+def runs_view_state(runs: Sequence[RunDict], metric: str, params: Sequence[str]) -> Dict[str, Any]:
+    """The MLflow UI's runs-table state for an experiment: the best and the latest value of `metric`, the epoch,
+    the wall time (Duration; `cost/wall_s` where runs log it) and the `params` columns. Left in start-time order,
+    the one order in which the UI folds each evaluation under its training run and each trial under its sweep."""
+    def col(kind: str, key: str) -> str:
+        return f"{kind}.`{key}`"
+
+    costs = [col("metrics", "cost/wall_s")] if any("cost/wall_s" in r["metrics"] for r in runs) else []
+    columns = [col("metrics", best_key(metric)), col("metrics", metric), col("metrics", "epoch"),
+               col("attributes", "Duration"), *costs, *(col("params", k) for k in params)]
+    longest = max([len(r["name"] or "") for r in runs] or [20])
+    widths = {col("attributes", "Run Name"): 80 + 8 * longest,  # room for the colour dot and the fold button
+              col("metrics", best_key(metric)): 30 + 8 * len(best_key(metric)),
+              col("metrics", metric): max(90, 30 + 8 * len(metric)), col("metrics", "epoch"): 70,
+              col("attributes", "Duration"): 90, **{c: 110 for c in costs},
+              **{col("params", k): int(24 + 7 * len(k)) for k in params}}
+    return {"selectedColumns": columns, "columnOrder": [col("attributes", "Run Name"), *columns],
+            "columnWidths": widths}
+
+
+def share_runs_view(uri: str, experiment: str, metric: str, params: Optional[Sequence[str]] = None) -> str:
+    """Store the runs-table view of `experiment` (`runs_view_state`; `params` default to those that differ between
+    its training runs, the swept ones first) and return its key, `RUNS_VIEW`: the UI opens it with
+    `?viewStateShareKey=runs` (`tq.ui_url(..., view_key=key)`); it has no default view an experiment can set."""
+    all_runs = tq.list_runs(uri, experiment)
+    runs = training_runs(all_runs)
+    if params is None:
+        swept = [k for parent in tq.sweep_parents(all_runs) for k in swept_keys(parent["params"])]
+        params = differing_params(runs, first=swept)[:MAX_AUTO_PARAMS]
+    tq.share_view(uri, tq.experiment_id(uri, experiment), RUNS_VIEW, runs_view_state(runs, metric, params))
+    return RUNS_VIEW
+
+
 def compare_runs(args: Any) -> int:
     """`launch/compare.py`'s work for its parsed arguments (experiment, parent, tracking_uri, output_dir,
     metric, mode, params, out): print and write the table; the command's exit code."""
@@ -270,9 +313,7 @@ def compare_runs(args: Any) -> int:
                 raise tq.TrackingQueryError(f"run {sweep['name']!r} ({sweep['run_id']}) has no child runs "
                                             f"(tag mlflow.parentRunId); is it a sweep's parent run?")
         else:
-            runs = tq.list_runs(uri, args.experiment)
-            parents = tq.sweep_parents(runs)
-            runs = [r for r in runs if r not in parents]
+            runs = training_runs(tq.list_runs(uri, args.experiment))
             if not runs:
                 raise tq.TrackingQueryError(f"experiment {args.experiment!r} has no runs")
         sweep_params = sweep["params"] if sweep else {}
@@ -299,6 +340,11 @@ def compare_runs(args: Any) -> int:
             key = store_sweep_view(uri, exp_id, sweep, runs, metric, mode)
         except Exception as err:  # noqa: BLE001  (a read-only store, a server that refuses the tag)
             print(f"compare: could not store the sweep's view for the MLflow UI ({err})", file=sys.stderr)
+    else:
+        try:  # the experiment's view, with this table's metric and params
+            key = share_runs_view(uri, args.experiment, metric, params)
+        except Exception as err:  # noqa: BLE001
+            print(f"compare: could not store the runs view for the MLflow UI ({err})", file=sys.stderr)
     scored = with_scores([_with_cost_tags(r) for r in runs], histories, metric, mode)
     ordered = sort_runs(scored, metric, mode)
     columns, rows = table_rows(ordered, metric, params, trials=sweep is not None)
