@@ -54,3 +54,36 @@ def test_a_finished_run_says_so_and_every_run_ends_with_a_summary(video_set, tmp
     again = run_train(args)
     assert f"{run_dir} is already complete (1 of 1 epochs): nothing to train" in again.stdout + again.stderr
     assert "1 of 1 epochs done" in again.stdout + again.stderr  # the resume line no longer says epoch 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("deepspeed_ready")
+def test_a_trained_runs_config_never_changes(video_set, tmp_path):
+    """A rerun of a trained run with another config is refused in one line naming the keys and the ways out; a
+    continuation key (train.epochs) is accepted and recorded, not written into config.yaml; --restart keeps the
+    trained folder beside the new one."""
+    from mlflow.tracking import MlflowClient
+
+    args = [*tiny_overrides(video_set, tmp_path), "train.epochs=1", "train.max_steps_per_epoch=2"]
+    run_train(args)
+    run_dir = tmp_path / "tests" / "run"
+    saved = (run_dir / "config.yaml").read_text()
+    for change, said in ((["optim.lr=0.0001"], "optim.lr: 0.002 -> 0.0001"),
+                         (["model.num_classes=5", "optim.schedule=cosine"],
+                          "model.num_classes: 4 -> 5, optim.schedule: constant -> cosine")):
+        proc = _cmd("launch/train.py", *args, *change)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"error: {run_dir} has trained with another config ({said}) and its config.yaml never changes: start a "
+            f"new run with name=<new name>, continue this one with the change on the record with --amend-config, or "
+            f"start it over with --restart (the trained folder is kept beside it)"], proc.stderr[-2000:]
+        assert (run_dir / "config.yaml").read_text() == saved
+    longer = run_train([*args, "train.epochs=2"])  # a continuation: trains on
+    assert "this start changes train.epochs: 1 -> 2" in longer.stdout + longer.stderr
+    assert "2 of 2 epochs" in longer.stdout and (run_dir / "config.yaml").read_text() == saved
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.params["train.epochs"] == "1" and run.data.tags["changed.train.epochs"] == "2"
+    over = run_train([*args, "optim.lr=0.0001", "--restart"])
+    assert f"--restart: {run_dir} kept as {run_dir}.replaced-1; the run starts over" in over.stdout
+    assert (run_dir.parent / "run.replaced-1" / "config.yaml").read_text() == saved
+    assert "lr: 0.0001" in (run_dir / "config.yaml").read_text() and "1 of 1 epochs" in over.stdout

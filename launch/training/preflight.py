@@ -16,6 +16,7 @@ from action_launch.config import Config
 from action_launch.datasets.config import DataConfig
 from action_launch.datasets.lists import ListItem, read_list, resolve_list_path, too_many_bad_files
 from action_launch.training import checkpoint as ckpt
+from action_launch.training.run_config import ConfigChanged, check_unchanged
 
 if TYPE_CHECKING:
     from action_launch.datasets.check import Probe
@@ -31,11 +32,17 @@ class PreflightError(ValueError):
 
 
 def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optional[str] = None,
-              gpus: Optional[bool] = None) -> None:
-    """Raise PreflightError for a missing checkpoint, data folder or list, a head too small for the labels, or
+              gpus: Optional[bool] = None, amend: bool = False, restart: bool = False) -> None:
+    """Raise PreflightError for a missing checkpoint, data folder or list, a head too small for the labels,
     `train.sync_bn` on a run without GPUs (`gpus`: whether the run gets CUDA GPUs; None: whether this machine has
-    them)."""
+    them), or a trained run started with another config (`training.run_config`; `amend`: the change is meant,
+    `restart`: the run starts over in a new folder)."""
     _check_sync_bn(cfg, gpus)
+    if not restart:
+        try:
+            check_unchanged(cfg, cfg.run_dir(), amend)
+        except ConfigChanged as err:
+            raise PreflightError(str(err)) from None
     if resume_from and not (Path(resume_from) / ckpt.META).is_file():
         raise PreflightError(f"--resume-from {resume_from}: not a complete checkpoint folder (no {ckpt.META}); "
                              f"give a folder runs/<experiment>/<name>/checkpoints/step_N")
