@@ -389,6 +389,16 @@ def test_cancelled_sweep_job_resumes_and_leaves_no_run_running(slurm_cluster, vi
     assert wait_job(job_id, sweep_dir / "slurm" / job_id, timeout=180) == "CANCELLED"
     finished = finished_trials()
     assert 1 <= len(finished) < 4, finished
+    # Issue 22, item 3: scancel stops the sweep as Ctrl-C does (the parent run KILLED, not FAILED), and no task
+    # ignores the SIGTERM until Slurm kills it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(sweep_dir.glob("slurm/*/ray_stopped_node*"))) < 1:
+        time.sleep(0.5)
+    cancel_logs = "\n".join(p.read_text() for p in sorted(sweep_dir.glob("slurm/*/*_log.*")))
+    assert "Bypassing signal SIGTERM" not in cancel_logs, cancel_logs[-3000:]
+    ends = [json.loads(line) for line in (sweep_dir / "tracking" / "journal.jsonl").read_text().splitlines()
+            if '"kind": "end"' in line]
+    assert ends and ends[-1]["status"] == "KILLED", ends
     before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
 
     resumed = subprocess.run(cmd + ["--resume", "--wait"], cwd=REPO, env=submit_env(), capture_output=True, text=True,

@@ -76,6 +76,20 @@ def test_sweep_file_entries_and_errors(tmp_path):
             parse_sweep(raw)
 
 
+def test_a_trial_names_its_mlflow_run_by_its_folder_whatever_the_base_config_says(tmp_path):
+    """A base config may carry a run name of its own (e.g. an array task's config.yaml): each trial's run is still
+    `<sweep>/<trial id>`, not one name shared by every trial."""
+    from action_launch.config import load_config
+    from action_launch.sweeps.trial import TrialSetup, training_command
+
+    base = tmp_path / "base.yaml"
+    base.write_text("tracking:\n  run_name: grid/optim.lr=0.1\n")
+    setup = TrialSetup(str(base), [], str(tmp_path / "sw"), str(tmp_path), "tests", "sw")
+    cmd = training_command(setup, {"optim.lr": 0.01}, "t1")
+    overrides = cmd[cmd.index("--config") + 2:]
+    assert load_config(str(base), overrides).run_name() == "sw/t1"
+
+
 def test_seeded_sweep_draws_the_same_trials():
     from ray.tune.experiment import Experiment
 
@@ -239,6 +253,8 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     finished = finished_trials()
     assert 2 <= len(finished) < 4, (tmp_path / "first.log").read_text()[-3000:]
     before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
+    ended = [t for t in finished if (sweep_dir / t / "tune_end.json").exists()]  # Tune ended them before the kill
+    assert ended, "no trial had ended in Tune 3 s after its last checkpoint"
 
     proc = run_tune(cmd + ["--resume"])
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
@@ -248,6 +264,8 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
         after = (sweep_dir / trial / "train.log").read_text()
         assert len(EPOCH_VALIDATION.findall(after)) == len(EPOCH_VALIDATION.findall(before[trial])) == 2
         assert not re.search(r"epoch \d+/\d+ step", after[len(before[trial]):])
+        if trial in ended:  # and those Tune had ended were not even started again (a trial start costs ~5 s)
+            assert after == before[trial], after[len(before[trial]):]
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1  # the same parent run
     assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4           # one run per trial
