@@ -92,7 +92,7 @@ class DataConfig:
     this fraction of the list stop the run with an error listing them."""
     bad_files_log: Optional[str] = None
     """File each worker appends `path<TAB>reason` lines to for every unreadable video
-    (`datasets.read_bad_files` reads it back), once per file; None: warnings only. A run points it at its
+    (`datasets.read_bad_files` reads it back), once per file; None: log lines only. A run points it at its
     folder and checks the ceiling in the training process."""
     check_files: Literal["auto", "always", "never"] = "auto"
     """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
@@ -141,3 +141,9 @@ class DataConfig:
     """skeleton: the `targets_csv` columns returned as targets, in this order."""
     participant_regex: str = r"^([^_]+)"
     """skeleton: regex whose first group (or whole match) takes the participant id from a sample name."""
+
+    def split_read(self, split: str) -> str:
+        """The split whose files `split` reads: the test split without its own `test_list` (and, for skeletons,
+        `test_data`) reads the val split's, with the test views."""
+        own = self.test_list is not None or (self.dataset == "skeleton" and self.test_data is not None)
+        return "val" if split == "test" and not own else split

@@ -24,7 +24,7 @@ an interaction's dataset indices in window order.
 Synchronised means one draw for all people: the same frame indices (sampled over the
 shortest person's frames) and the same scale/crop/flip, or for skeletons the same temporal
 crop and rotation (`datasets.skeleton.sequence_transform` on the people stacked as M).
-A missing or unreadable person file makes the window a bad file (skipped, warned, logged
+A missing or unreadable person file makes the window a bad file (skipped, said, logged
 under that file's path, as in `VideoDataset`).
 """
 from __future__ import annotations

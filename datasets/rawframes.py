@@ -7,7 +7,7 @@ i = 0 with `img_{:05d}.jpg` and start index 1. The frame count comes from the li
 the sampled frames are ever opened (each distinct one once). Sampling, transforms, the
 multi-view test split and bad-file skipping are `ClipDataset`'s, shared with `VideoDataset`:
 a missing folder, a zero frame count, or a missing or undecodable frame file makes the item
-a bad file (skipped, warned about once, logged). Frames decode with Pillow.
+a bad file (skipped, said once in a log line, logged). Frames decode with Pillow.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Which frames a clip takes and how they are resized, cropped, augmented and viewe
 split's protocol (`data.protocol`, `datasets.protocols`): this module decodes what it asks for.
 
 Unreadable videos (missing, empty, truncated, undecodable) do not stop an epoch: the sample
-is replaced by the next readable one of the split, the file is warned about once, kept in
+is replaced by the next readable one of the split, the file is logged once (a WARNING line), kept in
 `dataset.bad_files` and appended to `cfg.bad_files_log`; past `cfg.max_bad_fraction` of the
 list, an error lists them all (see `BadFileSkipper`).
 
@@ -22,8 +22,7 @@ the evaluator combines the V predictions of a video as the protocol's upstream d
 """
 from __future__ import annotations
 
-import os
-import warnings
+import logging
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -31,10 +30,11 @@ import torch
 
 from .config import DataConfig
 from .decode import BadVideoError, open_video, read_frames
-from .lists import (ListItem, append_bad_file, bad_file_listing, read_bad_files, read_list, resolve_list_path,
-                    too_many_bad_files)
+from .lists import (ListItem, append_bad_file, bad_file_listing, read_bad_files, read_class_names, read_list,
+                    resolve_list_path, too_many_bad_files)
 from .protocols import Source, make_protocol, stream_timing
 
+logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("dense", "segment")
 Key = Union[int, Tuple[int, int]]
@@ -44,10 +44,9 @@ Opened = Tuple[Source, Callable[[np.ndarray], np.ndarray]]
 
 def count_classes(root: str, items: List[ListItem]) -> Optional[int]:
     """`classes.txt` in `root` (one name per line) if present, else the highest label + 1."""
-    names = os.path.join(root, "classes.txt")
-    if os.path.isfile(names):
-        with open(names, encoding="utf-8") as f:
-            return sum(1 for line in f if line.strip())
+    names = read_class_names(root)
+    if names is not None:
+        return len(names)
     labels = [l for it in items for l in (it.label if isinstance(it.label, list) else [it.label])]
     return max(labels) + 1 if labels else None
 
@@ -70,12 +69,12 @@ def parse_key(key: Key, n: int, calls: int):
 
 
 class BadFileSkipper:
-    """Bad-file bookkeeping shared by the datasets: skip, warn once, log, and the ceiling
+    """Bad-file bookkeeping shared by the datasets: skip, say so once, log, and the ceiling
     `cfg.max_bad_fraction` of the list. Needs `self.cfg`, `self.list_path`, `self.items`,
     `self._paths` (the split's files) and `self.noun`.
 
     With `cfg.bad_files_log` (a run's `bad_files.tsv`, shared by its DataLoader workers) a file is
-    warned about and logged once per run, and the log's owner enforces the ceiling with
+    said and logged once per run, and the log's owner enforces the ceiling with
     `ceiling_error()` in its own process, over what every worker found. Without a log, the
     dataset raises itself past the ceiling."""
 
@@ -88,7 +87,8 @@ class BadFileSkipper:
             if path in read_bad_files(log):  # another worker, or an earlier epoch, found it
                 return
             append_bad_file(log, path, reason)
-        warnings.warn(f"skipping unreadable {self.noun} {path}: {reason}", RuntimeWarning, stacklevel=3)
+        # a log line, not a Python warning: one line in the run's own format, without the echoed source line
+        logger.warning("skipping unreadable %s %s: %s", self.noun, path, reason)
         error = None if log else self.ceiling_error()
         if error:
             raise RuntimeError(error)
@@ -138,6 +138,8 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
             raise ValueError(f"{self.list_path} lists no samples (data.{split}_list)")
         self.multilabel = cfg.list_format == "multilabel"
         self.num_classes = count_classes(cfg.root, self.items)
+        # label i's name (the data root's classes.txt; None without one): the confusion matrix's and per-class metrics'
+        self.class_names: Optional[List[str]] = read_class_names(cfg.root)
         self.bad_files: Dict[str, str] = {}
         self._paths = {p for it in self.items for p in self.item_paths(it)}
         self._calls = 0

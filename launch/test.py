@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="predictions file (default <run>/predictions.npz)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may follow key=value overrides
 
 
 def main(argv=None) -> int:

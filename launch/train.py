@@ -20,6 +20,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="continue from the newest complete checkpoint of the run folder (default)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="refuse to start if the run folder already holds checkpoints")
+    parser.add_argument("--amend-config", action="store_true",
+                        help="continue a trained run with a changed config (not only epochs, batch layout, workers, "
+                             "logging): config.yaml stays as the run started, MLflow tags each change changed.<key>")
+    parser.add_argument("--restart", action="store_true",
+                        help="start the run over in an empty folder; the existing one is kept as <name>.replaced-N")
     parser.add_argument("--resume-from", help="checkpoint folder: weights, optimizer, scheduler, step, RNG state")
     parser.add_argument("--load-from", help="weights only, step 0: a checkpoint folder, a state-dict file, or a "
                                             "published checkpoint (TimeSformer .pyth, MS-G3D .pt, TSM/DyReg-GNN "
@@ -37,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     test.add_argument("--test-best", action="store_true", help="after training, evaluate the best checkpoint (launch/test.py)")
     test.add_argument("--test-last", action="store_true", help="after training, evaluate the last checkpoint (launch/test.py)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may follow key=value overrides
 
 
 def main(argv=None) -> int:
@@ -62,18 +67,29 @@ def main(argv=None) -> int:
     from action_launch.training.preflight import PreflightError, check_run
 
     try:
-        check_run(cfg, args.resume_from, args.load_from)
+        check_run(cfg, args.resume_from, args.load_from, amend=args.amend_config, restart=args.restart)
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.restart:
+        from action_launch.training.run_config import start_over
+
+        start_over(cfg.run_dir())
     from action_launch.models.checkpoints import CheckpointError
     from action_launch.training.distributed import CollectiveError
     from action_launch.training.engine import ResumeRefused
     from action_launch.training.loaders import DataTimeout
     from action_launch.training.trainer import Trainer, TooManyBadFiles
 
+    from action_launch.training.signals import interrupted_line, stop_flag_for_run
+
+    stop = stop_flag_for_run()  # Ctrl-C: a checkpoint at the next step, then exit 130; a second one: at once
     try:
-        trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from)
+        trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, load_from=args.load_from,
+                          stop_requested=stop)
+    except KeyboardInterrupt:
+        print(interrupted_line(cfg.run_dir()), file=sys.stderr)
+        return 130
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -90,6 +106,14 @@ def main(argv=None) -> int:
     except (CollectiveError, DataTimeout) as err:  # a rank or a data worker died or hung: said in one line
         print(f"error: {err}", file=sys.stderr)
         return 1  # no trainer.close(): destroying the groups could wait for the lost rank
+    except KeyboardInterrupt:  # the second Ctrl-C: the MLflow run is KILLED, the newest checkpoint kept
+        print(interrupted_line(trainer.run_dir), file=sys.stderr)
+        return 130
+    if stop.interrupted:  # stopped after a checkpoint, every rank together
+        if trainer.env.is_main:
+            print(interrupted_line(trainer.run_dir), file=sys.stderr)
+        trainer.close()
+        return 130
     if (args.test_best or args.test_last) and trainer.env.is_main and trainer.progress.epoch >= cfg.train.epochs:
         from action_launch.evaluation.evaluate import evaluate_after_training
 

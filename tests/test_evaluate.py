@@ -15,6 +15,7 @@ from action_launch import ensemble as ensemble_command
 from action_launch.config import ConfigError, dump_config, load_config
 from action_launch.evaluation import ensemble
 from action_launch.evaluation import evaluate as ev
+from action_launch.tracking.tracker import evaluation_folders
 from action_launch.training import checkpoint as ckpt
 
 
@@ -130,8 +131,9 @@ def test_evaluate_checkpoint_writes_predictions_and_metrics(known_run, aggregate
     cm = json.loads((run_dir / "test" / "confusion_matrix.json").read_text())
     assert cm["classes"] == ["left", "right"] and np.array(cm["rows_true_cols_predicted"]).sum() == 4
     assert (run_dir / "test" / "confusion_matrix.png").is_file()
-    # logged through the tracker's journal at the checkpoint's step (MLflow itself is off here)
-    events = [json.loads(line) for line in (run_dir / "tracking" / "journal.jsonl").read_text().splitlines()]
+    # logged through the journal of the evaluation's own run, at the checkpoint's step (MLflow itself is off here)
+    (folder,) = evaluation_folders(run_dir)
+    events = [json.loads(line) for line in (run_dir / folder / "journal.jsonl").read_text().splitlines()]
     (logged,) = [e for e in events if e["kind"] == "metrics"]
     assert logged["step"] == 7 and logged["values"]["test/top1"] == top1
     assert {e["path"] for e in events if e["kind"] == "artifact"} >= {"predictions.npz", "test/metrics.json"}
@@ -321,3 +323,44 @@ def test_evaluation_loads_as_training_does_with_its_batch_time_limit(video_set):
     loader = ev.evaluation_loader(dataset, ev.evaluation_groups(dataset, 4, memory=False), cfg, name="test")
     assert (loader.timeout, loader.name, loader.num_workers) == (7, "test", 1)
     assert [i for batch in loader.batch_sampler for i in batch] == list(range(len(dataset)))  # each once, in order
+
+
+def test_the_confusion_matrix_and_class_metrics_are_labelled_with_classes_txt(video_set, tmp_path):
+    """A real video set with a classes.txt: its datasets name their classes, and test.py's confusion matrix and
+    per-class accuracies carry those names; without a classes.txt they stay class indices."""
+    cfg = load_config("configs/timesformer/tiny.yaml", [f"data.root={video_set}", f"output_dir={tmp_path}",
+                                                        "experiment=tests", "name=named", "data.num_workers=0",
+                                                        "data.test_num_clips=1", "tracking.enabled=false"])
+    names = (video_set / "classes.txt").read_text().split()
+    assert names == ["up", "down", "grow", "shrink"]
+    assert datasets.build(cfg.data, "val").class_names == datasets.build(cfg.data, "test").class_names == names
+    folder = cfg.run_dir() / "checkpoints" / ckpt.tag_for(1)
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({"module": models.build(cfg.model).state_dict()}, folder / "mp_rank_00_model_states.pt")
+    dump_config(cfg, folder / "config.yaml")
+    (folder / ckpt.META).write_text(json.dumps({"step": 1}))
+    metrics = ev.evaluate_checkpoint(cfg, folder)
+    cm = json.loads((cfg.run_dir() / "test" / "confusion_matrix.json").read_text())
+    assert cm["classes"] == names and np.array(cm["rows_true_cols_predicted"]).sum() == 16
+    assert {f"class_acc/{name}" for name in names} == {k for k in metrics if k.startswith("class_acc/")}
+
+    bare = tmp_path / "bare"  # the same lists, no classes.txt
+    bare.mkdir()
+    for entry in video_set.iterdir():
+        if entry.name != "classes.txt":
+            (bare / entry.name).symlink_to(entry)
+    bare_cfg = load_config("configs/timesformer/tiny.yaml", [f"data.root={bare}"])
+    assert datasets.build(bare_cfg.data, "val").class_names is None
+    from action_launch.training.confusion import class_labels
+
+    assert class_labels(None, 4) == ["0", "1", "2", "3"] and class_labels(names[:3], 4) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("test_list, split", [(None, "val"), ("test.txt", "test")])
+def test_the_split_whose_files_were_read_is_logged(known_run, test_list, split):
+    """The test split without a data.test_list reads the val list: `test.split` says val (it said test)."""
+    cfg, _ = known_run
+    cfg.data.test_list = test_list
+    predictions = ev.evaluate_model(cfg, ChannelMeans(), ev.EvalConfig())
+    assert (predictions.params["test.split"], predictions.params["test.views"]) == (split, "3")

@@ -101,8 +101,12 @@ def one_process(video_set, tiny_timesformer, tmp_path_factory) -> Path:
 
 
 def journal_metrics(run_dir: Path) -> List[dict]:
-    """The metrics events of a run folder's tracking journal (written whether MLflow is on or not)."""
-    events = [json.loads(line) for line in (run_dir / "tracking" / "journal.jsonl").read_text().splitlines()]
+    """The metrics events of a run folder's tracking journals, its own and its evaluations' (written whether MLflow
+    is on or not)."""
+    from action_launch.tracking.tracker import evaluation_folders
+
+    paths = [run_dir / folder / "journal.jsonl" for folder in ("tracking", *evaluation_folders(run_dir))]
+    events = [json.loads(line) for path in paths if path.exists() for line in path.read_text().splitlines()]
     return [e for e in events if e["kind"] == "metrics"]
 
 

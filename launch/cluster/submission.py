@@ -93,7 +93,7 @@ def submit_plans(plans: List[Plan], request: SubmitRequest, cluster: str) -> Lis
             "effective_batch": plan.effective_batch, "lr": plan.lr, "scaled_lr": plan.scaled_lr,
             "grad_accum": plan.cfg.train.grad_accum, "grid_point": plan.grid_point, "run_dir": str(folder),
             "code_snapshot": str(code_dir) if code_dir else None, "experiment": plan.cfg.experiment,
-            "name": plan.cfg.name, "timing": timing})
+            "name": plan.cfg.name, "run_name": plan.cfg.run_name(), "timing": timing})
         out.append((job, folder))
     return out
 
@@ -167,7 +167,8 @@ def submit_training(request: SubmitRequest) -> int:
 
     try:  # what fails the job on the node fails here, before anything is submitted
         for plan in plans:
-            check_run(plan.cfg, gpus=plan.cfg.slurm.gpus_per_node > 0)  # the job's tasks, not this machine
+            # gpus: the job's tasks', not this machine's; amend: the job trains in a folder of its own (`<name>/<job id>`)
+            check_run(plan.cfg, gpus=plan.cfg.slurm.gpus_per_node > 0, amend=True)
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

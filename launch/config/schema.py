@@ -129,6 +129,9 @@ class TrackingConfig:
     """Tracking URI; default `$MLFLOW_TRACKING_URI` or `sqlite:///<output_dir>/mlflow.db`."""
     experiment: Optional[str] = None
     """MLflow experiment name; default the run's `experiment`."""
+    run_name: Optional[str] = None
+    """MLflow run name; default the run's `name` (`launch/submit.py` names each task of a job array
+    `<name>/<grid point>`, e.g. `grid/optim.lr=0.1,seed=0`)."""
     tags: Dict[str, str] = field(default_factory=dict)
     """Extra run tags, e.g. `mlflow.parentRunId` (set by `launch/tune.py` to nest a trial under its sweep)."""
 
@@ -191,6 +194,10 @@ class Config:
     def run_dir(self) -> Path:
         """Folder holding this run's config, checkpoints and local metrics."""
         return Path(self.output_dir) / self.experiment / self.name
+
+    def run_name(self) -> str:
+        """Name of this run's MLflow run: `tracking.run_name`, else `name`."""
+        return self.tracking.run_name or self.name
 
 
 Aggregate = Literal["mean_softmax", "sum", "mean"]

@@ -28,8 +28,9 @@ predictions once, on the host, and put them in dataset order; only rank 0 writes
 Results (rank 0): `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (video paths), `aggregate`,
 `checkpoint`), `<run>/test/metrics.json` (with the processes that computed them), the confusion matrix
 (`confusion_matrix.json` + `.png`), and the metrics `test/top1`, `test/top5`, `test/mean_class_acc`, `test/macro_f1`,
-`test/class_acc/<class>` (or `test/mse` and `test/mse/<output>` for regression) logged to the
-training run in MLflow through `launch.tracking.Tracker`, at the checkpoint's step.
+`test/class_acc/<class>` (or `test/mse` and `test/mse/<output>` for regression) logged at the checkpoint's step to
+an MLflow run of the evaluation's own, nested under the training run (which gets a tag `eval.latest_run_id` naming
+it, and keeps its own times and status), through `launch.tracking.Tracker`.
 
 The evaluation options are a `test:` section (`test.aggregate=sum`, ...) that only the evaluator
 reads: `load_eval_config` splits it off before the run config is validated.
@@ -63,6 +64,7 @@ from action_launch.config import (
 )
 from action_launch.evaluation.ranks import EvaluationStopped, Ranks, evaluation_ranks
 from action_launch.training import checkpoint as ckpt
+from action_launch.training.confusion import class_labels, save_confusion_json, save_confusion_matrix
 from action_launch.training.distributed import CollectiveError
 from action_launch.training.loaders import BatchShardSampler, SequenceStreamSampler, make_loader, sequences_of
 from action_launch.training.losses import logits_of
@@ -262,15 +264,11 @@ def evaluation_metrics(scores: np.ndarray, labels: np.ndarray, regression: bool 
     labels = labels.astype(np.int64)
     out = classification_metrics(scores, labels)
     cm = confusion_matrix(scores.argmax(1), labels, scores.shape[1])
-    names = _names(class_names, scores.shape[1])
+    names = class_labels(class_names, scores.shape[1])
     for i, row in enumerate(cm):
         if row.sum():
             out[f"class_acc/{names[i]}"] = float(row[i] / row.sum()) * 100
     return out
-
-
-def _names(class_names: Optional[Sequence[str]], n: int) -> List[str]:
-    return list(class_names) if class_names is not None and len(class_names) == n else [str(i) for i in range(n)]
 
 
 def save_predictions(path: Path, scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], **extra: Any) -> Path:
@@ -368,7 +366,7 @@ def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, ranks: Optio
     regression = is_regression(cfg, model)
     dataset = datasets.build(cfg.data, ecfg.split)
     how = view_aggregate(ecfg, dataset, regression)
-    params = protocol_params(dataset, ecfg.split, how)
+    params = {**protocol_params(dataset, ecfg.split, how), "test.split": cfg.data.split_read(ecfg.split)}
     log.info("%s", protocol_line(params, regression))
     # a model that carries memory walks each recording's windows in order, memory carried
     groups = evaluation_groups(dataset, ecfg.batch_size or cfg.train.micro_batch_size, carries_memory(model))
@@ -416,11 +414,7 @@ def save_evaluation(pred: Predictions, ecfg: EvalConfig, run_dir: Path, source: 
     if not pred.regression:
         k = pred.scores.shape[1]
         cm = confusion_matrix(pred.scores.argmax(1), pred.labels.astype(np.int64), k)
-        (test_dir / "confusion_matrix.json").write_text(json.dumps(
-            {"classes": _names(pred.class_names, k), "rows_true_cols_predicted": cm.tolist()}))
-        from action_launch.training.confusion import save_confusion_matrix
-
-        files += [test_dir / "confusion_matrix.json",
+        files += [save_confusion_json(cm, test_dir / "confusion_matrix.json", pred.class_names),
                   save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=pred.class_names)]
     log.info("test on %d samples (%s, %s, %d process(es)): %s", len(pred.scores), source, pred.how,
              pred.processes["world_size"], " ".join(f"{k} {v:.4g}" for k, v in pred.metrics.items() if "/" not in k))
@@ -443,7 +437,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optiona
     step = int(ckpt.read_meta(checkpoint).get("step", 0)) if (checkpoint / ckpt.META).is_file() else 0
     result = save_evaluation(pred, ecfg, run_dir, str(checkpoint.resolve()), step, out)
     if track:
-        _track(cfg, run_dir, {**result.params, "test.checkpoint": checkpoint.name}, {}, step, result)
+        _track_checkpoint(cfg, run_dir, checkpoint, step, result)
     return result.metrics
 
 
@@ -519,16 +513,36 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _track_checkpoint(cfg: Config, run_dir: Path, checkpoint: Path, step: int, result: Evaluation) -> None:
+    """Log an evaluation of a training run's checkpoint as an MLflow run of its own (a journal folder of its own),
+    nested under the training run: evaluating never reopens the training run, so its times and status stay."""
+    from action_launch.tracking.tracker import (EVALUATED_TAG, LATEST_EVALUATION_TAG, PARENT_TAG, Journal,
+                                                annotate_run, new_evaluation_folder)
+
+    training = Journal(run_dir).state()
+    parent = training.get("run_id")
+    folder = new_evaluation_folder(run_dir)
+    if training.get("store"):  # the training run's store, behind a sweep's server that may be gone since
+        Journal(run_dir, folder).save_state(store=training["store"])
+    tags = {EVALUATED_TAG: str(checkpoint.resolve()), **({PARENT_TAG: parent} if parent else {})}
+    name = f"{training.get('run_name', cfg.run_name())} test {checkpoint.name}"
+    run_id = _track(cfg, run_dir, {**result.params, "test.checkpoint": checkpoint.name}, tags, step, result, name,
+                    folder)
+    if run_id and parent:  # from the training run to its latest evaluation (a tag: no new attempt, no new end)
+        annotate_run(run_dir, {LATEST_EVALUATION_TAG: run_id})
+
+
 def _track(cfg: Config, run_dir: Path, params: Mapping[str, Any], tags: Mapping[str, str], step: int,
-           result: Evaluation, run_name: Optional[str] = None) -> None:
-    """Log an evaluation into the run of `run_dir` (a training run: its journal knows the run id and the store;
-    a new evaluation folder: a new run named `run_name`)."""
+           result: Evaluation, run_name: Optional[str] = None, folder: str = "tracking") -> Optional[str]:
+    """Log an evaluation as a new MLflow run named `run_name` whose journal is `run_dir/folder` (the metrics at
+    `step`, the result files as artifacts); the run id, or None when it did not reach MLflow (kept in the journal).
+    The store and experiment default to those of the run folder's training run."""
     from action_launch.tracking.tracker import Journal, Tracker, default_tracking_uri
 
     state = Journal(run_dir).state()
     uri = cfg.tracking.uri or state.get("uri") or default_tracking_uri(cfg.output_dir)
     tracker = Tracker(run_dir, uri, cfg.tracking.experiment or state.get("experiment") or cfg.experiment,
-                      run_name or state.get("run_name", cfg.name), cfg.tracking.enabled)
+                      run_name or state.get("run_name", cfg.run_name()), cfg.tracking.enabled, folder=folder)
     tracker.start(params, tags)
     tracker.log_metrics({f"test/{k}": v for k, v in result.metrics.items()}, step)
     for file in result.files:
@@ -537,6 +551,7 @@ def _track(cfg: Config, run_dir: Path, params: Mapping[str, Any], tags: Mapping[
         except ValueError:  # a --out outside the run folder stays where it is
             log.info("not logging %s as an artifact: outside the run folder %s", file, run_dir)
     tracker.finish("FINISHED")
+    return tracker.run_id if tracker.online else None
 
 
 def evaluate_after_training(cfg: Config, ckpt_root: Path, which: str) -> Dict[str, float]:

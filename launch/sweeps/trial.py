@@ -82,12 +82,13 @@ def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_i
     tags = {"sweep.name": setup.sweep_name, "sweep.trial_id": trial_id}
     if setup.parent_run_id:
         tags["mlflow.parentRunId"] = setup.parent_run_id
-    cmd = [sys.executable, *entry]
+    cmd = [sys.executable, *entry, "--amend-config"]  # a PBT exploit continues the donor's run with a mutated config
     if setup.config:
         cmd += ["--config", setup.config]
     cmd += [*setup.overrides, *trial_overrides(trial_config), f"output_dir={setup.output_dir}",
             f"experiment={setup.experiment}", f"name={trial_run_name(setup.sweep_name, trial_id)}",
-            f"tracking.tags={to_override_text(tags)}"]
+            # the trial's MLflow run is named as its folder, even on a base config that names its own run
+            "tracking.run_name=null", f"tracking.tags={to_override_text(tags)}"]
     if setup.tracking_uri:
         cmd.append(f"tracking.uri={setup.tracking_uri}")
     return cmd

@@ -7,6 +7,9 @@ behind it (`store`: a sweep's temporary server dies with the sweep, its SQLite s
 process writes the run (`writer`: host, pid). When the server is unreachable, training goes on, says so
 once, and `python launch/track.py sync RUN_DIR` sends the rest later, to the store. A run whose writer
 died without ending it (SIGKILL, a cancelled job) is closed as KILLED by the next sync.
+Each evaluation of a run folder's checkpoint is an MLflow run of its own, nested under the training run, with its
+own journal in `<run>/tracking/evaluations/<stamp>/`: nothing but training opens the training run, so its start
+and end times are when it trained (a rerun with nothing to train does not open it either).
 This is the only module that imports MLflow.
 """
 from __future__ import annotations
@@ -27,6 +30,14 @@ from action_launch.tracking.server import artifact_root_for, backing_store, serv
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params and 1000 metrics per call
+PARENT_TAG = "mlflow.parentRunId"
+"""The tag that nests a run under another in MLflow (an evaluation under its training run, a trial under its sweep)."""
+EVALUATED_TAG = "eval.checkpoint"
+"""On an evaluation's run: the checkpoint it evaluated (what marks it as an evaluation, not a training run)."""
+LATEST_EVALUATION_TAG = "eval.latest_run_id"
+"""On a training run: the run id of the latest evaluation of one of its checkpoints (where its `test/*` metrics are)."""
+EVALUATIONS = "tracking/evaluations"
+"""Inside a run folder: one journal folder per evaluation of its checkpoints (`new_evaluation_folder`)."""
 _ROUTE_PARAMS = {"tracking.uri"}
 """Params that say how a run reaches its store, not what it trained: a resumed sweep trial logs through the new
 sweep's server (another port, the same store and run), which is no change of the run (no `changed.` tag)."""
@@ -43,16 +54,23 @@ def mlflow_key(name: str) -> str:
     return re.sub(r"[^/\w.\- :]", "_", name)
 
 
+def best_key(metric: str) -> str:
+    """The metric a training run logs each time `metric` beats its best: the best value so far (MLflow's runs
+    table shows a metric's latest value only)."""
+    return f"best/{metric}"
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """Create experiment `name` in the store at `uri` if needed (artifacts beside a SQLite store); its id."""
     return MlflowSink(uri, name, artifact_root=artifact_root_for(uri)).experiment_id
 
 
 class Journal:
-    """Append-only event log of one run plus its sync state."""
+    """Append-only event log of one MLflow run plus its sync state, in `<run_dir>/<folder>`: `tracking` for the
+    training run, `tracking/evaluations/<stamp>` for each evaluation of its checkpoints (a run of its own)."""
 
-    def __init__(self, run_dir: Path):
-        self.dir = Path(run_dir) / "tracking"
+    def __init__(self, run_dir: Path, folder: str = "tracking"):
+        self.dir = Path(run_dir) / folder
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "journal.jsonl"
         self.state_path = self.dir / "state.json"
@@ -210,16 +228,18 @@ def _param_text(value: Any) -> str:
 class Tracker:
     """What the training loop talks to. On ranks other than 0 every call does nothing."""
 
-    def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, enabled: bool = True, active: bool = True):
+    def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, enabled: bool = True, active: bool = True,
+                 folder: str = "tracking"):
         self.run_dir = Path(run_dir)
         self.active = active
-        self.journal = Journal(self.run_dir) if active else None
+        self.journal = Journal(self.run_dir, folder) if active else None
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.enabled = enabled and active
         self.sink: Optional[MlflowSink] = None
         self.run_id: Optional[str] = None
         self._pending: List[Dict[str, Any]] = []
         self._synced = 0
+        self._replayed: Dict[str, int] = {}  # metric -> the last step an earlier attempt logged past the resume
 
     def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Open (or reopen, after a resume) the MLflow run and record params and tags."""
@@ -289,11 +309,26 @@ class Tracker:
         self._pending = []
         self.journal.save_state(synced=self._synced)
 
+    def skip_replayed(self, resumed_at: int) -> None:
+        """A resume from the run's newest checkpoint, at optimizer step `resumed_at`, replays the steps that an
+        earlier attempt logged after it before it died (kill -9, a node lost before the next checkpoint): from the
+        same state, the same trajectory. Their points stay as logged, and the replay does not log them again, so
+        each step has one point (MLflow cannot remove a point)."""
+        if not self.active:
+            return
+        self._replayed = {}
+        for event in self.journal.events():
+            if event["kind"] == "metrics" and event["step"] > resumed_at:
+                for key in event["values"]:
+                    self._replayed[key] = max(self._replayed.get(key, 0), event["step"])
+
     def log_metrics(self, values: Mapping[str, float], step: int) -> None:
-        """Record metrics at an optimizer step."""
-        if self.active:
-            self._event({"kind": "metrics", "step": int(step), "time": int(time.time() * 1000),
-                         "values": {k: float(v) for k, v in values.items()}})
+        """Record metrics at an optimizer step (but not the points of a replayed step: `skip_replayed`)."""
+        if not self.active:
+            return
+        new = {k: float(v) for k, v in values.items() if step > self._replayed.get(k, -1)}
+        if new:
+            self._event({"kind": "metrics", "step": int(step), "time": int(time.time() * 1000), "values": new})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Record tags (e.g. a requeue count)."""
@@ -317,22 +352,66 @@ class Tracker:
         return self.sink is not None
 
 
-def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False) -> int:
+def evaluation_folders(run_dir: Path) -> List[str]:
+    """The journal folders (relative to `run_dir`) of the evaluations of a run folder's checkpoints, oldest first
+    (by their names: `new_evaluation_folder`)."""
+    root = Path(run_dir) / EVALUATIONS
+    found = [p for p in root.iterdir() if (p / "journal.jsonl").exists()] if root.is_dir() else []
+    return [f"{EVALUATIONS}/{p.name}" for p in sorted(found, key=lambda p: (p.name[:15], int(p.name[16:] or 1)))]
+
+
+def new_evaluation_folder(run_dir: Path) -> str:
+    """A new journal folder for one evaluation of a run folder's checkpoint: each evaluation is an MLflow run of
+    its own, so evaluating never reopens the training run (nor moves its end time)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name, n = stamp, 1
+    while (Path(run_dir) / EVALUATIONS / name).exists():
+        n += 1
+        name = f"{stamp}-{n}"
+    (Path(run_dir) / EVALUATIONS / name).mkdir(parents=True)
+    return f"{EVALUATIONS}/{name}"
+
+
+def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False, evaluations: bool = True) -> int:
     """Send the journal lines of `run_dir` that never reached MLflow; returns how many were sent.
 
     They go to `uri`, else to the run's store (`state.json`; a sweep's server is gone with its sweep), else to
     the URI it logged to. A run whose latest attempt never ended and whose writer process has died (SIGKILL, a
     cancelled job; on another host the caller says so with `killed`) is ended KILLED at the time of its last
-    event, its metrics kept: no run is left RUNNING by a process that no longer exists.
+    event, its metrics kept: no run is left RUNNING by a process that no longer exists. With `evaluations`, the
+    journals of the folder's checkpoint evaluations (`evaluation_folders`) that have lines to send follow, each
+    nested under the training run once that run is known.
     """
     run_dir = Path(run_dir)
-    journal = Journal(run_dir)
-    if not journal.path.exists():
-        raise FileNotFoundError(f"{run_dir} has no tracking journal (expected {journal.path})")
+    evals = [f for f in evaluation_folders(run_dir) if _unsent(Journal(run_dir, f))] if evaluations else []
+    if not Journal(run_dir).path.exists() and not evals:
+        raise FileNotFoundError(f"{run_dir} has no tracking journal (expected {Journal(run_dir).path})")
+    sent = _sync_journal(run_dir, "tracking", uri, killed) if Journal(run_dir).path.exists() else 0
+    parent = Journal(run_dir).state().get("run_id")
+    for folder in evals:
+        journal = Journal(run_dir, folder)
+        tags = {k for e in journal.events() if e["kind"] == "tags" for k in e["values"]}
+        if parent and PARENT_TAG not in tags:  # the training run reached MLflow after its evaluation was journalled
+            journal.append({"kind": "tags", "values": {PARENT_TAG: parent}})
+        sent += _sync_journal(run_dir, folder, uri, killed)
+    return sent
+
+
+def _unsent(journal: Journal) -> bool:
+    """Whether a journal holds lines that never reached MLflow (an evaluation kept while the server was down), or
+    a run that never ended (its writer may have died)."""
+    events = journal.events()
+    return len(events) > journal.state().get("synced", 0) or attempt_open(events)
+
+
+def _sync_journal(run_dir: Path, folder: str, uri: Optional[str], killed: bool) -> int:
+    """`sync` of one journal of `run_dir`: the training run's (`tracking`) or an evaluation's."""
+    journal = Journal(run_dir, folder)
     state = journal.state()
     uri = uri or state.get("store") or state.get("uri") or default_tracking_uri(run_dir.parents[1])
     _end_if_writer_died(journal, state, killed)
-    tracker = Tracker(run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name))
+    tracker = Tracker(run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name),
+                      folder=folder)
     tracker._load_backlog()
     tags = {k: v for e in tracker.journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
     tracker._connect(state.get("run_id"), tags)
@@ -391,7 +470,7 @@ def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] =
     if status is not None:
         journal.append({"kind": "end", "status": status, "time": int(time.time() * 1000)})
     try:
-        sync(Path(run_dir), uri)
+        sync(Path(run_dir), uri, evaluations=False)
     except (ConnectionError, FileNotFoundError) as err:
         log.warning("could not update the MLflow run of %s now (%s); it is kept in its journal", run_dir, err)
 
@@ -419,21 +498,27 @@ def log_run_artifact(run_dir: Path, path: Path, artifact_path: Optional[str] = N
         return False
     journal.append({"kind": "artifact", "path": str(rel), "artifact_path": artifact_path})
     try:
-        sync(run_dir, uri)
+        sync(run_dir, uri, evaluations=False)
     except (ConnectionError, FileNotFoundError) as err:
         log.warning("could not log %s to the MLflow run of %s now (%s); it is kept in its journal", rel, run_dir, err)
         return False
     return True
 
 
-def backend_store_hint(tracker: Tracker) -> str:
-    """The command that opens this run in the MLflow UI (or says how to sync it first)."""
+def backend_store_hint(tracker: Tracker, view_key: Optional[str] = None) -> str:
+    """The command that opens this run in the MLflow UI (or says how to sync it first); with `view_key`, the URL of
+    the experiment's runs table in the view stored under that key."""
     if not tracker.enabled:
         return f"MLflow off (tracking.enabled=false); every metric is in {tracker.run_dir / 'tracking' / 'journal.jsonl'}"
     if tracker.uri.startswith(("http://", "https://")):
         hint = f"MLflow run at {tracker.uri}"
     else:
         hint = f"Browse runs: mlflow ui --backend-store-uri {tracker.uri}"
-    if not tracker.online and tracker.journal is not None:
+    if view_key and tracker.sink is not None:
+        from action_launch.tracking.query import ui_url
+
+        hint += f"  then open {ui_url(tracker.uri, tracker.sink.experiment_id, view_key=view_key)[1]}"
+    journal = tracker.journal
+    if journal is not None and len(journal.events()) > journal.state().get("synced", 0):  # lines kept while offline
         hint += f"\n(metrics not yet in MLflow; push them with: python launch/track.py sync {tracker.run_dir})"
     return hint

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from action_launch.common.console import setup_logging
 from action_launch.common.processes import die_with_parent
 from action_launch.datasets.config import DataConfig
-from action_launch.training.signals import REQUEUE_SIGNALS
+from action_launch.training.signals import HELPER_IGNORED
 
 log = logging.getLogger(__name__)
 
@@ -175,19 +176,41 @@ def split_batch(batch: Sequence[Any]) -> Tuple[Any, Any, Optional[Any]]:
     return inputs, targets, None
 
 
-def _init_worker(worker_id: int, owner: int) -> None:
+def _init_worker(worker_id: int, owner: int, log_level: Optional[int] = None) -> None:
     """End with the training process (`owner`, its pid; `_end_with_training_process`), seed numpy and `random`
     from the worker's torch seed, and ignore the requeue signals (Slurm sends them to every process of a job step
-    before a preemption or the time limit): the training process acts on them. A worker of a forkserver started
+    before a preemption or the time limit) and Ctrl-C's SIGINT (a terminal sends it to the whole process group):
+    the training process acts on them. A worker of a forkserver started
     by `_worker_context` has them blocked from its start already; this also covers one of a forkserver that
     multiprocessing restarted. SIGTERM keeps its default: it is how the DataLoader and multiprocessing end a
-    stuck worker."""
+    stuck worker. `log_level`: the training process's (`_console_level`), for `_take_logging`."""
     _end_with_training_process(owner)
+    _take_logging(log_level)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    for name in REQUEUE_SIGNALS:
+    for name in HELPER_IGNORED:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _console_level() -> Optional[int]:
+    """The level below which this process's log lines are dropped (its root logger's and handlers'), or None
+    when it set up no logging."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return None
+    return max([root.level, *(handler.level for handler in root.handlers)])
+
+
+def _take_logging(level: Optional[int]) -> None:
+    """A worker started by a forkserver inherits none of the training process's logging set-up: given the suite's
+    format at the training process's level, what the dataset logs (a skipped file) reads as every other line of the
+    run. A forked worker has the set-up already."""
+    root = logging.getLogger()
+    if level is None or root.handlers:
+        return
+    setup_logging(False)
+    root.setLevel(level)
 
 
 def _end_with_training_process(owner: int) -> None:
@@ -303,7 +326,7 @@ def _start_with_requeue_signals_blocked(start: Callable[[], None]) -> None:
     Slurm sends them to every process of a job step before a preemption, and they are the training process's
     to act on (a preempted job failed: a worker, and the resource tracker, died of SIGUSR1 mid-batch). One
     that arrives meanwhile reaches this process afterwards."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in REQUEUE_SIGNALS})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in HELPER_IGNORED})
     try:
         start()
     finally:
@@ -324,7 +347,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataCo
     return BoundedLoader(
         dataset, **batching, num_workers=workers, name=name,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-        worker_init_fn=functools.partial(_init_worker, owner=os.getpid()),
+        worker_init_fn=functools.partial(_init_worker, owner=os.getpid(), log_level=_console_level()),
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,

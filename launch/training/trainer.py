@@ -20,7 +20,14 @@ from action_launch import ROOT, datasets, models
 from action_launch.common.code_version import DIFF_FILE, CodeVersion, code_version
 from action_launch.common.console import EpochProgress, setup_logging
 from action_launch.config import Config, dump_config, flatten, to_dict
-from action_launch.tracking.tracker import Tracker, backend_store_hint, default_tracking_uri
+from action_launch.tracking.tracker import (
+    Journal,
+    Tracker,
+    attempt_open,
+    backend_store_hint,
+    best_key,
+    default_tracking_uri,
+)
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.batchnorm import average_running_stats
 from action_launch.training.distributed import Collectives, configure_threads, resolve_env
@@ -36,6 +43,7 @@ from action_launch.training.engine import (
     zero_shards,
 )
 from action_launch.training.layout import Layout, Position, map_position
+from action_launch.training.run_config import changed_line, config_changes, has_trained, saved_config, write_config
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
     SequenceStreamSampler,
@@ -121,6 +129,8 @@ class Trainer:
 
     comm = Collectives(rank=0, world_size=1, timeout_s=1.0)
     """The collectives of the run (`__init__` sets this run's); one process, for a Trainer assembled piecewise."""
+    resumed_own: Optional[int] = None
+    """The optimizer step of the run's own newest checkpoint this start resumed from (None: a new run, --resume-from)."""
     stats_shared_at: Optional[int] = None
     """The optimizer step at which the ranks last made their BatchNorm running statistics equal (`_share_stats`)."""
 
@@ -140,7 +150,7 @@ class Trainer:
         self.stop_requested = stop_requested or stop_flag_in_slurm_step()
         self._last_confusion: Optional[np.ndarray] = None
         if self.env.is_main:
-            dump_config(cfg, self.run_dir / "config.yaml")
+            self._record_config()
             for stale in ckpt.remove_incomplete(self.ckpt_root):
                 log.warning("removed incomplete checkpoint %s (a save was interrupted)", stale)
         self.comm.barrier("the start (rank 0 tidies the run folder)")
@@ -164,11 +174,21 @@ class Trainer:
         self.progress = Progress()
         if start_ckpt is not None:
             self._restore(start_ckpt, convert)
+        # its later steps an earlier attempt may have logged before it died (`Tracker.skip_replayed`)
+        self.resumed_own = self.engine.global_step if start_ckpt is not None and not resume_from else None
         self.tracker = Tracker(self.run_dir, cfg.tracking.uri or default_tracking_uri(cfg.output_dir),
-                               cfg.tracking.experiment or cfg.experiment, cfg.name, cfg.tracking.enabled,
+                               cfg.tracking.experiment or cfg.experiment, cfg.run_name(), cfg.tracking.enabled,
                                active=self.env.is_main)
+        self.runs_view: Optional[str] = None  # the key of the experiment's runs-table view, once stored
         for path in self.load_report_files:  # the --load-from report (text and JSON), sent once the run opens
             self.tracker.log_artifact(path)
+
+    def _record_config(self) -> None:
+        """Write the run's config.yaml, or, for a run that trained, keep it and say what this start changes (the
+        preflight accepted it: `training.run_config`; MLflow tags it `changed.<key>`)."""
+        changes = config_changes(saved_config(self.run_dir), self.cfg) if has_trained(self.run_dir) else {}
+        if not write_config(self.cfg, self.run_dir) and changes:
+            log.info("config.yaml kept as the run started; this start changes %s", "; ".join(changed_line(changes)))
 
     def _load_weights(self, model: Any, path: Path) -> Any:
         """`--load-from`: load (all or nothing unless train.load_partial) and keep the report in the run folder."""
@@ -333,10 +353,19 @@ class Trainer:
         best = self.progress.best
         if best is None or (value > best if self.cfg.checkpoint.best_mode == "max" else value < best):
             self.progress.best = value
+            self.tracker.log_metrics({best_key(self.cfg.checkpoint.best_metric): value}, self.engine.global_step)
             return True
         return False
 
     # -------------------------------------------------------------------------------------- loop
+    def _closed_complete(self) -> bool:
+        """Whether the run has trained all its epochs and closed its MLflow run: a rerun then leaves it alone. One whose
+        process died between its last checkpoint and closing the run is not: a rerun writes its final outputs and
+        closes it, FINISHED. Read from the journal's file, the same on every rank."""
+        if self.progress.epoch < self.cfg.train.epochs:
+            return False
+        return not attempt_open(Journal(self.run_dir).events())
+
     def fit(self, until_epoch: Optional[int] = None) -> Dict[str, float]:
         """Train to `train.epochs` (from wherever the run stands) and return the last validation metrics.
 
@@ -344,11 +373,18 @@ class Trainer:
         `fit` (a PBT trial trains one perturbation interval per process: nothing past the point where Tune
         may hand it another trial's checkpoint)."""
         cfg, tracker = self.cfg, self.tracker
+        if self._closed_complete():  # reopening its MLflow run would only move its end time
+            log.info("%s is already complete (%d of %d epochs): nothing to train, its MLflow run left as it is; raise "
+                     "train.epochs to go on, or start another run with name=<new name>", self.run_dir,
+                     self.progress.epoch, cfg.train.epochs)
+            return self.progress.last_val or {}
         params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
         version = code_version(ROOT)
         tracker.start({**params, "optim.scaled_lr": self.scaled.lr,
                        "optim.effective_batch_size": self.effective_batch},
                       {**run_tags(self.env.world_size, version), **cfg.tracking.tags})
+        if self.resumed_own is not None:
+            tracker.skip_replayed(self.resumed_own)
         if version.diff and self.env.is_main:  # what the commit does not say about the code that ran
             (self.run_dir / DIFF_FILE).write_text(version.diff)
             tracker.log_artifact(self.run_dir / DIFF_FILE)
@@ -356,9 +392,6 @@ class Trainer:
                  "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
                  cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
                  cfg.optim.base_batch_size, self.run_dir)
-        if self.progress.epoch >= cfg.train.epochs:
-            log.info("%s is already complete (%d of %d epochs): nothing to train; raise train.epochs to go on, or "
-                     "start another run with name=<new name>", self.run_dir, self.progress.epoch, cfg.train.epochs)
         status: Optional[str] = "FAILED"
         try:
             while self.progress.epoch < cfg.train.epochs:
@@ -380,10 +413,26 @@ class Trainer:
                     return self.progress.last_val or {}
             status = "FINISHED"
             return self.progress.last_val or {}
+        except KeyboardInterrupt:  # a second Ctrl-C, after the first asked for a stop at the next step
+            status = "KILLED"
+            raise
         finally:
             if status is not None:  # a paused run has no final outputs yet, and stays open
                 self._write_final_artifacts()
                 tracker.finish(status)
+                self._share_runs_view()
+
+    def _share_runs_view(self) -> None:
+        """Store the experiment's runs-table view for the MLflow UI (best metric, the params that differ, wall time),
+        now that this run's values are in. A view is a convenience: failing to store one only says so."""
+        if not self.tracker.online:
+            return
+        from action_launch.tracking.compare import share_runs_view
+
+        try:
+            self.runs_view = share_runs_view(self.tracker.uri, self.tracker.experiment, self.cfg.checkpoint.best_metric)
+        except Exception as err:  # noqa: BLE001 - a read-only store, a server that refuses the tag
+            log.warning("could not store the experiment's runs view for the MLflow UI (%s)", err)
 
     def summary(self) -> str:
         """Where a finished (or stopped) run stands, in a few lines: epochs, best checkpoint, where to look next."""
@@ -394,7 +443,12 @@ class Trainer:
         last = self.progress.last_val or {}
         if last:
             lines.append("last validation: " + " ".join(f"{k} {v:.4g}" for k, v in last.items()))
-        lines.append(backend_store_hint(self.tracker))
+        # the run's bad-file log, which every rank's workers append to: the run's total, as the ceiling counts it
+        skipped = int(self._bad_file_metrics()["data/bad_files"])
+        if skipped:
+            noun = getattr(self.train_set, "noun", "file") + ("s" if skipped > 1 else "")
+            lines.append(f"skipped {skipped} unreadable {noun} (listed in {self.cfg.data.bad_files_log})")
+        lines.append(backend_store_hint(self.tracker, self.runs_view))
         lines.append(f"compare runs: python launch/compare.py --experiment {cfg.tracking.experiment or cfg.experiment} "
                      f"--output-dir {cfg.output_dir}")
         return "\n".join(lines)
@@ -564,11 +618,12 @@ class Trainer:
                                          **self.progress.last_val}, indent=2))
             self.tracker.log_artifact(final)
         if self._last_confusion is not None:
-            from action_launch.training.confusion import save_confusion_matrix
+            from action_launch.training.confusion import save_confusion_json, save_confusion_matrix
 
-            png = save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png",
-                                        class_names=getattr(self.val_set, "class_names", None))
-            self.tracker.log_artifact(png)
+            names = getattr(self.val_set, "class_names", None)
+            for path in (save_confusion_json(self._last_confusion, self.run_dir / "confusion_matrix.json", names),
+                         save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png", names)):
+                self.tracker.log_artifact(path)
 
 
 def _sequences(dataset: Any, cfg: Config) -> List[List[int]]:
