@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -75,7 +74,9 @@ class SweepJob:
 
         _ray_environment(self.token)
         job_env = submitit.JobEnvironment()
-        _end_on_sigterm(job_env.global_rank == 0)
+        from action_launch.sweeps.run import interrupt_on_sigterm  # imports Ray: after its environment is set
+
+        interrupt_on_sigterm()  # scancel: submitit's own handler only says "Bypassing signal SIGTERM"
         folder = Path(job_env.paths.folder).resolve()
         on_slurm = job_env.cluster == "slurm"
         # Slurm's NodeAddr of each node (a node name need not resolve as a host name).
@@ -111,19 +112,6 @@ class SweepJob:
             if proc is not None:
                 _stop_ray(proc, job_env.node)
             (folder / f"{STOPPED}{job_env.node}").write_text("stopped")
-
-
-def _end_on_sigterm(driver: bool) -> None:
-    """`scancel` (SIGTERM to every task; submitit's own handler only prints "Bypassing signal SIGTERM", and Slurm
-    kills the task 30 s later): the sweep's driver stops the sweep as Ctrl-C does (trials interrupted and
-    resumable, the parent run KILLED), a worker node's task stops its Ray at once."""
-    def interrupt(signum: int, frame: Any) -> None:
-        if driver:
-            os.kill(os.getpid(), signal.SIGINT)  # Tune's own first-Ctrl-C handler: a graceful stop
-        else:
-            raise KeyboardInterrupt  # the waiting loop ends; `finally` stops this node's Ray
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stop_ray(proc: subprocess.Popen, node: int) -> None:

@@ -10,7 +10,9 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -111,6 +113,17 @@ def _start_ray(stack: ExitStack) -> None:
     stack.callback(ray.shutdown)
 
 
+def interrupt_on_sigterm() -> None:
+    """A SIGTERM to the sweep's driver (`kill`, Slurm's `scancel`) stops the sweep as a second Ctrl-C does: the
+    parent run KILLED, unfinished trials resumable by `--resume`. In the main thread only (where Python runs
+    signal handlers)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _parent_params(plan: SweepPlan) -> Dict[str, Any]:
     args, spec = plan.request, plan.spec
     params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.scheduler": args.scheduler,
@@ -160,6 +173,7 @@ def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
                            threads=max(1, int(args.cpus_per_trial) // args.workers),
                            pause_every=pbt_pause_every(args.scheduler, plan.spec))
         _start_ray(stack)
+        interrupt_on_sigterm()  # after ray.init, whose own handler exits (the parent run then said FAILED)
         status = "FAILED"
         try:
             grid = _fit(plan, setup)
