@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     from action_launch.training.preflight import PreflightError, check_run
 
     try:
-        check_run(cfg, args.resume_from, args.load_from, amend=args.amend_config, restart=args.restart)
+        check_run(cfg, args.resume_from, args.load_from, amend=args.amend_config, restart=args.restart,
+                  resume=args.resume)
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

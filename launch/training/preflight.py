@@ -32,13 +32,14 @@ class PreflightError(ValueError):
 
 
 def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optional[str] = None,
-              gpus: Optional[bool] = None, amend: bool = False, restart: bool = False) -> None:
+              gpus: Optional[bool] = None, amend: bool = False, restart: bool = False, resume: bool = True) -> None:
     """Raise PreflightError for a missing checkpoint, data folder or list, a head too small for the labels,
     `train.sync_bn` on a run without GPUs (`gpus`: whether the run gets CUDA GPUs; None: whether this machine has
     them), or a trained run started with another config (`training.run_config`; `amend`: the change is meant,
-    `restart`: the run starts over in a new folder)."""
+    `restart`: the run starts over in a new folder; not `resume`: --no-resume, which refuses a trained folder
+    itself)."""
     _check_sync_bn(cfg, gpus)
-    if not restart:
+    if resume and not restart:
         try:
             check_unchanged(cfg, cfg.run_dir(), amend)
         except ConfigChanged as err:
