@@ -1,6 +1,7 @@
 """Faults injected for real, and what each leaves behind: the fault bench of issue 15.
 
-    .venv/bin/python bench/faults.py [--only run_killed server_killed sweep_killed dead_rank pbt]
+    .venv/bin/python bench/faults.py [--only run_killed server_killed sweep_killed dead_rank pbt ctrl_c
+        rerun_killed array_names]
         [--keep DIR] [--dead-rank-limit 300]
 
 Every scenario runs the real commands (`train.py`, `tune.py`, `track.py`) as subprocesses on generated
@@ -15,11 +16,16 @@ and real signals:
   dead_rank       a 2-rank CPU run (gloo, two train.py processes with torchrun's variables) whose rank 1
                   is SIGKILLed after the first step
   pbt             a PBT sweep with the sweep file's defaults: 4 trials of 4 epochs, 2 at a time
+  ctrl_c          train.py sent SIGINT (Ctrl-C, to its process group) after its first validation, then rerun
+  rerun_killed    train.py SIGKILLed mid-epoch, between two checkpoints, then rerun to its end
+  array_names     submit.py --local with a 2x2 grid (optim.lr x seed): a job array of 4 tiny runs
 
 and prints one table: runs left RUNNING in MLflow (goal 0), results lost (metric points of a run's
 journal missing from MLflow, trials without a result; goal 0), trials that trained again after a
-resume (goal 0), seconds from the rank's death to the job's end (goal < 120) and the exploits PBT
-made (goal > 0). A figure that misses its goal is marked with `!`.
+resume (goal 0), seconds from the rank's death to the job's end (goal < 120), the exploits PBT
+made (goal > 0), metric points logged twice at one step (goal 0), Ctrl-C's exit code and the lines it
+printed from the Ctrl-C on (goals 130 and 2: its note and the resume line), and the MLflow names an array's
+tasks share (goal 0). A figure that misses its goal is marked with `!`.
 """
 from __future__ import annotations
 
@@ -252,14 +258,81 @@ def pbt(work: Path, data: Path) -> Dict[str, object]:
     return {"running": left_running(out / "mlflow.db"), "exploits": exploits, "exit": proc.returncode}
 
 
+def duplicate_points(run_dir: Path, store: Path) -> int:
+    """Metric points of the run's MLflow run at a (key, step) that another of its points already has."""
+    state = run_dir / "tracking" / "state.json"
+    run_id = json.loads(state.read_text()).get("run_id") if state.exists() else None
+    if not run_id:
+        return 0
+    mlflow = client(store)
+    keys = mlflow.get_run(run_id).data.metrics
+    return sum(len(steps) - len(set(steps)) for steps in
+               ([m.step for m in mlflow.get_metric_history(run_id, k)] for k in keys))
+
+
+def ctrl_c(work: Path, data: Path) -> Dict[str, object]:
+    out = work / "runs"
+    run_dir = out / "faults" / "interrupted"
+    cmd = [sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "interrupted", 20)]
+    log = work / "train.log"
+    proc = start(cmd, log)
+    wait_for(lambda: count(VALIDATION_LINE, log) >= 1, 600, "the run's first validation", proc)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the run and its data workers
+    code = proc.wait(timeout=300)
+    said = log.read_text().split("Ctrl-C: stopping", 1)[-1].splitlines()[1:]  # after the note the Ctrl-C printed
+    lines = 1 + sum(not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line) for line in said if line.strip())
+    status = "/".join(r.info.status for r in runs(out / "mlflow.db"))
+    again = subprocess.run(cmd[:-1] + ["train.epochs=2"], cwd=REPO, env=environment(), capture_output=True,
+                           text=True, timeout=600)  # a continuation key: the same run goes on to its end
+    return {"running": left_running(out / "mlflow.db"), "ctrl_c_exit": code, "ctrl_c_lines": lines,
+            "dup": duplicate_points(run_dir, out / "mlflow.db"), "status": status, "resume_exit": again.returncode}
+
+
+def rerun_killed(work: Path, data: Path) -> Dict[str, object]:
+    out = work / "runs"
+    run_dir = out / "faults" / "rerun"
+    # 6 steps an epoch; checkpoints at steps 5, 6 (the epoch's end), 10, 12, ...
+    cmd = [sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "rerun", 3),
+           "checkpoint.every_steps=5"]
+    journal = run_dir / "tracking" / "journal.jsonl"
+    proc = start(cmd, work / "train.log")
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:  # killed once step 7 is logged: 7.. are replayed
+        if journal.exists() and '"step": 7,' in journal.read_text():
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    (work / "rerun.log").write_text(again.stdout + again.stderr)
+    store = out / "mlflow.db"
+    return {"running": left_running(store), "lost": lost_points(run_dir, store), "dup": duplicate_points(run_dir, store),
+            "replayed_from": "step " + (re.findall(r"optimizer step (\d+)", again.stdout + again.stderr) or ["?"])[0],
+            "rerun_exit": again.returncode}
+
+
+def array_names(work: Path, data: Path) -> Dict[str, object]:
+    out = work / "runs"
+    cmd = [sys.executable, "launch/submit.py", "--local", "--config", CONFIG, *tiny_overrides(data, out, "grid", 1),
+           "optim.lr=0.002,0.001", "seed=0,1", "train.max_steps_per_epoch=1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1200)
+    (work / "submit.log").write_text(proc.stdout + proc.stderr)
+    names = [r.info.run_name for r in runs(out / "mlflow.db")]
+    return {"running": left_running(out / "mlflow.db"), "shared_names": len(names) - len(set(names)),
+            "tasks": len(names), "names": ";".join(sorted(names)), "exit": proc.returncode}
+
+
 # ------------------------------------------------------------------------------------------- table
 GOALS = {"running": lambda v: v == 0, "lost": lambda v: v == 0, "rerun": lambda v: v == 0,
-         "dead_rank_s": lambda v: v < 120, "exploits": lambda v: v > 0}
+         "dead_rank_s": lambda v: v < 120, "exploits": lambda v: v > 0, "dup": lambda v: v == 0,
+         "ctrl_c_exit": lambda v: v == 130, "ctrl_c_lines": lambda v: v == 2, "shared_names": lambda v: v == 0}
 
 
 def show(results: Dict[str, Dict[str, object]]) -> None:
-    columns = ["running", "lost", "rerun", "dead_rank_s", "exploits"]
-    heads = ["scenario", "left RUNNING", "results lost", "trials rerun", "dead rank (s)", "PBT exploits", "notes"]
+    columns = ["running", "lost", "rerun", "dead_rank_s", "exploits", "dup", "ctrl_c_exit", "ctrl_c_lines",
+               "shared_names"]
+    heads = ["scenario", "left RUNNING", "results lost", "trials rerun", "dead rank (s)", "PBT exploits",
+             "points twice", "Ctrl-C exit", "Ctrl-C lines", "shared names", "notes"]
     rows = []
     for name, result in results.items():
         cells = [name]
@@ -276,7 +349,7 @@ def show(results: Dict[str, Dict[str, object]]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    names = ["run_killed", "server_killed", "sweep_killed", "dead_rank", "pbt"]
+    names = ["run_killed", "server_killed", "sweep_killed", "dead_rank", "pbt", "ctrl_c", "rerun_killed", "array_names"]
     parser.add_argument("--only", nargs="+", choices=names, default=names, help="scenarios to run")
     parser.add_argument("--keep", help="folder to keep each scenario's files in (default: a temporary one)")
     parser.add_argument("--dead-rank-limit", type=float, default=300.0, help="seconds to wait for rank 0 to end")
