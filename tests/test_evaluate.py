@@ -364,3 +364,24 @@ def test_the_split_whose_files_were_read_is_logged(known_run, test_list, split):
     cfg.data.test_list = test_list
     predictions = ev.evaluate_model(cfg, ChannelMeans(), ev.EvalConfig())
     assert (predictions.params["test.split"], predictions.params["test.views"]) == (split, "3")
+
+
+def test_a_config_test_py_cannot_evaluate_is_one_line(video_set, tmp_path):
+    """`test.py ... data.test_num_clips=3` on a segment-sampling run: one error line, exit 2 (was a traceback)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cfg = load_config("configs/tsm/tiny.yaml", [f"data.root={video_set}", f"output_dir={tmp_path}", "name=seg",
+                                                "data.sampling=segment", "data.num_workers=0", "tracking.enabled=false"])
+    folder = cfg.run_dir() / "checkpoints" / ckpt.tag_for(1)
+    folder.mkdir(parents=True)
+    torch.save({"module": models.build(cfg.model).state_dict()}, folder / "mp_rank_00_model_states.pt")
+    dump_config(cfg, folder / "config.yaml")
+    (folder / ckpt.META).write_text(json.dumps({"step": 1}))
+    proc = subprocess.run([sys.executable, "launch/test.py", "data.test_num_clips=3", "--checkpoint", str(folder),
+                           "--no-track"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: data.test_num_clips=3 with data.sampling=segment: 1 (segment centres) or 2 (centres and starts) "
+        "clips"], proc.stderr[-2000:]
