@@ -518,3 +518,16 @@ def test_help_from_anywhere(command, where, tmp_path):
     # an absolute script path and the user's cwd, as `python /path/to/launch/train.py --help` from anywhere
     proc = run_help(REPO / "launch" / f"{command}.py", REPO if where == "checkout" else tmp_path)
     assert help_problems(proc) == []
+
+
+def test_each_public_function_and_class_has_one_home():
+    """One concept, one place: no two modules of `launch/` define a public function or class of the same name (a
+    copied helper, such as `last_exception_line` in `common/console.py` and `sweeps/trial.py`, drifts apart).
+    The commands' own `main` and `parse_args` are theirs."""
+    homes: Dict[str, List[str]] = {}
+    for path in sorted((REPO / "launch").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                homes.setdefault(node.name, []).append(str(path.relative_to(REPO)))
+    twice = {name: paths for name, paths in homes.items() if len(paths) > 1 and name not in ("main", "parse_args")}
+    assert twice == {}

@@ -24,13 +24,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from action_launch import child_python_env
 from action_launch.common.processes import descendants, free_port
+from action_launch.common.console import last_exception_line
 from action_launch.common.reaper import start_reaper, stop_reaper
 from action_launch.common.tables import best_first, format_table, write_csv
 from action_launch.config import Config, flatten, load_config, to_dict
 from action_launch.sweeps.plan import TUNE_DIR, SweepPlan, SweepRequest, budget_attr, make_plan, max_budget
 from action_launch.sweeps.report import COST, WALL, plot_frames_rate_heatmap, plot_metric_vs_cost, plot_metric_vs_keys
 from action_launch.sweeps.spec import Param, SweepSpec, flat_trial_config, trial_overrides
-from action_launch.sweeps.trial import TrialSetup, last_exception_line, record_end, run_trial, trial_run_name
+from action_launch.sweeps.trial import TrialSetup, record_end, run_trial, trial_run_name
 from action_launch.tracking import stop_reasons
 from action_launch.tracking.compare import ranking_rule, score_column, share_sweep_view, trial_score
 from action_launch.tracking.query import experiment_id, ui_url

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import ray
 import yaml
 from ray import tune
 
+from action_launch.common.console import last_exception_line
 from action_launch.common.files import atomic_write_text
 from action_launch.common.processes import stop_process_group, without_distributed_vars
 from action_launch.sweeps.spec import to_override_text, trial_overrides
@@ -129,17 +129,6 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def last_exception_line(text: str) -> str:
-    """The last `SomeError: message` line of a traceback or log (ANSI colours removed), or ''."""
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    lines = (re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in plain.splitlines())  # torch's rank prefix
-    found = [line for line in lines if _EXCEPTION_LINE.match(line)]
-    return found[-1] if found else ""
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b: ")
 
 
 class _CostClock:
