@@ -49,10 +49,6 @@ from action_launch.models.resnet3d import (
 class STABN(nn.Module):
     """3D ResNet with a spatio-temporal attention branch; see the module docstring."""
 
-    clip_length_arg = "num_frames"
-    """The constructor argument that fixes the clip length the input must have (the config checks it against
-    `data.num_frames` when it loads)."""
-
     def __init__(self, num_classes: int = 174, num_frames: int = 32, layers: Tuple[int, ...] = (3, 4, 6, 3),
                  widths: Tuple[int, ...] = (64, 128, 256, 512), inflate: Tuple[int, ...] = (0, 0, 1, 1),
                  dropout: float = 0.5, in_channels: int = 3) -> None:

@@ -162,12 +162,3 @@ def test_a_cosine_warmup_as_long_as_the_run_is_refused():
         load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1"])
     assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=2"]).optim.warmup_epochs == 1
     assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1", "optim.schedule=step"]).train.epochs == 1
-
-
-def test_a_model_built_for_one_clip_length_refuses_another_at_load_time():
-    """configs/stabn/tiny.yaml data.num_frames=8 passed validation and failed at the first forward (issue 23)."""
-    with pytest.raises(ConfigError, match=r"^data.num_frames=8 but model.num_frames=4: stabn_r50_tiny is built for "
-                                          r"clips of 4 frames; set both to the same value \(in command-line override\)"):
-        load_config("configs/stabn/tiny.yaml", ["data.num_frames=8"])
-    assert load_config("configs/stabn/tiny.yaml", ["data.num_frames=8", "model.num_frames=8"]).model["num_frames"] == 8
-    assert load_config("configs/timesformer/tiny.yaml", ["data.num_frames=8"]).data.num_frames == 8  # reads T

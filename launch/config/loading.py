@@ -86,26 +86,7 @@ def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: Ite
     _check_schedule(cfg, validator)
     if check_model:
         cfg.model = validator.model_section(cfg.model)
-        _check_clip_length(cfg, validator)
     return cfg
-
-
-def _check_clip_length(cfg: Config, validator: Validator) -> None:
-    """A model built for clips of a fixed length (its class names the argument: `clip_length_arg`, ST-ABN's
-    temporal attention is T x T) and a clip dataset that feeds it `data.num_frames` frames must agree; otherwise
-    the run would fail at its first forward, after DeepSpeed started. Models that read T from their input
-    (TimeSformer resizes its time embedding, TSM) take any."""
-    from action_launch import models
-
-    preset = models.get_preset(cfg.model["name"])
-    arg = getattr(preset.cls, "clip_length_arg", None)
-    if arg is None or cfg.data.dataset not in ("video", "rawframes"):
-        return
-    length = cfg.model.get(arg, preset.kwargs.get(arg, preset.parameters()[arg].default))
-    if length != cfg.data.num_frames:
-        key = "data.num_frames" if "data.num_frames" in validator.override_keys else f"model.{arg}"
-        validator.fail(key, f"data.num_frames={cfg.data.num_frames} but model.{arg}={length}: {cfg.model['name']} is "
-                            f"built for clips of {length} frames; set both to the same value")
 
 
 def _check_schedule(cfg: Config, validator: Validator) -> None:
