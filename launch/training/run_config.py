@@ -76,8 +76,7 @@ def check_unchanged(cfg: Config, run_dir: Path, amend: bool = False) -> Dict[str
     changes = config_changes(saved_config(run_dir), cfg)
     refused = [key for key in changes if not is_continuation(key)]
     if refused and not amend:
-        shown = ", ".join(f"{key}: {_text(changes[key][0])} -> {_text(changes[key][1])}"
-                          for key in refused[:SHOWN_CHANGES])
+        shown = ", ".join(changed_line({key: changes[key] for key in refused[:SHOWN_CHANGES]}))
         more = f" and {len(refused) - SHOWN_CHANGES} more" if len(refused) > SHOWN_CHANGES else ""
         raise ConfigChanged(
             f"{run_dir} has trained with another config ({shown}{more}) and its config.yaml never changes: start a "
