@@ -1,4 +1,4 @@
-"""Training losses. A model may bring its own `compute_loss(outputs, targets)` (ST-ABN's two heads)."""
+"""Training losses. A model may bring its own `compute_loss(outputs, targets)` (ST-ABN's two heads: `HasOwnLoss`)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -6,6 +6,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from action_launch.models.contract import HasOwnLoss
 
 
 def logits_of(outputs: Any) -> torch.Tensor:
@@ -15,7 +17,7 @@ def logits_of(outputs: Any) -> torch.Tensor:
 
 def make_loss(model: nn.Module, kind: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     """The model's own `compute_loss` when it has one, else cross-entropy, MSE or BCE on the logits."""
-    if hasattr(model, "compute_loss"):
+    if isinstance(model, HasOwnLoss):
         return model.compute_loss
     if kind == "cross_entropy":
         return lambda out, y: F.cross_entropy(logits_of(out).float(), y)

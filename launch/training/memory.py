@@ -28,10 +28,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from action_launch.models.contract import CarriesMemory
+
 
 def carries_memory(model: nn.Module) -> bool:
-    """Whether the model wants its memory carried from window to window."""
-    return bool(getattr(model, "carries_memory", False))
+    """Whether the model wants its memory carried from window to window (`models.contract.CarriesMemory`, True)."""
+    return isinstance(model, CarriesMemory) and bool(model.carries_memory)
 
 
 def _windows(meta: Optional[Mapping[str, Any]]) -> Tuple[List[str], List[int]]:

@@ -9,8 +9,10 @@ import numpy as np
 
 
 def is_regression(cfg: Any, model: Any) -> bool:
-    """Whether the model predicts values (MSE loss or a `task == "regression"` model) rather than classes."""
-    return cfg.train.loss == "mse" or getattr(model, "task", None) == "regression"
+    """Whether the model predicts values (MSE loss or a `task == "regression"` model, `HasTask`) rather than classes."""
+    from action_launch.models.contract import HasTask  # the models package imports torch; this module stays light
+
+    return cfg.train.loss == "mse" or (isinstance(model, HasTask) and model.task == "regression")
 
 
 def confusion_matrix(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
