@@ -39,11 +39,14 @@ reference's `--full_res` evaluation does: the offset net's input is average-pool
 position embedding sees them average-pooled to `map_size` (not renormalised). At the training size
 both poolings are skipped and the parameter count equals the reference's.
 """
-from typing import Any, Dict, Tuple
+import re
+from typing import Any, Collection, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from action_launch.models._formats import SQUEEZE, Ignored, Target, register_new_part
 
 ANCHORS = ("center", "grid")
 
@@ -290,3 +293,115 @@ def dyreg_kwargs(in_channels: int, map_size: int, max_node_dim: int = 256, offse
     wider, layer4 of ResNet-50); the offset net's layout follows from map_size.
     """
     return dict(node_dim=min(in_channels, max_node_dim), offset_dim=offset_dim, map_size=map_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Published checkpoints: bit-ml/DyReg-GNN's graph positions (the format, TSM's layout around them, is in tsm.py)
+#
+# At each graph position the reference replaces a bottleneck's `conv2` by
+# `Sequential(SplitBT(block=conv2), DynamicGraphWrapper)`: `conv2.0.block.weight` is the conv,
+# `conv2.1.dynamic_graph.*` the graph (fishnet offset net, offset GRU, RSTG; table `_DYREG`),
+# `conv2.1.norm_dict.residual_norm.{scale,bias}` (1, C, 1, 1) the residual norm. Per-channel affines stored
+# as (1, C, 1, 1) / (1, 1, 1, C) become (C,). The anchor and pixel-position buffers (`ph_buf`, `pw_buf`,
+# `arange_h_buf`, `arange_w_buf`) are constants the model recomputes; the anchors are checked against ours.
+
+# (upstream suffix below `conv2.1.dynamic_graph.`, our suffix below `dyreg.dyreg.`); `*_norm` entries are
+# LayerNormAffine*: `scale`/`bias` -> GroupNorm/NodeNorm `weight`/`bias`.
+_DYREG = (
+    ("project_i3d_linear.", "project_in."),
+    ("project_back_i3d_linear.", "project_out."),
+    ("norm_dict.dynamic_graph_projection.", "project_norm."),
+    ("fishnet.conv1.", "offset_net.reduce."),
+    ("fishnet.norm_dict.norm1.", "offset_net.reduce_norm."),
+    ("fishnet.tail_conv.0.", "offset_net.down1."),
+    ("fishnet.norm_dict.tail_norm_0.", "offset_net.down1_norm."),
+    ("fishnet.tail_conv.1.", "offset_net.down2."),
+    ("fishnet.norm_dict.tail_norm_1.", "offset_net.down2_norm."),
+    ("fishnet.body_trans_conv.0.", "offset_net.up."),
+    ("fishnet.norm_dict.body_trans_norm_0.", "offset_net.up_norm."),
+    ("fishnet.head_conv.0.", "offset_net.head."),
+    ("fishnet.norm_dict.head_norm_0.", "offset_net.head_norm."),
+    ("global_conv.0.", "offset_net.fc."),
+    ("norm_dict.offset_ln_feats_coords.", "offset_norm."),
+    ("offset_lstm.", "offset_gru."),
+    ("norm_dict.offset_ln_lstm.", "offset_gru_norm."),
+    ("offset_pred.", "offset_fc."),
+    ("offset_alpha", "offset_scale"),
+    ("kernel_projection1.", "pos_embed."),
+    ("rstg.norm_dict.before_graph_norm.", "rstg.input_norm."),
+    ("rstg.internal_lstm.", "rstg.time_gru."),
+    ("rstg.send_mlp.0.", "rstg.send."),
+    ("rstg.norm_dict.send_message_norm.", "rstg.send_norm."),
+    ("rstg.att_q.", "rstg.query."),
+    ("rstg.att_k.", "rstg.key."),
+    ("rstg.att_bias", "rstg.att_bias"),
+    ("rstg.norm_dict.update_norm.", "rstg.update_norm."),
+    ("rstg.external_lstm.", "rstg.out_gru."),
+)
+_DYREG_CONSTANTS = {
+    "ph_buf": "anchor rows (pixels), recomputed by the model from its `anchors`; checked",
+    "pw_buf": "anchor columns (pixels), recomputed by the model from its `anchors`; checked",
+    "arange_h_buf": "pixel positions 0..H-1, recomputed by the model",
+    "arange_w_buf": "pixel positions 0..W-1, recomputed by the model",
+}
+
+
+def dyreg_checkpoint_rename(key: str) -> Target:
+    """A DyReg-GNN graph-position key (below the ResNet, `layerX.Y.conv2.*`) -> ours, or None if `key` is not one."""
+    m = re.match(r"^(layer\d+\.\d+)\.conv2\.(0\.block\.|1\.)(.*)$", key)
+    if m is None:
+        return None
+    block, part, rest = m.groups()
+    if part == "0.block.":
+        return (f"{block}.conv2.{rest}", None)
+    if rest.startswith("norm_dict.residual_norm."):
+        param = rest[len("norm_dict.residual_norm."):]
+        return (f"{block}.dyreg.norm.{'weight' if param == 'scale' else param}", SQUEEZE)
+    if not rest.startswith("dynamic_graph."):
+        return None
+    rest = rest[len("dynamic_graph."):]
+    if rest in _DYREG_CONSTANTS:
+        return Ignored(_DYREG_CONSTANTS[rest])
+    for theirs, ours in _DYREG:
+        if rest.startswith(theirs):
+            tail = rest[len(theirs):]
+            squeeze = "norm_dict." in theirs or theirs == "rstg.att_bias"
+            if squeeze and tail == "scale":
+                tail = "weight"
+            return (f"{block}.dyreg.dyreg.{ours}{tail}", SQUEEZE if squeeze else None)
+    return None
+
+
+def dyreg_anchor_conflicts(model: nn.Module, state: Mapping[str, torch.Tensor], prefix: str = "") -> List[str]:
+    """The file's anchors (ph_buf, pw_buf) against the ones the model's graphs compute."""
+    out = []
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        m = re.match(r"^base_model\.(layer\d+\.\d+)\.conv2\.1\.dynamic_graph\.(ph_buf|pw_buf)$", key)
+        if m is None:
+            continue
+        graph = modules.get(f"{m[1]}.dyreg.dyreg")
+        if graph is None:
+            continue
+        grid, side = getattr(graph, "grid", 3), getattr(graph, "map_size", None) or getattr(graph, "pos_grid", None)
+        anchors = getattr(graph, "anchors", "center")
+        if side is None:
+            continue
+        if anchors == "center":
+            line = torch.full((grid,), side / 2, dtype=torch.float64)
+        else:
+            line = torch.linspace(0, side, 2 * grid + 1, dtype=torch.float64)[1::2]
+        expected = line.repeat_interleave(grid) if m[2] == "ph_buf" else line.repeat(grid)
+        if value.numel() != expected.numel() or not torch.allclose(value.double().flatten(), expected):
+            out.append(f"{prefix}{key}: anchors {sorted(set(value.flatten().tolist()))} in the file, "
+                       f"{sorted(set(expected.tolist()))} in the model ({anchors!r} on a {side}-pixel map)")
+    return out
+
+
+@register_new_part
+def _graphs_new(missing: Sequence[str], loaded: Collection[str]) -> Dict[str, str]:
+    """A file without any DyReg graph (TSM, ImageNet): the model's graphs start as the identity."""
+    if any(".dyreg." in k for k in loaded):
+        return {}
+    return {k: "no DyReg graph in the file; the graph starts as the identity (zero-initialised norm)"
+            for k in missing if ".dyreg." in k}

@@ -15,13 +15,15 @@ Layout: blocks (MultiScaleGraphConv, TemporalWindows, G3D, MultiWindowG3D, Tempo
 MultiScaleTCN, MSG3DBlock), the MSG3D model, then presets (paper sizes, then tiny ones).
 """
 
-from typing import Any, Sequence, Tuple
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from action_launch.models._formats import Format, Ignored, Reshape, Target, classifier, register_format
 from action_launch.models._registry import register_preset, rename_num_class
 from action_launch.models.graphs import get_graph, multiscale_adjacency, window_adjacency
 
@@ -41,6 +43,8 @@ class MultiScaleGraphConv(nn.Module):
         dropout: dropout on the aggregated scales, before the 1x1 conv (the reference's MLP
             dropout: 0 in MS-G3D, 0.6 / 0.4 in the personality code's MS-GCN / window graphs).
     """
+
+    A: torch.Tensor  # the fixed graphs, a buffer
 
     def __init__(self, in_channels: int, out_channels: int, A_scales: np.ndarray, dropout: float = 0.0) -> None:
         super().__init__()
@@ -297,16 +301,16 @@ class MSG3D(nn.Module):
                        ("tcn_dropout", tcn_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1), got {p}")
-        channels = tuple(int(c) for c in channels)
-        if len(channels) != 3 or any(c <= 0 or c % 6 for c in channels):
-            raise ValueError(f"model.channels must be 3 positive multiples of 6, got {channels}")
+        widths = tuple(int(c) for c in channels)
+        if len(widths) != 3 or any(c <= 0 or c % 6 for c in widths):
+            raise ValueError(f"model.channels must be 3 positive multiples of 6, got {widths}")
         self.num_classes, self.num_point, self.num_person = num_classes, num_point, num_person
         self.in_channels, self.task = in_channels, task
         A = skeleton.A
 
         self.data_bn = nn.BatchNorm1d(num_person * num_point * in_channels)
-        c1, c2, c3 = channels
-        drops = dict(gcn_dropout=gcn_dropout, g3d_dropout=g3d_dropout, tcn_dropout=tcn_dropout)
+        c1, c2, c3 = widths
+        drops: Dict[str, Any] = dict(gcn_dropout=gcn_dropout, g3d_dropout=g3d_dropout, tcn_dropout=tcn_dropout)
         self.blocks = nn.ModuleList([
             MSG3DBlock(in_channels, c1, A, num_gcn_scales, num_g3d_scales, stride=1, first=True, **drops),
             MSG3DBlock(c1, c2, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
@@ -344,8 +348,8 @@ class MSG3D(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Presets. Paper sizes first, then tiny siblings that train on a CPU in seconds (T=16).
 
-_NTU = dict(num_point=25, num_person=2, graph="ntu-rgb+d", in_channels=3)
-_KINETICS = dict(num_point=18, num_person=2, graph="kinetics", in_channels=3)
+_NTU: Dict[str, Any] = dict(num_point=25, num_person=2, graph="ntu-rgb+d", in_channels=3)
+_KINETICS: Dict[str, Any] = dict(num_point=18, num_person=2, graph="kinetics", in_channels=3)
 # One person, SMPL joints, xyz + 12 Laban features, five Big-Five trait scores: the network of the
 # authors' code (Rgtemze/PersonalityRecognition, model/msg3d_laban.py with
 # config/personality/train_joint_laban.yaml: layer_channels 12, 13/6 scales, 24 joints, in_channels
@@ -355,9 +359,10 @@ _KINETICS = dict(num_point=18, num_person=2, graph="kinetics", in_channels=3)
 # SMPL edges as lists, which index whole rows of A, so that model runs on a fully connected graph; this
 # preset keeps the SMPL skeleton the paper describes (`model.graph: smpl-24-dense` is theirs). Its dropouts
 # are that code's defaults (ms_gcn.py 0.6, ms_gtcn.py 0.4, ms_tcn.py 0.4). README.md, "Models and data".
-_PERSONALITY = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_classes=5,
-                    channels=(12, 24, 48), task="regression", gcn_dropout=0.6, g3d_dropout=0.4, tcn_dropout=0.4)
-_TINY = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
+_PERSONALITY: Dict[str, Any] = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_classes=5,
+                                    channels=(12, 24, 48), task="regression", gcn_dropout=0.6, g3d_dropout=0.4,
+                                    tcn_dropout=0.4)
+_TINY: Dict[str, Any] = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
 
 register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_classes=60, num_gcn_scales=13, num_g3d_scales=6,
                 **_NTU)
@@ -368,3 +373,118 @@ register_preset("msg3d_personality", MSG3D, num_params=426_551, num_gcn_scales=1
 register_preset("msg3d_ntu60_tiny", MSG3D, num_classes=60, **_NTU, **_TINY)
 register_preset("msg3d_kinetics_tiny", MSG3D, num_classes=400, **_KINETICS, **_TINY)
 register_preset("msg3d_personality_tiny", MSG3D, **{**_PERSONALITY, **_TINY})
+
+
+# --------------------------------------------------------------------------------------------
+# Published checkpoints (`--load-from`, `models.convert`; see models/checkpoints.py)
+#
+# - `msg3d`: kenziyuliu/MS-G3D `.pt` (model/msg3d.py, ms_gcn.py, ms_gtcn.py, ms_tcn.py, mlp.py; a plain state
+#   dict, `module.` already stripped by its `save_weights`): `sgcn{i}` / `gcn3d{i}` / `tcn{i}` become
+#   `blocks.{i-1}.gcn_path` / `.g3d_path` / `.tcn`; `MLP.layers.0/1` become `conv` / `bn`; `out_conv` /
+#   `out_bn` become `collapse` / `bn`. The learned graph residuals `A_res` are stored as the K scales stacked
+#   row-wise, (K*V, V); ours are (K, V, V), the same numbers (upstream's `view(N, C, T, K, V)` of the
+#   aggregated rows).
+# - `msg3d_personality`: Rgtemze/PersonalityRecognition (`model/msg3d_laban.py`, MS-G3D's layout and `.pt`
+#   files): its MLPs start with a Dropout, so `MLP.layers.1/2` are `conv` / `bn`; two input BatchNorms,
+#   `data_bn_x` (M*V*3 xyz) and `data_bn_laban` (M*V*12 Laban), become our one `data_bn` over (M, V, 15),
+#   interleaved per joint; `l2_gcn3d2` / `l2_sgcn2` / `l2_tcn2`, a copy of the second block that its forward
+#   never calls, are ignored. Its model runs on `graph: smpl-24-dense`.
+
+
+def _scales(value: torch.Tensor, shape: torch.Size) -> Optional[torch.Tensor]:
+    if value.ndim == 2 and len(shape) == 3 and value.shape == (shape[0] * shape[1], shape[2]):
+        return value.reshape(shape)
+    return None
+
+
+# MS-G3D's A_res: K adjacency scales stacked row-wise (K*V, V) -> (K, V, V), the same numbers.
+SCALES = Reshape("K scales stacked row-wise (K*V, V) -> (K, V, V)", _scales)
+
+
+def _msg3d_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return any(re.match(r"^(sgcn|gcn3d)1\.", k) is not None for k in keys)
+
+
+def _msg3d_mlp(rest: str, first: int) -> Optional[str]:
+    """MLP(in, [out]) = layers [Dropout (only at dropout > 0.001), Conv2d, BatchNorm2d, activation]: the conv
+    is `layers.<first>`, the BatchNorm the next one."""
+    m = re.match(r"^mlp\.layers\.(\d+)\.(.*)$", rest)
+    if m is None or int(m[1]) not in (first, first + 1):
+        return None
+    return ("conv." if int(m[1]) == first else "bn.") + m[2]
+
+
+def _msg3d_rename(key: str, model: nn.Module, mlp_conv: int = 0) -> Target:
+    if key.startswith(("data_bn.", "fc.")):
+        return (key if key.startswith("data_bn.") else classifier(model) + key[len("fc"):], None)
+    m = re.match(r"^(sgcn|gcn3d|tcn)(\d+)\.(.*)$", key)
+    if m is None:
+        return None
+    kind, block, rest = m[1], int(m[2]) - 1, m[3]
+    if kind == "tcn":
+        return (f"blocks.{block}.tcn.{rest}", None)
+    if kind == "sgcn":  # Sequential(MS_GCN, MS_TCN, MS_TCN)
+        if rest == "0.A_res":
+            return (f"blocks.{block}.gcn_path.0.A_res", SCALES)
+        if rest.startswith("0."):
+            tail = _msg3d_mlp(rest[2:], mlp_conv)
+            return None if tail is None else (f"blocks.{block}.gcn_path.0.{tail}", None)
+        return (f"blocks.{block}.gcn_path.{rest}", None)
+    # gcn3d: MultiWindow_MS_G3D.gcn3d[w] = MS_G3D(gcn3d = Sequential(Unfold, SpatialTemporal_MS_GCN), out_conv, out_bn)
+    m = re.match(r"^gcn3d\.(\d+)\.(.*)$", rest)
+    if m is None:
+        return None
+    prefix, rest = f"blocks.{block}.g3d_path.pathways.{m[1]}.", m[2]
+    if rest == "gcn3d.1.A_res":
+        return (prefix + "gcn.A_res", SCALES)
+    if rest.startswith("gcn3d.1."):
+        tail = _msg3d_mlp(rest[len("gcn3d.1."):], mlp_conv)
+        return None if tail is None else (prefix + "gcn." + tail, None)
+    for theirs, ours in (("out_conv.", "collapse."), ("out_bn.", "bn.")):
+        if rest.startswith(theirs):
+            return (prefix + ours + rest[len(theirs):], None)
+    return None  # e.g. in1x1 (embed_factor != 1): no such layer here
+
+
+_PERSONALITY_BN = "data_bn_x+data_bn_laban."
+
+
+def _personality_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return "data_bn_laban.weight" in keys and _msg3d_detect(keys, model)
+
+
+def _personality_join(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """`data_bn_x` (xyz, M*V*3 channels) and `data_bn_laban` (M*V*L) -> one BatchNorm over (M, V, 3 + L):
+    channels of each (person, joint) side by side, as the model concatenates them (`MSG3D.forward`)."""
+    out, joined = dict(state), {}
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        xyz, laban = state.get(f"data_bn_x.{name}"), state.get(f"data_bn_laban.{name}")
+        if xyz is None or laban is None or xyz.ndim != 1 or xyz.numel() % 3:
+            continue
+        joints = xyz.numel() // 3
+        if laban.ndim != 1 or laban.numel() % joints:
+            continue
+        out[_PERSONALITY_BN + name] = torch.cat([xyz.reshape(joints, 3), laban.reshape(joints, -1)], 1).reshape(-1)
+        del out[f"data_bn_x.{name}"], out[f"data_bn_laban.{name}"]
+        joined[_PERSONALITY_BN + name] = f"{joints} (person, joint) groups of 3 xyz + {laban.numel() // joints} Laban"
+    if "data_bn_x.num_batches_tracked" in out and out.get("data_bn_laban.num_batches_tracked") is not None:
+        out[_PERSONALITY_BN + "num_batches_tracked"] = out.pop("data_bn_x.num_batches_tracked")
+        del out["data_bn_laban.num_batches_tracked"]
+    return out, joined
+
+
+def _personality_rename(key: str, model: nn.Module) -> Target:
+    if key.startswith(_PERSONALITY_BN):
+        return ("data_bn." + key[len(_PERSONALITY_BN):], None)
+    if key.startswith(("l2_gcn3d2.", "l2_sgcn2.", "l2_tcn2.")):
+        return Ignored("a copy of the second block that the authors' Model builds and its forward never calls")
+    return _msg3d_rename(key, model, mlp_conv=1)
+
+
+register_format(Format(
+    "msg3d_personality", "MS-G3D personality variant (Rgtemze/PersonalityRecognition: data_bn_x + data_bn_laban, "
+    "MLPs after a Dropout, unused l2_* block)", _personality_detect, _personality_rename, _personality_join,
+    priority=50))
+register_format(Format(
+    "msg3d", "MS-G3D (kenziyuliu/MS-G3D: sgcn*/gcn3d*/tcn* blocks, A_res as (K*V, V))", _msg3d_detect,
+    _msg3d_rename, priority=40))

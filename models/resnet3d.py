@@ -7,10 +7,15 @@ temporal stride is given. Layout (N, C, T, H, W). Parameter names follow torchvi
 (`conv1`, `bn1`, ..., `downsample.0/1`) so 2D ImageNet weights inflate onto them by name
 (`load_resnet2d_state_dict`; I3D inflation: a 2D kernel repeated over time and divided by kt).
 """
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
+
+from action_launch.models._formats import DelegatedFormat, Format, register_format, shape_text
+
+if TYPE_CHECKING:
+    from action_launch.models.checkpoints import LoadReport
 
 
 class Bottleneck3d(nn.Module):
@@ -139,3 +144,49 @@ def load_resnet2d_state_dict(model: nn.Module, state: Mapping[str, Any],
     model.load_state_dict(out, strict=False)
     report["missing"] = [k for k in own if k not in out]
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Published checkpoints: `imagenet_resnet`, a 2D ImageNet ResNet (torchvision) for a model with
+# `load_imagenet_resnet` (TSM, ST-ABN), which copies or inflates it; reported as the mapped formats are.
+
+
+def _imagenet_resnet_detect(state: Mapping[str, torch.Tensor], model: nn.Module, found: Format) -> Optional[str]:
+    """A 2D torchvision ResNet the model has to inflate (its own names are not the file's)."""
+    if not hasattr(model, "load_imagenet_resnet") or not is_resnet2d_state_dict(state):
+        return None
+    own = model.state_dict()
+    if all(k in own and own[k].ndim == v.ndim for k, v in state.items()):
+        return None
+    return "2D ImageNet ResNet (torchvision names), inflated"
+
+
+def _load_imagenet_resnet(model: Any, state: Mapping[str, torch.Tensor], report: "LoadReport") -> None:
+    """`model.load_imagenet_resnet(state)` (any model with that loader), its result written into `report`."""
+    result = model.load_imagenet_resnet(state)
+    own = model.state_dict()
+    missing = set(result.get("missing", []))
+    for key in own:
+        if key not in missing:
+            report.loaded[key] = key
+    renamed = {k: report.file_prefix + k for k in state}
+    report.loaded = {k: renamed.get(k, renamed.get(k[len("stem."):], k)) for k in report.loaded}
+    for key in result.get("inflated", []):
+        report.resized[key] = "2D kernel inflated over time (repeated, divided by the temporal size)"
+    for entry in result.get("mismatched", []):
+        src, _, dst = entry.partition(" -> ")
+        dst = dst or src
+        if dst in own and dst in missing:
+            shape = shape_text(state[src]) if src in state else "?"
+            report.skipped[dst] = f"file {src} {shape}, model {shape_text(own[dst])}"
+    report.unexpected.extend(report.file_prefix + k for k in result.get("unexpected", []))
+    report.finish()
+    backbone = ("stem.", "conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+    for key in list(report.missing):
+        # a DyReg graph inside a ResNet block is no part of the 2D ResNet either
+        if not key.startswith(backbone) or ".dyreg." in key:
+            report.new[key] = "not part of a 2D image ResNet; keeps the model's initialisation"
+    report.counters_new(state)
+
+
+register_format(DelegatedFormat("imagenet_resnet", _imagenet_resnet_detect, _load_imagenet_resnet, priority=10))

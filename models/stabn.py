@@ -29,12 +29,13 @@ the engine then calls it on the model's raw forward output instead of cross-entr
 of logits. ST-ABN uses it because it trains both heads: CE(perception) + CE(attention), equal
 weights as the reference. Its forward returns a dict whose "logits" entry is the prediction.
 """
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from action_launch.models._formats import Format, Ignored, Target, register_format, register_head_modules
 from action_launch.models._registry import register_preset
 from action_launch.models.resnet3d import (
     Bottleneck3d,
@@ -48,6 +49,9 @@ from action_launch.models.resnet3d import (
 
 class STABN(nn.Module):
     """3D ResNet with a spatio-temporal attention branch; see the module docstring."""
+
+    clip_length_arg = "num_frames"
+    """The constructor argument that fixes the input's clip length (the config refuses another `data.num_frames`)."""
 
     def __init__(self, num_classes: int = 174, num_frames: int = 32, layers: Tuple[int, ...] = (3, 4, 6, 3),
                  widths: Tuple[int, ...] = (64, 128, 256, 512), inflate: Tuple[int, ...] = (0, 0, 1, 1),
@@ -186,3 +190,49 @@ register_preset("stabn_r50", STABN, num_params=55_665_928, num_classes=174, num_
 
 # Tiny preset for tests and CPU demos: 4 frames x 64^2, widths 8/16/32/64, one block per stage.
 register_preset("stabn_r50_tiny", STABN, num_classes=4, num_frames=4, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64))
+
+
+# --------------------------------------------------------------------------------------------
+# Published checkpoints (`--load-from`, `models.convert`; see models/checkpoints.py)
+#
+# `stabn_mmaction`: machine-perception-robotics-group/ST-ABN_PyTorch (MMAction v1, `TSN3D`):
+# `{'state_dict': {'backbone.*', 'necks.*', 'cls_head.fc_cls.*'}}`. The backbone (`ResNet_SlowFast`) holds
+# the attention branch (`bn_att`, `att_conv`, `t_att_conv`, ...; table `_STABN`), the neck's `att_head.fc` is
+# the attention classifier; the neck's other modules (TPN leftovers that its forward never calls) are ignored.
+# ImageNet ResNets (torchvision) go to `STABN.load_imagenet_resnet` (format `imagenet_resnet`, resnet3d.py).
+
+# Both classifiers and the attention branch's class-sized layers (K channels, K x K, K*T -> K): a file of
+# another class count skips exactly these.
+register_head_modules(STABN, ("fc", "att_fc", "att_conv", "att_bn2", "sa_conv", "ta_conv", "att_logit_conv"))
+
+_STABN = {
+    "conv1": "stem.conv1", "bn1": "stem.bn1",
+    "bn_att": "att_bn", "att_conv": "att_conv", "bn_att2": "att_bn2",
+    "att_conv3": "sa_conv", "bn_att3": "sa_bn",
+    "t_att_conv": "ta_conv", "t_bn_att": "ta_bn", "t_att_conv2": "ta_frame_conv", "fc1": "ta_fc1", "fc2": "ta_fc2",
+    "att_conv2": "att_logit_conv",
+    "t_att_conv3": "fuse_conv", "bn_att4": "fuse_bn",
+    "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4", "att_layer4": "att_layer4",
+}
+
+
+def _stabn_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return any(k.startswith(("backbone.att_layer4.", "backbone.t_att_conv.")) for k in keys)
+
+
+def _stabn_rename(key: str, model: nn.Module) -> Target:
+    if key.startswith("cls_head.fc_cls."):
+        return ("fc." + key[len("cls_head.fc_cls."):], None)
+    if key.startswith("necks.att_head.fc."):
+        return ("att_fc." + key[len("necks.att_head.fc."):], None)
+    if key.startswith("necks."):
+        return Ignored("Att_head neck module that the ST-ABN forward never calls (only att_head.fc is used)")
+    if not key.startswith("backbone."):
+        return None
+    first, _, rest = key[len("backbone."):].partition(".")
+    return (f"{_STABN[first]}.{rest}", None) if first in _STABN else None
+
+
+register_format(Format(
+    "stabn_mmaction", "ST-ABN (ST-ABN_PyTorch, MMAction TSN3D: backbone.* attention branch, necks.att_head.fc, "
+    "cls_head.fc_cls)", _stabn_detect, _stabn_rename, wrappers=("backbone", "necks", "cls_head"), priority=30))

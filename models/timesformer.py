@@ -19,13 +19,24 @@ Token layout inside the blocks: (B, 1 + N*T, D), the CLS token first, then patch
 patch-major, time-minor (token 1 + n*T + t is patch n of frame t), as in the reference code.
 """
 import re
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+if TYPE_CHECKING:
+    from action_launch.models.checkpoints import LoadReport
+
+from action_launch.models._formats import (
+    DelegatedFormat,
+    Format,
+    Target,
+    register_format,
+    register_resize,
+    shape_text,
+)
 from action_launch.models._registry import register_preset
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
@@ -241,9 +252,10 @@ class TimeSformer(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for blk in self.blocks:
-            if hasattr(blk, "temporal_fc"):
-                nn.init.zeros_(blk.temporal_fc.weight)
-                nn.init.zeros_(blk.temporal_fc.bias)
+            temporal_fc = getattr(blk, "temporal_fc", None)  # divided space-time blocks only
+            if isinstance(temporal_fc, nn.Linear):
+                nn.init.zeros_(temporal_fc.weight)
+                nn.init.zeros_(temporal_fc.bias)
 
     def no_weight_decay(self) -> set[str]:
         """Names of the embedding parameters kept out of weight decay."""
@@ -402,10 +414,10 @@ def inflate_vit_state_dict(
 # --------------------------------------------------------------------------------------------
 # Presets
 
-_BASE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-             qkv_bias=True, drop_path_rate=0.1, attention="divided_space_time")
-_TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0,
-             qkv_bias=True, drop_path_rate=0.0, attention="divided_space_time")
+_BASE: Dict[str, Any] = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                             qkv_bias=True, drop_path_rate=0.1, attention="divided_space_time")
+_TINY: Dict[str, Any] = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0,
+                             qkv_bias=True, drop_path_rate=0.0, attention="divided_space_time")
 
 # Paper: Kinetics-400, 8 frames x 224^2, divided space-time (121,566,352 parameters).
 register_preset("timesformer_base", TimeSformer, num_params=121_566_352, **_BASE, num_frames=8, num_classes=400)
@@ -415,3 +427,88 @@ register_preset("light_timesformer", TimeSformer, num_params=121_286_412, **_BAS
 # Tiny presets for tests and CPU demos (~156k parameters).
 register_preset("timesformer_tiny", TimeSformer, **_TINY, num_frames=4, num_classes=4)
 register_preset("light_timesformer_tiny", TimeSformer, **_TINY, num_frames=8, num_classes=12)
+
+
+# --------------------------------------------------------------------------------------------
+# Published checkpoints (`--load-from`, `models.convert`; see models/checkpoints.py)
+#
+# facebookresearch/TimeSformer: PySlowFast `.pyth` files hold `{'model_state': {'model.<timm ViT names>'}}`
+# (the registered model wraps `VisionTransformer` as `self.model`); DDP-trained copies
+# `{'state_dict': {'module.model.*'}}`. Names below `model.` are ours. When the frame count or the number of
+# patches differs, `time_embed` and the patch part of `pos_embed` are resized as the reference's
+# `load_pretrained` (timesformer/models/helpers.py) does: `F.interpolate(..., mode='nearest')` over the
+# sequence, the CLS position kept. Image ViTs (timm names), and TimeSformers without temporal attention, go
+# to `TimeSformer.load_image_vit` (format `image_vit`), which copies spatial into temporal attention.
+
+
+def _timesformer_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return "model.patch_embed.proj.weight" in keys and all(k.startswith("model.") for k in keys)
+
+
+def _timesformer_rename(key: str, model: nn.Module) -> Target:
+    return (key[len("model."):], None) if key.startswith("model.") else None
+
+
+TIMESFORMER_FORMAT = register_format(Format(
+    "timesformer", "TimeSformer (facebookresearch/TimeSformer: model.* under model_state or state_dict)",
+    _timesformer_detect, _timesformer_rename, wrappers=("model",), priority=80))
+
+
+@register_resize
+def _resize_embeddings(key: str, value: torch.Tensor, shape: torch.Size,
+                       model: nn.Module) -> Optional[Tuple[torch.Tensor, str]]:
+    """TimeSformer's position and time embeddings of another length, resized as upstream does."""
+    if not (hasattr(model, "patch_embed") and hasattr(model, "pos_embed")):
+        return None
+    if value.ndim != 3 or len(shape) != 3 or value.shape[0] != 1 or shape[0] != 1 or value.shape[2] != shape[2]:
+        return None
+    if key == "time_embed":
+        return resize_time_embed(value, shape[1]), f"{value.shape[1]} -> {shape[1]} frames, nearest over time"
+    if key == "pos_embed":
+        return (resize_pos_embed(value, shape[1] - 1),
+                f"{value.shape[1] - 1} -> {shape[1] - 1} patch positions, nearest over the sequence (CLS kept)")
+    return None
+
+
+def _image_vit_detect(state: Mapping[str, torch.Tensor], model: nn.Module, found: Format) -> Optional[str]:
+    """An image ViT (timm names, any single wrapper prefix: patch embedding and blocks, no temporal attention)
+    for a model with `load_image_vit`; also a TimeSformer file without temporal attention."""
+    if found.name not in ("native", TIMESFORMER_FORMAT.name) or not hasattr(model, "load_image_vit"):
+        return None
+    keys = list(state)
+    if not (any(k.endswith("patch_embed.proj.weight") for k in keys)
+            and any(k.endswith("blocks.0.attn.qkv.weight") for k in keys)
+            and not any(".temporal_attn." in k for k in keys)):
+        return None
+    wrapped = ", TimeSformer model.*" if found.name == TIMESFORMER_FORMAT.name else ""
+    return (f"ViT without temporal attention (timm names{wrapped}), spatial attention copied to temporal "
+            "where the model has it")
+
+
+def _load_image_vit(model: Any, state: Mapping[str, torch.Tensor], report: "LoadReport") -> None:
+    """`model.load_image_vit(state)` (any model with that loader), its result written into `report`."""
+    vit = model.load_image_vit(state)
+    own = model.state_dict()
+    missing = set(vit.get("missing_keys", []))
+    # the loader strips a `model.` wrapper (TimeSformer's registered models) that every key shares
+    prefix = report.file_prefix + ("model." if state and all(k.startswith("model.") for k in state) else "")
+    for key in own:
+        if key not in missing:
+            report.loaded[key] = prefix + key
+    for key in vit.get("resized", []):
+        report.resized[key] = "resized by TimeSformer.load_image_vit (as the reference's load_pretrained)"
+    for key in vit.get("copied_to_temporal", []):
+        report.loaded[key] = prefix + key.replace(".temporal_attn.", ".attn.").replace(".temporal_norm1.", ".norm1.")
+    for key in vit.get("dropped_keys", []):
+        if key in missing:
+            report.skipped[key] = f"file head of another shape, model {shape_text(own[key])}"
+    report.unexpected.extend(prefix + k for k in vit.get("unexpected_keys", []))
+    report.finish()
+    for key in list(report.missing):
+        if key == "time_embed" or ".temporal_fc." in key:
+            report.new[key] = ("an image ViT has no temporal parameters; starts as the reference initialises it "
+                               "(time_embed and temporal_fc zero: every frame at first sees the image ViT)")
+    report.counters_new(state)
+
+
+register_format(DelegatedFormat("image_vit", _image_vit_detect, _load_image_vit))

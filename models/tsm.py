@@ -22,13 +22,21 @@ as the identity, so an ImageNet or TSM checkpoint behaves unchanged until it tra
 `parameter_groups` gives TSM's optimiser groups (norms and biases without weight decay, biases at
 lr x2, the classifier at lr x5 / x10).
 """
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from action_launch.models._formats import Format, Target, classifier, register_format
 from action_launch.models._registry import register_preset
-from action_launch.models.dyreg import DyRegResidual, NodeNorm, dyreg_kwargs
+from action_launch.models.dyreg import (
+    DyRegResidual,
+    NodeNorm,
+    dyreg_anchor_conflicts,
+    dyreg_checkpoint_rename,
+    dyreg_kwargs,
+)
 from action_launch.models.resnet3d import check_stages, init_resnet_weights, load_resnet2d_state_dict
 
 
@@ -218,8 +226,8 @@ class TSM(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Presets
 
-_R50 = dict(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), shift_div=8, dropout=0.5)
-_TINY = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), shift_div=8, dropout=0.5)
+_R50: Dict[str, Any] = dict(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), shift_div=8, dropout=0.5)
+_TINY: Dict[str, Any] = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), shift_div=8, dropout=0.5)
 _DYREG_PAPER = "layer2.2,layer3.4,layer4.1"
 
 # Paper (DyReg-GNN's SSv2 setting): Something-Something v2, 174 classes, 16 segments x 224^2.
@@ -232,3 +240,85 @@ register_preset("tsm_r50_dyreg", TSM, num_params=28_701_830, num_classes=174, nu
 register_preset("tsm_r50_tiny", TSM, num_classes=4, num_segments=4, **_TINY)
 register_preset("tsm_r50_dyreg_tiny", TSM, num_classes=4, num_segments=4, dyreg_positions="layer2.0,layer3.0,layer4.0",
                 dyreg_input_size=64, dyreg_max_node_dim=32, dyreg_offset_dim=16, dropout_at="map", **_TINY)
+
+
+# --------------------------------------------------------------------------------------------
+# Published checkpoints (`--load-from`, `models.convert`; see models/checkpoints.py)
+#
+# - `tsm`: mit-han-lab/temporal-shift-module. `{'state_dict': {'module.base_model.*', 'module.new_fc.*'}}`
+#   (DataParallel around `TSN`): a torchvision ResNet whose bottleneck `conv1` is wrapped by `TemporalShift`
+#   (`conv1.net.weight`), the classifier `new_fc` (or `base_model.fc` when trained without dropout).
+# - `dyreg`: bit-ml/DyReg-GNN, the TSM layout plus its graph positions (`dyreg.dyreg_checkpoint_rename`).
+# - `mmaction2_resnet`: open-mmlab/mmaction2 ResNet-based recognizers (`Recognizer2D/3D`): `backbone.*` with
+#   `ConvModule`s (`conv1.conv`, `conv1.bn` -> `conv1`, `bn1`; `downsample.conv/bn` -> `downsample.0/1`;
+#   TSM's shift wrapper `conv1.conv.net`), `cls_head.fc_cls` -> the head.
+# - `mmaction`: any other `backbone.*` / `cls_head.fc_cls.*` file (MMAction v1's ResNet has torchvision
+#   names): `backbone.` stripped, the head renamed.
+# ImageNet ResNets (torchvision) go to `TSM.load_imagenet_resnet` (format `imagenet_resnet`, resnet3d.py).
+
+
+def _tsn_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return any(k.startswith("base_model.") for k in keys) and not any(".dynamic_graph." in k for k in keys)
+
+
+def _dyreg_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return any(k.startswith("base_model.") for k in keys) and any(".dynamic_graph." in k for k in keys)
+
+
+def _tsn_rename(key: str, model: nn.Module) -> Target:
+    """TSN(base_model=ResNet, new_fc), the same for TSM and DyReg-GNN."""
+    if key.startswith("new_fc."):
+        return (classifier(model) + key[len("new_fc"):], None)
+    if not key.startswith("base_model."):
+        return None
+    key = key[len("base_model."):]
+    # TemporalShift(net=conv1) on the residual branch ("blockres"): the conv is `net`.
+    key = re.sub(r"^(layer\d+\.\d+)\.conv1\.net\.", r"\1.conv1.", key)
+    if key.startswith("fc."):  # trained with dropout 0: the classifier stays base_model.fc
+        return (classifier(model) + key[len("fc"):], None)
+    return dyreg_checkpoint_rename(key) or (key, None)
+
+
+def _mmaction2_resnet_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return "backbone.conv1.conv.weight" in keys
+
+
+def _mmaction_head(key: str, model: nn.Module) -> Target:
+    if key.startswith("cls_head.fc_cls."):
+        return (classifier(model) + key[len("cls_head.fc_cls"):], None)
+    return None
+
+
+def _mmaction2_resnet_rename(key: str, model: nn.Module) -> Target:
+    if not key.startswith("backbone."):
+        return _mmaction_head(key, model)
+    key = key[len("backbone."):]
+    m = re.match(r"^(.*?)(conv(\d)|downsample)\.(conv|bn)\.(?:net\.)?(.*)$", key)
+    if m is None:
+        return None
+    where, module, index, part, tail = m.groups()
+    if module == "downsample":
+        return (f"{where}downsample.{0 if part == 'conv' else 1}.{tail}", None)
+    return (f"{where}{'conv' if part == 'conv' else 'bn'}{index}.{tail}", None)
+
+
+def _mmaction_detect(keys: Sequence[str], model: nn.Module) -> bool:
+    return any(k.startswith("backbone.") for k in keys) and all(k.startswith(("backbone.", "cls_head.")) for k in keys)
+
+
+def _mmaction_rename(key: str, model: nn.Module) -> Target:
+    return (key[len("backbone."):], None) if key.startswith("backbone.") else _mmaction_head(key, model)
+
+
+register_format(Format(
+    "dyreg", "DyReg-GNN (bit-ml/DyReg-GNN: base_model.* with conv2.0.block / conv2.1.dynamic_graph, new_fc)",
+    _dyreg_detect, _tsn_rename, conflicts=dyreg_anchor_conflicts, wrappers=("base_model",), priority=70))
+register_format(Format(
+    "tsm", "TSM (mit-han-lab/temporal-shift-module: base_model.* with conv1.net, new_fc)",
+    _tsn_detect, _tsn_rename, wrappers=("base_model",), priority=60))
+register_format(Format(
+    "mmaction2_resnet", "mmaction2 ResNet recognizer (backbone.* ConvModules, cls_head.fc_cls)",
+    _mmaction2_resnet_detect, _mmaction2_resnet_rename, wrappers=("backbone", "cls_head"), priority=20))
+register_format(Format(
+    "mmaction", "mmaction recognizer (backbone.*, cls_head.fc_cls)", _mmaction_detect, _mmaction_rename,
+    wrappers=("backbone", "cls_head"), priority=10))

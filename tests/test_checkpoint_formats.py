@@ -1,4 +1,5 @@
-"""Published checkpoints through `--load-from` (models/checkpoints.py): every upstream layout maps.
+"""Published checkpoints through `--load-from` (models/checkpoints.py, each model file's `Format`s): every
+upstream layout maps.
 
 Each upstream layout is built here as the upstream code builds it: small stand-ins of the upstream
 module trees (names and shapes read from facebookresearch/TimeSformer timesformer/models/vit.py,
@@ -13,7 +14,10 @@ truncated or partial file fails with the report.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -21,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from action_launch import models
-from action_launch.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
+from action_launch.models import _formats
+from action_launch.models.checkpoints import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    mapped_formats,
+    read_checkpoint,
+)
 from action_launch.models.graphs import get_graph, multiscale_adjacency
 from action_launch.training.engine import load_weights
 
@@ -162,7 +173,7 @@ class UpVisionTransformer(nn.Module):
             x = x[:, 1:]
             n, D = x.shape[1], x.shape[2]
             x = x.reshape(B, T, n, D).permute(0, 2, 1, 3).reshape(B * n, T, D)  # '(b t) n m -> (b n) t m'
-            if T != self.time_embed.size(1):
+            if self.time_embed.size(1) != T:
                 x = x + F.interpolate(self.time_embed.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)
             else:
                 x = x + self.time_embed
@@ -1084,12 +1095,98 @@ def test_train_load_from_partial_sets_the_config_key(capsys):
     assert "load_partial: true" in capsys.readouterr().out
 
 
+# --------------------------------------------------------------------------------------------
+# One model file per upstream: formats live beside their models, checkpoints.py is generic
+
+
+def _module_of(fmt) -> str:
+    """The module that declares `fmt`: where its detection and its mapping (or loader) are written."""
+    mapping = fmt.rename if isinstance(fmt, _formats.Format) else fmt.load
+    assert fmt.detect.__module__ == mapping.__module__, fmt.name
+    return fmt.detect.__module__
+
+
+def test_every_format_is_declared_in_its_model_file_and_checkpoints_names_no_family():
+    from action_launch.models.resnet3d import load_resnet2d_state_dict
+
+    registered = _formats.registered_formats()
+    where = {fmt.name: _module_of(fmt) for fmt in registered}
+    family = {"timesformer": "timesformer_tiny", "image_vit": "timesformer_tiny", "tsm": "tsm_r50_tiny",
+              "dyreg": "tsm_r50_dyreg_tiny", "mmaction2_resnet": "tsm_r50_tiny", "mmaction": "tsm_r50_tiny",
+              "msg3d": "msg3d_ntu60_tiny", "msg3d_personality": "msg3d_personality_tiny",
+              "stabn_mmaction": "stabn_r50_tiny"}
+    for name, preset in family.items():  # the module of the model class the format's files load into
+        assert where.get(name) == models.get_preset(preset).cls.__module__, name
+    # ImageNet ResNets: both ResNet families (TSM, ST-ABN) load them through resnet3d, where the format is
+    assert where.get("imagenet_resnet") == load_resnet2d_state_dict.__module__
+    for name, module in where.items():  # any later format too: in a model file, never in the generic code
+        assert module.startswith("action_launch.models.") and module.rsplit(".", 1)[1] not in (
+            "checkpoints", "_formats", "_registry", "convert"), (name, module)
+    # detection tries the formats in the order the loader always has (a narrower layout before a wider one)
+    assert [f.name for f in mapped_formats()] == ["timesformer", "dyreg", "tsm", "msg3d_personality", "msg3d",
+                                                   "stabn_mmaction", "mmaction2_resnet", "mmaction"]
+
+    # models/checkpoints.py names no family, no upstream and no upstream key
+    source = inspect.getsource(importlib.import_module("action_launch.models.checkpoints"))
+    words = set(where) | {m.rsplit(".", 1)[1] for m in where.values()}
+    words |= {models.get_preset(p).cls.__name__ for p in models.list_presets()}
+    words |= {models.get_preset(p).cls.__module__.rsplit(".", 1)[1] for p in models.list_presets()}
+    words |= {w for f in mapped_formats() for w in f.wrappers if w != "model"}  # "model" is the word it is about
+    named = sorted(w for w in words if re.search(rf"\b{re.escape(w)}\b", source, re.IGNORECASE))
+    assert not named, f"models/checkpoints.py names {named}: that belongs in the model's file"
+
+
+class UpHIINTRelease(nn.Module):
+    """A made-up upstream release of HIINT (which has none): the network under `net`, the classifier `net.fc`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.net = nn.Module()
+        for name, child in model.named_children():
+            self.net.add_module("fc" if name == "head" else name, child)
+        for name, value in model.named_parameters(recurse=False):
+            self.net.register_parameter(name, value)
+
+
+def test_a_new_upstream_is_one_format_in_its_model_file(tmp_path, monkeypatch):
+    """What a model file adds for a new published checkpoint is enough: the loader finds it, maps and reports it."""
+    monkeypatch.setattr(_formats, "_FORMATS", dict(_formats._FORMATS))  # the registration ends with the test
+
+    def detect(keys, model):
+        return all(k.startswith("net.") for k in keys) and "net.memory_init" in keys
+
+    def rename(key, model):
+        if key.startswith("net.fc."):
+            return (_formats.classifier(model) + key[len("net.fc"):], None)
+        return (key[len("net."):], None) if key.startswith("net.") else None
+
+    fmt = _formats.register_format(_formats.Format("hiint_release", "HIINT's release (net.*, net.fc)", detect, rename,
+                                                   wrappers=("net",)))
+    assert mapped_formats()[-1] is fmt  # priority 0: after every format of the package
+    with pytest.raises(ValueError, match="registered twice"):
+        _formats.register_format(fmt)
+
+    source = randomize(models.create("hiint_cpmt_tiny"), seed=16)
+    state = UpHIINTRelease(source).state_dict()
+    assert "net.fc.weight" in state and "net.memory_init" in state
+    torch.save({"state_dict": state}, tmp_path / "hiint_release.pth")
+    model = models.create("hiint_cpmt_tiny").eval()
+    report = load_checkpoint(model, tmp_path / "hiint_release.pth")
+    assert report.format == "hiint_release" and report.description == "HIINT's release (net.*, net.fc)"
+    check_complete(report, state, model)
+    check_pairs(report, {"net.fc.weight": "head.weight", "net.memory_init": "memory_init"})
+    torch.save({"state_dict": {**state, "net.extra.weight": torch.zeros(2)}}, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match="partial load refused") as err:
+        load_checkpoint(models.create("hiint_cpmt_tiny"), tmp_path / "extra.pth")
+    assert err.value.report.unexpected == ["net.extra.weight"]
+    assert "file: net.extra" in err.value.report.groups()  # its wrapper: the report groups one level deeper
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("deepspeed_ready")
 def test_train_refuses_a_partial_load_then_accepts_it_and_logs_the_report(video_set, tmp_path):
-    from mlflow.tracking import MlflowClient
-
     from conftest import run_train, tiny_overrides
+    from mlflow.tracking import MlflowClient
 
     up = up_timesformer(frames=4, classes=4, seed=13)
     state = {k: v for k, v in up.state_dict().items() if not k.startswith("model.blocks.1.mlp.")}
