@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from action_launch import models  # noqa: E402
 from action_launch.config import load_config, load_yaml_with_bases  # noqa: E402
-from action_launch.datasets.config import DataConfig  # noqa: E402
+from action_launch.datasets.config import ClipConfig, DataConfig, SkeletonStreamConfig  # noqa: E402
 from action_launch.models._registry import input_shape  # noqa: E402
 from action_launch.training.losses import logits_of, make_loss  # noqa: E402
 
@@ -77,10 +77,10 @@ def preset_configs(root: Path = REPO / "configs") -> Dict[str, Tuple[str, DataCo
 
 def clip_shape(model: nn.Module, preset: str, data: Optional[DataConfig], skeleton_frames: int) -> Tuple[int, ...]:
     """Input shape of one sample (no batch axis): the registry's `input_shape` with the config's sizes."""
-    if data is None:
-        return input_shape(model, preset, window=skeleton_frames)
-    return input_shape(model, preset, window=data.window_size or skeleton_frames, frames=data.num_frames,
-                       crop_size=data.crop_size)
+    window = data.window_size if isinstance(data, SkeletonStreamConfig) else 0  # each from the kind that has it
+    clip = data if isinstance(data, ClipConfig) else None
+    return input_shape(model, preset, window=window or skeleton_frames, frames=clip.num_frames if clip else None,
+                       crop_size=clip.crop_size if clip else None)
 
 
 def _targets(outputs, batch: int, regression: bool) -> torch.Tensor:

@@ -12,7 +12,9 @@ import importlib
 from .config import DataConfig
 from .lists import read_bad_files
 
-# name -> "module:Class"; each class is constructed as Class(cfg: DataConfig, split: str)
+# name -> "module:Class"; each class is constructed as Class(cfg, split: str), cfg the section class of its name
+# (`config.KINDS`, a DataConfig; tests/test_data_sections.py keeps the names equal), and meets the contract of
+# `datasets.contract` (tests/test_contracts.py builds every kind and checks it)
 DATASETS = {
     "video": ".video:VideoDataset",
     "rawframes": ".rawframes:RawFrameDataset",

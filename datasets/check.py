@@ -26,7 +26,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .config import DataConfig
+from .config import ClipConfig
 from .lists import FORMATS, ListItem, read_list
 from .sampling import SHORT_VIDEO, clip_indices, frame_stride, loops_short_videos
 
@@ -42,7 +42,7 @@ class Probe(NamedTuple):
 
 
 def probe_video(path: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
-                target_fps: float = 30.0, short_video: str = DataConfig.short_video
+                target_fps: float = 30.0, short_video: str = ClipConfig.short_video
                 ) -> Tuple[Optional[str], Optional[int], Optional[float]]:
     """(reason or None if readable, frame count, fps) of a video. With `num_frames` and `sampling_rate`, the
     centred clip is decoded as training reads it (`short_video`: looped or clamped), and a video shorter than
@@ -69,7 +69,7 @@ def probe_video(path: str, num_frames: Optional[int] = None, sampling_rate: Opti
 
 
 def check_video(path: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
-                target_fps: float = 30.0, short_video: str = DataConfig.short_video) -> Optional[str]:
+                target_fps: float = 30.0, short_video: str = ClipConfig.short_video) -> Optional[str]:
     """None if the video is readable (and, unless the training loops it, long enough for the clip), else the
     reason."""
     return probe_video(path, num_frames, sampling_rate, target_fps, short_video)[0]
@@ -127,7 +127,7 @@ def _check(args: tuple) -> Probe:
 
 def probe(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
           target_fps: float = 30.0, jobs: int = 1, frame_template: Optional[str] = None,
-          start_index: int = 1, short_video: str = DataConfig.short_video) -> List[Probe]:
+          start_index: int = 1, short_video: str = ClipConfig.short_video) -> List[Probe]:
     """A `Probe` of every item, in list order."""
     work = [(it, fmt, num_frames, sampling_rate, target_fps, frame_template, start_index, short_video)
             for it in items]
@@ -139,7 +139,7 @@ def probe(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sam
 
 def scan(items: List[ListItem], fmt: str, num_frames: Optional[int] = None, sampling_rate: Optional[float] = None,
          target_fps: float = 30.0, jobs: int = 1, frame_template: Optional[str] = None,
-         start_index: int = 1, short_video: str = DataConfig.short_video) -> List[Tuple[ListItem, str]]:
+         start_index: int = 1, short_video: str = ClipConfig.short_video) -> List[Tuple[ListItem, str]]:
     """(item, reason) for every bad item, in list order."""
     return [(p.item, p.reason) for p in probe(items, fmt, num_frames, sampling_rate, target_fps, jobs,
                                               frame_template, start_index, short_video) if p.reason is not None]
@@ -155,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num-frames", type=int, help="frames per clip (segments for rawframes)")
     parser.add_argument("--sampling-rate", type=float, help="stride at --target-fps; with --num-frames, flags short videos")
     parser.add_argument("--target-fps", type=float, default=30.0, help="frame rate the stride is defined at")
-    parser.add_argument("--short-video", default=DataConfig.short_video, choices=SHORT_VIDEO,
+    parser.add_argument("--short-video", default=ClipConfig.short_video, choices=SHORT_VIDEO,
                         help="as data.short_video: a video shorter than the clip loops (readable) or clamps (reported "
                              "too short); default: the training's")
     parser.add_argument("--jobs", type=int, default=1, help="processes to scan with")

@@ -1,4 +1,11 @@
-"""The `data:` config section. Every field is documented; the launcher validates types and keys.
+"""The `data:` config section: the keys every dataset kind reads (`DataConfig`), and each kind's own typed keys.
+
+YAML writes the section flat; `data.dataset` names the kind and with it the class the section is read as
+(`KINDS`): `VideoConfig`, `RawFramesConfig`, `SkeletonConfig` or `MultiPersonConfig`, each a `DataConfig` with the
+fields of its kind. The clip kinds share `ClipConfig` (sampling, transforms and views of the data protocol); the
+skeleton kinds share `SkeletonStreamConfig` (crop, rotation, stream and Laban features of a sequence). A run's
+config.yaml and its MLflow params hold the common keys and the chosen kind's, nothing else; the launcher's validator
+refuses another kind's key (unless at its default, as the config.yaml of older runs carries it).
 
 A field with a closed set of values is a `Literal` of the names the data code dispatches on
 (`DATASETS`, `lists.FORMATS`, `video.SAMPLINGS`, ...); tests/test_validation.py keeps them equal.
@@ -6,14 +13,22 @@ A field with a closed set of values is a `Literal` of the names the data code di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Any, ClassVar, Dict, List, Literal, Optional
+
+DatasetKind = Literal["video", "rawframes", "skeleton", "multiperson"]
 
 
 @dataclass
 class DataConfig:
-    """Where the clips come from, how frames are sampled and how they are augmented."""
+    """Where a run's data comes from and how it is loaded: the keys of every kind.
 
-    dataset: Literal["video", "rawframes", "skeleton", "multiperson"] = "video"
+    `DataConfig(dataset=kind, **keys)` makes the class of that kind (`KINDS`), so code writes a section as flat as
+    YAML does; a key the kind does not have is a TypeError, as for any dataclass.
+    """
+
+    kind_key: ClassVar[str] = "dataset"  # the key whose value picks the class of a section (`Validator`)
+
+    dataset: DatasetKind = "video"
     """Dataset kind: `video` (decord-decoded files), `rawframes` (JPEG/PNG frame folders),
     `skeleton` (NTU-style .npy + label .pkl) or `multiperson` (synchronised windows of P people)."""
     root: str = "data/synthetic"
@@ -24,11 +39,54 @@ class DataConfig:
     """Validation list file."""
     test_list: Optional[str] = None
     """Test list file; defaults to `val_list`."""
-    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
-    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
-    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
-    separator: str = " "
-    """Field separator of `csv` lists."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 decodes in the training process)."""
+    pin_memory: bool = True
+    """Pin host memory when training on an accelerator."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+    persistent_workers: bool = True
+    """Keep workers alive between epochs."""
+    bad_files_log: Optional[str] = None
+    """File each worker appends `path<TAB>reason` lines to for every unreadable file
+    (`datasets.read_bad_files` reads it back), once per file; None: log lines only. A run points it at its
+    folder and checks the ceiling in the training process."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DataConfig:
+        if cls is DataConfig:  # the kind's own class; pickling and subclasses pass their class
+            dataset = args[0] if args else kwargs.get("dataset", "video")
+            if dataset not in KINDS:
+                raise ValueError(f"unknown data.dataset {dataset!r}; valid: {', '.join(KINDS)}")
+            cls = KINDS[dataset]
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        kind = next((k for k, c in KINDS.items() if c is type(self)), None)
+        if kind is not None and self.dataset != kind:
+            raise ValueError(f"{type(self).__name__} is the data section of data.dataset={kind}, got "
+                             f"data.dataset={self.dataset!r}; make it with DataConfig(dataset={self.dataset!r}, ...)")
+
+    @classmethod
+    def kinds(cls) -> Dict[str, type]:
+        """{`data.dataset` value: the class its section is read as}."""
+        return KINDS
+
+    def split_read(self, split: str) -> str:
+        """The split whose files `split` reads: the test split without its own `test_list` reads the val split's,
+        with the test views."""
+        return "val" if split == "test" and not self.has_own_test_split() else split
+
+    def has_own_test_split(self) -> bool:
+        """Whether the test split has files of its own (`test_list`)."""
+        return self.test_list is not None
+
+
+@dataclass
+class ClipConfig(DataConfig):
+    """The keys of the clip kinds (video files, frame folders, multi-person windows): which frames a clip takes
+    and how they are resized, cropped, augmented and viewed (the data protocol), and how unreadable files are
+    skipped."""
+
     path_prefix: str = ""
     """Prefix joined to every path of a list (TimeSformer's PATH_PREFIX)."""
     protocol: Literal["native", "pyslowfast", "tsn", "mmaction"] = "native"
@@ -79,28 +137,13 @@ class DataConfig:
     """Per-channel mean on the 0-1 scale."""
     std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     """Per-channel std on the 0-1 scale."""
-    num_workers: int = 2
-    """DataLoader worker processes (0 decodes in the training process)."""
-    pin_memory: bool = True
-    """Pin host memory when training on an accelerator."""
-    prefetch_factor: int = 2
-    """Batches each worker prepares ahead."""
-    persistent_workers: bool = True
-    """Keep workers alive between epochs."""
+    decoder: Literal["decord", "torchcodec"] = "decord"
+    """What decodes video files (`datasets.decode.DECODERS`; the `video` and `multiperson` kinds): `decord`, or
+    `torchcodec` (the PyTorch project's, over the system's FFmpeg libraries). Both give the same frames;
+    `bench/data_pipeline.py` measures their speed side by side."""
     max_bad_fraction: float = 0.01
     """Unreadable videos are skipped (another sample is returned); more distinct bad files than
     this fraction of the list stop the run with an error listing them."""
-    bad_files_log: Optional[str] = None
-    """File each worker appends `path<TAB>reason` lines to for every unreadable video
-    (`datasets.read_bad_files` reads it back), once per file; None: log lines only. A run points it at its
-    folder and checks the ceiling in the training process."""
-    check_files: Literal["auto", "always", "never"] = "auto"
-    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
-    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
-    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
-    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
-    cores); `never`: bad files are found as they are read, and the error
-    lists those found so far."""
     test_num_clips: int = 1
     """Temporal views of the `test` split: evenly spaced dense clips (segment sampling: 1 = centres, 2 = centres
     and starts, TSM's twice sample; `tsn` dense sampling: 10, TSM's dense test)."""
@@ -108,42 +151,98 @@ class DataConfig:
     """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side; `tsn`: TSM's
     full-resolution 3 crops; `mmaction`: three_crop, left/right/middle, the crop spanning the short side); `tsn`
     also 5 (corners and centre), `tsn` and `mmaction` 10 (those and their mirror images)."""
+
+
+@dataclass
+class VideoConfig(ClipConfig):
+    """`data.dataset=video`: clips decoded from the video files of a classification list."""
+
+    dataset: DatasetKind = "video"
+    """`video`."""
+    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
+    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
+    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
+    separator: str = " "
+    """Field separator of `csv` lists."""
+    check_files: Literal["auto", "always", "never"] = "auto"
+    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
+    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
+    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
+    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
+    cores); `never`: bad files are found as they are read, and the error
+    lists those found so far."""
+
+
+@dataclass
+class RawFramesConfig(VideoConfig):
+    """`data.dataset=rawframes`: clips read from folders of JPEG/PNG frames (`rawframes` lists)."""
+
+    dataset: DatasetKind = "rawframes"
+    """`rawframes`."""
     frame_template: str = "img_{:05d}.jpg"
-    """rawframes: file name of frame i inside a frame folder (`str.format` of the frame number)."""
+    """File name of frame i inside a frame folder (`str.format` of the frame number)."""
     frame_start_index: int = 1
-    """rawframes: number of a folder's first frame file (0 or 1)."""
-    train_data: str = "train_data.npy"
-    """skeleton: (N, C, T, V, M) .npy of the training split (its `train_list` is the label .pkl)."""
-    val_data: str = "val_data.npy"
-    """skeleton: .npy of the validation split (labels: `val_list`)."""
-    test_data: Optional[str] = None
-    """skeleton: .npy of the test split (labels: `test_list`); defaults to `val_data`."""
+    """Number of a folder's first frame file (0 or 1)."""
+
+
+@dataclass
+class SkeletonStreamConfig(DataConfig):
+    """The keys of the skeleton kinds: how a (C, T, V, M) sequence is cropped, rotated and turned into the
+    model's input channels (`datasets.skeleton.sequence_transform`)."""
+
     skeleton_stream: Literal["joint", "bone"] = "joint"
-    """skeleton: `joint` coordinates or `bone` vectors (bone[v1] = joint[v1] - joint[parent v1])."""
+    """`joint` coordinates or `bone` vectors (bone[v1] = joint[v1] - joint[parent v1])."""
     graph: Literal["ntu-rgb+d", "kinetics", "smpl-24", "smpl-24-dense"] = "ntu-rgb+d"
-    """skeleton: graph whose edges define the bones (`models.graphs`; smpl-24-dense has smpl-24's bones)."""
+    """Graph whose edges define the bones (`models.graphs`; smpl-24-dense has smpl-24's bones)."""
     window_size: int = 0
-    """skeleton: frames per sample after the temporal crop and resize; 0 keeps the array's T frames."""
+    """Frames per sample after the temporal crop and resize; 0 keeps the array's T frames."""
     crop_range: List[float] = field(default_factory=lambda: [0.5, 1.0])
-    """skeleton training: the temporal crop keeps a random fraction in [min, max] of the valid frames."""
+    """Training: the temporal crop keeps a random fraction in [min, max] of the valid frames."""
     random_rotation: float = 0.0
-    """skeleton training: rotate xyz about each axis by a uniform angle in [-this, this] degrees (0: off)."""
+    """Training: rotate xyz about each axis by a uniform angle in [-this, this] degrees (0: off)."""
     laban: bool = False
-    """skeleton: append 12 Laban channels (velocity, flow, space, weight; `datasets.laban`) to the 3 of the stream."""
+    """Append 12 Laban channels (velocity, flow, space, weight; `datasets.laban`) to the 3 of the stream."""
     laban_formula: Literal["described", "authors"] = "described"
-    """skeleton: `described` (the paper's description) or `authors` (what the personality authors' code computes, SMPL-24)."""
+    """`described` (the paper's description) or `authors` (what the personality authors' code computes, SMPL-24)."""
+
+
+@dataclass
+class SkeletonConfig(SkeletonStreamConfig):
+    """`data.dataset=skeleton`: NTU-style (N, C, T, V, M) arrays, one per split, with a label .pkl as each
+    split's list (MS-G3D's feeder), optionally regression targets per participant."""
+
+    dataset: DatasetKind = "skeleton"
+    """`skeleton`."""
+    train_data: str = "train_data.npy"
+    """(N, C, T, V, M) .npy of the training split (its `train_list` is the label .pkl)."""
+    val_data: str = "val_data.npy"
+    """.npy of the validation split (labels: `val_list`)."""
+    test_data: Optional[str] = None
+    """.npy of the test split (labels: `test_list`); defaults to `val_data`."""
     targets_csv: Optional[str] = None
-    """skeleton: CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
+    """CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
     participant_column: str = "participant"
-    """skeleton: the `targets_csv` column holding the participant id."""
+    """The `targets_csv` column holding the participant id."""
     target_columns: List[str] = field(default_factory=lambda: [
         "openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"])
-    """skeleton: the `targets_csv` columns returned as targets, in this order."""
+    """The `targets_csv` columns returned as targets, in this order."""
     participant_regex: str = r"^([^_]+)"
-    """skeleton: regex whose first group (or whole match) takes the participant id from a sample name."""
+    """Regex whose first group (or whole match) takes the participant id from a sample name."""
 
-    def split_read(self, split: str) -> str:
-        """The split whose files `split` reads: the test split without its own `test_list` (and, for skeletons,
-        `test_data`) reads the val split's, with the test views."""
-        own = self.test_list is not None or (self.dataset == "skeleton" and self.test_data is not None)
-        return "val" if split == "test" and not own else split
+    def has_own_test_split(self) -> bool:
+        """A skeleton test split has files of its own with `test_list` or `test_data`."""
+        return self.test_list is not None or self.test_data is not None
+
+
+@dataclass
+class MultiPersonConfig(SkeletonStreamConfig, ClipConfig):
+    """`data.dataset=multiperson`: synchronised windows of P people, each a video (the clip keys) or a skeleton
+    sequence (the skeleton stream keys), from a list of its own format."""
+
+    dataset: DatasetKind = "multiperson"
+    """`multiperson`."""
+
+
+KINDS: Dict[str, type] = {"video": VideoConfig, "rawframes": RawFramesConfig, "skeleton": SkeletonConfig,
+                          "multiperson": MultiPersonConfig}
+"""`data.dataset` -> the class its section is read as (the names of `datasets.DATASETS`)."""

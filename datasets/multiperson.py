@@ -36,7 +36,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import MultiPersonConfig
 from .decode import BadVideoError, open_video, read_frames
 from .protocols import Source
 from .skeleton import check_skeleton_config, graph_bone_pairs, sequence_transform, valid_length
@@ -110,8 +110,9 @@ class MultiPersonDataset(ClipDataset):
 
     noun = "person file"
     list_formats = ()  # the list has its own format, whatever data.list_format says
+    cfg: MultiPersonConfig
 
-    def __init__(self, cfg: DataConfig, split: str):
+    def __init__(self, cfg: MultiPersonConfig, split: str):
         super().__init__(cfg, split)
         self.num_people = len(self.items[0].paths)
         self.skeleton = self.items[0].paths[0].endswith(".npy")
@@ -153,7 +154,7 @@ class MultiPersonDataset(ClipDataset):
         readers = []
         for path in item.paths:
             try:
-                readers.append(open_video(path))
+                readers.append(open_video(path, self.cfg.decoder))
             except BadVideoError as e:
                 raise BadPersonFile(path, str(e)) from None
         source = Source(min(len(vr) for vr in readers), readers[0].get_avg_fps())

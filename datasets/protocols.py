@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import ClipConfig
 from .decode import BadVideoError
 
-# data.protocol -> "module:Class"; each class is constructed as Class(cfg: DataConfig)
+# data.protocol -> "module:Class"; each class is constructed as Class(cfg: ClipConfig)
 PROTOCOLS = {
     "native": ".native:NativeProtocol",
     "pyslowfast": ".pyslowfast:PySlowFastProtocol",
@@ -68,9 +68,9 @@ class Protocol:
 
     name = "base"
     aggregate = "mean_softmax"
-    crops = (1, 3)
+    crops: Tuple[int, ...] = (1, 3)
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: ClipConfig):
         self.cfg = cfg
         self.check()
 
@@ -147,7 +147,7 @@ def protocol_class(name: str) -> type:
     return getattr(importlib.import_module(module, __package__), cls)
 
 
-def make_protocol(cfg: DataConfig) -> Protocol:
+def make_protocol(cfg: ClipConfig) -> Protocol:
     """The protocol `cfg.protocol` names, checked against `cfg` (ValueError naming the key)."""
     return protocol_class(cfg.protocol)(cfg)
 

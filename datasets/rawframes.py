@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .config import DataConfig
+from .config import RawFramesConfig
 from .decode import BadVideoError
 from .lists import ListItem
 from .protocols import Source
@@ -60,8 +60,9 @@ class RawFrameDataset(ClipDataset):
 
     noun = "frame folder"
     list_formats = ("rawframes",)
+    cfg: RawFramesConfig
 
-    def __init__(self, cfg: DataConfig, split: str):
+    def __init__(self, cfg: RawFramesConfig, split: str):
         super().__init__(cfg, split)
         try:
             frame_path("", 0, cfg.frame_template, cfg.frame_start_index)

@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import SkeletonConfig, SkeletonStreamConfig
 from .laban import authors_laban_features, bone_vectors, laban_features
 from .lists import read_class_names, resolve_list_path
 from .video import SPLITS, Key, parse_key
@@ -109,7 +109,7 @@ def random_rotate(x: np.ndarray, degrees: float, rng: np.random.Generator) -> np
     return out
 
 
-def sequence_transform(x: np.ndarray, cfg: DataConfig, pairs: Optional[List[Tuple[int, int]]],
+def sequence_transform(x: np.ndarray, cfg: SkeletonStreamConfig, pairs: Optional[List[Tuple[int, int]]],
                        rng: Optional[np.random.Generator], valid: Optional[int] = None) -> np.ndarray:
     """Steps 1-4 of the module docstring on one (C, T, V, ...) float32 sequence; `rng` None
     means evaluation (no random crop or rotation); `valid` overrides the valid length."""
@@ -118,15 +118,22 @@ def sequence_transform(x: np.ndarray, cfg: DataConfig, pairs: Optional[List[Tupl
         x = random_rotate(x, cfg.random_rotation, rng)
     joints = x
     if cfg.skeleton_stream == "bone":
-        x = bone_vectors(joints, pairs)
+        x = bone_vectors(joints, _needed(pairs))
     if cfg.laban:
         laban = (authors_laban_features(joints[:3]) if cfg.laban_formula == "authors"
-                 else laban_features(joints[:3], pairs))
+                 else laban_features(joints[:3], _needed(pairs)))
         x = np.concatenate([x, laban])
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def check_skeleton_config(cfg: DataConfig) -> None:
+def _needed(pairs: Optional[List[Tuple[int, int]]]) -> List[Tuple[int, int]]:
+    """The bone pairs, which bones and Laban features need (the dataset reads them when it computes either)."""
+    if pairs is None:
+        raise ValueError("bones and Laban features need the graph's bone pairs, got pairs=None")
+    return pairs
+
+
+def check_skeleton_config(cfg: SkeletonStreamConfig) -> None:
     """ValueError naming the key of an invalid skeleton setting."""
     if cfg.skeleton_stream not in STREAMS:
         raise ValueError(f"data.skeleton_stream must be one of {STREAMS}, got {cfg.skeleton_stream!r}")
@@ -186,7 +193,7 @@ def read_targets(path: str, participant_column: str, columns: Sequence[str]) -> 
 class SkeletonDataset(torch.utils.data.Dataset):
     """Skeleton sequences of an NTU-style .npy + label .pkl; see the module docstring."""
 
-    def __init__(self, cfg: DataConfig, split: str):
+    def __init__(self, cfg: SkeletonConfig, split: str):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         check_skeleton_config(cfg)
@@ -209,21 +216,24 @@ class SkeletonDataset(torch.utils.data.Dataset):
         self.pairs = graph_bone_pairs(cfg.graph) if (cfg.skeleton_stream == "bone" or cfg.laban) else None
         if self.pairs is not None and len(self.pairs) != v:
             raise ValueError(f"data.graph={cfg.graph!r} has {len(self.pairs)} joints, {self.data_path} has V={v}")
-        self.num_classes = int(max(self.labels)) + 1 if self.labels else None
         self.class_names: Optional[List[str]] = read_class_names(cfg.root)  # label i's name (the root's classes.txt)
+        # as the clip datasets count: classes.txt, else the highest label + 1 (a val split may lack the last classes)
+        labelled = int(max(self.labels)) + 1 if self.labels else None
+        self.num_classes = len(self.class_names) if self.class_names else labelled
         self.participants: Optional[List[str]] = None
         self.targets: Optional[np.ndarray] = None
         self.output_names: Optional[List[str]] = list(cfg.target_columns) if cfg.targets_csv else None
         if cfg.targets_csv:
-            self._join_targets()
+            self._join_targets(cfg.targets_csv)
         self._calls = 0
 
-    def _join_targets(self) -> None:
+    def _join_targets(self, targets_csv: str) -> None:
         cfg = self.cfg
-        path = resolve_list_path(cfg.root, cfg.targets_csv)
+        path = resolve_list_path(cfg.root, targets_csv)
         table = read_targets(path, cfg.participant_column, cfg.target_columns)
-        self.participants = [participant_of(n, cfg.participant_regex) for n in self.sample_names]
-        unknown = [n for n, p in zip(self.sample_names, self.participants) if p not in table]
+        found = [participant_of(n, cfg.participant_regex) for n in self.sample_names]
+        unknown = [n for n, p in zip(self.sample_names, found) if p is None or p not in table]
+        self.participants = [p for p in found if p is not None]  # all of them once `unknown` is empty
         if unknown:
             raise ValueError(f"{len(unknown)} samples of {self.label_path} have no participant in {path} "
                              f"(data.participant_regex={cfg.participant_regex!r}), e.g. {unknown[:3]}")

@@ -23,12 +23,12 @@ the evaluator combines the V predictions of a video as the protocol's upstream d
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import ClipConfig, DataConfig, VideoConfig
 from .decode import BadVideoError, open_video, read_frames
 from .lists import (ListItem, append_bad_file, bad_file_listing, read_bad_files, read_class_names, read_list,
                     resolve_list_path, too_many_bad_files)
@@ -79,6 +79,11 @@ class BadFileSkipper:
     dataset raises itself past the ceiling."""
 
     noun = "video"
+    cfg: ClipConfig
+    list_path: str
+    items: list
+    bad_files: Dict[str, str]
+    _paths: Set[str]
 
     def _record_bad(self, path: str, reason: str) -> None:
         self.bad_files[path] = reason
@@ -122,11 +127,12 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
 
     list_formats: Tuple[str, ...] = ("video", "csv", "multilabel")
 
-    def __init__(self, cfg: DataConfig, split: str):
+    def __init__(self, cfg: ClipConfig, split: str):
         self.list_path = split_list(cfg, split)
-        if self.list_formats and cfg.list_format not in self.list_formats:
+        listed = cfg if isinstance(cfg, VideoConfig) else None  # a `data.list_format` list (multiperson's: its own)
+        if listed is not None and listed.list_format not in self.list_formats:
             raise ValueError(f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
-                             f"{self.list_formats}, got {cfg.list_format!r}")
+                             f"{self.list_formats}, got {listed.list_format!r}")
         if cfg.sampling not in SAMPLINGS:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {cfg.sampling!r}")
         self.protocol = make_protocol(cfg)
@@ -136,7 +142,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         self.items = self.read_items()
         if not self.items:
             raise ValueError(f"{self.list_path} lists no samples (data.{split}_list)")
-        self.multilabel = cfg.list_format == "multilabel"
+        self.multilabel = listed is not None and listed.list_format == "multilabel"
         self.num_classes = count_classes(cfg.root, self.items)
         # label i's name (the data root's classes.txt; None without one): the confusion matrix's and per-class metrics'
         self.class_names: Optional[List[str]] = read_class_names(cfg.root)
@@ -145,8 +151,10 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         self._calls = 0
 
     def read_items(self) -> list:
-        """The split's items, parsed from `self.list_path`."""
+        """The split's items, parsed from `self.list_path` (a `data.list_format` list; a dataset whose lists have a
+        format of their own overrides this)."""
         cfg = self.cfg
+        assert isinstance(cfg, VideoConfig), f"{type(self).__name__} reads its own lists: it overrides read_items"
         return read_list(self.list_path, cfg.root, cfg.list_format, cfg.separator, cfg.path_prefix)
 
     def item_paths(self, item) -> Tuple[str, ...]:
@@ -184,8 +192,9 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
             self._calls += 1
         return parse_key(key, len(self.items), self._calls)
 
-    def sample(self, item: ListItem, rng: np.random.Generator) -> tuple:
-        """What `dataset[key]` returns for a readable item: (clip or views, label)."""
+    def sample(self, item: Any, rng: np.random.Generator) -> tuple:
+        """What `dataset[key]` returns for a readable item of `self.items` (a `ListItem` here, another kind in
+        subclasses): (clip or views, label)."""
         return self.load(item, rng), self.target(item)
 
     def open(self, item: ListItem) -> Opened:
@@ -227,6 +236,9 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         """The int label, or a multi-hot float32 vector for multi-label lists."""
         if not self.multilabel:
             return item.label
+        if self.num_classes is None:  # every line without labels, and no classes.txt
+            raise ValueError(f"{self.list_path}: no line has a label and {self.cfg.root} has no classes.txt: "
+                             "cannot size the multi-hot targets")
         out = torch.zeros(self.num_classes, dtype=torch.float32)
         out[item.label] = 1.0
         return out
@@ -238,13 +250,13 @@ class VideoDataset(ClipDataset):
 
     noun = "video"
 
-    def __init__(self, cfg: DataConfig, split: str):
+    def __init__(self, cfg: VideoConfig, split: str):
         if cfg.list_format == "rawframes":
             raise ValueError("data.list_format=rawframes lists frame folders; data.dataset=video reads video files "
                              "(use data.dataset=rawframes)")
         super().__init__(cfg, split)
 
     def open(self, item: ListItem) -> Opened:
-        vr = open_video(item.path)
+        vr = open_video(item.path, self.cfg.decoder)
         source = Source(len(vr), vr.get_avg_fps(), timing=lambda: stream_timing(item.path, vr))
         return source, lambda indices: read_frames(vr, indices)

@@ -23,17 +23,18 @@ def choices(cls: type, name: str) -> set:
 def test_data_literals_are_the_names_the_data_code_dispatches_on():
     from action_launch import datasets
     from action_launch.datasets import lists, protocols, sampling, skeleton, video
+    from action_launch.datasets.config import ClipConfig, SkeletonStreamConfig, VideoConfig
     from action_launch.models import graphs
 
     assert choices(DataConfig, "dataset") == set(datasets.DATASETS)
-    assert choices(DataConfig, "list_format") == set(lists.FORMATS)
-    assert choices(DataConfig, "sampling") == set(video.SAMPLINGS)
-    assert choices(DataConfig, "short_video") == set(sampling.SHORT_VIDEO)
-    assert choices(DataConfig, "skeleton_stream") == set(skeleton.STREAMS)
-    assert choices(DataConfig, "graph") == set(graphs.list_graphs())
-    assert choices(DataConfig, "protocol") == set(protocols.PROTOCOLS)
+    assert choices(VideoConfig, "list_format") == set(lists.FORMATS)
+    assert choices(ClipConfig, "sampling") == set(video.SAMPLINGS)
+    assert choices(ClipConfig, "short_video") == set(sampling.SHORT_VIDEO)
+    assert choices(SkeletonStreamConfig, "skeleton_stream") == set(skeleton.STREAMS)
+    assert choices(SkeletonStreamConfig, "graph") == set(graphs.list_graphs())
+    assert choices(ClipConfig, "protocol") == set(protocols.PROTOCOLS)
     crops = {n for name in protocols.PROTOCOLS for n in protocols.protocol_class(name).crops}
-    assert choices(DataConfig, "test_num_crops") == crops
+    assert choices(ClipConfig, "test_num_crops") == crops
 
 
 @pytest.mark.parametrize("override, message", [

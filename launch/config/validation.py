@@ -57,7 +57,7 @@ class Validator:
 
     def convert(self, value: Any, tp: Any, path: str = "") -> Any:
         """`value` as type `tp` (a schema dataclass, a typing construct or a plain type) at dotted `path`."""
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self._dataclass(value, tp, path)
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if tp is Any:
@@ -134,11 +134,14 @@ class Validator:
     def _dataclass(self, value: Any, cls: type, path: str) -> Any:
         if not isinstance(value, Mapping):
             self._type_error(path or "config", cls, value)
+        cls = self._kind_class(value, cls, path)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, item in value.items():
             dotted = f"{path}.{key}" if path else str(key)
+            if key not in fields and self._other_kinds_default(cls, key, item, path):
+                continue
             if key not in fields:
                 self._unknown(dotted, key, list(fields), path)
             default = fields[key].default_factory
@@ -148,6 +151,37 @@ class Validator:
                 item = {**base, **item} if isinstance(base, dict) else item
             kwargs[key] = self._checked(self.convert(item, hints[key], dotted), fields[key], dotted)
         return cls(**kwargs)
+
+    def _kind_class(self, value: Mapping, cls: type, path: str) -> type:
+        """A section of several kinds (a dataclass with `kinds()`, {value: class}, and `kind_key`: `data:` by
+        `data.dataset`) is read as the class of the kind its `kind_key` names; any other dataclass as itself."""
+        if not hasattr(cls, "kinds"):
+            return cls
+        section: Any = cls
+        key = section.kind_key
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+        kind = self.convert(value.get(key, default), typing.get_type_hints(cls)[key], f"{path}.{key}" if path else key)
+        return section.kinds()[kind]
+
+    def _other_kinds_default(self, cls: type, key: Any, item: Any, path: str) -> bool:
+        """Whether `key`, not one of kind `cls`'s, is another kind's at that kind's default: then it is dropped (a
+        run's config.yaml written before the kinds had their own keys holds every kind's); set to anything else it
+        fails naming the kinds it belongs to. False for a key of no kind (the caller reports it unknown)."""
+        section: Any = cls
+        kinds = section.kinds() if hasattr(section, "kinds") else {}
+        owners = [name for name, kind in kinds.items() if key in {f.name for f in dataclasses.fields(kind)}]
+        if not owners:
+            return False
+        dotted, owner = f"{path}.{key}" if path else str(key), kinds[owners[0]]
+        spec = next(f for f in dataclasses.fields(owner) if f.name == key)
+        default = spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+        if self.convert(item, typing.get_type_hints(owner)[key], dotted) == default:
+            return True
+        selector = f"{path}.{section.kind_key}" if path else section.kind_key
+        this = next(name for name, kind in kinds.items() if kind is cls)
+        kinds_text = " or ".join(filter(None, [", ".join(owners[:-1]), owners[-1]]))
+        self.fail(dotted, f"{dotted} is a key of {selector}={kinds_text}, not of {selector}={this}; remove it, or set "
+                          f"{selector}={owners[0]}")
 
     def _checked(self, value: Any, field: dataclasses.Field, path: str) -> Any:
         test, text = field.metadata.get("must", (None, None))
@@ -177,11 +211,17 @@ class Validator:
         hints = typing.get_type_hints(preset.cls.__init__)
         if "num_class" in section and "num_class" not in params:
             section = self._num_class_renamed(section)
-        out = {"name": name}
+        out: Dict[str, Any] = {"name": name}
         for key, value in section.items():
             if key == "name":
                 continue
             dotted = f"model.{key}"
+            from_cli = dotted in self.override_keys
+            renamed = "model.name" in self.override_keys and not from_cli
+            if key not in params and (renamed or (from_cli and value is None)):
+                # a preset changed on the command line under inherited keys, or `model.key=null` meant as a deletion
+                self.fail(dotted, f"{dotted}: {name} takes no {key} (it takes {', '.join(params)}); delete the "
+                                  f"inherited key with ~{dotted} on the command line or `_delete_: true` in the file")
             if key not in params:
                 self._unknown(dotted, key, list(params), "model")
             out[key] = self.convert(value, hints.get(key, Any), dotted) if value is not None else None

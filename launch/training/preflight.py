@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 from action_launch.config import Config
-from action_launch.datasets.config import DataConfig
+from action_launch.datasets.config import ClipConfig, DataConfig, RawFramesConfig, VideoConfig
 from action_launch.datasets.lists import ListItem, read_list, resolve_list_path, too_many_bad_files
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.run_config import ConfigChanged, check_unchanged
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from action_launch.datasets.check import Probe
     from action_launch.datasets.protocols import Protocol
 
-LIST_DATASETS = ("video", "rawframes")  # classification lists whose labels we can read up front
-CLIP_DATASETS = ("video", "rawframes", "multiperson")  # the datasets a data protocol feeds
 CHECK_FILES_AUTO_LIMIT = 5000  # data.check_files=auto scans the train and val lists up to this many entries
 
 
@@ -68,7 +66,7 @@ def _check_sync_bn(cfg: Config, gpus: Optional[bool]) -> None:
 
 def _check_protocol(data: DataConfig) -> Optional[Protocol]:
     """The data protocol of a clip dataset, checked against the config (None for the other datasets)."""
-    if data.dataset not in CLIP_DATASETS:
+    if not isinstance(data, ClipConfig):  # the kinds a data protocol feeds
         return None
     from action_launch.datasets.protocols import make_protocol
 
@@ -85,7 +83,7 @@ def _check_data(cfg: Config) -> None:
         raise PreflightError(f"data.root={data.root}: no such folder (from {Path.cwd()}); set data.root to the "
                              f"folder of your lists, or make the demo clips: python -m action_launch.datasets.synthetic "
                              f"{data.root}")
-    if data.dataset not in LIST_DATASETS:
+    if not isinstance(data, VideoConfig):  # video files and frame folders: classification lists read up front
         return
     lists: Dict[str, List[ListItem]] = {}
     for key, name in (("data.train_list", data.train_list), ("data.val_list", data.val_list)):
@@ -104,7 +102,7 @@ def _check_data(cfg: Config) -> None:
         _check_files(data, lists, protocol)
 
 
-def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]], protocol: Optional[Protocol]) -> None:
+def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: Optional[Protocol]) -> None:
     """Open every file of the lists (`datasets.check.probe`, on this process's cores); a list past
     `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line. A
     clip longer than every readable file of a list is a PreflightError naming the keys that set its length."""
@@ -114,8 +112,9 @@ def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]], protocol: O
     noun = dataset_class(data.dataset).noun  # as the dataset names its files in its own errors
     jobs = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     for path, items in lists.items():
-        probes = probe(items, data.list_format, jobs=jobs, frame_template=data.frame_template,
-                       start_index=data.frame_start_index)
+        folders = data if isinstance(data, RawFramesConfig) else RawFramesConfig()  # frame folders' file names
+        probes = probe(items, data.list_format, jobs=jobs, frame_template=folders.frame_template,
+                       start_index=folders.frame_start_index)
         bad = {p.item.path: p.reason for p in probes if p.reason is not None}
         error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
         if error:
@@ -126,7 +125,7 @@ def _check_files(data: DataConfig, lists: Dict[str, List[ListItem]], protocol: O
                   f"(at most data.max_bad_fraction={data.max_bad_fraction})", file=sys.stderr)
 
 
-def _check_clip_fits(data: DataConfig, protocol: Optional[Protocol], path: str, readable: List[Probe],
+def _check_clip_fits(data: VideoConfig, protocol: Optional[Protocol], path: str, readable: List[Probe],
                      noun: str) -> None:
     """PreflightError when the protocol's clip spans more frames than every readable file of a list has: each
     clip would then repeat frames, in every video, which a setting meant for other data does (the native
