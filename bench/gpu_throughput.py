@@ -95,10 +95,14 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     return step
 
 
-def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps: int) -> Dict[str, Callable]:
-    """name -> builder of each variant's step function, every one on its own copy of the model with the same init."""
+def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps: int,
+              frames: Optional[int] = None) -> Dict[str, Callable]:
+    """name -> builder of each variant's step function, every one on its own copy of the model with the same init.
+    `frames`: the clip length of the batches of a video preset, which its config's `data.num_frames` says too (a
+    model built for one clip length refuses a config that says another)."""
     overrides = [f"model.name={preset}", "optim.name=adamw", "optim.schedule=cosine", "train.epochs=100",
                  f"train.precision={args.precision}", "optim.base_batch_size=8"]
+    overrides += [f"data.num_frames={frames}"] if frames else []
     cfg = load_config(None, overrides)
     scaled = scale_lrs(cfg.optim, 8)
     dtype = AUTOCAST_DTYPES.get(args.precision)
@@ -186,7 +190,8 @@ def prepared_data(data: Optional[DataConfig], tiny: bool, args: argparse.Namespa
               file=sys.stderr, flush=True)
         made[out_key] = out
     cfg = dataclasses.replace(data, root=made[out_key], train_list="train.txt", separator=" ", path_prefix="",
-                              list_format="rawframes" if raw else "video", frame_start_index=1, bad_files_log=None)
+                              list_format="rawframes" if raw else "video", bad_files_log=None,
+                              **({"frame_start_index": 1} if raw else {}))
     return cfg, f"{args.data_videos} {'JPEG folders' if raw else 'videos'}, {side}x{side}, {frames} frames"
 
 
@@ -230,7 +235,8 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
                            "precision": args.precision, "batch": batch, "input": list(shape), "config": config,
                            "gflops_train_per_clip": round(flops_per_clip / 1e9, 3)}
     try:
-        steps = _variants(preset, args, device, args.steps * (args.rounds + 1) + args.warmup)
+        frames = shape[1] if data is not None and data.dataset in VIDEO_DATASETS else None
+        steps = _variants(preset, args, device, args.steps * (args.rounds + 1) + args.warmup, frames)
     except Exception as err:  # noqa: BLE001 - one preset that cannot be built must not end the whole run
         row["error"] = f"{type(err).__name__}: {err}"[:300]
         return row

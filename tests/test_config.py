@@ -162,3 +162,101 @@ def test_a_cosine_warmup_as_long_as_the_run_is_refused():
         load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1"])
     assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=2"]).optim.warmup_epochs == 1
     assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1", "optim.schedule=step"]).train.epochs == 1
+
+
+# ------------------------------------------------------------------ issue 23 item 4: the test: section, deletion, clips
+def test_one_recipe_serves_train_and_test_with_a_test_section(tmp_path):
+    """`test:` is a section of the run config (it was `unknown key test` for train.py); the command line wins."""
+    from action_launch.evaluation.evaluate import load_eval_config
+
+    recipe = write(tmp_path / "r.yaml", {"_base_": str(REPO / "configs" / "tsm" / "tiny.yaml"),
+                                         "test": {"aggregate": "sum", "batch_size": 2}})
+    cfg = load_config(recipe)
+    assert (cfg.test.aggregate, cfg.test.batch_size, cfg.test.split) == ("sum", 2, "test")
+    cfg, ecfg = load_eval_config(recipe, ["test.split=val", "test.aggregate=mean"])
+    assert (ecfg.aggregate, ecfg.batch_size, ecfg.split) == ("mean", 2, "val") and ecfg is cfg.test
+    bad = write(tmp_path / "bad.yaml", {"test": {"aggregat": "sum"}})
+    with pytest.raises(ConfigError, match=rf"unknown key test.aggregat; did you mean test.aggregate\? \(in {bad}\)"):
+        load_config(bad)
+    assert yaml.safe_load(subprocess.run([sys.executable, "launch/train.py", "--config", str(recipe), "--print-config"],
+                                         cwd=REPO, capture_output=True, text=True, timeout=120).stdout)["test"] == {
+        "aggregate": "sum", "split": "test", "batch_size": 2}
+
+
+def test_a_trained_run_reruns_with_another_test_section(tmp_path):
+    """How a run is evaluated is no change of what it trained: `test.*` keys are continuation keys; an old
+    config.yaml without a `test:` section is no change either."""
+    from action_launch.training import checkpoint as ckpt
+    from action_launch.training.run_config import ConfigChanged, check_unchanged, write_config
+
+    cfg = load_config(REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}"])
+    write_config(cfg, cfg.run_dir())
+    (cfg.run_dir() / "checkpoints" / ckpt.tag_for(4)).mkdir(parents=True)
+    (cfg.run_dir() / "checkpoints" / ckpt.tag_for(4) / ckpt.META).write_text("{}")
+    again = load_config(REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}", "test.aggregate=sum",
+                                                                  "test.split=val"])
+    assert check_unchanged(again, cfg.run_dir()) == {"test.aggregate": (None, "sum"), "test.split": ("test", "val")}
+    saved = yaml.safe_load((cfg.run_dir() / "config.yaml").read_text())
+    del saved["test"]  # written before the section existed
+    (cfg.run_dir() / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert check_unchanged(cfg, cfg.run_dir()) == {}
+    with pytest.raises(ConfigChanged, match="optim.lr"):
+        check_unchanged(load_config(REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}", "optim.lr=1"]),
+                        cfg.run_dir())
+
+
+def test_an_inherited_key_is_deleted_with_a_tilde_on_the_command_line():
+    """`configs/tsm/tiny.yaml model.name=timesformer_tiny` failed on the inherited model.num_segments, with no way
+    to remove it (`=null` failed too); `~key` (Hydra's syntax) deletes it, and the error names that way out."""
+    tsm = REPO / "configs" / "tsm" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=r"^model.num_segments: timesformer_tiny takes no num_segments \(it takes "
+                                          r"img_size, .*\); delete the inherited key with ~model.num_segments on the "
+                                          rf"command line or `_delete_: true` in the file \(in {tsm}\)$"):
+        load_config(tsm, ["model.name=timesformer_tiny"])
+    with pytest.raises(ConfigError, match=r"delete the inherited key with ~model.num_segments .*command-line override"):
+        load_config(tsm, ["model.name=timesformer_tiny", "model.num_segments=null"])
+    cfg = load_config(tsm, ["model.name=timesformer_tiny", "~model.num_segments"])
+    assert cfg.model == {"name": "timesformer_tiny", "num_classes": 4}
+    assert load_config(tsm, ["~data.sampling"]).data.sampling == "dense"  # back to the default
+    with pytest.raises(ConfigError, match=r"~model.num_segmnts: model.num_segmnts is not set, so there is nothing"):
+        load_config(tsm, ["~model.num_segmnts"])
+    with pytest.raises(ConfigError, match=r"bad override '~model.num_segments=4': ~key deletes a key and takes no"):
+        load_config(tsm, ["~model.num_segments=4"])
+    with pytest.raises(ConfigError, match="unknown key model.num_clases; did you mean model.num_classes?"):
+        load_config(tsm, ["model.num_clases=5"])  # a typo on the command line is still a typo
+
+
+def test_a_delete_mapping_replaces_what_it_inherits(tmp_path):
+    """`_delete_: true` in a mapping replaces the inherited mapping instead of merging into it (mmengine's syntax),
+    in a file and on the command line (`model._delete_=true`)."""
+    recipe = write(tmp_path / "vit.yaml", {"_base_": str(REPO / "configs" / "tsm" / "tiny.yaml"),
+                                           "model": {"_delete_": True, "name": "timesformer_tiny", "num_classes": 4}})
+    cfg = load_config(recipe)
+    assert cfg.model == {"name": "timesformer_tiny", "num_classes": 4} and cfg.data.sampling == "segment"
+    cli = load_config(REPO / "configs" / "tsm" / "tiny.yaml", ["model._delete_=true", "model.name=timesformer_tiny"])
+    assert cli.model == {"name": "timesformer_tiny"}
+    merged = write(tmp_path / "merged.yaml", {"_base_": "vit.yaml", "model": {"_delete_": False, "depth": 1}})
+    assert load_config(merged).model == {"name": "timesformer_tiny", "num_classes": 4, "depth": 1}
+    with pytest.raises(ConfigError, match=r"model._delete_: expected true or false, got 'yes please'"):
+        load_config(write(tmp_path / "bad.yaml", {"model": {"_delete_": "yes please"}}))
+
+
+def test_a_model_built_for_one_clip_length_refuses_another_at_load_time():
+    """`configs/stabn/tiny.yaml data.num_frames=8` passed validation and failed at the first forward, after DeepSpeed
+    started (ST-ABN's temporal attention is T x T). Models that take any length (TSM reads T from its input,
+    TimeSformer resizes its time embedding) say nothing."""
+    stabn = REPO / "configs" / "stabn" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=r"^data.num_frames=8 but model.num_frames=4: stabn_r50_tiny is built for "
+                                          r"clips of exactly model.num_frames frames; set both to the same value "
+                                          r"\(in command-line override\)$"):
+        load_config(stabn, ["data.num_frames=8"])
+    with pytest.raises(ConfigError, match=r"^data.num_frames=4 but model.num_frames=8.*\(in command-line override\)$"):
+        load_config(stabn, ["model.num_frames=8"])
+    with pytest.raises(ConfigError, match=r"data.num_frames=8 but model.num_frames=32: stabn_r50 is built"):
+        load_config(None, ["model.name=stabn_r50"])  # the preset's own length counts when the config sets none
+    assert load_config(stabn, ["data.num_frames=8", "model.num_frames=8"]).model["num_frames"] == 8
+    for family in ("timesformer", "tsm"):
+        assert load_config(REPO / "configs" / family / "tiny.yaml", ["data.num_frames=8"]).data.num_frames == 8
+    for recipe in sorted((REPO / "configs").rglob("*.yaml")):  # every recipe agrees with its model
+        if "sweeps" not in recipe.parts and not recipe.stem.startswith("_"):
+            load_config(recipe)

@@ -33,28 +33,65 @@ def load_yaml_with_bases(path: Union[str, Path], _seen: Tuple[Path, ...] = ()) -
     return deep_merge(merged, raw)
 
 
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
-    """Merge `update` into a copy of `base`: mappings recursively, everything else replaced."""
-    out = dict(base)
+DELETE_KEY = "_delete_"
+"""In a YAML mapping, `_delete_: true` makes the mapping replace the one it inherits instead of merging into it."""
+
+
+class _Deleted:
+    """The value of a `~key` override: the key is removed from the config it merges into."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+DELETED = _Deleted()
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any], _path: str = "") -> Dict[str, Any]:
+    """Merge `update` into a copy of `base`: mappings recursively, everything else replaced.
+
+    A mapping of `update` holding `_delete_: true` replaces the mapping of `base` instead of merging into it (as
+    mmengine's configs); a value `DELETED` (a `~key` override) removes the key, which `base` must have.
+    """
+    replace = update.get(DELETE_KEY, False)
+    if not isinstance(replace, bool):
+        raise ConfigError(f"{_path}{DELETE_KEY}: expected true or false, got {replace!r}")
+    out = {} if replace else dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
+        dotted = f"{_path}{key}"
+        if key == DELETE_KEY:
+            continue
+        if value is DELETED:
+            if key not in out:
+                raise ConfigError(f"~{dotted}: {dotted} is not set, so there is nothing to delete (an unset key "
+                                  f"takes its default)")
+            del out[key]
+        elif isinstance(value, Mapping):
+            inherited = out.get(key)
+            out[key] = deep_merge(inherited if isinstance(inherited, Mapping) else {}, value, f"{dotted}.")
         else:
             out[key] = value
     return out
 
 
 def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
-    """Turn `a.b=value` strings into a nested dict; values are parsed as YAML scalars."""
+    """Turn `a.b=value` strings into a nested dict; values are parsed as YAML scalars. `~a.b` deletes the key
+    `a.b` (its value in the tree is `DELETED`); `a._delete_=true` makes the overrides of `a` replace it."""
     nested: Dict[str, Any] = {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"bad override {item!r}: expected key.sub=value")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+        deleting = item.startswith("~")
+        key, sep, text = item[1:].partition("=") if deleting else item.partition("=")
+        if deleting and sep:
+            raise ConfigError(f"bad override {item!r}: ~key deletes a key and takes no value")
+        if (not sep and not deleting) or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad override {item!r}: expected key.sub=value, or ~key.sub to delete a key")
+        if deleting:
+            value: Any = DELETED
+        else:
+            try:
+                value = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError:
+                value = text
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
@@ -86,7 +123,32 @@ def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: Ite
     _check_schedule(cfg, validator)
     if check_model:
         cfg.model = validator.model_section(cfg.model)
+        _check_clip_length(cfg, validator)
     return cfg
+
+
+CLIP_DATASETS = ("video", "rawframes")
+"""The dataset kinds whose clips have `data.num_frames` frames."""
+
+
+def _check_clip_length(cfg: Config, validator: Validator) -> None:
+    """A model built for one clip length names the constructor argument that fixes it (`clip_length_arg`, ST-ABN:
+    its temporal attention is T x T); fed clips of `data.num_frames` frames, both must agree, or the run would fail at
+    its first forward, after DeepSpeed started. Models that read T from their input (TSM) or resize their time
+    embedding to it (TimeSformer) declare nothing and take any length."""
+    from action_launch import models
+    from action_launch.models.contract import FixesClipLength
+
+    preset = models.get_preset(cfg.model["name"])
+    arg = preset.cls.clip_length_arg if isinstance(preset.cls, FixesClipLength) else None
+    if arg is None or cfg.data.dataset not in CLIP_DATASETS:
+        return
+    length = cfg.model.get(arg)
+    length = preset.kwargs.get(arg, preset.parameters()[arg].default) if length is None else length
+    if length != cfg.data.num_frames:
+        key = "data.num_frames" if "data.num_frames" in validator.override_keys else f"model.{arg}"
+        validator.fail(key, f"data.num_frames={cfg.data.num_frames} but model.{arg}={length}: {cfg.model['name']} is "
+                            f"built for clips of exactly model.{arg} frames; set both to the same value")
 
 
 def _check_schedule(cfg: Config, validator: Validator) -> None:

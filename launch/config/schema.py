@@ -1,8 +1,9 @@
 """The run configuration's schema: one dataclass per section, a default and a docstring for every field.
 
-The `data:` section is owned by the data layer (`datasets.config.DataConfig`); the `model:` section is
+The `data:` section is owned by the data layer (`datasets.config.DataConfig`: the keys every kind reads, read as
+the subclass of the kind `data.dataset` names); the `model:` section is
 free-form here and checked against the chosen preset's constructor by the validator. `EvalConfig` is the
-`test:` section, which only the evaluator reads.
+`test:` section, which only the evaluator reads (one recipe serves `train.py` and `test.py`).
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class OptimConfig:
     final_lr: float = 0.0
     """LR at the end of the cosine schedule, for `base_batch_size` (scaled like `lr`)."""
     keep_effective_batch: bool = False
-    """On more devices (`submit.py --nodes N`), lower `train.grad_accum` to keep the effective batch (and LR)."""
+    """On another number of processes than the `slurm:` section describes (nodes x GPUs per node, 1 per node without
+    GPUs), change `train.grad_accum` to keep the effective batch (and LR): under `submit.py --nodes N`, torchrun, Slurm
+    or one process alike; refused in one line where no whole accumulation keeps it."""
 
 
 @dataclass
@@ -190,6 +193,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    test: EvalConfig = field(default_factory=lambda: EvalConfig())
+    """How `launch/test.py` and `train.py --test-best` evaluate; training reads none of it."""
 
     def run_dir(self) -> Path:
         """Folder holding this run's config, checkpoints and local metrics."""

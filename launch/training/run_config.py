@@ -3,11 +3,12 @@
 A run has trained once its folder holds a complete checkpoint. A later start of it (a resume, a no-op rerun of a
 finished run) may change only the continuation keys: how far to train (`train.epochs`), how the processes it now
 has share the work (micro batch, accumulation, ZeRO stage, the Slurm resources: `training.layout` maps the
-checkpoint onto them) and how to run (workers, timeouts, logging, checkpoint cadence, tracking). Any other change
-is refused in one line naming the differing keys, unless the start says `--amend-config` (a PBT exploit's mutated
-LR, a researcher's deliberate change mid-run) or starts the run over (`--restart`, which keeps the trained folder
-beside it). An accepted change leaves `config.yaml` as the run started: the MLflow run records it as a
-`changed.<key>` tag and each checkpoint keeps the config it was saved with.
+checkpoint onto them), how to run (workers, timeouts, logging, checkpoint cadence, tracking) and how to evaluate
+(the `test:` section, which training never reads). Any other change is refused in one line naming the differing
+keys, unless the start says `--amend-config` (a PBT exploit's mutated LR, a researcher's deliberate change mid-run)
+or starts the run over (`--restart`, which keeps the trained folder beside it). An accepted change leaves
+`config.yaml` as the run started: the MLflow run records it as a `changed.<key>` tag and each checkpoint keeps the
+config it was saved with.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ CONTINUATION_KEYS = (
     "checkpoint.every_steps", "checkpoint.keep_last", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
     "data.persistent_workers", "data.max_bad_fraction", "data.bad_files_log", "data.check_files",
 )
-CONTINUATION_SECTIONS = ("tracking.", "slurm.")
+CONTINUATION_SECTIONS = ("tracking.", "slurm.", "test.")  # how it is tracked, where it runs, how it is evaluated
 SHOWN_CHANGES = 6  # differing keys the refusal lists before "and N more"
 
 
