@@ -65,15 +65,19 @@ def make_executor(folder: Path, cluster: str, slurm: SlurmConfig, *, name: str, 
 def sbatch_script(executor: Any, n_jobs: int) -> str:
     """The exact sbatch file submitit would submit (with the array line for more than one job).
 
-    submitit has no public call for this text; its own tests use `_make_sbatch_string` the same way.
+    submitit has no public call for this text (its own tests build it the same way), so the three private names below
+    are this project's only hold on submitit's internals; `tests/test_slurm_launcher.py` prints the script through them.
     """
+    # private API: submitit writes its sbatch file only inside submit(); this is the function that renders it
     from submitit.slurm.slurm import _make_sbatch_string
 
-    inner = executor._executor
+    inner = executor._executor  # private API: AutoExecutor has no public getter of its SlurmExecutor
     params = dict(inner.parameters)
     if n_jobs > 1:
         params["map_count"] = n_jobs
-    return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **params)
+    # private API: the command line the job runs (python -m submitit.core._submit <folder>), known only to submitit
+    command = inner._submitit_command_str
+    return _make_sbatch_string(command=command, folder=inner.folder, **params)
 
 
 def slurm_refusal(script: str, timeout_s: float = 60.0) -> Optional[str]:

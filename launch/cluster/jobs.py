@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from action_launch.common.cluster_env import ClusterEnvironment
 from action_launch.common.files import atomic_write_text
 from action_launch.common.processes import DISTRIBUTED_VARS
 from action_launch.training.signals import StopFlag
@@ -102,31 +102,16 @@ def _after_stop(stop: StopFlag, requeues: int, max_requeues: int, job_env: Any, 
 
 
 def export_distributed_env(job_env: Any) -> None:
-    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for this task, from submitit's job environment.
-
-    The master is the first node of the allocation, addressed by its Slurm NodeAddr (a NodeName need
-    not resolve as a host name); the port is derived from the job id, so every task agrees without
-    talking. CUDA_VISIBLE_DEVICES is left alone: DeepSpeed picks the GPU from LOCAL_RANK.
-    """
-    import submitit
-
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for this task: on Slurm from its variables
+    (`common.cluster_env`: the first node's NodeAddr, the port of the job id), on submitit's local executor from its
+    job environment (this machine). CUDA_VISIBLE_DEVICES is left alone: DeepSpeed picks the GPU from LOCAL_RANK."""
     for key in DISTRIBUTED_VARS:
         os.environ.pop(key, None)  # the submitting shell's values must not leak into the job
-    dist_env = submitit.helpers.TorchDistributedEnvironment()
-    if job_env.cluster == "slurm":
-        dist_env.master_addr = node_address(dist_env.master_addr)
-    dist_env.export(set_cuda_visible_devices=False, overwrite=True)
-
-
-def node_address(node: str) -> str:
-    """Slurm's NodeAddr of `node` (a NodeName need not resolve as a host name); `node` itself if unknown."""
-    try:
-        out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, check=True,
-                             timeout=30).stdout
-        match = re.search(r"\bNodeAddr=(\S+)", out)
-        return match.group(1) if match else node
-    except (OSError, subprocess.SubprocessError):
-        return node
+    env = ClusterEnvironment.from_slurm() if job_env.cluster == "slurm" else None
+    if env is None:
+        env = ClusterEnvironment(job_id=str(job_env.job_id), hostnames=(job_env.hostname,), rank=job_env.global_rank,
+                                 world_size=job_env.num_tasks, local_rank=job_env.local_rank, node_rank=job_env.node)
+    os.environ.update(env.torch_variables(None if job_env.cluster == "slurm" else job_env.hostname))
 
 
 # ------------------------------------------------------------------------------------------ status

@@ -26,7 +26,7 @@ from action_launch.config import (
     load_yaml_with_bases,
     parse_overrides,
 )
-from action_launch.training.schedule import effective_batch_size, scale_lrs
+from action_launch.training.schedule import effective_batch_size, kept_accumulation, scale_lrs
 
 
 def safe_component(text: str) -> str:
@@ -189,15 +189,10 @@ def _layout(cfg: Config, written_slurm: Dict[str, Any], point: Dict[str, Any]) -
     s, t = cfg.slurm, cfg.train
     tasks_per_node = max(1, s.gpus_per_node)
     world = s.nodes * tasks_per_node
-    if cfg.optim.keep_effective_batch:
-        written_world = int(written_slurm.get("nodes", 1)) * max(1, int(written_slurm.get("gpus_per_node", 0)))
-        target = effective_batch_size(t.micro_batch_size, t.grad_accum, written_world)
-        if target % (t.micro_batch_size * world):
-            raise ConfigError(
-                f"optim.keep_effective_batch: the config's effective batch {target} (micro {t.micro_batch_size} x "
-                f"accumulation {t.grad_accum} x world {written_world}) is not a multiple of micro "
-                f"{t.micro_batch_size} x world {world}; change train.micro_batch_size or --nodes")
-        t.grad_accum = target // (t.micro_batch_size * world)
+    written_world = int(written_slurm.get("nodes", 1)) * max(1, int(written_slurm.get("gpus_per_node", 0)))
+    kept = kept_accumulation(cfg, world, written_world)  # the config's slurm: section as written, before the flags
+    if kept is not None:
+        t.grad_accum = kept[0]
     effective = effective_batch_size(t.micro_batch_size, t.grad_accum, world)
     scaled = scale_lrs(cfg.optim, effective)
     return Plan(cfg, point, s.nodes, tasks_per_node, effective, cfg.optim.lr, scaled.lr)

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from action_launch import ROOT, child_python_env
 from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, slurm_refusal, working_dir
-from action_launch.cluster.jobs import node_address, write_job_json
+from action_launch.cluster.jobs import write_job_json
 from action_launch.cluster.plan import check_script_values, safe_component, script_values
 from action_launch.cluster.snapshot import snapshot_code
+from action_launch.common.cluster_env import ClusterEnvironment, job_port, node_address
 from action_launch.common.processes import stop_process_group
 from action_launch.config import ConfigError
 from action_launch.sweeps.plan import SweepRequest, make_plan
@@ -32,10 +33,14 @@ DONE = "sweep_done"
 STOPPED = "ray_stopped_node"  # + the node's index: a worker node has stopped its Ray
 
 
-def ray_port(job_id: str) -> int:
-    """The head's GCS port, derived from the job id so every task agrees without talking."""
-    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
-    return 20000 + int(digits) % 20000
+def ray_addresses(job_env: Any) -> Tuple[str, str, int]:
+    """(head address, this node's address, head port) of the job's Ray cluster. The head listens where a training
+    job's rank 0 would (`common.cluster_env`): the first node's Slurm NodeAddr (a node name need not resolve as a host
+    name) and the port of the job id, so every task agrees without talking; 127.0.0.1 on submitit's local executor."""
+    slurm = ClusterEnvironment.from_slurm() if job_env.cluster == "slurm" else None
+    if slurm is None:
+        return "127.0.0.1", "127.0.0.1", job_port(job_env.job_id)
+    return slurm.main_address(), node_address(os.environ.get("SLURMD_NODENAME", job_env.hostname)), slurm.main_port
 
 
 def _ray_environment(token: str) -> None:
@@ -78,15 +83,12 @@ class SweepJob:
 
         interrupt_on_sigterm()  # scancel: submitit's own handler only says "Bypassing signal SIGTERM"
         folder = Path(job_env.paths.folder).resolve()
-        on_slurm = job_env.cluster == "slurm"
-        # Slurm's NodeAddr of each node (a node name need not resolve as a host name).
-        head = node_address(job_env.hostnames[0]) if on_slurm else "127.0.0.1"
-        own = node_address(os.environ.get("SLURMD_NODENAME", job_env.hostname)) if on_slurm else "127.0.0.1"
-        address = f"{head}:{ray_port(job_env.job_id)}"
+        head, own, port = ray_addresses(job_env)
+        address = f"{head}:{port}"
         resources = [f"--num-cpus={self.cpus}", f"--num-gpus={self.gpus}", f"--node-ip-address={own}"]
         log = folder / f"ray_node{job_env.node}.log"
         if job_env.global_rank == 0:
-            proc = _ray_start(["--head", f"--port={ray_port(job_env.job_id)}", "--include-dashboard=false",
+            proc = _ray_start(["--head", f"--port={port}", "--include-dashboard=false",
                                f"--temp-dir=/tmp/ray_{job_env.job_id}", *resources], log)
             try:
                 wait_for_nodes(address, job_env.num_nodes, timeout_s=300)

@@ -22,8 +22,9 @@ SYNC_BN_NEEDS_GPU = ("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm 
                      "process too); set train.sync_bn=false for a run on the CPU")
 """The refusal of `train.sync_bn` on a run without CUDA, one line naming the key."""
 
-# BatchNorm*d, SyncBatchNorm and InstanceNorm*d with track_running_stats all derive from _NormBase
-_NORM_WITH_STATS = nn.modules.batchnorm._NormBase
+# the norms that may keep running statistics (track_running_stats); their Lazy variants derive from them
+_NORM_WITH_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                    nn.InstanceNorm2d, nn.InstanceNorm3d)
 STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 

@@ -1,8 +1,8 @@
 """Process-group environment: who am I, how many are we, where is rank 0.
 
 Reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), falls back to
-Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, first host of SLURM_JOB_NODELIST) for a bare
-`srun`, and to a single local process otherwise. It exports the torchrun names, which is what
+Slurm's for a bare `srun` (`common.cluster_env.ClusterEnvironment`: ranks, and the main address and port of the
+job), and to a single local process otherwise. It exports the torchrun names, which is what
 `torch.distributed` and DeepSpeed read, so no hostfile, ssh or MPI is involved.
 
 `Collectives` is the trainer's side of the process group: every wait on the other ranks is bounded
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +24,7 @@ from typing import Any, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 
+from action_launch.common.cluster_env import ClusterEnvironment
 from action_launch.common.processes import free_port
 
 PROBE_S = 10.0
@@ -63,14 +63,6 @@ def local_device(local_rank: int, cuda_devices: int) -> torch.device:
     return torch.device("cuda", local_rank % cuda_devices) if cuda_devices else torch.device("cpu")
 
 
-def _first_slurm_host(nodelist: str) -> str:
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-        return out.stdout.split()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return nodelist.split(",")[0].split("[")[0]
-
-
 def resolve_env() -> DistEnv:
     """Find rank/world/master from the environment and export them under torchrun's names."""
     env = os.environ
@@ -79,12 +71,11 @@ def resolve_env() -> DistEnv:
         local_rank = int(env.get("LOCAL_RANK", rank))
         addr = env.get("MASTER_ADDR", "127.0.0.1")
         port = int(env.get("MASTER_PORT", 0)) or free_port()
-    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local_rank = int(env.get("SLURM_LOCALID", 0))
-        addr = env.get("MASTER_ADDR") or _first_slurm_host(env["SLURM_JOB_NODELIST"])
-        # A port derived from the job id: every task computes the same one without talking.
-        port = int(env.get("MASTER_PORT", 0)) or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
+    elif "SLURM_PROCID" in env and (slurm := ClusterEnvironment.from_slurm(env)) and slurm.world_size > 1:
+        rank, world, local_rank = slurm.rank, slurm.world_size, slurm.local_rank
+        # the job's one main address and port (`common.cluster_env`): every task finds the same without talking
+        addr = env.get("MASTER_ADDR") or slurm.main_address()
+        port = int(env.get("MASTER_PORT", 0)) or slurm.main_port
     else:
         rank, world, local_rank = 0, 1, 0
         addr, port = "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port()
@@ -148,8 +139,8 @@ def bound_every_group(timeout: timedelta) -> None:
 
     if not dist.is_initialized():
         return
-    for group in list(c10d._world.pg_map):
-        c10d._set_pg_timeout(timeout, group)
+    for group in list(c10d._world.pg_map):  # private API: torch has no public list of a process's groups
+        c10d._set_pg_timeout(timeout, group)  # private API: nor a public setter of a made group's timeout
 
 
 def _host_group(timeout: timedelta) -> Optional[Any]:

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from action_launch.common.console import setup_logging
 from action_launch.common.processes import die_with_parent
 from action_launch.datasets.config import DataConfig
+from action_launch.datasets.contract import HasRecordings
 from action_launch.training.signals import HELPER_IGNORED
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ class BatchShardSampler(Sampler):
 
 def sequences_of(dataset: Dataset) -> Optional[List[List[int]]]:
     """Dataset indices of each recording's windows in window order, for a dataset that groups its
-    samples into recordings (`interactions` and `windows(id)`, as `datasets.multiperson`); else None."""
-    if not hasattr(dataset, "interactions") or not hasattr(dataset, "windows"):
+    samples into recordings (`datasets.contract.HasRecordings`, as `datasets.multiperson`); else None."""
+    if not isinstance(dataset, HasRecordings):
         return None
     return [list(dataset.windows(rec)) for rec in dataset.interactions]
 
@@ -238,11 +239,11 @@ def _release_forkserver_liveness() -> None:
     the pipe's last writer closes it, so while a worker held it, the forkserver (and the worker, its child)
     waited for each other for ever after the training process died. A worker that starts processes of its own
     by forkserver (none of ours does) starts a forkserver of its own."""
-    server = getattr(forkserver, "_forkserver", None)
-    fd = getattr(server, "_forkserver_alive_fd", None)
+    server = getattr(forkserver, "_forkserver", None)  # private API: the one forkserver has no public handle
+    fd = getattr(server, "_forkserver_alive_fd", None)  # private API: nor the pipe that keeps it alive
     if fd is None:
         return
-    server._forkserver_alive_fd = None
+    server._forkserver_alive_fd = None  # private API: (as above) closed here, so forget it
     with contextlib.suppress(OSError):
         os.close(fd)
 
