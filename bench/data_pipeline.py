@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/data_pipeline.py [--videos 24] [--size 160] [--frames 96]
         [--num-frames 8] [--sampling-rate 8] [--crop 112] [--workers 2] [--repeats 2] [--rounds 5]
+        [--decoder decord|torchcodec]
 
 On generated H.264 videos (a panning texture with grain, so that decoding costs what real
 footage costs, unlike the mostly static synthetic set), for the SAME sampled indices:
-  (a) bare decord: open VideoReader(num_threads=1) + one get_batch of the sorted unique indices
-  (b) VideoDataset.__getitem__((i, seed)): sampling + decode + train transforms, in-process
-  (c) a DataLoader over the same keys with 1 worker process and with N = --workers, taking turns in
-      --rounds rounds (1, N, N, 1, 1, N, ...: the order alternates), so that load from other
-      processes hits both alike
-and prints clips/s, b/a (target >= 0.8) and, per round and as the median of the per-round
+  (a) bare decoding, each backend of `data.decoder` side by side: open the file with one thread + one batch call
+      of the sorted unique indices (decord's get_batch, torchcodec's get_frames_at), and their ratio
+  (b) VideoDataset.__getitem__((i, seed)): sampling + decode + train transforms, in-process, with each decoder
+  (c) a DataLoader (of the dataset with --decoder) over the same keys with 1 worker process and with
+      N = --workers, taking turns in --rounds rounds (1, N, N, 1, 1, N, ...: the order alternates), so
+      that load from other processes hits both alike
+(the (a) and (b) rows of all decoders alternate clip by clip, so that load from other processes hits them alike)
+and prints clips/s, torchcodec/decord, b/a (target >= 0.8) and, per round and as the median of the per-round
 ratios, N workers / 1 worker (target >= 1.6 with 2 workers on 2 cores).
 Each DataLoader figure is a whole pass, clips / the time from before the loader's iterator is
 created to its last batch: worker start-up and the first batches are counted (no warm-up is
@@ -44,7 +47,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from action_launch.datasets import DataConfig, build  # noqa: E402
-from action_launch.datasets.decode import open_video, read_frames  # noqa: E402
+from action_launch.datasets.decode import DECODERS, open_video, read_frames  # noqa: E402
 from action_launch.datasets.synthetic import write_video  # noqa: E402
 from action_launch.datasets.protocols import Source  # noqa: E402
 
@@ -206,6 +209,44 @@ def bench_prepared(a) -> int:
     return 0
 
 
+BATCH_CALL = {"decord": "get_batch", "torchcodec": "get_frames_at"}
+"""Each decoder's one batch call (the (a) rows)."""
+
+
+def available_decoders(chosen: str) -> List[str]:
+    """decord and the other `data.decoder` backends that load here (one that does not is said, and left out;
+    `chosen`, the dataset's for (c), must load)."""
+    found = ["decord"]
+    for name in DECODERS[1:]:
+        try:
+            open_video(__file__, name)
+        except RuntimeError as e:  # cannot load: said in one line
+            if name == chosen:
+                raise
+            print(f"{name}: left out, {e}")
+            continue
+        except Exception:  # it loaded, and this file is no video
+            pass
+        found.append(name)
+    return found
+
+
+def decode_rates(plans: Sequence[tuple], keys: Sequence[tuple], sets: Dict[str, object]) -> tuple:
+    """Clips/s of (a) bare decoding and (b) `__getitem__`, per decoder: every measurement of one clip runs back to
+    back before the next clip's, so that load from other processes hits them all alike."""
+    t_bare = dict.fromkeys(sets, 0.0)
+    t_item = dict.fromkeys(sets, 0.0)
+    for (path, idx), key in zip(plans, keys):
+        for d, ds in sets.items():
+            t = time.perf_counter()
+            read_frames(open_video(path, d), idx)
+            t_bare[d] += time.perf_counter() - t
+            t = time.perf_counter()
+            ds[key]
+            t_item[d] += time.perf_counter() - t
+    return ({d: _rate(len(keys), t) for d, t in t_bare.items()}, {d: _rate(len(keys), t) for d, t in t_item.items()})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, help="generated videos (default 24; 8 with --prepared)")
@@ -223,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2, help="passes over the videos (different seeds)")
     p.add_argument("--dir", help="folder for the videos (default: a temporary one)")
+    p.add_argument("--decoder", choices=DECODERS, default="decord",
+                   help="data.decoder of the DataLoaders (c); (a) and (b) time every decoder side by side")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.prepared:
@@ -241,9 +284,11 @@ def main(argv=None) -> int:
     print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} "
           f"({time.perf_counter() - t0:.1f}s to make)")
     short = [a.crop + a.crop // 7, a.crop + a.crop // 7 * 3]
-    cfg = DataConfig(root=folder, num_frames=a.num_frames, sampling_rate=a.sampling_rate, crop_size=a.crop,
-                     train_short_side=short, test_short_side=a.crop, num_workers=a.workers)
-    ds = build(cfg, "train")
+    decoders = available_decoders(a.decoder)
+    sets = {d: build(DataConfig(root=folder, num_frames=a.num_frames, sampling_rate=a.sampling_rate, crop_size=a.crop,
+                                train_short_side=short, test_short_side=a.crop, num_workers=a.workers, decoder=d),
+                     "train") for d in decoders}
+    ds = sets[a.decoder]
     keys = [(i, 1000 * r + i) for r in range(a.repeats) for i in range(len(ds))]
     # the exact indices __getitem__ will decode: sampling is the first draw from the seed's generator
     plans = []
@@ -254,23 +299,20 @@ def main(argv=None) -> int:
     print(f"clip: {a.num_frames} frames x rate {a.sampling_rate}, train transforms (short side {short}, "
           f"crop {a.crop}, flip); {len(keys)} clips per measurement")
 
-    for path, idx in plans[:4]:  # warm the page cache and decord's first-use costs
-        read_frames(open_video(path), idx)
-        ds[keys[0]]
+    for path, idx in plans[:4]:  # warm the page cache and the decoders' first-use costs
+        for d in decoders:
+            read_frames(open_video(path, d), idx)
+            sets[d][keys[0]]
 
-    # (a) and (b) alternate clip by clip, so that load from other processes hits both alike
-    t_bare = t_item = 0.0
-    for (path, idx), key in zip(plans, keys):
-        t = time.perf_counter()
-        read_frames(open_video(path), idx)
-        t_bare += time.perf_counter() - t
-        t = time.perf_counter()
-        ds[key]
-        t_item += time.perf_counter() - t
-    bare, item = _rate(len(keys), t_bare), _rate(len(keys), t_item)
-
-    print(f"(a) bare decord get_batch      {bare:8.1f} clips/s")
-    print(f"(b) dataset __getitem__        {item:8.1f} clips/s   b/a = {item / bare:.2f}  (target >= 0.8)")
+    bare, items = decode_rates(plans, keys, sets)
+    for d in decoders:
+        versus = f"   {d}/decord = {bare[d] / bare['decord']:.2f}" if d != "decord" else ""
+        print(f"(a) bare {d:<10} {BATCH_CALL[d]:<14} {bare[d]:8.1f} clips/s{versus}")
+    for d in decoders:
+        versus = f"   {d}/decord = {items[d] / items['decord']:.2f}" if d != "decord" else ""
+        print(f"(b) dataset __getitem__, {d:<10} {items[d]:8.1f} clips/s   b/a = {items[d] / bare[d]:.2f}  "
+              f"(target >= 0.8){versus}")
+    item = items[a.decoder]
     loaders = {w: torch.utils.data.DataLoader(ds, batch_size=a.batch_size, sampler=keys, num_workers=w)
                for w in (1, a.workers)}
     print_worker_rounds(worker_rounds(loaders, a.rounds), item)

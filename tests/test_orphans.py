@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import psutil
 import pytest
 
-from action_launch.common.processes import descendants, proc_stat, running, without_distributed_vars
+from action_launch.common.processes import descendants, running, start_time, without_distributed_vars
 from conftest import REPO, tiny_overrides
 from test_distributed_faults import start_ranks, wait_for_training
 
@@ -34,11 +35,9 @@ def process_tree(pid: int) -> Dict[int, Tuple[int, int, str]]:
     orphans of a killed process are reparented and no longer found below it."""
     tree = {}
     for child in descendants(pid):
-        stat = proc_stat(child)
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if stat:
-                tree[child] = (int(stat[19]), int(stat[1]), cmdline)
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(child)
+            tree[child] = (start_time(child), proc.ppid(), " ".join(proc.cmdline()))
     return tree
 
 

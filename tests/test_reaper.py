@@ -42,3 +42,24 @@ def test_a_reused_pid_is_not_hit():
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_processes_are_read_with_psutil_and_start_times_stay_in_clock_ticks():
+    """`common.processes` reads processes through psutil, not by parsing /proc itself, and a start time is still the
+    kernel's count of clock ticks since boot (what earlier runs' `state.json` and reaper command lines hold)."""
+    from action_launch import ROOT
+    from action_launch.common import processes
+
+    source = (ROOT / "launch" / "common" / "processes.py").read_text()
+    assert "/proc" not in source and not hasattr(processes, "proc_stat")
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/stat") as f:  # the kernel's own record, field 22: starttime in ticks
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        assert start_time(child.pid) == ticks
+        assert processes.running(child.pid, ticks) and not processes.running(child.pid, ticks + 1)
+        assert child.pid in descendants(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert not processes.running(child.pid) and start_time(child.pid) is None

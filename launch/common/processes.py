@@ -1,5 +1,5 @@
 """Child processes and the environment they inherit: process groups, free ports, distributed variables;
-whether a process still runs (by pid and start time, from /proc); ending with one's parent."""
+whether a process still runs (by pid and start time, read with psutil); ending with one's parent."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 from typing import Dict, List, Mapping, Optional
+
+import psutil
 
 # What torchrun / Slurm jobs set to make a process one rank of a process group.
 DISTRIBUTED_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -52,51 +54,35 @@ def without_distributed_vars(env: Optional[Mapping[str, str]] = None) -> Dict[st
     return out
 
 
-def proc_stat(pid: int) -> Optional[List[str]]:
-    """The fields of `/proc/<pid>/stat` after the command name (state, parent pid, ...; the start time is
-    [19]), or None (no such process, or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def start_time(pid: int) -> Optional[int]:
-    """When `pid` started, in clock ticks since boot: with the pid, it names one process (pids are reused)."""
-    stat = proc_stat(pid)
-    return int(stat[19]) if stat else None
+    """When `pid` started, in clock ticks since boot (the kernel's own count, so the value a run's `state.json`
+    or a reaper's command line holds stays comparable): with the pid, it names one process (pids are reused).
+    None when there is no such process."""
+    try:
+        created = psutil.Process(pid).create_time()  # boot time + ticks / CLK_TCK, in seconds since the epoch
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return round((created - psutil.boot_time()) * os.sysconf("SC_CLK_TCK"))
 
 
 def running(pid: int, started: Optional[int] = None) -> bool:
     """Whether `pid` is a live process, not a zombie, and (given `started`) still the one that started then."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):  # exited, not yet reaped
+            return False
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process by that pid: it exists
+    except psutil.AccessDenied:  # another user's process by that pid: it exists
         pass
-    stat = proc_stat(pid)
-    if stat is None:  # alive, on a system without /proc
-        return True
-    if stat[0] in ("Z", "X"):  # exited, not yet reaped by its parent
-        return False
-    return started is None or int(stat[19]) == int(started)
+    return started is None or start_time(pid) == int(started)
 
 
 def descendants(pid: int) -> List[int]:
-    """Every living process below `pid` (children, their children, ...)."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        stat = proc_stat(int(entry)) if entry.isdigit() else None
-        if stat:
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every process below `pid` (children, their children, ...; exited ones not yet reaped included)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:

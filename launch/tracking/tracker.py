@@ -1,35 +1,36 @@
-"""MLflow tracking with a local journal, so an unreachable server never stops training or loses data.
+"""Run tracking with a local journal, so an unreachable server never stops training or loses data.
 
 Every event (params, tags, metrics, artifacts, end) is appended to `<run>/tracking/journal.jsonl`
-first, then sent to MLflow. `state.json` records the MLflow run id (a resumed or requeued job keeps
-logging into the same run), how many journal lines reached the server, the URI logged to and the store
-behind it (`store`: a sweep's temporary server dies with the sweep, its SQLite store stays), and which
-process writes the run (`writer`: host, pid). When the server is unreachable, training goes on, says so
-once, and `python launch/track.py sync RUN_DIR` sends the rest later, to the store. A run whose writer
-died without ending it (SIGKILL, a cancelled job) is closed as KILLED by the next sync.
+first, then sent to a `Sink`: MLflow's (`mlflow_sink.MlflowSink`) unless `Tracker(..., sink=...)` names
+another; a second tracking backend is one module with such a class. `state.json` records the run id (a
+resumed or requeued job keeps logging into the same run), how many journal lines reached the server, the
+URI logged to and the store behind it (`store`: a sweep's temporary server dies with the sweep, its SQLite
+store stays), and which process writes the run (`writer`: host, pid). When the server is unreachable,
+training goes on, says so once, and `python launch/track.py sync RUN_DIR` sends the rest later, to the
+store. A run whose writer died without ending it (SIGKILL, a cancelled job) is closed as KILLED by the next
+sync.
 Each evaluation of a run folder's checkpoint is an MLflow run of its own, nested under the training run, with its
 own journal in `<run>/tracking/evaluations/<stamp>/`: nothing but training opens the training run, so its start
 and end times are when it trained (a rerun with nothing to train does not open it either).
-This is the only module that imports MLflow.
+The journal, its replay, resume and sync are the same for every sink; MLflow is imported by `mlflow_sink` only.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, Type
 
 from action_launch.common.files import atomic_write_text
 from action_launch.common.processes import running, start_time
-from action_launch.tracking.server import artifact_root_for, backing_store, server_reachable, store_init_lock
+from action_launch.tracking.mlflow_sink import MlflowSink
+from action_launch.tracking.server import backing_store, server_reachable
 
 log = logging.getLogger(__name__)
 
-_BATCH = 100  # MLflow's log_batch accepts at most 100 params and 1000 metrics per call
 PARENT_TAG = "mlflow.parentRunId"
 """The tag that nests a run under another in MLflow (an evaluation under its training run, a trial under its sweep)."""
 EVALUATED_TAG = "eval.checkpoint"
@@ -38,20 +39,11 @@ LATEST_EVALUATION_TAG = "eval.latest_run_id"
 """On a training run: the run id of the latest evaluation of one of its checkpoints (where its `test/*` metrics are)."""
 EVALUATIONS = "tracking/evaluations"
 """Inside a run folder: one journal folder per evaluation of its checkpoints (`new_evaluation_folder`)."""
-_ROUTE_PARAMS = {"tracking.uri"}
-"""Params that say how a run reaches its store, not what it trained: a resumed sweep trial logs through the new
-sweep's server (another port, the same store and run), which is no change of the run (no `changed.` tag)."""
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
     """`$MLFLOW_TRACKING_URI`, else an embedded SQLite store beside the runs."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
-
-
-def mlflow_key(name: str) -> str:
-    """A param/metric/tag name MLflow accepts: characters other than letters, digits, `_ - . / : ` and
-    space become `_` (a key MLflow rejects would fail the whole batch it is sent in)."""
-    return re.sub(r"[^/\w.\- :]", "_", name)
 
 
 def best_key(metric: str) -> str:
@@ -60,9 +52,65 @@ def best_key(metric: str) -> str:
     return f"best/{metric}"
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """Create experiment `name` in the store at `uri` if needed (artifacts beside a SQLite store); its id."""
-    return MlflowSink(uri, name, artifact_root=artifact_root_for(uri)).experiment_id
+def ensure_experiment(uri: str, name: str, sink: Optional[Type[Sink]] = None) -> str:
+    """Create experiment `name` at `uri` if needed (MLflow's: artifacts beside a SQLite store); its id."""
+    return (sink or MlflowSink)(uri, name).experiment_id
+
+
+class Sink(Protocol):
+    """Where a tracker's runs go: one experiment of one tracking backend, opened as `Sink(uri, experiment)` (which
+    raises when the backend cannot be reached; the tracker then keeps its journal and goes offline). Each method
+    writes one kind of journal event (`replay`); any exception leaves the events to a later `sync`."""
+
+    name: ClassVar[str]
+    """The backend's name, in the tracker's messages ("MLflow at URI failed: ...")."""
+    experiment_id: str
+
+    def __init__(self, uri: str, experiment: str) -> None: ...
+
+    def open_run(self, run_id: Optional[str], run_name: str, tags: Mapping[str, str]) -> str:
+        """Reopen run `run_id` (a resume, a requeue) where the backend has it, else start a new run; its id."""
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Record params (values as given: numbers, strings, lists); a run's params are logged again on resume."""
+
+    def log_metrics(self, run_id: str, points: Sequence[Tuple[str, float, int, int]]) -> None:
+        """Record metric points (key, value, time in ms since the epoch, step), in journal order."""
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags (a later value replaces an earlier one)."""
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
+        """Attach the file `path` (under the folder `artifact_path` of the run's artifacts)."""
+
+    def end_run(self, run_id: str, status: str, end_time: int) -> None:
+        """Close the run with `status` (FINISHED, FAILED, KILLED) at `end_time` (ms since the epoch)."""
+
+
+def replay(sink: Sink, run_id: str, events: Iterable[Dict[str, Any]], run_dir: Path) -> None:
+    """Send journal events to `sink`'s run `run_id` in order, consecutive metrics events as one batch (an artifact
+    is a path relative to `run_dir`; one that is gone is left out)."""
+    points: List[Tuple[str, float, int, int]] = []
+    for event in events:
+        kind = event["kind"]
+        if kind == "metrics":
+            points += [(k, float(v), event["time"], event["step"]) for k, v in event["values"].items()]
+            continue
+        if points:
+            sink.log_metrics(run_id, points)
+            points = []
+        if kind == "params":
+            sink.log_params(run_id, event["values"])
+        elif kind == "tags":
+            sink.set_tags(run_id, {k: str(v) for k, v in event["values"].items()})
+        elif kind == "artifact":
+            path = run_dir / event["path"]
+            if path.exists():
+                sink.log_artifact(run_id, path, event.get("artifact_path"))
+        elif kind == "end":
+            sink.end_run(run_id, event["status"], event["time"])
+    if points:
+        sink.log_metrics(run_id, points)
 
 
 class Journal:
@@ -115,87 +163,6 @@ class Journal:
         atomic_write_text(self.state_path, json.dumps(state, indent=2))
 
 
-class MlflowSink:
-    """Sends journal events to one MLflow run through `MlflowClient` (no global active-run state)."""
-
-    def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-        from mlflow.tracking import MlflowClient
-
-        self.uri = uri
-        with store_init_lock(uri):  # opening a new SQLite store creates its schema: one process at a time
-            self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._experiment_id(experiment, artifact_root)
-
-    def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
-        from mlflow.exceptions import MlflowException
-
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # another process created it between our two calls
-            return self.client.get_experiment_by_name(name).experiment_id
-
-    def open_run(self, run_id: Optional[str], run_name: str, tags: Mapping[str, str]) -> str:
-        """Reuse `run_id` when the server knows it (resume, requeue), else create a run."""
-        from mlflow.exceptions import MlflowException
-
-        if run_id:
-            try:
-                self.client.get_run(run_id)
-                self.client.update_run(run_id, status="RUNNING")
-                return run_id
-            except MlflowException:
-                log.warning("MLflow run %s not found at %s; starting a new run", run_id, self.uri)
-        return self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
-
-    def send(self, run_id: str, events: Iterable[Dict[str, Any]], run_dir: Path) -> None:
-        """Replay events into the run, batching metrics and params."""
-        from mlflow.entities import Metric, RunTag
-
-        metrics: List[Metric] = []
-        for event in events:
-            kind = event["kind"]
-            if kind == "metrics":
-                metrics += [Metric(k, float(v), event["time"], event["step"]) for k, v in event["values"].items()]
-                continue
-            self._flush_metrics(run_id, metrics)
-            metrics = []
-            if kind == "params":
-                self._log_params(run_id, {k: _param_text(v) for k, v in event["values"].items()})
-            elif kind == "tags":
-                self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in event["values"].items()])
-            elif kind == "artifact":
-                path = run_dir / event["path"]
-                if path.exists():
-                    self.client.log_artifact(run_id, str(path), event.get("artifact_path"))
-            elif kind == "end":
-                self.client.set_terminated(run_id, status=event["status"], end_time=event["time"])
-        self._flush_metrics(run_id, metrics)
-
-    def _log_params(self, run_id: str, params: Dict[str, str]) -> None:
-        """MLflow params are immutable: a resumed run with a changed value records it as a `changed.` tag."""
-        from mlflow.entities import Param, RunTag
-
-        logged = self.client.get_run(run_id).data.params
-        params = {mlflow_key(k): v for k, v in params.items()}
-        new = [Param(k, v) for k, v in params.items() if k not in logged]
-        changed = [RunTag(f"changed.{k}", v) for k, v in params.items()
-                   if k in logged and logged[k] != v and k not in _ROUTE_PARAMS]
-        for i in range(0, len(new), _BATCH):
-            self.client.log_batch(run_id, params=new[i:i + _BATCH])
-        if changed:
-            self.client.log_batch(run_id, tags=changed)
-
-    def _flush_metrics(self, run_id: str, metrics: list) -> None:
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
-
-
 def this_writer() -> Dict[str, Any]:
     """Who writes a run: this host and process (and the process's start time, against a reused pid)."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": start_time(os.getpid())}
@@ -220,29 +187,25 @@ def attempt_open(events: List[Dict[str, Any]]) -> bool:
     return start >= 0 and not any(e["kind"] == "end" for e in events[start:])
 
 
-def _param_text(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text[:6000]
-
-
 class Tracker:
     """What the training loop talks to. On ranks other than 0 every call does nothing."""
 
     def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, enabled: bool = True, active: bool = True,
-                 folder: str = "tracking"):
+                 folder: str = "tracking", sink: Optional[Type[Sink]] = None):
         self.run_dir = Path(run_dir)
+        self.sink_type: Type[Sink] = sink or MlflowSink
         self.active = active
         self.journal = Journal(self.run_dir, folder) if active else None
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.enabled = enabled and active
-        self.sink: Optional[MlflowSink] = None
+        self.sink: Optional[Sink] = None
         self.run_id: Optional[str] = None
         self._pending: List[Dict[str, Any]] = []
         self._synced = 0
         self._replayed: Dict[str, int] = {}  # metric -> the last step an earlier attempt logged past the resume
 
     def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        """Open (or reopen, after a resume) the MLflow run and record params and tags."""
+        """Open (or reopen, after a resume) the run and record params and tags."""
         if not self.active:
             return
         state = self._load_backlog()
@@ -274,17 +237,14 @@ class Tracker:
             self.uri = store
             self.journal.save_state(uri=store)
         try:
-            self.sink = MlflowSink(self.uri, self.experiment, artifact_root=self._artifact_root())
+            self.sink = self.sink_type(self.uri, self.experiment)
             self.run_id = self.sink.open_run(run_id, self.run_name, tags)
         except Exception as err:  # noqa: BLE001 - any tracking failure must leave training running
-            self._go_offline(f"MLflow at {self.uri} failed: {err}")
+            self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
             return
-        if self.run_id != run_id:  # a new MLflow run gets the whole history
+        if self.run_id != run_id:  # a new run gets the whole history
             self._synced, self._pending = 0, self.journal.events()
         self.journal.save_state(run_id=self.run_id, synced=self._synced)
-
-    def _artifact_root(self) -> Optional[Path]:
-        return artifact_root_for(self.uri)
 
     def _go_offline(self, reason: str) -> None:
         if self.enabled:
@@ -301,9 +261,9 @@ class Tracker:
         if self.sink is None or not self._pending:
             return
         try:
-            self.sink.send(self.run_id, self._pending, self.run_dir)
+            replay(self.sink, self.run_id, self._pending, self.run_dir)
         except Exception as err:  # noqa: BLE001
-            self._go_offline(f"MLflow at {self.uri} failed: {err}")
+            self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
             return
         self._synced += len(self._pending)
         self._pending = []
@@ -348,7 +308,7 @@ class Tracker:
 
     @property
     def online(self) -> bool:
-        """Whether events are currently reaching MLflow."""
+        """Whether events are currently reaching the sink (MLflow)."""
         return self.sink is not None
 
 
@@ -372,7 +332,8 @@ def new_evaluation_folder(run_dir: Path) -> str:
     return f"{EVALUATIONS}/{name}"
 
 
-def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False, evaluations: bool = True) -> int:
+def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False, evaluations: bool = True,
+         sink: Optional[Type[Sink]] = None) -> int:
     """Send the journal lines of `run_dir` that never reached MLflow; returns how many were sent.
 
     They go to `uri`, else to the run's store (`state.json`; a sweep's server is gone with its sweep), else to
@@ -380,20 +341,20 @@ def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False, evaluat
     cancelled job; on another host the caller says so with `killed`) is ended KILLED at the time of its last
     event, its metrics kept: no run is left RUNNING by a process that no longer exists. With `evaluations`, the
     journals of the folder's checkpoint evaluations (`evaluation_folders`) that have lines to send follow, each
-    nested under the training run once that run is known.
+    nested under the training run once that run is known. `sink`: the backend (default MLflow's).
     """
     run_dir = Path(run_dir)
     evals = [f for f in evaluation_folders(run_dir) if _unsent(Journal(run_dir, f))] if evaluations else []
     if not Journal(run_dir).path.exists() and not evals:
         raise FileNotFoundError(f"{run_dir} has no tracking journal (expected {Journal(run_dir).path})")
-    sent = _sync_journal(run_dir, "tracking", uri, killed) if Journal(run_dir).path.exists() else 0
+    sent = _sync_journal(run_dir, "tracking", uri, killed, sink) if Journal(run_dir).path.exists() else 0
     parent = Journal(run_dir).state().get("run_id")
     for folder in evals:
         journal = Journal(run_dir, folder)
         tags = {k for e in journal.events() if e["kind"] == "tags" for k in e["values"]}
         if parent and PARENT_TAG not in tags:  # the training run reached MLflow after its evaluation was journalled
             journal.append({"kind": "tags", "values": {PARENT_TAG: parent}})
-        sent += _sync_journal(run_dir, folder, uri, killed)
+        sent += _sync_journal(run_dir, folder, uri, killed, sink)
     return sent
 
 
@@ -404,27 +365,27 @@ def _unsent(journal: Journal) -> bool:
     return len(events) > journal.state().get("synced", 0) or attempt_open(events)
 
 
-def _sync_journal(run_dir: Path, folder: str, uri: Optional[str], killed: bool) -> int:
+def _sync_journal(run_dir: Path, folder: str, uri: Optional[str], killed: bool, sink: Optional[Type[Sink]]) -> int:
     """`sync` of one journal of `run_dir`: the training run's (`tracking`) or an evaluation's."""
     journal = Journal(run_dir, folder)
     state = journal.state()
     uri = uri or state.get("store") or state.get("uri") or default_tracking_uri(run_dir.parents[1])
     _end_if_writer_died(journal, state, killed)
     tracker = Tracker(run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name),
-                      folder=folder)
+                      folder=folder, sink=sink)
     tracker._load_backlog()
     tags = {k: v for e in tracker.journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
     tracker._connect(state.get("run_id"), tags)
     backlog = len(tracker._pending)
     tracker._push()
     if not tracker.online:
-        raise ConnectionError(f"could not reach MLflow at {uri}; nothing was lost, try again later")
+        raise ConnectionError(f"could not reach {tracker.sink_type.name} at {uri}; nothing was lost, try again later")
     # Reconnecting marks the run RUNNING again; a run that had ended keeps its recorded end status
     # (one whose latest attempt is still going stays RUNNING).
     events = tracker.journal.events()
     ends = [e for e in events if e["kind"] == "end"]
     if ends and not attempt_open(events):
-        tracker.sink.send(tracker.run_id, ends[-1:], run_dir)
+        replay(tracker.sink, tracker.run_id, ends[-1:], run_dir)
     store = backing_store(tracker.uri)
     journal.save_state(uri=tracker.uri, **({"store": store} if store else {}))
     return backlog
