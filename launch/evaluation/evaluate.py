@@ -32,8 +32,8 @@ Results (rank 0): `<run>/predictions.npz` (`scores` (N, K), `labels`, `ids` (vid
 an MLflow run of the evaluation's own, nested under the training run (which gets a tag `eval.latest_run_id` naming
 it, and keeps its own times and status), through `launch.tracking.Tracker`.
 
-The evaluation options are a `test:` section (`test.aggregate=sum`, ...) that only the evaluator
-reads: `load_eval_config` splits it off before the run config is validated.
+The evaluation options are the config's `test:` section (`test.aggregate=sum`, ...), which only the evaluator
+reads: one recipe serves `train.py` (and its `--test-best`) and `test.py`.
 """
 from __future__ import annotations
 
@@ -53,14 +53,19 @@ from action_launch.config import (
     Aggregate,
     Config,
     EvalConfig,
-    Validator,
-    deep_merge,
+    TrainConfig,
     dump_config,
     flatten,
-    from_dict,
-    load_yaml_with_bases,
-    parse_overrides,
+    load_config,
     to_dict,
+)
+from action_launch.datasets.contract import (
+    class_names_of,
+    num_views_of,
+    output_names_of,
+    participants_of,
+    protocol_of,
+    sample_ids,
 )
 from action_launch.evaluation.ranks import EvaluationStopped, Ranks, evaluation_ranks
 from action_launch.training import checkpoint as ckpt
@@ -84,14 +89,9 @@ AGGREGATES = get_args(Aggregate)
 
 
 def load_eval_config(path: Optional[Union[str, Path]], overrides: Sequence[str] = ()) -> Tuple[Config, EvalConfig]:
-    """The run config and the `test:` section of a YAML file plus `key=value` overrides (`test.*` ones included)."""
-    raw = load_yaml_with_bases(path) if path else {}
-    override_tree = parse_overrides(overrides)
-    tree = deep_merge(raw, override_tree)
-    section = tree.pop("test", None) or {}
-    source, override_keys = str(path) if path else "defaults", set(flatten(override_tree))
-    cfg = from_dict(tree, source=source, override_keys=override_keys)
-    return cfg, Validator(source, override_keys).convert(section, EvalConfig, "test")
+    """The run config of a YAML file plus `key=value` overrides, and its `test:` section (`test.*` overrides win)."""
+    cfg = load_config(path, overrides)
+    return cfg, cfg.test
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -164,13 +164,16 @@ def has_views(dataset: Any, split: str) -> bool:
     """Whether the samples carry a view axis: a dataset whose test split returns (V, ...) views says so
     with a `num_views` attribute (the video and raw-frame datasets); others (skeletons, per-person
     features, multi-person clips) return plain samples."""
-    return split == "test" and getattr(dataset, "num_views", None) is not None
+    return split == "test" and num_views_of(dataset) is not None
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Any, how: str, device: torch.device, views: Optional[bool] = None,
-            ranks: Optional[Ranks] = None, steps: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores (N, K) and labels of every batch of `loader`, in the loader's order.
+            ranks: Optional[Ranks] = None, steps: int = 0, train: Optional[TrainConfig] = None
+            ) -> Tuple[np.ndarray, np.ndarray]:
+    """Scores (N, K) and labels of every batch of `loader`, in the loader's order; with `train`, the model runs as
+    training ran it (`train.precision`'s autocast, channels-last, compiled: `training.engine.evaluation_forward`),
+    else bare in fp32.
 
     A model that carries memory (`training.memory`) gets, for each window, the memory its
     recording's previous window left in the previous batch: give it a loader whose batches walk
@@ -178,16 +181,19 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device, views
     agree after each of `steps` batches (the most any rank has; a rank whose share is shorter agrees for the rest),
     so that a rank that fails stops the others within a batch.
     """
+    from action_launch.training.engine import evaluation_forward  # imports DeepSpeed only inside the engine class
+
     model.eval().to(device)
     memory = WindowMemory() if carries_memory(model) else None
     ranks = ranks or Ranks.one_process(device)
+    run = evaluation_forward(model, train, device) if train is not None else model
 
     def forward(inputs: torch.Tensor, **kwargs: Any) -> Any:
         if memory is not None and _has_view_axis(inputs, views):
             raise ValueError("a model that carries memory is evaluated on one view per window: set "
                              "data.test_num_clips=1 and data.test_num_crops=1")
         inputs = inputs.to(device, non_blocking=True)
-        return model(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **kwargs)
+        return run(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **kwargs)
 
     scores, labels = [], []
     for inputs, outputs, targets in predictions(loader, forward, memory, device):
@@ -243,13 +249,8 @@ def in_dataset_order(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 def video_ids(dataset: Any) -> List[str]:
     """An id per sample: the dataset's `ids` or `sample_names`, its list items' paths, or the index."""
-    for attr in ("ids", "sample_names"):
-        if getattr(dataset, attr, None) is not None:
-            return [str(i) for i in getattr(dataset, attr)]
-    items = getattr(dataset, "items", None)
-    if items is not None and all(hasattr(it, "path") for it in items):
-        return [str(it.path) for it in items]
-    return [str(i) for i in range(len(dataset))]
+    ids = sample_ids(dataset)  # datasets.contract: ids, sample_names or the list items' paths
+    return ids if ids is not None else [str(i) for i in range(len(dataset))]
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -301,14 +302,14 @@ def view_aggregate(ecfg: EvalConfig, dataset: Any, regression: bool) -> str:
         return "mean"
     if ecfg.aggregate:
         return ecfg.aggregate
-    protocol = getattr(dataset, "protocol", None)
+    protocol = protocol_of(dataset)
     return protocol.aggregate if protocol is not None else "mean_softmax"
 
 
 def protocol_params(dataset: Any, split: str, how: str) -> Dict[str, str]:
     """The `test.*` params that say how a split was evaluated: the data protocol, its clips and crops, the view
     sizes and how views were combined (a dataset without views, or the val split, has 1 view)."""
-    protocol = getattr(dataset, "protocol", None)
+    protocol = protocol_of(dataset)
     out = {"test.split": split, "test.views": str(dataset.num_views if has_views(dataset, split) else 1)}
     if protocol is not None:
         out["test.protocol"] = protocol.name
@@ -366,22 +367,24 @@ def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, ranks: Optio
     regression = is_regression(cfg, model)
     dataset = datasets.build(cfg.data, ecfg.split)
     how = view_aggregate(ecfg, dataset, regression)
-    params = {**protocol_params(dataset, ecfg.split, how), "test.split": cfg.data.split_read(ecfg.split)}
-    log.info("%s", protocol_line(params, regression))
+    params = {**protocol_params(dataset, ecfg.split, how), "test.split": cfg.data.split_read(ecfg.split),
+              "test.precision": cfg.train.precision}
+    log.info("%s; in %s (train.precision)", protocol_line(params, regression), cfg.train.precision)
     # a model that carries memory walks each recording's windows in order, memory carried
     groups = evaluation_groups(dataset, ecfg.batch_size or cfg.train.micro_batch_size, carries_memory(model))
     loader = evaluation_loader(dataset, groups, cfg, ecfg.split, ranks.rank, ranks.world_size)
     steps = most_batches(groups, ranks.world_size)
     ranks.plan(steps)
     ranks.agree("the agreement before the evaluation")
-    scores, labels = predict(model, loader, how, ranks.device, has_views(dataset, ecfg.split), ranks, steps)
+    scores, labels = predict(model, loader, how, ranks.device, has_views(dataset, ecfg.split), ranks, steps, cfg.train)
     shares = ranks.collect((str(ranks.device), loader_indices(loader), scores, labels))
     indices, scores, labels = _in_dataset_order(shares)
     all_ids = video_ids(dataset)
     ids = [all_ids[i] for i in indices]
-    if regression and getattr(dataset, "participants", None) is not None:
-        scores, labels, ids = average_by_group(scores, labels, [dataset.participants[i] for i in indices])
-    class_names = getattr(dataset, "output_names" if regression else "class_names", None)
+    participants = participants_of(dataset)
+    if regression and participants is not None:
+        scores, labels, ids = average_by_group(scores, labels, [participants[i] for i in indices])
+    class_names = output_names_of(dataset) if regression else class_names_of(dataset)
     processes = {"world_size": ranks.world_size, "devices": [s[0] for s in shares],
                  "samples": [len(s[1]) for s in shares]}
     return Predictions(scores, labels, ids, how, params, evaluation_metrics(scores, labels, regression, class_names),
@@ -555,8 +558,8 @@ def _track(cfg: Config, run_dir: Path, params: Mapping[str, Any], tags: Mapping[
 
 
 def evaluate_after_training(cfg: Config, ckpt_root: Path, which: str) -> Dict[str, float]:
-    """`train.py --test-best/--test-last`: evaluate the best (else newest) or the newest checkpoint."""
-    return evaluate_checkpoint(cfg, resolve_checkpoint(ckpt_root, which))
+    """`train.py --test-best/--test-last`: evaluate the best (else newest) or the newest checkpoint, as `test:` says."""
+    return evaluate_checkpoint(cfg, resolve_checkpoint(ckpt_root, which), cfg.test)
 
 
 def run_test(checkpoint: Optional[str], weights: Optional[str], config: Optional[str], last: bool,

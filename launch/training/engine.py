@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from action_launch.config import Config, OptimConfig, TrainConfig
+from action_launch.models.contract import HasNoWeightDecay, HasParameterGroups, SupportsGradCheckpointing
 from action_launch.training.batchnorm import sync_batchnorm
 from action_launch.training.distributed import DistEnv, enforce_nccl_timeout, resolve_env
 from action_launch.training.op_builds import prepare_op_builds, reported_builds
-from action_launch.training.schedule import ScaledLR, ScheduleClock, lr_at
+from action_launch.training.schedule import LRSchedule, ScaledLR, ScheduleClock
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,9 @@ def shutdown_distributed() -> None:
 
     if not torch.distributed.is_initialized():
         return
-    world = c10d._get_default_group()
-    for group in reversed(list(c10d._world.pg_map)):  # the map keeps the order of creation
+    world = torch.distributed.group.WORLD
+    # private API: torch has no public list of a process's groups; the map keeps the order of creation
+    for group in reversed(list(c10d._world.pg_map)):
         if group is not world:
             ds_comm.destroy_process_group(group)
     ds_comm.destroy_process_group()
@@ -107,6 +109,33 @@ def configure_backends(deterministic: bool) -> None:
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(precision: str, device: torch.device) -> Any:
+    """The precision context of forward passes under `train.precision`: `torch.autocast` in bf16 or fp16 on
+    `device`, a no-op in fp32. Training (the engine) and evaluation (`evaluation_forward`) take it from here."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def evaluation_forward(model: nn.Module, train: TrainConfig, device: torch.device) -> Callable[..., Any]:
+    """`model` (already on `device`) run as training runs it, for evaluation: under `train.precision`'s autocast,
+    its convolutions channels-last and compiled where `train` says. A compiler failure at the first batch is said once
+    and that batch and the rest run eager, as the engine's training falls back."""
+    if train.channels_last:
+        _channels_last(model)
+    compiled: List[Any] = [torch.compile(model)] if train.compile else []
+
+    def forward(inputs: torch.Tensor, **kwargs: Any) -> Any:
+        with autocast_context(train.precision, device):
+            if compiled:
+                try:
+                    return compiled[0](inputs, **kwargs)
+                except Exception as err:  # noqa: BLE001 - any compiler failure, as in training
+                    log.warning("train.compile: torch.compile failed (%s); evaluating eager instead", _root_cause(err))
+                    compiled.clear()
+            return model(inputs, **kwargs)
+    return forward
 
 
 def deepspeed_config(train: TrainConfig, optim: OptimConfig, world_size: int) -> Dict[str, Any]:
@@ -140,14 +169,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
     provide its own groups with `parameter_groups()` returning dicts with `params`, optional
     `weight_decay` (None: the config's) and optional `lr_mult` (TSM's fc x5/x10).
     """
-    if hasattr(model, "parameter_groups"):
+    if isinstance(model, HasParameterGroups):
         groups = []
         for group in model.parameter_groups():
             wd = group.get("weight_decay")
             groups.append({"params": list(group["params"]), "weight_decay": weight_decay if wd is None else wd,
                            "lr_mult": group.get("lr_mult", 1.0)})
         return groups
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    skip = set(model.no_weight_decay()) if isinstance(model, HasNoWeightDecay) else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -171,17 +200,11 @@ def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: f
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
-                    micro_batches_per_epoch: int, grad_accum: int,
-                    clock: Optional[ScheduleClock] = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-optimizer-step scheduler following `training.schedule.lr_at` at the fractional epoch `clock` gives each
-    step (by default: steps counted from epoch 0, `micro_batches_per_epoch / grad_accum` an epoch)."""
-    clock = clock or ScheduleClock(Fraction(micro_batches_per_epoch, grad_accum))
-    peak = scaled.lr if scaled.lr > 0 else 1.0
-
-    def factor(step: int) -> float:
-        return lr_at(clock.epoch(step), optim, scaled, total_epochs) / peak
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+                    micro_batches_per_epoch: int, grad_accum: int) -> LRSchedule:
+    """The run's `training.schedule.LRSchedule` over `optimizer`, one step per optimizer step,
+    `micro_batches_per_epoch / grad_accum` steps an epoch from epoch 0."""
+    clock = ScheduleClock(Fraction(micro_batches_per_epoch, grad_accum))
+    return LRSchedule(optimizer, optim, scaled, total_epochs, clock)
 
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -214,11 +237,10 @@ class Engine:
         if t.sync_bn:  # after the groups, which a model may find by BatchNorm type; its parameters stay the same
             model = sync_batchnorm(model, device)
         optimizer = build_optimizer(groups, cfg.optim, scaled.lr, device)
-        self.clock = ScheduleClock(Fraction(micro_batches_per_epoch, t.grad_accum))
-        scheduler = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum,
-                                    self.clock)
-        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
+        # DeepSpeed steps the schedule once per optimizer step and keeps its state_dict in the checkpoints
+        self.schedule = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.schedule, config=self.ds_config)
         # nothing to reduce; DeepSpeed would still flatten, all-reduce and copy back every gradient. Not under ZeRO-1/2,
         # whose optimizer takes its gradient partitions from that reduction (without it: KeyError in its first step)
         if world_size == 1 and t.zero_stage == 0:
@@ -227,6 +249,7 @@ class Engine:
             _channels_last(model)  # cuDNN follows the weights' layout: activations come out channels-last too
         self.loss_fn = loss_fn
         self.dtype = AUTOCAST_DTYPES.get(t.precision)
+        self.precision = t.precision
 
     @property
     def device(self) -> torch.device:
@@ -249,7 +272,7 @@ class Engine:
 
     def autocast(self) -> Any:
         """The precision context of forward passes and losses (a no-op in fp32)."""
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+        return autocast_context(self.precision, self.device)
 
     def to_device(self, value: Any) -> Any:
         """A tensor (or a dict/list of them) on the engine's device, copied without blocking (from pinned batches)."""
@@ -297,10 +320,9 @@ class Engine:
             return self.train_step_outputs(inputs, targets, **model_kwargs)
         except Exception as err:  # noqa: BLE001 - any compiler failure (Dynamo, AOTAutograd, Inductor, a C++ build)
             log.warning("train.compile: torch.compile failed (%s); training eager instead", _root_cause(err))
-            import torch._dynamo
-
-            self.module._compiled_call_impl = None  # undoes nn.Module.compile(), which set it
-            torch._dynamo.reset()
+            # private API: nn.Module.compile() has no public undo; it set this attribute, and None restores eager calls
+            self.module._compiled_call_impl = None
+            torch.compiler.reset()
             self.ds.zero_grad()  # a backward that failed halfway may have left partial gradients
             return self.train_step_outputs(inputs, targets, **model_kwargs)
 
@@ -327,14 +349,13 @@ class Engine:
     def load(self, ckpt: Path) -> Dict[str, Any]:
         """Restore weights, optimizer, scheduler and step from a checkpoint folder (one that `to_universal` wrote, for
         an engine built with `load_universal`); returns its client state."""
-        configured = list(self.scheduler.base_lrs)
         path, client_state = self.ds.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
                                                      load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt}")
         if self.ds_config.get("checkpoint", {}).get("load_universal"):
             self._load_buffers(ckpt)
-        self._apply_configured_lrs(configured)
+        self.schedule.apply()  # the optimizer state brought the LRs the checkpoint trained with; this run's follow
         return client_state or {}
 
     def _load_buffers(self, ckpt: Path) -> None:
@@ -347,29 +368,7 @@ class Engine:
     def restart_schedule(self, epoch: Fraction) -> None:
         """Continue the LR schedule from fractional `epoch` at the restored optimizer step, and set the LRs of the next
         step from it: after a resume on another batch layout (`training.layout`), whose steps per epoch differ."""
-        self.clock.restart_at(self.scheduler.last_epoch, epoch)
-        self._set_scheduled_lrs()
-
-    def _apply_configured_lrs(self, configured: List[float]) -> None:
-        """Keep this run's configured LRs after loading a checkpoint that was trained with others.
-
-        The scheduler's saved state carries the old peak LRs; a resume with a changed `optim.lr` (a PBT
-        exploit, a researcher lowering the LR, another effective batch) must follow the new config from the
-        restored step on.
-        """
-        if configured == list(self.scheduler.base_lrs):
-            return
-        log.info("checkpoint LRs %s replaced by this run's configured %s", self.scheduler.base_lrs, configured)
-        self.scheduler.base_lrs = configured
-        self._set_scheduled_lrs()
-
-    def _set_scheduled_lrs(self) -> None:
-        """Each group's LR as the scheduler computes it at its current step (what its last `step()` set)."""
-        step = self.scheduler.last_epoch
-        groups = self.scheduler.optimizer.param_groups
-        for group, base, factor in zip(groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base * factor(step)
-        self.scheduler._last_lr = [group["lr"] for group in groups]
+        self.schedule.restart_at(epoch)
 
 
 def _detached(outputs: Any) -> Any:
@@ -502,7 +501,7 @@ def _channels_last(model: nn.Module) -> None:
 
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:
-    if not hasattr(model, "set_grad_checkpointing"):
+    if not isinstance(model, SupportsGradCheckpointing):
         raise ValueError(f"train.activation_checkpointing: {type(model).__name__} has no set_grad_checkpointing(); "
                          f"set it to false for this model")
     model.set_grad_checkpointing(True)

@@ -20,6 +20,14 @@ from action_launch import ROOT, datasets, models
 from action_launch.common.code_version import DIFF_FILE, CodeVersion, code_version
 from action_launch.common.console import EpochProgress, setup_logging
 from action_launch.config import Config, dump_config, flatten, to_dict
+from action_launch.datasets.contract import (
+    SkipsBadFiles,
+    class_names_of,
+    noun_of,
+    output_names_of,
+    participants_of,
+    protocol_of,
+)
 from action_launch.tracking.tracker import (
     Journal,
     Tracker,
@@ -62,7 +70,7 @@ from action_launch.training.metrics import (
     regression_metrics,
 )
 from action_launch.training.prediction import predictions
-from action_launch.training.schedule import effective_batch_size, scale_lrs
+from action_launch.training.schedule import effective_batch_size, kept_accumulation, scale_lrs
 from action_launch.training.signals import stop_flag_in_slurm_step
 
 log = logging.getLogger("launch.train")
@@ -140,6 +148,7 @@ class Trainer:
         self.cfg = cfg
         self.env = resolve_env()
         setup_logging(self.env.is_main)
+        kept = kept_accumulation(cfg, self.env.world_size)  # keep_effective_batch: refused before anything is written
         configure_backends(cfg.deterministic)
         self.device = init_distributed(self.env, cfg.train.collective_timeout_s)
         self.comm = Collectives(self.env.rank, self.env.world_size, cfg.train.collective_timeout_s)
@@ -154,6 +163,9 @@ class Trainer:
             for stale in ckpt.remove_incomplete(self.ckpt_root):
                 log.warning("removed incomplete checkpoint %s (a save was interrupted)", stale)
         self.comm.barrier("the start (rank 0 tidies the run folder)")
+        if kept is not None:  # after config.yaml kept the config as given: a rerun of it derives the same accumulation
+            cfg.train.grad_accum = kept[0]
+            log.info(kept[1])
         model = models.build(cfg.model)
         self.memory = WindowMemory() if carries_memory(model) else None
         self._build_data()
@@ -210,7 +222,7 @@ class Trainer:
         cfg.data.bad_files_log = cfg.data.bad_files_log or str(self.run_dir / "bad_files.tsv")
         self.train_set = datasets.build(cfg.data, "train")
         self.val_set = datasets.build(cfg.data, "val")
-        protocol = getattr(self.train_set, "protocol", None)
+        protocol = protocol_of(self.train_set)
         if protocol is not None and env.is_main:
             log.info("data protocol %s: %s", protocol.name,
                      ", ".join(f"{k} {v}" for k, v in protocol.describe().items() if k != "protocol"))
@@ -446,7 +458,7 @@ class Trainer:
         # the run's bad-file log, which every rank's workers append to: the run's total, as the ceiling counts it
         skipped = int(self._bad_file_metrics()["data/bad_files"])
         if skipped:
-            noun = getattr(self.train_set, "noun", "file") + ("s" if skipped > 1 else "")
+            noun = noun_of(self.train_set) + ("s" if skipped > 1 else "")
             lines.append(f"skipped {skipped} unreadable {noun} (listed in {self.cfg.data.bad_files_log})")
         lines.append(backend_store_hint(self.tracker, self.runs_view))
         lines.append(f"compare runs: python launch/compare.py --experiment {cfg.tracking.experiment or cfg.experiment} "
@@ -533,7 +545,7 @@ class Trainer:
         reads the log; a dataset that never skips files (skeletons) has no `ceiling_error`."""
         error = None
         if self.env.is_main:
-            checks = [split.ceiling_error for split in splits if hasattr(split, "ceiling_error")]
+            checks = [split.ceiling_error for split in splits if isinstance(split, SkipsBadFiles)]
             error = next((e for check in checks if (e := check())), None)
         if not self.comm.any(error is not None, "the agreement on unreadable files"):
             return None
@@ -585,9 +597,9 @@ class Trainer:
         return torch.cat(scores).cpu().numpy(), torch.cat(labels).numpy(), float(loss_sum)
 
     def _regression_metrics(self, scores: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Dict[str, float]:
-        names = getattr(self.val_set, "output_names", None)
+        names = output_names_of(self.val_set)
         metrics = {f"val/{k}": v for k, v in regression_metrics(scores, labels, names).items()}
-        participants = getattr(self.val_set, "participants", None)
+        participants = participants_of(self.val_set)
         if participants is not None:
             groups = [participants[i] for i in indices]
             mean_scores, mean_labels, _ = average_by_group(scores, labels, groups)
@@ -620,7 +632,7 @@ class Trainer:
         if self._last_confusion is not None:
             from action_launch.training.confusion import save_confusion_json, save_confusion_matrix
 
-            names = getattr(self.val_set, "class_names", None)
+            names = class_names_of(self.val_set)
             for path in (save_confusion_json(self._last_confusion, self.run_dir / "confusion_matrix.json", names),
                          save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png", names)):
                 self.tracker.log_artifact(path)
