@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slurm bench clean-runs
+.PHONY: setup demo test test-slurm lint typecheck bench clean-runs
 
 setup: $(STAMP)
 
@@ -31,12 +31,24 @@ demo: setup
 # The whole suite, the real-cluster Slurm tests (marker `slurm`) included: they need root and the Debian
 # packages of slurm/testcluster/cluster.sh (which apt-installs them when missing; .ci/run does it first).
 # The cluster runs in a network namespace of its own, so its daemons listen on no interface of this
-# machine. test-slurm runs only those tests; `pytest -m "not slurm"` all the others.
-test: setup
+# machine. test-slurm runs only those tests; `pytest -m "not slurm"` all the others. `lint` (mypy, ruff) runs first.
+test: setup lint
 	$(PY) -m pytest tests
 
 test-slurm: setup
 	$(PY) -m pytest tests -m slurm
+
+# mypy cannot follow setup.cfg's package_dir (launch/ is action_launch, models/ and datasets/ sit inside it),
+# so it checks a tree of links under build/typecheck that has the installed package's shape.
+typecheck: setup
+	rm -rf build/typecheck && mkdir -p build/typecheck/action_launch
+	ln -s $(CURDIR)/launch/* build/typecheck/action_launch/
+	ln -s $(CURDIR)/models $(CURDIR)/datasets build/typecheck/action_launch/
+	cd build/typecheck && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml --cache-dir ../mypy_cache -p action_launch
+
+lint: typecheck
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: setup
 	$(PY) bench/gpu_throughput.py

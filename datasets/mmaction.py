@@ -120,6 +120,8 @@ def segment_starts(num_frames: int, segments: int, old_length: int, mode: str,
     if mode == "train":
         average = (num_frames - old_length + 1) // segments
         if average > 0:
+            if rng is None:
+                raise ValueError("segment_starts: mode train needs rng")
             return np.arange(segments) * average + rng.integers(average, size=segments) + 1
         # upstream's middle branch (sorted draws when average is 0 yet L > max(n, old_length)) needs n > 1 and
         # old_length > 1 at once, which neither layout has

@@ -331,7 +331,7 @@ def is_finished(record: Optional[dict], src: str, dst: str, opts: PrepareOptions
     if record.get("options") != asdict(opts) or any(record.get(k) != v for k, v in _source_stamp(src).items()):
         return False
     source = record.get("source_frame_size")
-    if not source or record.get("frame_size") != list(output_size(*source, opts.short_side)):
+    if not source or record.get("frame_size") != list(output_size(source[0], source[1], opts.short_side)):
         return False  # sized otherwise than these options size it now (enlarged by an older version)
     if opts.frames:
         return os.path.isdir(dst) and count_frames(dst, opts.template) == record.get("frames")
@@ -349,12 +349,12 @@ def prepare_one(src: str, dst: str, opts: PrepareOptions, record: Optional[dict]
     "done" | "failed", "frames", "record" (for the manifest), "reason"}; never raises for a bad
     video."""
     try:
-        if is_finished(record, src, dst, opts):
+        if record is not None and is_finished(record, src, dst, opts):
             return {"status": "skipped", "frames": record["frames"], "record": record}
         if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
             raise PrepareError("the output would overwrite the source (OUT_DIR is the source folder)")
         os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        stamp = _source_stamp(src) if os.path.exists(src) else None
+        stamp = _source_stamp(src) if os.path.exists(src) else {}  # a missing source fails in the encoder
         written = (extract_frames if opts.frames else encode_video)(src, dst, opts)
         width, height = source_size(src)
         record = {**stamp, "frames": written, "options": asdict(opts),
@@ -513,8 +513,8 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
         lines.append(_list_line("rawframes" if opts.frames else fmt, separator, rel, item.label, result["frames"]))
     report.done = sum(r["status"] == "done" for r in results.values())
     report.skipped = sum(r["status"] == "skipped" for r in results.values())
-    report.kept_size = sum(keeps_size(*r["record"]["source_frame_size"], opts.short_side)
-                           for r in results.values() if r["status"] != "failed")
+    sizes = [r["record"]["source_frame_size"] for r in results.values() if r["status"] != "failed"]
+    report.kept_size = sum(keeps_size(width, height, opts.short_side) for width, height in sizes)
     copy_classes(root, out_dir)
     _write_atomic(list_path, "".join(lines))  # last: the list marks the prepared set usable
     return report

@@ -64,7 +64,9 @@ def start_end(video_size: float, size: float, clip_idx: int, num_clips: int,
     """First and last (float) frame of a clip of `size` frames: random (`clip_idx` -1, one draw from `rng`, even
     when the clip fills the video) or test clip `clip_idx` of `num_clips` (`get_start_end_idx`)."""
     delta = max(video_size - size, 0)
-    start = rng.uniform(0, delta) if clip_idx == -1 else delta * clip_idx / num_clips
+    if clip_idx == -1 and rng is None:
+        raise ValueError("start_end: a random clip (clip_idx -1) needs rng")
+    start = rng.uniform(0, delta) if rng is not None and clip_idx == -1 else delta * clip_idx / num_clips
     return start, start + size - 1
 
 
@@ -79,6 +81,8 @@ def pts_window(timing: StreamTiming, start: float, end: float) -> Tuple[int, int
     """(first frame, frame count) that PySlowFast's selective PyAV decode returns for frames `start`..`end`: those
     with timestamps in `[int(start * tb), int(end * tb)]`, tb = duration / header frame count, and the one after
     (`pyav_decode_stream` with no buffer still keeps the frame that ends it)."""
+    if timing.duration is None:
+        raise ValueError("pts_window: the stream states no duration (PySlowFast decodes all its frames then)")
     if not timing.frames_length:
         raise BadVideoError("the stream states a duration but no frame count: PySlowFast cannot sample it")
     timebase = timing.duration / timing.frames_length

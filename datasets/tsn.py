@@ -78,7 +78,8 @@ def resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     """(T, H, W, C) uint8 frames resized by Pillow's bilinear filter, as PIL's `Image.resize` does it."""
     if frames.shape[1:3] == (height, width):
         return frames  # PIL returns a copy of the image, and torchvision's Resize the image itself
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((width, height), Image.BILINEAR))
+    bilinear = Image.Resampling.BILINEAR
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((width, height), bilinear))
                      for f in frames])
 
 

@@ -5,7 +5,7 @@ import difflib
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from torch import nn
 
@@ -18,7 +18,7 @@ class Preset:
     """A named configuration of a model class."""
 
     name: str
-    cls: type
+    cls: Type[Any]
     kwargs: Dict[str, Any] = field(default_factory=dict)
     num_params: Optional[int] = None
     """Parameter count the preset is documented to have (tests check it); None: not stated."""
@@ -130,15 +130,16 @@ def input_shape(model: nn.Module, preset: Optional[str] = None, *, window: Optio
     A config's data section supplies `window` (`data.window_size`), `frames` (`data.num_frames`) and
     `crop_size` (`data.crop_size`); without one the model's own sizes are used.
     """
+    sizes: Any = model  # plain int attributes, which nn.Module's __getattr__ would type as Tensor | Module
     if all(hasattr(model, a) for a in ("num_point", "num_person", "in_channels")):
-        return (model.in_channels, window or SKELETON_FRAMES, model.num_point, model.num_person)
+        return (sizes.in_channels, window or SKELETON_FRAMES, sizes.num_point, sizes.num_person)
     if all(hasattr(model, a) for a in ("modality_dims", "num_persons", "num_frames")):
-        return (model.num_persons, model.num_frames, sum(model.modality_dims))
+        return (sizes.num_persons, sizes.num_frames, sum(sizes.modality_dims))
     length = getattr(model, "num_frames", None) or getattr(model, "num_segments", None) or frames
     if length is None:
         raise ValueError(f"{type(model).__name__} has no num_frames or num_segments attribute: pass frames=")
     size = crop_size or (get_preset(preset).crop_size if preset else None)
     if size is None and hasattr(model, "grid_size") and hasattr(model, "patch_embed"):  # a ViT: its position grid
-        size = model.grid_size * model.patch_embed.proj.kernel_size[0]
+        size = sizes.grid_size * sizes.patch_embed.proj.kernel_size[0]
     size = size or 224
     return (3, int(length), size, size)

@@ -145,6 +145,7 @@ def test_missing_store_and_unreachable_server(tmp_path, capsys):
     assert code == 1 and f"MLflow tracking server {uri} is unreachable" in err
 
 
+@pytest.mark.slow
 def test_script_uses_the_default_store_of_train_py(store):
     """As a user runs it: no --tracking-uri (run_train drops $MLFLOW_TRACKING_URI), so the store is
     sqlite:///<--output-dir>/mlflow.db as for train.py, and the CSV lands in <--output-dir>/compare."""

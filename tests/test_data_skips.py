@@ -10,6 +10,7 @@ from conftest import free_port, run_train, tiny_overrides
 SKIP_LINE = re.compile(r"^\d\d:\d\d:\d\d WARNING [\w.]+: skipping unreadable video (\S+): (.+)$")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2])
 def test_skipped_files_are_logged_in_one_line_and_counted_in_the_summary(video_set, tmp_path, deepspeed_ready, world):
     """Two bad files in the val list (read whole every validation): each is said once in the suite's log format,

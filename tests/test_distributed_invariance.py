@@ -65,6 +65,7 @@ def _average_on_rank(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_running_statistics_become_their_mean_over_the_ranks(tmp_path):
     import torch.multiprocessing as mp
 

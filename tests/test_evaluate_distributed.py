@@ -110,6 +110,7 @@ def journal_metrics(run_dir: Path) -> List[dict]:
     return [e for e in events if e["kind"] == "metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_give_the_one_process_predictions_bit_for_bit(world, one_process, video_set, tiny_timesformer, tmp_path):
     make_run(tmp_path, tiny_overrides(video_set, tmp_path), tiny_timesformer)
@@ -140,6 +141,7 @@ def test_ranks_give_the_one_process_predictions_bit_for_bit(world, one_process, 
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/top1")] == [7]
 
 
+@pytest.mark.slow
 def test_published_weights_on_two_ranks_make_one_record(one_process, video_set, tiny_timesformer, tmp_path):
     """--weights: rank 0 alone picks the new folder and starts the new MLflow run (W ranks would make W of each)."""
     config = tmp_path / "tiny.yaml"
@@ -172,6 +174,7 @@ def write_recordings(root: Path, lengths: List[int]) -> None:
     (root / "train.txt").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_a_model_with_memory_walks_whole_recordings_per_rank(tmp_path):
     """HIINT carries memory across a recording's windows: blocks of `batch_size` whole recordings go to the ranks,
     and each window's memory and batch are those of the one-process pass."""
@@ -269,6 +272,7 @@ def wait_all(procs: List[subprocess.Popen], timeout_s: float) -> List[float]:
     return [ended[k] for k in range(len(procs))]
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_every_rank_with_its_error(video_set, tiny_timesformer, tmp_path):
     """Rank 1's DataLoader worker is stuck on the stalled file: its batch time limit raises on rank 1, which tells
     rank 0 at their next agreement instead of leaving it to wait."""
@@ -289,6 +293,7 @@ def test_a_failing_rank_stops_every_rank_with_its_error(video_set, tiny_timesfor
     assert_nothing_written(tmp_path / "tests" / "run")
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_others_at_once(video_set, tiny_timesformer, tmp_path):
     """Rank 1 reads the stalled file in its own process and is killed there: rank 0, waiting at an agreement, finds
     the closed connection at once and names the rank."""

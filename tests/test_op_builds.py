@@ -38,6 +38,7 @@ def test_ops_are_built_inside_the_virtual_environment():
     assert environment_build_dir() == Path(sys.prefix) / "torch_extensions"
 
 
+@pytest.mark.slow
 def test_a_killed_builds_lock_does_not_hang_the_next_start(tmp_path, deepspeed_ready):
     """The lock a killed build leaves behind made every later start wait forever (CI hung in set-up)."""
     built = Path(sys.prefix) / "torch_extensions"
@@ -50,6 +51,7 @@ def test_a_killed_builds_lock_does_not_hang_the_next_start(tmp_path, deepspeed_r
     assert "killed op build" in done.stdout + done.stderr and not lock.exists()
 
 
+@pytest.mark.slow
 def test_a_start_without_the_environment_on_path_does_not_rebuild_what_set_up_built(tmp_path, deepspeed_ready):
     """`make` runs .venv/bin/python with the system's ninja first on PATH, an activated environment has its own:
     each rebuilt the op the other had built (47-112 s, silently). Builds now always use the environment's ninja."""

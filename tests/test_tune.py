@@ -156,6 +156,7 @@ def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
     return root, proc
 
 
+@pytest.mark.slow
 def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
     root, proc = asha_sweep
     sweep_dir = root / "runs" / "tests" / "asha"
@@ -191,6 +192,7 @@ def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
     assert summary["best"]["trial_id"] == rows[0]["trial_id"]
 
 
+@pytest.mark.slow
 def test_asha_sweep_in_mlflow(asha_sweep):
     root, proc = asha_sweep
     client, runs = mlflow_runs(root / "runs" / "mlflow.db")
@@ -224,6 +226,7 @@ def test_asha_sweep_in_mlflow(asha_sweep):
 
 
 # ---------------------------------------------------------------------------------- kill + resume
+@pytest.mark.slow
 def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, deepspeed_ready):
     sweep = write_sweep(tmp_path / "fifo.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}})
     cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1")
@@ -285,6 +288,7 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     assert synced.returncode == 0 and "sent 0 journal events" in synced.stdout, synced.stderr
 
 
+@pytest.mark.slow
 def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_set, deepspeed_ready):
     """Issue 15, item 4: ASHA stops a trial, the driver is killed about a second later (before Tune's own
     save of trial statuses, every 10 s or more), and `--resume` does not train that trial again. The metric is
@@ -329,6 +333,7 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     assert child.info.status == "KILLED" and child.data.tags["sweep.stop_reason"] == "stopped by asha at epoch 1"
 
 
+@pytest.mark.slow
 def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set, deepspeed_ready):
     """Issue 15: SIGINT to a local sweep's process group, as a terminal's Ctrl-C sends it (the driver and the
     Ray processes in its group; a driver signalled alone behaves the same), once a trial has validated epoch 1.
@@ -376,6 +381,7 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
 
 
 # ---------------------------------------------------------------------------------------------- PBT
+@pytest.mark.slow
 def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deepspeed_ready):
     """Two trials, perturbation every epoch: the worse one continues from the better one's checkpoint with a
     mutated LR, which its optimizer then really uses (the LR in the checkpoint does not win)."""
@@ -421,6 +427,7 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     assert "paused after epoch 1 of 3" in (trial / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_trial_with_two_workers_is_one_two_process_run(tmp_path, video_set, deepspeed_ready):
     """--workers-per-trial 2: the trial trains under torchrun with world size 2 inside its Ray trial."""
     sweep = write_sweep(tmp_path / "w.yaml", {"space": {"data.num_frames": {"grid": [4]}}})
@@ -433,6 +440,7 @@ def test_a_trial_with_two_workers_is_one_two_process_run(tmp_path, video_set, de
     assert "torch.distributed.run" in next((tmp_path / "runs" / "tests" / "w2").glob("*/command.txt")).read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_the_sweep_in_the_mlflow_ui(asha_sweep, tmp_path):
     """The real ASHA sweep's runs table in headless Chromium against an `mlflow server` started here: every

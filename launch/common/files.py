@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Union[str, Path], write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a temporary name beside `path`, then rename it to `path` (one filesystem
     step: a reader, or a process killed mid-write, never sees half a file). Creates parent folders."""
     path = Path(path)

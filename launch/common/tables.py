@@ -8,13 +8,13 @@ import csv
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Sequence, TypeVar
+from typing import Any, Callable, Iterable, List, Sequence, TypeGuard, TypeVar
 
 T = TypeVar("T")
 Cell = Callable[[str, Any], str]
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -59,5 +59,5 @@ def ensemble(args: Any) -> int:
     if args.out:
         from action_launch.evaluation.evaluate import save_predictions
 
-        save_predictions(Path(args.out), fused["scores"], fused["labels"], fused["ids"], alpha=args.alpha)
+        save_predictions(Path(args.out), fused["scores"], fused["labels"], fused["ids"].tolist(), alpha=args.alpha)
     return 0

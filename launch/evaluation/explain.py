@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from action_launch.config import ConfigError
+from action_launch.datasets.config import ClipConfig
 
 log = logging.getLogger("launch.explain")
 
@@ -135,6 +136,7 @@ def explain(args: Any) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    assert isinstance(cfg.data, ClipConfig)  # load_clip refused every other kind of data
     names = read_class_names(cfg.data.root)
     save_images(render(clip, result, cfg.data.mean, cfg.data.std, names), str(out))
     k = int(result.target[0])

@@ -110,7 +110,11 @@ def _capture_outputs(model: nn.Module, names: Optional[Sequence[str]]) -> Tuple[
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in chosen]
-    return captured, lambda: [h.remove() for h in handles]
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+    return captured, remove
 
 
 def check_layer(model: nn.Module, name: str) -> None:
@@ -177,8 +181,11 @@ def grad_cam(model: nn.Module, clip: torch.Tensor, layer: Optional[str] = None, 
         if grad is None:
             continue
         grad_map = as_video_map(grad, n, t, aspect)  # the same layout as the activation
+        act_map = as_video_map(captured[name].output.detach(), n, t, aspect)
+        if grad_map is None or act_map is None:  # not reached: usable outputs (and their gradients) have a layout
+            continue
         if layer or bool(grad_map.abs().amax() > 0):  # zero: the score does not see its positions
-            chosen = (name, as_video_map(captured[name].output.detach(), n, t, aspect), grad_map)
+            chosen = (name, act_map, grad_map)
             break
     if chosen is None:
         raise ValueError("found no layer with a feature-map output that the class score depends on; pass --layer")
@@ -234,7 +241,8 @@ def compose(panels: Sequence[np.ndarray], captions: Sequence[str], min_side: int
     for i in range(t):
         canvas = Image.new("RGB", (len(panels) * w * scale, h * scale + bar), "white")
         for j, panel in enumerate(panels):
-            canvas.paste(Image.fromarray(panel[i]).resize((w * scale, h * scale), Image.NEAREST), (j * w * scale, bar))
+            frame = Image.fromarray(panel[i]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+            canvas.paste(frame, (j * w * scale, bar))
         ImageDraw.Draw(canvas).text((2, 1), captions[i], fill="black")
         images.append(canvas)
     return images

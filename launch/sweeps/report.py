@@ -31,7 +31,7 @@ def plot_metric_vs_keys(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], 
         points = [(r.get(key), r.get(metric)) for r in rows if is_number(r.get(metric))]
         numeric = all(is_number(x) for x, _ in points)
         labels = sorted({str(x) for x, _ in points}) if not numeric else []
-        xs = [x if numeric else labels.index(str(x)) for x, _ in points]
+        xs: List[Any] = [x if numeric else labels.index(str(x)) for x, _ in points]  # numbers, or label positions
         ax.scatter(xs, [y for _, y in points], alpha=0.8)
         if not numeric:
             ax.set_xticks(range(len(labels)), labels, rotation=30)

@@ -48,16 +48,21 @@ def ray_domain(param: Param) -> Any:
     if param.kind == "choice":
         return tune.choice(list(param.values))
     if param.kind == "uniform":
-        return tune.uniform(param.low, param.high)
+        return tune.uniform(*param.bounds)
     if param.kind == "loguniform":
-        return tune.loguniform(param.low, param.high)
+        return tune.loguniform(*param.bounds)
     if param.kind == "randint":
-        return tune.randint(int(param.low), int(param.high))
+        return tune.randint(int(param.bounds[0]), int(param.bounds[1]))
     source = param.source
-    if param.kind == "same_as":
-        return tune.sample_from(lambda spec: spec.config[source])
     cases, default = dict(param.cases), param.default
-    return tune.sample_from(lambda spec: cases.get(spec.config[source], default))
+
+    # Ray calls these with a spec whose `config` holds the values drawn so far (its annotation says Dict).
+    def same_as(spec: Any) -> Any:
+        return spec.config[source]
+
+    def depends_on(spec: Any) -> Any:
+        return cases.get(spec.config[source], default)
+    return tune.sample_from(same_as if param.kind == "same_as" else depends_on)
 
 
 def mutation_domain(param: Param) -> Any:
@@ -300,6 +305,8 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
     reason = row["stop_reason"]
     if reason == stop_reasons.NOT_STARTED:
         return  # its run is opened when it trains (a resumed sweep)
+    if not setup.tracking_uri:
+        return  # a sweep without tracking has no runs
     status = stop_reasons.mlflow_status(reason)
     tags = {"sweep.stop_reason": reason, "sweep.compute.clip_frames": row[COST]}
     if (trial_dir / "tracking" / "state.json").exists():
@@ -359,7 +366,7 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
              plot_frames_rate_heatmap(rows, spec.metric, spec.mode, sweep_dir / "frames_rate_heatmap.png"),
              sweep_dir / "sweep.yaml"]
     best = rows[0] if rows and rows[0].get(spec.metric) is not None else None
-    summary = {"trials": len(rows), "ranking": rule, "best": best,
+    summary: Dict[str, Any] = {"trials": len(rows), "ranking": rule, "best": best,
                "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) in ("completed", "stopped")
                                            for r in rows),
                "errored": sum(stop_reasons.outcome(r["stop_reason"]) == "errored" for r in rows),

@@ -28,9 +28,9 @@ checks; `launch/tune.py` turns it into Ray.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, NoReturn, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterator, List, Literal, NoReturn, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -47,6 +47,8 @@ class SweepError(ConfigError):
 class _Section(Mapping):
     """A scheduler section that also reads as the mapping of its set fields (None ones left out), as the
     scheduler code reads it: `spec.asha.get("grace_period")`, `"max_t" in spec.asha`."""
+
+    __dataclass_fields__: ClassVar[Dict[str, Field[Any]]]  # each section is a dataclass
 
     def _set(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -134,6 +136,13 @@ class Param:
         """The entry's name in the sweep file (keys joined by commas)."""
         return ",".join(self.keys)
 
+    @property
+    def bounds(self) -> Tuple[float, float]:
+        """`(low, high)` of a uniform, loguniform or randint entry."""
+        if self.low is None or self.high is None:
+            raise SweepError(f"{self.name}: a {self.kind} entry needs low and high")
+        return self.low, self.high
+
     def describe(self) -> str:
         """Short text of the entry (logged as a parameter of the sweep's parent run)."""
         if self.kind in ("grid", "choice"):
@@ -149,9 +158,9 @@ class Param:
         if self.kind in ("grid", "choice"):
             return [v if len(self.keys) > 1 else (v,) for v in self.values]
         if self.kind == "randint":
-            return [(int(self.low),)]
+            return [(int(self.bounds[0]),)]
         if self.kind in ("uniform", "loguniform"):
-            return [(float(self.low),)]
+            return [(float(self.bounds[0]),)]
         if self.kind == "depends_on":
             return [(v,) for v in [*self.cases.values(), self.default] if v is not None]
         return []
@@ -307,7 +316,7 @@ def to_override_text(value: Any) -> str:
 
 def trial_overrides(config: Mapping[str, Any]) -> List[str]:
     """A trial's sampled values (keys as in the sweep file, joint keys comma-joined) as overrides."""
-    out = []
+    out: List[str] = []
     for name, value in config.items():
         keys = name.split(",")
         values = list(value) if len(keys) > 1 else [value]

@@ -116,6 +116,7 @@ def _trial_cost(meta: Mapping[str, Any], cfg: Mapping[str, Any], world_size: int
 def _stop_requested() -> bool:
     """Whether Tune has asked this trial to stop (ASHA, end of sweep). Ray's own flag, read defensively."""
     try:
+        # private API: Ray has no public read of Tune's stop request inside a running function trainable
         from ray.train._internal.session import get_session
 
         session = get_session()

@@ -19,7 +19,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from action_launch.common.tables import best_first, format_table, is_number, numeric_column, write_csv
 from action_launch.tracking import query as tq  # imports MLflow only inside functions
@@ -56,7 +56,7 @@ def score_column(metric: str) -> str:
     return f"best {metric}"
 
 
-def with_scores(runs: Sequence[RunDict], histories: Dict[str, Sequence[float]], metric: str,
+def with_scores(runs: Sequence[RunDict], histories: Mapping[str, Sequence[float]], metric: str,
                 mode: str) -> List[RunDict]:
     """The runs, each with its ranking value under SCORE (from its history of `metric`; the latest value
     stands in for a run whose history is not given)."""
@@ -161,6 +161,7 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
 
     cells = [[_cell(c, v) for c, v in zip(columns, row)] for row in rows] or [["-"] * len(columns)]
     widths = [max([1.1 * len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]  # headers are bold
@@ -171,7 +172,7 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
     fig.text(0.005, 1 - 0.1 / (table_h + 0.45), title, fontsize=10, va="top")
     ax = fig.add_axes((0.005, 0.02, 0.99, table_h / (table_h + 0.45)))
     ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=list(columns), bbox=(0, 0, 1, 1), cellLoc="left",
+    table = ax.table(cellText=cells, colLabels=list(columns), bbox=Bbox.from_bounds(0, 0, 1, 1), cellLoc="left",
                      colWidths=[(w + 2) / sum(x + 2 for x in widths) for w in widths])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
@@ -184,7 +185,8 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
         cell.PAD = 0.6 / (widths[j] + 2)  # matplotlib pads by a fraction of the cell width: keep it a character
         if i > 0 and right[j]:
             cell.set_text_props(ha="right")
-            cell._loc = "right"  # where Cell places its text; matplotlib sets it only through the table-wide cellLoc
+            # private API: where Cell places its text; matplotlib sets it only through the table-wide cellLoc
+            cell._loc = "right"  # type: ignore[attr-defined]
     for j in range(len(columns)):
         table[0, j].set_facecolor("#dadce0")
         table[0, j].set_text_props(weight="bold")
