@@ -32,6 +32,7 @@ decord reads of the SAME sampled clips from the three, clip by clip back to back
 rotates), in --rounds rounds; prints the median clips/s of each and the ratios to the sources
 (target >= 2x for the prepared copies with sparse sampling: 8 frames at rate 32).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from action_launch.datasets import DataConfig, build  # noqa: E402
-from action_launch.datasets.decode import DECODERS, open_video, read_frames  # noqa: E402
-from action_launch.datasets.synthetic import write_video  # noqa: E402
-from action_launch.datasets.protocols import Source  # noqa: E402
+from action_launch.datasets import DataConfig, build
+from action_launch.datasets.decode import DECODERS, open_video, read_frames
+from action_launch.datasets.protocols import Source
+from action_launch.datasets.synthetic import write_video
 
 
 def make_videos(folder: str, count: int, size: int, frames: int, seed: int = 0, gop: Optional[int] = None) -> str:
@@ -107,8 +108,10 @@ def print_worker_rounds(rates: Dict[int, List[float]], item: float) -> None:
     for r, (o, m, q) in enumerate(zip(rates[one], rates[many], ratios)):
         print(f"    {r + 1:5d}  {o:9.1f}  {m:10.1f}  {q:5.2f}")
     med_one, med_many = float(np.median(rates[one])), float(np.median(rates[many]))
-    print(f"    median {med_one:9.1f}  {med_many:10.1f}  {np.median(ratios):5.2f}  (median of per-round ratios; "
-          f"target >= 1.6; {many} workers / (b) = {med_many / item:.2f})")
+    print(
+        f"    median {med_one:9.1f}  {med_many:10.1f}  {np.median(ratios):5.2f}  (median of per-round ratios; "
+        f"target >= 1.6; {many} workers / (b) = {med_many / item:.2f})"
+    )
 
 
 def _keyframes(path: str) -> int:
@@ -145,15 +148,18 @@ def bench_prepared(a) -> int:
     for name, (src_name, opts) in sets.items():
         folders[name] = os.path.join(folder, name.replace(" ", "_"))
         t0 = time.perf_counter()
-        report = prepare_list(os.path.join(folders[src_name], "train.txt"), folders[name], opts, workers=a.workers,
-                              progress=False)
+        report = prepare_list(
+            os.path.join(folders[src_name], "train.txt"), folders[name], opts, workers=a.workers, progress=False
+        )
         if report.failed:
             print(f"prepare failed: {report.failed}")
             return 1
         files = [os.path.join(folders[name], f) for f in sorted(os.listdir(folders[name])) if f.endswith(".mp4")]
         options = ", ".join(f"{k} {getattr(opts, k)}" for k in ("gop", "crf", "preset", "tune", "bframes"))
-        print(f"{name:<9} {options}: {np.mean([_keyframes(f) for f in files]):g} keyframes per video, "
-              f"{sum(os.path.getsize(f) for f in files) / 2**20:.1f} MiB in all ({time.perf_counter() - t0:.1f}s)")
+        print(
+            f"{name:<9} {options}: {np.mean([_keyframes(f) for f in files]):g} keyframes per video, "
+            f"{sum(os.path.getsize(f) for f in files) / 2**20:.1f} MiB in all ({time.perf_counter() - t0:.1f}s)"
+        )
     names = [f for f in sorted(os.listdir(folders["source"])) if f.endswith(".mp4")]
     print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} in {folder}")
 
@@ -164,12 +170,15 @@ def bench_prepared(a) -> int:
         for k, name in enumerate(names):
             n = len(open_video(os.path.join(folders["source"], name)))
             assert all(len(open_video(os.path.join(folders[s], name))) == n for s in sets), name
-            idx = clip_indices(n, a.num_frames, a.sampling_rate, 30.0, 30.0, mode="train",
-                               rng=np.random.default_rng([r, k]))
+            idx = clip_indices(
+                n, a.num_frames, a.sampling_rate, 30.0, 30.0, mode="train", rng=np.random.default_rng([r, k])
+            )
             round_plan.append((name, idx))
         plans.append(round_plan)
-    print(f"clip: {a.num_frames} frames x rate {a.sampling_rate} (span {a.num_frames * a.sampling_rate} of "
-          f"{a.frames} frames); bare decord open + get_batch; {a.videos} clips per round, {a.rounds} rounds")
+    print(
+        f"clip: {a.num_frames} frames x rate {a.sampling_rate} (span {a.num_frames * a.sampling_rate} of "
+        f"{a.frames} frames); bare decord open + get_batch; {a.videos} clips per round, {a.rounds} rounds"
+    )
     for name, idx in plans[0][:2]:  # warm the page cache and decord's first-use costs
         for s in sets:
             read_frames(open_video(os.path.join(folders[s], name)), idx)
@@ -198,12 +207,20 @@ def bench_prepared(a) -> int:
     cpu = {s: float(np.median(v)) for s, v in cpu_rates.items()}
     for s in sets:
         ratios = [x / y for x, y in zip(rates[s], rates["source"])]
-        print(f"{s:<9} {med[s]:6.1f} clips/s (median; {cpu[s]:.1f} per CPU-second); per round "
-              + " ".join(f"{x:.1f}" for x in rates[s])
-              + ("" if s == "source" else f"; /source {med[s] / med['source']:.2f}x wall clock (median of "
-                 f"per-round ratios {np.median(ratios):.2f}x), {cpu[s] / cpu['source']:.2f}x CPU time"))
-    print(f"target: prepared/source >= 2 (prepared = datasets.prepare defaults); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"{s:<9} {med[s]:6.1f} clips/s (median; {cpu[s]:.1f} per CPU-second); per round "
+            + " ".join(f"{x:.1f}" for x in rates[s])
+            + (
+                ""
+                if s == "source"
+                else f"; /source {med[s] / med['source']:.2f}x wall clock (median of "
+                f"per-round ratios {np.median(ratios):.2f}x), {cpu[s] / cpu['source']:.2f}x CPU time"
+            )
+        )
+    print(
+        f"target: prepared/source >= 2 (prepared = datasets.prepare defaults); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     if tmp:
         tmp.cleanup()
     return 0
@@ -257,15 +274,24 @@ def main(argv=None) -> int:
     p.add_argument("--prepared", action="store_true", help="compare sources with their datasets.prepare copies")
     p.add_argument("--source-gop", type=int, default=250, help="with --prepared: keyframe interval of the sources")
     p.add_argument("--gop", type=int, default=16, help="with --prepared: keyframe interval of the prepared copies")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported): of the DataLoaders "
-                   "with 1 and --workers workers, or with --prepared of the three sets")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating rounds (medians reported): of the DataLoaders "
+        "with 1 and --workers workers, or with --prepared of the three sets",
+    )
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2, help="passes over the videos (different seeds)")
     p.add_argument("--dir", help="folder for the videos (default: a temporary one)")
-    p.add_argument("--decoder", choices=DECODERS, default="decord",
-                   help="data.decoder of the DataLoaders (c); (a) and (b) time every decoder side by side")
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="decord",
+        help="data.decoder of the DataLoaders (c); (a) and (b) time every decoder side by side",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.prepared:
@@ -281,13 +307,28 @@ def main(argv=None) -> int:
     os.makedirs(folder, exist_ok=True)
     t0 = time.perf_counter()
     make_videos(folder, a.videos, a.size, a.frames)
-    print(f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} "
-          f"({time.perf_counter() - t0:.1f}s to make)")
+    print(
+        f"videos: {a.videos} x {a.frames} frames {a.size}x{a.size} H.264 in {folder} "
+        f"({time.perf_counter() - t0:.1f}s to make)"
+    )
     short = [a.crop + a.crop // 7, a.crop + a.crop // 7 * 3]
     decoders = available_decoders(a.decoder)
-    sets = {d: build(DataConfig(root=folder, num_frames=a.num_frames, sampling_rate=a.sampling_rate, crop_size=a.crop,
-                                train_short_side=short, test_short_side=a.crop, num_workers=a.workers, decoder=d),
-                     "train") for d in decoders}
+    sets = {
+        d: build(
+            DataConfig(
+                root=folder,
+                num_frames=a.num_frames,
+                sampling_rate=a.sampling_rate,
+                crop_size=a.crop,
+                train_short_side=short,
+                test_short_side=a.crop,
+                num_workers=a.workers,
+                decoder=d,
+            ),
+            "train",
+        )
+        for d in decoders
+    }
     ds = sets[a.decoder]
     keys = [(i, 1000 * r + i) for r in range(a.repeats) for i in range(len(ds))]
     # the exact indices __getitem__ will decode: sampling is the first draw from the seed's generator
@@ -296,8 +337,10 @@ def main(argv=None) -> int:
         vr = open_video(ds.items[i].path)
         source = Source(len(vr), vr.get_avg_fps())
         plans.append((ds.items[i].path, ds.sample_indices(source, np.random.default_rng(seed))))
-    print(f"clip: {a.num_frames} frames x rate {a.sampling_rate}, train transforms (short side {short}, "
-          f"crop {a.crop}, flip); {len(keys)} clips per measurement")
+    print(
+        f"clip: {a.num_frames} frames x rate {a.sampling_rate}, train transforms (short side {short}, "
+        f"crop {a.crop}, flip); {len(keys)} clips per measurement"
+    )
 
     for path, idx in plans[:4]:  # warm the page cache and the decoders' first-use costs
         for d in decoders:
@@ -310,11 +353,14 @@ def main(argv=None) -> int:
         print(f"(a) bare {d:<10} {BATCH_CALL[d]:<14} {bare[d]:8.1f} clips/s{versus}")
     for d in decoders:
         versus = f"   {d}/decord = {items[d] / items['decord']:.2f}" if d != "decord" else ""
-        print(f"(b) dataset __getitem__, {d:<10} {items[d]:8.1f} clips/s   b/a = {items[d] / bare[d]:.2f}  "
-              f"(target >= 0.8){versus}")
+        print(
+            f"(b) dataset __getitem__, {d:<10} {items[d]:8.1f} clips/s   b/a = {items[d] / bare[d]:.2f}  "
+            f"(target >= 0.8){versus}"
+        )
     item = items[a.decoder]
-    loaders = {w: torch.utils.data.DataLoader(ds, batch_size=a.batch_size, sampler=keys, num_workers=w)
-               for w in (1, a.workers)}
+    loaders = {
+        w: torch.utils.data.DataLoader(ds, batch_size=a.batch_size, sampler=keys, num_workers=w) for w in (1, a.workers)
+    }
     print_worker_rounds(worker_rounds(loaders, a.rounds), item)
 
     # side fact: the same frames requested unsorted
@@ -333,11 +379,15 @@ def main(argv=None) -> int:
                 t_sorted += time.perf_counter() - t
             else:
                 t_unsorted += time.perf_counter() - t
-    print(f"side fact: get_batch unsorted / sorted time = {t_unsorted / t_sorted:.1f}x "
-          f"({1000 * t_unsorted / len(plans):.1f} vs {1000 * t_sorted / len(plans):.1f} ms per clip)")
+    print(
+        f"side fact: get_batch unsorted / sorted time = {t_unsorted / t_sorted:.1f}x "
+        f"({1000 * t_unsorted / len(plans):.1f} vs {1000 * t_sorted / len(plans):.1f} ms per clip)"
+    )
     load = os.getloadavg()[0]
-    print(f"load average {load:.1f} on {os.cpu_count()} CPUs" + ("  (busy machine: c/b is capped by the free cores)"
-                                                                  if load > (os.cpu_count() or 1) - 0.5 else ""))
+    print(
+        f"load average {load:.1f} on {os.cpu_count()} CPUs"
+        + ("  (busy machine: c/b is capped by the free cores)" if load > (os.cpu_count() or 1) - 0.5 else "")
+    )
     if tmp:
         tmp.cleanup()
     return 0

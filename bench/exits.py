@@ -17,6 +17,7 @@ ends, run by run in turn, either as a run ended before `Trainer.close` (its grou
 shutdown) or as it ends now (`Collectives.close`, `engine.shutdown_distributed`); it prints the aborts and FAILED
 runs of each ending.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,12 +67,29 @@ def free_port() -> int:
 
 def overrides(data: Path, out: Path, name: str, model: str) -> List[str]:
     """A tiny run of a few seconds: one epoch of 2 optimizer steps per rank, then validation and a checkpoint."""
-    return [f"data.root={data}", f"output_dir={out}", f"name={name}", "experiment=exits", f"model.name={model}",
-            "model.num_classes=4", "data.num_frames=4", "data.sampling_rate=6", "data.train_short_side=[32,36]",
-            "data.test_short_side=32", "data.crop_size=32", "data.num_workers=1", "optim.name=adamw",
-            "optim.lr=0.002", "optim.base_batch_size=8", "optim.schedule=constant", "train.epochs=1",
-            "train.micro_batch_size=4", "train.max_steps_per_epoch=2", "train.log_every_steps=1",
-            "tracking.enabled=false"]
+    return [
+        f"data.root={data}",
+        f"output_dir={out}",
+        f"name={name}",
+        "experiment=exits",
+        f"model.name={model}",
+        "model.num_classes=4",
+        "data.num_frames=4",
+        "data.sampling_rate=6",
+        "data.train_short_side=[32,36]",
+        "data.test_short_side=32",
+        "data.crop_size=32",
+        "data.num_workers=1",
+        "optim.name=adamw",
+        "optim.lr=0.002",
+        "optim.base_batch_size=8",
+        "optim.schedule=constant",
+        "train.epochs=1",
+        "train.micro_batch_size=4",
+        "train.max_steps_per_epoch=2",
+        "train.log_every_steps=1",
+        "tracking.enabled=false",
+    ]
 
 
 def start_load(count: int) -> List[subprocess.Popen]:
@@ -81,17 +99,32 @@ def start_load(count: int) -> List[subprocess.Popen]:
 
 def torchrun(args: List[str], log: Path) -> Dict[str, object]:
     """`args` on 2 ranks under torchrun from the checkout: exit code, seconds and whether a rank aborted."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           *args]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        *args,
+    ]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600
+    )
     said = proc.stdout + proc.stderr
     log.write_text(said)
-    return {"rc": proc.returncode, "seconds": time.monotonic() - start,
-            "aborted": ABORT_MESSAGE in said or "Signal 6 (SIGABRT)" in said or "exitcode  : -6" in said}
+    return {
+        "rc": proc.returncode,
+        "seconds": time.monotonic() - start,
+        "aborted": ABORT_MESSAGE in said or "Signal 6 (SIGABRT)" in said or "exitcode  : -6" in said,
+    }
 
 
 def training_runs(root: Path, runs: int, model: str) -> int:
@@ -107,14 +140,19 @@ def training_runs(root: Path, runs: int, model: str) -> int:
         result = torchrun(["launch/train.py", *overrides(data, out, name, model)], out / f"{name}.log")
         result["final"] = (out / "exits" / name / "final_metrics.json").is_file()
         results.append(result)
-        print(f"run {i + 1:3d}/{runs}: exit {result['rc']}, {result['seconds']:.1f} s"
-              f"{', ABORT' if result['aborted'] else ''}{'' if result['final'] else ', no final outputs'}", flush=True)
+        print(
+            f"run {i + 1:3d}/{runs}: exit {result['rc']}, {result['seconds']:.1f} s"
+            f"{', ABORT' if result['aborted'] else ''}{'' if result['final'] else ', no final outputs'}",
+            flush=True,
+        )
     aborts = sum(bool(r["aborted"]) for r in results)
     failed = sum(r["rc"] != 0 for r in results)
     missing = sum(not r["final"] for r in results)
     seconds = sorted(float(r["seconds"]) for r in results)
-    print(f"{len(results)} runs of 2 ranks: {aborts} aborted, {failed} FAILED, {missing} without final outputs "
-          f"(goal 0 each); median {seconds[len(seconds) // 2]:.1f} s a run")
+    print(
+        f"{len(results)} runs of 2 ranks: {aborts} aborted, {failed} FAILED, {missing} without final outputs "
+        f"(goal 0 each); median {seconds[len(seconds) // 2]:.1f} s a run"
+    )
     return 1 if aborts or failed or missing else 0
 
 
@@ -130,11 +168,15 @@ def bare_runs(root: Path, runs: int) -> int:
         count["runs"] += 1
         count["aborted"] += bool(result["aborted"])
         count["failed"] += result["rc"] != 0
-        print(f"run {i + 1:3d}/{runs} ({ending}): exit {result['rc']}, {result['seconds']:.1f} s"
-              f"{', ABORT' if result['aborted'] else ''}", flush=True)
+        print(
+            f"run {i + 1:3d}/{runs} ({ending}): exit {result['rc']}, {result['seconds']:.1f} s"
+            f"{', ABORT' if result['aborted'] else ''}",
+            flush=True,
+        )
     for ending, count in counts.items():
-        print(f"groups {ending:6s}: {count['runs']} runs of 2 ranks, {count['aborted']} aborted, {count['failed']} "
-              f"FAILED")
+        print(
+            f"groups {ending:6s}: {count['runs']} runs of 2 ranks, {count['aborted']} aborted, {count['failed']} FAILED"
+        )
     return 1 if counts["closed"]["aborted"] or counts["closed"]["failed"] else 0
 
 
@@ -143,10 +185,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--runs", type=int, default=100, help="consecutive 2-rank runs")
     parser.add_argument("--load", type=int, default=os.cpu_count() or 1, help="busy processes loading the machine")
     parser.add_argument("--model", default="tsm_r50_tiny", help="tiny preset to train")
-    parser.add_argument("--bare", action="store_true", help="runs of the process group's start, the trainer's "
-                                                            "host-side collectives and the end alone, both endings")
-    parser.add_argument("--keep", type=Path, help="folder for the clips, runs and each run's output (default: a "
-                                                   "temporary folder, removed)")
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="runs of the process group's start, the trainer's host-side collectives and the end alone, both endings",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="folder for the clips, runs and each run's output (default: a temporary folder, removed)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill ends the load processes too (`finally`)
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,7 @@ made (goal > 0), metric points logged twice at one step (goal 0), Ctrl-C's exit 
 printed from the Ctrl-C on (goals 130 and 2: its note and the resume line), and the MLflow names an array's
 tasks share (goal 0). A figure that misses its goal is marked with `!`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,11 +55,27 @@ VALIDATION_LINE = re.compile(r"epoch \d+ validation: ")
 
 def tiny_overrides(data: Path, out: Path, name: str, epochs: int) -> List[str]:
     """A tiny TimeSformer run of a few seconds per epoch on two cores."""
-    return [f"data.root={data}", f"output_dir={out}", f"name={name}", "experiment=faults", "model.num_classes=4",
-            "model.num_frames=4", "data.num_frames=4", "data.sampling_rate=6", "data.train_short_side=[32,36]",
-            "data.test_short_side=32", "data.crop_size=32", "data.num_workers=0", "optim.name=adamw",
-            "optim.lr=0.002", "optim.base_batch_size=8", "optim.schedule=constant", f"train.epochs={epochs}",
-            "train.micro_batch_size=8", "train.log_every_steps=1"]
+    return [
+        f"data.root={data}",
+        f"output_dir={out}",
+        f"name={name}",
+        "experiment=faults",
+        "model.num_classes=4",
+        "model.num_frames=4",
+        "data.num_frames=4",
+        "data.sampling_rate=6",
+        "data.train_short_side=[32,36]",
+        "data.test_short_side=32",
+        "data.crop_size=32",
+        "data.num_workers=0",
+        "optim.name=adamw",
+        "optim.lr=0.002",
+        "optim.base_batch_size=8",
+        "optim.schedule=constant",
+        f"train.epochs={epochs}",
+        "train.micro_batch_size=8",
+        "train.log_every_steps=1",
+    ]
 
 
 def environment(**extra: str) -> Dict[str, str]:
@@ -69,12 +86,14 @@ def environment(**extra: str) -> Dict[str, str]:
 
 def start(cmd: List[str], log: Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     """A command of the suite, run from the repository root, its output in `log`."""
-    return subprocess.Popen(cmd, cwd=REPO, env=env or environment(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env or environment(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str,
-             proc: Optional[subprocess.Popen] = None) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str, proc: Optional[subprocess.Popen] = None
+) -> None:
     """Poll `condition` until it holds; TimeoutError naming `what` after `timeout_s` (or once `proc` ended)."""
     deadline = time.time() + timeout_s
     while not condition():
@@ -129,16 +148,26 @@ def lost_points(run_dir: Path, store: Path) -> int:
 def run_killed(work: Path, data: Path) -> Dict[str, object]:
     out = work / "runs"
     run_dir = out / "faults" / "killed"
-    proc = start([sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "killed", 20)],
-                 work / "train.log")
+    proc = start(
+        [sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "killed", 20)],
+        work / "train.log",
+    )
     wait_for(lambda: count(VALIDATION_LINE, work / "train.log") >= 1, 600, "the run's first validation", proc)
     os.kill(proc.pid, signal.SIGKILL)  # in its second epoch
     proc.wait()
-    subprocess.run([sys.executable, "launch/track.py", "sync", str(run_dir)], cwd=REPO, env=environment(),
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "launch/track.py", "sync", str(run_dir)],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        timeout=300,
+    )
     store = out / "mlflow.db"
-    return {"running": left_running(store), "lost": lost_points(run_dir, store),
-            "status": "/".join(r.info.status for r in runs(store))}
+    return {
+        "running": left_running(store),
+        "lost": lost_points(run_dir, store),
+        "status": "/".join(r.info.status for r in runs(store)),
+    }
 
 
 def server_killed(work: Path, data: Path) -> Dict[str, object]:
@@ -146,15 +175,31 @@ def server_killed(work: Path, data: Path) -> Dict[str, object]:
     store = out / "mlflow.db"
     out.mkdir(parents=True)
     port = free_port()
-    server_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                  "--backend-store-uri", f"sqlite:///{store}", "--default-artifact-root", str(out / "artifacts"),
-                  "--workers", "1"]
+    server_cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{store}",
+        "--default-artifact-root",
+        str(out / "artifacts"),
+        "--workers",
+        "1",
+    ]
     server = start(server_cmd, work / "server.log")
     uri = f"http://127.0.0.1:{port}"
     wait_for(lambda: _answers(uri), 120, "the mlflow server", server)
     run_dir = out / "faults" / "outage"
-    proc = start([sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "outage", 6)],
-                 work / "train.log", environment(MLFLOW_TRACKING_URI=uri))
+    proc = start(
+        [sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "outage", 6)],
+        work / "train.log",
+        environment(MLFLOW_TRACKING_URI=uri),
+    )
     wait_for(lambda: count(VALIDATION_LINE, work / "train.log") >= 1, 600, "the run's first validation", proc)
     os.killpg(server.pid, signal.SIGKILL)
     server.wait()
@@ -162,13 +207,22 @@ def server_killed(work: Path, data: Path) -> Dict[str, object]:
     server = start(server_cmd, work / "server2.log")
     try:
         wait_for(lambda: _answers(uri), 120, "the restarted mlflow server", server)
-        subprocess.run([sys.executable, "launch/track.py", "sync", str(run_dir)], cwd=REPO, env=environment(),
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [sys.executable, "launch/track.py", "sync", str(run_dir)],
+            cwd=REPO,
+            env=environment(),
+            capture_output=True,
+            timeout=300,
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-    return {"running": left_running(store), "lost": lost_points(run_dir, store), "run_exit": code,
-            "status": "/".join(r.info.status for r in runs(store))}
+    return {
+        "running": left_running(store),
+        "lost": lost_points(run_dir, store),
+        "run_exit": code,
+        "status": "/".join(r.info.status for r in runs(store)),
+    }
 
 
 def _answers(uri: str) -> bool:
@@ -184,10 +238,26 @@ def _answers(uri: str) -> bool:
 def sweep_killed(work: Path, data: Path) -> Dict[str, object]:
     out = work / "runs"
     sweep = work / "asha.yaml"
-    sweep.write_text(yaml.safe_dump({"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}},
-                                     "asha": {"grace_period": 1, "reduction_factor": 2}}))
-    cmd = [sys.executable, "launch/tune.py", "--config", CONFIG, "--sweep", str(sweep), "--name", "asha",
-           "--scheduler", "asha", "--max-concurrent", "1", *tiny_overrides(data, out, "asha", 3)]
+    sweep.write_text(
+        yaml.safe_dump(
+            {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}, "asha": {"grace_period": 1, "reduction_factor": 2}}
+        )
+    )
+    cmd = [
+        sys.executable,
+        "launch/tune.py",
+        "--config",
+        CONFIG,
+        "--sweep",
+        str(sweep),
+        "--name",
+        "asha",
+        "--scheduler",
+        "asha",
+        "--max-concurrent",
+        "1",
+        *tiny_overrides(data, out, "asha", 3),
+    ]
     sweep_dir = out / "faults" / "asha"
     driver = start(cmd, work / "first.log")
     store = out / "mlflow.db"
@@ -198,18 +268,23 @@ def sweep_killed(work: Path, data: Path) -> Dict[str, object]:
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(5)  # the reaper ends what the driver started
-    resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, env=environment(), capture_output=True, text=True,
-                             timeout=1800)
+    resumed = subprocess.run(
+        cmd + ["--resume"], cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1800
+    )
     (work / "resume.log").write_text(resumed.stdout + resumed.stderr)
-    rerun = sum(bool(STEP_LINE.search((sweep_dir / t / "train.log").read_text()[len(logs[t]):])) for t in ended)
+    rerun = sum(bool(STEP_LINE.search((sweep_dir / t / "train.log").read_text()[len(logs[t]) :])) for t in ended)
     rows = []
     if (sweep_dir / "results.csv").exists():
         import csv
 
         rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
     without = sum(not r.get("stop_reason") or r["stop_reason"].startswith("errored") for r in rows)
-    return {"running": left_running(store), "lost": (4 - len(rows)) + without, "rerun": rerun,
-            "ended_before_kill": len(ended)}
+    return {
+        "running": left_running(store),
+        "lost": (4 - len(rows)) + without,
+        "rerun": rerun,
+        "ended_before_kill": len(ended),
+    }
 
 
 def _ended_trials(sweep_dir: Path, store: Path) -> List[str]:
@@ -218,7 +293,7 @@ def _ended_trials(sweep_dir: Path, store: Path) -> List[str]:
         return []
     try:
         ended = [r.data.tags.get("sweep.trial_id") for r in runs(store) if r.info.status != "RUNNING"]
-    except Exception:  # noqa: BLE001 - the store is being created by the sweep: ask again
+    except Exception:
         return []
     return sorted(t for t in ended if t and (sweep_dir / t / "train.log").exists())
 
@@ -228,10 +303,21 @@ def dead_rank(work: Path, data: Path, limit_s: float) -> Dict[str, object]:
     port = free_port()
     procs = []
     for rank in (0, 1):
-        env = environment(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(start([sys.executable, "launch/train.py", "--config", CONFIG,
-                            *tiny_overrides(data, out, "ranks", 3)], work / f"rank{rank}.log", env))
+        env = environment(
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            start(
+                [sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "ranks", 3)],
+                work / f"rank{rank}.log",
+                env,
+            )
+        )
     wait_for(lambda: bool(STEP_LINE.search((work / "rank0.log").read_text())), 600, "the first step", procs[0])
     os.kill(procs[1].pid, signal.SIGKILL)
     killed = time.time()
@@ -249,8 +335,21 @@ def pbt(work: Path, data: Path) -> Dict[str, object]:
     out = work / "runs"
     sweep = work / "pbt.yaml"
     sweep.write_text(yaml.safe_dump({"num_samples": 4, "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}))
-    cmd = [sys.executable, "launch/tune.py", "--config", CONFIG, "--sweep", str(sweep), "--name", "pbt",
-           "--scheduler", "pbt", "--max-concurrent", "2", *tiny_overrides(data, out, "pbt", 4)]
+    cmd = [
+        sys.executable,
+        "launch/tune.py",
+        "--config",
+        CONFIG,
+        "--sweep",
+        str(sweep),
+        "--name",
+        "pbt",
+        "--scheduler",
+        "pbt",
+        "--max-concurrent",
+        "2",
+        *tiny_overrides(data, out, "pbt", 4),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1800)
     (work / "pbt.log").write_text(proc.stdout + proc.stderr)
     sweep_dir = out / "faults" / "pbt"
@@ -266,8 +365,9 @@ def duplicate_points(run_dir: Path, store: Path) -> int:
         return 0
     mlflow = client(store)
     keys = mlflow.get_run(run_id).data.metrics
-    return sum(len(steps) - len(set(steps)) for steps in
-               ([m.step for m in mlflow.get_metric_history(run_id, k)] for k in keys))
+    return sum(
+        len(steps) - len(set(steps)) for steps in ([m.step for m in mlflow.get_metric_history(run_id, k)] for k in keys)
+    )
 
 
 def ctrl_c(work: Path, data: Path) -> Dict[str, object]:
@@ -282,18 +382,31 @@ def ctrl_c(work: Path, data: Path) -> Dict[str, object]:
     said = log.read_text().split("Ctrl-C: stopping", 1)[-1].splitlines()[1:]  # after the note the Ctrl-C printed
     lines = 1 + sum(not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line) for line in said if line.strip())
     status = "/".join(r.info.status for r in runs(out / "mlflow.db"))
-    again = subprocess.run(cmd[:-1] + ["train.epochs=2"], cwd=REPO, env=environment(), capture_output=True,
-                           text=True, timeout=600)  # a continuation key: the same run goes on to its end
-    return {"running": left_running(out / "mlflow.db"), "ctrl_c_exit": code, "ctrl_c_lines": lines,
-            "dup": duplicate_points(run_dir, out / "mlflow.db"), "status": status, "resume_exit": again.returncode}
+    again = subprocess.run(
+        cmd[:-1] + ["train.epochs=2"], cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600
+    )  # a continuation key: the same run goes on to its end
+    return {
+        "running": left_running(out / "mlflow.db"),
+        "ctrl_c_exit": code,
+        "ctrl_c_lines": lines,
+        "dup": duplicate_points(run_dir, out / "mlflow.db"),
+        "status": status,
+        "resume_exit": again.returncode,
+    }
 
 
 def rerun_killed(work: Path, data: Path) -> Dict[str, object]:
     out = work / "runs"
     run_dir = out / "faults" / "rerun"
     # 6 steps an epoch; checkpoints at steps 5, 6 (the epoch's end), 10, 12, ...
-    cmd = [sys.executable, "launch/train.py", "--config", CONFIG, *tiny_overrides(data, out, "rerun", 3),
-           "checkpoint.every_steps=5"]
+    cmd = [
+        sys.executable,
+        "launch/train.py",
+        "--config",
+        CONFIG,
+        *tiny_overrides(data, out, "rerun", 3),
+        "checkpoint.every_steps=5",
+    ]
     journal = run_dir / "tracking" / "journal.jsonl"
     proc = start(cmd, work / "train.log")
     deadline = time.time() + 600
@@ -306,33 +419,79 @@ def rerun_killed(work: Path, data: Path) -> Dict[str, object]:
     again = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
     (work / "rerun.log").write_text(again.stdout + again.stderr)
     store = out / "mlflow.db"
-    return {"running": left_running(store), "lost": lost_points(run_dir, store), "dup": duplicate_points(run_dir, store),
-            "replayed_from": "step " + (re.findall(r"optimizer step (\d+)", again.stdout + again.stderr) or ["?"])[0],
-            "rerun_exit": again.returncode}
+    return {
+        "running": left_running(store),
+        "lost": lost_points(run_dir, store),
+        "dup": duplicate_points(run_dir, store),
+        "replayed_from": "step " + (re.findall(r"optimizer step (\d+)", again.stdout + again.stderr) or ["?"])[0],
+        "rerun_exit": again.returncode,
+    }
 
 
 def array_names(work: Path, data: Path) -> Dict[str, object]:
     out = work / "runs"
-    cmd = [sys.executable, "launch/submit.py", "--local", "--config", CONFIG, *tiny_overrides(data, out, "grid", 1),
-           "optim.lr=0.002,0.001", "seed=0,1", "train.max_steps_per_epoch=1"]
+    cmd = [
+        sys.executable,
+        "launch/submit.py",
+        "--local",
+        "--config",
+        CONFIG,
+        *tiny_overrides(data, out, "grid", 1),
+        "optim.lr=0.002,0.001",
+        "seed=0,1",
+        "train.max_steps_per_epoch=1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1200)
     (work / "submit.log").write_text(proc.stdout + proc.stderr)
     names = [r.info.run_name for r in runs(out / "mlflow.db")]
-    return {"running": left_running(out / "mlflow.db"), "shared_names": len(names) - len(set(names)),
-            "tasks": len(names), "names": ";".join(sorted(names)), "exit": proc.returncode}
+    return {
+        "running": left_running(out / "mlflow.db"),
+        "shared_names": len(names) - len(set(names)),
+        "tasks": len(names),
+        "names": ";".join(sorted(names)),
+        "exit": proc.returncode,
+    }
 
 
 # ------------------------------------------------------------------------------------------- table
-GOALS = {"running": lambda v: v == 0, "lost": lambda v: v == 0, "rerun": lambda v: v == 0,
-         "dead_rank_s": lambda v: v < 120, "exploits": lambda v: v > 0, "dup": lambda v: v == 0,
-         "ctrl_c_exit": lambda v: v == 130, "ctrl_c_lines": lambda v: v == 2, "shared_names": lambda v: v == 0}
+GOALS = {
+    "running": lambda v: v == 0,
+    "lost": lambda v: v == 0,
+    "rerun": lambda v: v == 0,
+    "dead_rank_s": lambda v: v < 120,
+    "exploits": lambda v: v > 0,
+    "dup": lambda v: v == 0,
+    "ctrl_c_exit": lambda v: v == 130,
+    "ctrl_c_lines": lambda v: v == 2,
+    "shared_names": lambda v: v == 0,
+}
 
 
 def show(results: Dict[str, Dict[str, object]]) -> None:
-    columns = ["running", "lost", "rerun", "dead_rank_s", "exploits", "dup", "ctrl_c_exit", "ctrl_c_lines",
-               "shared_names"]
-    heads = ["scenario", "left RUNNING", "results lost", "trials rerun", "dead rank (s)", "PBT exploits",
-             "points twice", "Ctrl-C exit", "Ctrl-C lines", "shared names", "notes"]
+    columns = [
+        "running",
+        "lost",
+        "rerun",
+        "dead_rank_s",
+        "exploits",
+        "dup",
+        "ctrl_c_exit",
+        "ctrl_c_lines",
+        "shared_names",
+    ]
+    heads = [
+        "scenario",
+        "left RUNNING",
+        "results lost",
+        "trials rerun",
+        "dead rank (s)",
+        "PBT exploits",
+        "points twice",
+        "Ctrl-C exit",
+        "Ctrl-C lines",
+        "shared names",
+        "notes",
+    ]
     rows = []
     for name, result in results.items():
         cells = [name]

@@ -30,6 +30,7 @@ collation and the hand-over to the main process come on top of `__getitem__`, so
 upper bound and `workers_to_feed` a lower one. Skeleton and feature presets decode no video: both fields
 are null.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,21 +50,37 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))  # bench/models.py: presets' input sizes and FLOP counts
 
 import torch  # noqa: E402
+from data_pipeline import make_videos  # noqa: E402  after bench/models.py: it puts the repository first on sys.path
 
 from action_launch import datasets, models  # noqa: E402
 from action_launch.config import load_config  # noqa: E402
 from action_launch.datasets import DataConfig  # noqa: E402
 from action_launch.training.distributed import resolve_env  # noqa: E402
-from action_launch.training.engine import (AUTOCAST_DTYPES, Engine, build_optimizer, build_scheduler,  # noqa: E402
-                                           configure_backends, init_distributed, parameter_groups)
+from action_launch.training.engine import (  # noqa: E402
+    AUTOCAST_DTYPES,
+    Engine,
+    build_optimizer,
+    build_scheduler,
+    configure_backends,
+    init_distributed,
+    parameter_groups,
+)
 from action_launch.training.losses import make_loss  # noqa: E402
 from action_launch.training.schedule import scale_lrs  # noqa: E402
 from models import clip_shape, count_flops, is_tiny, preset_configs, select  # noqa: E402  bench/models.py, not action_launch.models
-from data_pipeline import make_videos  # noqa: E402, I001  after bench/models.py: it puts the repository first on sys.path
 
 # Micro batch per GPU of each paper recipe (the tiny presets use --tiny-batch).
-RECIPE_BATCH = {"timesformer_base": 16, "light_timesformer": 4, "stabn_r50": 4, "tsm_r50": 8, "tsm_r50_dyreg": 8,
-                "msg3d_ntu60": 16, "msg3d_kinetics": 16, "msg3d_personality": 16, "hiint_cpmt": 32}
+RECIPE_BATCH = {
+    "timesformer_base": 16,
+    "light_timesformer": 4,
+    "stabn_r50": 4,
+    "tsm_r50": 8,
+    "tsm_r50_dyreg": 8,
+    "msg3d_ntu60": 16,
+    "msg3d_kinetics": 16,
+    "msg3d_personality": 16,
+    "hiint_cpmt": 32,
+}
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name; MFU is reported only where the peak is known.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}
 VIDEO_DATASETS = ("video", "rawframes")  # the datasets that decode video; skeleton and feature arrays do not
@@ -82,9 +99,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
-               dtype: Optional[torch.dtype], device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def plain_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loss_fn: Callable,
+    dtype: Optional[torch.dtype],
+    device: torch.device,
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One training step of the plain loop: autocast forward and loss, backward, optimizer and LR step."""
+
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = loss_fn(model(x), y)
@@ -92,16 +116,24 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+
     return step
 
 
-def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps: int,
-              frames: Optional[int] = None) -> Dict[str, Callable]:
+def _variants(
+    preset: str, args: argparse.Namespace, device: torch.device, steps: int, frames: Optional[int] = None
+) -> Dict[str, Callable]:
     """name -> builder of each variant's step function, every one on its own copy of the model with the same init.
     `frames`: the clip length of the batches of a video preset, which its config's `data.num_frames` says too (a
     model built for one clip length refuses a config that says another)."""
-    overrides = [f"model.name={preset}", "optim.name=adamw", "optim.schedule=cosine", "train.epochs=100",
-                 f"train.precision={args.precision}", "optim.base_batch_size=8"]
+    overrides = [
+        f"model.name={preset}",
+        "optim.name=adamw",
+        "optim.schedule=cosine",
+        "train.epochs=100",
+        f"train.precision={args.precision}",
+        "optim.base_batch_size=8",
+    ]
     overrides += [f"data.num_frames={frames}"] if frames else []
     cfg = load_config(None, overrides)
     scaled = scale_lrs(cfg.optim, 8)
@@ -114,8 +146,9 @@ def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps
     plain = fresh().train()
     loss_fn = make_loss(plain, cfg.train.loss)
     optimizer = build_optimizer(parameter_groups(plain, cfg.optim.weight_decay), cfg.optim, scaled.lr, device)
-    plain_built = plain_step(plain, optimizer, build_scheduler(optimizer, cfg.optim, scaled, 100, steps, 1), loss_fn,
-                             dtype, device)
+    plain_built = plain_step(
+        plain, optimizer, build_scheduler(optimizer, cfg.optim, scaled, 100, steps, 1), loss_fn, dtype, device
+    )
     out: Dict[str, Callable] = {"plain": lambda: plain_built}
     kinds = [("engine", cfg)]
     if args.compile:
@@ -132,10 +165,12 @@ def _variants(preset: str, args: argparse.Namespace, device: torch.device, steps
 def _engine_step(fresh: Callable, cfg: Any, scaled: Any, steps: int, device: torch.device) -> Callable:
     """A builder of the engine's step: built when its variant is first warmed up, so one that fails to build
     is reported on its own."""
+
     def build() -> Callable:
         model = fresh()
         engine = Engine(model, cfg, scaled, 1, steps, make_loss(model, cfg.train.loss), device)
         return lambda x, y: engine.train_step(x, y)
+
     return build
 
 
@@ -145,7 +180,11 @@ def _deepspeed_bf16_step(model: torch.nn.Module, cfg: Any, scaled: Any, steps: i
 
     from action_launch.training.engine import deepspeed_config
 
-    ds_cfg = {**deepspeed_config(cfg.train, cfg.optim, 1), "torch_autocast": {"enabled": False}, "bf16": {"enabled": True}}
+    ds_cfg = {
+        **deepspeed_config(cfg.train, cfg.optim, 1),
+        "torch_autocast": {"enabled": False},
+        "bf16": {"enabled": True},
+    }
     optimizer = build_optimizer(parameter_groups(model, cfg.optim.weight_decay), cfg.optim, scaled.lr, device)
     ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
     loss_fn = make_loss(model, cfg.train.loss)
@@ -154,11 +193,13 @@ def _deepspeed_bf16_step(model: torch.nn.Module, cfg: Any, scaled: Any, steps: i
         loss = loss_fn(ds(x.to(torch.bfloat16)), y)
         ds.backward(loss)
         ds.step()
+
     return step
 
 
-def prepared_data(data: Optional[DataConfig], tiny: bool, args: argparse.Namespace, folder: str,
-                  made: Dict[Tuple, str]) -> Optional[Tuple[DataConfig, str]]:
+def prepared_data(
+    data: Optional[DataConfig], tiny: bool, args: argparse.Namespace, folder: str, made: Dict[Tuple, str]
+) -> Optional[Tuple[DataConfig, str]]:
     """The recipe's `data:` section pointed at generated videos prepared by `datasets.prepare` for it (see the
     module docstring) and a few words on them; None for a preset that decodes no video. `made` maps what was
     already generated or prepared in `folder` to its folder, so presets with the same needs share their videos."""
@@ -181,17 +222,32 @@ def prepared_data(data: Optional[DataConfig], tiny: bool, args: argparse.Namespa
         kind = "frames_" + re.sub(r"\W", "", opts.template) if raw else "video"  # one folder per template
         out = os.path.join(folder, f"prepared_{side}_{frames}_{kind}")
         start = time.perf_counter()
-        report = prepare_list(os.path.join(made[key], "train.txt"), out, opts,
-                              workers=min(os.cpu_count() or 1, args.data_videos), progress=False)
+        report = prepare_list(
+            os.path.join(made[key], "train.txt"),
+            out,
+            opts,
+            workers=min(os.cpu_count() or 1, args.data_videos),
+            progress=False,
+        )
         if report.failed:
             raise RuntimeError(f"datasets.prepare failed on {report.failed[0][1]}: {report.failed[0][2]}")
-        print(f"data: {args.data_videos} videos of {frames} frames, {side}x{side}, prepared as "
-              f"{'JPEG folders' if raw else 'H.264 (gop 16, fastdecode)'} in {time.perf_counter() - start:.1f}s: {out}",
-              file=sys.stderr, flush=True)
+        print(
+            f"data: {args.data_videos} videos of {frames} frames, {side}x{side}, prepared as "
+            f"{'JPEG folders' if raw else 'H.264 (gop 16, fastdecode)'} in {time.perf_counter() - start:.1f}s: {out}",
+            file=sys.stderr,
+            flush=True,
+        )
         made[out_key] = out
-    cfg = dataclasses.replace(data, root=made[out_key], train_list="train.txt", separator=" ", path_prefix="",
-                              list_format="rawframes" if raw else "video", bad_files_log=None,
-                              **({"frame_start_index": 1} if raw else {}))
+    cfg = dataclasses.replace(
+        data,
+        root=made[out_key],
+        train_list="train.txt",
+        separator=" ",
+        path_prefix="",
+        list_format="rawframes" if raw else "video",
+        bad_files_log=None,
+        **({"frame_start_index": 1} if raw else {}),
+    )
     return cfg, f"{args.data_videos} {'JPEG folders' if raw else 'videos'}, {side}x{side}, {frames} frames"
 
 
@@ -216,13 +272,22 @@ def _batch(model: torch.nn.Module, preset: str, batch: int, data: Any, device: t
     with torch.no_grad():
         out = model.eval()(x[:1])
     logits = out["logits"] if isinstance(out, dict) else out
-    y = (torch.randn(batch, *logits.shape[1:], device=device) if regression
-         else torch.randint(0, logits.shape[-1], (batch,), device=device))
+    y = (
+        torch.randn(batch, *logits.shape[1:], device=device)
+        if regression
+        else torch.randint(0, logits.shape[-1], (batch,), device=device)
+    )
     return shape, x, y, regression
 
 
-def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, data: Any, config: str,
-                 prepared: Optional[Tuple[DataConfig, str]] = None) -> Dict[str, Any]:
+def bench_preset(
+    preset: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    data: Any,
+    config: str,
+    prepared: Optional[Tuple[DataConfig, str]] = None,
+) -> Dict[str, Any]:
     """Time every variant of `preset`, and one DataLoader worker's clips of `prepared` (the recipe's data on
     prepared videos; None: no video decode); a dict of the results (one JSON line)."""
     tiny = is_tiny(preset)
@@ -231,13 +296,19 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
     shape, x, y, regression = _batch(models.create(preset).to(device), preset, batch, data, device)
     fwd, bwd = count_flops(preset, shape, batch, regression)
     flops_per_clip = (fwd + bwd) / batch
-    row: Dict[str, Any] = {"preset": preset, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                           "precision": args.precision, "batch": batch, "input": list(shape), "config": config,
-                           "gflops_train_per_clip": round(flops_per_clip / 1e9, 3)}
+    row: Dict[str, Any] = {
+        "preset": preset,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": args.precision,
+        "batch": batch,
+        "input": list(shape),
+        "config": config,
+        "gflops_train_per_clip": round(flops_per_clip / 1e9, 3),
+    }
     try:
         frames = shape[1] if data is not None and data.dataset in VIDEO_DATASETS else None
         steps = _variants(preset, args, device, args.steps * (args.rounds + 1) + args.warmup, frames)
-    except Exception as err:  # noqa: BLE001 - one preset that cannot be built must not end the whole run
+    except Exception as err:
         row["error"] = f"{type(err).__name__}: {err}"[:300]
         return row
     times: Dict[str, List[float]] = {name: [] for name in steps}
@@ -250,7 +321,7 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
             for _ in range(args.warmup):
                 step(x, y)
             _sync(device)
-        except Exception as err:  # noqa: BLE001 - e.g. DeepSpeed's bf16 mode on a BatchNorm model
+        except Exception as err:
             row[f"{name}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
             times.pop(name)
             steps.pop(name)
@@ -290,8 +361,9 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
     return row
 
 
-def _data_contender(prepared: Optional[Tuple[DataConfig, str]], frames: int,
-                    row: Dict[str, Any]) -> Tuple[Any, List[float]]:
+def _data_contender(
+    prepared: Optional[Tuple[DataConfig, str]], frames: int, row: Dict[str, Any]
+) -> Tuple[Any, List[float]]:
     """The train dataset of `prepared` giving clips of `frames` frames (the model's: a preset that borrows a
     sibling's config may take more), warmed by one untimed clip of each video (page cache, first-use costs),
     and the list its rounds' times go to; (None, []) where there is none. Sets the row's data fields."""
@@ -303,13 +375,15 @@ def _data_contender(prepared: Optional[Tuple[DataConfig, str]], frames: int,
     try:
         dataset = datasets.build(dataclasses.replace(cfg, num_frames=frames), "train")
         _data_round(dataset, len(dataset), 0)
-    except Exception as err:  # noqa: BLE001 - reported in the row; the model's figures still count
+    except Exception as err:
         row["data_error"] = f"{type(err).__name__}: {err}"[:300]
         return None, []
     return dataset, []
 
 
-def _profile(step: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device, path: Path, steps: int = 5) -> None:
+def _profile(
+    step: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device, path: Path, steps: int = 5
+) -> None:
     """torch.profiler over `steps` steps: the operators by their own device time (CPU time on the CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -326,10 +400,16 @@ def _profile(step: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.dev
 def table(rows: List[Dict[str, Any]]) -> str:
     """A Markdown table: clips/s, MFU and the engine/plain ratio of each preset, then one data worker's clips/s
     and the workers that feed the engine (the recipe's data.num_workers in brackets)."""
-    names = [n for n in ("plain", "engine", "engine_compiled", "engine_channels_last", "deepspeed_bf16")
-             if any(f"{n}_clips_s" in r or f"{n}_error" in r for r in rows)]
-    head = ("| preset | batch | " + " | ".join(f"{n} clips/s (MFU)" for n in names)
-            + " | engine/plain | data clips/s per worker | workers to feed (recipe) |")
+    names = [
+        n
+        for n in ("plain", "engine", "engine_compiled", "engine_channels_last", "deepspeed_bf16")
+        if any(f"{n}_clips_s" in r or f"{n}_error" in r for r in rows)
+    ]
+    head = (
+        "| preset | batch | "
+        + " | ".join(f"{n} clips/s (MFU)" for n in names)
+        + " | engine/plain | data clips/s per worker | workers to feed (recipe) |"
+    )
     lines = [head, "|---|---:|" + "---:|" * (len(names) + 3)]
     for r in rows:
         cells = []
@@ -342,8 +422,11 @@ def table(rows: List[Dict[str, Any]]) -> str:
         data = r.get("data_clips_s_per_worker") or r.get("data_error", "-")[:40]
         feed = r.get("workers_to_feed")
         feed = "-" if feed is None else f"{feed} ({r['recipe_workers']})"
-        lines.append(f"| {r['preset']} | {r['batch']} | " + " | ".join(cells)
-                     + f" | {r.get('engine_vs_plain', '-')} | {data} | {feed} |")
+        lines.append(
+            f"| {r['preset']} | {r['batch']} | "
+            + " | ".join(cells)
+            + f" | {r.get('engine_vs_plain', '-')} | {data} | {feed} |"
+        )
     return "\n".join(lines)
 
 
@@ -364,10 +447,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data-videos", type=int, default=8, help="generated videos each data set is prepared from")
     parser.add_argument("--data-clips", type=int, default=16, help="clips one data worker decodes per timed round")
     parser.add_argument("--data-frames", type=int, help="frames per generated video (default 300; 48 for tiny presets)")
-    parser.add_argument("--data-size", type=int, help="side of the generated and prepared videos "
-                        "(default: the recipe's largest data.train_short_side)")
-    parser.add_argument("--data-dir", help="folder for the generated and prepared videos, kept and reused "
-                        "(default: a temporary one)")
+    parser.add_argument(
+        "--data-size",
+        type=int,
+        help="side of the generated and prepared videos (default: the recipe's largest data.train_short_side)",
+    )
+    parser.add_argument(
+        "--data-dir", help="folder for the generated and prepared videos, kept and reused (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -381,7 +468,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for preset in presets:  # before any model: prepare's worker processes fork from a process without CUDA
         try:
             data_sets[preset] = prepared_data(configs.get(preset, ("-", None))[1], is_tiny(preset), args, folder, made)
-        except Exception as err:  # noqa: BLE001 - reported in the preset's row
+        except Exception as err:
             data_sets[preset] = err
     configure_backends(deterministic=False)
     device = init_distributed(resolve_env())
@@ -401,8 +488,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 fh.write(line + "\n")
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(f"\n{rows[0]['device'] if rows else device}, {args.precision}, torch {torch.__version__}, "
-          f"{args.rounds} rounds x {args.steps} steps (median)")
+    print(
+        f"\n{rows[0]['device'] if rows else device}, {args.precision}, torch {torch.__version__}, "
+        f"{args.rounds} rounds x {args.steps} steps (median)"
+    )
     print(table(rows))
     if tmp:
         tmp.cleanup()

@@ -9,6 +9,7 @@ log), and job start -> first optimizer step (from the run's tracking journal). A
 `submit.py --dry-run` (target: under 2 s). Brings up `slurm/testcluster/cluster.sh` (root) if no
 controller answers; `--skip-cluster` times only the dry run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-TINY = ["experiment=bench", "model.name=timesformer_tiny", "model.num_classes=4", "model.num_frames=4",
-        "data.num_frames=4", "data.sampling_rate=6", "data.train_short_side=[32,36]", "data.test_short_side=32",
-        "data.crop_size=32", "data.num_workers=1", "optim.name=adamw", "optim.base_batch_size=8",
-        "train.epochs=1", "train.max_steps_per_epoch=2", "train.micro_batch_size=8", "train.log_every_steps=1"]
+TINY = [
+    "experiment=bench",
+    "model.name=timesformer_tiny",
+    "model.num_classes=4",
+    "model.num_frames=4",
+    "data.num_frames=4",
+    "data.sampling_rate=6",
+    "data.train_short_side=[32,36]",
+    "data.test_short_side=32",
+    "data.crop_size=32",
+    "data.num_workers=1",
+    "optim.name=adamw",
+    "optim.base_batch_size=8",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.micro_batch_size=8",
+    "train.log_every_steps=1",
+]
 
 
 def _env() -> dict:
@@ -43,8 +58,13 @@ def time_dry_run(repeats: int) -> list:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2"], cwd=REPO, env=_env(),
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2"],
+            cwd=REPO,
+            env=_env(),
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - start)
     return times
 
@@ -62,7 +82,7 @@ def ensure_cluster() -> None:
 def _job_start(log: Path) -> float:
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("submitit INFO (") and "Starting with" in line:
-            stamp = line[len("submitit INFO ("):].split(")")[0]
+            stamp = line[len("submitit INFO (") :].split(")")[0]
             return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     raise RuntimeError(f"no start line in {log}")
 
@@ -82,9 +102,23 @@ def _first_step(journal: Path) -> float | None:
 
 def time_submission(data: Path, out: Path, run: int) -> dict:
     spawn = time.time()
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--time", "00:10:00", *TINY, f"data.root={data}",
-                           f"output_dir={out}", f"name=run{run}"], cwd=REPO, env=_env(), capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/submit.py",
+            "--time",
+            "00:10:00",
+            *TINY,
+            f"data.root={data}",
+            f"output_dir={out}",
+            f"name=run{run}",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = next(li for li in proc.stdout.splitlines() if li.startswith("submitted job "))
     job_id, folder = line.split()[2], Path(line.split("run folder ", 1)[1])
     timing = json.loads((folder / "job.json").read_text())["timing"]
@@ -95,13 +129,15 @@ def time_submission(data: Path, out: Path, run: int) -> dict:
         time.sleep(0.2)
     start = _job_start(folder / f"{job_id}_0_log.out")
     subprocess.run(["scancel", job_id], capture_output=True)
-    return {"python start + imports + config check": timing["resolved"] - spawn,
-            "code snapshot": timing["snapshot_done"] - timing["resolved"],
-            "sbatch (submitit pickle + sbatch)": timing["submitted"] - timing["snapshot_done"],
-            "launcher total (invocation -> queued)": timing["submitted"] - spawn,
-            "queue wait": start - timing["submitted"],
-            "job start -> first step": first - start,
-            "total: invocation -> first step": first - spawn}
+    return {
+        "python start + imports + config check": timing["resolved"] - spawn,
+        "code snapshot": timing["snapshot_done"] - timing["resolved"],
+        "sbatch (submitit pickle + sbatch)": timing["submitted"] - timing["snapshot_done"],
+        "launcher total (invocation -> queued)": timing["submitted"] - spawn,
+        "queue wait": start - timing["submitted"],
+        "job start -> first step": first - start,
+        "total: invocation -> first step": first - spawn,
+    }
 
 
 def main() -> int:

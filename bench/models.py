@@ -19,6 +19,7 @@ the config's sizes:
 - video models: (3, T, S, S), T = the model's `num_frames` / `num_segments` (else `data.num_frames`),
   S = `data.crop_size` (no config: the preset's crop size, a ViT's own image size, else 224).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def preset_configs(root: Path = REPO / "configs") -> Dict[str, Tuple[str, DataCo
             name = (load_yaml_with_bases(path).get("model") or {}).get("name")
             if name and name not in found:
                 found[name] = (str(path.relative_to(root)), load_config(path).data)
-        except Exception:  # noqa: BLE001 - a broken config is not this benchmark's business
+        except Exception:
             continue
     for name in models.list_presets():
         if name not in found:
@@ -79,8 +80,13 @@ def clip_shape(model: nn.Module, preset: str, data: Optional[DataConfig], skelet
     """Input shape of one sample (no batch axis): the registry's `input_shape` with the config's sizes."""
     window = data.window_size if isinstance(data, SkeletonStreamConfig) else 0  # each from the kind that has it
     clip = data if isinstance(data, ClipConfig) else None
-    return input_shape(model, preset, window=window or skeleton_frames, frames=clip.num_frames if clip else None,
-                       crop_size=clip.crop_size if clip else None)
+    return input_shape(
+        model,
+        preset,
+        window=window or skeleton_frames,
+        frames=clip.num_frames if clip else None,
+        crop_size=clip.crop_size if clip else None,
+    )
 
 
 def _targets(outputs, batch: int, regression: bool) -> torch.Tensor:
@@ -121,8 +127,9 @@ class Result:
     config: str
 
 
-def bench_preset(preset: str, batch: int, iters: int, warmup: int, data: Optional[DataConfig],
-                 config: str, skeleton_frames: int) -> Result:
+def bench_preset(
+    preset: str, batch: int, iters: int, warmup: int, data: Optional[DataConfig], config: str, skeleton_frames: int
+) -> Result:
     """Build `preset`, count its FLOPs (meta device), then time `iters` forward + backward passes."""
     torch.manual_seed(0)
     model = models.create(preset).train()
@@ -143,8 +150,17 @@ def bench_preset(preset: str, batch: int, iters: int, warmup: int, data: Optiona
         loss_fn(model(x), y).backward()
     elapsed = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
-    return Result(preset, shape, batch, params, fwd / batch / 1e9, (fwd + bwd) / batch / 1e9,
-                  batch * iters / elapsed, elapsed / iters, config)
+    return Result(
+        preset,
+        shape,
+        batch,
+        params,
+        fwd / batch / 1e9,
+        (fwd + bwd) / batch / 1e9,
+        batch * iters / elapsed,
+        elapsed / iters,
+        config,
+    )
 
 
 def select(spec: str) -> List[str]:
@@ -160,11 +176,15 @@ def select(spec: str) -> List[str]:
 
 def table(results: List[Result]) -> str:
     """A Markdown table of the results."""
-    head = ("| preset | input per clip | from config | batch | params | GFLOPs fwd/clip | GFLOPs fwd+bwd/clip | clips/s "
-            "| s/iter |\n|---|---|---|---:|---:|---:|---:|---:|---:|")
-    rows = [f"| {r.preset} | {'x'.join(map(str, r.shape))} | {r.config} | {r.batch} | {r.params:,} | "
-            f"{_num(r.gflops_fwd)} | {_num(r.gflops_train)} | {_num(r.clips_per_s)} | {_num(r.s_per_iter)} |"
-            for r in results]
+    head = (
+        "| preset | input per clip | from config | batch | params | GFLOPs fwd/clip | GFLOPs fwd+bwd/clip | clips/s "
+        "| s/iter |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [
+        f"| {r.preset} | {'x'.join(map(str, r.shape))} | {r.config} | {r.batch} | {r.params:,} | "
+        f"{_num(r.gflops_fwd)} | {_num(r.gflops_train)} | {_num(r.clips_per_s)} | {_num(r.s_per_iter)} |"
+        for r in results
+    ]
     return "\n".join([head, *rows])
 
 
@@ -182,8 +202,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes before timing (tiny presets)")
     parser.add_argument("--paper-warmup", type=int, default=0, help="untimed passes before timing (paper presets)")
     parser.add_argument("--tiny-batch", type=int, default=8, help="batch of the tiny presets (paper presets: 1)")
-    parser.add_argument("--skeleton-frames", type=int, default=300,
-                        help="T of skeleton input when the config keeps the arrays' length (window_size 0)")
+    parser.add_argument(
+        "--skeleton-frames",
+        type=int,
+        default=300,
+        help="T of skeleton input when the config keeps the arrays' length (window_size 0)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -193,13 +217,26 @@ def main(argv=None) -> int:
     for name in select(args.presets):
         tiny = is_tiny(name)
         config, data = configs.get(name, (None, None))
-        result = bench_preset(name, args.tiny_batch if tiny else 1, args.iters, args.warmup if tiny else args.paper_warmup, data,
-                              config or "-", args.skeleton_frames)
+        result = bench_preset(
+            name,
+            args.tiny_batch if tiny else 1,
+            args.iters,
+            args.warmup if tiny else args.paper_warmup,
+            data,
+            config or "-",
+            args.skeleton_frames,
+        )
         results.append(result)
-        print(f"{name}: {result.clips_per_s:.3g} clips/s ({result.s_per_iter:.3g} s/iter, input "
-              f"{'x'.join(map(str, result.shape))} from {result.config})", file=sys.stderr, flush=True)
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, forward + backward, "
-          f"{args.iters} timed iterations each")
+        print(
+            f"{name}: {result.clips_per_s:.3g} clips/s ({result.s_per_iter:.3g} s/iter, input "
+            f"{'x'.join(map(str, result.shape))} from {result.config})",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, forward + backward, "
+        f"{args.iters} timed iterations each"
+    )
     print(table(results))
     return 0
 

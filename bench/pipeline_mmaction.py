@@ -27,6 +27,7 @@ seeded global generators with every draw recorded (`DrawRecorder`) and replayed 
 (`ReplayGenerator`), which must use them all; their rows also give upstream's crop box as drawn and whether
 `mmcv.imcrop` clipped it (`crop_clipped`: RandomResizedCrop's width/height mix-up at work).
 """
+
 from __future__ import annotations
 
 import collections
@@ -39,9 +40,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
+import pipeline_common as common
 import torch
 
-import pipeline_common as common
 from action_launch.datasets import DataConfig, build
 from action_launch.datasets.protocols import Source
 from action_launch.datasets.rawframes import frame_path, load_image
@@ -125,15 +126,29 @@ def our_config(args: Dict[str, Any], listing: Path) -> DataConfig:
         raise ValueError("data.color_jitter is MMAction's color_jitter with color_space_aug; these arguments set one")
     norm = args["img_norm_cfg"]
     dense = args["new_length"] > 1
-    return DataConfig(dataset="rawframes", list_format="rawframes", root=str(listing.parent),
-                      train_list=str(listing), val_list=str(listing), frame_template=args["image_tmpl"],
-                      frame_start_index=1, protocol="mmaction", sampling="dense" if dense else "segment",
-                      num_frames=args["new_length"] if dense else args["num_segments"],
-                      sampling_rate=args["new_step"], test_short_side=args["img_scale"], crop_size=args["input_size"],
-                      test_crop_size=args["input_size"], flip=args["flip_ratio"] > 0,
-                      color_jitter=bool(args.get("color_jitter")), mean=[m / 255 for m in norm["mean"]],
-                      std=[s / 255 for s in norm["std"]], channel_order="rgb" if norm["to_rgb"] else "bgr",
-                      test_num_crops=OVERSAMPLE_CROPS[args.get("oversample")], num_workers=0)
+    return DataConfig(
+        dataset="rawframes",
+        list_format="rawframes",
+        root=str(listing.parent),
+        train_list=str(listing),
+        val_list=str(listing),
+        frame_template=args["image_tmpl"],
+        frame_start_index=1,
+        protocol="mmaction",
+        sampling="dense" if dense else "segment",
+        num_frames=args["new_length"] if dense else args["num_segments"],
+        sampling_rate=args["new_step"],
+        test_short_side=args["img_scale"],
+        crop_size=args["input_size"],
+        test_crop_size=args["input_size"],
+        flip=args["flip_ratio"] > 0,
+        color_jitter=bool(args.get("color_jitter")),
+        mean=[m / 255 for m in norm["mean"]],
+        std=[s / 255 for s in norm["std"]],
+        channel_order="rgb" if norm["to_rgb"] else "bgr",
+        test_num_crops=OVERSAMPLE_CROPS[args.get("oversample")],
+        num_workers=0,
+    )
 
 
 def _spy_loads(theirs: Any) -> List[int]:
@@ -204,8 +219,9 @@ def _crop(data: Dict[str, Any], frames: Frames, draws: Sequence[Any]) -> Dict[st
     return {"crop_box": box, "crop_clipped": box[2] >= width or box[3] >= height, "draws": len(draws)}
 
 
-def compare(up: Upstream, args: Dict[str, Any], listing: Path, split: str,
-            seeds: Sequence[int] = (0,)) -> List[Dict[str, Any]]:
+def compare(
+    up: Upstream, args: Dict[str, Any], listing: Path, split: str, seeds: Sequence[int] = (0,)
+) -> List[Dict[str, Any]]:
     """Upstream's RawFramesDataset with `args` against our `split` from the same settings, per video and seed."""
     theirs = up.dataset(args, listing)
     ours = build(our_config(args, listing), split)
@@ -231,12 +247,17 @@ def compare(up: Upstream, args: Dict[str, Any], listing: Path, split: str,
             frames = Frames(up.mmcv, item.path, cfg.frame_template)
             alone = _protocol_only(ours, split, i, frames, draws)
             axis = 1 if split == "test" else 0
-            rows.append({"video": Path(item.path).name + (f" seed {seed}" if split == "train" else ""),
-                         "indices_equal": loaded == [j + 1 for j in read],
-                         "max_pixel_diff": common.pixel_diff(clip, their_input, cfg.mean, cfg.std, axis),
-                         "protocol_diff": common.pixel_diff(alone, their_input, cfg.mean, cfg.std, axis),
-                         "decode_diff": frames.decode_diff(), "shape": list(their_input.shape),
-                         **(_crop(data, frames, draws) if split == "train" else {})})
+            rows.append(
+                {
+                    "video": Path(item.path).name + (f" seed {seed}" if split == "train" else ""),
+                    "indices_equal": loaded == [j + 1 for j in read],
+                    "max_pixel_diff": common.pixel_diff(clip, their_input, cfg.mean, cfg.std, axis),
+                    "protocol_diff": common.pixel_diff(alone, their_input, cfg.mean, cfg.std, axis),
+                    "decode_diff": frames.decode_diff(),
+                    "shape": list(their_input.shape),
+                    **(_crop(data, frames, draws) if split == "train" else {}),
+                }
+            )
     return rows
 
 
@@ -251,16 +272,24 @@ def run(upstream: Path, workdir: Path, mmcv: Path) -> Iterator[Dict[str, Any]]:
     yield common.summary("mmaction st_abn_32 test (centre crop)", compare(up, test, listing, "test"))
     yield common.summary("mmaction st_abn_32 val", compare(up, segments["val"], listing, "val"))
     # test_recognizer.py pools 8x8 features for three_crop: 256-pixel crops, the short side whole
-    yield common.summary("mmaction st_abn_32 test three_crop 256", compare(
-        up, {**test, "oversample": "three_crop", "input_size": 256}, listing, "test"))
-    yield common.summary("mmaction st_abn_32 test ten_crop", compare(up, {**test, "oversample": "ten_crop"}, listing,
-                                                                     "test"))
-    yield common.summary("mmaction st_abn_32 train without colour jitter", compare(up, no_jitter, listing, "train",
-                                                                                   SEEDS))
-    yield common.summary("mmaction st_abn_32 train (colour jitter, as configured)",
-                         compare(up, segments["train"], listing, "train", SEEDS))
-    yield common.summary("mmaction st_abn_32_2 dense test", compare(up, {**dense["val"], "test_mode": True}, listing,
-                                                                    "test"))
+    yield common.summary(
+        "mmaction st_abn_32 test three_crop 256",
+        compare(up, {**test, "oversample": "three_crop", "input_size": 256}, listing, "test"),
+    )
+    yield common.summary(
+        "mmaction st_abn_32 test ten_crop", compare(up, {**test, "oversample": "ten_crop"}, listing, "test")
+    )
+    yield common.summary(
+        "mmaction st_abn_32 train without colour jitter", compare(up, no_jitter, listing, "train", SEEDS)
+    )
+    yield common.summary(
+        "mmaction st_abn_32 train (colour jitter, as configured)",
+        compare(up, segments["train"], listing, "train", SEEDS),
+    )
+    yield common.summary(
+        "mmaction st_abn_32_2 dense test", compare(up, {**dense["val"], "test_mode": True}, listing, "test")
+    )
     yield common.summary("mmaction st_abn_32_2 dense val", compare(up, dense["val"], listing, "val"))
-    yield common.summary("mmaction st_abn_32_2 dense train (colour jitter)", compare(up, dense["train"], listing,
-                                                                                     "train", SEEDS))
+    yield common.summary(
+        "mmaction st_abn_32_2 dense train (colour jitter)", compare(up, dense["train"], listing, "train", SEEDS)
+    )

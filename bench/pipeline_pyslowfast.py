@@ -19,6 +19,7 @@ Per video: whether the frame indices are equal (upstream's are recorded by spies
 `temporal_sampling` and `retry_load_images`, which call the originals) and the largest pixel difference (0-255
 units, normalisation undone) over every view. Upstream imports as it is: no shim is needed on torch 2 / numpy 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
+import pipeline_common as common
 import torch
 
-import pipeline_common as common
 from action_launch.datasets import DataConfig, build
 
 KINETICS_YAML = "configs/Kinetics/TimeSformer_divST_8x32_224.yaml"
@@ -100,17 +101,36 @@ def ours_config(cfg: Any, root: Path, segment: bool) -> DataConfig:
     one_kinetics_crop = t.NUM_SPATIAL_CROPS == 1 and not segment
     base = dict(dataset="video", list_format="video", channel_order="rgb")
     if segment:
-        base = dict(dataset="rawframes", list_format="rawframes", frame_template=TEMPLATE, frame_start_index=1,
-                    channel_order="bgr")
+        base = dict(
+            dataset="rawframes",
+            list_format="rawframes",
+            frame_template=TEMPLATE,
+            frame_start_index=1,
+            channel_order="bgr",
+        )
     return DataConfig(
-        **base, protocol="pyslowfast", root=str(root), train_list="train.txt", val_list="test.txt",
-        sampling="segment" if segment else "dense", num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE,
-        target_fps=float(d.TARGET_FPS), train_short_side=list(d.TRAIN_JITTER_SCALES), crop_size=d.TRAIN_CROP_SIZE,
+        **base,
+        protocol="pyslowfast",
+        root=str(root),
+        train_list="train.txt",
+        val_list="test.txt",
+        sampling="segment" if segment else "dense",
+        num_frames=d.NUM_FRAMES,
+        sampling_rate=d.SAMPLING_RATE,
+        target_fps=float(d.TARGET_FPS),
+        train_short_side=list(d.TRAIN_JITTER_SCALES),
+        crop_size=d.TRAIN_CROP_SIZE,
         test_crop_size=d.TEST_CROP_SIZE,
         test_short_side=d.TRAIN_JITTER_SCALES[0] if one_kinetics_crop else d.TEST_CROP_SIZE,
-        scale_sampling="inverse_uniform" if d.INV_UNIFORM_SAMPLE else "uniform", flip=d.RANDOM_FLIP,
-        mean=list(d.MEAN), std=list(d.STD), test_num_clips=t.NUM_ENSEMBLE_VIEWS, test_num_crops=t.NUM_SPATIAL_CROPS,
-        num_workers=0, check_files="never")
+        scale_sampling="inverse_uniform" if d.INV_UNIFORM_SAMPLE else "uniform",
+        flip=d.RANDOM_FLIP,
+        mean=list(d.MEAN),
+        std=list(d.STD),
+        test_num_clips=t.NUM_ENSEMBLE_VIEWS,
+        test_num_crops=t.NUM_SPATIAL_CROPS,
+        num_workers=0,
+        check_files="never",
+    )
 
 
 def kinetics_lists(videos: Sequence[Path], folder: Path) -> Path:
@@ -130,8 +150,11 @@ def ssv2_lists(listing: Path, folder: Path) -> Path:
     (folder / "something-something-v2-labels.json").write_text(json.dumps(templates))
     entries = [{"id": Path(path).name, "template": f"class {label}"} for path, _, label in rows]
     frames = ["original_vido_id video_id frame_id path labels"]
-    frames += [f"{Path(path).name} {i} {k} {Path(path) / TEMPLATE.format(k + 1)} \"\""
-               for i, (path, n, _) in enumerate(rows) for k in range(int(n))]
+    frames += [
+        f'{Path(path).name} {i} {k} {Path(path) / TEMPLATE.format(k + 1)} ""'
+        for i, (path, n, _) in enumerate(rows)
+        for k in range(int(n))
+    ]
     for split, csv in (("train", "train"), ("validation", "val")):
         (folder / f"something-something-v2-{split}.json").write_text(json.dumps(entries))
         (folder / f"{csv}.csv").write_text("\n".join(frames) + "\n")
@@ -184,8 +207,9 @@ class Recorder:
         return spy
 
 
-def compare_test(theirs_cls: type, cfg: Any, ours_cfg: DataConfig, names: Sequence[str],
-                 indices_of: Callable[[int], List[int]]) -> List[Dict[str, Any]]:
+def compare_test(
+    theirs_cls: type, cfg: Any, ours_cfg: DataConfig, names: Sequence[str], indices_of: Callable[[int], List[int]]
+) -> List[Dict[str, Any]]:
     """Per video: upstream's test dataset (one item per view) against our test split (all views of a video)."""
     theirs = theirs_cls(cfg, "test")
     ours = build(ours_cfg, "test")
@@ -198,13 +222,26 @@ def compare_test(theirs_cls: type, cfg: Any, ours_cfg: DataConfig, names: Sequen
             clip, their_label, _, _ = theirs[i * len(views) + v]
             equal &= indices_of(i) == recorder.indices[v // crops].tolist() and their_label == label
             diff = max(diff, common.pixel_diff(views[v], clip, cfg.DATA.MEAN, cfg.DATA.STD))
-        rows.append({"video": name, "indices_equal": bool(equal), "max_pixel_diff": diff, "views": len(views),
-                     "indices": recorder.indices.tolist()})
+        rows.append(
+            {
+                "video": name,
+                "indices_equal": bool(equal),
+                "max_pixel_diff": diff,
+                "views": len(views),
+                "indices": recorder.indices.tolist(),
+            }
+        )
     return rows
 
 
-def compare_train(theirs_cls: type, cfg: Any, ours_cfg: DataConfig, names: Sequence[str],
-                  indices_of: Callable[[int], List[int]], seeds: Sequence[int] = SEEDS) -> List[Dict[str, Any]]:
+def compare_train(
+    theirs_cls: type,
+    cfg: Any,
+    ours_cfg: DataConfig,
+    names: Sequence[str],
+    indices_of: Callable[[int], List[int]],
+    seeds: Sequence[int] = SEEDS,
+) -> List[Dict[str, Any]]:
     """Per video and seed: upstream's training sample with its draws recorded, and ours from those draws."""
     theirs = theirs_cls(cfg, "train")
     ours = build(ours_cfg, "train")
@@ -225,8 +262,9 @@ def compare_train(theirs_cls: type, cfg: Any, ours_cfg: DataConfig, names: Seque
     return rows
 
 
-def kinetics_checks(up: Upstream, videos: Sequence[Path], folder: Path, label: str,
-                    views: Sequence[Tuple[int, int]]) -> Iterator[Dict[str, Any]]:
+def kinetics_checks(
+    up: Upstream, videos: Sequence[Path], folder: Path, label: str, views: Sequence[Tuple[int, int]]
+) -> Iterator[Dict[str, Any]]:
     """The Kinetics settings on `videos`: test views `(clips, crops)` each, then training samples."""
     data = kinetics_lists(videos, folder)
     index = {i: pts_index(v) for i, v in enumerate(videos)}
@@ -254,10 +292,14 @@ def ssv2_checks(up: Upstream, videos: Sequence[Path], workdir: Path) -> Iterator
         return up.ssv2_indices()
 
     cfg = up.config(SSV2_YAML, data)
-    yield common.summary("pyslowfast ssv2 test 1x3 frame folders",
-                         compare_test(up.Ssv2, cfg, ours_config(cfg, data, segment=True), names, ssv2))
-    yield common.summary(f"pyslowfast ssv2 train seeds {list(SEEDS)} frame folders",
-                         compare_train(up.Ssv2, cfg, ours_config(cfg, data, segment=True), names, ssv2))
+    yield common.summary(
+        "pyslowfast ssv2 test 1x3 frame folders",
+        compare_test(up.Ssv2, cfg, ours_config(cfg, data, segment=True), names, ssv2),
+    )
+    yield common.summary(
+        f"pyslowfast ssv2 train seeds {list(SEEDS)} frame folders",
+        compare_train(up.Ssv2, cfg, ours_config(cfg, data, segment=True), names, ssv2),
+    )
 
 
 def run(upstream: Path, workdir: Path) -> Iterator[Dict[str, Any]]:

@@ -14,6 +14,7 @@
 
 Each yields one JSON-able line per setting: samples compared, shapes equal, the largest absolute difference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,6 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import yaml
-
 from pipeline_common import upstream_on_path
 
 from action_launch.config import load_config
@@ -40,7 +40,7 @@ def _skeletons(rng: np.random.Generator, n: int, joints: int, people: int, frame
     other sample without its second person (as NTU's single-actor samples)."""
     x = rng.normal(0, 0.5, (n, 3, frames, joints, people)).astype(np.float32)
     for i in range(n):
-        x[i, :, int(rng.integers(frames // 8, frames + 1)):] = 0
+        x[i, :, int(rng.integers(frames // 8, frames + 1)) :] = 0
         if people > 1 and i % 2:
             x[i, ..., 1:] = 0
     return x
@@ -75,8 +75,10 @@ def _compare(theirs: Any, ours: Any, pick=lambda sample: sample[0]) -> Tuple[boo
 def run_msg3d(upstream: Path, workdir: Path, samples: int = 6) -> Iterator[Dict[str, Any]]:
     """The MS-G3D comparisons of the module docstring."""
     rng = np.random.default_rng(0)
-    layouts = (("ntu", "ntu/xsub", 25, "nturgbd-cross-subject", "ntu-rgb+d"),
-               ("kinetics", "kinetics", 18, "kinetics-skeleton", "kinetics"))
+    layouts = (
+        ("ntu", "ntu/xsub", 25, "nturgbd-cross-subject", "ntu-rgb+d"),
+        ("kinetics", "kinetics", 18, "kinetics-skeleton", "kinetics"),
+    )
     for dataset, benchmark, joints, config_dir, graph in layouts:
         folder = workdir / "data" / benchmark
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,8 +87,12 @@ def run_msg3d(upstream: Path, workdir: Path, samples: int = 6) -> Iterator[Dict[
             _write_split(folder, part, _skeletons(rng, samples, joints, 2), labels)
         # gen_bone_data.py reads ../data/<benchmark>/ from its working folder, as its README runs it
         (workdir / "data_gen").mkdir(exist_ok=True)
-        subprocess.run([sys.executable, str(upstream / "data_gen" / "gen_bone_data.py"), "--dataset", dataset],
-                       cwd=workdir / "data_gen", check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(upstream / "data_gen" / "gen_bone_data.py"), "--dataset", dataset],
+            cwd=workdir / "data_gen",
+            check=True,
+            capture_output=True,
+        )
         with upstream_on_path(upstream):
             from feeders.feeder import Feeder
 
@@ -94,18 +100,32 @@ def run_msg3d(upstream: Path, workdir: Path, samples: int = 6) -> Iterator[Dict[
                 for part, which, split in (("train", "train_feeder_args", "train"), ("val", "test_feeder_args", "val")):
                     phase = "train" if part == "train" else "test"
                     args = _feeder_args(upstream, f"config/{config_dir}/{phase}_{stream}.yaml", which)
-                    theirs = Feeder(str(folder / f"{part}_data_{stream}.npy"), str(folder / f"{part}_label.pkl"),
-                                    **args)
-                    cfg = load_config(REPO / "configs/msg3d/ntu60_xsub_joint.yaml", [
-                        f"data.root={folder}", f"data.graph={graph}", f"data.skeleton_stream={stream}",
-                        "data.train_data=train_data_joint.npy", "data.val_data=val_data_joint.npy"])
+                    theirs = Feeder(
+                        str(folder / f"{part}_data_{stream}.npy"), str(folder / f"{part}_label.pkl"), **args
+                    )
+                    cfg = load_config(
+                        REPO / "configs/msg3d/ntu60_xsub_joint.yaml",
+                        [
+                            f"data.root={folder}",
+                            f"data.graph={graph}",
+                            f"data.skeleton_stream={stream}",
+                            "data.train_data=train_data_joint.npy",
+                            "data.val_data=val_data_joint.npy",
+                        ],
+                    )
                     same, worst = _compare(theirs, build(cfg.data, split))
-                    yield {"check": f"msg3d {dataset} {stream} {split}", "feeder_args": args, "samples": samples,
-                           "shapes_equal": same, "max_abs_diff": worst}
+                    yield {
+                        "check": f"msg3d {dataset} {stream} {split}",
+                        "feeder_args": args,
+                        "samples": samples,
+                        "shapes_equal": same,
+                        "max_abs_diff": worst,
+                    }
 
 
-def run_personality(upstream: Path, workdir: Path, participants: int = 4, chunks: int = 3,
-                    frames: int = 64) -> Iterator[Dict[str, Any]]:
+def run_personality(
+    upstream: Path, workdir: Path, participants: int = 4, chunks: int = 3, frames: int = 64
+) -> Iterator[Dict[str, Any]]:
     """The personality comparison of the module docstring."""
     rng = np.random.default_rng(1)
     n = participants * chunks
@@ -126,24 +146,41 @@ def run_personality(upstream: Path, workdir: Path, participants: int = 4, chunks
         from feeders.feeder import Feeder
 
         args = _feeder_args(upstream, "config/personality/train_joint_laban.yaml", "train_feeder_args")
-        theirs = Feeder(-1, str(folder / "X_train_processed.npy"), str(folder / "y_train.npy"),
-                        str(folder / "X_train_laban.npy"), str(folder / "info_train.npy"), **args)
+        theirs = Feeder(
+            -1,
+            str(folder / "X_train_processed.npy"),
+            str(folder / "y_train.npy"),
+            str(folder / "X_train_laban.npy"),
+            str(folder / "info_train.npy"),
+            **args,
+        )
     ours_root = workdir / "ours"
     ours_root.mkdir(exist_ok=True)
     np.save(ours_root / "train_data.npy", xyz.transpose(0, 3, 1, 2)[..., None])
     names = [f"{p}_{c}" for p in range(participants) for c in range(chunks)]
     with open(ours_root / "train_label.pkl", "wb") as f:
         pickle.dump((names, [0] * n), f)
-    (ours_root / "big_five.csv").write_text("participant,openness,conscientiousness,extraversion,agreeableness,"
-                                            "neuroticism\n" + "".join(f"{p}," + ",".join(map(str, t)) + "\n"
-                                                                      for p, t in enumerate(traits)))
+    (ours_root / "big_five.csv").write_text(
+        "participant,openness,conscientiousness,extraversion,agreeableness,"
+        "neuroticism\n" + "".join(f"{p}," + ",".join(map(str, t)) + "\n" for p, t in enumerate(traits))
+    )
     cfg = load_config(REPO / "configs/msg3d/personality_udiva_authors.yaml", [f"data.root={ours_root}"])
     ours = build(cfg.data, "train")
     xyz_same, xyz_worst = _compare([(theirs.data[i],) for i in range(n)], ours, lambda s: s[0][:3])
     laban_same, laban_worst = _compare([(theirs.laban[i],) for i in range(n)], ours, lambda s: s[0][3:])
     target_worst = max(float(np.abs(theirs.label[i] - ours[i][1].numpy()).max()) for i in range(n))
-    yield {"check": "personality xyz", "feeder_args": args, "samples": n, "shapes_equal": xyz_same,
-           "max_abs_diff": xyz_worst}
-    yield {"check": "personality laban (their preprocess_personality.py vs ours on the fly)", "samples": n,
-           "shapes_equal": laban_same, "max_abs_diff": laban_worst, "max_abs_laban": float(np.abs(theirs.laban).max())}
+    yield {
+        "check": "personality xyz",
+        "feeder_args": args,
+        "samples": n,
+        "shapes_equal": xyz_same,
+        "max_abs_diff": xyz_worst,
+    }
+    yield {
+        "check": "personality laban (their preprocess_personality.py vs ours on the fly)",
+        "samples": n,
+        "shapes_equal": laban_same,
+        "max_abs_diff": laban_worst,
+        "max_abs_laban": float(np.abs(theirs.laban).max()),
+    }
     yield {"check": "personality targets", "samples": n, "max_abs_diff": target_worst}

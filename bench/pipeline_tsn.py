@@ -18,6 +18,7 @@ Two frame folder sets: the videos' own sizes (the test scaling shrinks 1280x720 
 and short side 256, as TSM's Something-Something extraction stores them (the multi-scale crop's sides then snap
 to 224, and the test scaling leaves landscape frames as they are).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,19 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
-
-from pipeline_common import (DYREG_ARGS, DrawRecorder, ReplayGenerator, frame_folders, import_torchvision,
-                             pixel_diff, real_videos, seeded, summary, upstream_on_path, upstream_site)
+from pipeline_common import (
+    DYREG_ARGS,
+    DrawRecorder,
+    ReplayGenerator,
+    frame_folders,
+    import_torchvision,
+    pixel_diff,
+    real_videos,
+    seeded,
+    summary,
+    upstream_on_path,
+    upstream_site,
+)
 
 from action_launch.datasets import DataConfig, build
 
@@ -56,8 +67,9 @@ def load_upstream(checkout: Path) -> types.SimpleNamespace:
             modules = {name: importlib.import_module(f"ops.{name}") for name in ("dataset", "transforms", "models")}
     finally:
         sys.argv = argv
-    return types.SimpleNamespace(kind=kind, dataset=modules["dataset"], transforms=modules["transforms"],
-                                 model=modules["models"].TSN)
+    return types.SimpleNamespace(
+        kind=kind, dataset=modules["dataset"], transforms=modules["transforms"], model=modules["models"].TSN
+    )
 
 
 def _model_view() -> types.SimpleNamespace:
@@ -70,8 +82,9 @@ def _compose(up: types.SimpleNamespace, first: List[Any]) -> Any:
     import torchvision
 
     t = up.transforms
-    return torchvision.transforms.Compose([*first, t.Stack(roll=False), t.ToTorchFormatTensor(div=True),
-                                           t.GroupNormalize(MEAN, STD)])
+    return torchvision.transforms.Compose(
+        [*first, t.Stack(roll=False), t.ToTorchFormatTensor(div=True), t.GroupNormalize(MEAN, STD)]
+    )
 
 
 def _test_cropping(up: types.SimpleNamespace, crops: int, full_res: bool) -> Any:
@@ -101,16 +114,37 @@ def _augmentation(up: types.SimpleNamespace, flip: bool) -> List[Any]:
 def _their_dataset(up: types.SimpleNamespace, listing: Path, segments: int, first: List[Any], **kwargs: Any) -> Any:
     """Upstream's TSNDataSet of RGB frames, one per segment, with `first` and the scripts' tail as its transform."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return up.dataset.TSNDataSet("", str(listing), num_segments=segments, new_length=1, modality="RGB",
-                                     image_tmpl=TEMPLATE, transform=_compose(up, first), **kwargs)
+        return up.dataset.TSNDataSet(
+            "",
+            str(listing),
+            num_segments=segments,
+            new_length=1,
+            modality="RGB",
+            image_tmpl=TEMPLATE,
+            transform=_compose(up, first),
+            **kwargs,
+        )
 
 
 def _our_dataset(listing: Path, split: str, segments: int, **kwargs: Any) -> Any:
     """Our RawFrameDataset of `split` on the same list, `data.protocol=tsn`."""
-    cfg = DataConfig(dataset="rawframes", list_format="rawframes", root=str(listing.parent), train_list=str(listing),
-                     val_list=str(listing), frame_template=TEMPLATE, frame_start_index=1, protocol="tsn",
-                     num_frames=segments, crop_size=INPUT_SIZE, test_short_side=SCALE_SIZE, mean=MEAN,
-                     std=STD, num_workers=0, **kwargs)
+    cfg = DataConfig(
+        dataset="rawframes",
+        list_format="rawframes",
+        root=str(listing.parent),
+        train_list=str(listing),
+        val_list=str(listing),
+        frame_template=TEMPLATE,
+        frame_start_index=1,
+        protocol="tsn",
+        num_frames=segments,
+        crop_size=INPUT_SIZE,
+        test_short_side=SCALE_SIZE,
+        mean=MEAN,
+        std=STD,
+        num_workers=0,
+        **kwargs,
+    )
     return build(cfg, split)
 
 
@@ -165,11 +199,23 @@ def _their_input(up: types.SimpleNamespace, item: tuple) -> torch.Tensor:
     return item[1] if up.kind == "dyreg" else item[0]
 
 
-def _row(video: str, ours_seen: Sequence[np.ndarray], theirs_seen: Sequence[np.ndarray], ours: torch.Tensor,
-         theirs: torch.Tensor, channel_axis: int, **extra: Any) -> Dict[str, Any]:
+def _row(
+    video: str,
+    ours_seen: Sequence[np.ndarray],
+    theirs_seen: Sequence[np.ndarray],
+    ours: torch.Tensor,
+    theirs: torch.Tensor,
+    channel_axis: int,
+    **extra: Any,
+) -> Dict[str, Any]:
     equal = len(ours_seen) == len(theirs_seen) == 1 and np.array_equal(ours_seen[0], theirs_seen[0])
-    return {"video": video, "indices_equal": bool(equal), "max_pixel_diff": pixel_diff(ours, theirs, MEAN, STD,
-            channel_axis), "bit_equal": bool(torch.equal(ours, theirs)), **extra}
+    return {
+        "video": video,
+        "indices_equal": bool(equal),
+        "max_pixel_diff": pixel_diff(ours, theirs, MEAN, STD, channel_axis),
+        "bit_equal": bool(torch.equal(ours, theirs)),
+        **extra,
+    }
 
 
 def _name(dataset: Any, i: int) -> str:
@@ -177,13 +223,29 @@ def _name(dataset: Any, i: int) -> str:
     return Path(dataset.items[i].path).name
 
 
-def compare_test(up: types.SimpleNamespace, listing: Path, segments: int, clips: int, crops: int, full_res: bool,
-                 dense: bool = False) -> List[Dict[str, Any]]:
+def compare_test(
+    up: types.SimpleNamespace, listing: Path, segments: int, clips: int, crops: int, full_res: bool, dense: bool = False
+) -> List[Dict[str, Any]]:
     """test_models.py's input against our `test` split, per video."""
-    theirs = _their_dataset(up, listing, segments, _test_cropping(up, crops, full_res), test_mode=True,
-                            remove_missing=True, dense_sample=dense, twice_sample=clips == 2)
-    ours = _our_dataset(listing, "test", segments, sampling="dense" if dense else "segment", test_num_clips=clips,
-                        test_num_crops=crops, test_crop_size=SCALE_SIZE if full_res else None)
+    theirs = _their_dataset(
+        up,
+        listing,
+        segments,
+        _test_cropping(up, crops, full_res),
+        test_mode=True,
+        remove_missing=True,
+        dense_sample=dense,
+        twice_sample=clips == 2,
+    )
+    ours = _our_dataset(
+        listing,
+        "test",
+        segments,
+        sampling="dense" if dense else "segment",
+        test_num_clips=clips,
+        test_num_crops=crops,
+        test_crop_size=SCALE_SIZE if full_res else None,
+    )
     assert len(theirs) == len(ours), "TSNDataSet dropped list entries"
 
     def layout(data: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -194,9 +256,13 @@ def compare_test(up: types.SimpleNamespace, listing: Path, segments: int, clips:
     return _compare_each(up, theirs, ours, layout, channel_axis=1)
 
 
-def _compare_each(up: types.SimpleNamespace, theirs: Any, ours: Any,
-                  layout: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  channel_axis: int) -> List[Dict[str, Any]]:
+def _compare_each(
+    up: types.SimpleNamespace,
+    theirs: Any,
+    ours: Any,
+    layout: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    channel_axis: int,
+) -> List[Dict[str, Any]]:
     """A row per video: upstream's input (put into our layout by `layout(theirs, ours)`) against ours."""
     rows, our_seen = [], _our_indices(ours)
     for i in range(len(ours)):
@@ -214,17 +280,30 @@ def compare_val(up: types.SimpleNamespace, listing: Path, segments: int) -> List
     """main.py's validation input against our `val` split, per video."""
     theirs = _their_dataset(up, listing, segments, _val_cropping(up), random_shift=False)
     ours = _our_dataset(listing, "val", segments, sampling="segment")
-    return _compare_each(up, theirs, ours, lambda data, clip: data.view(segments, 3, *data.shape[-2:]).transpose(0, 1),
-                         channel_axis=0)
+    return _compare_each(
+        up, theirs, ours, lambda data, clip: data.view(segments, 3, *data.shape[-2:]).transpose(0, 1), channel_axis=0
+    )
 
 
-def compare_train(up: types.SimpleNamespace, listing: Path, segments: int, flip: bool, dense: bool = False,
-                  seeds: Sequence[int] = SEEDS) -> List[Dict[str, Any]]:
+def compare_train(
+    up: types.SimpleNamespace,
+    listing: Path,
+    segments: int,
+    flip: bool,
+    dense: bool = False,
+    seeds: Sequence[int] = SEEDS,
+) -> List[Dict[str, Any]]:
     """main.py's training input, drawn from seeded generators, against ours from the same draws, per video and
     seed."""
     theirs = _their_dataset(up, listing, segments, _augmentation(up, flip), dense_sample=dense)
-    ours = _our_dataset(listing, "train", segments, sampling="dense" if dense else "segment", flip=flip,
-                        test_num_clips=10 if dense else 1)
+    ours = _our_dataset(
+        listing,
+        "train",
+        segments,
+        sampling="dense" if dense else "segment",
+        flip=flip,
+        test_num_clips=10 if dense else 1,
+    )
     rows, our_seen = [], _our_indices(ours)
     for seed in seeds:
         for i in range(len(ours)):
@@ -238,8 +317,7 @@ def compare_train(up: types.SimpleNamespace, listing: Path, segments: int, flip:
             if not replay.finished():
                 raise AssertionError(f"our code used {replay.used} of upstream's {len(draws)} draws")
             data = data.view(segments, 3, *data.shape[-2:]).transpose(0, 1)
-            rows.append(_row(f"{_name(ours, i)} seed {seed}", our_seen, their_seen, clip, data, 0,
-                             draws=len(draws)))
+            rows.append(_row(f"{_name(ours, i)} seed {seed}", our_seen, their_seen, clip, data, 0, draws=len(draws)))
     return rows
 
 
@@ -258,11 +336,13 @@ def run(upstream: Path, workdir: Path) -> Iterator[Dict[str, Any]]:
         yield summary(f"{tag} val ({label})", compare_val(up, listing, n))
         yield summary(f"{tag} train flip ({label})", compare_train(up, listing, n, flip=True))
         yield summary(f"{tag} train no flip ({label})", compare_train(up, listing, n, flip=False))
-    yield summary(f"{tag} test 3 crops 224 of 256 x twice (TSM README accurate)",
-                  compare_test(up, stored, n, 2, 3, False))
+    yield summary(
+        f"{tag} test 3 crops 224 of 256 x twice (TSM README accurate)", compare_test(up, stored, n, 2, 3, False)
+    )
     yield summary(f"{tag} test 3 full-res crops x twice (DyReg multi-clip)", compare_test(up, stored, n, 2, 3, True))
     yield summary(f"{tag} test 5 crops", compare_test(up, stored, n, 1, 5, False))
     yield summary(f"{tag} test 10 crops", compare_test(up, stored, n, 1, 10, False))
-    yield summary(f"{tag} test dense 10 clips x 3 full-res crops, 8 frames", compare_test(up, stored, 8, 10, 3, True,
-                                                                                          dense=True))
+    yield summary(
+        f"{tag} test dense 10 clips x 3 full-res crops, 8 frames", compare_test(up, stored, 8, 10, 3, True, dense=True)
+    )
     yield summary(f"{tag} train dense flip, 8 frames", compare_train(up, stored, 8, flip=True, dense=True))

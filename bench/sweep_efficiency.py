@@ -19,6 +19,7 @@ per-frame ViT (zero-initialised temporal_fc, as the paper) and stays at chance f
 these 256 clips, so rungs that early would rank noise (the 3 x 3 grid alone, 4 classes, 6 epochs:
 ASHA/FIFO compute 0.75-0.90, best top-1 equal).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_sweep(scheduler: str, sweep: Path, data: Path, out: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "launch/tune.py", "--config", args.config, "--sweep", str(sweep),
-           "--num-samples", str(args.num_samples), "--name", scheduler, "--scheduler", scheduler,
-           "--max-concurrent", "2", f"data.root={data}", f"output_dir={out}", "experiment=bench_sweep",
-           f"train.epochs={args.epochs}", "data.num_workers=0", "data.sampling=dense",
-           f"model.num_classes={args.classes}", "optim.schedule=constant", "train.log_every_steps=50"]
+    cmd = [
+        sys.executable,
+        "launch/tune.py",
+        "--config",
+        args.config,
+        "--sweep",
+        str(sweep),
+        "--num-samples",
+        str(args.num_samples),
+        "--name",
+        scheduler,
+        "--scheduler",
+        scheduler,
+        "--max-concurrent",
+        "2",
+        f"data.root={data}",
+        f"output_dir={out}",
+        "experiment=bench_sweep",
+        f"train.epochs={args.epochs}",
+        "data.num_workers=0",
+        "data.sampling=dense",
+        f"model.num_classes={args.classes}",
+        "optim.schedule=constant",
+        "train.log_every_steps=50",
+    ]
     start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.time() - start
@@ -46,9 +67,14 @@ def run_sweep(scheduler: str, sweep: Path, data: Path, out: Path, args: argparse
     sweep_dir = out / "bench_sweep" / scheduler
     summary = json.loads((sweep_dir / "summary.json").read_text())
     best_top1, best_trial = best_top1_over_history(sweep_dir)
-    return {"scheduler": scheduler, "wall_s": wall, "clip_frames": summary["total_clip_frames"],
-            "best_top1": best_top1, "best_trial": best_trial,
-            "epochs_trained": sum(int(r.get("epoch") or 0) for r in summary["rows"])}
+    return {
+        "scheduler": scheduler,
+        "wall_s": wall,
+        "clip_frames": summary["total_clip_frames"],
+        "best_top1": best_top1,
+        "best_trial": best_trial,
+        "epochs_trained": sum(int(r.get("epoch") or 0) for r in summary["rows"]),
+    }
 
 
 def best_top1_over_history(sweep_dir: Path) -> tuple:
@@ -117,14 +143,18 @@ def replay_orders(sweep_dir: Path, spec, max_t: int, orders: int = 200) -> str:
     curves = fifo_curves(sweep_dir)
     fifo_best = max(r["val/top1"] for c in curves for r in c)
     runs = [replay_asha(curves, spec, max_t, 2, list(range(len(curves))))]
-    runs += [replay_asha(curves, spec, max_t, 2, random.Random(seed).sample(range(len(curves)), len(curves)))
-             for seed in range(orders)]
+    runs += [
+        replay_asha(curves, spec, max_t, 2, random.Random(seed).sample(range(len(curves)), len(curves)))
+        for seed in range(orders)
+    ]
     ratios = np.array([r[0] for r in runs[1:]])
     gaps = np.array([fifo_best - r[1] for r in runs[1:]])
-    return (f"ASHA replayed on the FIFO curves (Ray's rung rule, recorded epoch times): in the sweep's order "
-            f"compute {runs[0][0]:.2f}, gap {fifo_best - runs[0][1]:+.2f}; over {orders} random arrival orders "
-            f"compute median {np.median(ratios):.2f}, 90th percentile {np.percentile(ratios, 90):.2f}, "
-            f"<= 0.40 in {np.mean(ratios <= 0.40) * 100:.0f}%, gap > 2 in {np.mean(gaps > 2) * 100:.0f}%")
+    return (
+        f"ASHA replayed on the FIFO curves (Ray's rung rule, recorded epoch times): in the sweep's order "
+        f"compute {runs[0][0]:.2f}, gap {fifo_best - runs[0][1]:+.2f}; over {orders} random arrival orders "
+        f"compute median {np.median(ratios):.2f}, 90th percentile {np.percentile(ratios, 90):.2f}, "
+        f"<= 0.40 in {np.mean(ratios <= 0.40) * 100:.0f}%, gap > 2 in {np.mean(gaps > 2) * 100:.0f}%"
+    )
 
 
 def main() -> int:
@@ -149,14 +179,19 @@ def main() -> int:
     results = [run_sweep(s, sweep, data, folder / "runs", args) for s in ("fifo", "asha")]
     print(f"{'scheduler':<10} {'wall s':>8} {'clip-frames':>12} {'epochs':>7} {'best top-1':>11}  best trial")
     for r in results:
-        print(f"{r['scheduler']:<10} {r['wall_s']:>8.0f} {r['clip_frames']:>12.0f} {r['epochs_trained']:>7} "
-              f"{r['best_top1']:>11.2f}  {r['best_trial']}")
+        print(
+            f"{r['scheduler']:<10} {r['wall_s']:>8.0f} {r['clip_frames']:>12.0f} {r['epochs_trained']:>7} "
+            f"{r['best_top1']:>11.2f}  {r['best_trial']}"
+        )
     fifo, asha = results
     compute = asha["clip_frames"] / fifo["clip_frames"]
     gap = fifo["best_top1"] - asha["best_top1"]
-    print(f"ASHA/FIFO compute {compute:.2f} (target <= 0.40), wall {asha['wall_s'] / fifo['wall_s']:.2f}; "
-          f"best top-1 gap {gap:+.2f} points (target <= 2)")
+    print(
+        f"ASHA/FIFO compute {compute:.2f} (target <= 0.40), wall {asha['wall_s'] / fifo['wall_s']:.2f}; "
+        f"best top-1 gap {gap:+.2f} points (target <= 2)"
+    )
     from action_launch.sweeps.spec import load_sweep
+
     print(replay_orders(folder / "runs" / "bench_sweep" / "fifo", load_sweep(sweep), args.epochs))
     print(f"runs and MLflow store in {folder}")
     return 0 if compute <= 0.40 and gap <= 2 else 1

@@ -25,6 +25,7 @@ indices are equal and the largest pixel difference (0-255, normalisation undone)
 (upstream's random draws recorded and replayed into ours). The libraries the upstream code imports (torchvision,
 OpenCV, fvcore, ...) are installed once into bench/.upstream-site, never into the project.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
-from torch import nn
-
 import pipeline_mmaction
 import pipeline_pyslowfast
 import pipeline_skeleton
 import pipeline_tsn
+import torch
 from pipeline_common import DYREG_ARGS, import_torchvision, upstream_on_path
+from torch import nn
 
 from action_launch import models
 from action_launch.models.checkpoints import load_checkpoint
@@ -70,8 +70,16 @@ def _trained_looking(model: torch.nn.Module, seed: int, params: Tuple[str, ...],
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
-def _compare(name: str, theirs: torch.nn.Module, their_forward: Forward, state: Dict[str, Any],
-             ours: torch.nn.Module, x: torch.Tensor, seed: int, our_forward: Optional[Forward] = None) -> Dict[str, Any]:
+def _compare(
+    name: str,
+    theirs: torch.nn.Module,
+    their_forward: Forward,
+    state: Dict[str, Any],
+    ours: torch.nn.Module,
+    x: torch.Tensor,
+    seed: int,
+    our_forward: Optional[Forward] = None,
+) -> Dict[str, Any]:
     """Save `state`, load it into `ours` with `--load-from`'s loader, and compare the two forwards on `x`."""
     our_forward = our_forward or ours
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,10 +96,18 @@ def _compare(name: str, theirs: torch.nn.Module, their_forward: Forward, state: 
         train_reference = their_forward(x)
         torch.manual_seed(seed)
         train_diff = (our_forward(x) - train_reference).abs().max().item()
-    return {"network": name, "format": report.format, "loaded": len(report.loaded), "ignored": len(report.ignored),
-            "problems": report.problems(), "max_abs_output": scale,
-            "eval_max_abs_diff": eval_diff, "train_same_seed_max_abs_diff": train_diff,
-            "eval_rel_diff": eval_diff / scale, "train_same_seed_rel_diff": train_diff / scale}
+    return {
+        "network": name,
+        "format": report.format,
+        "loaded": len(report.loaded),
+        "ignored": len(report.ignored),
+        "problems": report.problems(),
+        "max_abs_output": scale,
+        "eval_max_abs_diff": eval_diff,
+        "train_same_seed_max_abs_diff": train_diff,
+        "eval_rel_diff": eval_diff / scale,
+        "train_same_seed_rel_diff": train_diff / scale,
+    }
 
 
 def msg3d(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
@@ -99,11 +115,19 @@ def msg3d(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     sys.path.insert(0, str(upstream))
     from model.msg3d import Model
 
-    for preset, graph, joints, classes, scales in (("msg3d_ntu60", "graph.ntu_rgb_d.AdjMatrixGraph", 25, 60, (13, 6)),
-                                                   ("msg3d_kinetics", "graph.kinetics.AdjMatrixGraph", 18, 400, (8, 8))):
+    for preset, graph, joints, classes, scales in (
+        ("msg3d_ntu60", "graph.ntu_rgb_d.AdjMatrixGraph", 25, 60, (13, 6)),
+        ("msg3d_kinetics", "graph.kinetics.AdjMatrixGraph", 18, 400, (8, 8)),
+    ):
         torch.manual_seed(seed)
-        theirs = Model(num_class=classes, num_point=joints, num_person=2, num_gcn_scales=scales[0],
-                       num_g3d_scales=scales[1], graph=graph)
+        theirs = Model(
+            num_class=classes,
+            num_point=joints,
+            num_person=2,
+            num_gcn_scales=scales[0],
+            num_g3d_scales=scales[1],
+            graph=graph,
+        )
         _trained_looking(theirs, seed, ("A_res",), 0.01)
         x = torch.randn(2, 3, 64, joints, 2, generator=torch.Generator().manual_seed(seed + 1))
         yield _compare(preset, theirs, theirs, theirs.state_dict(), models.create(preset), x, seed + 2)
@@ -116,8 +140,16 @@ def personality(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     from model.msg3d_laban import Model
 
     torch.manual_seed(seed)
-    theirs = Model(num_class=5, num_point=24, num_person=1, num_gcn_scales=13, num_g3d_scales=6,
-                   graph="graph.ntu_rgb_d.AdjMatrixGraph", in_channels=15, layer_channels=12)
+    theirs = Model(
+        num_class=5,
+        num_point=24,
+        num_person=1,
+        num_gcn_scales=13,
+        num_g3d_scales=6,
+        graph="graph.ntu_rgb_d.AdjMatrixGraph",
+        in_channels=15,
+        layer_channels=12,
+    )
     _trained_looking(theirs, seed, ("A_res",), 0.01)
     x = torch.randn(4, 15, 64, 24, 1, generator=torch.Generator().manual_seed(seed + 1))
     forward = lambda clip: theirs(clip[:, :3].contiguous(), clip[:, 3:].contiguous())  # noqa: E731 (xyz, Laban)
@@ -135,7 +167,7 @@ def _timesformer_vit(upstream: Path) -> Any:
         package.__path__ = [str(upstream / name.replace(".", "/"))]
         sys.modules[name] = package
     build = types.ModuleType("timesformer.models.build")
-    build.MODEL_REGISTRY = types.SimpleNamespace(register=lambda *a, **k: (lambda cls: cls))
+    build.MODEL_REGISTRY = types.SimpleNamespace(register=lambda *a, **k: lambda cls: cls)
     sys.modules["timesformer.models.build"] = build
     spec = importlib.util.spec_from_file_location("timesformer.models.vit", upstream / "timesformer/models/vit.py")
     vit = importlib.util.module_from_spec(spec)
@@ -151,9 +183,15 @@ def timesformer(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     size = dict(img_size=64, embed_dim=96, depth=3, num_heads=4, num_frames=4, num_classes=7)
     for attention in ("divided_space_time", "joint_space_time", "space_only"):
         torch.manual_seed(seed)
-        theirs = vit.VisionTransformer(patch_size=16, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.1,
-                                       norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), attention_type=attention,
-                                       **size)
+        theirs = vit.VisionTransformer(
+            patch_size=16,
+            mlp_ratio=4,
+            qkv_bias=True,
+            drop_path_rate=0.1,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            attention_type=attention,
+            **size,
+        )
         _trained_looking(theirs, seed, ("temporal_fc", "time_embed"), 0.05)
         state = {"model_state": {f"model.{k}": v for k, v in theirs.state_dict().items()}}
         ours = models.create("timesformer_base", attention=attention, **size)
@@ -181,13 +219,31 @@ def tsm(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
 
     torch.manual_seed(seed)
     with contextlib.redirect_stdout(io.StringIO()):
-        theirs = TSN(174, 8, "RGB", base_model="resnet50", consensus_type="avg", dropout=0.5, partial_bn=False,
-                     pretrain="", is_shift=True, shift_div=8, shift_place="blockres")
+        theirs = TSN(
+            174,
+            8,
+            "RGB",
+            base_model="resnet50",
+            consensus_type="avg",
+            dropout=0.5,
+            partial_bn=False,
+            pretrain="",
+            is_shift=True,
+            shift_div=8,
+            shift_place="blockres",
+        )
     _trained_looking(theirs, seed, ("new_fc.weight",), 0.05)
     x = torch.randn(2, 3, 8, 112, 112, generator=torch.Generator().manual_seed(seed + 1))
     forward = lambda clip: theirs(_tsn_input(clip))  # noqa: E731
-    yield _compare("tsm_r50 num_segments=8", theirs, forward, _tsn_state(theirs),
-                   models.create("tsm_r50", num_segments=8), x, seed + 2)
+    yield _compare(
+        "tsm_r50 num_segments=8",
+        theirs,
+        forward,
+        _tsn_state(theirs),
+        models.create("tsm_r50", num_segments=8),
+        x,
+        seed + 2,
+    )
 
 
 def _dyreg_tsn(upstream: Path, seed: int, extra_args: str = "") -> nn.Module:
@@ -199,8 +255,19 @@ def _dyreg_tsn(upstream: Path, seed: int, extra_args: str = "") -> nn.Module:
             from ops.models import TSN
 
             torch.manual_seed(seed)
-            return TSN(174, 16, "RGB", base_model="resnet50", consensus_type="avg", dropout=0.5, partial_bn=False,
-                       pretrain="", is_shift=True, shift_div=8, shift_place="blockres")
+            return TSN(
+                174,
+                16,
+                "RGB",
+                base_model="resnet50",
+                consensus_type="avg",
+                dropout=0.5,
+                partial_bn=False,
+                pretrain="",
+                is_shift=True,
+                shift_div=8,
+                shift_place="blockres",
+            )
     finally:
         sys.argv = argv
 
@@ -218,27 +285,38 @@ def dyreg(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
         def run(clip: torch.Tensor) -> torch.Tensor:
             with contextlib.redirect_stdout(io.StringIO()):
                 return model(_tsn_input(clip))[0]  # (logits, auxiliary features)
+
         return run
 
     x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
-    yield _compare("tsm_r50_dyreg", theirs, forward(theirs), _tsn_state(theirs), models.create("tsm_r50_dyreg"), x,
-                   seed + 2)
+    yield _compare(
+        "tsm_r50_dyreg", theirs, forward(theirs), _tsn_state(theirs), models.create("tsm_r50_dyreg"), x, seed + 2
+    )
     full_res = _dyreg_tsn(upstream, seed, "--full_res=True")
     # every weight and BatchNorm statistic is the 224 model's; the anchors and pixel indices (`*_buf`) are made
     # for the 256 maps (their values follow the map size, not always their shapes)
     full_res.load_state_dict({k: v for k, v in theirs.state_dict().items() if not k.endswith("_buf")}, strict=False)
     x = torch.randn(1, 3, 16, 256, 256, generator=torch.Generator().manual_seed(seed + 3))
-    yield _compare("tsm_r50_dyreg full_res (256 input)", full_res, forward(full_res), _tsn_state(theirs),
-                   models.create("tsm_r50_dyreg"), x, seed + 4)
+    yield _compare(
+        "tsm_r50_dyreg full_res (256 input)",
+        full_res,
+        forward(full_res),
+        _tsn_state(theirs),
+        models.create("tsm_r50_dyreg"),
+        x,
+        seed + 4,
+    )
 
 
 def _mmcv_names() -> None:
     """The mmcv 0.x names ST-ABN's modules import: weight initialisers and an attribute-access Config."""
+
     def init(fill: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
         def apply(module: nn.Module, *args: Any, bias: float = 0, **kwargs: Any) -> None:
             fill(module.weight)
             if getattr(module, "bias", None) is not None:
                 nn.init.constant_(module.bias, bias)
+
         return apply
 
     class Config(dict):
@@ -261,15 +339,27 @@ def _stabn_modules(upstream: Path) -> Dict[str, Any]:
     """ST-ABN's backbone, neck, pooling, consensus and head modules, loaded from their files."""
     _mmcv_names()
     tenons = "mmaction.models.tenons"
-    for package in ("mmaction", "mmaction.utils", "mmaction.models", tenons, *(f"{tenons}.{p}" for p in (
-            "backbones", "necks", "cls_heads", "utils", "spatial_temporal_modules", "segmental_consensuses"))):
+    for package in (
+        "mmaction",
+        "mmaction.utils",
+        "mmaction.models",
+        tenons,
+        *(
+            f"{tenons}.{p}"
+            for p in ("backbones", "necks", "cls_heads", "utils", "spatial_temporal_modules", "segmental_consensuses")
+        ),
+    ):
         module = types.ModuleType(package)
         module.__path__ = [str(upstream / package.replace(".", "/"))]
         sys.modules[package] = module
     out = {}
-    for key, name in (("backbone", "backbones.resnet_slow"), ("neck", "necks.att_cls_head"), ("head", "cls_heads.cls_head"),
-                      ("pool", "spatial_temporal_modules.simple_spatial_temporal_module"),
-                      ("consensus", "segmental_consensuses.simple_consensus")):
+    for key, name in (
+        ("backbone", "backbones.resnet_slow"),
+        ("neck", "necks.att_cls_head"),
+        ("head", "cls_heads.cls_head"),
+        ("pool", "spatial_temporal_modules.simple_spatial_temporal_module"),
+        ("consensus", "segmental_consensuses.simple_consensus"),
+    ):
         full = f"{tenons}.{name}"
         spec = importlib.util.spec_from_file_location(full, upstream / (full.replace(".", "/") + ".py"))
         module = importlib.util.module_from_spec(spec)
@@ -288,22 +378,47 @@ def stabn(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
     torch.manual_seed(seed)
     theirs = nn.Module()
     theirs.backbone = m["backbone"].ResNet_SlowFast(
-        depth=50, pretrained=None, num_stages=4, out_indices=[3], frozen_stages=-1, inflate_freq=(0, 0, 1, 1),
-        inflate_style="3x1x1", conv1_kernel_t=1, conv1_stride_t=1, pool1_kernel_t=1, pool1_stride_t=1, with_cp=False,
-        bn_eval=False, partial_bn=False, style="pytorch", nsegments=frames)
+        depth=50,
+        pretrained=None,
+        num_stages=4,
+        out_indices=[3],
+        frozen_stages=-1,
+        inflate_freq=(0, 0, 1, 1),
+        inflate_style="3x1x1",
+        conv1_kernel_t=1,
+        conv1_stride_t=1,
+        pool1_kernel_t=1,
+        pool1_stride_t=1,
+        with_cp=False,
+        bn_eval=False,
+        partial_bn=False,
+        style="pytorch",
+        nsegments=frames,
+    )
     theirs.necks = m["neck"].Att_head(
-        in_channels=[1024, 2048], out_channels=1024, spatial_modulation_config=dict(inplanes=[1024, 2048], planes=2048),
+        in_channels=[1024, 2048],
+        out_channels=1024,
+        spatial_modulation_config=dict(inplanes=[1024, 2048], planes=2048),
         temporal_modulation_config=dict(scales=(8, 8), param=dict(inplanes=-1, planes=-1, downsample_scale=-1)),
         upsampling_config=dict(scale=(1, 1, 1)),
         downsampling_config=dict(scales=(1, 1, 1), param=dict(inplanes=-1, planes=-1, downsample_scale=-1)),
-        level_fusion_config=dict(in_channels=[1024, 1024], mid_channels=[1024, 1024], out_channels=2048,
-                                 ds_scales=[(1, 1, 1), (1, 1, 1)]),
-        att_head_config=dict(inplanes=-1, planes=174, loss_weight=0.5))
-    theirs.spatial_temporal_module = m["pool"].SimpleSpatialTemporalModule(spatial_type="avg", temporal_size=frames,
-                                                                           spatial_size=7)
+        level_fusion_config=dict(
+            in_channels=[1024, 1024], mid_channels=[1024, 1024], out_channels=2048, ds_scales=[(1, 1, 1), (1, 1, 1)]
+        ),
+        att_head_config=dict(inplanes=-1, planes=174, loss_weight=0.5),
+    )
+    theirs.spatial_temporal_module = m["pool"].SimpleSpatialTemporalModule(
+        spatial_type="avg", temporal_size=frames, spatial_size=7
+    )
     theirs.segmental_consensus = m["consensus"].SimpleConsensus(consensus_type="avg")
-    theirs.cls_head = m["head"].ClsHead(with_avg_pool=False, temporal_feature_size=1, spatial_feature_size=1,
-                                        dropout_ratio=0.5, in_channels=2048, num_classes=174)
+    theirs.cls_head = m["head"].ClsHead(
+        with_avg_pool=False,
+        temporal_feature_size=1,
+        spatial_feature_size=1,
+        dropout_ratio=0.5,
+        in_channels=2048,
+        num_classes=174,
+    )
     for part in (theirs.backbone, theirs.necks, theirs.cls_head):
         part.init_weights()
     _trained_looking(theirs, seed, (), 0.0)
@@ -326,28 +441,47 @@ def stabn(upstream: Path, seed: int = 0) -> Iterator[Dict[str, Any]]:
         return torch.cat([out["logits"], out["att_logits"]], dim=1)
 
     x = torch.randn(1, 3, frames, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
-    yield _compare("stabn_r50 (logits and attention logits)", theirs, forward, {"state_dict": theirs.state_dict()},
-                   ours, x, seed + 2, our_forward)
+    yield _compare(
+        "stabn_r50 (logits and attention logits)",
+        theirs,
+        forward,
+        {"state_dict": theirs.state_dict()},
+        ours,
+        x,
+        seed + 2,
+        our_forward,
+    )
 
 
-SYSTEMS = {"msg3d": (msg3d, "model/msg3d.py"), "personality": (personality, "model/msg3d_laban.py"),
-           "timesformer": (timesformer, "timesformer/models/vit.py"), "tsm": (tsm, "ops/temporal_shift.py"),
-           "dyreg": (dyreg, "ops/dyreg.py"), "stabn": (stabn, "mmaction/models/tenons/backbones/resnet_slow.py")}
+SYSTEMS = {
+    "msg3d": (msg3d, "model/msg3d.py"),
+    "personality": (personality, "model/msg3d_laban.py"),
+    "timesformer": (timesformer, "timesformer/models/vit.py"),
+    "tsm": (tsm, "ops/temporal_shift.py"),
+    "dyreg": (dyreg, "ops/dyreg.py"),
+    "stabn": (stabn, "mmaction/models/tenons/backbones/resnet_slow.py"),
+}
 # the data pipelines: upstream's own data code against our datasets, on the same files (bench/pipeline_*.py)
-PIPELINES = {"pipeline-timesformer": (pipeline_pyslowfast.run, "timesformer/datasets/kinetics.py"),
-             "pipeline-tsm": (pipeline_tsn.run, "ops/temporal_shift.py"),
-             "pipeline-dyreg": (pipeline_tsn.run, "ops/dyreg.py"),
-             "pipeline-stabn": (pipeline_mmaction.run, "mmaction/datasets/rawframes_dataset.py"),
-             "pipeline-msg3d": (pipeline_skeleton.run_msg3d, "feeders/feeder.py"),
-             "pipeline-personality": (pipeline_skeleton.run_personality, "data_gen/preprocess_personality.py")}
+PIPELINES = {
+    "pipeline-timesformer": (pipeline_pyslowfast.run, "timesformer/datasets/kinetics.py"),
+    "pipeline-tsm": (pipeline_tsn.run, "ops/temporal_shift.py"),
+    "pipeline-dyreg": (pipeline_tsn.run, "ops/dyreg.py"),
+    "pipeline-stabn": (pipeline_mmaction.run, "mmaction/datasets/rawframes_dataset.py"),
+    "pipeline-msg3d": (pipeline_skeleton.run_msg3d, "feeders/feeder.py"),
+    "pipeline-personality": (pipeline_skeleton.run_personality, "data_gen/preprocess_personality.py"),
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("system", choices=sorted({**SYSTEMS, **PIPELINES}))
     parser.add_argument("--upstream", type=Path, required=True, help="a checkout of the system's upstream repository")
-    parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".pipeline",
-                        help="pipeline checks: where the videos, frame folders and arrays they read are made (kept)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(__file__).resolve().parent / ".pipeline",
+        help="pipeline checks: where the videos, frame folders and arrays they read are made (kept)",
+    )
     parser.add_argument("--mmcv", type=Path, help="pipeline-stabn: a checkout of open-mmlab/mmcv at tag v0.2.10")
     args = parser.parse_args(argv)
     run, marker = {**SYSTEMS, **PIPELINES}[args.system]

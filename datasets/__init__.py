@@ -5,6 +5,7 @@ when `build` needs them, so `from action_launch.datasets import DataConfig` stay
 Datasets import only torch, numpy, decord, av, Pillow (frame folders), the numpy-only
 `models.graphs` (skeleton bones) and the standard library.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -10,6 +10,7 @@ refuses another kind's key (unless at its default, as the config.yaml of older r
 A field with a closed set of values is a `Literal` of the names the data code dispatches on
 (`DATASETS`, `lists.FORMATS`, `video.SAMPLINGS`, ...); tests/test_validation.py keeps them equal.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,8 +64,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         kind = next((k for k, c in KINDS.items() if c is type(self)), None)
         if kind is not None and self.dataset != kind:
-            raise ValueError(f"{type(self).__name__} is the data section of data.dataset={kind}, got "
-                             f"data.dataset={self.dataset!r}; make it with DataConfig(dataset={self.dataset!r}, ...)")
+            raise ValueError(
+                f"{type(self).__name__} is the data section of data.dataset={kind}, got "
+                f"data.dataset={self.dataset!r}; make it with DataConfig(dataset={self.dataset!r}, ...)"
+            )
 
     @classmethod
     def kinds(cls) -> Dict[str, type]:
@@ -223,8 +226,9 @@ class SkeletonConfig(SkeletonStreamConfig):
     """CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
     participant_column: str = "participant"
     """The `targets_csv` column holding the participant id."""
-    target_columns: List[str] = field(default_factory=lambda: [
-        "openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"])
+    target_columns: List[str] = field(
+        default_factory=lambda: ["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
+    )
     """The `targets_csv` columns returned as targets, in this order."""
     participant_regex: str = r"^([^_]+)"
     """Regex whose first group (or whole match) takes the participant id from a sample name."""
@@ -243,6 +247,10 @@ class MultiPersonConfig(SkeletonStreamConfig, ClipConfig):
     """`multiperson`."""
 
 
-KINDS: Dict[str, type] = {"video": VideoConfig, "rawframes": RawFramesConfig, "skeleton": SkeletonConfig,
-                          "multiperson": MultiPersonConfig}
+KINDS: Dict[str, type] = {
+    "video": VideoConfig,
+    "rawframes": RawFramesConfig,
+    "skeleton": SkeletonConfig,
+    "multiperson": MultiPersonConfig,
+}
 """`data.dataset` -> the class its section is read as (the names of `datasets.DATASETS`)."""

@@ -20,6 +20,7 @@ checks it against these protocols.
 
 Nothing here imports torch or launch/: `from action_launch.datasets.contract import ...` stays cheap.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
@@ -134,8 +135,18 @@ class HasListItems(Protocol):
     """Evaluation (`sample_ids`, third choice): the list's items in sample order; items with a `path` name them."""
 
 
-DATASET_CAPABILITIES: Tuple[type, ...] = (HasClassNames, HasOutputNames, HasParticipants, HasViews, HasDataProtocol,
-                                          SkipsBadFiles, HasRecordings, HasIds, HasSampleNames, HasListItems)
+DATASET_CAPABILITIES: Tuple[type, ...] = (
+    HasClassNames,
+    HasOutputNames,
+    HasParticipants,
+    HasViews,
+    HasDataProtocol,
+    SkipsBadFiles,
+    HasRecordings,
+    HasIds,
+    HasSampleNames,
+    HasListItems,
+)
 """Every optional capability of the dataset contract."""
 
 

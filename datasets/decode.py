@@ -11,6 +11,7 @@ full scan of the file finds them and give the same pixels (tests/test_data_video
 decord and FFmpeg print their errors straight to the process's stderr, interleaved with the
 run's log; those lines are caught here and become the reason of the `BadVideoError` instead.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -74,9 +75,11 @@ def _torchcodec_decoder() -> type:
     try:
         from torchcodec.decoders import VideoDecoder
     except Exception as e:  # ImportError, or the RuntimeError of a library that cannot load (FFmpeg, torch ABI)
-        raise RuntimeError(f"data.decoder=torchcodec: torchcodec cannot load ({_first_line(e)}); install it with "
-                           "pip install 'torchcodec>=0.12' (a build for this torch) and FFmpeg's shared libraries (Debian: apt-get "
-                           "install ffmpeg), or use data.decoder=decord") from None
+        raise RuntimeError(
+            f"data.decoder=torchcodec: torchcodec cannot load ({_first_line(e)}); install it with "
+            "pip install 'torchcodec>=0.12' (a build for this torch) and FFmpeg's shared libraries (Debian: apt-get "
+            "install ffmpeg), or use data.decoder=decord"
+        ) from None
     return VideoDecoder
 
 
@@ -133,7 +136,7 @@ def read_frames(vr: Video, indices: np.ndarray) -> np.ndarray:
     return frames[inverse.reshape(-1)]
 
 
-def _read_frames_padded(vr: "decord.VideoReader", unique: np.ndarray) -> np.ndarray:
+def _read_frames_padded(vr: decord.VideoReader, unique: np.ndarray) -> np.ndarray:
     # decord 0.6 bug (dmlc/decord#336): for some small widths (16, 24, 48, 72 px) it
     # mistakes the padded RGB row stride for a 4th channel, and get_batch fails. Frames read
     # one by one come back as (H, W, 4+) with each row padded: keep the first 3*W bytes.

@@ -21,6 +21,7 @@ before the first as 0; its weight repeats space; its bones run from the spine up
 
 Plain numpy on float arrays; any trailing axes after V (e.g. persons M) are carried along.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -45,8 +46,9 @@ def bone_vectors(x: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
     return out
 
 
-def bone_angles(x: np.ndarray, pairs: Sequence[Tuple[int, int]], eps: float = 1e-8,
-                zero_bone_cosine: float = 1.0) -> np.ndarray:
+def bone_angles(
+    x: np.ndarray, pairs: Sequence[Tuple[int, int]], eps: float = 1e-8, zero_bone_cosine: float = 1.0
+) -> np.ndarray:
     """(3, T, V, ...) angles in radians between each bone and the x, y, z axes; where the bone is no longer
     than `eps` (the root's), arccos(`zero_bone_cosine`): 0 by default."""
     b = bone_vectors(x, pairs)
@@ -84,8 +86,31 @@ def laban_features(x: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> np.ndarra
 # The authors' bone pairs (v1, v2): SMPL's tree re-rooted at spine3 (joint 9), so the spine chain runs
 # 0 -> 3 -> 6 -> 9 (SMPL's parents run down to the pelvis); every other pair is SMPL's (child, parent).
 AUTHORS_SMPL_PAIRS: Tuple[Tuple[int, int], ...] = (
-    (0, 3), (1, 0), (2, 0), (3, 6), (4, 1), (5, 2), (6, 9), (7, 4), (8, 5), (9, 9), (10, 7), (11, 8), (12, 9),
-    (13, 9), (14, 9), (15, 12), (16, 13), (17, 14), (18, 16), (19, 17), (20, 18), (21, 19), (22, 20), (23, 21))
+    (0, 3),
+    (1, 0),
+    (2, 0),
+    (3, 6),
+    (4, 1),
+    (5, 2),
+    (6, 9),
+    (7, 4),
+    (8, 5),
+    (9, 9),
+    (10, 7),
+    (11, 8),
+    (12, 9),
+    (13, 9),
+    (14, 9),
+    (15, 12),
+    (16, 13),
+    (17, 14),
+    (18, 16),
+    (19, 17),
+    (20, 18),
+    (21, 19),
+    (22, 20),
+    (23, 21),
+)
 
 
 def authors_laban_features(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ Formats (one sample per line; blank lines and lines starting with `#` are skippe
 
 A relative path resolves against `root` joined with `path_prefix`; an absolute one is kept.
 """
+
 from __future__ import annotations
 
 import os
@@ -149,18 +150,27 @@ def read_bad_files(log_path: Optional[str]) -> dict:
     return out
 
 
-def too_many_bad_files(bad: Dict[str, str], total: int, list_path: str, noun: str, max_fraction: float,
-                       scanned: bool) -> Optional[str]:
+def too_many_bad_files(
+    bad: Dict[str, str], total: int, list_path: str, noun: str, max_fraction: float, scanned: bool
+) -> Optional[str]:
     """The one error for a split whose unreadable files (`bad`: path -> reason) pass `max_fraction` of its
     `total` entries, listing them; None below the ceiling. `scanned`: the whole list was checked (else the
     files are those found so far, and the error says how to find them all)."""
     if len(bad) <= max_fraction * total:
         return None
     found = "are unreadable" if scanned else "found unreadable so far"
-    find_all = "" if scanned else (f" (data.check_files=always, or `python -m action_launch.datasets.check {list_path} "
-                                   f"--jobs 4`, finds them all before training)")
-    return (f"{len(bad)} of {total} {noun}s in {list_path} {found}, more than data.max_bad_fraction={max_fraction}: "
-            f"fix or delist them, or raise the fraction{find_all}:{bad_file_listing(bad)}")
+    find_all = (
+        ""
+        if scanned
+        else (
+            f" (data.check_files=always, or `python -m action_launch.datasets.check {list_path} "
+            f"--jobs 4`, finds them all before training)"
+        )
+    )
+    return (
+        f"{len(bad)} of {total} {noun}s in {list_path} {found}, more than data.max_bad_fraction={max_fraction}: "
+        f"fix or delist them, or raise the fraction{find_all}:{bad_file_listing(bad)}"
+    )
 
 
 def bad_file_listing(bad: Dict[str, str]) -> str:

@@ -35,6 +35,7 @@ integer arithmetic (bit-equal to cv2's; no OpenCV dependency); the colour jitter
 drifts into float64 for some frames (saturation of a still-uint8 image), < 1e-3 of a pixel level; frames
 decode with Pillow, not OpenCV (bench/pipeline_mmaction.py measures that difference on real JPEGs).
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ def _taps(src: int, dst: int, start: int, count: int, clamp_weight: bool):
     return tuple(torch.from_numpy(a) for a in (i0, i1, w0, w1))
 
 
-def cv2_resize(clip: torch.Tensor, height: int, width: int,
-               box: Optional[Tuple[int, int, int, int]] = None) -> torch.Tensor:
+def cv2_resize(
+    clip: torch.Tensor, height: int, width: int, box: Optional[Tuple[int, int, int, int]] = None
+) -> torch.Tensor:
     """`cv2.resize(frame, (width, height), interpolation=INTER_LINEAR)` of every frame of a (T, C, H, W) uint8 clip,
     bit for bit: 11-bit weights, an exact horizontal pass, a vertical pass that drops 4 then 16 bits of each
     term and rounds the sum by 2 bits (its SIMD and scalar paths agree). `box` (top, left, h, w) computes only
@@ -90,7 +92,7 @@ def cv2_resize(clip: torch.Tensor, height: int, width: int,
     src_h, src_w = clip.shape[-2:]
     top, left, out_h, out_w = box or (0, 0, height, width)
     if (src_h, src_w) == (height, width):  # cv2 copies
-        return clip[..., top:top + out_h, left:left + out_w]
+        return clip[..., top : top + out_h, left : left + out_w]
     x0, x1, a0, a1 = _taps(src_w, width, left, out_w, clamp_weight=True)
     y0, y1, b0, b1 = _taps(src_h, height, top, out_h, clamp_weight=False)
     # on a (T, H, W, C) view, the frames' own memory order: in-place int32 steps, ~2.5x faster than on (T, C, H, W)
@@ -100,8 +102,12 @@ def cv2_resize(clip: torch.Tensor, height: int, width: int,
     horizontal.add_(x.index_select(2, x1).to(torch.int32).mul_(a1[:, None]))
     out = horizontal.index_select(1, y0 - rows.start).bitwise_right_shift_(4).mul_(b0[:, None, None])
     out.bitwise_right_shift_(16)
-    out.add_(horizontal.index_select(1, y1 - rows.start).bitwise_right_shift_(4).mul_(b1[:, None, None])
-             .bitwise_right_shift_(16))
+    out.add_(
+        horizontal.index_select(1, y1 - rows.start)
+        .bitwise_right_shift_(4)
+        .mul_(b1[:, None, None])
+        .bitwise_right_shift_(16)
+    )
     # the two terms sum to at most 1020: the rounded shift lands in 0..255 without saturating
     return out.add_(2).bitwise_right_shift_(2).to(torch.uint8).permute(0, 3, 1, 2)
 
@@ -113,8 +119,9 @@ def rescaled_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def segment_starts(num_frames: int, segments: int, old_length: int, mode: str,
-                   rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def segment_starts(
+    num_frames: int, segments: int, old_length: int, mode: str, rng: Optional[np.random.Generator] = None
+) -> np.ndarray:
     """MMAction's 1-based segment start frames: `mode` train (`_sample_indices`, random), val (`_get_val_indices`)
     or test (`_get_test_indices`); see the module docstring."""
     if mode == "train":
@@ -188,8 +195,11 @@ def color_jitter(clip: torch.Tensor, rng: np.random.Generator, order: List[int])
     def saturate(img: torch.Tensor) -> torch.Tensor:
         return img * saturation + (img * grey).sum(0, keepdim=True) * (1.0 - saturation)
 
-    ops = {"contrast": lambda img: img * contrast, "saturation": saturate,
-           "hue": lambda img: torch.einsum("khw,kj->jhw", img, hue)}
+    ops = {
+        "contrast": lambda img: img * contrast,
+        "saturation": saturate,
+        "hue": lambda img: torch.einsum("khw,kj->jhw", img, hue),
+    }
     frames = []
     for img in clip:
         if rng.uniform(0.0, 1.0) > 0.5:
@@ -214,20 +224,28 @@ class MMActionProtocol(Protocol):
         super().check()
         cfg = self.cfg
         if cfg.test_num_clips != 1:
-            raise ValueError(f"data.test_num_clips={cfg.test_num_clips}: MMAction's RawFramesDataset tests one clip "
-                             "per video (its num_segments spread over it)")
+            raise ValueError(
+                f"data.test_num_clips={cfg.test_num_clips}: MMAction's RawFramesDataset tests one clip "
+                "per video (its num_segments spread over it)"
+            )
         if cfg.sampling == "dense" and (cfg.num_frames == 1) != (cfg.sampling_rate == 1):
-            raise ValueError(f"data.sampling_rate={cfg.sampling_rate} with data.num_frames={cfg.num_frames}: "
-                             "MMAction lays a dense clip out as NCTHW only when new_length and new_step are both 1 "
-                             "or both > 1 (else it feeds (T, C, H, W))")
+            raise ValueError(
+                f"data.sampling_rate={cfg.sampling_rate} with data.num_frames={cfg.num_frames}: "
+                "MMAction lays a dense clip out as NCTHW only when new_length and new_step are both 1 "
+                "or both > 1 (else it feeds (T, C, H, W))"
+            )
         if cfg.test_num_crops == 3 and self.test_crop_size != cfg.test_short_side:
             key = "data.test_crop_size" if cfg.test_crop_size else "data.crop_size"
-            raise ValueError(f"{key}={self.test_crop_size} with data.test_num_crops=3: MMAction's "
-                             f"three_crop asserts the crop spans the rescaled short side (data.test_short_side="
-                             f"{cfg.test_short_side})")
+            raise ValueError(
+                f"{key}={self.test_crop_size} with data.test_num_crops=3: MMAction's "
+                f"three_crop asserts the crop spans the rescaled short side (data.test_short_side="
+                f"{cfg.test_short_side})"
+            )
         if cfg.multi_scale_crop:
-            raise ValueError("data.multi_scale_crop=true: MMAction's GroupImageTransform trains with "
-                             "RandomResizedCrop (resize_crop) and never builds its multi-scale crop")
+            raise ValueError(
+                "data.multi_scale_crop=true: MMAction's GroupImageTransform trains with "
+                "RandomResizedCrop (resize_crop) and never builds its multi-scale crop"
+            )
 
     @property
     def _layout(self) -> Tuple[int, int, int]:
@@ -316,5 +334,8 @@ class MMActionProtocol(Protocol):
     def describe(self) -> Dict[str, str]:
         segments, new_length, new_step = self._layout
         oversample = {1: "centre", 3: "three_crop", 10: "ten_crop"}[self.cfg.test_num_crops]
-        return {**super().describe(), "frames": f"num_segments={segments} new_length={new_length} "
-                f"new_step={new_step}", "oversample": oversample}
+        return {
+            **super().describe(),
+            "frames": f"num_segments={segments} new_length={new_length} new_step={new_step}",
+            "oversample": oversample,
+        }

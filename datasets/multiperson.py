@@ -27,6 +27,7 @@ crop and rotation (`datasets.skeleton.sequence_transform` on the people stacked 
 A missing or unreadable person file makes the window a bad file (skipped, said, logged
 under that file's path, as in `VideoDataset`).
 """
+
 from __future__ import annotations
 
 import os

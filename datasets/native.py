@@ -12,6 +12,7 @@
 Resizing runs on uint8 frames (rounded), 4x cheaper than on floats; no upstream code does exactly this,
 so a published checkpoint is evaluated with its upstream's protocol instead (`datasets.protocols`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,11 +36,14 @@ class NativeProtocol(Protocol):
         if len(cfg.train_short_side) not in (1, 2) or cfg.train_short_side[0] > cfg.train_short_side[-1]:
             raise ValueError(f"data.train_short_side must be [min, max], got {cfg.train_short_side}")
         if not cfg.multi_scale_crop and cfg.crop_size > cfg.train_short_side[0]:
-            raise ValueError(f"data.crop_size={cfg.crop_size} is larger than data.train_short_side[0]="
-                             f"{cfg.train_short_side[0]}")
+            raise ValueError(
+                f"data.crop_size={cfg.crop_size} is larger than data.train_short_side[0]={cfg.train_short_side[0]}"
+            )
         if cfg.sampling == "segment" and cfg.test_num_clips > 2:
-            raise ValueError(f"data.test_num_clips={cfg.test_num_clips} with data.sampling=segment: 1 (segment "
-                             "centres) or 2 (centres and starts) clips")
+            raise ValueError(
+                f"data.test_num_clips={cfg.test_num_clips} with data.sampling=segment: 1 (segment "
+                "centres) or 2 (centres and starts) clips"
+            )
 
     def span(self, fps):
         cfg = self.cfg
@@ -55,8 +59,18 @@ class NativeProtocol(Protocol):
         cfg = self.cfg
         if cfg.sampling == "segment":
             return segment_indices(source.num_frames, cfg.num_frames, mode, rng)
-        return clip_indices(source.num_frames, cfg.num_frames, cfg.sampling_rate, source.fps, cfg.target_fps,
-                            mode, rng, clip_idx=clip_idx, num_clips=num_clips, short_video=cfg.short_video)
+        return clip_indices(
+            source.num_frames,
+            cfg.num_frames,
+            cfg.sampling_rate,
+            source.fps,
+            cfg.target_fps,
+            mode,
+            rng,
+            clip_idx=clip_idx,
+            num_clips=num_clips,
+            short_video=cfg.short_video,
+        )
 
     def train_indices(self, source, rng):
         return self._clip(source, "train", rng)
@@ -72,8 +86,16 @@ class NativeProtocol(Protocol):
 
     def train_clip(self, frames, rng):
         cfg = self.cfg
-        return T.train_clip(frames, cfg.crop_size, cfg.train_short_side, cfg.mean, cfg.std, rng, flip=cfg.flip,
-                            multi_scale=cfg.multi_scale_crop)
+        return T.train_clip(
+            frames,
+            cfg.crop_size,
+            cfg.train_short_side,
+            cfg.mean,
+            cfg.std,
+            rng,
+            flip=cfg.flip,
+            multi_scale=cfg.multi_scale_crop,
+        )
 
     def val_clip(self, frames):
         cfg = self.cfg

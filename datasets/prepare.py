@@ -43,6 +43,7 @@ line number is the label) and OUT_DIR/train.txt, val.txt (`path label`, paths re
 OUT_DIR), split per class with a seeded shuffle (stratified), --val-fraction of each class
 going to val.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -226,8 +227,15 @@ def encode_video(src: str, dst: str, opts: PrepareOptions) -> int:
                 enc = out.add_stream("libx264", rate=rate)
                 enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
                 # one thread per encoder: the worker processes are the parallelism
-                enc.options = {"crf": str(opts.crf), "preset": opts.preset, "threads": "1", "g": str(opts.gop),
-                               "keyint_min": str(opts.gop), "sc_threshold": "0", "bf": str(opts.bframes)}
+                enc.options = {
+                    "crf": str(opts.crf),
+                    "preset": opts.preset,
+                    "threads": "1",
+                    "g": str(opts.gop),
+                    "keyint_min": str(opts.gop),
+                    "sc_threshold": "0",
+                    "bf": str(opts.bframes),
+                }
                 if opts.tune:
                     enc.options = {**enc.options, "tune": opts.tune}
                 source = _frames_checked(frames, stream.frames, [0])
@@ -357,9 +365,14 @@ def prepare_one(src: str, dst: str, opts: PrepareOptions, record: Optional[dict]
         stamp = _source_stamp(src) if os.path.exists(src) else {}  # a missing source fails in the encoder
         written = (extract_frames if opts.frames else encode_video)(src, dst, opts)
         width, height = source_size(src)
-        record = {**stamp, "frames": written, "options": asdict(opts),
-                  "bytes": None if opts.frames else os.path.getsize(dst), "source_frame_size": [width, height],
-                  "frame_size": list(output_size(width, height, opts.short_side))}
+        record = {
+            **stamp,
+            "frames": written,
+            "options": asdict(opts),
+            "bytes": None if opts.frames else os.path.getsize(dst),
+            "source_frame_size": [width, height],
+            "frame_size": list(output_size(width, height, opts.short_side)),
+        }
         return {"status": "done", "frames": written, "record": record}
     except PrepareError as e:
         return {"status": "failed", "reason": str(e)}
@@ -434,9 +447,17 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="video", desc="prepare", disable=not enabled)
 
 
-def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Optional[str] = None, fmt: str = "video",
-                 separator: str = " ", workers: int = 1, out_list: Optional[str] = None,
-                 progress: bool = True) -> Report:
+def prepare_list(
+    src_list: str,
+    out_dir: str,
+    opts: PrepareOptions,
+    root: Optional[str] = None,
+    fmt: str = "video",
+    separator: str = " ",
+    workers: int = 1,
+    out_list: Optional[str] = None,
+    progress: bool = True,
+) -> Report:
     """Prepare every video of `src_list` into `out_dir` and write the new list (see the module
     docstring). Raises OSError/ValueError when the list itself is unusable."""
     if fmt not in ("video", "csv"):
@@ -450,8 +471,9 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
             if opts.template.format(1) == opts.template.format(2):
                 raise ValueError
         except (ValueError, IndexError, KeyError):
-            raise ValueError(f"--template must number the frames, like img_{{:05d}}.jpg; "
-                             f"got {opts.template!r}") from None
+            raise ValueError(
+                f"--template must number the frames, like img_{{:05d}}.jpg; got {opts.template!r}"
+            ) from None
     root = root if root is not None else (os.path.dirname(src_list) or ".")
     items = read_list(src_list, root, fmt, separator)
     os.makedirs(out_dir, exist_ok=True)
@@ -468,8 +490,10 @@ def prepare_list(src_list: str, out_dir: str, opts: PrepareOptions, root: Option
         rel = output_relpath(item.path, root, opts.frames)
         if rel in outputs:
             if os.path.abspath(outputs[rel]) != os.path.abspath(item.path):
-                results.setdefault(f"{rel}#{item.line}", {"status": "failed",
-                                   "reason": f"its output {rel} is also the output of {outputs[rel]}"})
+                results.setdefault(
+                    f"{rel}#{item.line}",
+                    {"status": "failed", "reason": f"its output {rel} is also the output of {outputs[rel]}"},
+                )
             continue
         outputs[rel] = item.path
         if opts.frames and any(c.isspace() for c in rel):
@@ -541,8 +565,11 @@ def lists_from_folders(src_dir: str, out_dir: str, val_fraction: float = 0.2, se
     splits: Dict[str, List[str]] = {"train": [], "val": []}
     for label, name in enumerate(classes):
         folder = os.path.join(src_dir, name)
-        videos = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
-                        and e.name.lower().endswith(VIDEO_EXTENSIONS))
+        videos = sorted(
+            e.name
+            for e in os.scandir(folder)
+            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(VIDEO_EXTENSIONS)
+        )
         random.Random(f"{seed}/{name}").shuffle(videos)
         n_val = round(val_fraction * len(videos))
         if val_fraction > 0 and len(videos) >= 2:
@@ -560,41 +587,57 @@ def lists_from_folders(src_dir: str, out_dir: str, val_fraction: float = 0.2, se
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m action_launch.datasets.prepare", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(
+        prog="python -m action_launch.datasets.prepare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     parser.add_argument("src", help="list file to prepare (with --from-folders: the folder of class folders)")
     parser.add_argument("out_dir", help="folder for the prepared copies and the new list(s)")
     parser.add_argument("--root", help="folder the list's relative paths resolve against (default: the list's folder)")
     parser.add_argument("--format", default="video", choices=("video", "csv"), help="format of the source list")
     parser.add_argument("--separator", default=" ", help="field separator of csv lists")
-    parser.add_argument("--short-side", type=int, default=256,
-                        help="largest short side of the copies: bigger videos are scaled down to it, smaller ones "
-                             "keep their size (0: keep every size)")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=256,
+        help="largest short side of the copies: bigger videos are scaled down to it, smaller ones "
+        "keep their size (0: keep every size)",
+    )
     parser.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encoded videos")
     parser.add_argument("--fps", type=float, help="frame rate of the copies (default: the source's, every frame)")
     parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower: better, bigger)")
     parser.add_argument("--preset", default="medium", help="x264 preset (ultrafast ... veryslow)")
-    parser.add_argument("--tune", default="fastdecode",
-                        help="x264 tune (default fastdecode: decodes faster, files bigger; 'none': no tune)")
+    parser.add_argument(
+        "--tune",
+        default="fastdecode",
+        help="x264 tune (default fastdecode: decodes faster, files bigger; 'none': no tune)",
+    )
     parser.add_argument("--bframes", type=int, default=0, help="most consecutive B-frames (x264's default: 3)")
     parser.add_argument("--frames", action="store_true", help="extract JPEG frames to folders instead")
     parser.add_argument("--template", default="img_{:05d}.jpg", help="frame file name, numbered from 1")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
     parser.add_argument("--out-list", help="name of the new list in OUT_DIR (default: the source list's name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--from-folders", action="store_true",
-                        help="build classes.txt, train.txt and val.txt from SRC/class_name/video.ext")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="with --from-folders: share of each class in val")
+    parser.add_argument(
+        "--from-folders",
+        action="store_true",
+        help="build classes.txt, train.txt and val.txt from SRC/class_name/video.ext",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="with --from-folders: share of each class in val"
+    )
     parser.add_argument("--seed", type=int, default=0, help="with --from-folders: seed of the split")
     a = parser.parse_args(argv)
     if a.bframes < 0:
         parser.error(f"--bframes must be 0 or more, got {a.bframes}")
     unknown_tunes = sorted(set(a.tune.split(",")) - X264_TUNES - {"none"})
     if unknown_tunes:
-        parser.error(f"--tune {a.tune}: unknown x264 tune {', '.join(unknown_tunes)}; "
-                     f"choose from {', '.join(sorted(X264_TUNES))} or none")
+        parser.error(
+            f"--tune {a.tune}: unknown x264 tune {', '.join(unknown_tunes)}; "
+            f"choose from {', '.join(sorted(X264_TUNES))} or none"
+        )
 
     if a.from_folders:
         try:
@@ -602,28 +645,45 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(f"{a.out_dir}: {counts['classes']} classes, {counts['train']} train + {counts['val']} val videos "
-              f"(classes.txt, train.txt, val.txt)")
+        print(
+            f"{a.out_dir}: {counts['classes']} classes, {counts['train']} train + {counts['val']} val videos "
+            f"(classes.txt, train.txt, val.txt)"
+        )
         return 0
 
-    opts = PrepareOptions(short_side=a.short_side, gop=a.gop, fps=a.fps, crf=a.crf, preset=a.preset,
-                          tune=None if a.tune == "none" else a.tune, bframes=a.bframes, frames=a.frames,
-                          template=a.template)
+    opts = PrepareOptions(
+        short_side=a.short_side,
+        gop=a.gop,
+        fps=a.fps,
+        crf=a.crf,
+        preset=a.preset,
+        tune=None if a.tune == "none" else a.tune,
+        bframes=a.bframes,
+        frames=a.frames,
+        template=a.template,
+    )
     t0 = time.time()
     try:
-        report = prepare_list(a.src, a.out_dir, opts, a.root, a.format, a.separator, a.workers, a.out_list,
-                              progress=not a.no_progress)
+        report = prepare_list(
+            a.src, a.out_dir, opts, a.root, a.format, a.separator, a.workers, a.out_list, progress=not a.no_progress
+        )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line, path, reason in report.failed:
         print(f"{a.src}:{line}: {path}: {reason}")
     kind = "frame folders" if opts.frames else "videos"
-    kept = (f"{report.kept_size} kept at their own size (short side at most {opts.short_side}, never enlarged); "
-            if opts.short_side > 0 else "")
-    print(f"{report.list_path}: {report.done + report.skipped} {kind} ({report.done} prepared now, "
-          f"{report.skipped} already done), {len(report.failed)} failed and left out; {kept}"
-          f"{time.time() - t0:.1f}s", file=sys.stderr)
+    kept = (
+        f"{report.kept_size} kept at their own size (short side at most {opts.short_side}, never enlarged); "
+        if opts.short_side > 0
+        else ""
+    )
+    print(
+        f"{report.list_path}: {report.done + report.skipped} {kind} ({report.done} prepared now, "
+        f"{report.skipped} already done), {len(report.failed)} failed and left out; {kept}"
+        f"{time.time() - t0:.1f}s",
+        file=sys.stderr,
+    )
     return 1 if report.failed else 0
 
 

@@ -20,6 +20,7 @@ Randomness comes only from the `np.random.Generator` passed in: one generator pe
 sample is reproducible from its seed alone. Frames come as (T, H, W, C) uint8 in the model's
 channel order; every clip leaves as contiguous float32 (C, T, H, W).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -88,8 +89,10 @@ class Protocol:
         """ValueError, naming the key, for a setting this protocol cannot run."""
         cfg = self.cfg
         if cfg.test_num_crops not in self.crops:
-            raise ValueError(f"data.test_num_crops={cfg.test_num_crops}: data.protocol={self.name} takes "
-                             f"{', '.join(map(str, self.crops))}")
+            raise ValueError(
+                f"data.test_num_crops={cfg.test_num_crops}: data.protocol={self.name} takes "
+                f"{', '.join(map(str, self.crops))}"
+            )
         if cfg.test_num_clips < 1:
             raise ValueError(f"data.test_num_clips must be >= 1, got {cfg.test_num_clips}")
         if len(cfg.mean) != 3 or len(cfg.std) != 3:
@@ -134,9 +137,15 @@ class Protocol:
     def describe(self) -> Dict[str, str]:
         """What a test run uses, for the log and MLflow: protocol, clips, crops, view sizes, aggregation."""
         cfg = self.cfg
-        return {"protocol": self.name, "num_clips": str(cfg.test_num_clips), "num_crops": str(cfg.test_num_crops),
-                "views": str(self.num_views), "short_side": str(cfg.test_short_side),
-                "crop_size": str(self.test_crop_size), "aggregate": self.aggregate}
+        return {
+            "protocol": self.name,
+            "num_clips": str(cfg.test_num_clips),
+            "num_crops": str(cfg.test_num_crops),
+            "views": str(self.num_views),
+            "short_side": str(cfg.test_short_side),
+            "crop_size": str(self.test_crop_size),
+            "aggregate": self.aggregate,
+        }
 
 
 def protocol_class(name: str) -> type:
@@ -164,8 +173,9 @@ def stream_timing(path: str, vr) -> StreamTiming:
             time_base = float(stream.time_base) if stream.time_base else None
             frames_length, duration = int(stream.frames or 0), stream.duration
             fps = float(stream.average_rate) if stream.average_rate else float(vr.get_avg_fps())
-            pts = np.sort(np.array([p.pts for p in container.demux(stream) if p.pts is not None and p.size],
-                                   dtype=np.int64))
+            pts = np.sort(
+                np.array([p.pts for p in container.demux(stream) if p.pts is not None and p.size], dtype=np.int64)
+            )
     except (av.FFmpegError, OSError, IndexError) as e:
         raise BadVideoError(f"container metadata: {e}") from None
     if len(pts) != len(vr) and time_base:

@@ -38,6 +38,7 @@ Where this differs from upstream, deliberately:
 - A video upstream cannot sample (a stated duration without a frame count, or no frame in the window) is a bad
   file (`BadVideoError`), skipped and logged; upstream retries it and then random others.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def clip_size(sampling_rate: int, num_frames: int, target_fps: float, fps: Optio
     return sampling_rate * num_frames / target_fps * fps
 
 
-def start_end(video_size: float, size: float, clip_idx: int, num_clips: int,
-              rng: Optional[np.random.Generator] = None) -> Tuple[float, float]:
+def start_end(
+    video_size: float, size: float, clip_idx: int, num_clips: int, rng: Optional[np.random.Generator] = None
+) -> Tuple[float, float]:
     """First and last (float) frame of a clip of `size` frames: random (`clip_idx` -1, one draw from `rng`, even
     when the clip fills the video) or test clip `clip_idx` of `num_clips` (`get_start_end_idx`)."""
     delta = max(video_size - size, 0)
@@ -90,8 +92,9 @@ def pts_window(timing: StreamTiming, start: float, end: float) -> Tuple[int, int
     inside = int(np.searchsorted(timing.pts, int(end * timebase), side="right"))
     count = min(inside + 1, len(timing.pts)) - first
     if count <= 0:
-        raise BadVideoError(f"no frame in PySlowFast's decoding window from frame {start:.1f} of "
-                            f"{timing.frames_length}")
+        raise BadVideoError(
+            f"no frame in PySlowFast's decoding window from frame {start:.1f} of {timing.frames_length}"
+        )
     return first, count
 
 
@@ -136,7 +139,7 @@ def random_crop(clip: torch.Tensor, size: int, rng: np.random.Generator) -> torc
     h, w = clip.shape[2], clip.shape[3]
     top = int(rng.integers(0, h - size)) if h > size else 0
     left = int(rng.integers(0, w - size)) if w > size else 0
-    return clip[:, :, top:top + size, left:left + size]
+    return clip[:, :, top : top + size, left : left + size]
 
 
 def uniform_crop(clip: torch.Tensor, size: int, index: int) -> torch.Tensor:
@@ -148,7 +151,7 @@ def uniform_crop(clip: torch.Tensor, size: int, index: int) -> torch.Tensor:
         top = (0, top, h - size)[index]
     else:
         left = (0, left, w - size)[index]
-    return clip[:, :, top:top + size, left:left + size]
+    return clip[:, :, top : top + size, left : left + size]
 
 
 class PySlowFastProtocol(Protocol):
@@ -178,18 +181,26 @@ class PySlowFastProtocol(Protocol):
         if len(scales) != 2 or scales[0] > scales[1]:
             raise ValueError(f"data.train_short_side must be [min, max] (TRAIN_JITTER_SCALES), got {scales}")
         if cfg.crop_size > scales[0]:
-            raise ValueError(f"data.crop_size={cfg.crop_size} is larger than data.train_short_side[0]={scales[0]}, "
-                             "the smallest training short side it is cut from")
+            raise ValueError(
+                f"data.crop_size={cfg.crop_size} is larger than data.train_short_side[0]={scales[0]}, "
+                "the smallest training short side it is cut from"
+            )
         want, key = self.test_scale()
         if cfg.test_short_side != want:
-            raise ValueError(f"data.test_short_side={cfg.test_short_side}: pyslowfast resizes {cfg.sampling} test "
-                             f"frames with {cfg.test_num_crops} crop(s) to {key}={want}; set it to {want}")
+            raise ValueError(
+                f"data.test_short_side={cfg.test_short_side}: pyslowfast resizes {cfg.sampling} test "
+                f"frames with {cfg.test_num_crops} crop(s) to {key}={want}; set it to {want}"
+            )
         if self.test_crop_size > self.val_short_side:
-            raise ValueError(f"data.test_crop_size={self.test_crop_size} is larger than data.train_short_side[0]="
-                             f"{self.val_short_side}, the short side of the val view")
+            raise ValueError(
+                f"data.test_crop_size={self.test_crop_size} is larger than data.train_short_side[0]="
+                f"{self.val_short_side}, the short side of the val view"
+            )
         if cfg.sampling == "segment" and cfg.test_num_clips > 1:
-            raise ValueError(f"data.test_num_clips={cfg.test_num_clips} with data.sampling=segment: PySlowFast's "
-                             "SSv2 loader gives every ensemble view the same frames; use 1")
+            raise ValueError(
+                f"data.test_num_clips={cfg.test_num_clips} with data.sampling=segment: PySlowFast's "
+                "SSv2 loader gives every ensemble view the same frames; use 1"
+            )
 
     def span(self, fps: Optional[float]) -> float:
         cfg = self.cfg
@@ -197,15 +208,22 @@ class PySlowFastProtocol(Protocol):
             return float(cfg.num_frames)
         return clip_size(cfg.sampling_rate, cfg.num_frames, cfg.target_fps, fps)
 
-    def _dense(self, source: Source, clip_ids: Sequence[int], num_clips: int,
-               rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    def _dense(
+        self, source: Source, clip_ids: Sequence[int], num_clips: int, rng: Optional[np.random.Generator] = None
+    ) -> np.ndarray:
         """(clips, T) frame indices of dense clips `clip_ids` of `num_clips` (-1: random), see the module
         docstring."""
         timing = source.timing() if source.timing is not None else None  # once: it reads the whole container
         return np.stack([self._dense_clip(source.num_frames, timing, c, num_clips, rng) for c in clip_ids])
 
-    def _dense_clip(self, num_frames: int, timing: Optional[StreamTiming], clip_idx: int, num_clips: int,
-                    rng: Optional[np.random.Generator]) -> np.ndarray:
+    def _dense_clip(
+        self,
+        num_frames: int,
+        timing: Optional[StreamTiming],
+        clip_idx: int,
+        num_clips: int,
+        rng: Optional[np.random.Generator],
+    ) -> np.ndarray:
         """(T,) frame indices of one dense clip of a source of `num_frames` frames described by `timing`."""
         if timing is None:  # a frame folder: every frame, no frame rate
             first, count, size = 0, num_frames, self.span(None)
@@ -270,9 +288,14 @@ class PySlowFastProtocol(Protocol):
         if cfg.sampling == "segment":
             temporal = "SSv2 segments round(i*(L-1)/T)..round((i+1)*(L-1)/T), middles at test, one clip"
         else:
-            temporal = (f"{cfg.num_frames} frames over {cfg.sampling_rate}*{cfg.num_frames}/{cfg.target_fps:g}*fps "
-                        "frames; view i of n starts at delta*i/n (one view: 0); PyAV timestamp window + 1 frame")
-        return {**super().describe(), "temporal": temporal,
-                "resize": "normalise, then float bilinear: short side to size, long side floor(long/short*size)",
-                "crop": "ceil((side-crop)/2), 3 crops at both ends of the long side",
-                "val": f"clip 0 of 1, centre crop at short side {self.val_short_side}"}
+            temporal = (
+                f"{cfg.num_frames} frames over {cfg.sampling_rate}*{cfg.num_frames}/{cfg.target_fps:g}*fps "
+                "frames; view i of n starts at delta*i/n (one view: 0); PyAV timestamp window + 1 frame"
+            )
+        return {
+            **super().describe(),
+            "temporal": temporal,
+            "resize": "normalise, then float bilinear: short side to size, long side floor(long/short*size)",
+            "crop": "ceil((side-crop)/2), 3 crops at both ends of the long side",
+            "val": f"clip 0 of 1, centre crop at short side {self.val_short_side}",
+        }

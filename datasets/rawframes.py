@@ -9,6 +9,7 @@ multi-view test split and bad-file skipping are `ClipDataset`'s, shared with `Vi
 a missing folder, a zero frame count, or a missing or undecodable frame file makes the item
 a bad file (skipped, said once in a log line, logged). Frames decode with Pillow.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,9 @@ class RawFrameDataset(ClipDataset):
         try:
             frame_path("", 0, cfg.frame_template, cfg.frame_start_index)
         except (IndexError, KeyError, ValueError) as e:
-            raise ValueError(f"data.frame_template={cfg.frame_template!r} must format one frame number, "
-                             f"e.g. 'img_{{:05d}}.jpg': {e}") from None
+            raise ValueError(
+                f"data.frame_template={cfg.frame_template!r} must format one frame number, e.g. 'img_{{:05d}}.jpg': {e}"
+            ) from None
         if cfg.frame_start_index < 0:
             raise ValueError(f"data.frame_start_index must be 0 or more, got {cfg.frame_start_index}")
 
@@ -80,4 +82,5 @@ class RawFrameDataset(ClipDataset):
         cfg = self.cfg
         # a folder has no frame rate: the stride is taken as listed
         return Source(item.num_frames), lambda indices: read_frame_folder(
-            item.path, indices, cfg.frame_template, cfg.frame_start_index)
+            item.path, indices, cfg.frame_template, cfg.frame_start_index
+        )

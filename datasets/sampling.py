@@ -9,6 +9,7 @@ Two schemes:
 Randomness comes only from the `np.random.Generator` passed in, so a seeded generator gives the
 same indices on any machine and in any worker.
 """
+
 from __future__ import annotations
 
 import math

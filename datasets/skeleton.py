@@ -28,6 +28,7 @@ participant id comes from the sample name through `cfg.participant_regex`);
 The bone pairs come from `models.graphs`, a numpy-only module with no framework dependency
 (the one model-side import of the data layer, made when a dataset needs bones).
 """
+
 from __future__ import annotations
 
 import csv
@@ -76,8 +77,13 @@ def resize_time(x: np.ndarray, length: int) -> np.ndarray:
     return x[:, lo] * (1 - w) + x[:, hi] * w
 
 
-def crop_window(x: np.ndarray, window: int, crop_range: Sequence[float], rng: Optional[np.random.Generator],
-                valid: Optional[int] = None) -> np.ndarray:
+def crop_window(
+    x: np.ndarray,
+    window: int,
+    crop_range: Sequence[float],
+    rng: Optional[np.random.Generator],
+    valid: Optional[int] = None,
+) -> np.ndarray:
     """Step 1 of the module docstring: crop the valid frames (randomly when `rng` is given)
     and resize to `window` frames (0: no crop, no resize)."""
     if window <= 0:
@@ -88,7 +94,7 @@ def crop_window(x: np.ndarray, window: int, crop_range: Sequence[float], rng: Op
         p = float(rng.uniform(crop_range[0], crop_range[-1]))
         length = min(valid, max(1, int(round(p * valid))))
         start = int(rng.integers(0, valid - length + 1))
-    return resize_time(x[:, start:start + length], window)
+    return resize_time(x[:, start : start + length], window)
 
 
 def rotation_matrix(ax: float, ay: float, az: float) -> np.ndarray:
@@ -109,8 +115,13 @@ def random_rotate(x: np.ndarray, degrees: float, rng: np.random.Generator) -> np
     return out
 
 
-def sequence_transform(x: np.ndarray, cfg: SkeletonStreamConfig, pairs: Optional[List[Tuple[int, int]]],
-                       rng: Optional[np.random.Generator], valid: Optional[int] = None) -> np.ndarray:
+def sequence_transform(
+    x: np.ndarray,
+    cfg: SkeletonStreamConfig,
+    pairs: Optional[List[Tuple[int, int]]],
+    rng: Optional[np.random.Generator],
+    valid: Optional[int] = None,
+) -> np.ndarray:
     """Steps 1-4 of the module docstring on one (C, T, V, ...) float32 sequence; `rng` None
     means evaluation (no random crop or rotation); `valid` overrides the valid length."""
     x = crop_window(x, cfg.window_size, cfg.crop_range, rng, valid)
@@ -120,8 +131,11 @@ def sequence_transform(x: np.ndarray, cfg: SkeletonStreamConfig, pairs: Optional
     if cfg.skeleton_stream == "bone":
         x = bone_vectors(joints, _needed(pairs))
     if cfg.laban:
-        laban = (authors_laban_features(joints[:3]) if cfg.laban_formula == "authors"
-                 else laban_features(joints[:3], _needed(pairs)))
+        laban = (
+            authors_laban_features(joints[:3])
+            if cfg.laban_formula == "authors"
+            else laban_features(joints[:3], _needed(pairs))
+        )
         x = np.concatenate([x, laban])
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -143,8 +157,10 @@ def check_skeleton_config(cfg: SkeletonStreamConfig) -> None:
     if len(cfg.crop_range) not in (1, 2) or not 0 < lo <= hi <= 1:
         raise ValueError(f"data.crop_range must be [min, max] with 0 < min <= max <= 1, got {cfg.crop_range}")
     if cfg.laban and cfg.laban_formula == "authors" and graph_bone_pairs(cfg.graph) != graph_bone_pairs("smpl-24"):
-        raise ValueError(f"data.laban_formula=authors computes the personality authors' SMPL-24 features; "
-                         f"data.graph must be smpl-24 (or another graph with its bones), got {cfg.graph!r}")
+        raise ValueError(
+            f"data.laban_formula=authors computes the personality authors' SMPL-24 features; "
+            f"data.graph must be smpl-24 (or another graph with its bones), got {cfg.graph!r}"
+        )
 
 
 def load_labels(path: str) -> Tuple[List[str], List]:
@@ -180,8 +196,10 @@ def read_targets(path: str, participant_column: str, columns: Sequence[str]) -> 
         header = reader.fieldnames or []
         missing = [c for c in [participant_column, *columns] if c not in header]
         if missing:
-            raise ValueError(f"{path}: no column(s) {missing} (data.participant_column / data.target_columns); "
-                             f"the header has {header}")
+            raise ValueError(
+                f"{path}: no column(s) {missing} (data.participant_column / data.target_columns); "
+                f"the header has {header}"
+            )
         for number, row in enumerate(reader, start=2):
             try:
                 out[row[participant_column].strip()] = np.array([float(row[c]) for c in columns], np.float32)
@@ -235,8 +253,10 @@ class SkeletonDataset(torch.utils.data.Dataset):
         unknown = [n for n, p in zip(self.sample_names, found) if p is None or p not in table]
         self.participants = [p for p in found if p is not None]  # all of them once `unknown` is empty
         if unknown:
-            raise ValueError(f"{len(unknown)} samples of {self.label_path} have no participant in {path} "
-                             f"(data.participant_regex={cfg.participant_regex!r}), e.g. {unknown[:3]}")
+            raise ValueError(
+                f"{len(unknown)} samples of {self.label_path} have no participant in {path} "
+                f"(data.participant_regex={cfg.participant_regex!r}), e.g. {unknown[:3]}"
+            )
         self.targets = np.stack([table[p] for p in self.participants])
 
     @property

@@ -21,6 +21,7 @@ the same files byte for byte.
 Default size 64, not 48: decord 0.6 mis-decodes 16/24/48/72-pixel-wide videos
 (dmlc/decord#336; `datasets.decode.read_frames` works around it, but on a slower path).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,15 @@ SPLIT_IDS = {"train": 0, "val": 1}
 FORMAT_VERSION = 2  # bump when render() changes: existing sets are then regenerated
 
 
-def write_video(path: str, frames: np.ndarray, fps: float = 30, crf: int = 18, gop: Optional[int] = None,
-                preset: str = "veryfast", faststart: bool = False) -> str:
+def write_video(
+    path: str,
+    frames: np.ndarray,
+    fps: float = 30,
+    crf: int = 18,
+    gop: Optional[int] = None,
+    preset: str = "veryfast",
+    faststart: bool = False,
+) -> str:
     """Write (T, H, W, 3) uint8 RGB frames as an H.264 mp4 (libx264, yuv420p, one encoder
     thread so the bytes depend only on the frames). H and W must be even (yuv420p).
     `gop`: keyframe interval (None: x264's default). The default preset keeps B-frames, as
@@ -136,8 +144,16 @@ def render(rng: np.random.Generator, label: int, size: int = 64, frames: int = 4
 
 
 def _params(num_train, num_val, size, frames, fps, seed, classes) -> dict:
-    return dict(version=FORMAT_VERSION, num_train=num_train, num_val=num_val, size=size, frames=frames,
-                fps=fps, seed=seed, classes=classes)
+    return dict(
+        version=FORMAT_VERSION,
+        num_train=num_train,
+        num_val=num_val,
+        size=size,
+        frames=frames,
+        fps=fps,
+        seed=seed,
+        classes=classes,
+    )
 
 
 def is_complete(out_dir, params: dict) -> bool:
@@ -162,8 +178,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def generate(out_dir, num_train: int = 160, num_val: int = 64, size: int = 64, frames: int = 48,
-             fps: float = 30, seed: int = 0, classes: int = 4, force: bool = False) -> Path:
+def generate(
+    out_dir,
+    num_train: int = 160,
+    num_val: int = 64,
+    size: int = 64,
+    frames: int = 48,
+    fps: float = 30,
+    seed: int = 0,
+    classes: int = 4,
+    force: bool = False,
+) -> Path:
     """Write the data set into `out_dir` (skipped when a complete one with the same
     parameters is there, unless `force`) and return its path. Labels are balanced: video i
     of a split has label i % classes."""
@@ -200,7 +225,9 @@ def generate(out_dir, num_train: int = 160, num_val: int = 64, size: int = 64, f
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m action_launch.datasets.synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m action_launch.datasets.synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("out_dir", help="folder to write (e.g. data/synthetic)")
     parser.add_argument("--num-train", type=int, default=160, help="training videos")
     parser.add_argument("--num-val", type=int, default=64, help="validation videos")
@@ -217,8 +244,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     t0 = time.time()
     generate(a.out_dir, a.num_train, a.num_val, a.size, a.frames, a.fps, a.seed, a.classes, force=True)
-    print(f"{a.out_dir}: wrote {a.num_train} train + {a.num_val} val videos "
-          f"({a.classes} classes) in {time.time() - t0:.1f}s")
+    print(
+        f"{a.out_dir}: wrote {a.num_train} train + {a.num_val} val videos "
+        f"({a.classes} classes) in {time.time() - t0:.1f}s"
+    )
     return 0
 
 

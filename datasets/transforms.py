@@ -10,6 +10,7 @@ layout. `train_clip` / `eval_clip` are the two complete chains the datasets use.
 Randomness comes only from an explicit `np.random.Generator` (never the global RNGs), so a
 sample is reproducible from its seed alone.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
@@ -53,7 +54,9 @@ def short_side_resize(clip: torch.Tensor, size: int) -> torch.Tensor:
     return resize(clip, new_h, new_w)
 
 
-def random_short_side_resize(clip: torch.Tensor, min_size: int, max_size: int, rng: np.random.Generator) -> torch.Tensor:
+def random_short_side_resize(
+    clip: torch.Tensor, min_size: int, max_size: int, rng: np.random.Generator
+) -> torch.Tensor:
     """Scale jitter: short side uniform in [min_size, max_size] (inclusive)."""
     if min_size > max_size:
         raise ValueError(f"short-side range [{min_size}, {max_size}] is empty")
@@ -135,8 +138,16 @@ def multi_scale_crop(
     ws, hs = (w - crop_w) // 4, (h - crop_h) // 4
     offsets = [(0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs), (2 * ws, 2 * hs)]
     if more_fix_crop:
-        offsets += [(0, 2 * hs), (4 * ws, 2 * hs), (2 * ws, 4 * hs), (2 * ws, 0),
-                    (ws, hs), (3 * ws, hs), (ws, 3 * hs), (3 * ws, 3 * hs)]
+        offsets += [
+            (0, 2 * hs),
+            (4 * ws, 2 * hs),
+            (2 * ws, 4 * hs),
+            (2 * ws, 0),
+            (ws, hs),
+            (3 * ws, hs),
+            (ws, 3 * hs),
+            (3 * ws, 3 * hs),
+        ]
     left, top = offsets[int(rng.integers(0, len(offsets)))]
     return resize(crop(clip, top, left, crop_h, crop_w), size, size)
 

@@ -45,6 +45,7 @@ Where this deliberately differs from upstream:
   draw covers, so that validation is repeatable.
 - sources may be video files: indices then count the decoded frames.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
@@ -61,8 +62,21 @@ SCALES = (1.0, 0.875, 0.75, 0.66)
 DENSE_WINDOW = 64
 DENSE_TEST_CLIPS = 10
 # (x, y) positions of GroupMultiScaleCrop.fill_fix_offset in quarter steps: 5 (over-sample), then 8 more
-FIXED_POSITIONS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3),
-                   (3, 3))
+FIXED_POSITIONS = (
+    (0, 0),
+    (4, 0),
+    (0, 4),
+    (4, 4),
+    (2, 2),
+    (0, 2),
+    (4, 2),
+    (2, 4),
+    (2, 0),
+    (1, 1),
+    (3, 1),
+    (1, 3),
+    (3, 3),
+)
 # GroupFullResSample: left, right, centre
 FULL_RES_POSITIONS = ((0, 2), (4, 2), (2, 2))
 
@@ -79,8 +93,9 @@ def resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     if frames.shape[1:3] == (height, width):
         return frames  # PIL returns a copy of the image, and torchvision's Resize the image itself
     bilinear = Image.Resampling.BILINEAR
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((width, height), bilinear))
-                     for f in frames])
+    return np.stack(
+        [np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((width, height), bilinear)) for f in frames]
+    )
 
 
 def scale(frames: np.ndarray, size: int) -> np.ndarray:
@@ -96,11 +111,11 @@ def crop(frames: np.ndarray, left: int, top: int, width: int, height: int) -> np
     """PIL's `Image.crop((left, top, left + width, top + height))` of each frame: black outside the frame."""
     h, w = frames.shape[1:3]
     if left >= 0 and top >= 0 and left + width <= w and top + height <= h:
-        return frames[:, top:top + height, left:left + width]
+        return frames[:, top : top + height, left : left + width]
     out = np.zeros((len(frames), height, width, frames.shape[3]), frames.dtype)
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + width, w), min(top + height, h)
     if x1 > x0 and y1 > y0:
-        out[:, y0 - top:y1 - top, x0 - left:x1 - left] = frames[:, y0:y1, x0:x1]
+        out[:, y0 - top : y1 - top, x0 - left : x1 - left] = frames[:, y0:y1, x0:x1]
     return out
 
 
@@ -113,8 +128,9 @@ def normalise(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return x
 
 
-def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int,
-                  positions: Sequence[Tuple[int, int]] = FIXED_POSITIONS) -> List[Tuple[int, int]]:
+def fixed_offsets(
+    width: int, height: int, crop_w: int, crop_h: int, positions: Sequence[Tuple[int, int]] = FIXED_POSITIONS
+) -> List[Tuple[int, int]]:
     """`fill_fix_offset`: (left, top) of each position, in steps of a quarter of the room on each axis."""
     w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
     return [(i * w_step, j * h_step) for i, j in positions]
@@ -144,17 +160,25 @@ class TSNProtocol(Protocol):
         cfg = self.cfg
         scale_side = scale_size(cfg.crop_size)
         if cfg.test_short_side != scale_side:
-            raise ValueError(f"data.test_short_side={cfg.test_short_side}: data.protocol=tsn scales to TSM's "
-                             f"scale_size, data.crop_size * 256 // 224 = {scale_side}")
+            raise ValueError(
+                f"data.test_short_side={cfg.test_short_side}: data.protocol=tsn scales to TSM's "
+                f"scale_size, data.crop_size * 256 // 224 = {scale_side}"
+            )
         if cfg.test_crop_size not in (None, cfg.crop_size, scale_side):
-            raise ValueError(f"data.test_crop_size={cfg.test_crop_size}: data.protocol=tsn crops data.crop_size "
-                             f"({cfg.crop_size}) or, as --full_res, the whole scale ({scale_side})")
+            raise ValueError(
+                f"data.test_crop_size={cfg.test_crop_size}: data.protocol=tsn crops data.crop_size "
+                f"({cfg.crop_size}) or, as --full_res, the whole scale ({scale_side})"
+            )
         if cfg.sampling == "segment" and cfg.test_num_clips not in (1, 2):
-            raise ValueError(f"data.test_num_clips={cfg.test_num_clips}: data.protocol=tsn with data.sampling=segment "
-                             "tests 1 clip (segment centres) or 2 (--twice_sample)")
+            raise ValueError(
+                f"data.test_num_clips={cfg.test_num_clips}: data.protocol=tsn with data.sampling=segment "
+                "tests 1 clip (segment centres) or 2 (--twice_sample)"
+            )
         if cfg.sampling == "dense" and cfg.test_num_clips != DENSE_TEST_CLIPS:
-            raise ValueError(f"data.test_num_clips={cfg.test_num_clips}: data.protocol=tsn with data.sampling=dense "
-                             f"tests {DENSE_TEST_CLIPS} clips (--dense_sample)")
+            raise ValueError(
+                f"data.test_num_clips={cfg.test_num_clips}: data.protocol=tsn with data.sampling=dense "
+                f"tests {DENSE_TEST_CLIPS} clips (--dense_sample)"
+            )
 
     def span(self, fps):
         n = self.cfg.num_frames

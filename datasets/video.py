@@ -20,6 +20,7 @@ give `(clip (C, T, H, W), label)`. `test` gives `(views (V, C, T, H, W), label)`
 `cfg.test_num_clips` x `cfg.test_num_crops`, in clip-major order (view `v = clip * num_crops + crop`);
 the evaluator combines the V predictions of a video as the protocol's upstream does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,16 @@ import torch
 
 from .config import ClipConfig, DataConfig, VideoConfig
 from .decode import BadVideoError, open_video, read_frames
-from .lists import (ListItem, append_bad_file, bad_file_listing, read_bad_files, read_class_names, read_list,
-                    resolve_list_path, too_many_bad_files)
+from .lists import (
+    ListItem,
+    append_bad_file,
+    bad_file_listing,
+    read_bad_files,
+    read_class_names,
+    read_list,
+    resolve_list_path,
+    too_many_bad_files,
+)
 from .protocols import Source, make_protocol, stream_timing
 
 logger = logging.getLogger(__name__)
@@ -104,8 +113,9 @@ class BadFileSkipper:
         known = dict(self.bad_files)
         if self.cfg.bad_files_log:
             known.update({p: r for p, r in read_bad_files(self.cfg.bad_files_log).items() if p in self._paths})
-        error = too_many_bad_files(known, len(self.items), self.list_path, self.noun, self.cfg.max_bad_fraction,
-                                   scanned=False)
+        error = too_many_bad_files(
+            known, len(self.items), self.list_path, self.noun, self.cfg.max_bad_fraction, scanned=False
+        )
         if error:
             self.bad_files.update(known)
         return error
@@ -131,8 +141,10 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         self.list_path = split_list(cfg, split)
         listed = cfg if isinstance(cfg, VideoConfig) else None  # a `data.list_format` list (multiperson's: its own)
         if listed is not None and listed.list_format not in self.list_formats:
-            raise ValueError(f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
-                             f"{self.list_formats}, got {listed.list_format!r}")
+            raise ValueError(
+                f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
+                f"{self.list_formats}, got {listed.list_format!r}"
+            )
         if cfg.sampling not in SAMPLINGS:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {cfg.sampling!r}")
         self.protocol = make_protocol(cfg)
@@ -237,8 +249,10 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         if not self.multilabel:
             return item.label
         if self.num_classes is None:  # every line without labels, and no classes.txt
-            raise ValueError(f"{self.list_path}: no line has a label and {self.cfg.root} has no classes.txt: "
-                             "cannot size the multi-hot targets")
+            raise ValueError(
+                f"{self.list_path}: no line has a label and {self.cfg.root} has no classes.txt: "
+                "cannot size the multi-hot targets"
+            )
         out = torch.zeros(self.num_classes, dtype=torch.float32)
         out[item.label] = 1.0
         return out
@@ -252,8 +266,10 @@ class VideoDataset(ClipDataset):
 
     def __init__(self, cfg: VideoConfig, split: str):
         if cfg.list_format == "rawframes":
-            raise ValueError("data.list_format=rawframes lists frame folders; data.dataset=video reads video files "
-                             "(use data.dataset=rawframes)")
+            raise ValueError(
+                "data.list_format=rawframes lists frame folders; data.dataset=video reads video files "
+                "(use data.dataset=rawframes)"
+            )
         super().__init__(cfg, split)
 
     def open(self, item: ListItem) -> Opened:

@@ -5,6 +5,7 @@ The installed package is `action_launch`: this folder (the commands `train.py`, 
 with `models/` and `datasets/` of the checkout as `action_launch.models` and `action_launch.datasets`.
 ARCHITECTURE.md names the rooms and their import order.
 """
+
 from __future__ import annotations
 
 import os

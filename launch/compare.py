@@ -9,6 +9,7 @@ metric, cost, stop reason and swept params as columns. By default the columns ar
 differ between the runs; for a sweep the metric and mode default to the sweep's own (`sweep.metric`,
 `sweep.mode`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,20 +20,26 @@ from typing import Optional, Sequence
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
     sys.path.pop(0)
 
-from action_launch.tracking.compare import compare_runs  # noqa: E402  (imports MLflow only inside functions)
+from action_launch.tracking.compare import compare_runs
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True, help="MLflow experiment name (a config's `experiment`)")
-    parser.add_argument("--parent", help="a sweep: its name (tag sweep.name) or its parent run id; "
-                                         "omitted: every run of the experiment except sweep parents")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<--output-dir>/mlflow.db "
-                                               "as launch/train.py uses")
+    parser.add_argument(
+        "--parent",
+        help="a sweep: its name (tag sweep.name) or its parent run id; "
+        "omitted: every run of the experiment except sweep parents",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="default: $MLFLOW_TRACKING_URI, else sqlite:///<--output-dir>/mlflow.db as launch/train.py uses",
+    )
     parser.add_argument("--output-dir", default="runs", help="the configs' output_dir, for the default store (runs)")
     parser.add_argument("--metric", help="metric to sort by (default: the sweep's sweep.metric, else val/top1)")
-    parser.add_argument("--mode", choices=("max", "min"), help="best is the max or the min (default: the sweep's "
-                                                                "sweep.mode, else max)")
+    parser.add_argument(
+        "--mode", choices=("max", "min"), help="best is the max or the min (default: the sweep's sweep.mode, else max)"
+    )
     parser.add_argument("--params", help="comma-separated param keys to show (default: those that differ between runs)")
     parser.add_argument("--out", type=Path, help="folder for the CSV and PNG (default: <--output-dir>/compare)")
     return parser.parse_args(argv)

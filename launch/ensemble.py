@@ -5,6 +5,7 @@ The fused score of a video is scores_a + alpha * scores_b (MS-G3D adds the joint
 outputs, bone scaled by alpha); both runs must have scored the same videos with the same labels
 (they are matched by id, so their order may differ). Prints top-1/top-5 of A, B and the fusion.
 """
+
 from __future__ import annotations
 
 import argparse

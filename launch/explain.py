@@ -14,6 +14,7 @@ x.png`, frames top to bottom), and the image is logged as an artifact under `exp
 checkpoint's MLflow run (`--no-track` skips that; a file outside the run folder is copied into
 `<run>/explain/` first). Without --config, the config saved in the checkpoint is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,11 @@ if __name__ == "__main__" and __package__ is None:  # run as a script: drop laun
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Overrides: dotted keys parsed as YAML, e.g. data.test_short_side=256")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides: dotted keys parsed as YAML, e.g. data.test_short_side=256",
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its best checkpoint)")
     parser.add_argument("--video", required=True, help="video file (or frame folder for data.dataset=rawframes)")
     parser.add_argument("--out", required=True, help="output image: .gif (animated) or .png (strip)")

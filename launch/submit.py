@@ -7,6 +7,7 @@ job array. Without Slurm (or with --local) the same job runs through submitit's 
 Each job lives in `<output_dir>/<experiment>/<name>/<job id>/`: logs, resolved config, checkpoints,
 job.json. `--status THAT_FOLDER` shows its state and the tail of its logs.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,19 +27,34 @@ from action_launch.cluster.submission import SubmitRequest, submit_training  # n
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Overrides: dotted keys parsed as YAML (optim.lr=0.01); a value with "
-                                            "top-level commas is a grid axis (optim.lr=0.01,0.02)")
-    parser.add_argument("--config", action="append", default=[],
-                        help="YAML config; repeat it (--config a.yaml --config b.yaml) to submit one job array")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides: dotted keys parsed as YAML (optim.lr=0.01); a value with "
+        "top-level commas is a grid axis (optim.lr=0.01,0.02)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="YAML config; repeat it (--config a.yaml --config b.yaml) to submit one job array",
+    )
     for name, (tp, text) in slurm_flags().items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, help=f"slurm.{name}: {text}")
     parser.add_argument("--array", action="store_true", help="submit as a job array even for a single config")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config(s); submit nothing")
-    parser.add_argument("--local", action="store_true", help="run through submitit's local executor (default without Slurm)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script and resolved config(s); submit nothing"
+    )
+    parser.add_argument(
+        "--local", action="store_true", help="run through submitit's local executor (default without Slurm)"
+    )
     parser.add_argument("--wait", action="store_true", help="wait for the job(s) to end; exit 1 if any failed")
-    parser.add_argument("--no-snapshot", dest="snapshot", action="store_false",
-                        help="run the live tree instead of a copy of the code taken at submission")
+    parser.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run the live tree instead of a copy of the code taken at submission",
+    )
     parser.add_argument("--status", metavar="RUN_DIR", help="show the state and log tail of a submitted job")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, or key=a,b,c for a grid")
     return parser.parse_intermixed_args(argv)  # flags may follow key=value overrides
@@ -55,10 +71,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    return submit_training(SubmitRequest(configs=args.config, overrides=args.overrides,
-                                         slurm={k: getattr(args, k) for k in slurm_flags()}, array=args.array,
-                                         dry_run=args.dry_run, local=args.local, wait=args.wait,
-                                         snapshot=args.snapshot, started=_STARTED))
+    return submit_training(
+        SubmitRequest(
+            configs=args.config,
+            overrides=args.overrides,
+            slurm={k: getattr(args, k) for k in slurm_flags()},
+            array=args.array,
+            dry_run=args.dry_run,
+            local=args.local,
+            wait=args.wait,
+            snapshot=args.snapshot,
+            started=_STARTED,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Each rank evaluates whole batches of the one-process pass (whole recordings for 
 device; rank 0 gathers the predictions, writes, logs and prints; the other ranks print only errors. A rank
 that fails, dies or hangs stops every rank within `train.collective_timeout_s` with one error (exit status 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,11 @@ if __name__ == "__main__" and __package__ is None:  # run as a script: drop laun
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Overrides: dotted keys parsed as YAML, e.g. test.aggregate=sum "
-                                            "test.split=val data.num_workers=0")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides: dotted keys parsed as YAML, e.g. test.aggregate=sum test.split=val data.num_workers=0",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint folder, or a run folder")
     source.add_argument("--weights", help="a published weight file (needs --config)")

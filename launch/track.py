@@ -1,6 +1,7 @@
 """Tracking chores: `python launch/track.py sync RUN_DIR [--uri URI] [--killed]` pushes metrics kept while MLflow
 was down, to the run's store (a sweep's server is gone with its sweep), and closes as KILLED a run whose
 process died without ending it."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ from pathlib import Path
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
     sys.path.pop(0)
 
-from action_launch.tracking.tracker import sync  # noqa: E402
+from action_launch.tracking.tracker import sync
 
 
 def main(argv=None) -> int:
@@ -19,9 +20,12 @@ def main(argv=None) -> int:
     sync_cmd = sub.add_parser("sync", help="send a run folder's unsent journal lines to MLflow")
     sync_cmd.add_argument("run_dirs", nargs="+", type=Path)
     sync_cmd.add_argument("--uri", help="tracking URI (default: the run's store, else the URI it logged to)")
-    sync_cmd.add_argument("--killed", action="store_true",
-                          help="the run's processes are known to be gone (e.g. a cancelled job on another host): "
-                               "close a run that never ended as KILLED (on the run's own host this is checked)")
+    sync_cmd.add_argument(
+        "--killed",
+        action="store_true",
+        help="the run's processes are known to be gone (e.g. a cancelled job on another host): "
+        "close a run that never ended as KILLED (on the run's own host this is checked)",
+    )
     args = parser.parse_args(argv)
     failed = 0
     for run_dir in args.run_dirs:

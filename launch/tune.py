@@ -7,6 +7,7 @@ SQLite store, trials log through an `mlflow server` on 127.0.0.1 that this comma
 `--resume` continues an interrupted sweep (Tuner.restore) without rerunning finished trials. Ctrl-C stops
 a local sweep (exit 130): trials that were training are marked `interrupted`, those not begun `not started`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,28 +17,35 @@ import sys
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
     sys.path.pop(0)
 
-from action_launch.sweeps.plan import DEFAULT_SWEEP, SweepRequest, local_ray_environment  # noqa: E402
-from action_launch.sweeps.spec import SCHEDULERS  # noqa: E402
+from action_launch.sweeps.plan import DEFAULT_SWEEP, SweepRequest, local_ray_environment
+from action_launch.sweeps.spec import SCHEDULERS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="base training config (YAML); omitted: embedded defaults")
-    parser.add_argument("--sweep", default=str(DEFAULT_SWEEP),
-                        help="sweep file: search space, metric, scheduler settings (default: %(default)s)")
+    parser.add_argument(
+        "--sweep",
+        default=str(DEFAULT_SWEEP),
+        help="sweep file: search space, metric, scheduler settings (default: %(default)s)",
+    )
     parser.add_argument("--name", help="sweep name (folder and MLflow parent run); default: the sweep file's name")
     parser.add_argument("--num-samples", type=int, help="samples per grid point (overrides the sweep file)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="asha")
     parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
     parser.add_argument("--cpus-per-trial", type=float, default=1)
     parser.add_argument("--gpus-per-trial", type=float, default=0)
-    parser.add_argument("--workers-per-trial", type=int,
-                        help="training processes per trial (default: GPUs per trial, at least 1)")
+    parser.add_argument(
+        "--workers-per-trial", type=int, help="training processes per trial (default: GPUs per trial, at least 1)"
+    )
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial from its checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     parser.add_argument("--dry-run", action="store_true", help="check config and sweep, print the plan, run nothing")
-    parser.add_argument("--slurm", action="store_true",
-                        help="run the whole sweep as one Slurm job (Ray head + workers across its nodes)")
+    parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="run the whole sweep as one Slurm job (Ray head + workers across its nodes)",
+    )
     parser.add_argument("--nodes", type=int, help="with --slurm: nodes of the job")
     parser.add_argument("--gpus-per-node", type=int, help="with --slurm: GPUs per node")
     parser.add_argument("--partition", help="with --slurm")

@@ -1,10 +1,11 @@
 """Plain nn.Module video and skeleton models, created by preset name: `models.create('timesformer_tiny')`."""
+
 # Importing a model file registers its presets.
-from action_launch.models import (  # noqa: F401,E402
-    hiint,  # noqa: F401,E402
-    msg3d,  # noqa: F401,E402
+from action_launch.models import (  # noqa: F401
+    hiint,
+    msg3d,
     stabn,
-    timesformer,  # noqa: F401,E402
+    timesformer,
     tsm,
 )
 from action_launch.models._registry import Preset, build, create, get_preset, list_presets, register_preset

@@ -7,6 +7,7 @@ its class-sized modules (`register_head_modules`), a resize for tensors of anoth
 (`register_resize`), parts a file may lack by design (`register_new_part`). This module imports torch
 only, so family files import it without a cycle; `models.checkpoints` reads the registry.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,9 @@ def registered_formats() -> List[Union[Format, DelegatedFormat]]:
     return sorted(_FORMATS.values(), key=lambda f: -f.priority)
 
 
-def register_resize(fn: Callable[[str, torch.Tensor, torch.Size, nn.Module], Optional[Tuple[torch.Tensor, str]]]
-                    ) -> Callable[[str, torch.Tensor, torch.Size, nn.Module], Optional[Tuple[torch.Tensor, str]]]:
+def register_resize(
+    fn: Callable[[str, torch.Tensor, torch.Size, nn.Module], Optional[Tuple[torch.Tensor, str]]],
+) -> Callable[[str, torch.Tensor, torch.Size, nn.Module], Optional[Tuple[torch.Tensor, str]]]:
     """Decorator: `fn(model name, file tensor, model shape, model)` -> (resized tensor, how) or None, tried
     for a tensor of another shape (any format) after the format's own reshape."""
     _RESIZES.append(fn)
@@ -112,8 +114,9 @@ def resizes() -> List[Callable[[str, torch.Tensor, torch.Size, nn.Module], Optio
     return list(_RESIZES)
 
 
-def register_new_part(fn: Callable[[Sequence[str], Collection[str]], Dict[str, str]]
-                      ) -> Callable[[Sequence[str], Collection[str]], Dict[str, str]]:
+def register_new_part(
+    fn: Callable[[Sequence[str], Collection[str]], Dict[str, str]],
+) -> Callable[[Sequence[str], Collection[str]], Dict[str, str]]:
     """Decorator: `fn(missing model names, loaded model names)` -> {name: why} for the tensors of a part the
     file's kind of model has none of (kept at initialisation, reported as `new` instead of missing)."""
     _NEW_PARTS.append(fn)

@@ -1,4 +1,5 @@
 """Model registry: a preset is a model class plus constructor kwargs (timm's create_model idea)."""
+
 from __future__ import annotations
 
 import difflib
@@ -35,8 +36,9 @@ class Preset:
 _PRESETS: Dict[str, Preset] = {}
 
 
-def register_preset(name: str, cls: type, *, num_params: Optional[int] = None, crop_size: Optional[int] = None,
-                    **kwargs: Any) -> Preset:
+def register_preset(
+    name: str, cls: type, *, num_params: Optional[int] = None, crop_size: Optional[int] = None, **kwargs: Any
+) -> Preset:
     """Register `name` as `cls(**kwargs)`; a second registration of a name is a bug.
 
     Args:
@@ -76,8 +78,12 @@ def warn_num_class_once(where: str) -> None:
     if _num_class_warned:
         return
     _num_class_warned = True
-    warnings.warn(f"{where}: `num_class` is deprecated, use `num_classes` (the class count's one name across all "
-                  f"models); read as num_classes this time", FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}: `num_class` is deprecated, use `num_classes` (the class count's one name across all "
+        f"models); read as num_classes this time",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def rename_num_class(kwargs: Mapping[str, Any], where: str = "num_class") -> Dict[str, Any]:
@@ -116,8 +122,14 @@ def build(model_cfg: Mapping[str, Any]) -> nn.Module:
     return create(cfg.pop("name"), **cfg)
 
 
-def input_shape(model: nn.Module, preset: Optional[str] = None, *, window: Optional[int] = None,
-                frames: Optional[int] = None, crop_size: Optional[int] = None) -> Tuple[int, ...]:
+def input_shape(
+    model: nn.Module,
+    preset: Optional[str] = None,
+    *,
+    window: Optional[int] = None,
+    frames: Optional[int] = None,
+    crop_size: Optional[int] = None,
+) -> Tuple[int, ...]:
     """Shape of one input sample (no batch axis) that `model` expects, read from its attributes.
 
     - skeleton models (`num_point`, `num_person`, `in_channels`): (C, T, V, M); T = `window`, else

@@ -21,6 +21,7 @@ tensors with no role in the computation), all grouped by top-level module. The l
 skipped or unexpected, or nothing loads; a head of another size (a new class count) is the one expected
 skip. `partial=True` accepts a partial load (still not an empty one).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,23 @@ from action_launch.models._formats import (
     shape_text,
 )
 
-__all__ = ["CheckpointError", "DelegatedFormat", "Format", "Ignored", "LoadReport", "NATIVE", "Target",
-           "detect_format", "head_keys", "load_checkpoint", "map_checkpoint", "map_state_dict", "mapped_formats",
-           "mapped_state_dict", "read_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "DelegatedFormat",
+    "Format",
+    "Ignored",
+    "LoadReport",
+    "NATIVE",
+    "Target",
+    "detect_format",
+    "head_keys",
+    "load_checkpoint",
+    "map_checkpoint",
+    "map_state_dict",
+    "mapped_formats",
+    "mapped_state_dict",
+    "read_checkpoint",
+]
 
 # What our DeepSpeed checkpoint folders keep the module weights in (`training.engine.model_state_file`).
 DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -116,8 +131,9 @@ class LoadReport(dict):
         if not any(k.endswith("num_batches_tracked") for k in state_keys):
             for key in self.missing:
                 if key.endswith("num_batches_tracked"):
-                    self.new[key] = ("the file has no BatchNorm step counters (saved before PyTorch 0.4.1); "
-                                     "unused by eval")
+                    self.new[key] = (
+                        "the file has no BatchNorm step counters (saved before PyTorch 0.4.1); unused by eval"
+                    )
         self.missing = [k for k in self.missing if k not in self.new]
 
     # ---------------------------------------------------------------------------- verdict
@@ -146,9 +162,15 @@ class LoadReport(dict):
 
     # ------------------------------------------------------------------------------ text
     def counts(self) -> Dict[str, int]:
-        return {"loaded": len(self.loaded), "resized": len(self.resized), "skipped": len(self.skipped),
-                "missing": len(self.missing), "new": len(self.new), "unexpected": len(self.unexpected),
-                "ignored": len(self.ignored)}
+        return {
+            "loaded": len(self.loaded),
+            "resized": len(self.resized),
+            "skipped": len(self.skipped),
+            "missing": len(self.missing),
+            "new": len(self.new),
+            "unexpected": len(self.unexpected),
+            "ignored": len(self.ignored),
+        }
 
     def summary(self) -> str:
         """One line: where from, which format, how much loaded."""
@@ -156,17 +178,20 @@ class LoadReport(dict):
         head = f"{self.source}: {self.description or self.format}"
         if self.read_error:
             return f"{head}: unreadable ({self.read_error})"
-        return (f"{head}: loaded {c['loaded']} of {len(self.model_keys)} model tensors ({c['resized']} resized, "
-                f"{len(self.reshaped)} reshaped), skipped {c['skipped']} of another shape, {c['missing']} missing, "
-                f"{c['new']} new (kept at initialisation), {c['unexpected']} unexpected, {c['ignored']} ignored")
+        return (
+            f"{head}: loaded {c['loaded']} of {len(self.model_keys)} model tensors ({c['resized']} resized, "
+            f"{len(self.reshaped)} reshaped), skipped {c['skipped']} of another shape, {c['missing']} missing, "
+            f"{c['new']} new (kept at initialisation), {c['unexpected']} unexpected, {c['ignored']} ignored"
+        )
 
     def groups(self) -> Dict[str, Dict[str, int]]:
         """Counts per top-level module (model names), plus the file's own groups for unexpected/ignored."""
         table: Dict[str, Dict[str, int]] = {}
 
         def add(group: str, column: str) -> None:
-            row = table.setdefault(group, dict.fromkeys(("loaded", "resized", "skipped", "missing", "new",
-                                                          "unexpected", "ignored"), 0))
+            row = table.setdefault(
+                group, dict.fromkeys(("loaded", "resized", "skipped", "missing", "new", "unexpected", "ignored"), 0)
+            )
             row[column] += 1
 
         for key in self.model_keys:
@@ -210,8 +235,10 @@ class LoadReport(dict):
                 lines.append(f"  ... and {len(items) - len(shown)} more")
 
         block("conflicts", self.conflicts)
-        block("skipped as another shape",
-              [f"{k}{' [head]' if k in self.head else ''}: {v}" for k, v in self.skipped.items()])
+        block(
+            "skipped as another shape",
+            [f"{k}{' [head]' if k in self.head else ''}: {v}" for k, v in self.skipped.items()],
+        )
         block("missing", [f"{k}{' [head]' if k in self.head else ''}" for k in self.missing])
         block("unexpected", self.unexpected)
         block("resized", [f"{k}: {v}" for k, v in self.resized.items()])
@@ -221,12 +248,26 @@ class LoadReport(dict):
         return "\n".join(lines)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"source": self.source, "format": self.format, "description": self.description,
-                "container": self.container, "complete": self.complete, "problems": self.problems(),
-                "counts": self.counts(), "groups": self.groups(), "loaded": self.loaded, "resized": self.resized,
-                "reshaped": self.reshaped, "skipped": self.skipped, "missing": self.missing, "new": self.new,
-                "unexpected": self.unexpected, "ignored": self.ignored, "conflicts": self.conflicts,
-                "read_error": self.read_error}
+        return {
+            "source": self.source,
+            "format": self.format,
+            "description": self.description,
+            "container": self.container,
+            "complete": self.complete,
+            "problems": self.problems(),
+            "counts": self.counts(),
+            "groups": self.groups(),
+            "loaded": self.loaded,
+            "resized": self.resized,
+            "reshaped": self.reshaped,
+            "skipped": self.skipped,
+            "missing": self.missing,
+            "new": self.new,
+            "unexpected": self.unexpected,
+            "ignored": self.ignored,
+            "conflicts": self.conflicts,
+            "read_error": self.read_error,
+        }
 
     def write(self, folder: Path, stem: str = "load_report") -> Tuple[Path, Path]:
         """`<stem>.txt` (the text) and `<stem>.json` in `folder`; returns both paths."""
@@ -299,7 +340,7 @@ def _read(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], str, str]:
     stripped = []
     for prefix in WRAPPER_PREFIXES:
         while state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
             stripped.append(prefix)
     container = "".join(f"[{k!r}]" for k in trail) + ("" if not stripped else f" minus {''.join(stripped)!r}")
     return state, container.strip(), "".join(stripped)
@@ -323,8 +364,9 @@ def head_keys(model: nn.Module) -> Set[str]:
 # Formats
 
 
-NATIVE = Format("native", "state dict in this project's names", lambda keys, model: True,
-                lambda key, model: (key, None))
+NATIVE = Format(
+    "native", "state dict in this project's names", lambda keys, model: True, lambda key, model: (key, None)
+)
 
 
 def _formats() -> List[Union[Format, DelegatedFormat]]:
@@ -371,8 +413,9 @@ def _resize(key: str, value: torch.Tensor, shape: torch.Size, model: nn.Module) 
 # Mapping
 
 
-def map_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format,
-                   report: LoadReport) -> Dict[str, torch.Tensor]:
+def map_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format, report: LoadReport
+) -> Dict[str, torch.Tensor]:
     """Rename and convert `state` (format `fmt`) onto `model`'s names; fills `report`; returns what to load."""
     own = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
@@ -481,8 +524,11 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], partial: bool = Fa
             model.load_state_dict(backup)
             report.finish()
             report.sync()
-            raise CheckpointError(f"--load-from {path}: {type(model).__name__}'s loader for a {report.description} "
-                                  f"refused it: {err}\n{report.text(limit=SHOWN)}", report) from err
+            raise CheckpointError(
+                f"--load-from {path}: {type(model).__name__}'s loader for a {report.description} "
+                f"refused it: {err}\n{report.text(limit=SHOWN)}",
+                report,
+            ) from err
         report.sync()
     problems = report.problems()
     refuse = None
@@ -502,8 +548,9 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], partial: bool = Fa
     return report
 
 
-def mapped_state_dict(model: nn.Module, path: Union[str, Path],
-                      partial: bool = False) -> Tuple[Dict[str, torch.Tensor], LoadReport]:
+def mapped_state_dict(
+    model: nn.Module, path: Union[str, Path], partial: bool = False
+) -> Tuple[Dict[str, torch.Tensor], LoadReport]:
     """What `load_checkpoint` would load, in our names (for `models.convert`): only the tensors that came
     from the file (converted and resized for `model`), not the model's own initialisation."""
     report = load_checkpoint(model, path, partial=partial)

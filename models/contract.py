@@ -15,6 +15,7 @@ against these protocols (signatures and what each member returns).
 | `CarriesMemory` | `carries_memory` | `training.memory.carries_memory` (trainer and evaluation) |
 | `HasTask` | `task` | `training.metrics.is_regression` |
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Protocol, Tuple, runtime_checkable
@@ -87,8 +88,15 @@ class FixesClipLength(Protocol):
     """Config loading: the constructor argument that fixes the clip length; `data.num_frames` must equal it."""
 
 
-MODEL_CAPABILITIES: Tuple[type, ...] = (HasParameterGroups, HasNoWeightDecay, SupportsGradCheckpointing, HasOwnLoss,
-                                        CarriesMemory, HasTask, FixesClipLength)
+MODEL_CAPABILITIES: Tuple[type, ...] = (
+    HasParameterGroups,
+    HasNoWeightDecay,
+    SupportsGradCheckpointing,
+    HasOwnLoss,
+    CarriesMemory,
+    HasTask,
+    FixesClipLength,
+)
 """Every optional capability of the model contract."""
 
 

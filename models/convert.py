@@ -10,6 +10,7 @@ PRESET and the `key=value` constructor overrides (e.g. `num_frames=16` resizes T
 embedding, `num_classes=10` leaves a head of another size out). `--load-from DST` then loads it
 without any conversion. The report is printed and written beside DST (`DST.report.txt`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,19 @@ def _overrides(pairs: List[str]) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m action_launch.models.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m action_launch.models.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("src", help="checkpoint file or folder, in any layout --load-from reads")
     parser.add_argument("dst", help="where to write the plain state dict (in this project's names)")
     parser.add_argument("--model", required=True, help="preset the weights are for (models.list_presets())")
-    parser.add_argument("--partial", action="store_true",
-                        help="write what maps even if tensors outside the head are missing or unexpected")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="write what maps even if tensors outside the head are missing or unexpected",
+    )
     parser.add_argument("overrides", nargs="*", help="constructor overrides of the preset, key=value (YAML values)")
     return parser.parse_intermixed_args(argv)  # overrides may follow --model
 

@@ -39,6 +39,7 @@ reference's `--full_res` evaluation does: the offset net's input is average-pool
 position embedding sees them average-pooled to `map_size` (not renormalised). At the training size
 both poolings are skipped and the parameter count equals the reference's.
 """
+
 import re
 from typing import Any, Collection, Dict, List, Mapping, Sequence, Tuple
 
@@ -62,7 +63,7 @@ class NodeNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-self.dims:], eps=self.eps) * self.weight + self.bias
+        return F.layer_norm(x, x.shape[-self.dims :], eps=self.eps) * self.weight + self.bias
 
 
 def _time_gru(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
@@ -161,8 +162,16 @@ class RSTG(nn.Module):
 class DynamicGraph(nn.Module):
     """Dynamic-region graph on (B, T, C, H, W) -> (B, T, C, H, W); see the module docstring."""
 
-    def __init__(self, in_channels: int, node_dim: int = 0, grid: int = 3, offset_dim: int = 128,
-                 map_size: int = 14, iterations: int = 3, anchors: str = "center") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        node_dim: int = 0,
+        grid: int = 3,
+        offset_dim: int = 128,
+        map_size: int = 14,
+        iterations: int = 3,
+        anchors: str = "center",
+    ) -> None:
         """
         Args:
             in_channels: channels C of the feature map.
@@ -355,16 +364,16 @@ def dyreg_checkpoint_rename(key: str) -> Target:
     if part == "0.block.":
         return (f"{block}.conv2.{rest}", None)
     if rest.startswith("norm_dict.residual_norm."):
-        param = rest[len("norm_dict.residual_norm."):]
+        param = rest[len("norm_dict.residual_norm.") :]
         return (f"{block}.dyreg.norm.{'weight' if param == 'scale' else param}", SQUEEZE)
     if not rest.startswith("dynamic_graph."):
         return None
-    rest = rest[len("dynamic_graph."):]
+    rest = rest[len("dynamic_graph.") :]
     if rest in _DYREG_CONSTANTS:
         return Ignored(_DYREG_CONSTANTS[rest])
     for theirs, ours in _DYREG:
         if rest.startswith(theirs):
-            tail = rest[len(theirs):]
+            tail = rest[len(theirs) :]
             squeeze = "norm_dict." in theirs or theirs == "rstg.att_bias"
             if squeeze and tail == "scale":
                 tail = "weight"
@@ -393,8 +402,10 @@ def dyreg_anchor_conflicts(model: nn.Module, state: Mapping[str, torch.Tensor], 
             line = torch.linspace(0, side, 2 * grid + 1, dtype=torch.float64)[1::2]
         expected = line.repeat_interleave(grid) if m[2] == "ph_buf" else line.repeat(grid)
         if value.numel() != expected.numel() or not torch.allclose(value.double().flatten(), expected):
-            out.append(f"{prefix}{key}: anchors {sorted(set(value.flatten().tolist()))} in the file, "
-                       f"{sorted(set(expected.tolist()))} in the model ({anchors!r} on a {side}-pixel map)")
+            out.append(
+                f"{prefix}{key}: anchors {sorted(set(value.flatten().tolist()))} in the file, "
+                f"{sorted(set(expected.tolist()))} in the model ({anchors!r} on a {side}-pixel map)"
+            )
     return out
 
 
@@ -403,5 +414,8 @@ def _graphs_new(missing: Sequence[str], loaded: Collection[str]) -> Dict[str, st
     """A file without any DyReg graph (TSM, ImageNet): the model's graphs start as the identity."""
     if any(".dyreg." in k for k in loaded):
         return {}
-    return {k: "no DyReg graph in the file; the graph starts as the identity (zero-initialised norm)"
-            for k in missing if ".dyreg." in k}
+    return {
+        k: "no DyReg graph in the file; the graph starts as the identity (zero-initialised norm)"
+        for k in missing
+        if ".dyreg." in k
+    }

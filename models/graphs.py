@@ -14,6 +14,7 @@ D^-1/2 A_k D^-1/2 with D the row sums.
 
 Only numpy: the graph layer has no learnable state and is shared with the data layer.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -71,11 +72,34 @@ def _from_one_based(pairs: Sequence[Edge]) -> Tuple[Edge, ...]:
 NTU_RGB_D = SkeletonGraph(
     name="ntu-rgb+d",
     num_nodes=25,
-    edges=_from_one_based([
-        (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
-        (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
-        (20, 19), (22, 23), (23, 8), (24, 25), (25, 12),
-    ]),
+    edges=_from_one_based(
+        [
+            (1, 2),
+            (2, 21),
+            (3, 21),
+            (4, 3),
+            (5, 21),
+            (6, 5),
+            (7, 6),
+            (8, 7),
+            (9, 21),
+            (10, 9),
+            (11, 10),
+            (12, 11),
+            (13, 1),
+            (14, 13),
+            (15, 14),
+            (16, 15),
+            (17, 1),
+            (18, 17),
+            (19, 18),
+            (20, 19),
+            (22, 23),
+            (23, 8),
+            (24, 25),
+            (25, 12),
+        ]
+    ),
     center=20,
 )
 
@@ -86,8 +110,23 @@ KINETICS = SkeletonGraph(
     name="kinetics",
     num_nodes=18,
     edges=(
-        (1, 0), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9),
-        (11, 5), (12, 11), (13, 12), (14, 0), (15, 0), (16, 14), (17, 15),
+        (1, 0),
+        (2, 1),
+        (3, 2),
+        (4, 3),
+        (5, 1),
+        (6, 5),
+        (7, 6),
+        (8, 2),
+        (9, 8),
+        (10, 9),
+        (11, 5),
+        (12, 11),
+        (13, 12),
+        (14, 0),
+        (15, 0),
+        (16, 14),
+        (17, 15),
     ),
     center=1,
 )
@@ -106,8 +145,7 @@ SMPL_24 = SkeletonGraph(
 # The graph the personality authors' code (Rgtemze/PersonalityRecognition, graph/ntu_rgb_d.py) computes
 # with: its SMPL edges are lists, and `A[edge] = 1` with a list sets two whole rows, so every joint is
 # linked to every other. Their published results, and models trained with their code, use it.
-SMPL_24_DENSE = SkeletonGraph(name="smpl-24-dense", num_nodes=24, edges=SMPL_24.edges, center=0,
-                              fully_connected=True)
+SMPL_24_DENSE = SkeletonGraph(name="smpl-24-dense", num_nodes=24, edges=SMPL_24.edges, center=0, fully_connected=True)
 
 _GRAPHS: Dict[str, SkeletonGraph] = {g.name: g for g in (NTU_RGB_D, KINETICS, SMPL_24, SMPL_24_DENSE)}
 
@@ -117,7 +155,7 @@ def list_graphs() -> List[str]:
     return sorted(_GRAPHS)
 
 
-def get_graph(name: "str | SkeletonGraph") -> SkeletonGraph:
+def get_graph(name: str | SkeletonGraph) -> SkeletonGraph:
     """The graph called `name` (a graph passes through); an unknown name lists the valid ones."""
     if isinstance(name, SkeletonGraph):
         return name
@@ -128,7 +166,7 @@ def get_graph(name: "str | SkeletonGraph") -> SkeletonGraph:
     return _GRAPHS[name]
 
 
-def bone_pairs(graph: "SkeletonGraph | str") -> List[Edge]:
+def bone_pairs(graph: SkeletonGraph | str) -> List[Edge]:
     """One (v1, v2) pair per joint, sorted by v1, for bone[v1] = joint[v1] - joint[v2].
 
     v2 is the parent of v1; the root is paired with itself, so its bone is zero.

@@ -45,6 +45,7 @@ Layers, all pre-norm transformer blocks of width D:
 With `role_embedding=False` the model is symmetric in the persons (the logits are invariant to
 their order); with roles, parent and child tokens are told apart.
 """
+
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -111,11 +112,13 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
-                                 nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """x (N, L, D) attends to itself, or to `context` (N, S, D); `mask` (L, S) True = blocked."""
         q = self.norm_q(x)
         kv = self.norm_kv(x if context is None else context)
@@ -185,8 +188,12 @@ class HIINT(nn.Module):
         self.modality_embed = nn.Parameter(torch.zeros(len(modality_dims), embed_dim))
         self.time_embed = nn.Parameter(torch.zeros(self.tokens_per_modality, embed_dim))
         self.role_embed = nn.Parameter(torch.zeros(num_persons, embed_dim)) if role_embedding else None
-        self.intra = nn.ModuleList(TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(intra_depth))
-        self.cross = nn.ModuleList(TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(cross_depth))
+        self.intra = nn.ModuleList(
+            TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(intra_depth)
+        )
+        self.cross = nn.ModuleList(
+            TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(cross_depth)
+        )
         self.memory_init = nn.Parameter(torch.zeros(num_memory_tokens, embed_dim))
         self.memory_write = TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(2 * embed_dim)
@@ -231,8 +238,9 @@ class HIINT(nn.Module):
             tokens = tokens + self.role_embed[None, :, None]
         return tokens
 
-    def encode(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
-               carry: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, memory: Optional[torch.Tensor] = None, carry: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-person tokens after intra- and cross-person attention (B, P, L, D), and the new memory (B, K, D).
 
         `carry` (B,) bool: rows of `memory` to use; the others start from the initial memory.
@@ -242,15 +250,21 @@ class HIINT(nn.Module):
         if x.ndim == 5:  # skeletons (B, P, C, T, V): the joints' channels are the frame's features
             x = x.permute(0, 1, 3, 2, 4).flatten(3)
         if x.ndim != 4:
-            raise ValueError(f"HIINT expects input (B, P, T, F) or skeletons (B, P, C, T, V), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"HIINT expects input (B, P, T, F) or skeletons (B, P, C, T, V), got shape {tuple(x.shape)}"
+            )
         b, p, _, f = x.shape
         if p != self.num_persons or f != sum(self.modality_dims):
-            raise ValueError(f"HIINT built for P={self.num_persons} persons and F={sum(self.modality_dims)} features "
-                             f"(modality_dims {self.modality_dims}); got input {tuple(x.shape)} (B, P, T, F)")
+            raise ValueError(
+                f"HIINT built for P={self.num_persons} persons and F={sum(self.modality_dims)} features "
+                f"(modality_dims {self.modality_dims}); got input {tuple(x.shape)} (B, P, T, F)"
+            )
         memory = self.initial_memory(b) if memory is None else memory.to(x.dtype)
         if memory.shape != (b, self.num_memory_tokens, self.embed_dim):
-            raise ValueError(f"memory must be (B, K, D) = ({b}, {self.num_memory_tokens}, {self.embed_dim}), "
-                             f"got {tuple(memory.shape)}")
+            raise ValueError(
+                f"memory must be (B, K, D) = ({b}, {self.num_memory_tokens}, {self.embed_dim}), "
+                f"got {tuple(memory.shape)}"
+            )
         if carry is not None:  # windows that begin an interaction start from the learned memory
             keep = carry.to(device=x.device, dtype=torch.bool).reshape(b, 1, 1)
             memory = torch.where(keep, memory, self.initial_memory(b).to(memory.dtype))
@@ -275,8 +289,9 @@ class HIINT(nn.Module):
         new_memory = self.memory_write(memory, torch.cat([memory, h], dim=1))
         return h.reshape(b, p, length, self.embed_dim), new_memory
 
-    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
-                carry: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, memory: Optional[torch.Tensor] = None, carry: Optional[torch.Tensor] = None
+    ) -> Dict[str, torch.Tensor]:
         """(B, P, T, F) or (B, P, C, T, V) [+ memory (B, K, D) of the previous window, + carry (B,) bool:
         rows of `memory` to use] -> {"logits", "memory" (detached)}."""
         tokens, new_memory = self.encode(x, memory, carry)
@@ -291,11 +306,38 @@ class HIINT(nn.Module):
 # action units (35), head pose (6) and 25 body keypoints x 2 (50) from OpenFace/OpenPose, windows
 # of 64 frames; the paper gives no sizes, so width and depth are a small transformer's.
 
-register_preset("hiint_cpmt", HIINT, num_params=4_826_313, num_classes=3, num_persons=2,
-                modality_dims=(8, 35, 6, 50), num_frames=64, encoder="conv", temporal_stride=4, embed_dim=256,
-                num_heads=8, intra_depth=2, cross_depth=2, num_memory_tokens=8)
+register_preset(
+    "hiint_cpmt",
+    HIINT,
+    num_params=4_826_313,
+    num_classes=3,
+    num_persons=2,
+    modality_dims=(8, 35, 6, 50),
+    num_frames=64,
+    encoder="conv",
+    temporal_stride=4,
+    embed_dim=256,
+    num_heads=8,
+    intra_depth=2,
+    cross_depth=2,
+    num_memory_tokens=8,
+)
 
 # Tiny: two modalities of 4 and 6 features, 8-frame windows, width 32; trains on a CPU in seconds.
-register_preset("hiint_cpmt_tiny", HIINT, num_classes=3, num_persons=2, modality_dims=(4, 6), num_frames=8,
-                encoder="conv", temporal_stride=2, embed_dim=32, num_heads=4, intra_depth=1, cross_depth=1,
-                num_memory_tokens=4, mlp_ratio=2.0, dropout=0.0)
+register_preset(
+    "hiint_cpmt_tiny",
+    HIINT,
+    num_classes=3,
+    num_persons=2,
+    modality_dims=(4, 6),
+    num_frames=8,
+    encoder="conv",
+    temporal_stride=2,
+    embed_dim=32,
+    num_heads=4,
+    intra_depth=1,
+    cross_depth=1,
+    num_memory_tokens=4,
+    mlp_ratio=2.0,
+    dropout=0.0,
+)

@@ -101,13 +101,23 @@ class G3D(nn.Module):
         dropout: dropout of the window graph conv (`MultiScaleGraphConv`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_scales: int,
-                 window: int, stride: int, embed_channels: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        A: np.ndarray,
+        num_scales: int,
+        window: int,
+        stride: int,
+        embed_channels: int,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.window = window
         self.unfold = TemporalWindows(window, stride)
-        self.gcn = MultiScaleGraphConv(in_channels, embed_channels,
-                                       multiscale_adjacency(window_adjacency(A, window), num_scales), dropout)
+        self.gcn = MultiScaleGraphConv(
+            in_channels, embed_channels, multiscale_adjacency(window_adjacency(A, window), num_scales), dropout
+        )
         # Conv3d over (T', window, V) with kernel (1, window, 1): a learned weighting of the
         # window's frames, which collapses them back to one frame per window.
         self.collapse = nn.Conv3d(embed_channels, out_channels, kernel_size=(1, window, 1))
@@ -123,11 +133,21 @@ class G3D(nn.Module):
 class MultiWindowG3D(nn.Module):
     """Sum of G3D pathways with different window sizes (3 and 5 in the paper)."""
 
-    def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_scales: int,
-                 stride: int, embed_channels: int, windows: Sequence[int] = (3, 5), dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        A: np.ndarray,
+        num_scales: int,
+        stride: int,
+        embed_channels: int,
+        windows: Sequence[int] = (3, 5),
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.pathways = nn.ModuleList(
-            G3D(in_channels, out_channels, A, num_scales, w, stride, embed_channels, dropout) for w in windows)
+            G3D(in_channels, out_channels, A, num_scales, w, stride, embed_channels, dropout) for w in windows
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pathways[0](x)
@@ -139,12 +159,19 @@ class MultiWindowG3D(nn.Module):
 class TemporalConv(nn.Module):
     """Conv (kernel x 1) along T with 'same' padding for stride 1, then BN."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1, dilation: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1
+    ) -> None:
         super().__init__()
         pad = (kernel_size - 1) * dilation // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=(kernel_size, 1),
-                              padding=(pad, 0), stride=(stride, 1), dilation=(dilation, 1))
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=(kernel_size, 1),
+            padding=(pad, 0),
+            stride=(stride, 1),
+            dilation=(dilation, 1),
+        )
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,26 +194,33 @@ class MultiScaleTCN(nn.Module):
             personality code's addition, 0.4; MS-G3D has none).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 dilations: Sequence[int] = (1, 2, 3, 4), kernel_size: int = 3,
-                 activation: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilations: Sequence[int] = (1, 2, 3, 4),
+        kernel_size: int = 3,
+        activation: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         num_branches = len(dilations) + 2
         if out_channels % num_branches:
-            raise ValueError(f"MS-TCN out_channels={out_channels} must be a multiple of "
-                             f"its {num_branches} branches")
+            raise ValueError(f"MS-TCN out_channels={out_channels} must be a multiple of its {num_branches} branches")
         c = out_channels // num_branches
 
         def bottleneck() -> list:
             return [nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
 
         dropped = [nn.Dropout(dropout)] if dropout > 0 else []  # last in its branch: no index moves
-        branches = [nn.Sequential(*bottleneck(), TemporalConv(c, c, kernel_size, stride, d), *dropped)
-                    for d in dilations]
-        branches.append(nn.Sequential(*bottleneck(), nn.MaxPool2d((3, 1), stride=(stride, 1), padding=(1, 0)),
-                                      nn.BatchNorm2d(c)))
-        branches.append(nn.Sequential(nn.Conv2d(in_channels, c, kernel_size=1, stride=(stride, 1)),
-                                      nn.BatchNorm2d(c)))
+        branches = [
+            nn.Sequential(*bottleneck(), TemporalConv(c, c, kernel_size, stride, d), *dropped) for d in dilations
+        ]
+        branches.append(
+            nn.Sequential(*bottleneck(), nn.MaxPool2d((3, 1), stride=(stride, 1), padding=(1, 0)), nn.BatchNorm2d(c))
+        )
+        branches.append(nn.Sequential(nn.Conv2d(in_channels, c, kernel_size=1, stride=(stride, 1)), nn.BatchNorm2d(c)))
         self.branches = nn.ModuleList(branches)
         if in_channels == out_channels and stride == 1:
             self.residual: nn.Module = nn.Identity()
@@ -223,9 +257,19 @@ class MSG3DBlock(nn.Module):
             every MS-TCN (`MSG3D`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, A: np.ndarray, num_gcn_scales: int,
-                 num_g3d_scales: int, stride: int = 1, first: bool = False, gcn_dropout: float = 0.0,
-                 g3d_dropout: float = 0.0, tcn_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        A: np.ndarray,
+        num_gcn_scales: int,
+        num_g3d_scales: int,
+        stride: int = 1,
+        first: bool = False,
+        gcn_dropout: float = 0.0,
+        g3d_dropout: float = 0.0,
+        tcn_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         hidden = out_channels if first else in_channels
         self.gcn_path = nn.Sequential(
@@ -234,8 +278,7 @@ class MSG3DBlock(nn.Module):
             MultiScaleTCN(out_channels, out_channels, activation=False, dropout=tcn_dropout),
         )
         embed = out_channels if first and in_channels == 3 else in_channels
-        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, embed,
-                                       dropout=g3d_dropout)
+        self.g3d_path = MultiWindowG3D(in_channels, out_channels, A, num_g3d_scales, stride, embed, dropout=g3d_dropout)
         self.tcn = MultiScaleTCN(out_channels, out_channels, dropout=tcn_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,10 +338,13 @@ class MSG3D(nn.Module):
             raise ValueError(f"model.task must be 'classification' or 'regression', got {task!r}")
         skeleton = get_graph(graph)
         if num_point != skeleton.num_nodes:
-            raise ValueError(f"model.num_point={num_point} but graph {skeleton.name!r} has "
-                             f"{skeleton.num_nodes} joints")
-        for key, p in (("dropout", dropout), ("gcn_dropout", gcn_dropout), ("g3d_dropout", g3d_dropout),
-                       ("tcn_dropout", tcn_dropout)):
+            raise ValueError(f"model.num_point={num_point} but graph {skeleton.name!r} has {skeleton.num_nodes} joints")
+        for key, p in (
+            ("dropout", dropout),
+            ("gcn_dropout", gcn_dropout),
+            ("g3d_dropout", g3d_dropout),
+            ("tcn_dropout", tcn_dropout),
+        ):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1), got {p}")
         widths = tuple(int(c) for c in channels)
@@ -311,11 +357,13 @@ class MSG3D(nn.Module):
         self.data_bn = nn.BatchNorm1d(num_person * num_point * in_channels)
         c1, c2, c3 = widths
         drops: Dict[str, Any] = dict(gcn_dropout=gcn_dropout, g3d_dropout=g3d_dropout, tcn_dropout=tcn_dropout)
-        self.blocks = nn.ModuleList([
-            MSG3DBlock(in_channels, c1, A, num_gcn_scales, num_g3d_scales, stride=1, first=True, **drops),
-            MSG3DBlock(c1, c2, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
-            MSG3DBlock(c2, c3, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                MSG3DBlock(in_channels, c1, A, num_gcn_scales, num_g3d_scales, stride=1, first=True, **drops),
+                MSG3DBlock(c1, c2, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
+                MSG3DBlock(c2, c3, A, num_gcn_scales, num_g3d_scales, stride=2, **drops),
+            ]
+        )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(c3, num_classes)
 
@@ -329,9 +377,11 @@ class MSG3D(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"MSG3D expects input (N, C, T, V, M), got shape {tuple(x.shape)}")
         N, C, T, V, M = x.shape
-        if (C, V, M) != (self.in_channels, self.num_point, self.num_person):
-            raise ValueError(f"MSG3D built for C={self.in_channels}, V={self.num_point}, "
-                             f"M={self.num_person}; got input {tuple(x.shape)} (N, C, T, V, M)")
+        if (self.in_channels, self.num_point, self.num_person) != (C, V, M):
+            raise ValueError(
+                f"MSG3D built for C={self.in_channels}, V={self.num_point}, "
+                f"M={self.num_person}; got input {tuple(x.shape)} (N, C, T, V, M)"
+            )
         # Normalise each (person, joint, channel) over the batch and time, then fold persons
         # into the batch.
         x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(N, M * V * C, T))
@@ -359,15 +409,24 @@ _KINETICS: Dict[str, Any] = dict(num_point=18, num_person=2, graph="kinetics", i
 # SMPL edges as lists, which index whole rows of A, so that model runs on a fully connected graph; this
 # preset keeps the SMPL skeleton the paper describes (`model.graph: smpl-24-dense` is theirs). Its dropouts
 # are that code's defaults (ms_gcn.py 0.6, ms_gtcn.py 0.4, ms_tcn.py 0.4). README.md, "Models and data".
-_PERSONALITY: Dict[str, Any] = dict(num_point=24, num_person=1, graph="smpl-24", in_channels=15, num_classes=5,
-                                    channels=(12, 24, 48), task="regression", gcn_dropout=0.6, g3d_dropout=0.4,
-                                    tcn_dropout=0.4)
+_PERSONALITY: Dict[str, Any] = dict(
+    num_point=24,
+    num_person=1,
+    graph="smpl-24",
+    in_channels=15,
+    num_classes=5,
+    channels=(12, 24, 48),
+    task="regression",
+    gcn_dropout=0.6,
+    g3d_dropout=0.4,
+    tcn_dropout=0.4,
+)
 _TINY: Dict[str, Any] = dict(num_gcn_scales=3, num_g3d_scales=2, channels=(12, 24, 48))
 
-register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_classes=60, num_gcn_scales=13, num_g3d_scales=6,
-                **_NTU)
-register_preset("msg3d_kinetics", MSG3D, num_params=3_144_328, num_classes=400, num_gcn_scales=8, num_g3d_scales=8,
-                **_KINETICS)
+register_preset("msg3d_ntu60", MSG3D, num_params=3_194_595, num_classes=60, num_gcn_scales=13, num_g3d_scales=6, **_NTU)
+register_preset(
+    "msg3d_kinetics", MSG3D, num_params=3_144_328, num_classes=400, num_gcn_scales=8, num_g3d_scales=8, **_KINETICS
+)
 register_preset("msg3d_personality", MSG3D, num_params=426_551, num_gcn_scales=13, num_g3d_scales=6, **_PERSONALITY)
 
 register_preset("msg3d_ntu60_tiny", MSG3D, num_classes=60, **_NTU, **_TINY)
@@ -416,7 +475,7 @@ def _msg3d_mlp(rest: str, first: int) -> Optional[str]:
 
 def _msg3d_rename(key: str, model: nn.Module, mlp_conv: int = 0) -> Target:
     if key.startswith(("data_bn.", "fc.")):
-        return (key if key.startswith("data_bn.") else classifier(model) + key[len("fc"):], None)
+        return (key if key.startswith("data_bn.") else classifier(model) + key[len("fc") :], None)
     m = re.match(r"^(sgcn|gcn3d|tcn)(\d+)\.(.*)$", key)
     if m is None:
         return None
@@ -438,11 +497,11 @@ def _msg3d_rename(key: str, model: nn.Module, mlp_conv: int = 0) -> Target:
     if rest == "gcn3d.1.A_res":
         return (prefix + "gcn.A_res", SCALES)
     if rest.startswith("gcn3d.1."):
-        tail = _msg3d_mlp(rest[len("gcn3d.1."):], mlp_conv)
+        tail = _msg3d_mlp(rest[len("gcn3d.1.") :], mlp_conv)
         return None if tail is None else (prefix + "gcn." + tail, None)
     for theirs, ours in (("out_conv.", "collapse."), ("out_bn.", "bn.")):
         if rest.startswith(theirs):
-            return (prefix + ours + rest[len(theirs):], None)
+            return (prefix + ours + rest[len(theirs) :], None)
     return None  # e.g. in1x1 (embed_factor != 1): no such layer here
 
 
@@ -475,16 +534,29 @@ def _personality_join(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torc
 
 def _personality_rename(key: str, model: nn.Module) -> Target:
     if key.startswith(_PERSONALITY_BN):
-        return ("data_bn." + key[len(_PERSONALITY_BN):], None)
+        return ("data_bn." + key[len(_PERSONALITY_BN) :], None)
     if key.startswith(("l2_gcn3d2.", "l2_sgcn2.", "l2_tcn2.")):
         return Ignored("a copy of the second block that the authors' Model builds and its forward never calls")
     return _msg3d_rename(key, model, mlp_conv=1)
 
 
-register_format(Format(
-    "msg3d_personality", "MS-G3D personality variant (Rgtemze/PersonalityRecognition: data_bn_x + data_bn_laban, "
-    "MLPs after a Dropout, unused l2_* block)", _personality_detect, _personality_rename, _personality_join,
-    priority=50))
-register_format(Format(
-    "msg3d", "MS-G3D (kenziyuliu/MS-G3D: sgcn*/gcn3d*/tcn* blocks, A_res as (K*V, V))", _msg3d_detect,
-    _msg3d_rename, priority=40))
+register_format(
+    Format(
+        "msg3d_personality",
+        "MS-G3D personality variant (Rgtemze/PersonalityRecognition: data_bn_x + data_bn_laban, "
+        "MLPs after a Dropout, unused l2_* block)",
+        _personality_detect,
+        _personality_rename,
+        _personality_join,
+        priority=50,
+    )
+)
+register_format(
+    Format(
+        "msg3d",
+        "MS-G3D (kenziyuliu/MS-G3D: sgcn*/gcn3d*/tcn* blocks, A_res as (K*V, V))",
+        _msg3d_detect,
+        _msg3d_rename,
+        priority=40,
+    )
+)

@@ -7,6 +7,7 @@ temporal stride is given. Layout (N, C, T, H, W). Parameter names follow torchvi
 (`conv1`, `bn1`, ..., `downsample.0/1`) so 2D ImageNet weights inflate onto them by name
 (`load_resnet2d_state_dict`; I3D inflation: a 2D kernel repeated over time and divided by kt).
 """
+
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -26,15 +27,22 @@ class Bottleneck3d(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, spatial_stride: int = 1, temporal_stride: int = 1,
-                 inflate: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, planes: int, spatial_stride: int = 1, temporal_stride: int = 1, inflate: bool = False
+    ) -> None:
         super().__init__()
         out_channels = planes * self.expansion
         kt = 3 if inflate else 1
         self.conv1 = nn.Conv3d(in_channels, planes, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(temporal_stride, spatial_stride, spatial_stride),
-                               padding=(0, 1, 1), bias=False)
+        self.conv2 = nn.Conv3d(
+            planes,
+            planes,
+            (1, 3, 3),
+            stride=(temporal_stride, spatial_stride, spatial_stride),
+            padding=(0, 1, 1),
+            bias=False,
+        )
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = nn.Conv3d(planes, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(out_channels)
@@ -42,8 +50,9 @@ class Bottleneck3d(nn.Module):
         self.downsample = None
         if spatial_stride != 1 or temporal_stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
-                nn.Conv3d(in_channels, out_channels, 1, stride=(temporal_stride, spatial_stride, spatial_stride),
-                          bias=False),
+                nn.Conv3d(
+                    in_channels, out_channels, 1, stride=(temporal_stride, spatial_stride, spatial_stride), bias=False
+                ),
                 nn.BatchNorm3d(out_channels),
             )
 
@@ -55,8 +64,9 @@ class Bottleneck3d(nn.Module):
         return self.relu(out + identity)
 
 
-def make_layer3d(in_channels: int, planes: int, blocks: int, spatial_stride: int = 1, temporal_stride: int = 1,
-                 inflate: bool = False) -> nn.Sequential:
+def make_layer3d(
+    in_channels: int, planes: int, blocks: int, spatial_stride: int = 1, temporal_stride: int = 1, inflate: bool = False
+) -> nn.Sequential:
     """A ResNet stage of `blocks` bottlenecks; only the first one strides (and projects)."""
     layers = [Bottleneck3d(in_channels, planes, spatial_stride, temporal_stride, inflate)]
     layers += [Bottleneck3d(planes * Bottleneck3d.expansion, planes, inflate=inflate) for _ in range(blocks - 1)]
@@ -68,8 +78,9 @@ class Stem3d(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 64, kernel_t: int = 1, stride_t: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, width, (kernel_t, 7, 7), stride=(stride_t, 2, 2),
-                               padding=(kernel_t // 2, 3, 3), bias=False)
+        self.conv1 = nn.Conv3d(
+            in_channels, width, (kernel_t, 7, 7), stride=(stride_t, 2, 2), padding=(kernel_t // 2, 3, 3), bias=False
+        )
         self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
@@ -99,11 +110,16 @@ def check_stages(widths: Sequence[int], layers: Sequence[int]) -> None:
 # --------------------------------------------------------------------------------------------
 # ImageNet weights: a 2D torchvision ResNet state dict onto a 2D or inflated 3D ResNet
 
+
 def is_resnet2d_state_dict(state: Mapping[str, Any]) -> bool:
     """Whether `state` has torchvision's 2D ResNet layout (`conv1.weight` 4-D, `bn1.*`, `layer1.0.conv1.weight`)."""
     conv1 = state.get("conv1.weight")
-    return (isinstance(conv1, torch.Tensor) and conv1.ndim == 4 and "bn1.weight" in state
-            and "layer1.0.conv1.weight" in state)
+    return (
+        isinstance(conv1, torch.Tensor)
+        and conv1.ndim == 4
+        and "bn1.weight" in state
+        and "layer1.0.conv1.weight" in state
+    )
 
 
 def inflate_conv_weight(weight: torch.Tensor, time_kernel: int) -> torch.Tensor:
@@ -112,8 +128,9 @@ def inflate_conv_weight(weight: torch.Tensor, time_kernel: int) -> torch.Tensor:
     return weight.unsqueeze(2).repeat(1, 1, time_kernel, 1, 1) / time_kernel
 
 
-def load_resnet2d_state_dict(model: nn.Module, state: Mapping[str, Any],
-                             rename: Callable[[str], Sequence[str]] = lambda key: (key,)) -> Dict[str, List[str]]:
+def load_resnet2d_state_dict(
+    model: nn.Module, state: Mapping[str, Any], rename: Callable[[str], Sequence[str]] = lambda key: (key,)
+) -> Dict[str, List[str]]:
     """Load a torchvision-layout 2D ResNet state dict into `model` by name, inflating 2D kernels where
     the model's tensor is 3D.
 
@@ -170,7 +187,7 @@ def _load_imagenet_resnet(model: Any, state: Mapping[str, torch.Tensor], report:
         if key not in missing:
             report.loaded[key] = key
     renamed = {k: report.file_prefix + k for k in state}
-    report.loaded = {k: renamed.get(k, renamed.get(k[len("stem."):], k)) for k in report.loaded}
+    report.loaded = {k: renamed.get(k, renamed.get(k[len("stem.") :], k)) for k in report.loaded}
     for key in result.get("inflated", []):
         report.resized[key] = "2D kernel inflated over time (repeated, divided by the temporal size)"
     for entry in result.get("mismatched", []):

@@ -29,6 +29,7 @@ the engine then calls it on the model's raw forward output instead of cross-entr
 of logits. ST-ABN uses it because it trains both heads: CE(perception) + CE(attention), equal
 weights as the reference. Its forward returns a dict whose "logits" entry is the prediction.
 """
+
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
@@ -53,9 +54,16 @@ class STABN(nn.Module):
     clip_length_arg = "num_frames"
     """The constructor argument that fixes the input's clip length (the config refuses another `data.num_frames`)."""
 
-    def __init__(self, num_classes: int = 174, num_frames: int = 32, layers: Tuple[int, ...] = (3, 4, 6, 3),
-                 widths: Tuple[int, ...] = (64, 128, 256, 512), inflate: Tuple[int, ...] = (0, 0, 1, 1),
-                 dropout: float = 0.5, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        num_classes: int = 174,
+        num_frames: int = 32,
+        layers: Tuple[int, ...] = (3, 4, 6, 3),
+        widths: Tuple[int, ...] = (64, 128, 256, 512),
+        inflate: Tuple[int, ...] = (0, 0, 1, 1),
+        dropout: float = 0.5,
+        in_channels: int = 3,
+    ) -> None:
         """
         Args:
             num_classes: classes of both heads (the attention branch has `num_classes` channels).
@@ -138,8 +146,10 @@ class STABN(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected input (N, C, T, H, W), got shape {tuple(x.shape)}")
         if x.shape[2] != self.num_frames:
-            raise ValueError(f"input has T={x.shape[2]} frames but the model was built with "
-                             f"num_frames={self.num_frames} (the temporal attention FCs are T x T)")
+            raise ValueError(
+                f"input has T={x.shape[2]} frames but the model was built with "
+                f"num_frames={self.num_frames} (the temporal attention FCs are T x T)"
+            )
         x = self.forward_backbone(x)
         spatial, temporal, att_logits = self.attention(x)
         fused = torch.cat([x * spatial + x, x * temporal], dim=1)
@@ -160,6 +170,7 @@ class STABN(nn.Module):
         so it does here. Returns `load_resnet2d_state_dict`'s report
         (`att_layer4.*` among `missing`).
         """
+
         def rename(key: str) -> Tuple[str, ...]:
             if key.startswith(("conv1.", "bn1.")):
                 return ("stem." + key,)
@@ -177,8 +188,9 @@ class STABN(nn.Module):
     def compute_loss(self, outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the perception head plus cross-entropy of the attention head."""
         # float(): under fp16/bf16 training the logits arrive in half precision.
-        return (F.cross_entropy(outputs["logits"].float(), targets)
-                + F.cross_entropy(outputs["att_logits"].float(), targets))
+        return F.cross_entropy(outputs["logits"].float(), targets) + F.cross_entropy(
+            outputs["att_logits"].float(), targets
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,13 +218,26 @@ register_preset("stabn_r50_tiny", STABN, num_classes=4, num_frames=4, layers=(1,
 register_head_modules(STABN, ("fc", "att_fc", "att_conv", "att_bn2", "sa_conv", "ta_conv", "att_logit_conv"))
 
 _STABN = {
-    "conv1": "stem.conv1", "bn1": "stem.bn1",
-    "bn_att": "att_bn", "att_conv": "att_conv", "bn_att2": "att_bn2",
-    "att_conv3": "sa_conv", "bn_att3": "sa_bn",
-    "t_att_conv": "ta_conv", "t_bn_att": "ta_bn", "t_att_conv2": "ta_frame_conv", "fc1": "ta_fc1", "fc2": "ta_fc2",
+    "conv1": "stem.conv1",
+    "bn1": "stem.bn1",
+    "bn_att": "att_bn",
+    "att_conv": "att_conv",
+    "bn_att2": "att_bn2",
+    "att_conv3": "sa_conv",
+    "bn_att3": "sa_bn",
+    "t_att_conv": "ta_conv",
+    "t_bn_att": "ta_bn",
+    "t_att_conv2": "ta_frame_conv",
+    "fc1": "ta_fc1",
+    "fc2": "ta_fc2",
     "att_conv2": "att_logit_conv",
-    "t_att_conv3": "fuse_conv", "bn_att4": "fuse_bn",
-    "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4", "att_layer4": "att_layer4",
+    "t_att_conv3": "fuse_conv",
+    "bn_att4": "fuse_bn",
+    "layer1": "layer1",
+    "layer2": "layer2",
+    "layer3": "layer3",
+    "layer4": "layer4",
+    "att_layer4": "att_layer4",
 }
 
 
@@ -222,17 +247,24 @@ def _stabn_detect(keys: Sequence[str], model: nn.Module) -> bool:
 
 def _stabn_rename(key: str, model: nn.Module) -> Target:
     if key.startswith("cls_head.fc_cls."):
-        return ("fc." + key[len("cls_head.fc_cls."):], None)
+        return ("fc." + key[len("cls_head.fc_cls.") :], None)
     if key.startswith("necks.att_head.fc."):
-        return ("att_fc." + key[len("necks.att_head.fc."):], None)
+        return ("att_fc." + key[len("necks.att_head.fc.") :], None)
     if key.startswith("necks."):
         return Ignored("Att_head neck module that the ST-ABN forward never calls (only att_head.fc is used)")
     if not key.startswith("backbone."):
         return None
-    first, _, rest = key[len("backbone."):].partition(".")
+    first, _, rest = key[len("backbone.") :].partition(".")
     return (f"{_STABN[first]}.{rest}", None) if first in _STABN else None
 
 
-register_format(Format(
-    "stabn_mmaction", "ST-ABN (ST-ABN_PyTorch, MMAction TSN3D: backbone.* attention branch, necks.att_head.fc, "
-    "cls_head.fc_cls)", _stabn_detect, _stabn_rename, wrappers=("backbone", "necks", "cls_head"), priority=30))
+register_format(
+    Format(
+        "stabn_mmaction",
+        "ST-ABN (ST-ABN_PyTorch, MMAction TSN3D: backbone.* attention branch, necks.att_head.fc, cls_head.fc_cls)",
+        _stabn_detect,
+        _stabn_rename,
+        wrappers=("backbone", "necks", "cls_head"),
+        priority=30,
+    )
+)

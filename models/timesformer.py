@@ -18,6 +18,7 @@ so an image ViT-B/16 checkpoint maps onto it (`TimeSformer.load_image_vit`).
 Token layout inside the blocks: (B, 1 + N*T, D), the CLS token first, then patch tokens ordered
 patch-major, time-minor (token 1 + n*T + t is patch n of frame t), as in the reference code.
 """
+
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -70,8 +71,9 @@ class DropPath(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the second axis of (batch, tokens, dim)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
@@ -106,9 +108,17 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; `divided_space_time` adds a temporal attention step first."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 attention: str = "divided_space_time") -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attention: str = "divided_space_time",
+    ) -> None:
         super().__init__()
         self.attention = attention
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
@@ -220,7 +230,7 @@ class TimeSformer(nn.Module):
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size ** 2 + 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size**2 + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         if attention != "space_only":
             self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
@@ -337,7 +347,7 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     out = dict(state_dict)
     for prefix in ("module.", "model."):
         if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
+            out = {k[len(prefix) :]: v for k, v in out.items()}
     return out
 
 
@@ -379,8 +389,13 @@ def inflate_vit_state_dict(
     src = _unwrap(vit_state_dict)
     own = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
-    report: Dict[str, List[str]] = {"missing_keys": [], "unexpected_keys": [], "dropped_keys": [],
-                                    "copied_to_temporal": [], "resized": []}
+    report: Dict[str, List[str]] = {
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "dropped_keys": [],
+        "copied_to_temporal": [],
+        "resized": [],
+    }
     for key, value in src.items():
         if key not in own:
             report["unexpected_keys"].append(key)
@@ -397,8 +412,10 @@ def inflate_vit_state_dict(
                 report["dropped_keys"].append(key)
                 continue
         if value.shape != target:
-            raise ValueError(f"checkpoint {key!r} has shape {tuple(value.shape)}, the model expects "
-                             f"{tuple(target)} (different patch_size, embed_dim or in_chans?)")
+            raise ValueError(
+                f"checkpoint {key!r} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(target)} (different patch_size, embed_dim or in_chans?)"
+            )
         out[key] = value
         if re.match(r"blocks\.\d+\.(attn|norm1)\.", key):
             for spatial, temporal in _SPATIAL_TO_TEMPORAL:
@@ -414,10 +431,28 @@ def inflate_vit_state_dict(
 # --------------------------------------------------------------------------------------------
 # Presets
 
-_BASE: Dict[str, Any] = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-                             qkv_bias=True, drop_path_rate=0.1, attention="divided_space_time")
-_TINY: Dict[str, Any] = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0,
-                             qkv_bias=True, drop_path_rate=0.0, attention="divided_space_time")
+_BASE: Dict[str, Any] = dict(
+    img_size=224,
+    patch_size=16,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    drop_path_rate=0.1,
+    attention="divided_space_time",
+)
+_TINY: Dict[str, Any] = dict(
+    img_size=32,
+    patch_size=8,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    drop_path_rate=0.0,
+    attention="divided_space_time",
+)
 
 # Paper: Kinetics-400, 8 frames x 224^2, divided space-time (121,566,352 parameters).
 register_preset("timesformer_base", TimeSformer, num_params=121_566_352, **_BASE, num_frames=8, num_classes=400)
@@ -446,17 +481,25 @@ def _timesformer_detect(keys: Sequence[str], model: nn.Module) -> bool:
 
 
 def _timesformer_rename(key: str, model: nn.Module) -> Target:
-    return (key[len("model."):], None) if key.startswith("model.") else None
+    return (key[len("model.") :], None) if key.startswith("model.") else None
 
 
-TIMESFORMER_FORMAT = register_format(Format(
-    "timesformer", "TimeSformer (facebookresearch/TimeSformer: model.* under model_state or state_dict)",
-    _timesformer_detect, _timesformer_rename, wrappers=("model",), priority=80))
+TIMESFORMER_FORMAT = register_format(
+    Format(
+        "timesformer",
+        "TimeSformer (facebookresearch/TimeSformer: model.* under model_state or state_dict)",
+        _timesformer_detect,
+        _timesformer_rename,
+        wrappers=("model",),
+        priority=80,
+    )
+)
 
 
 @register_resize
-def _resize_embeddings(key: str, value: torch.Tensor, shape: torch.Size,
-                       model: nn.Module) -> Optional[Tuple[torch.Tensor, str]]:
+def _resize_embeddings(
+    key: str, value: torch.Tensor, shape: torch.Size, model: nn.Module
+) -> Optional[Tuple[torch.Tensor, str]]:
     """TimeSformer's position and time embeddings of another length, resized as upstream does."""
     if not (hasattr(model, "patch_embed") and hasattr(model, "pos_embed")):
         return None
@@ -465,8 +508,10 @@ def _resize_embeddings(key: str, value: torch.Tensor, shape: torch.Size,
     if key == "time_embed":
         return resize_time_embed(value, shape[1]), f"{value.shape[1]} -> {shape[1]} frames, nearest over time"
     if key == "pos_embed":
-        return (resize_pos_embed(value, shape[1] - 1),
-                f"{value.shape[1] - 1} -> {shape[1] - 1} patch positions, nearest over the sequence (CLS kept)")
+        return (
+            resize_pos_embed(value, shape[1] - 1),
+            f"{value.shape[1] - 1} -> {shape[1] - 1} patch positions, nearest over the sequence (CLS kept)",
+        )
     return None
 
 
@@ -476,13 +521,17 @@ def _image_vit_detect(state: Mapping[str, torch.Tensor], model: nn.Module, found
     if found.name not in ("native", TIMESFORMER_FORMAT.name) or not hasattr(model, "load_image_vit"):
         return None
     keys = list(state)
-    if not (any(k.endswith("patch_embed.proj.weight") for k in keys)
-            and any(k.endswith("blocks.0.attn.qkv.weight") for k in keys)
-            and not any(".temporal_attn." in k for k in keys)):
+    if not (
+        any(k.endswith("patch_embed.proj.weight") for k in keys)
+        and any(k.endswith("blocks.0.attn.qkv.weight") for k in keys)
+        and not any(".temporal_attn." in k for k in keys)
+    ):
         return None
     wrapped = ", TimeSformer model.*" if found.name == TIMESFORMER_FORMAT.name else ""
-    return (f"ViT without temporal attention (timm names{wrapped}), spatial attention copied to temporal "
-            "where the model has it")
+    return (
+        f"ViT without temporal attention (timm names{wrapped}), spatial attention copied to temporal "
+        "where the model has it"
+    )
 
 
 def _load_image_vit(model: Any, state: Mapping[str, torch.Tensor], report: "LoadReport") -> None:
@@ -506,8 +555,10 @@ def _load_image_vit(model: Any, state: Mapping[str, torch.Tensor], report: "Load
     report.finish()
     for key in list(report.missing):
         if key == "time_embed" or ".temporal_fc." in key:
-            report.new[key] = ("an image ViT has no temporal parameters; starts as the reference initialises it "
-                               "(time_embed and temporal_fc zero: every frame at first sees the image ViT)")
+            report.new[key] = (
+                "an image ViT has no temporal parameters; starts as the reference initialises it "
+                "(time_embed and temporal_fc zero: every frame at first sees the image ViT)"
+            )
     report.counters_new(state)
 
 

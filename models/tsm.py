@@ -22,6 +22,7 @@ as the identity, so an ImageNet or TSM checkpoint behaves unchanged until it tra
 `parameter_groups` gives TSM's optimiser groups (norms and biases without weight decay, biases at
 lr x2, the classifier at lr x5 / x10).
 """
+
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -54,8 +55,8 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
     x = x.reshape(nt // num_segments, num_segments, c, h, w)
     pad = x.new_zeros(x.shape[0], 1, fold, h, w)
     back = torch.cat([x[:, 1:, :fold], pad], dim=1)
-    fwd = torch.cat([pad, x[:, :-1, fold:2 * fold]], dim=1)
-    return torch.cat([back, fwd, x[:, :, 2 * fold:]], dim=2).reshape(nt, c, h, w)
+    fwd = torch.cat([pad, x[:, :-1, fold : 2 * fold]], dim=1)
+    return torch.cat([back, fwd, x[:, :, 2 * fold :]], dim=2).reshape(nt, c, h, w)
 
 
 class TSMBottleneck(nn.Module):
@@ -77,8 +78,9 @@ class TSMBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(out_channels))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -99,10 +101,21 @@ _WITH_BIAS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn
 class TSM(nn.Module):
     """TSM ResNet on (N, C, T, H, W) -> logits (N, num_classes); see the module docstring."""
 
-    def __init__(self, num_classes: int = 174, num_segments: int = 8, layers: Tuple[int, ...] = (3, 4, 6, 3),
-                 widths: Tuple[int, ...] = (64, 128, 256, 512), shift_div: int = 8, dropout: float = 0.5,
-                 in_channels: int = 3, dyreg_positions: str = "", dyreg_input_size: int = 224,
-                 dyreg_max_node_dim: int = 256, dyreg_offset_dim: int = 128, dropout_at: str = "pooled") -> None:
+    def __init__(
+        self,
+        num_classes: int = 174,
+        num_segments: int = 8,
+        layers: Tuple[int, ...] = (3, 4, 6, 3),
+        widths: Tuple[int, ...] = (64, 128, 256, 512),
+        shift_div: int = 8,
+        dropout: float = 0.5,
+        in_channels: int = 3,
+        dyreg_positions: str = "",
+        dyreg_input_size: int = 224,
+        dyreg_max_node_dim: int = 256,
+        dyreg_offset_dim: int = 128,
+        dropout_at: str = "pooled",
+    ) -> None:
         """
         Args:
             num_classes: classifier outputs.
@@ -144,8 +157,7 @@ class TSM(nn.Module):
         init_resnet_weights(self)
         nn.init.normal_(self.fc.weight, 0.0, 0.001)  # TSN's new_fc init
         nn.init.zeros_(self.fc.bias)
-        self.dyreg_positions = self._add_dyreg(dyreg_positions, dyreg_input_size, dyreg_max_node_dim,
-                                               dyreg_offset_dim)
+        self.dyreg_positions = self._add_dyreg(dyreg_positions, dyreg_input_size, dyreg_max_node_dim, dyreg_offset_dim)
 
     def _add_dyreg(self, positions: str, input_size: int, max_node_dim: int, offset_dim: int) -> List[str]:
         names = [p.strip() for p in positions.split(",") if p.strip()]
@@ -154,7 +166,7 @@ class TSM(nn.Module):
             if name not in valid:
                 raise ValueError(f"dyreg_positions: no bottleneck {name!r}; valid: {', '.join(valid)}")
             stage, block = name.split(".")
-            level = int(stage[len("layer"):])
+            level = int(stage[len("layer") :])
             map_size = max(1, input_size // (4 * 2 ** (level - 1)))  # conv2 output side (after its stride)
             bottleneck = getattr(self, stage)[int(block)]
             planes = bottleneck.conv2.out_channels
@@ -217,10 +229,18 @@ class TSM(nn.Module):
                 else:
                     key = "weight"
                 groups[key].append(p)
-        spec = {"weight": (weight_decay, 1.0), "bias": (0.0, 2.0), "norm": (0.0, 1.0),
-                "fc_weight": (weight_decay, 5.0), "fc_bias": (0.0, 10.0)}
-        return [{"name": k, "params": groups[k], "weight_decay": spec[k][0], "lr_mult": spec[k][1]}
-                for k in groups if groups[k]]
+        spec = {
+            "weight": (weight_decay, 1.0),
+            "bias": (0.0, 2.0),
+            "norm": (0.0, 1.0),
+            "fc_weight": (weight_decay, 5.0),
+            "fc_bias": (0.0, 10.0),
+        }
+        return [
+            {"name": k, "params": groups[k], "weight_decay": spec[k][0], "lr_mult": spec[k][1]}
+            for k in groups
+            if groups[k]
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,13 +253,31 @@ _DYREG_PAPER = "layer2.2,layer3.4,layer4.1"
 # Paper (DyReg-GNN's SSv2 setting): Something-Something v2, 174 classes, 16 segments x 224^2.
 # TSM-R50: 23,864,558 parameters; with DyReg 28,701,830 (+1,141,640 / +1,836,040 / +1,859,592).
 register_preset("tsm_r50", TSM, num_params=23_864_558, num_classes=174, num_segments=16, **_R50)
-register_preset("tsm_r50_dyreg", TSM, num_params=28_701_830, num_classes=174, num_segments=16,
-                dyreg_positions=_DYREG_PAPER, dropout_at="map", **_R50)
+register_preset(
+    "tsm_r50_dyreg",
+    TSM,
+    num_params=28_701_830,
+    num_classes=174,
+    num_segments=16,
+    dyreg_positions=_DYREG_PAPER,
+    dropout_at="map",
+    **_R50,
+)
 
 # Tiny presets for tests and CPU demos: 4 frames x 64^2, widths 8/16/32/64, one block per stage.
 register_preset("tsm_r50_tiny", TSM, num_classes=4, num_segments=4, **_TINY)
-register_preset("tsm_r50_dyreg_tiny", TSM, num_classes=4, num_segments=4, dyreg_positions="layer2.0,layer3.0,layer4.0",
-                dyreg_input_size=64, dyreg_max_node_dim=32, dyreg_offset_dim=16, dropout_at="map", **_TINY)
+register_preset(
+    "tsm_r50_dyreg_tiny",
+    TSM,
+    num_classes=4,
+    num_segments=4,
+    dyreg_positions="layer2.0,layer3.0,layer4.0",
+    dyreg_input_size=64,
+    dyreg_max_node_dim=32,
+    dyreg_offset_dim=16,
+    dropout_at="map",
+    **_TINY,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,14 +306,14 @@ def _dyreg_detect(keys: Sequence[str], model: nn.Module) -> bool:
 def _tsn_rename(key: str, model: nn.Module) -> Target:
     """TSN(base_model=ResNet, new_fc), the same for TSM and DyReg-GNN."""
     if key.startswith("new_fc."):
-        return (classifier(model) + key[len("new_fc"):], None)
+        return (classifier(model) + key[len("new_fc") :], None)
     if not key.startswith("base_model."):
         return None
-    key = key[len("base_model."):]
+    key = key[len("base_model.") :]
     # TemporalShift(net=conv1) on the residual branch ("blockres"): the conv is `net`.
     key = re.sub(r"^(layer\d+\.\d+)\.conv1\.net\.", r"\1.conv1.", key)
     if key.startswith("fc."):  # trained with dropout 0: the classifier stays base_model.fc
-        return (classifier(model) + key[len("fc"):], None)
+        return (classifier(model) + key[len("fc") :], None)
     return dyreg_checkpoint_rename(key) or (key, None)
 
 
@@ -285,14 +323,14 @@ def _mmaction2_resnet_detect(keys: Sequence[str], model: nn.Module) -> bool:
 
 def _mmaction_head(key: str, model: nn.Module) -> Target:
     if key.startswith("cls_head.fc_cls."):
-        return (classifier(model) + key[len("cls_head.fc_cls"):], None)
+        return (classifier(model) + key[len("cls_head.fc_cls") :], None)
     return None
 
 
 def _mmaction2_resnet_rename(key: str, model: nn.Module) -> Target:
     if not key.startswith("backbone."):
         return _mmaction_head(key, model)
-    key = key[len("backbone."):]
+    key = key[len("backbone.") :]
     m = re.match(r"^(.*?)(conv(\d)|downsample)\.(conv|bn)\.(?:net\.)?(.*)$", key)
     if m is None:
         return None
@@ -307,18 +345,47 @@ def _mmaction_detect(keys: Sequence[str], model: nn.Module) -> bool:
 
 
 def _mmaction_rename(key: str, model: nn.Module) -> Target:
-    return (key[len("backbone."):], None) if key.startswith("backbone.") else _mmaction_head(key, model)
+    return (key[len("backbone.") :], None) if key.startswith("backbone.") else _mmaction_head(key, model)
 
 
-register_format(Format(
-    "dyreg", "DyReg-GNN (bit-ml/DyReg-GNN: base_model.* with conv2.0.block / conv2.1.dynamic_graph, new_fc)",
-    _dyreg_detect, _tsn_rename, conflicts=dyreg_anchor_conflicts, wrappers=("base_model",), priority=70))
-register_format(Format(
-    "tsm", "TSM (mit-han-lab/temporal-shift-module: base_model.* with conv1.net, new_fc)",
-    _tsn_detect, _tsn_rename, wrappers=("base_model",), priority=60))
-register_format(Format(
-    "mmaction2_resnet", "mmaction2 ResNet recognizer (backbone.* ConvModules, cls_head.fc_cls)",
-    _mmaction2_resnet_detect, _mmaction2_resnet_rename, wrappers=("backbone", "cls_head"), priority=20))
-register_format(Format(
-    "mmaction", "mmaction recognizer (backbone.*, cls_head.fc_cls)", _mmaction_detect, _mmaction_rename,
-    wrappers=("backbone", "cls_head"), priority=10))
+register_format(
+    Format(
+        "dyreg",
+        "DyReg-GNN (bit-ml/DyReg-GNN: base_model.* with conv2.0.block / conv2.1.dynamic_graph, new_fc)",
+        _dyreg_detect,
+        _tsn_rename,
+        conflicts=dyreg_anchor_conflicts,
+        wrappers=("base_model",),
+        priority=70,
+    )
+)
+register_format(
+    Format(
+        "tsm",
+        "TSM (mit-han-lab/temporal-shift-module: base_model.* with conv1.net, new_fc)",
+        _tsn_detect,
+        _tsn_rename,
+        wrappers=("base_model",),
+        priority=60,
+    )
+)
+register_format(
+    Format(
+        "mmaction2_resnet",
+        "mmaction2 ResNet recognizer (backbone.* ConvModules, cls_head.fc_cls)",
+        _mmaction2_resnet_detect,
+        _mmaction2_resnet_rename,
+        wrappers=("backbone", "cls_head"),
+        priority=20,
+    )
+)
+register_format(
+    Format(
+        "mmaction",
+        "mmaction recognizer (backbone.*, cls_head.fc_cls)",
+        _mmaction_detect,
+        _mmaction_rename,
+        wrappers=("backbone", "cls_head"),
+        priority=10,
+    )
+)

@@ -1,4 +1,5 @@
 """Shared fixtures: a small generated video set, a warm DeepSpeed op cache, and a train.py runner."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,13 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def deepspeed_ready() -> None:
     """Compile DeepSpeed's CPU ops once per test session (built under the venv's torch_extensions/)."""
-    subprocess.run([sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"], cwd=REPO, check=True,
-                   timeout=900, env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"})
+    subprocess.run(
+        [sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"],
+        cwd=REPO,
+        check=True,
+        timeout=900,
+        env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -84,23 +90,42 @@ def still_running(started: dict, timeout_s: float = 30.0) -> List[int]:
 
 def tiny_overrides(data_dir: Path, output_dir: Path, name: str = "run") -> List[str]:
     """A run of the tiny TimeSformer on `video_set` that takes seconds on two cores."""
-    return [f"data.root={data_dir}", f"output_dir={output_dir}", f"name={name}", "experiment=tests",
-            "model.name=timesformer_tiny", "model.num_classes=4", "model.num_frames=4",
-            "data.num_frames=4", "data.sampling_rate=6", "data.train_short_side=[32,36]", "data.test_short_side=32",
-            "data.crop_size=32", "data.num_workers=1", "optim.name=adamw", "optim.lr=0.002", "optim.base_batch_size=8",
-            "optim.weight_decay=0.01", "optim.schedule=constant", "train.epochs=2", "train.micro_batch_size=8",
-            "train.log_every_steps=1"]
+    return [
+        f"data.root={data_dir}",
+        f"output_dir={output_dir}",
+        f"name={name}",
+        "experiment=tests",
+        "model.name=timesformer_tiny",
+        "model.num_classes=4",
+        "model.num_frames=4",
+        "data.num_frames=4",
+        "data.sampling_rate=6",
+        "data.train_short_side=[32,36]",
+        "data.test_short_side=32",
+        "data.crop_size=32",
+        "data.num_workers=1",
+        "optim.name=adamw",
+        "optim.lr=0.002",
+        "optim.base_batch_size=8",
+        "optim.weight_decay=0.01",
+        "optim.schedule=constant",
+        "train.epochs=2",
+        "train.micro_batch_size=8",
+        "train.log_every_steps=1",
+    ]
 
 
-def run_train(args: List[str], env: Optional[dict] = None, timeout: int = 600, check: bool = True,
-              script: str = "launch/train.py") -> subprocess.CompletedProcess:
+def run_train(
+    args: List[str], env: Optional[dict] = None, timeout: int = 600, check: bool = True, script: str = "launch/train.py"
+) -> subprocess.CompletedProcess:
     """Run an entry point of the suite as a user would, from the repository root."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI"):
         if env is None or key not in env:
             full_env.pop(key, None)
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

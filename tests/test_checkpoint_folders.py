@@ -1,4 +1,5 @@
 """Checkpoint folder bookkeeping: only committed folders count, pruning keeps `best`."""
+
 from action_launch.training import checkpoint as ckpt
 
 

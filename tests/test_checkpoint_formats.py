@@ -12,6 +12,7 @@ shapes agree, representative upstream names land where the upstream code uses th
 equal the upstream forward (written here from the upstream code) on the same input; a foreign,
 truncated or partial file fails with the report.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -205,8 +206,9 @@ def up_timesformer(frames=4, classes=4, attention="divided_space_time", seed=0, 
 
 
 def tsf(frames=4, classes=4, attention="divided_space_time", img_size=32):
-    return models.create("timesformer_tiny", num_frames=frames, num_classes=classes, attention=attention,
-                         img_size=img_size).eval()
+    return models.create(
+        "timesformer_tiny", num_frames=frames, num_classes=classes, attention=attention, img_size=img_size
+    ).eval()
 
 
 @pytest.mark.parametrize("attention", ["divided_space_time", "joint_space_time", "space_only"])
@@ -214,13 +216,19 @@ def test_timesformer_pyslowfast_pyth_loads_exactly_and_computes_the_upstream_log
     up = up_timesformer(attention=attention)
     state = up.state_dict()
     # timesformer/utils/checkpoint.py save_checkpoint: {"epoch", "model_state", "optimizer_state", "cfg"}
-    torch.save({"epoch": 15, "model_state": state, "optimizer_state": {}, "cfg": "MODEL:\n  ARCH: vit\n"},
-               tmp_path / "TimeSformer_divST_8x32_224_K400.pyth")
+    torch.save(
+        {"epoch": 15, "model_state": state, "optimizer_state": {}, "cfg": "MODEL:\n  ARCH: vit\n"},
+        tmp_path / "TimeSformer_divST_8x32_224_K400.pyth",
+    )
     model = tsf(attention=attention)
     report = load_weights(model, tmp_path / "TimeSformer_divST_8x32_224_K400.pyth")
     check_complete(report, state, model)
-    pairs = {"model.patch_embed.proj.weight": "patch_embed.proj.weight", "model.pos_embed": "pos_embed",
-             "model.blocks.1.mlp.fc2.bias": "blocks.1.mlp.fc2.bias", "model.head.weight": "head.weight"}
+    pairs = {
+        "model.patch_embed.proj.weight": "patch_embed.proj.weight",
+        "model.pos_embed": "pos_embed",
+        "model.blocks.1.mlp.fc2.bias": "blocks.1.mlp.fc2.bias",
+        "model.head.weight": "head.weight",
+    }
     if attention != "space_only":
         pairs["model.time_embed"] = "time_embed"
     if attention == "divided_space_time":
@@ -287,8 +295,8 @@ class UpTemporalShift(nn.Module):
         fold = c // self.fold_div
         out = torch.zeros_like(x)
         out[:, :-1, :fold] = x[:, 1:, :fold]  # shift left
-        out[:, 1:, fold: 2 * fold] = x[:, :-1, fold: 2 * fold]  # shift right
-        out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
+        out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # shift right
+        out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
         return self.net(out.view(nt, c, h, w))
 
 
@@ -364,8 +372,9 @@ class UpTSN(nn.Module):
 def save_tsm(path, net):
     """main.py save_checkpoint of the DataParallel model."""
     state = {f"module.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"epoch": 50, "arch": "resnet50", "state_dict": state, "optimizer": {},
-                "best_prec1": torch.tensor(61.2)}, path)
+    torch.save(
+        {"epoch": 50, "arch": "resnet50", "state_dict": state, "optimizer": {}, "best_prec1": torch.tensor(61.2)}, path
+    )
     return state
 
 
@@ -381,10 +390,15 @@ def test_tsm_pth_tar_loads_exactly_and_computes_the_upstream_logits(tmp_path):
     report = load_weights(model, tmp_path / "TSM_something_RGB_resnet50_shift8_blockres_avg_segment4_e45.pth.tar")
     assert report.format == "tsm"
     check_complete(report, state, model)
-    check_pairs(report, {"module.base_model.conv1.weight": "conv1.weight",
-                         "module.base_model.layer1.0.conv1.net.weight": "layer1.0.conv1.weight",
-                         "module.base_model.layer3.0.downsample.1.running_var": "layer3.0.downsample.1.running_var",
-                         "module.new_fc.weight": "fc.weight"})
+    check_pairs(
+        report,
+        {
+            "module.base_model.conv1.weight": "conv1.weight",
+            "module.base_model.layer1.0.conv1.net.weight": "layer1.0.conv1.weight",
+            "module.base_model.layer3.0.downsample.1.running_var": "layer3.0.downsample.1.running_var",
+            "module.new_fc.weight": "fc.weight",
+        },
+    )
     x = torch.randn(2, 3, 4, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), up(to_tsn_input(x)), rtol=1e-5, atol=1e-6)
@@ -448,12 +462,17 @@ def test_mmaction2_tsm_layout(tmp_path):
     report = load_weights(model, tmp_path / "tsm_mm2.pth")
     assert report.format == "mmaction2_resnet"
     check_complete(report, state, model)
-    check_pairs(report, {"backbone.conv1.conv.weight": "conv1.weight",
-                         "backbone.conv1.bn.running_mean": "bn1.running_mean",
-                         "backbone.layer2.0.conv1.conv.net.weight": "layer2.0.conv1.weight",
-                         "backbone.layer2.0.conv3.bn.bias": "layer2.0.bn3.bias",
-                         "backbone.layer4.0.downsample.conv.weight": "layer4.0.downsample.0.weight",
-                         "cls_head.fc_cls.bias": "fc.bias"})
+    check_pairs(
+        report,
+        {
+            "backbone.conv1.conv.weight": "conv1.weight",
+            "backbone.conv1.bn.running_mean": "bn1.running_mean",
+            "backbone.layer2.0.conv1.conv.net.weight": "layer2.0.conv1.weight",
+            "backbone.layer2.0.conv3.bn.bias": "layer2.0.bn3.bias",
+            "backbone.layer4.0.downsample.conv.weight": "layer4.0.downsample.0.weight",
+            "cls_head.fc_cls.bias": "fc.bias",
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,8 +588,10 @@ def up_dyreg(places=((2, 0, 28), (3, 0, 14), (4, 0, 7)), max_node_dim=32, offset
         bottleneck = getattr(net.base_model, f"layer{layer}")[block]
         planes = bottleneck.conv2.out_channels
         node_dim = min(planes, max_node_dim)
-        bottleneck.conv2 = nn.Sequential(UpSplitBT(bottleneck.conv2, 16), UpDynamicGraphWrapper(
-            planes, H, node_dim, project_i3d=node_dim != planes, offset_dim=offset_dim))
+        bottleneck.conv2 = nn.Sequential(
+            UpSplitBT(bottleneck.conv2, 16),
+            UpDynamicGraphWrapper(planes, H, node_dim, project_i3d=node_dim != planes, offset_dim=offset_dim),
+        )
     net = randomize(net, seed)
     for module in net.modules():  # the constant buffers as compute_anchors / arange make them
         if isinstance(module, UpDynamicGraph):
@@ -591,51 +612,67 @@ def test_dyreg_pth_tar_maps_every_tensor(tmp_path):
     report = load_weights(model, tmp_path / "dyreg.pth.tar")
     assert report.format == "dyreg"
     check_complete(report, state, model)
-    assert sorted(report.ignored) == sorted(f"module.base_model.layer{i}.0.conv2.1.dynamic_graph.{b}" for i in (2, 3, 4)
-                                            for b in ("ph_buf", "pw_buf", "arange_h_buf", "arange_w_buf"))
+    assert sorted(report.ignored) == sorted(
+        f"module.base_model.layer{i}.0.conv2.1.dynamic_graph.{b}"
+        for i in (2, 3, 4)
+        for b in ("ph_buf", "pw_buf", "arange_h_buf", "arange_w_buf")
+    )
     g = "module.base_model.layer4.0.conv2.1."
     ours = "layer4.0.dyreg."
-    check_pairs(report, {
-        "module.base_model.layer2.0.conv2.0.block.weight": "layer2.0.conv2.weight",
-        "module.base_model.layer2.0.conv1.net.weight": "layer2.0.conv1.weight",
-        g + "norm_dict.residual_norm.scale": ours + "norm.weight",
-        g + "dynamic_graph.project_i3d_linear.weight": ours + "dyreg.project_in.weight",
-        g + "dynamic_graph.project_back_i3d_linear.bias": ours + "dyreg.project_out.bias",
-        g + "dynamic_graph.norm_dict.dynamic_graph_projection.scale": ours + "dyreg.project_norm.weight",
-        g + "dynamic_graph.fishnet.conv1.weight": ours + "dyreg.offset_net.reduce.weight",
-        g + "dynamic_graph.fishnet.norm_dict.norm1.bias": ours + "dyreg.offset_net.reduce_norm.bias",
-        g + "dynamic_graph.fishnet.tail_conv.0.weight": ours + "dyreg.offset_net.down1.weight",
-        g + "dynamic_graph.fishnet.tail_conv.1.weight": ours + "dyreg.offset_net.down2.weight",
-        g + "dynamic_graph.fishnet.norm_dict.tail_norm_1.scale": ours + "dyreg.offset_net.down2_norm.weight",
-        g + "dynamic_graph.fishnet.body_trans_conv.0.weight": ours + "dyreg.offset_net.up.weight",
-        g + "dynamic_graph.fishnet.norm_dict.body_trans_norm_0.scale": ours + "dyreg.offset_net.up_norm.weight",
-        g + "dynamic_graph.fishnet.head_conv.0.bias": ours + "dyreg.offset_net.head.bias",
-        g + "dynamic_graph.fishnet.norm_dict.head_norm_0.bias": ours + "dyreg.offset_net.head_norm.bias",
-        g + "dynamic_graph.global_conv.0.weight": ours + "dyreg.offset_net.fc.weight",
-        g + "dynamic_graph.norm_dict.offset_ln_feats_coords.scale": ours + "dyreg.offset_norm.weight",
-        g + "dynamic_graph.offset_lstm.weight_hh_l0": ours + "dyreg.offset_gru.weight_hh_l0",
-        g + "dynamic_graph.norm_dict.offset_ln_lstm.bias": ours + "dyreg.offset_gru_norm.bias",
-        g + "dynamic_graph.offset_pred.weight": ours + "dyreg.offset_fc.weight",
-        g + "dynamic_graph.offset_alpha": ours + "dyreg.offset_scale",
-        g + "dynamic_graph.kernel_projection1.weight": ours + "dyreg.pos_embed.weight",
-        g + "dynamic_graph.rstg.norm_dict.before_graph_norm.scale": ours + "dyreg.rstg.input_norm.weight",
-        g + "dynamic_graph.rstg.internal_lstm.bias_ih_l0": ours + "dyreg.rstg.time_gru.bias_ih_l0",
-        g + "dynamic_graph.rstg.external_lstm.weight_ih_l0": ours + "dyreg.rstg.out_gru.weight_ih_l0",
-        g + "dynamic_graph.rstg.send_mlp.0.weight": ours + "dyreg.rstg.send.weight",
-        g + "dynamic_graph.rstg.norm_dict.send_message_norm.bias": ours + "dyreg.rstg.send_norm.bias",
-        g + "dynamic_graph.rstg.att_q.weight": ours + "dyreg.rstg.query.weight",
-        g + "dynamic_graph.rstg.att_k.bias": ours + "dyreg.rstg.key.bias",
-        g + "dynamic_graph.rstg.att_bias": ours + "dyreg.rstg.att_bias",
-        g + "dynamic_graph.rstg.norm_dict.update_norm.scale": ours + "dyreg.rstg.update_norm.weight",
-        "module.new_fc.bias": "fc.bias"})
+    check_pairs(
+        report,
+        {
+            "module.base_model.layer2.0.conv2.0.block.weight": "layer2.0.conv2.weight",
+            "module.base_model.layer2.0.conv1.net.weight": "layer2.0.conv1.weight",
+            g + "norm_dict.residual_norm.scale": ours + "norm.weight",
+            g + "dynamic_graph.project_i3d_linear.weight": ours + "dyreg.project_in.weight",
+            g + "dynamic_graph.project_back_i3d_linear.bias": ours + "dyreg.project_out.bias",
+            g + "dynamic_graph.norm_dict.dynamic_graph_projection.scale": ours + "dyreg.project_norm.weight",
+            g + "dynamic_graph.fishnet.conv1.weight": ours + "dyreg.offset_net.reduce.weight",
+            g + "dynamic_graph.fishnet.norm_dict.norm1.bias": ours + "dyreg.offset_net.reduce_norm.bias",
+            g + "dynamic_graph.fishnet.tail_conv.0.weight": ours + "dyreg.offset_net.down1.weight",
+            g + "dynamic_graph.fishnet.tail_conv.1.weight": ours + "dyreg.offset_net.down2.weight",
+            g + "dynamic_graph.fishnet.norm_dict.tail_norm_1.scale": ours + "dyreg.offset_net.down2_norm.weight",
+            g + "dynamic_graph.fishnet.body_trans_conv.0.weight": ours + "dyreg.offset_net.up.weight",
+            g + "dynamic_graph.fishnet.norm_dict.body_trans_norm_0.scale": ours + "dyreg.offset_net.up_norm.weight",
+            g + "dynamic_graph.fishnet.head_conv.0.bias": ours + "dyreg.offset_net.head.bias",
+            g + "dynamic_graph.fishnet.norm_dict.head_norm_0.bias": ours + "dyreg.offset_net.head_norm.bias",
+            g + "dynamic_graph.global_conv.0.weight": ours + "dyreg.offset_net.fc.weight",
+            g + "dynamic_graph.norm_dict.offset_ln_feats_coords.scale": ours + "dyreg.offset_norm.weight",
+            g + "dynamic_graph.offset_lstm.weight_hh_l0": ours + "dyreg.offset_gru.weight_hh_l0",
+            g + "dynamic_graph.norm_dict.offset_ln_lstm.bias": ours + "dyreg.offset_gru_norm.bias",
+            g + "dynamic_graph.offset_pred.weight": ours + "dyreg.offset_fc.weight",
+            g + "dynamic_graph.offset_alpha": ours + "dyreg.offset_scale",
+            g + "dynamic_graph.kernel_projection1.weight": ours + "dyreg.pos_embed.weight",
+            g + "dynamic_graph.rstg.norm_dict.before_graph_norm.scale": ours + "dyreg.rstg.input_norm.weight",
+            g + "dynamic_graph.rstg.internal_lstm.bias_ih_l0": ours + "dyreg.rstg.time_gru.bias_ih_l0",
+            g + "dynamic_graph.rstg.external_lstm.weight_ih_l0": ours + "dyreg.rstg.out_gru.weight_ih_l0",
+            g + "dynamic_graph.rstg.send_mlp.0.weight": ours + "dyreg.rstg.send.weight",
+            g + "dynamic_graph.rstg.norm_dict.send_message_norm.bias": ours + "dyreg.rstg.send_norm.bias",
+            g + "dynamic_graph.rstg.att_q.weight": ours + "dyreg.rstg.query.weight",
+            g + "dynamic_graph.rstg.att_k.bias": ours + "dyreg.rstg.key.bias",
+            g + "dynamic_graph.rstg.att_bias": ours + "dyreg.rstg.att_bias",
+            g + "dynamic_graph.rstg.norm_dict.update_norm.scale": ours + "dyreg.rstg.update_norm.weight",
+            "module.new_fc.bias": "fc.bias",
+        },
+    )
     # LayerNormAffine2D scales/biases (1, C, 1, 1) and the attention bias (1, 1, 1, C) become (C,)
-    assert set(report.reshaped) == {k for k in model.state_dict() if ".dyreg." in k and (
-        k.split(".")[-2] in ("norm", "project_norm", "reduce_norm", "down1_norm", "down2_norm", "up_norm", "head_norm")
-        or k.endswith("att_bias"))}
+    assert set(report.reshaped) == {
+        k
+        for k in model.state_dict()
+        if ".dyreg." in k
+        and (
+            k.split(".")[-2]
+            in ("norm", "project_norm", "reduce_norm", "down1_norm", "down2_norm", "up_norm", "head_norm")
+            or k.endswith("att_bias")
+        )
+    }
     # the graphs' numbers where upstream uses them: the residual norm's per-channel scale, the offset net's
     # global conv covering the 6 x 6 map (28-pixel input), the position embedding over 28 x 28 kernels
-    torch.testing.assert_close(model.layer2[0].dyreg.norm.weight, state[
-        "module.base_model.layer2.0.conv2.1.norm_dict.residual_norm.scale"].view(-1))
+    torch.testing.assert_close(
+        model.layer2[0].dyreg.norm.weight,
+        state["module.base_model.layer2.0.conv2.1.norm_dict.residual_norm.scale"].view(-1),
+    )
     assert model.layer2[0].dyreg.dyreg.offset_net.fc.weight.shape == (9 * 16, 16, 6, 6)
     assert model.layer2[0].dyreg.dyreg.pos_embed.weight.shape == (16, 28 * 28)
 
@@ -690,11 +727,23 @@ class UpMSTCN(nn.Module):
         super().__init__()
         bc = cout // 6
         drop = [nn.Dropout(0.4)] if dropout else []  # the personality code's ms_tcn.py: last in each dilated branch
-        self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(cin, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(),
-                                                     UpTemporalConv(bc, bc, 3, stride, d), *drop)
-                                       for d in (1, 2, 3, 4)])
-        self.branches.append(nn.Sequential(nn.Conv2d(cin, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(),
-                                           nn.MaxPool2d((3, 1), (stride, 1), (1, 0)), nn.BatchNorm2d(bc)))
+        self.branches = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(cin, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(), UpTemporalConv(bc, bc, 3, stride, d), *drop
+                )
+                for d in (1, 2, 3, 4)
+            ]
+        )
+        self.branches.append(
+            nn.Sequential(
+                nn.Conv2d(cin, bc, 1),
+                nn.BatchNorm2d(bc),
+                nn.ReLU(),
+                nn.MaxPool2d((3, 1), (stride, 1), (1, 0)),
+                nn.BatchNorm2d(bc),
+            )
+        )
         self.branches.append(nn.Sequential(nn.Conv2d(cin, bc, 1, stride=(stride, 1)), nn.BatchNorm2d(bc)))
         if not (cin == cout and stride == 1):
             self.residual = UpTemporalConv(cin, cout, 1, stride)
@@ -718,8 +767,9 @@ class UpMSG3DModel(nn.Module):
     """MS-G3D's Model; `personality`: Rgtemze/PersonalityRecognition's msg3d_laban.Model (data_bn_x over xyz and
     data_bn_laban over the Laban channels, dropout everywhere, and an unused copy l2_* of the second block)."""
 
-    def __init__(self, num_class=60, V=25, M=2, gcn_scales=3, g3d_scales=2, channels=(12, 24, 48), cin=3,
-                 personality=False):
+    def __init__(
+        self, num_class=60, V=25, M=2, gcn_scales=3, g3d_scales=2, channels=(12, 24, 48), cin=3, personality=False
+    ):
         super().__init__()
         if personality:
             self.data_bn_x = nn.BatchNorm1d(M * 3 * V)
@@ -733,10 +783,15 @@ class UpMSG3DModel(nn.Module):
                 mw.gcn3d = nn.ModuleList(UpMSG3D(c[i], c[i + 1], V, g3d_scales, w, personality) for w in (3, 5))
                 setattr(self, f"{prefix}gcn3d{i + 1}", mw)
                 hidden = c[1] if i == 0 else c[i]
-                setattr(self, f"{prefix}sgcn{i + 1}", nn.Sequential(
-                    UpMSGCN(gcn_scales, c[i], hidden, V, personality),
-                    UpMSTCN(hidden, c[i + 1], stride=1 if i == 0 else 2, dropout=personality),
-                    UpMSTCN(c[i + 1], c[i + 1], dropout=personality)))
+                setattr(
+                    self,
+                    f"{prefix}sgcn{i + 1}",
+                    nn.Sequential(
+                        UpMSGCN(gcn_scales, c[i], hidden, V, personality),
+                        UpMSTCN(hidden, c[i + 1], stride=1 if i == 0 else 2, dropout=personality),
+                        UpMSTCN(c[i + 1], c[i + 1], dropout=personality),
+                    ),
+                )
                 setattr(self, f"{prefix}tcn{i + 1}", UpMSTCN(c[i + 1], c[i + 1], dropout=personality))
         self.fc = nn.Linear(c[3], num_class)
 
@@ -749,18 +804,23 @@ def test_msg3d_pt_maps_every_tensor_with_the_graph_scales_reshaped(tmp_path):
     report = load_weights(model, tmp_path / "ntu60-xsub-joint.pt")
     assert report.format == "msg3d"
     check_complete(report, state, model)
-    check_pairs(report, {
-        "data_bn.running_mean": "data_bn.running_mean",
-        "sgcn1.0.A_res": "blocks.0.gcn_path.0.A_res", "sgcn1.0.mlp.layers.0.weight": "blocks.0.gcn_path.0.conv.weight",
-        "sgcn2.0.mlp.layers.1.running_var": "blocks.1.gcn_path.0.bn.running_var",
-        "sgcn2.1.residual.conv.weight": "blocks.1.gcn_path.1.residual.conv.weight",
-        "sgcn3.2.branches.3.3.conv.weight": "blocks.2.gcn_path.2.branches.3.3.conv.weight",
-        "gcn3d1.gcn3d.1.gcn3d.1.A_res": "blocks.0.g3d_path.pathways.1.gcn.A_res",
-        "gcn3d2.gcn3d.0.gcn3d.1.mlp.layers.0.bias": "blocks.1.g3d_path.pathways.0.gcn.conv.bias",
-        "gcn3d3.gcn3d.1.out_conv.weight": "blocks.2.g3d_path.pathways.1.collapse.weight",
-        "gcn3d3.gcn3d.0.out_bn.bias": "blocks.2.g3d_path.pathways.0.bn.bias",
-        "tcn2.branches.4.4.running_mean": "blocks.1.tcn.branches.4.4.running_mean",
-        "fc.weight": "fc.weight"})
+    check_pairs(
+        report,
+        {
+            "data_bn.running_mean": "data_bn.running_mean",
+            "sgcn1.0.A_res": "blocks.0.gcn_path.0.A_res",
+            "sgcn1.0.mlp.layers.0.weight": "blocks.0.gcn_path.0.conv.weight",
+            "sgcn2.0.mlp.layers.1.running_var": "blocks.1.gcn_path.0.bn.running_var",
+            "sgcn2.1.residual.conv.weight": "blocks.1.gcn_path.1.residual.conv.weight",
+            "sgcn3.2.branches.3.3.conv.weight": "blocks.2.gcn_path.2.branches.3.3.conv.weight",
+            "gcn3d1.gcn3d.1.gcn3d.1.A_res": "blocks.0.g3d_path.pathways.1.gcn.A_res",
+            "gcn3d2.gcn3d.0.gcn3d.1.mlp.layers.0.bias": "blocks.1.g3d_path.pathways.0.gcn.conv.bias",
+            "gcn3d3.gcn3d.1.out_conv.weight": "blocks.2.g3d_path.pathways.1.collapse.weight",
+            "gcn3d3.gcn3d.0.out_bn.bias": "blocks.2.g3d_path.pathways.0.bn.bias",
+            "tcn2.branches.4.4.running_mean": "blocks.1.tcn.branches.4.4.running_mean",
+            "fc.weight": "fc.weight",
+        },
+    )
     assert len(report.reshaped) == 3 + 6  # an MS-GCN and two G3D windows per block
     # MS_GCN.forward with the file's tensors: A = A_powers + A_res (K*V, V), einsum('vu,nctu->nctv'),
     # view(N, C, T, K, V), permute to (N, K*C, T, V), then the MLP (conv, BN, ReLU)
@@ -769,8 +829,11 @@ def test_msg3d_pt_maps_every_tensor_with_the_graph_scales_reshaped(tmp_path):
     support = torch.einsum("vu,nctu->nctv", A, x).view(2, 3, 10, 3, 25).permute(0, 3, 1, 2, 4).reshape(2, 9, 10, 25)
     out = F.conv2d(support, state["sgcn1.0.mlp.layers.0.weight"], state["sgcn1.0.mlp.layers.0.bias"])
     bn = "sgcn1.0.mlp.layers.1."
-    out = F.relu(F.batch_norm(out, state[bn + "running_mean"], state[bn + "running_var"], state[bn + "weight"],
-                              state[bn + "bias"]))
+    out = F.relu(
+        F.batch_norm(
+            out, state[bn + "running_mean"], state[bn + "running_var"], state[bn + "weight"], state[bn + "bias"]
+        )
+    )
     with torch.no_grad():
         torch.testing.assert_close(model.blocks[0].gcn_path[0](x), out, rtol=1e-5, atol=1e-5)
 
@@ -789,13 +852,18 @@ def test_personality_pt_joins_the_two_input_norms_and_skips_the_unused_block(tmp
     assert set(report.loaded) == set(model.state_dict())
     assert set(report.ignored) == {k for k in state if k.startswith("l2_")} and len(report.ignored) > 100
     assert all("never calls" in why for why in report.ignored.values())
-    check_pairs(report, {
-        "sgcn1.0.mlp.layers.1.weight": "blocks.0.gcn_path.0.conv.weight",  # layers.0 is the Dropout
-        "sgcn2.0.mlp.layers.2.running_var": "blocks.1.gcn_path.0.bn.running_var",
-        "gcn3d2.gcn3d.0.gcn3d.1.mlp.layers.1.bias": "blocks.1.g3d_path.pathways.0.gcn.conv.bias",
-        "gcn3d1.gcn3d.1.gcn3d.1.A_res": "blocks.0.g3d_path.pathways.1.gcn.A_res",
-        "tcn3.branches.2.3.conv.weight": "blocks.2.tcn.branches.2.3.conv.weight",
-        "data_bn_x+data_bn_laban.running_var": "data_bn.running_var", "fc.bias": "fc.bias"})
+    check_pairs(
+        report,
+        {
+            "sgcn1.0.mlp.layers.1.weight": "blocks.0.gcn_path.0.conv.weight",  # layers.0 is the Dropout
+            "sgcn2.0.mlp.layers.2.running_var": "blocks.1.gcn_path.0.bn.running_var",
+            "gcn3d2.gcn3d.0.gcn3d.1.mlp.layers.1.bias": "blocks.1.g3d_path.pathways.0.gcn.conv.bias",
+            "gcn3d1.gcn3d.1.gcn3d.1.A_res": "blocks.0.g3d_path.pathways.1.gcn.A_res",
+            "tcn3.branches.2.3.conv.weight": "blocks.2.tcn.branches.2.3.conv.weight",
+            "data_bn_x+data_bn_laban.running_var": "data_bn.running_var",
+            "fc.bias": "fc.bias",
+        },
+    )
     assert set(report.reshaped) >= {f"data_bn.{n}" for n in ("weight", "bias", "running_mean", "running_var")}
 
     # msg3d_laban.Model.forward's input norms, from the file's tensors: each stream (N, M*V*C, T) through its
@@ -805,8 +873,13 @@ def test_personality_pt_joins_the_two_input_norms_and_skips_the_unused_block(tmp
     for name, part in (("data_bn_x", x[:, :3]), ("data_bn_laban", x[:, 3:])):
         c = part.shape[1]
         flat = part.permute(0, 4, 3, 1, 2).reshape(2, 24 * c, 16)
-        flat = F.batch_norm(flat, state[name + ".running_mean"], state[name + ".running_var"],
-                            state[name + ".weight"], state[name + ".bias"])
+        flat = F.batch_norm(
+            flat,
+            state[name + ".running_mean"],
+            state[name + ".running_var"],
+            state[name + ".weight"],
+            state[name + ".bias"],
+        )
         streams.append(flat.view(2, 24, c, 16).permute(0, 2, 3, 1))
     seen = []
     hook = model.blocks[0].register_forward_hook(lambda module, args, out: seen.append(args[0]))
@@ -824,8 +897,10 @@ def test_personality_preset_has_the_authors_dropout_and_their_graph_on_request()
     block = model.blocks[1]
     assert block.gcn_path[0].dropout.p == 0.6 and block.g3d_path.pathways[1].gcn.dropout.p == 0.4
     for tcn in (block.gcn_path[1], block.gcn_path[2], block.tcn):
-        assert tcn.dropout.p == 0.4 and [type(b[-1]).__name__ for b in tcn.branches] == ["Dropout"] * 4 + [
-            "BatchNorm2d"] * 2
+        assert (
+            tcn.dropout.p == 0.4
+            and [type(b[-1]).__name__ for b in tcn.branches] == ["Dropout"] * 4 + ["BatchNorm2d"] * 2
+        )
     # Dropout holds no state: the same file loads with or without it, and eval outputs agree.
     plain = models.create("msg3d_personality_tiny", gcn_dropout=0.0, g3d_dropout=0.0, tcn_dropout=0.0)
     trained = randomize(models.create("msg3d_personality_tiny"), seed=3).state_dict()  # (A, not state, stays)
@@ -845,8 +920,12 @@ def test_personality_preset_has_the_authors_dropout_and_their_graph_on_request()
 
     def their_scales(A_binary, K):
         eye = np.eye(len(A_binary))
-        hops = [eye] + [np.minimum(np.linalg.matrix_power(A_binary + eye, k), 1)
-                        - np.minimum(np.linalg.matrix_power(A_binary + eye, k - 1), 1) + eye for k in range(1, K)]
+        hops = [eye] + [
+            np.minimum(np.linalg.matrix_power(A_binary + eye, k), 1)
+            - np.minimum(np.linalg.matrix_power(A_binary + eye, k - 1), 1)
+            + eye
+            for k in range(1, K)
+        ]
         return np.stack([h / np.sqrt(h.sum(-1))[:, None] / np.sqrt(h.sum(-1))[None, :] for h in hops])
 
     dense = models.create("msg3d_personality_tiny", graph="smpl-24-dense")
@@ -911,61 +990,105 @@ def up_stabn_state(K=4, T=4, widths=(8, 16, 32, 64), seed=10):
         return torch.empty(*shape)
 
     def bn(p, c):
-        return {p + ".weight": torch.empty(c), p + ".bias": torch.empty(c), p + ".running_mean": torch.empty(c),
-                p + ".running_var": torch.empty(c), p + ".num_batches_tracked": torch.tensor(7)}
+        return {
+            p + ".weight": torch.empty(c),
+            p + ".bias": torch.empty(c),
+            p + ".running_mean": torch.empty(c),
+            p + ".running_var": torch.empty(c),
+            p + ".num_batches_tracked": torch.tensor(7),
+        }
 
     def block(p, cin, planes, inflate, down):
-        out = {p + ".conv1.weight": conv(planes, cin, 3 if inflate else 1, 1, 1), **bn(p + ".bn1", planes),
-               p + ".conv2.weight": conv(planes, planes, 1, 3, 3), **bn(p + ".bn2", planes),
-               p + ".conv3.weight": conv(planes * exp, planes, 1, 1, 1), **bn(p + ".bn3", planes * exp)}
+        out = {
+            p + ".conv1.weight": conv(planes, cin, 3 if inflate else 1, 1, 1),
+            **bn(p + ".bn1", planes),
+            p + ".conv2.weight": conv(planes, planes, 1, 3, 3),
+            **bn(p + ".bn2", planes),
+            p + ".conv3.weight": conv(planes * exp, planes, 1, 1, 1),
+            **bn(p + ".bn3", planes * exp),
+        }
         if down:
-            out.update({p + ".downsample.0.weight": conv(planes * exp, cin, 1, 1, 1),
-                        **bn(p + ".downsample.1", planes * exp)})
+            out.update(
+                {p + ".downsample.0.weight": conv(planes * exp, cin, 1, 1, 1), **bn(p + ".downsample.1", planes * exp)}
+            )
         return out
 
     b, c3, c4 = "backbone.", w3 * exp, w4 * exp
-    sd = {b + "conv1.weight": conv(w1, 3, 1, 7, 7), **bn(b + "bn1", w1),
-          **block(b + "layer1.0", w1, w1, False, True), **block(b + "layer2.0", w1 * exp, w2, False, True),
-          **block(b + "layer3.0", w2 * exp, w3, True, True), **block(b + "layer4.0", c3, w4, True, True),
-          **block(b + "att_layer4.0", c3, w4, True, True),
-          **bn(b + "bn_att", c4), b + "t_att_conv.weight": conv(1, K, 3, 3, 3), **bn(b + "t_bn_att", 1),
-          b + "t_att_conv2.weight": conv(T, T, 1, 1), b + "fc1.weight": conv(T, T), b + "fc1.bias": conv(T),
-          b + "fc2.weight": conv(T, T), b + "fc2.bias": conv(T), b + "t_att_conv3.weight": conv(c4 // 2, c4, 1, 1, 1),
-          **bn(b + "bn_att4", c4 // 2), b + "att_conv.weight": conv(K, c4, 1, 1, 1), **bn(b + "bn_att2", K),
-          b + "att_conv2.weight": conv(K, K, 1, 1, 1), b + "att_conv3.weight": conv(1, K, 1, 1, 1),
-          **bn(b + "bn_att3", 1),
-          "necks.att_head.fc.weight": conv(K, K * T), "necks.att_head.fc.bias": conv(K),
-          "necks.att_head.convs.conv.weight": conv(2 * c3, c3, 1, 3, 3), **bn("necks.att_head.convs.bn", 2 * c3),
-          "necks.temporal_modulation_ops.0.conv.weight": conv(c3, c4 // 32, 3, 1, 1),
-          "necks.level_fusion_op.fusion_conv.0.weight": conv(c4, 2 * c3, 1, 1, 1),
-          "necks.pyramid_fusion_op.0.weight": conv(c4, 2 * c4, 1, 1, 1), **bn("necks.pyramid_fusion_op.1", c4),
-          "cls_head.fc_cls.weight": conv(K, c4), "cls_head.fc_cls.bias": conv(K)}
+    sd = {
+        b + "conv1.weight": conv(w1, 3, 1, 7, 7),
+        **bn(b + "bn1", w1),
+        **block(b + "layer1.0", w1, w1, False, True),
+        **block(b + "layer2.0", w1 * exp, w2, False, True),
+        **block(b + "layer3.0", w2 * exp, w3, True, True),
+        **block(b + "layer4.0", c3, w4, True, True),
+        **block(b + "att_layer4.0", c3, w4, True, True),
+        **bn(b + "bn_att", c4),
+        b + "t_att_conv.weight": conv(1, K, 3, 3, 3),
+        **bn(b + "t_bn_att", 1),
+        b + "t_att_conv2.weight": conv(T, T, 1, 1),
+        b + "fc1.weight": conv(T, T),
+        b + "fc1.bias": conv(T),
+        b + "fc2.weight": conv(T, T),
+        b + "fc2.bias": conv(T),
+        b + "t_att_conv3.weight": conv(c4 // 2, c4, 1, 1, 1),
+        **bn(b + "bn_att4", c4 // 2),
+        b + "att_conv.weight": conv(K, c4, 1, 1, 1),
+        **bn(b + "bn_att2", K),
+        b + "att_conv2.weight": conv(K, K, 1, 1, 1),
+        b + "att_conv3.weight": conv(1, K, 1, 1, 1),
+        **bn(b + "bn_att3", 1),
+        "necks.att_head.fc.weight": conv(K, K * T),
+        "necks.att_head.fc.bias": conv(K),
+        "necks.att_head.convs.conv.weight": conv(2 * c3, c3, 1, 3, 3),
+        **bn("necks.att_head.convs.bn", 2 * c3),
+        "necks.temporal_modulation_ops.0.conv.weight": conv(c3, c4 // 32, 3, 1, 1),
+        "necks.level_fusion_op.fusion_conv.0.weight": conv(c4, 2 * c3, 1, 1, 1),
+        "necks.pyramid_fusion_op.0.weight": conv(c4, 2 * c4, 1, 1, 1),
+        **bn("necks.pyramid_fusion_op.1", c4),
+        "cls_head.fc_cls.weight": conv(K, c4),
+        "cls_head.fc_cls.bias": conv(K),
+    }
     gen = torch.Generator().manual_seed(seed)
     for k, v in sd.items():
         if v.is_floating_point():
-            v.copy_(torch.rand(v.shape, generator=gen) + 0.5 if k.endswith("running_var")
-                    else (torch.rand(v.shape, generator=gen) - 0.5) * 0.4)
+            v.copy_(
+                torch.rand(v.shape, generator=gen) + 0.5
+                if k.endswith("running_var")
+                else (torch.rand(v.shape, generator=gen) - 0.5) * 0.4
+            )
     return sd
 
 
 def test_stabn_mmaction_checkpoint_loads_exactly_and_computes_the_upstream_outputs(tmp_path):
     sd = up_stabn_state()
-    torch.save({"meta": {"epoch": 30, "mmcv_version": "0.2.10"}, "state_dict": sd, "optimizer": {}},
-               tmp_path / "st_abn_sthv1_32.pth")
+    torch.save(
+        {"meta": {"epoch": 30, "mmcv_version": "0.2.10"}, "state_dict": sd, "optimizer": {}},
+        tmp_path / "st_abn_sthv1_32.pth",
+    )
     model = models.create("stabn_r50_tiny").eval()
     report = load_weights(model, tmp_path / "st_abn_sthv1_32.pth")
     assert report.format == "stabn_mmaction"
     check_complete(report, sd, model)
     unused = [k for k in sd if k.startswith("necks.") and not k.startswith("necks.att_head.fc.")]
     assert sorted(report.ignored) == sorted(unused)
-    check_pairs(report, {"backbone.conv1.weight": "stem.conv1.weight",
-                         "backbone.bn1.running_var": "stem.bn1.running_var",
-                         "backbone.att_layer4.0.conv1.weight": "att_layer4.0.conv1.weight",
-                         "backbone.att_conv3.weight": "sa_conv.weight", "backbone.t_att_conv.weight": "ta_conv.weight",
-                         "backbone.t_att_conv2.weight": "ta_frame_conv.weight", "backbone.fc1.weight": "ta_fc1.weight",
-                         "backbone.fc2.bias": "ta_fc2.bias", "backbone.att_conv2.weight": "att_logit_conv.weight",
-                         "backbone.t_att_conv3.weight": "fuse_conv.weight", "backbone.bn_att4.bias": "fuse_bn.bias",
-                         "necks.att_head.fc.weight": "att_fc.weight", "cls_head.fc_cls.weight": "fc.weight"})
+    check_pairs(
+        report,
+        {
+            "backbone.conv1.weight": "stem.conv1.weight",
+            "backbone.bn1.running_var": "stem.bn1.running_var",
+            "backbone.att_layer4.0.conv1.weight": "att_layer4.0.conv1.weight",
+            "backbone.att_conv3.weight": "sa_conv.weight",
+            "backbone.t_att_conv.weight": "ta_conv.weight",
+            "backbone.t_att_conv2.weight": "ta_frame_conv.weight",
+            "backbone.fc1.weight": "ta_fc1.weight",
+            "backbone.fc2.bias": "ta_fc2.bias",
+            "backbone.att_conv2.weight": "att_logit_conv.weight",
+            "backbone.t_att_conv3.weight": "fuse_conv.weight",
+            "backbone.bn_att4.bias": "fuse_bn.bias",
+            "necks.att_head.fc.weight": "att_fc.weight",
+            "cls_head.fc_cls.weight": "fc.weight",
+        },
+    )
     x = torch.randn(2, 3, 4, 64, 64)
     with torch.no_grad():
         out = model(x)
@@ -981,8 +1104,15 @@ def test_stabn_new_class_count_skips_only_the_class_sized_layers(tmp_path):
     model = models.create("stabn_r50_tiny").eval()
     report = load_weights(model, tmp_path / "sthv1.pth")
     assert report.complete and report.skipped and set(report.skipped) <= report.head
-    assert {k.split(".")[0] for k in report.skipped} == {"fc", "att_fc", "att_conv", "att_bn2", "sa_conv", "ta_conv",
-                                                          "att_logit_conv"}
+    assert {k.split(".")[0] for k in report.skipped} == {
+        "fc",
+        "att_fc",
+        "att_conv",
+        "att_bn2",
+        "sa_conv",
+        "ta_conv",
+        "att_logit_conv",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -1039,8 +1169,9 @@ def test_a_partial_file_is_refused_unless_accepted(tmp_path):
 
 def test_image_checkpoints_go_to_the_models_own_loaders_and_report_alike(tmp_path):
     # a torchvision ResNet of the tiny widths, saved as old torchvision files are: no BatchNorm counters
-    r2d = {k: v for k, v in randomize(UpResNet(), seed=14).state_dict().items()
-           if not k.endswith("num_batches_tracked")}
+    r2d = {
+        k: v for k, v in randomize(UpResNet(), seed=14).state_dict().items() if not k.endswith("num_batches_tracked")
+    }
     torch.save(r2d, tmp_path / "resnet.pth")
     stabn = models.create("stabn_r50_tiny").eval()
     report = load_weights(stabn, tmp_path / "resnet.pth")
@@ -1076,8 +1207,12 @@ def test_convert_writes_a_plain_state_dict_once(tmp_path, capsys):
 
     up = randomize(UpTSN(num_class=174), seed=12)
     save_tsm(tmp_path / "tsm.pth.tar", up)
-    assert main([str(tmp_path / "tsm.pth.tar"), str(tmp_path / "tsm_ours.pt"), "--model", "tsm_r50_tiny",
-                 "num_classes=10"]) == 0
+    assert (
+        main(
+            [str(tmp_path / "tsm.pth.tar"), str(tmp_path / "tsm_ours.pt"), "--model", "tsm_r50_tiny", "num_classes=10"]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     plain = torch.load(tmp_path / "tsm_ours.pt", weights_only=True)
     assert "fc.weight" not in plain and "layer1.0.conv1.weight" in plain  # the 174-class head was left out
@@ -1111,20 +1246,39 @@ def test_every_format_is_declared_in_its_model_file_and_checkpoints_names_no_fam
 
     registered = _formats.registered_formats()
     where = {fmt.name: _module_of(fmt) for fmt in registered}
-    family = {"timesformer": "timesformer_tiny", "image_vit": "timesformer_tiny", "tsm": "tsm_r50_tiny",
-              "dyreg": "tsm_r50_dyreg_tiny", "mmaction2_resnet": "tsm_r50_tiny", "mmaction": "tsm_r50_tiny",
-              "msg3d": "msg3d_ntu60_tiny", "msg3d_personality": "msg3d_personality_tiny",
-              "stabn_mmaction": "stabn_r50_tiny"}
+    family = {
+        "timesformer": "timesformer_tiny",
+        "image_vit": "timesformer_tiny",
+        "tsm": "tsm_r50_tiny",
+        "dyreg": "tsm_r50_dyreg_tiny",
+        "mmaction2_resnet": "tsm_r50_tiny",
+        "mmaction": "tsm_r50_tiny",
+        "msg3d": "msg3d_ntu60_tiny",
+        "msg3d_personality": "msg3d_personality_tiny",
+        "stabn_mmaction": "stabn_r50_tiny",
+    }
     for name, preset in family.items():  # the module of the model class the format's files load into
         assert where.get(name) == models.get_preset(preset).cls.__module__, name
     # ImageNet ResNets: both ResNet families (TSM, ST-ABN) load them through resnet3d, where the format is
     assert where.get("imagenet_resnet") == load_resnet2d_state_dict.__module__
     for name, module in where.items():  # any later format too: in a model file, never in the generic code
         assert module.startswith("action_launch.models.") and module.rsplit(".", 1)[1] not in (
-            "checkpoints", "_formats", "_registry", "convert"), (name, module)
+            "checkpoints",
+            "_formats",
+            "_registry",
+            "convert",
+        ), (name, module)
     # detection tries the formats in the order the loader always has (a narrower layout before a wider one)
-    assert [f.name for f in mapped_formats()] == ["timesformer", "dyreg", "tsm", "msg3d_personality", "msg3d",
-                                                   "stabn_mmaction", "mmaction2_resnet", "mmaction"]
+    assert [f.name for f in mapped_formats()] == [
+        "timesformer",
+        "dyreg",
+        "tsm",
+        "msg3d_personality",
+        "msg3d",
+        "stabn_mmaction",
+        "mmaction2_resnet",
+        "mmaction",
+    ]
 
     # models/checkpoints.py names no family, no upstream and no upstream key
     source = inspect.getsource(importlib.import_module("action_launch.models.checkpoints"))
@@ -1157,11 +1311,12 @@ def test_a_new_upstream_is_one_format_in_its_model_file(tmp_path, monkeypatch):
 
     def rename(key, model):
         if key.startswith("net.fc."):
-            return (_formats.classifier(model) + key[len("net.fc"):], None)
-        return (key[len("net."):], None) if key.startswith("net.") else None
+            return (_formats.classifier(model) + key[len("net.fc") :], None)
+        return (key[len("net.") :], None) if key.startswith("net.") else None
 
-    fmt = _formats.register_format(_formats.Format("hiint_release", "HIINT's release (net.*, net.fc)", detect, rename,
-                                                   wrappers=("net",)))
+    fmt = _formats.register_format(
+        _formats.Format("hiint_release", "HIINT's release (net.*, net.fc)", detect, rename, wrappers=("net",))
+    )
     assert mapped_formats()[-1] is fmt  # priority 0: after every format of the package
     with pytest.raises(ValueError, match="registered twice"):
         _formats.register_format(fmt)

@@ -1,6 +1,7 @@
 """One cluster environment: Slurm's node list, ranks and the main address and port every task derives alike, read in
 one place (`common.cluster_env`) by torch's process group, submitit's jobs, a sweep job's Ray head and
 `slurm/train.sbatch`."""
+
 from __future__ import annotations
 
 import json
@@ -10,19 +11,22 @@ import subprocess
 import sys
 
 import pytest
-
-from action_launch.common.cluster_env import PORT_BASE, PORT_SPAN, ClusterEnvironment, expand_nodelist, job_port
 from conftest import REPO
 
+from action_launch.common.cluster_env import PORT_BASE, PORT_SPAN, ClusterEnvironment, expand_nodelist, job_port
 
-@pytest.mark.parametrize("nodelist,hosts", [
-    ("node[01-03,07]", ["node01", "node02", "node03", "node07"]),
-    ("a,b", ["a", "b"]),
-    ("n1", ["n1"]),
-    ("n[1-2]", ["n1", "n2"]),
-    ("gpu[8-10],cpu[009-010],login", ["gpu8", "gpu9", "gpu10", "cpu009", "cpu010", "login"]),
-    ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
-])
+
+@pytest.mark.parametrize(
+    "nodelist,hosts",
+    [
+        ("node[01-03,07]", ["node01", "node02", "node03", "node07"]),
+        ("a,b", ["a", "b"]),
+        ("n1", ["n1"]),
+        ("n[1-2]", ["n1", "n2"]),
+        ("gpu[8-10],cpu[009-010],login", ["gpu8", "gpu9", "gpu10", "cpu009", "cpu010", "login"]),
+        ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
+    ],
+)
 def test_node_lists_expand_in_slurms_order(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
     env = ClusterEnvironment.from_slurm({"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": nodelist})
@@ -45,11 +49,25 @@ def test_the_port_follows_from_the_job_id_within_its_range():
 
 
 def test_ranks_come_from_slurms_variables():
-    env = ClusterEnvironment.from_slurm({"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "n[3-4]", "SLURM_PROCID": "3",
-                                         "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NODEID": "1"})
+    env = ClusterEnvironment.from_slurm(
+        {
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NODELIST": "n[3-4]",
+            "SLURM_PROCID": "3",
+            "SLURM_NTASKS": "4",
+            "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "1",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.node_rank, env.main_port) == (3, 4, 1, 1, 24242)
-    assert env.torch_variables("n3") == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                                         "MASTER_ADDR": "n3", "MASTER_PORT": "24242"}
+    assert env.torch_variables("n3") == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "n3",
+        "MASTER_PORT": "24242",
+    }
     assert ClusterEnvironment.from_slurm({}) is None  # not in a Slurm job
 
 
@@ -82,8 +100,14 @@ def _sbatch_master(env: dict) -> list:
     lines = [line for line in script.splitlines() if re.match(r"\s*(master=|eval \"\$master\"|export MASTER_)", line)]
     assert lines, "slurm/train.sbatch sets no MASTER_ADDR/MASTER_PORT"
     shell = "set -euo pipefail\n" + "\n".join(lines) + '\necho "$MASTER_ADDR $MASTER_PORT"'
-    done = subprocess.run(["bash", "-c", shell], env={**env, "PYTHON": sys.executable}, cwd=REPO,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["bash", "-c", shell],
+        env={**env, "PYTHON": sys.executable},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     addr, port = done.stdout.split()
     return [addr, int(port)]
 
@@ -92,9 +116,17 @@ def _sbatch_master(env: dict) -> list:
 def test_the_four_places_agree_on_the_main_address_and_port(job_id, nodelist):
     torch_names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in torch_names}
-    env.update(SLURM_JOB_ID=job_id, SLURM_JOB_NODELIST=nodelist, SLURM_PROCID="1", SLURM_NTASKS="2",
-               SLURM_LOCALID="0", SLURM_NODEID="1", SLURM_JOB_NUM_NODES=str(len(expand_nodelist(nodelist))),
-               SUBMITIT_EXECUTOR="slurm", SUBMITIT_FOLDER=str(REPO))
+    env.update(
+        SLURM_JOB_ID=job_id,
+        SLURM_JOB_NODELIST=nodelist,
+        SLURM_PROCID="1",
+        SLURM_NTASKS="2",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="1",
+        SLURM_JOB_NUM_NODES=str(len(expand_nodelist(nodelist))),
+        SUBMITIT_EXECUTOR="slurm",
+        SUBMITIT_FOLDER=str(REPO),
+    )
     expected = ClusterEnvironment.from_slurm(env)
     assert expected is not None
     want = [expected.main_address(), expected.main_port]  # no scontrol here: the first host itself

@@ -1,4 +1,5 @@
 """Every command takes its flags and its key=value overrides in any order."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 # (command module, arguments with flags before, between and after the overrides, what they parse to)
@@ -27,6 +27,11 @@ def test_flags_and_overrides_in_any_order(command, argv, parsed):
 
 def test_a_flag_after_the_overrides_runs():
     """`train.py --config X a=b --print-config` (before: "unrecognized arguments")."""
-    proc = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/demo.yaml", "optim.lr=0.5",
-                           "--print-config"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/train.py", "--config", "configs/demo.yaml", "optim.lr=0.5", "--print-config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "  lr: 0.5\n" in proc.stdout, proc.stderr[-2000:]

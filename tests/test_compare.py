@@ -1,4 +1,5 @@
 """launch/compare.py against a real SQLite MLflow store holding a sweep written as launch/tune.py writes one."""
+
 from __future__ import annotations
 
 import csv
@@ -6,13 +7,20 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, free_port, run_train
+from helpers.mlflow_sweep import (
+    BEST_TRIAL,
+    EXPERIMENT,
+    LAST_VALUE_WINNER,
+    SPACE,
+    SWEEP,
+    TRIALS,
+    build_sweep_store,
+    trial_run_name,
+)
 
 from action_launch import compare as compare_command
 from action_launch.tracking import compare
-
-from conftest import REPO, free_port, run_train
-from helpers.mlflow_sweep import (BEST_TRIAL, EXPERIMENT, LAST_VALUE_WINNER, SPACE, SWEEP, TRIALS, build_sweep_store,
-                                   trial_run_name)
 
 # by each trial's best val/top1 (t_00000's 0.66 before its last 0.58); the errored trial (no metric) last
 BY_TOP1 = ["t_00000", "t_00002", "t_00003", "t_00001", "t_00004"]
@@ -57,11 +65,14 @@ def read_csv(path: Path):
 
 def test_sweep_table_best_first_with_swept_params_csv_and_png(store, tmp_path, capsys):
     uri, parent, _ = store
-    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri,
-                                  "--out", str(tmp_path))
+    code, out, err = compare_main(
+        capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path)
+    )
     assert code == 0, err
-    assert out.splitlines()[0] == (f"{EXPERIMENT}: sweep {SWEEP}, {len(TRIALS)} trials, by best val/top1 over each "
-                                   f"run's validations (max), best first")
+    assert out.splitlines()[0] == (
+        f"{EXPERIMENT}: sweep {SWEEP}, {len(TRIALS)} trials, by best val/top1 over each "
+        f"run's validations (max), best first"
+    )
     header = out.splitlines()[1].split()
     # the swept keys, not data.bad_files_log (a file in each trial's own folder)
     assert header == ["trial", *SPACE, *METRIC_COLUMN.split(), "epoch", "stop", "clip_frames", "wall_s", "run_id"]
@@ -85,15 +96,33 @@ def test_sweep_table_best_first_with_swept_params_csv_and_png(store, tmp_path, c
 
 def test_chosen_params_metric_and_mode_by_parent_run_id(store, tmp_path, capsys):
     uri, parent, _ = store
-    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", parent, "--tracking-uri", uri,
-                                  "--metric", "val/loss", "--mode", "min", "--params", "optim.lr, data.num_frames",
-                                  "--out", str(tmp_path))
+    code, out, err = compare_main(
+        capsys,
+        "--experiment",
+        EXPERIMENT,
+        "--parent",
+        parent,
+        "--tracking-uri",
+        uri,
+        "--metric",
+        "val/loss",
+        "--mode",
+        "min",
+        "--params",
+        "optim.lr, data.num_frames",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0, err
     assert out.splitlines()[1].split()[:5] == ["trial", "optim.lr", "data.num_frames", "best", "val/loss"]
     assert "by best val/loss over each run's validations (min)" in out.splitlines()[0]
     assert [r.split()[0] for r in table_lines(out)] == BY_TOP1  # val/loss = 1.4 - top1: same order, lowest first
-    assert list(read_csv(tmp_path / f"{EXPERIMENT}__{SWEEP}.csv")[0])[:4] == ["trial", "optim.lr", "data.num_frames",
-                                                                            "best val/loss"]
+    assert list(read_csv(tmp_path / f"{EXPERIMENT}__{SWEEP}.csv")[0])[:4] == [
+        "trial",
+        "optim.lr",
+        "data.num_frames",
+        "best val/loss",
+    ]
 
 
 def test_experiment_lists_runs_but_not_sweep_parents(store, tmp_path, capsys):
@@ -116,12 +145,18 @@ def test_cost_from_the_trial_tag_when_not_a_metric():
     assert compare._with_cost_tags(run)["metrics"] == {"val/top1": 0.5, "cost/clip_frames": 2048.0}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--experiment", "demo_sweep"], "no experiment named 'demo_sweep'"),
-    (["--experiment", EXPERIMENT, "--parent", "frames_sampling"], "no sweep or run 'frames_sampling' in experiment"),
-    (["--experiment", EXPERIMENT, "--metric", "val/top5"], "no run has metric 'val/top5'; did you mean val/top1?"),
-    (["--experiment", EXPERIMENT, "--params", "optim.lrr"], "no run has param 'optim.lrr'; did you mean optim.lr?"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--experiment", "demo_sweep"], "no experiment named 'demo_sweep'"),
+        (
+            ["--experiment", EXPERIMENT, "--parent", "frames_sampling"],
+            "no sweep or run 'frames_sampling' in experiment",
+        ),
+        (["--experiment", EXPERIMENT, "--metric", "val/top5"], "no run has metric 'val/top5'; did you mean val/top1?"),
+        (["--experiment", EXPERIMENT, "--params", "optim.lrr"], "no run has param 'optim.lrr'; did you mean optim.lr?"),
+    ],
+)
 def test_unknown_names_fail_with_what_exists(store, tmp_path, capsys, args, message):
     uri, _, _ = store
     code, out, err = compare_main(capsys, *args, "--tracking-uri", uri, "--out", str(tmp_path))
@@ -150,8 +185,11 @@ def test_script_uses_the_default_store_of_train_py(store):
     """As a user runs it: no --tracking-uri (run_train drops $MLFLOW_TRACKING_URI), so the store is
     sqlite:///<--output-dir>/mlflow.db as for train.py, and the CSV lands in <--output-dir>/compare."""
     uri, _, root = store
-    proc = run_train(["--experiment", EXPERIMENT, "--parent", SWEEP, "--output-dir", str(root)],
-                     script="launch/compare.py", timeout=300)
+    proc = run_train(
+        ["--experiment", EXPERIMENT, "--parent", SWEEP, "--output-dir", str(root)],
+        script="launch/compare.py",
+        timeout=300,
+    )
     assert f"mlflow ui --backend-store-uri sqlite:///{root.resolve() / 'mlflow.db'}" in proc.stdout
     assert [r.split()[0] for r in table_lines(proc.stdout)] == BY_TOP1
     assert (root / "compare" / f"{EXPERIMENT}__{SWEEP}.csv").exists()
@@ -169,9 +207,18 @@ class _Result:
         self.config = {**overrides, "model.num_frames": overrides["data.num_frames"]}
         self.error = RuntimeError(reason) if reason.startswith("errored") else None
         frames = overrides["data.num_frames"]
-        history = [{"val/top1": acc, "val/loss": 1.4 - acc, "epoch": epoch, "step": 10 * epoch, "trial_id": trial_id,
-                    "cost/clip_frames": float(epoch * 640 * frames), "cost/wall_s": 6.5 * epoch * frames}
-                   for epoch, acc in enumerate(top1, 1)]
+        history = [
+            {
+                "val/top1": acc,
+                "val/loss": 1.4 - acc,
+                "epoch": epoch,
+                "step": 10 * epoch,
+                "trial_id": trial_id,
+                "cost/clip_frames": float(epoch * 640 * frames),
+                "cost/wall_s": 6.5 * epoch * frames,
+            }
+            for epoch, acc in enumerate(top1, 1)
+        ]
         self.metrics = {**history[-1], "done": True} if history else {"trial_id": trial_id}  # Tune ended it
         self.metrics_dataframe = pd.DataFrame(history) if history else None
 
@@ -200,29 +247,50 @@ def test_compare_and_the_sweep_results_name_the_same_winner(store, tmp_path, cap
 
     assert TRIALS[BEST_TRIAL][1][-1] < TRIALS[LAST_VALUE_WINNER][1][-1] < max(TRIALS[BEST_TRIAL][1])  # last != best
     uri, _, _ = store
-    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri,
-                                  "--out", str(tmp_path / "compare"))
+    code, out, err = compare_main(
+        capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path / "compare")
+    )
     assert code == 0, err
     compare_winner = table_lines(out)[0].split()[0]
 
-    request = SweepRequest(config="configs/demo.yaml", sweep=_sweep_file(tmp_path),
-                           overrides=[f"output_dir={tmp_path / 'runs'}", f"experiment={EXPERIMENT}",
-                                      "model.name=timesformer_tiny", "train.epochs=4", "tracking.enabled=false"],
-                           name=SWEEP, scheduler="asha")
+    request = SweepRequest(
+        config="configs/demo.yaml",
+        sweep=_sweep_file(tmp_path),
+        overrides=[
+            f"output_dir={tmp_path / 'runs'}",
+            f"experiment={EXPERIMENT}",
+            "model.name=timesformer_tiny",
+            "train.epochs=4",
+            "tracking.enabled=false",
+        ],
+        name=SWEEP,
+        scheduler="asha",
+    )
     plan = make_plan(request)
     assert plan is not None
     plan.sweep_dir.mkdir(parents=True)
     grid = [_Result(tmp_path / "ray" / t, t, o, top1, r) for t, (o, top1, r) in TRIALS.items()]
     parent = Tracker(plan.sweep_dir, "", EXPERIMENT, SWEEP, enabled=False)
-    setup = TrialSetup(config=None, overrides=[], sweep_dir=str(plan.sweep_dir), output_dir=str(tmp_path / "runs"),
-                       experiment=EXPERIMENT, sweep_name=SWEEP)
+    setup = TrialSetup(
+        config=None,
+        overrides=[],
+        sweep_dir=str(plan.sweep_dir),
+        output_dir=str(tmp_path / "runs"),
+        experiment=EXPERIMENT,
+        sweep_name=SWEEP,
+    )
     summary = sweep_run.summarise(grid, plan, parent, setup)
     printed = capsys.readouterr().out
     results = read_csv(plan.sweep_dir / "results.csv")
     on_disk = json.loads((plan.sweep_dir / "summary.json").read_text())
 
-    assert compare_winner == results[0]["trial_id"] == summary["best"]["trial_id"] == on_disk["best"]["trial_id"] \
+    assert (
+        compare_winner
+        == results[0]["trial_id"]
+        == summary["best"]["trial_id"]
+        == on_disk["best"]["trial_id"]
         == BEST_TRIAL
+    )
     assert [r["trial_id"] for r in results] == BY_TOP1
     assert summary["best"]["val/top1"] == max(TRIALS[BEST_TRIAL][1])
     # both say which rule: compare.py's title (above), the sweep's summary and its printed table
@@ -249,16 +317,22 @@ def test_sweep_view_for_the_mlflow_ui(store, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     uri, parent, _ = store
-    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri,
-                                  "--out", str(tmp_path))
+    code, out, err = compare_main(
+        capsys, "--experiment", EXPERIMENT, "--parent", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path)
+    )
     assert code == 0, err
     key = compare.view_key(SWEEP)
     assert "/#/experiments/" in out and f"/runs?viewStateShareKey={key}" in out.splitlines()[-1]
     exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
     state = json.loads(exp.tags[f"mlflow.sharedViewState.{key}"])
     assert state["orderByKey"] == "metrics.`val/top1`" and state["orderByAsc"] is False
-    assert state["selectedColumns"][:5] == ["metrics.`val/top1`", "metrics.`epoch`", "metrics.`cost/clip_frames`",
-                                            "metrics.`cost/wall_s`", "tags.`sweep.stop_reason`"]
+    assert state["selectedColumns"][:5] == [
+        "metrics.`val/top1`",
+        "metrics.`epoch`",
+        "metrics.`cost/clip_frames`",
+        "metrics.`cost/wall_s`",
+        "tags.`sweep.stop_reason`",
+    ]
     assert state["selectedColumns"][5:] == [f"params.`{k}`" for k in SPACE]
     assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]
 
@@ -281,13 +355,26 @@ def test_trial_wall_time_reaches_its_mlflow_run(tmp_path, capsys):
     from action_launch.tracking.tracker import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    plan = make_plan(SweepRequest(config="configs/demo.yaml", sweep=_sweep_file(tmp_path),
-                                  overrides=[f"output_dir={tmp_path / 'runs'}", f"experiment={EXPERIMENT}",
-                                             "model.name=timesformer_tiny", "train.epochs=4", f"tracking.uri={uri}"],
-                                  name="walls", scheduler="asha"))
+    plan = make_plan(
+        SweepRequest(
+            config="configs/demo.yaml",
+            sweep=_sweep_file(tmp_path),
+            overrides=[
+                f"output_dir={tmp_path / 'runs'}",
+                f"experiment={EXPERIMENT}",
+                "model.name=timesformer_tiny",
+                "train.epochs=4",
+                f"tracking.uri={uri}",
+            ],
+            name="walls",
+            scheduler="asha",
+        )
+    )
     parent = Tracker(plan.sweep_dir, uri, EXPERIMENT, "walls")
-    parent.start({"sweep.metric": "val/top1", "sweep.mode": "max", **{f"space.{k}": v for k, v in SPACE.items()}},
-                 {"sweep.role": "parent", "sweep.name": "walls"})
+    parent.start(
+        {"sweep.metric": "val/top1", "sweep.mode": "max", **{f"space.{k}": v for k, v in SPACE.items()}},
+        {"sweep.role": "parent", "sweep.name": "walls"},
+    )
     grid = []
     for trial_id in ("t_00000", "t_00001"):
         overrides, top1, reason = TRIALS[trial_id]
@@ -297,22 +384,44 @@ def test_trial_wall_time_reaches_its_mlflow_run(tmp_path, capsys):
             run.log_metrics({"val/top1": acc, "epoch": epoch}, 10 * epoch)
         run.finish("FINISHED")
         grid.append(_Result(tmp_path / "ray" / trial_id, trial_id, overrides, top1, reason))
-    setup = TrialSetup(config=None, overrides=[], sweep_dir=str(plan.sweep_dir), output_dir=str(tmp_path / "runs"),
-                       experiment=EXPERIMENT, sweep_name="walls", tracking_uri=uri, parent_run_id=parent.run_id)
+    setup = TrialSetup(
+        config=None,
+        overrides=[],
+        sweep_dir=str(plan.sweep_dir),
+        output_dir=str(tmp_path / "runs"),
+        experiment=EXPERIMENT,
+        sweep_name="walls",
+        tracking_uri=uri,
+        parent_run_id=parent.run_id,
+    )
     for _ in range(2):  # the sweep, then its resume
         sweep_run.summarise(grid, plan, parent, setup)
     printed = capsys.readouterr().out
     assert f"viewStateShareKey={compare.view_key('walls')}" in printed  # the sweep's view, printed at its end
 
     client = MlflowClient(uri)
-    runs = {r.data.tags["sweep.trial_id"]: r for r in client.search_runs(
-        [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`sweep.trial_id` != ''")}
-    walls = {t: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "cost/wall_s")]
-             for t, r in runs.items()}
+    runs = {
+        r.data.tags["sweep.trial_id"]: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`sweep.trial_id` != ''"
+        )
+    }
+    walls = {
+        t: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "cost/wall_s")] for t, r in runs.items()
+    }
     assert walls == {"t_00000": [(10, 52.0), (20, 104.0), (30, 156.0), (40, 208.0)], "t_00001": [(10, 26.0)]}
     assert runs["t_00000"].info.status == "FINISHED" and runs["t_00001"].info.status == "KILLED"  # ASHA's stop
-    code, out, err = compare_main(capsys, "--experiment", EXPERIMENT, "--parent", "walls", "--tracking-uri", uri,
-                                  "--out", str(tmp_path / "compare"))
+    code, out, err = compare_main(
+        capsys,
+        "--experiment",
+        EXPERIMENT,
+        "--parent",
+        "walls",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "compare"),
+    )
     assert code == 0, err
     rows = {r.split()[0]: r for r in table_lines(out)}
     assert "3m28s" in rows["t_00000"] and "26s" in rows["t_00001"]
@@ -325,12 +434,18 @@ def test_experiment_table_and_view_leave_out_evaluations(tmp_path, capsys):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     evaluation = build_runs_store(uri, (tmp_path / "mlartifacts").as_uri())
-    code, out, err = compare_main(capsys, "--experiment", RUNS_EXPERIMENT, "--tracking-uri", uri, "--params",
-                                  "optim.lr", "--out", str(tmp_path))
+    code, out, err = compare_main(
+        capsys, "--experiment", RUNS_EXPERIMENT, "--tracking-uri", uri, "--params", "optim.lr", "--out", str(tmp_path)
+    )
     assert code == 0, err
     assert sorted(r.split()[0] for r in table_lines(out)) == sorted(RUNS) and evaluation not in out
     assert out.splitlines()[-1].endswith(f"/runs?viewStateShareKey={compare.RUNS_VIEW}")
     exp_id = compare.tq.experiment_id(uri, RUNS_EXPERIMENT)
     state = compare.tq.shared_view(uri, exp_id, compare.RUNS_VIEW)
-    assert state["selectedColumns"] == ["metrics.`best/val/top1`", "metrics.`val/top1`", "metrics.`epoch`",
-                                        "attributes.`Duration`", "params.`optim.lr`"]
+    assert state["selectedColumns"] == [
+        "metrics.`best/val/top1`",
+        "metrics.`val/top1`",
+        "metrics.`epoch`",
+        "attributes.`Duration`",
+        "params.`optim.lr`",
+    ]

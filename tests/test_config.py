@@ -1,4 +1,5 @@
 """Config loading: inheritance, overrides, strict keys and types, round trip."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,23 @@ def test_single_base_string_and_cycle(tmp_path):
 
 
 def test_overrides_are_yaml_scalars():
-    tree = parse_overrides(["optim.lr=0.01", "data.num_frames=16", "model.attention=joint_space_time",
-                            "train.max_steps_per_epoch=null", "data.mean=[0.5,0.5,0.5]", "deterministic=true"])
-    assert tree == {"optim": {"lr": 0.01}, "data": {"num_frames": 16, "mean": [0.5, 0.5, 0.5]},
-                    "model": {"attention": "joint_space_time"}, "train": {"max_steps_per_epoch": None},
-                    "deterministic": True}
+    tree = parse_overrides(
+        [
+            "optim.lr=0.01",
+            "data.num_frames=16",
+            "model.attention=joint_space_time",
+            "train.max_steps_per_epoch=null",
+            "data.mean=[0.5,0.5,0.5]",
+            "deterministic=true",
+        ]
+    )
+    assert tree == {
+        "optim": {"lr": 0.01},
+        "data": {"num_frames": 16, "mean": [0.5, 0.5, 0.5]},
+        "model": {"attention": "joint_space_time"},
+        "train": {"max_steps_per_epoch": None},
+        "deterministic": True,
+    }
     cfg = load_config(None, ["optim.lr=0.01", "data.num_frames=16", "model.attention=joint_space_time"])
     assert cfg.optim.lr == 0.01 and cfg.data.num_frames == 16 and cfg.model["attention"] == "joint_space_time"
 
@@ -77,7 +90,9 @@ def test_wrong_type_names_path_type_and_value():
         load_config(None, ["train.epochs=2.5"])
     with pytest.raises(ConfigError, match=r"train.zero_stage: expected one of 0, 1, 2, got 3"):
         load_config(None, ["train.zero_stage=3"])
-    with pytest.raises(ConfigError, match=r"optim.name: expected one of 'sgd', 'adamw', got 'adam'; did you mean 'adamw'"):
+    with pytest.raises(
+        ConfigError, match=r"optim.name: expected one of 'sgd', 'adamw', got 'adam'; did you mean 'adamw'"
+    ):
         load_config(None, ["optim.name=adam"])
     with pytest.raises(ConfigError, match=r"deterministic: expected bool"):
         load_config(None, ["deterministic=1"])
@@ -126,7 +141,9 @@ def test_old_model_num_class_is_read_as_num_classes(tmp_path, num_class_warning_
     assert load_config(old, ["model.num_classes=7"]).model == {"name": "msg3d_ntu60_tiny", "num_classes": 7}
     assert load_config(None, ["model.num_class=3"]).model == {"name": "timesformer_tiny", "num_classes": 3}
     both = write(tmp_path / "both.yaml", {"model": {"name": "msg3d_ntu60_tiny", "num_class": 5, "num_classes": 6}})
-    with pytest.raises(ConfigError, match=r"model.num_class=5 \(deprecated\) and model.num_classes=6 disagree.*both.yaml"):
+    with pytest.raises(
+        ConfigError, match=r"model.num_class=5 \(deprecated\) and model.num_classes=6 disagree.*both.yaml"
+    ):
         load_config(both)
     with pytest.raises(ConfigError, match="model.num_classes: expected int"):
         load_config(old, ["model.num_classes=many"])
@@ -145,20 +162,33 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_print_config_cli():
-    out = subprocess.run([sys.executable, "launch/train.py", "--print-config", "optim.lr=0.125", "name=printed"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "launch/train.py", "--print-config", "optim.lr=0.125", "name=printed"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     printed = yaml.safe_load(out.stdout)
     assert printed["optim"]["lr"] == 0.125 and printed["name"] == "printed"
-    bad = subprocess.run([sys.executable, "launch/train.py", "--print-config", "optim.lrr=1"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "launch/train.py", "--print-config", "optim.lrr=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "did you mean optim.lr?" in bad.stderr
 
 
 def test_a_cosine_warmup_as_long_as_the_run_is_refused():
     """The warmup ramps toward the cosine's value at its end: for a run no longer than it, that is final_lr (0)."""
-    with pytest.raises(ConfigError, match=r"optim.warmup_epochs=1 >= train.epochs=1 with the cosine schedule.*"
-                                          r"\(in command-line override\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"optim.warmup_epochs=1 >= train.epochs=1 with the cosine schedule.*"
+        r"\(in command-line override\)",
+    ):
         load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1"])
     assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=2"]).optim.warmup_epochs == 1
     assert load_config(REPO / "configs" / "demo.yaml", ["train.epochs=1", "optim.schedule=step"]).train.epochs == 1
@@ -169,8 +199,10 @@ def test_one_recipe_serves_train_and_test_with_a_test_section(tmp_path):
     """`test:` is a section of the run config (it was `unknown key test` for train.py); the command line wins."""
     from action_launch.evaluation.evaluate import load_eval_config
 
-    recipe = write(tmp_path / "r.yaml", {"_base_": str(REPO / "configs" / "tsm" / "tiny.yaml"),
-                                         "test": {"aggregate": "sum", "batch_size": 2}})
+    recipe = write(
+        tmp_path / "r.yaml",
+        {"_base_": str(REPO / "configs" / "tsm" / "tiny.yaml"), "test": {"aggregate": "sum", "batch_size": 2}},
+    )
     cfg = load_config(recipe)
     assert (cfg.test.aggregate, cfg.test.batch_size, cfg.test.split) == ("sum", 2, "test")
     cfg, ecfg = load_eval_config(recipe, ["test.split=val", "test.aggregate=mean"])
@@ -178,9 +210,15 @@ def test_one_recipe_serves_train_and_test_with_a_test_section(tmp_path):
     bad = write(tmp_path / "bad.yaml", {"test": {"aggregat": "sum"}})
     with pytest.raises(ConfigError, match=rf"unknown key test.aggregat; did you mean test.aggregate\? \(in {bad}\)"):
         load_config(bad)
-    assert yaml.safe_load(subprocess.run([sys.executable, "launch/train.py", "--config", str(recipe), "--print-config"],
-                                         cwd=REPO, capture_output=True, text=True, timeout=120).stdout)["test"] == {
-        "aggregate": "sum", "split": "test", "batch_size": 2}
+    assert yaml.safe_load(
+        subprocess.run(
+            [sys.executable, "launch/train.py", "--config", str(recipe), "--print-config"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )["test"] == {"aggregate": "sum", "split": "test", "batch_size": 2}
 
 
 def test_a_trained_run_reruns_with_another_test_section(tmp_path):
@@ -193,25 +231,30 @@ def test_a_trained_run_reruns_with_another_test_section(tmp_path):
     write_config(cfg, cfg.run_dir())
     (cfg.run_dir() / "checkpoints" / ckpt.tag_for(4)).mkdir(parents=True)
     (cfg.run_dir() / "checkpoints" / ckpt.tag_for(4) / ckpt.META).write_text("{}")
-    again = load_config(REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}", "test.aggregate=sum",
-                                                                  "test.split=val"])
+    again = load_config(
+        REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}", "test.aggregate=sum", "test.split=val"]
+    )
     assert check_unchanged(again, cfg.run_dir()) == {"test.aggregate": (None, "sum"), "test.split": ("test", "val")}
     saved = yaml.safe_load((cfg.run_dir() / "config.yaml").read_text())
     del saved["test"]  # written before the section existed
     (cfg.run_dir() / "config.yaml").write_text(yaml.safe_dump(saved))
     assert check_unchanged(cfg, cfg.run_dir()) == {}
     with pytest.raises(ConfigChanged, match="optim.lr"):
-        check_unchanged(load_config(REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}", "optim.lr=1"]),
-                        cfg.run_dir())
+        check_unchanged(
+            load_config(REPO / "configs" / "tsm" / "tiny.yaml", [f"output_dir={tmp_path}", "optim.lr=1"]), cfg.run_dir()
+        )
 
 
 def test_an_inherited_key_is_deleted_with_a_tilde_on_the_command_line():
     """`configs/tsm/tiny.yaml model.name=timesformer_tiny` failed on the inherited model.num_segments, with no way
     to remove it (`=null` failed too); `~key` (Hydra's syntax) deletes it, and the error names that way out."""
     tsm = REPO / "configs" / "tsm" / "tiny.yaml"
-    with pytest.raises(ConfigError, match=r"^model.num_segments: timesformer_tiny takes no num_segments \(it takes "
-                                          r"img_size, .*\); delete the inherited key with ~model.num_segments on the "
-                                          rf"command line or `_delete_: true` in the file \(in {tsm}\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.num_segments: timesformer_tiny takes no num_segments \(it takes "
+        r"img_size, .*\); delete the inherited key with ~model.num_segments on the "
+        rf"command line or `_delete_: true` in the file \(in {tsm}\)$",
+    ):
         load_config(tsm, ["model.name=timesformer_tiny"])
     with pytest.raises(ConfigError, match=r"delete the inherited key with ~model.num_segments .*command-line override"):
         load_config(tsm, ["model.name=timesformer_tiny", "model.num_segments=null"])
@@ -229,8 +272,13 @@ def test_an_inherited_key_is_deleted_with_a_tilde_on_the_command_line():
 def test_a_delete_mapping_replaces_what_it_inherits(tmp_path):
     """`_delete_: true` in a mapping replaces the inherited mapping instead of merging into it (mmengine's syntax),
     in a file and on the command line (`model._delete_=true`)."""
-    recipe = write(tmp_path / "vit.yaml", {"_base_": str(REPO / "configs" / "tsm" / "tiny.yaml"),
-                                           "model": {"_delete_": True, "name": "timesformer_tiny", "num_classes": 4}})
+    recipe = write(
+        tmp_path / "vit.yaml",
+        {
+            "_base_": str(REPO / "configs" / "tsm" / "tiny.yaml"),
+            "model": {"_delete_": True, "name": "timesformer_tiny", "num_classes": 4},
+        },
+    )
     cfg = load_config(recipe)
     assert cfg.model == {"name": "timesformer_tiny", "num_classes": 4} and cfg.data.sampling == "segment"
     cli = load_config(REPO / "configs" / "tsm" / "tiny.yaml", ["model._delete_=true", "model.name=timesformer_tiny"])
@@ -246,9 +294,12 @@ def test_a_model_built_for_one_clip_length_refuses_another_at_load_time():
     started (ST-ABN's temporal attention is T x T). Models that take any length (TSM reads T from its input,
     TimeSformer resizes its time embedding) say nothing."""
     stabn = REPO / "configs" / "stabn" / "tiny.yaml"
-    with pytest.raises(ConfigError, match=r"^data.num_frames=8 but model.num_frames=4: stabn_r50_tiny is built for "
-                                          r"clips of exactly model.num_frames frames; set both to the same value "
-                                          r"\(in command-line override\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.num_frames=8 but model.num_frames=4: stabn_r50_tiny is built for "
+        r"clips of exactly model.num_frames frames; set both to the same value "
+        r"\(in command-line override\)$",
+    ):
         load_config(stabn, ["data.num_frames=8"])
     with pytest.raises(ConfigError, match=r"^data.num_frames=4 but model.num_frames=8.*\(in command-line override\)$"):
         load_config(stabn, ["model.num_frames=8"])

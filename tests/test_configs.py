@@ -1,25 +1,38 @@
 """Every config file loads and validates; the published recipes say what the reference says; each tiny
 video config trains a short epoch on the synthetic clips (and the TimeSformer one is then tested)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, run_train
 
 from action_launch.config import load_config
 from action_launch.training.schedule import effective_batch_size
 
-from conftest import REPO, run_train
-
-CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "sweeps")
+CONFIGS = sorted(
+    p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "sweeps"
+)
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
-RECIPES = ["configs/timesformer/k400_8x32.yaml", "configs/timesformer/ssv2.yaml", "configs/timesformer/light_muwiges.yaml",
-           "configs/msg3d/ntu60_xsub_joint.yaml", "configs/msg3d/ntu60_xsub_bone.yaml",
-           "configs/msg3d/personality_udiva.yaml", "configs/stabn/ssv1_32f.yaml", "configs/tsm/ssv2_dyreg_16seg.yaml",
-           "configs/hiint/engagement_3class.yaml"]
-TINY_VIDEO = ["configs/timesformer/tiny.yaml", "configs/stabn/tiny.yaml", "configs/tsm/tiny.yaml",
-              "configs/tsm/dyreg_tiny.yaml"]
+RECIPES = [
+    "configs/timesformer/k400_8x32.yaml",
+    "configs/timesformer/ssv2.yaml",
+    "configs/timesformer/light_muwiges.yaml",
+    "configs/msg3d/ntu60_xsub_joint.yaml",
+    "configs/msg3d/ntu60_xsub_bone.yaml",
+    "configs/msg3d/personality_udiva.yaml",
+    "configs/stabn/ssv1_32f.yaml",
+    "configs/tsm/ssv2_dyreg_16seg.yaml",
+    "configs/hiint/engagement_3class.yaml",
+]
+TINY_VIDEO = [
+    "configs/timesformer/tiny.yaml",
+    "configs/stabn/tiny.yaml",
+    "configs/tsm/tiny.yaml",
+    "configs/tsm/dyreg_tiny.yaml",
+]
 
 
 def test_every_recipe_and_tiny_config_exists():
@@ -59,10 +72,17 @@ def test_timesformer_recipes():
     assert ssv2.model["num_classes"] == 174 and ssv2.data.sampling == "segment" and not ssv2.data.flip
     # as PySlowFast feeds them: K400 1 clip x 3 crops of frames scaled to 224; SSv2 frames in OpenCV's BGR order,
     # inverse-uniform scale jitter
-    assert (k400.data.protocol, k400.data.test_num_clips, k400.data.test_num_crops, k400.data.test_short_side) == \
-        ("pyslowfast", 1, 3, 224)
-    assert (ssv2.data.protocol, ssv2.data.channel_order, ssv2.data.scale_sampling) == \
-        ("pyslowfast", "bgr", "inverse_uniform")
+    assert (k400.data.protocol, k400.data.test_num_clips, k400.data.test_num_crops, k400.data.test_short_side) == (
+        "pyslowfast",
+        1,
+        3,
+        224,
+    )
+    assert (ssv2.data.protocol, ssv2.data.channel_order, ssv2.data.scale_sampling) == (
+        "pyslowfast",
+        "bgr",
+        "inverse_uniform",
+    )
     light = load_config(REPO / "configs/timesformer/light_muwiges.yaml")
     assert light.model["name"] == "light_timesformer" and light.model["num_frames"] == light.data.num_frames == 32
     assert effective_batch_size(light.train.micro_batch_size, light.train.grad_accum, 8) == 64
@@ -93,19 +113,35 @@ def test_msg3d_recipes():
 def test_stabn_tsm_and_hiint_recipes():
     stabn = load_config(REPO / "configs/stabn/ssv1_32f.yaml")
     o = stabn.optim
-    assert (o.lr, o.base_batch_size, o.weight_decay, o.clip_grad, o.step_epochs, stabn.train.epochs) == \
-        (0.01, 64, 5e-4, 20.0, [75, 125], 150)
+    assert (o.lr, o.base_batch_size, o.weight_decay, o.clip_grad, o.step_epochs, stabn.train.epochs) == (
+        0.01,
+        64,
+        5e-4,
+        20.0,
+        [75, 125],
+        150,
+    )
     assert stabn.model["num_frames"] == stabn.data.num_frames == 32 and stabn.data.sampling == "segment"
     dyreg = load_config(REPO / "configs/tsm/ssv2_dyreg_16seg.yaml")
     o = dyreg.optim
-    assert (o.lr, o.weight_decay, o.clip_grad, o.step_epochs, dyreg.train.epochs) == (0.001, 5e-4, 20.0, [20, 30, 40], 60)
+    assert (o.lr, o.weight_decay, o.clip_grad, o.step_epochs, dyreg.train.epochs) == (
+        0.001,
+        5e-4,
+        20.0,
+        [20, 30, 40],
+        60,
+    )
     assert dyreg.model["dyreg_positions"] == "layer2.2,layer3.4,layer4.1" and dyreg.data.num_frames == 16
     assert (dyreg.data.test_num_clips, dyreg.data.test_num_crops, dyreg.data.flip) == (2, 3, False)
     # as each upstream feeds its network: DyReg's multi-clip script at full resolution, TSM's README's accurate
     # setting, ST-ABN's MMAction pipeline with its colour jitter
     tsm = load_config(REPO / "configs/tsm/_base_.yaml")
-    assert (dyreg.data.protocol, dyreg.data.test_crop_size, tsm.data.protocol, tsm.data.test_crop_size) == \
-        ("tsn", 256, "tsn", None)
+    assert (dyreg.data.protocol, dyreg.data.test_crop_size, tsm.data.protocol, tsm.data.test_crop_size) == (
+        "tsn",
+        256,
+        "tsn",
+        None,
+    )
     assert (stabn.data.protocol, stabn.data.color_jitter, stabn.data.test_num_crops) == ("mmaction", True, 1)
     hiint = load_config(REPO / "configs/hiint/engagement_3class.yaml")
     assert hiint.model["name"] == "hiint_cpmt" and hiint.model["num_classes"] == 3
@@ -113,11 +149,23 @@ def test_stabn_tsm_and_hiint_recipes():
 
 
 def _short_run(path: str, video_set: Path, out: Path, *extra: str):
-    return run_train(["--config", path, f"data.root={video_set}", f"output_dir={out}", "data.num_workers=0",
-                      "train.epochs=1", "train.max_steps_per_epoch=2", "train.micro_batch_size=4",
-                      "optim.base_batch_size=4", "train.log_every_steps=1",
-                      # MLflow's store set-up doubles a run's time on 2 cores; test_train.py covers it, the journal stays
-                      "tracking.enabled=false", *extra])
+    return run_train(
+        [
+            "--config",
+            path,
+            f"data.root={video_set}",
+            f"output_dir={out}",
+            "data.num_workers=0",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=2",
+            "train.micro_batch_size=4",
+            "optim.base_batch_size=4",
+            "train.log_every_steps=1",
+            # MLflow's store set-up doubles a run's time on 2 cores; test_train.py covers it, the journal stays
+            "tracking.enabled=false",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ a declared capability has the documented signature and returns the documented th
 and dataset, one breach at a time, show that each check fires. The loops may not go around the contracts: no
 `hasattr`/`getattr` with a contract member's name is left in launch/.
 """
+
 import ast
 import inspect
 from pathlib import Path
@@ -180,8 +181,10 @@ class Keeper(nn.Module):
         return {"logits": self.fc(x + self.memory_init), "memory": x.detach()}
 
     def parameter_groups(self) -> List[Dict[str, Any]]:
-        return [{"params": [self.fc.weight], "lr_mult": 2.0}, {"params": [self.fc.bias, self.memory_init],
-                                                               "weight_decay": 0.0}]
+        return [
+            {"params": [self.fc.weight], "lr_mult": 2.0},
+            {"params": [self.fc.bias, self.memory_init], "weight_decay": 0.0},
+        ]
 
     def no_weight_decay(self) -> set:
         return {"memory_init"}
@@ -201,19 +204,23 @@ def _breach(**members: Any) -> type:
 BROKEN_MODELS: Dict[str, Callable[[], nn.Module]] = {
     "no_weight_decay: names no parameter": _breach(no_weight_decay=lambda self: {"pos_embed"}),
     "no_weight_decay: not callable": _breach(no_weight_decay={"memory_init"}),
-    "parameter_groups: trainable parameters in no group: ['memory_init']":
-        _breach(parameter_groups=lambda self: [{"params": [self.fc.weight, self.fc.bias]}]),
-    "parameter_groups: parameters in more than one group: ['fc.weight']":
-        _breach(parameter_groups=lambda self: [{"params": [self.fc.weight]}, {"params": list(self.parameters())}]),
+    "parameter_groups: trainable parameters in no group: ['memory_init']": _breach(
+        parameter_groups=lambda self: [{"params": [self.fc.weight, self.fc.bias]}]
+    ),
+    "parameter_groups: parameters in more than one group: ['fc.weight']": _breach(
+        parameter_groups=lambda self: [{"params": [self.fc.weight]}, {"params": list(self.parameters())}]
+    ),
     "parameter_groups: every group must be a dict": _breach(parameter_groups=lambda self: [list(self.parameters())]),
-    "parameter_groups: lr_mult": _breach(parameter_groups=lambda self: [{"params": list(self.parameters()),
-                                                                         "lr_mult": 0}]),
+    "parameter_groups: lr_mult": _breach(
+        parameter_groups=lambda self: [{"params": list(self.parameters()), "lr_mult": 0}]
+    ),
     "set_grad_checkpointing: not callable with enable=True": _breach(set_grad_checkpointing=lambda self: None),
     "compute_loss: returned float": _breach(compute_loss=lambda self, outputs, targets: 0.5),
     "compute_loss: not callable with (outputs, targets)": _breach(compute_loss=lambda self, outputs: outputs),
     "carries_memory: 'yes' is not a bool": _breach(carries_memory="yes"),
-    "carries_memory: forward returns no 'memory'": _breach(forward=lambda self, x, memory=None, carry=None: {
-        "logits": self.fc(x)}),
+    "carries_memory: forward returns no 'memory'": _breach(
+        forward=lambda self, x, memory=None, carry=None: {"logits": self.fc(x)}
+    ),
     "carries_memory: forward takes no memory=": _breach(forward=lambda self, x: {"logits": self.fc(x), "memory": x}),
     "task: 'regresion' is not one of": _breach(task="regresion"),
     "clip_length_arg: 'frames' is not a constructor argument": _breach(clip_length_arg="frames"),
@@ -318,10 +325,14 @@ def _skeleton_configs(root: Path) -> Dict[str, Any]:
     names = [f"P0{k % 3}_chunk{k}" for k in range(6)]
     skeleton_data._write(root, names=names)
     skeleton_data._write(root, n=3, prefix="val", names=names[:3])
-    (root / "traits.csv").write_text("participant,openness,conscientiousness,extraversion,agreeableness,neuroticism\n"
-                                     "P00,0,0,0,0,0\nP01,1,1,1,1,1\nP02,2,2,2,2,2\n")
-    return {"skeleton": skeleton_data._cfg(root),
-            "skeleton regression": skeleton_data._cfg(root, targets_csv="traits.csv", participant_regex=r"^(P\d+)_")}
+    (root / "traits.csv").write_text(
+        "participant,openness,conscientiousness,extraversion,agreeableness,neuroticism\n"
+        "P00,0,0,0,0,0\nP01,1,1,1,1,1\nP02,2,2,2,2,2\n"
+    )
+    return {
+        "skeleton": skeleton_data._cfg(root),
+        "skeleton regression": skeleton_data._cfg(root, targets_csv="traits.csv", participant_regex=r"^(P\d+)_"),
+    }
 
 
 def _multiperson_configs(root: Path) -> Dict[str, Any]:
@@ -331,12 +342,18 @@ def _multiperson_configs(root: Path) -> Dict[str, Any]:
         np.save(root / f"p{k}.npy", np.random.default_rng(k).normal(size=(3, 12, 5)).astype(np.float32))
     (root / "videos.txt").write_text("i2 0 1 b.mp4 a.mp4\ni1 0 0 a.mp4 b.mp4\ni1 1 3 a.mp4 b.mp4\n")
     (root / "skeletons.txt").write_text("s1 1 1 p0.npy p1.npy\ns1 0 0 p1.npy p0.npy\ns2 0 2 p0.npy p1.npy\n")
-    return {"multiperson": multiperson_data._cfg(root),
-            "multiperson skeletons": multiperson_data._cfg(root, train_list="skeletons.txt", val_list="skeletons.txt")}
+    return {
+        "multiperson": multiperson_data._cfg(root),
+        "multiperson skeletons": multiperson_data._cfg(root, train_list="skeletons.txt", val_list="skeletons.txt"),
+    }
 
 
-MAKERS = {"video": _video_configs, "rawframes": _rawframe_configs, "skeleton": _skeleton_configs,
-          "multiperson": _multiperson_configs}
+MAKERS = {
+    "video": _video_configs,
+    "rawframes": _rawframe_configs,
+    "skeleton": _skeleton_configs,
+    "multiperson": _multiperson_configs,
+}
 
 
 @pytest.fixture(scope="module")
@@ -355,8 +372,9 @@ def test_every_dataset_kind_has_a_fixture():
 
 
 @pytest.mark.parametrize("split", datasets.SPLITS)
-@pytest.mark.parametrize("variant", ["video", "rawframes", "skeleton", "skeleton regression", "multiperson",
-                                     "multiperson skeletons"])
+@pytest.mark.parametrize(
+    "variant", ["video", "rawframes", "skeleton", "skeleton regression", "multiperson", "multiperson skeletons"]
+)
 def test_every_dataset_kind_keeps_the_dataset_contract(data_configs, variant, split):
     ds = datasets.build(data_configs[variant], split)
     assert dataset_breaches(ds) == []
@@ -365,17 +383,27 @@ def test_every_dataset_kind_keeps_the_dataset_contract(data_configs, variant, sp
 def test_every_dataset_capability_is_declared_by_a_kind(data_configs):
     """As for models: a capability no kind declares is dead or renamed. `ids` is the exception: no kind of
     `DATASETS` has it; the evaluation takes it first from a dataset outside the registry (a test's, a user's)."""
-    declared = {cap for cfg in data_configs.values() for split in datasets.SPLITS
-                for cap in dc.dataset_capabilities(datasets.build(cfg, split))}
+    declared = {
+        cap
+        for cfg in data_configs.values()
+        for split in datasets.SPLITS
+        for cap in dc.dataset_capabilities(datasets.build(cfg, split))
+    }
     assert declared == {cap.__name__ for cap in dc.DATASET_CAPABILITIES} - {"HasIds"}
 
 
 def test_regression_and_recordings_are_declared_where_they_exist(data_configs):
     regression = datasets.build(data_configs["skeleton regression"], "val")
-    assert dc.output_names_of(regression) == ["openness", "conscientiousness", "extraversion", "agreeableness",
-                                              "neuroticism"]
+    assert dc.output_names_of(regression) == [
+        "openness",
+        "conscientiousness",
+        "extraversion",
+        "agreeableness",
+        "neuroticism",
+    ]
     assert dc.participants_of(regression) == ["P00", "P01", "P02"] and dc.class_names_of(regression) == [
-        f"class{k}" for k in range(4)]
+        f"class{k}" for k in range(4)
+    ]
     assert dc.sample_ids(regression) == ["P00_chunk0", "P01_chunk1", "P02_chunk2"]
     people = datasets.build(data_configs["multiperson"], "train")
     assert "HasRecordings" in dc.dataset_capabilities(people) and dc.noun_of(people) == "person file"
@@ -420,6 +448,7 @@ def _set(**values: Any) -> Callable[[], Any]:
         for k, v in values.items():
             setattr(ds, k, v)
         return ds
+
     return make
 
 
@@ -453,8 +482,11 @@ def test_a_dataset_that_breaks_a_promise_is_caught(breach):
 
 def _members(capabilities) -> set:
     return {name for cap in capabilities for name in cap.__dict__.get("__annotations__", {})} | {
-        name for cap in capabilities for name, value in vars(cap).items()
-        if not name.startswith("_") and (callable(value) or isinstance(value, property))}
+        name
+        for cap in capabilities
+        for name, value in vars(cap).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
 
 
 MEMBERS = _members(mc.MODEL_CAPABILITIES) | _members(dc.DATASET_CAPABILITIES)
@@ -468,7 +500,11 @@ def test_the_loops_ask_through_the_contracts_not_by_name():
     for path in sorted((REPO / "launch").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             by_name = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2
-            if (by_name and node.func.id in ("hasattr", "getattr") and isinstance(node.args[1], ast.Constant)
-                    and node.args[1].value in MEMBERS):
+            if (
+                by_name
+                and node.func.id in ("hasattr", "getattr")
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in MEMBERS
+            ):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
     assert not found, "ask through models/contract.py or datasets/contract.py instead:\n" + "\n".join(found)

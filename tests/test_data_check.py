@@ -1,4 +1,5 @@
 """`python -m action_launch.datasets.check`: every unreadable entry reported with its reason, exit status."""
+
 import os
 import subprocess
 import sys
@@ -30,15 +31,33 @@ def _list(tmp_path):
 
 def test_cli_reports_each_bad_entry(tmp_path):
     lst = _list(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "action_launch.datasets.check", str(lst), "--num-frames", "4", "--sampling-rate", "4",
-                          "--short-video", "clamp"], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "action_launch.datasets.check",
+            str(lst),
+            "--num-frames",
+            "4",
+            "--sampling-rate",
+            "4",
+            "--short-video",
+            "clamp",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 1, out.stderr
     lines = out.stdout.strip().splitlines()
     reasons = {line.split(": ")[1].rsplit("/", 1)[-1]: line.split(": ", 2)[2] for line in lines}
     assert set(reasons) == {"short.mp4", "truncated.mp4", "missing.mp4", "empty.mp4"}
     assert reasons["missing.mp4"] == "missing" and reasons["empty.mp4"] == "empty file"
     assert reasons["truncated.mp4"].startswith("decode error")
-    assert reasons["short.mp4"] == "too short: 12 frames at 30 fps, the clip spans 16 (short_video=clamp repeats its last frame)"
+    assert (
+        reasons["short.mp4"]
+        == "too short: 12 frames at 30 fps, the clip spans 16 (short_video=clamp repeats its last frame)"
+    )
     assert lines[0].startswith(f"{lst}:2: ")
     assert "4 of 6 entries unreadable" in out.stderr
 
@@ -48,7 +67,10 @@ def test_clean_list_exits_zero_and_bad_list_two(tmp_path, capsys):
     (tmp_path / "good.txt").write_text("ok.mp4 0\n")
     assert check.main([str(tmp_path / "good.txt")]) == 0
     assert check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4"]) == 0  # looped
-    assert check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4", "--short-video", "clamp"]) == 1
+    assert (
+        check.main([str(tmp_path / "good.txt"), "--num-frames", "8", "--sampling-rate", "4", "--short-video", "clamp"])
+        == 1
+    )
     (tmp_path / "bad.txt").write_text("ok.mp4\n")
     assert check.main([str(tmp_path / "bad.txt")]) == 2
     assert "bad.txt:1" in capsys.readouterr().err
@@ -63,9 +85,21 @@ def test_short_clips_follow_the_training_rule(tmp_path, capsys):
     out, err = capsys.readouterr()
     reported = {line.split(": ")[1] for line in out.splitlines()}
     assert {os.path.basename(p) for p in reported} == {"truncated.mp4", "missing.mp4", "empty.mp4"}
-    assert err.strip() == "3 of 6 entries unreadable; 1 shorter than the clip, which training loops (data.short_video=loop)"
-    cfg = DataConfig(root=str(tmp_path), train_list="list.txt", val_list="list.txt", num_frames=4, sampling_rate=4,
-                     crop_size=32, train_short_side=[32, 32], test_short_side=32, max_bad_fraction=1.0)
+    assert (
+        err.strip()
+        == "3 of 6 entries unreadable; 1 shorter than the clip, which training loops (data.short_video=loop)"
+    )
+    cfg = DataConfig(
+        root=str(tmp_path),
+        train_list="list.txt",
+        val_list="list.txt",
+        num_frames=4,
+        sampling_rate=4,
+        crop_size=32,
+        train_short_side=[32, 32],
+        test_short_side=32,
+        max_bad_fraction=1.0,
+    )
     val = build(cfg, "val")
     assert cfg.short_video == "loop" and val.protocol.loops_short_clips
     for i in range(len(val)):
@@ -79,8 +113,9 @@ def test_every_short_clip_of_a_set_is_readable_as_training_reads_it(tmp_path, ca
     root = generate(tmp_path / "syn", num_train=6, num_val=2, size=32, frames=24)
     assert check.main([str(root / "train.txt"), "--num-frames", "8", "--sampling-rate", "32"]) == 0
     out, err = capsys.readouterr()
-    assert out == "" and err.strip() == ("all 6 entries readable; 6 shorter than the clip, which training loops "
-                                         "(data.short_video=loop)")
+    assert out == "" and err.strip() == (
+        "all 6 entries readable; 6 shorter than the clip, which training loops (data.short_video=loop)"
+    )
 
 
 def test_rawframes_folders(tmp_path, capsys):

@@ -31,15 +31,26 @@ def root(tmp_path_factory):
         np.save(root / f"p{k}.npy", x)
     # out of order on purpose: the dataset sorts by (interaction, window)
     (root / "videos.txt").write_text(
-        "int2 1 2 a.mp4 b.mp4\nint1 0 0 a.mp4 b.mp4\nint2 0 1 b.mp4 a.mp4\nint1 1 1 short.mp4 b.mp4\n")
+        "int2 1 2 a.mp4 b.mp4\nint1 0 0 a.mp4 b.mp4\nint2 0 1 b.mp4 a.mp4\nint1 1 1 short.mp4 b.mp4\n"
+    )
     (root / "skeletons.txt").write_text("s1 1 1 p0.npy p1.npy p2.npy\ns1 0 0 p2.npy p1.npy p0.npy\n")
     return root
 
 
 def _cfg(root, **kw):
-    base = dict(dataset="multiperson", root=str(root), train_list="videos.txt", val_list="videos.txt",
-                num_frames=4, sampling_rate=3, train_short_side=[16, 20], test_short_side=16, crop_size=16,
-                mean=[0.0] * 3, std=[1.0] * 3)
+    base = dict(
+        dataset="multiperson",
+        root=str(root),
+        train_list="videos.txt",
+        val_list="videos.txt",
+        num_frames=4,
+        sampling_rate=3,
+        train_short_side=[16, 20],
+        test_short_side=16,
+        crop_size=16,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+    )
     base.update(kw)
     return DataConfig(**base)
 

@@ -1,5 +1,6 @@
 """The multi-view `test` split of both frame datasets: V = clips x crops views, clip-major,
 each view equal to the single-view chain on its clip and crop; temporal positions exact."""
+
 import os
 
 import numpy as np
@@ -38,13 +39,26 @@ def roots(tmp_path_factory):
 
 
 def _cfg(root, kind, **kw):
-    base = dict(root=str(root), num_frames=4, sampling_rate=2, test_short_side=24, crop_size=16,
-                mean=[0.0] * 3, std=[1.0] * 3, train_short_side=[16, 24])
+    base = dict(
+        root=str(root),
+        num_frames=4,
+        sampling_rate=2,
+        test_short_side=24,
+        crop_size=16,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        train_short_side=[16, 24],
+    )
     if kind == "video":
         base.update(val_list="video.txt")
     else:
-        base.update(dataset="rawframes", list_format="rawframes", val_list="frames.txt",
-                    frame_template="{:06d}.png", frame_start_index=0)
+        base.update(
+            dataset="rawframes",
+            list_format="rawframes",
+            val_list="frames.txt",
+            frame_template="{:06d}.png",
+            frame_start_index=0,
+        )
     base.update(kw)
     return DataConfig(**base)
 
@@ -86,8 +100,11 @@ def test_temporal_and_spatial_positions_exact(roots):
 def test_segment_views_centres_then_starts(roots):
     views, _ = build(_cfg(roots, "rawframes", sampling="segment", num_frames=5, test_num_clips=2), "test")[0]
     red = (views[:, 0].mean(dim=(2, 3)) * 255 / 5).round().long()
-    assert red.tolist() == segment_indices(FRAMES, 5, "test", twice=True).tolist() == [[4, 12, 20, 28, 36],
-                                                                                      [0, 8, 16, 24, 32]]
+    assert (
+        red.tolist()
+        == segment_indices(FRAMES, 5, "test", twice=True).tolist()
+        == [[4, 12, 20, 28, 36], [0, 8, 16, 24, 32]]
+    )
 
 
 def test_views_are_deterministic_and_collate(roots):

@@ -1,5 +1,6 @@
 """bench/data_pipeline.py: its DataLoader clock counts worker start-up and the first batches, 1 and N workers
 take turns in alternating order with per-round ratios, and the bench itself runs (so it cannot rot)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +12,6 @@ from typing import Iterator, List, Optional, Sequence
 
 import pytest
 import torch
-
 from conftest import REPO
 
 
@@ -39,8 +39,15 @@ class SlowLoader:
     """A loader whose iterator costs `start_up` seconds to create (worker start-up), then yields batches of
     `batch_size` clips, the clock moving by `steps[k]` before batch k."""
 
-    def __init__(self, clock: FakeClock, start_up: float, steps: Sequence[float], batch_size: int,
-                 calls: Optional[List[str]] = None, name: str = "loader") -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        start_up: float,
+        steps: Sequence[float],
+        batch_size: int,
+        calls: Optional[List[str]] = None,
+        name: str = "loader",
+    ) -> None:
         self.clock, self.start_up, self.steps, self.batch_size = clock, start_up, steps, batch_size
         self.calls, self.name = calls if calls is not None else [], name
 
@@ -75,8 +82,10 @@ def test_a_worker_whose_first_batch_is_ready_with_the_others_gets_no_free_batch(
 
 def test_worker_rounds_alternate_the_order_and_time_every_pass(clock):
     calls: List[str] = []
-    loaders = {1: SlowLoader(clock, 0.5, [1.0, 1.0], batch_size=2, calls=calls, name="1"),
-               2: SlowLoader(clock, 0.5, [0.5, 0.5], batch_size=2, calls=calls, name="2")}
+    loaders = {
+        1: SlowLoader(clock, 0.5, [1.0, 1.0], batch_size=2, calls=calls, name="1"),
+        2: SlowLoader(clock, 0.5, [0.5, 0.5], batch_size=2, calls=calls, name="2"),
+    }
     rates = bench.worker_rounds(loaders, rounds=4)
     assert calls == ["1", "2", "2", "1", "1", "2", "2", "1"]
     assert rates[1] == pytest.approx([4 / 2.5] * 4) and rates[2] == pytest.approx([4 / 1.5] * 4)
@@ -93,10 +102,36 @@ def test_rounds_are_printed_side_by_side_with_their_ratios_and_median(capsys):
 
 @pytest.mark.slow
 def test_the_bench_runs_with_its_smallest_settings(tmp_path):
-    proc = subprocess.run([sys.executable, "bench/data_pipeline.py", "--videos", "2", "--size", "64", "--frames", "24",
-                           "--num-frames", "4", "--sampling-rate", "2", "--crop", "32", "--repeats", "1",
-                           "--batch-size", "1", "--rounds", "2", "--dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/data_pipeline.py",
+            "--videos",
+            "2",
+            "--size",
+            "64",
+            "--frames",
+            "24",
+            "--num-frames",
+            "4",
+            "--sampling-rate",
+            "2",
+            "--crop",
+            "32",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "1",
+            "--rounds",
+            "2",
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "(b) dataset __getitem__" in proc.stdout
     assert re.search(r"^\s+median\s+[\d.]+\s+[\d.]+\s+[\d.]+", proc.stdout, re.M), proc.stdout

@@ -1,5 +1,6 @@
 """RawFrameDataset on real JPEG/PNG frame folders written with Pillow: template and start
 index, exact indices, only the sampled frames opened, bad folders skipped and reported."""
+
 import re
 import warnings
 
@@ -19,7 +20,9 @@ def write_folder(folder, n=FRAMES, template="img_{:05d}.jpg", start=1, h=24, w=3
     """Frame i is uniformly grey at level 5*i + shift: a decoded frame tells its index."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(np.full((h, w, 3), 5 * i + shift, np.uint8)).save(folder / template.format(start + i), quality=95)
+        Image.fromarray(np.full((h, w, 3), 5 * i + shift, np.uint8)).save(
+            folder / template.format(start + i), quality=95
+        )
     return folder
 
 
@@ -36,8 +39,18 @@ def frame_root(tmp_path_factory):
 
 
 def _cfg(root, **kw):
-    base = dict(dataset="rawframes", list_format="rawframes", root=str(root), num_frames=4, sampling_rate=3,
-                train_short_side=[20, 28], test_short_side=24, crop_size=16, mean=[0.0] * 3, std=[1.0] * 3)
+    base = dict(
+        dataset="rawframes",
+        list_format="rawframes",
+        root=str(root),
+        num_frames=4,
+        sampling_rate=3,
+        train_short_side=[20, 28],
+        test_short_side=24,
+        crop_size=16,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -86,7 +99,7 @@ def test_only_the_sampled_frames_are_opened(frame_root, monkeypatch):
     assert all("/rgb/f3/" in p for p in opened)
     # a short clip that repeats frames opens each distinct file once
     opened.clear()
-    (frame_root / "short.txt").write_text(f"rgb/f0 3 0\n")
+    (frame_root / "short.txt").write_text("rgb/f0 3 0\n")
     short = build(_cfg(frame_root, train_list="short.txt", sampling_rate=1, num_frames=8), "train")
     assert short[(0, 0)][0].shape[1] == 8 and len(opened) == 3
 
@@ -95,15 +108,17 @@ def test_missing_folder_and_missing_frame_are_bad_files(tmp_path, frame_root, ca
     write_folder(tmp_path / "partial", n=10)  # the list says 30 frames: later ones are missing
     (tmp_path / "train.txt").write_text(
         f"{tmp_path}/gone {FRAMES} 0\n{frame_root}/rgb/f1 {FRAMES} 1\n{tmp_path}/partial {FRAMES} 2\n"
-        f"{frame_root}/rgb/f3 {FRAMES} 3\n{tmp_path}/partial 0 2\n")
+        f"{frame_root}/rgb/f3 {FRAMES} 3\n{tmp_path}/partial 0 2\n"
+    )
     log = tmp_path / "bad.tsv"
     ds = build(_cfg(tmp_path, max_bad_fraction=0.5, bad_files_log=str(log)), "train")
     clip, label = ds[(0, 5)]
     assert caplog.messages == [f"skipping unreadable frame folder {tmp_path}/gone: missing"]
     assert label == 1 and torch.equal(clip, ds[(1, 5)][0])  # replaced by the next item, same seed
     assert ds[(2, 0)][1] == 3
-    assert re.fullmatch(rf"skipping unreadable frame folder {tmp_path}/partial: missing frame img_000\d\d.jpg",
-                        caplog.messages[-1])
+    assert re.fullmatch(
+        rf"skipping unreadable frame folder {tmp_path}/partial: missing frame img_000\d\d.jpg", caplog.messages[-1]
+    )
     assert read_bad_files(str(log)) == ds.bad_files
     assert set(ds.bad_files) == {f"{tmp_path}/gone", f"{tmp_path}/partial"}
     caplog.clear()

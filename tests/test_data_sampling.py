@@ -1,4 +1,5 @@
 """Frame sampling: exact indices for known lengths, fps rescaling, short videos, segments."""
+
 import numpy as np
 import pytest
 

@@ -1,6 +1,7 @@
 """The `data:` section is the keys every dataset kind reads plus the chosen kind's own: a run records those and no
 other kind's, the validator refuses another kind's key by naming its kind, suggests keys of the kind only, and the
 config.yaml of a run from before (every kind's keys) still loads."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +17,37 @@ from action_launch.config import ConfigError, load_config, to_dict
 from action_launch.datasets import DATASETS, dataset_class
 from action_launch.datasets.config import KINDS, DataConfig, SkeletonConfig, VideoConfig
 
-SKELETON_ONLY = {"train_data", "val_data", "test_data", "skeleton_stream", "graph", "window_size", "crop_range",
-                 "random_rotation", "laban", "laban_formula", "targets_csv", "participant_column", "target_columns",
-                 "participant_regex"}
-CLIP_ONLY = {"list_format", "separator", "path_prefix", "protocol", "num_frames", "sampling_rate", "crop_size",
-             "mean", "std", "test_num_crops", "frame_template", "frame_start_index", "check_files"}
+SKELETON_ONLY = {
+    "train_data",
+    "val_data",
+    "test_data",
+    "skeleton_stream",
+    "graph",
+    "window_size",
+    "crop_range",
+    "random_rotation",
+    "laban",
+    "laban_formula",
+    "targets_csv",
+    "participant_column",
+    "target_columns",
+    "participant_regex",
+}
+CLIP_ONLY = {
+    "list_format",
+    "separator",
+    "path_prefix",
+    "protocol",
+    "num_frames",
+    "sampling_rate",
+    "crop_size",
+    "mean",
+    "std",
+    "test_num_crops",
+    "frame_template",
+    "frame_start_index",
+    "check_files",
+}
 
 # The data section of a run's config.yaml as written before each kind had its own keys: all 50 of them, each at its
 # default; a test sets its run's own values over it.
@@ -84,8 +111,12 @@ def keys(cls: type) -> set:
 
 def write_old_config(path, **data):
     section = {**yaml.safe_load(OLD_DATA), **data}
-    path.write_text(yaml.safe_dump({"experiment": "tiny", "name": "old", "model": {"name": "timesformer_tiny"},
-                                    "data": section}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"experiment": "tiny", "name": "old", "model": {"name": "timesformer_tiny"}, "data": section},
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -124,15 +155,26 @@ def test_a_video_run_logs_no_skeleton_keys_to_mlflow(video_set, tmp_path):
     assert set(saved) == keys(VideoConfig)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.window_size=16"], "data.window_size is a key of data.dataset=skeleton or multiperson, not of "
-                              "data.dataset=video; remove it, or set data.dataset=skeleton (in command-line override)"),
-    (["data.dataset=skeleton", "data.crop_size=112"],
-     "data.crop_size is a key of data.dataset=video, rawframes or multiperson, not of data.dataset=skeleton; remove "
-     "it, or set data.dataset=video (in command-line override)"),
-    (["data.frame_template={:06d}.png"], "data.frame_template is a key of data.dataset=rawframes, not of "
-                                         "data.dataset=video; remove it, or set data.dataset=rawframes"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["data.window_size=16"],
+            "data.window_size is a key of data.dataset=skeleton or multiperson, not of "
+            "data.dataset=video; remove it, or set data.dataset=skeleton (in command-line override)",
+        ),
+        (
+            ["data.dataset=skeleton", "data.crop_size=112"],
+            "data.crop_size is a key of data.dataset=video, rawframes or multiperson, not of data.dataset=skeleton; remove "
+            "it, or set data.dataset=video (in command-line override)",
+        ),
+        (
+            ["data.frame_template={:06d}.png"],
+            "data.frame_template is a key of data.dataset=rawframes, not of "
+            "data.dataset=video; remove it, or set data.dataset=rawframes",
+        ),
+    ],
+)
 def test_a_key_of_another_kind_fails_naming_its_kind(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
@@ -142,16 +184,25 @@ def test_a_key_of_another_kind_fails_naming_its_kind(overrides, message):
 def test_another_kind_s_key_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  dataset: skeleton\n  num_frames: 16\n")
-    with pytest.raises(ConfigError, match=rf"^data.num_frames is a key of data.dataset=video, rawframes or "
-                                          rf"multiperson, not of data.dataset=skeleton; .* \(in {path}\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^data.num_frames is a key of data.dataset=video, rawframes or "
+        rf"multiperson, not of data.dataset=skeleton; .* \(in {path}\)$",
+    ):
         load_config(path)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.test_dat=x.npy"], "unknown key data.test_dat; did you mean data.test_list?"),
-    (["data.dataset=skeleton", "data.crop_sise=0.5"], "unknown key data.crop_sise; did you mean data.crop_range?"),
-    (["data.dataset=skeleton", "data.windw_size=16"], "unknown key data.windw_size; did you mean data.window_size?"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.test_dat=x.npy"], "unknown key data.test_dat; did you mean data.test_list?"),
+        (["data.dataset=skeleton", "data.crop_sise=0.5"], "unknown key data.crop_sise; did you mean data.crop_range?"),
+        (
+            ["data.dataset=skeleton", "data.windw_size=16"],
+            "unknown key data.windw_size; did you mean data.window_size?",
+        ),
+    ],
+)
 def test_a_typo_is_matched_against_the_kind_s_own_keys(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
@@ -161,19 +212,33 @@ def test_a_typo_is_matched_against_the_kind_s_own_keys(overrides, message):
 def test_an_old_config_yaml_with_every_kind_s_keys_loads(tmp_path):
     from action_launch.training.run_config import config_changes, saved_config
 
-    path = write_old_config(tmp_path / "config.yaml", num_frames=4, sampling_rate=6, train_short_side=[32, 36],
-                            test_short_side=32, crop_size=32, bad_files_log="runs/tiny/old/bad_files.tsv")
+    path = write_old_config(
+        tmp_path / "config.yaml",
+        num_frames=4,
+        sampling_rate=6,
+        train_short_side=[32, 36],
+        test_short_side=32,
+        crop_size=32,
+        bad_files_log="runs/tiny/old/bad_files.tsv",
+    )
     cfg = load_config(path)
     assert type(cfg.data) is VideoConfig and (cfg.data.num_frames, cfg.data.crop_size) == (4, 32)
     assert set(to_dict(cfg)["data"]) == keys(VideoConfig)
     assert config_changes(saved_config(tmp_path), cfg) == {}  # a resume or test.py compares it with the file
     assert config_changes(saved_config(tmp_path), load_config(path, ["data.crop_size=48"])) == {
-        "data.crop_size": (32, 48)}
+        "data.crop_size": (32, 48)
+    }
 
 
 def test_an_old_config_yaml_of_skeletons_loads_as_the_skeleton_kind(tmp_path):
-    path = write_old_config(tmp_path / "config.yaml", dataset="skeleton", window_size=16, graph="smpl-24",
-                            laban=True, bad_files_log="runs/tiny/old/bad_files.tsv")
+    path = write_old_config(
+        tmp_path / "config.yaml",
+        dataset="skeleton",
+        window_size=16,
+        graph="smpl-24",
+        laban=True,
+        bad_files_log="runs/tiny/old/bad_files.tsv",
+    )
     cfg = load_config(path, ["model.name=msg3d_ntu60_tiny"])
     assert type(cfg.data) is SkeletonConfig and (cfg.data.window_size, cfg.data.graph) == (16, "smpl-24")
     assert set(to_dict(cfg)["data"]) == keys(SkeletonConfig)
@@ -181,6 +246,9 @@ def test_an_old_config_yaml_of_skeletons_loads_as_the_skeleton_kind(tmp_path):
 
 def test_an_old_config_yaml_with_another_kind_s_key_set_fails(tmp_path):
     path = write_old_config(tmp_path / "config.yaml", window_size=16)
-    with pytest.raises(ConfigError, match=rf"^data.window_size is a key of data.dataset=skeleton or multiperson, not "
-                                          rf"of data.dataset=video; .* \(in {path}\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^data.window_size is a key of data.dataset=skeleton or multiperson, not "
+        rf"of data.dataset=video; .* \(in {path}\)$",
+    ):
         load_config(path)

@@ -1,5 +1,6 @@
 """SkeletonDataset on real .npy/.pkl files, and the Laban features: memory map, streams,
 crop/resize, rotation, regression targets joined from a CSV, determinism."""
+
 import pickle
 
 import numpy as np
@@ -26,8 +27,14 @@ def _write(root, n=N, v=V, t=T, names=None, prefix="train"):
 
 
 def _cfg(root, **kw):
-    base = dict(dataset="skeleton", root=str(root), train_list="train_label.pkl", val_list="val_label.pkl",
-                train_data="train_data.npy", val_data="val_data.npy")
+    base = dict(
+        dataset="skeleton",
+        root=str(root),
+        train_list="train_label.pkl",
+        val_list="val_label.pkl",
+        train_data="train_data.npy",
+        val_data="val_data.npy",
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -77,7 +84,7 @@ def test_valid_length_crop_and_resize(root):
         rng = np.random.default_rng(seed)
         length = min(VALID, max(1, int(round(rng.uniform(0.5, 1.0) * VALID))))
         start = int(rng.integers(0, VALID - length + 1))
-        expected = resize_time(data[1][:, start:start + length], 8)
+        expected = resize_time(data[1][:, start : start + length], 8)
         assert np.allclose(ds[(1, seed)][0].numpy(), expected, atol=1e-6)
 
 
@@ -101,7 +108,8 @@ def test_regression_targets_joined_from_csv(tmp_path):
     _write(tmp_path, n=4, names=names)
     (tmp_path / "traits.csv").write_text(
         "participant,openness,conscientiousness,extraversion,agreeableness,neuroticism\n"
-        "P03,0.1,0.2,0.3,0.4,0.5\nP07,-1,-2,-3,-4,-5\nP11,1.5,0,0,0,2.5\n")
+        "P03,0.1,0.2,0.3,0.4,0.5\nP07,-1,-2,-3,-4,-5\nP11,1.5,0,0,0,2.5\n"
+    )
     ds = build(_cfg(tmp_path, targets_csv="traits.csv", participant_regex=r"^(P\d+)_"), "train")
     assert ds.participants == ["P07", "P03", "P07", "P11"]
     x, y = ds[(0, 0)]
@@ -134,7 +142,8 @@ def test_laban_shapes_and_hand_checked_values():
     assert np.allclose(f[9:12, 4], a[:, 4] - a[:, 3], atol=1e-6)
     assert np.allclose(f[3:6, 4], a[:, 4] - 2 * a[:, 3] + a[:, 2], atol=1e-5) and (f[3:6, :2] == 0).all()
     # a bone along +y: angles (pi/2, 0, pi/2)
-    y = np.zeros((3, 1, 2)); y[1, 0, 1] = 2.0
+    y = np.zeros((3, 1, 2))
+    y[1, 0, 1] = 2.0
     assert np.allclose(laban.bone_angles(y, [(0, 0), (1, 0)])[:, 0, 1], [np.pi / 2, 0, np.pi / 2])
     with pytest.raises(ValueError, match="xyz"):
         laban.laban_features(np.zeros((2, 4, 24)), pairs)

@@ -1,9 +1,9 @@
 """Unreadable files skipped during a run: one log line each in the suite's format, and a count in the summary."""
+
 import re
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, run_train, tiny_overrides
 
 # setup_logging's format: "%(asctime)s %(levelname)s %(name)s: %(message)s", time as %H:%M:%S
@@ -28,13 +28,26 @@ def test_skipped_files_are_logged_in_one_line_and_counted_in_the_summary(video_s
             lines.insert(6, f"{root / 'junk.mp4'} 1")
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     (root / "classes.txt").write_text((video_set / "classes.txt").read_text())
-    args = tiny_overrides(root, tmp_path / "out", "skips") + ["train.epochs=1", "train.max_steps_per_epoch=1",
-                                                              "data.max_bad_fraction=0.2"]
+    args = tiny_overrides(root, tmp_path / "out", "skips") + [
+        "train.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "data.max_bad_fraction=0.2",
+    ]
     if world == 1:
         proc = run_train(args)
     else:  # gloo on the CPU, as a user starts it
-        proc = run_train(["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                          "launch/train.py", *args], script="-m")
+        proc = run_train(
+            [
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(free_port()),
+                "launch/train.py",
+                *args,
+            ],
+            script="-m",
+        )
     output = proc.stdout + proc.stderr
     assert "RuntimeWarning" not in output and "warnings.warn" not in output
     skipped = [m.groups() for m in map(SKIP_LINE.match, proc.stdout.splitlines()) if m]

@@ -1,4 +1,5 @@
 """Clip transforms: layouts, sizes, positions, determinism from an explicit generator."""
+
 import numpy as np
 import pytest
 import torch

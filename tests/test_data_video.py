@@ -1,4 +1,5 @@
 """VideoDataset on real H.264 files written with PyAV: shapes, decoded frames, seeds, bad files."""
+
 import os
 import warnings
 
@@ -37,8 +38,16 @@ def video_root(tmp_path_factory):
 
 
 def _cfg(root, **kw):
-    base = dict(root=str(root), num_frames=4, sampling_rate=4, train_short_side=[20, 28], test_short_side=24,
-                crop_size=16, mean=[0.0] * 3, std=[1.0] * 3)
+    base = dict(
+        root=str(root),
+        num_frames=4,
+        sampling_rate=4,
+        train_short_side=[20, 28],
+        test_short_side=24,
+        crop_size=16,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -111,7 +120,12 @@ def test_segment_sampling_and_multi_scale(video_root):
     clip, _ = ds[0]
     # 40 frames in 8 segments of 5: centres 2, 7, 12, ...
     assert _levels(clip) == [2 + 5 * i for i in range(8)]
-    assert build(_cfg(video_root, sampling="segment", multi_scale_crop=True), "train")[(0, 1)][0].shape == (3, 4, 16, 16)
+    assert build(_cfg(video_root, sampling="segment", multi_scale_crop=True), "train")[(0, 1)][0].shape == (
+        3,
+        4,
+        16,
+        16,
+    )
 
 
 def _bad_root(tmp_path, video_root, n_good=8):
@@ -213,8 +227,10 @@ def test_multilabel_targets(tmp_path, video_root):
 
 def test_csv_list_with_prefix(tmp_path, video_root):
     (tmp_path / "train.csv").write_text("v0.mp4,2\nv1.mp4,3\n")
-    ds = build(_cfg(tmp_path, list_format="csv", separator=",", train_list="train.csv",
-                    path_prefix=str(video_root / "clips")), "train")
+    ds = build(
+        _cfg(tmp_path, list_format="csv", separator=",", train_list="train.csv", path_prefix=str(video_root / "clips")),
+        "train",
+    )
     assert [ds[(i, 0)][1] for i in range(2)] == [2, 3]
 
 
@@ -223,8 +239,13 @@ def test_package_import_is_light():
     import sys
 
     code = "import sys, datasets; print('torch' in sys.modules, 'decord' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(datasets.__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(datasets.__file__)),
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -247,7 +268,7 @@ def _textured_video(path, n=48, size=64, seed=0):
     """A panning noise texture with per-frame grain, x264's default GOP and B-frames: frames that differ everywhere."""
     rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, (size, size + 2 * n, 3), dtype=np.uint8)
-    frames = np.stack([texture[:, 2 * t: 2 * t + size] for t in range(n)]).astype(np.int16)
+    frames = np.stack([texture[:, 2 * t : 2 * t + size] for t in range(n)]).astype(np.int16)
     frames = np.clip(frames + rng.integers(-12, 13, frames.shape), 0, 255).astype(np.uint8)
     return write_video(str(path), frames, fps=25)
 
@@ -257,8 +278,11 @@ def test_torchcodec_decodes_the_frames_decord_decodes(tmp_path, video_root):
     both convert yuv420p to RGB with FFmpeg's swscale, so they may differ only where two FFmpeg builds round that
     conversion differently. Measured: identical (0 levels) on every clip here (decord 0.6's bundled FFmpeg,
     Debian's FFmpeg 5.1 under torchcodec 0.13); allowed: 2 levels at most, 1 on average."""
-    paths = [_textured_video(tmp_path / "texture.mp4"), _gray_video(tmp_path / "w48.mp4", n=12, h=32, w=48),
-             str(video_root / "clips" / "v1.mp4")]  # grain + B-frames; decord's 48-px case; 60 fps
+    paths = [
+        _textured_video(tmp_path / "texture.mp4"),
+        _gray_video(tmp_path / "w48.mp4", n=12, h=32, w=48),
+        str(video_root / "clips" / "v1.mp4"),
+    ]  # grain + B-frames; decord's 48-px case; 60 fps
     for path in paths:
         dv, tv = open_video(path), open_video(path, "torchcodec")
         assert len(tv) == len(dv) and tv.get_avg_fps() == dv.get_avg_fps()

@@ -5,6 +5,7 @@ cuda:0 passes here and crashes there. `tests/helpers/device_audit.py` records ev
 suite's own code calls without `device=` while a real training, validation and test pass run
 (HIINT's carried memory: tests/test_hiint_memory.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 from helpers.device_audit import DeviceAudit
 
@@ -39,8 +39,13 @@ def test_a_factory_without_device_in_the_suite_is_found():
 
 
 def audited_run(config: str, overrides) -> list:
-    proc = subprocess.run([sys.executable, "tests/helpers/audited_run.py", config, *overrides], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "tests/helpers/audited_run.py", config, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -50,7 +55,15 @@ def audited_run(config: str, overrides) -> list:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_validation_and_test_make_every_tensor_on_the_engine_device(video_set, tmp_path, precision):
     # TSM: BatchNorm (the models that could not train in bf16), segment sampling, a multi-view test split
-    overrides = [f"data.root={video_set}", f"output_dir={tmp_path}", "train.epochs=1", "train.max_steps_per_epoch=3",
-                 "train.log_every_steps=1", "data.num_workers=0", "tracking.enabled=false", f"train.precision={precision}",
-                 "data.test_num_clips=2"]
+    overrides = [
+        f"data.root={video_set}",
+        f"output_dir={tmp_path}",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=3",
+        "train.log_every_steps=1",
+        "data.num_workers=0",
+        "tracking.enabled=false",
+        f"train.precision={precision}",
+        "data.test_num_clips=2",
+    ]
     assert audited_run("configs/tsm/tiny.yaml", overrides) == []

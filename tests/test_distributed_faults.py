@@ -1,5 +1,6 @@
 """Faults of a multi-process run end it within a bound, with one clear error: a killed or stuck rank, a stuck
 DataLoader worker. Real gloo process groups, real DeepSpeed, real MLflow store, real DataLoader workers."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from conftest import REPO, free_port, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -25,12 +25,29 @@ def start_ranks(args: List[str], world: int = 2) -> List[subprocess.Popen]:
     port = free_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
         env.pop("MLFLOW_TRACKING_URI", None)
-        procs.append(subprocess.Popen([sys.executable, "launch/train.py", *args], cwd=REPO, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "launch/train.py", *args],
+                cwd=REPO,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     return procs
 
 
@@ -65,8 +82,13 @@ def mlflow_status(output_dir: Path) -> str:
 def fault_run(video_set: Path, tmp_path: Path, fault: signal.Signals, timeout_s: float, *overrides: str):
     """Two ranks train; once they do, rank 1 gets `fault`. Returns rank 0's exit code, output and seconds from
     the fault to its exit."""
-    args = [*tiny_overrides(video_set, tmp_path, "fault"), "train.micro_batch_size=4", "train.epochs=3",
-            f"train.collective_timeout_s={timeout_s}", *overrides]
+    args = [
+        *tiny_overrides(video_set, tmp_path, "fault"),
+        "train.micro_batch_size=4",
+        "train.epochs=3",
+        f"train.collective_timeout_s={timeout_s}",
+        *overrides,
+    ]
     procs = start_ranks(args)
     try:
         wait_for_training(tmp_path / "tests" / "fault", procs)
@@ -117,8 +139,9 @@ def test_a_stuck_rank_ends_the_job_at_the_collective_timeout(video_set, tmp_path
 
 
 def run_helper(mode: str, timeout_s: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(HELPER), mode, str(timeout_s)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(HELPER), mode, str(timeout_s)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_stuck_dataloader_worker_raises_within_its_timeout():
@@ -129,7 +152,8 @@ def test_a_stuck_dataloader_worker_raises_within_its_timeout():
     assert proc.stderr.strip().splitlines()[-1] == (
         "action_launch.training.loaders.DataTimeout: validation DataLoader: no batch from its 1 worker(s) in 3 s "
         "(train.data_timeout_s): a worker is stuck (a deadlock, a stalled file system or decoder); the run stops "
-        "instead of waiting")
+        "instead of waiting"
+    )
 
 
 def test_workers_do_not_inherit_a_lock_another_thread_holds():

@@ -1,5 +1,6 @@
 """Many processes give what one gives: a run on several ranks logs, saves and evaluates what the same run on one
 process would, up to float rounding. Real gloo process groups, real DeepSpeed, tiny models on the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,8 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
-
 from conftest import REPO, final_weights, free_port, run_train, tiny_overrides
+from torch import nn
 
 EXIT_STATE = "tests/helpers/exit_state.py"
 EXIT_LINE = re.compile(r"rank (\d): process groups left (\d+), initialized (True|False), gloo threads left (\d+)")
@@ -31,16 +31,20 @@ def bn_overrides(data_dir: Path, output_dir: Path, name: str) -> List[str]:
     """`tiny_overrides` with the tiny TSM, which has a BatchNorm after every convolution (4 segments of 4 frames)."""
     timesformer = ("model.name=", "model.num_frames=")
     return [o for o in tiny_overrides(data_dir, output_dir, name) if not o.startswith(timesformer)] + [
-        "model.name=tsm_r50_tiny"]
+        "model.name=tsm_r50_tiny"
+    ]
 
 
 def torchrun(script: str, args: List[str], world: int = 2) -> subprocess.CompletedProcess:
     """`script` on `world` ranks under torchrun (gloo on the CPU), as a user starts it."""
-    return run_train(["torch.distributed.run", "--nproc_per_node", str(world), "--master_port", str(free_port()),
-                      script, *args], script="-m")
+    return run_train(
+        ["torch.distributed.run", "--nproc_per_node", str(world), "--master_port", str(free_port()), script, *args],
+        script="-m",
+    )
 
 
 # ------------------------------------------------------------------------------ BatchNorm statistics
+
 
 def _bn_model() -> nn.Module:
     """Two BatchNorms, one with the exponential average and one with the cumulative one (`num_batches_tracked`)."""
@@ -86,6 +90,7 @@ def test_running_statistics_become_their_mean_over_the_ranks(tmp_path):
 
 # --------------------------------------------------------------------------------------- train.sync_bn
 
+
 def test_sync_bn_converts_every_batchnorm_and_keeps_parameters_and_names():
     from action_launch import models
     from action_launch.training.batchnorm import sync_batchnorm
@@ -125,11 +130,17 @@ def test_syncbatchnorm_does_not_run_on_the_cpu_even_on_one_process():
 @pytest.mark.parametrize("script", ["launch/train.py", "launch/submit.py"])
 def test_sync_bn_without_gpus_is_refused_in_one_line(video_set, tmp_path, script):
     local = ["--local"] if script.endswith("submit.py") else []
-    proc = subprocess.run([sys.executable, script, *bn_overrides(video_set, tmp_path, "run"),
-                           "train.sync_bn=true", *local], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, script, *bn_overrides(video_set, tmp_path, "run"), "train.sync_bn=true", *local],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm refuses CPU tensors (with one process "
-        "too); set train.sync_bn=false for a run on the CPU"], proc.stderr[-2000:]
+        "too); set train.sync_bn=false for a run on the CPU"
+    ], proc.stderr[-2000:]
     assert not (tmp_path / "tests").exists()  # refused before DeepSpeed, MLflow or the run folder
 
 
@@ -138,13 +149,19 @@ def test_recipes_use_sync_bn_where_their_upstream_did():
     own main.py and MS-G3D's used DataParallel (each GPU's share normalised alone), ST-ABN MMAction's plain BN."""
     from action_launch.config import load_config
 
-    expected = {"configs/tsm/_base_.yaml": True, "configs/tsm/ssv2_dyreg_16seg.yaml": True,
-                "configs/stabn/ssv1_32f.yaml": False, "configs/msg3d/ntu60_xsub_joint.yaml": False,
-                "configs/timesformer/k400_8x32.yaml": False, "configs/tsm/tiny.yaml": False}
+    expected = {
+        "configs/tsm/_base_.yaml": True,
+        "configs/tsm/ssv2_dyreg_16seg.yaml": True,
+        "configs/stabn/ssv1_32f.yaml": False,
+        "configs/msg3d/ntu60_xsub_joint.yaml": False,
+        "configs/timesformer/k400_8x32.yaml": False,
+        "configs/tsm/tiny.yaml": False,
+    }
     assert {path: load_config(REPO / path).train.sync_bn for path in expected} == expected
 
 
 # ----------------------------------------------------------------------------------- whole runs, 2 ranks
+
 
 @pytest.fixture(scope="module")
 def no_bn_runs(video_set, tmp_path_factory) -> Dict[str, object]:
@@ -165,8 +182,8 @@ def test_two_ranks_log_the_loss_one_process_logs(no_bn_runs):
     assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3]
     assert [v for _, v in two] == pytest.approx([v for _, v in one], rel=1e-5)  # rank 0's shard alone: up to 6% off
     for key in ("val/loss", "val/top1"):
-        (step_one, value_one), = journal(no_bn_runs["one"], key)
-        (step_two, value_two), = journal(no_bn_runs["two"], key)
+        ((step_one, value_one),) = journal(no_bn_runs["one"], key)
+        ((step_two, value_two),) = journal(no_bn_runs["two"], key)
         assert step_one == step_two == 3 and value_two == pytest.approx(value_one, rel=1e-5), key
 
 
@@ -214,8 +231,15 @@ def _evaluate_checkpoint(run_dir: Path) -> Dict[str, float]:
 def test_bn_validation_during_training_is_what_the_checkpoint_gives(video_set, tmp_path):
     """2 ranks, TSM (BatchNorm): the validation logged at the epoch's end scores the model the checkpoint keeps
     (the ranks' running statistics averaged), not each rank's shard with that rank's own statistics."""
-    torchrun("launch/train.py", [*bn_overrides(video_set, tmp_path, "bn"), "train.epochs=1",
-                                 "train.micro_batch_size=4", "tracking.enabled=false"])
+    torchrun(
+        "launch/train.py",
+        [
+            *bn_overrides(video_set, tmp_path, "bn"),
+            "train.epochs=1",
+            "train.micro_batch_size=4",
+            "tracking.enabled=false",
+        ],
+    )
     run_dir = tmp_path / "tests" / "bn"
     logged = {key: journal(run_dir, key)[-1][1] for key in ("val/loss", "val/top1")}
     assert _evaluate_checkpoint(run_dir) == pytest.approx(logged, rel=1e-5)

@@ -1,5 +1,6 @@
 """Evaluation runs the model as training ran it (issue 24, item 4): `launch/test.py` under `train.precision`'s
 autocast, channels-last where training is; the predictions equal fp32's within the precision's tolerance."""
+
 from __future__ import annotations
 
 from typing import List, Tuple

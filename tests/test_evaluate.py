@@ -1,4 +1,5 @@
 """Multi-view evaluation (launch/evaluate.py, launch/test.py) and score fusion (launch/ensemble.py)."""
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,17 @@ def known_run(tmp_path, monkeypatch):
     """A run folder with one complete checkpoint of ChannelMeans (scale 1) and the ViewSet as data."""
     monkeypatch.setattr(models, "build", lambda section: ChannelMeans())
     monkeypatch.setattr(datasets, "build", lambda cfg, split: ViewSet(cfg, split))
-    cfg = load_config(None, [f"output_dir={tmp_path}", "experiment=tests", "name=known", "data.num_workers=0",
-                             "train.micro_batch_size=3", "tracking.enabled=false"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "experiment=tests",
+            "name=known",
+            "data.num_workers=0",
+            "train.micro_batch_size=3",
+            "tracking.enabled=false",
+        ],
+    )
     folder = cfg.run_dir() / "checkpoints" / ckpt.tag_for(7)
     folder.mkdir(parents=True)
     torch.save({"module": ChannelMeans().state_dict()}, folder / "mp_rank_00_model_states.pt")
@@ -183,15 +193,21 @@ def test_resolve_checkpoint_best_and_last(tmp_path):
 
 # ------------------------------------------------------------------------------------------ ensemble
 
+
 def _predictions(tmp_path, name, scores, labels, ids):
-    return ev.save_predictions(tmp_path / name / "predictions.npz", np.asarray(scores, dtype=np.float64),
-                               np.asarray(labels), ids).parent
+    return ev.save_predictions(
+        tmp_path / name / "predictions.npz", np.asarray(scores, dtype=np.float64), np.asarray(labels), ids
+    ).parent
 
 
 def test_ensemble_fuses_in_video_order(tmp_path, capsys):
-    joint = _predictions(tmp_path, "joint", [[2.0, 1.0, 0.0], [0.0, 1.0, 0.5], [0.1, 0.0, 0.2]], [0, 2, 2], ["a", "b", "c"])
+    joint = _predictions(
+        tmp_path, "joint", [[2.0, 1.0, 0.0], [0.0, 1.0, 0.5], [0.1, 0.0, 0.2]], [0, 2, 2], ["a", "b", "c"]
+    )
     # the bone stream lists the same videos in another order
-    bone = _predictions(tmp_path, "bone", [[0.0, 0.0, 3.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0]], [2, 0, 2], ["c", "a", "b"])
+    bone = _predictions(
+        tmp_path, "bone", [[0.0, 0.0, 3.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0]], [2, 0, 2], ["c", "a", "b"]
+    )
     fused = ensemble.fuse(ev.load_predictions(joint), ev.load_predictions(bone), alpha=0.5)
     np.testing.assert_allclose(fused["scores"], [[2.0, 2.0, 0.0], [0.5, 1.0, 0.5], [0.1, 0.0, 1.7]])
     assert fused["ids"].tolist() == ["a", "b", "c"] and fused["labels"].tolist() == [0, 2, 2]
@@ -245,23 +261,33 @@ def test_views_are_combined_as_the_data_protocol_says_unless_test_aggregate_is_s
     its logits are summed (PySlowFast's rule), wrong when its probabilities are averaged (native's)."""
     cfg, folder = known_run
     for rule, top1 in (("sum", 100.0), ("mean_softmax", 50.0)):
-        monkeypatch.setattr(ViewSet, "protocol", SimpleNamespace(name="x", aggregate=rule, describe=dict), raising=False)
+        monkeypatch.setattr(
+            ViewSet, "protocol", SimpleNamespace(name="x", aggregate=rule, describe=dict), raising=False
+        )
         assert ev.evaluate_checkpoint(cfg, folder, track=False)["top1"] == top1
         assert str(ev.load_predictions(cfg.run_dir())["aggregate"]) == rule
     assert ev.evaluate_checkpoint(cfg, folder, ev.EvalConfig(aggregate="sum"), track=False)["top1"] == 100.0
 
 
 def test_the_protocol_a_split_is_evaluated_with_is_said_and_logged(video_set):
-    cfg = load_config("configs/timesformer/tiny.yaml", [f"data.root={video_set}", "data.protocol=pyslowfast",
-                                                         "data.test_num_clips=2", "data.test_num_crops=3"])
+    cfg = load_config(
+        "configs/timesformer/tiny.yaml",
+        [f"data.root={video_set}", "data.protocol=pyslowfast", "data.test_num_clips=2", "data.test_num_crops=3"],
+    )
     dataset = datasets.build(cfg.data, "test")
     how = ev.view_aggregate(ev.EvalConfig(), dataset, regression=False)
     params = ev.protocol_params(dataset, "test", how)
-    assert (how, params["test.protocol"], params["test.num_clips"], params["test.num_crops"], params["test.views"]) == \
-        ("sum", "pyslowfast", "2", "3", "6")
+    assert (how, params["test.protocol"], params["test.num_clips"], params["test.num_crops"], params["test.views"]) == (
+        "sum",
+        "pyslowfast",
+        "2",
+        "3",
+        "6",
+    )
     assert ev.protocol_line(params, regression=False) == (
         "test protocol pyslowfast on the test split: 2 clip(s) x 3 crop(s) = 6 view(s) of 32 px (short side 32), "
-        "combined by the sum of their logits")
+        "combined by the sum of their logits"
+    )
     val = ev.protocol_params(datasets.build(cfg.data, "val"), "val", how)
     assert (val["test.views"], val["test.protocol"]) == ("1", "pyslowfast") and "test.num_crops" not in val
 
@@ -310,8 +336,9 @@ def test_published_weights_whose_classifier_does_not_fit_are_refused(tmp_path):
     cfg = load_config("configs/tsm/tiny.yaml", ["model.num_classes=4"])
     with pytest.raises(ValueError, match=r"--weights .*five.pth: the classifier .* does not load .*model.num_classes"):
         ev.load_published_weights(cfg, tmp_path / "five.pth")
-    model, report = ev.load_published_weights(load_config("configs/tsm/tiny.yaml", ["model.num_classes=5"]),
-                                              tmp_path / "five.pth")
+    model, report = ev.load_published_weights(
+        load_config("configs/tsm/tiny.yaml", ["model.num_classes=5"]), tmp_path / "five.pth"
+    )
     assert report.complete and torch.equal(model.state_dict()["fc.weight"], theirs.state_dict()["fc.weight"])
 
 
@@ -328,9 +355,18 @@ def test_evaluation_loads_as_training_does_with_its_batch_time_limit(video_set):
 def test_the_confusion_matrix_and_class_metrics_are_labelled_with_classes_txt(video_set, tmp_path):
     """A real video set with a classes.txt: its datasets name their classes, and test.py's confusion matrix and
     per-class accuracies carry those names; without a classes.txt they stay class indices."""
-    cfg = load_config("configs/timesformer/tiny.yaml", [f"data.root={video_set}", f"output_dir={tmp_path}",
-                                                        "experiment=tests", "name=named", "data.num_workers=0",
-                                                        "data.test_num_clips=1", "tracking.enabled=false"])
+    cfg = load_config(
+        "configs/timesformer/tiny.yaml",
+        [
+            f"data.root={video_set}",
+            f"output_dir={tmp_path}",
+            "experiment=tests",
+            "name=named",
+            "data.num_workers=0",
+            "data.test_num_clips=1",
+            "tracking.enabled=false",
+        ],
+    )
     names = (video_set / "classes.txt").read_text().split()
     assert names == ["up", "down", "grow", "shrink"]
     assert datasets.build(cfg.data, "val").class_names == datasets.build(cfg.data, "test").class_names == names
@@ -373,15 +409,29 @@ def test_a_config_test_py_cannot_evaluate_is_one_line(video_set, tmp_path):
 
     from conftest import REPO
 
-    cfg = load_config("configs/tsm/tiny.yaml", [f"data.root={video_set}", f"output_dir={tmp_path}", "name=seg",
-                                                "data.sampling=segment", "data.num_workers=0", "tracking.enabled=false"])
+    cfg = load_config(
+        "configs/tsm/tiny.yaml",
+        [
+            f"data.root={video_set}",
+            f"output_dir={tmp_path}",
+            "name=seg",
+            "data.sampling=segment",
+            "data.num_workers=0",
+            "tracking.enabled=false",
+        ],
+    )
     folder = cfg.run_dir() / "checkpoints" / ckpt.tag_for(1)
     folder.mkdir(parents=True)
     torch.save({"module": models.build(cfg.model).state_dict()}, folder / "mp_rank_00_model_states.pt")
     dump_config(cfg, folder / "config.yaml")
     (folder / ckpt.META).write_text(json.dumps({"step": 1}))
-    proc = subprocess.run([sys.executable, "launch/test.py", "data.test_num_clips=3", "--checkpoint", str(folder),
-                           "--no-track"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "launch/test.py", "data.test_num_clips=3", "--checkpoint", str(folder), "--no-track"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: data.test_num_clips=3 with data.sampling=segment: 1 (segment centres) or 2 (centres and starts) "
-        "clips"], proc.stderr[-2000:]
+        "error: data.test_num_clips=3 with data.sampling=segment: 1 (segment centres) or 2 (centres and starts) clips"
+    ], proc.stderr[-2000:]

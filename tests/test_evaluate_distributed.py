@@ -1,5 +1,6 @@
 """launch/test.py on several processes gives what it gives on one: real gloo process groups started by torchrun
 (or, for the faults, by hand as a bare `srun` starts them), the real MLflow store, tiny models on the `video_set`."""
+
 from __future__ import annotations
 
 import json
@@ -14,21 +15,28 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, free_port, tiny_overrides
 
 from action_launch import models
 from action_launch.config import dump_config, load_config
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.distributed import DistEnv, local_device
 
-from conftest import REPO, free_port, tiny_overrides
-
 # One view, 3 videos a batch: 16 videos make batches of 3, ..., 3, 1. A batch of another size (an interleaved shard's
 # 2, a lone 1) takes other kernels for the same video: the scores would differ in their last bits. No DataLoader
 # worker (it changes no result) and MLflow only where a test reads it: each of them costs seconds per process.
 VIDEO_TEST = ["data.test_num_clips=1", "data.test_num_crops=1", "test.batch_size=3", "data.num_workers=0"]
 NO_MLFLOW = "tracking.enabled=false"
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "MLFLOW_TRACKING_URI", "OMP_NUM_THREADS")
+LAUNCH_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "MLFLOW_TRACKING_URI",
+    "OMP_NUM_THREADS",
+)
 
 
 def make_run(output_dir: Path, overrides: List[str], model: torch.nn.Module, base: Optional[Path] = None) -> Path:
@@ -54,14 +62,28 @@ def launch(world: int, args: List[str], logs: Path) -> Dict[int, str]:
     """`launch/test.py args` on `world` processes (torchrun; one: plain python); each rank's stdout + stderr."""
     command = [sys.executable, "launch/test.py", *args]
     if world > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-                   str(free_port()), "--log-dir", str(logs), "--redirects", "3", "launch/test.py", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(world),
+            "--master_port",
+            str(free_port()),
+            "--log-dir",
+            str(logs),
+            "--redirects",
+            "3",
+            "launch/test.py",
+            *args,
+        ]
     proc = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{world} process(es) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     if world == 1:
         return {0: proc.stdout + proc.stderr}
-    return {rank: "".join(p.read_text() for p in sorted(logs.glob(f"*/attempt_0/{rank}/std*.log")))
-            for rank in range(world)}
+    return {
+        rank: "".join(p.read_text() for p in sorted(logs.glob(f"*/attempt_0/{rank}/std*.log"))) for rank in range(world)
+    }
 
 
 def predictions(run_dir: Path) -> Dict[str, np.ndarray]:
@@ -128,8 +150,7 @@ def test_ranks_give_the_one_process_predictions_bit_for_bit(world, one_process, 
     # whole batches of the one-process pass, each rank on its own device: rank r took batches r, r+W, ... of
     # 3, 3, 3, 3, 3, 1 videos
     processes = json.loads((run_dir / "test" / "metrics.json").read_text())["processes"]
-    assert processes == {"world_size": world, "devices": ["cpu"] * world,
-                         "samples": {2: [9, 7], 3: [6, 6, 4]}[world]}
+    assert processes == {"world_size": world, "devices": ["cpu"] * world, "samples": {2: [9, 7], 3: [6, 6, 4]}[world]}
     if track:
         return
     from mlflow.tracking import MlflowClient
@@ -209,17 +230,33 @@ def test_each_rank_takes_the_gpu_of_its_local_rank():
 
 # ------------------------------------------------------------------------------------------------------ faults
 
+
 def start_ranks(args: List[str], world: int, logs: Path) -> List[subprocess.Popen]:
     """One `launch/test.py` per rank, as a bare `srun` starts them (no torchrun to end the others); output to
     `logs/<rank>.txt`."""
     port, procs = free_port(), []
     logs.mkdir()
     for rank in range(world):
-        env = clean_env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = clean_env(
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         with open(logs / f"{rank}.txt", "w") as out:
-            procs.append(subprocess.Popen([sys.executable, "launch/test.py", *args], cwd=REPO, env=env, text=True,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "launch/test.py", *args],
+                    cwd=REPO,
+                    env=env,
+                    text=True,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     return procs
 
 
@@ -243,8 +280,14 @@ def stalled_file_run(video_set: Path, tmp_path: Path, tiny_timesformer, *overrid
     (data / "train.txt").write_text((video_set / "train.txt").read_text())
     (data / "classes.txt").write_text((video_set / "classes.txt").read_text())
     make_run(tmp_path, [*tiny_overrides(video_set, tmp_path), f"data.val_list={data / 'val.txt'}"], tiny_timesformer)
-    return ["--checkpoint", str(tmp_path / "tests" / "run"), *VIDEO_TEST, "tracking.enabled=false",
-            "train.collective_timeout_s=30", *overrides]
+    return [
+        "--checkpoint",
+        str(tmp_path / "tests" / "run"),
+        *VIDEO_TEST,
+        "tracking.enabled=false",
+        "train.collective_timeout_s=30",
+        *overrides,
+    ]
 
 
 def error_lines(text: str) -> List[str]:
@@ -285,8 +328,9 @@ def test_a_failing_rank_stops_every_rank_with_its_error(video_set, tiny_timesfor
     out = [(tmp_path / "logs" / f"{rank}.txt").read_text() for rank in range(2)]
     assert [p.returncode for p in procs] == [1, 1], out
     (error,) = error_lines(out[0])
-    assert error.startswith("error: rank 0: rank 1 failed: DataTimeout: test DataLoader: no batch from its 1 "
-                            "worker(s) in 3 s") and error.endswith("every rank stops"), error
+    assert error.startswith(
+        "error: rank 0: rank 1 failed: DataTimeout: test DataLoader: no batch from its 1 worker(s) in 3 s"
+    ) and error.endswith("every rank stops"), error
     (own,) = error_lines(out[1])
     assert own.startswith("error: test DataLoader: no batch"), own
     assert ended[0] - ended[1] < 10  # rank 0 did not wait for the collective timeout (30 s)

@@ -1,4 +1,5 @@
 """Grad-CAM (launch/evaluation/gradcam.py) and `launch/explain.py`: maps, their layouts, rendering, MLflow artifact."""
+
 from __future__ import annotations
 
 import json
@@ -61,12 +62,15 @@ def test_grad_cam_defaults_to_the_predicted_class():
     assert result.cam[0, 3, 10:14, 9:13].min() == pytest.approx(1.0) and result.cam[0, 1].max() == 0
 
 
-@pytest.mark.parametrize("preset, kwargs, size, layer", [
-    ("stabn_r50_tiny", {}, 64, "layer4"),             # perception branch's last stage, 2x2 at 64 px
-    ("tsm_r50_tiny", {}, 64, "layer4.0"),             # the last bottleneck, (N*T, C, h, w)
-    ("timesformer_tiny", {}, 32, "blocks.0"),         # input of the last block: (N, 1 + n*T, D) tokens
-    ("timesformer_tiny", {"attention": "space_only"}, 32, "blocks.0"),  # (N*T, 1 + n, D) tokens
-])
+@pytest.mark.parametrize(
+    "preset, kwargs, size, layer",
+    [
+        ("stabn_r50_tiny", {}, 64, "layer4"),  # perception branch's last stage, 2x2 at 64 px
+        ("tsm_r50_tiny", {}, 64, "layer4.0"),  # the last bottleneck, (N*T, C, h, w)
+        ("timesformer_tiny", {}, 32, "blocks.0"),  # input of the last block: (N, 1 + n*T, D) tokens
+        ("timesformer_tiny", {"attention": "space_only"}, 32, "blocks.0"),  # (N*T, 1 + n, D) tokens
+    ],
+)
 def test_grad_cam_on_tiny_presets_picks_the_last_feature_map(preset, kwargs, size, layer):
     torch.manual_seed(0)
     model = models.create(preset, **kwargs).eval()
@@ -119,6 +123,7 @@ def test_rendering_gif_and_png_strip(tmp_path):
 
 # ------------------------------------------------------------------------------ explain.py end to end
 
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     from action_launch.datasets.synthetic import generate
@@ -153,8 +158,12 @@ def test_explain_writes_a_gif_per_frame_and_logs_it_to_mlflow(tmp_path, clips):
     cfg, folder, run_id = _tracked_run(tmp_path, clips, "configs/stabn/tiny.yaml")
     out = tmp_path / "elsewhere" / "stabn.gif"
     video = sorted((clips / "val").glob("*.mp4"))[0]
-    assert explain.main(["--checkpoint", str(cfg.run_dir()), "--video", str(video), "--out", str(out),
-                         "--target-class", "2"]) == 0
+    assert (
+        explain.main(
+            ["--checkpoint", str(cfg.run_dir()), "--video", str(video), "--out", str(out), "--target-class", "2"]
+        )
+        == 0
+    )
     with Image.open(out) as img:
         assert img.n_frames == cfg.data.num_frames == 4
         assert img.size == (3 * 160, 160 + 14)  # input | Grad-CAM | ST-ABN attention, 32 px scaled x5, caption
@@ -176,7 +185,9 @@ def test_explain_png_strip_for_a_transformer_without_tracking(tmp_path, clips, c
     assert "Grad-CAM over blocks.0" in capsys.readouterr().out
     with Image.open(out) as img:
         assert img.height > img.width  # 4 frames top to bottom, two panels each
-    assert explain.main(["--checkpoint", str(folder), "--video", str(video), "--out", str(out), "--layer", "blockz"]) == 2
+    assert (
+        explain.main(["--checkpoint", str(folder), "--video", str(video), "--out", str(out), "--layer", "blockz"]) == 2
+    )
     assert "close: blocks" in capsys.readouterr().err
 
 
@@ -187,8 +198,12 @@ def test_explain_prints_the_class_name_of_classes_txt(tmp_path, clips, capsys):
     cfg, folder, _ = _tracked_run(tmp_path, clips, "configs/timesformer/tiny.yaml")
     video = sorted((clips / "val").glob("*.mp4"))[0]
     out = tmp_path / "cam.png"
-    assert explain.main(["--checkpoint", str(folder), "--video", str(video), "--out", str(out), "--no-track",
-                         "--target-class", "2"]) == 0
+    assert (
+        explain.main(
+            ["--checkpoint", str(folder), "--video", str(video), "--out", str(out), "--no-track", "--target-class", "2"]
+        )
+        == 0
+    )
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "Grad-CAM over" in line]
     assert line.startswith("class 2 (grow) p=")  # classes.txt: up, down, grow, shrink
     from action_launch.evaluation.explain import class_label
@@ -211,8 +226,9 @@ def test_load_clip_is_the_validation_clip_of_the_data_layer(tmp_path, clips):
     folder.mkdir()
     for i in range(10):
         Image.fromarray(np.full((40, 48, 3), 20 * i, np.uint8)).save(folder / f"img_{i + 1:05d}.jpg")
-    raw = load_config("configs/stabn/tiny.yaml", [f"data.root={clips}", "data.dataset=rawframes",
-                                                  "data.list_format=rawframes"])
+    raw = load_config(
+        "configs/stabn/tiny.yaml", [f"data.root={clips}", "data.dataset=rawframes", "data.list_format=rawframes"]
+    )
     clip = load_clip(raw.data, str(folder))
     assert clip.shape == (3, 4, 32, 32)
     with pytest.raises(FileNotFoundError, match="no such file"):

@@ -1,4 +1,5 @@
 """HIINT cross-person memory transformer: shapes, memory across windows, cross-person mixing, training."""
+
 import inspect
 import typing
 

@@ -1,5 +1,6 @@
 """HIINT's memory carried across the consecutive windows of an interaction, in training, validation and
 test: the stream sampler (launch/training/loaders.py), the loop helper (launch/training/memory.py), and the tiny config end to end."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, run_train
 from torch.utils.data import DataLoader
 
 from action_launch import datasets, models
@@ -19,8 +21,6 @@ from action_launch.training import checkpoint as ckpt
 from action_launch.training.loaders import BatchShardSampler, SequenceStreamSampler, make_loader, sequences_of
 from action_launch.training.memory import WindowMemory, carries_memory
 from action_launch.training.trainer import Trainer
-
-from conftest import REPO, run_train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # see test_regression_validation.py
@@ -46,7 +46,9 @@ def test_window_k_depends_on_window_k_minus_1_only_when_carried():
     def second_logits(first_batch, second_meta):
         memory = WindowMemory()
         with torch.no_grad():
-            memory.update(_meta(("a", 0), ("b", 0)), model(first_batch, **memory.model_kwargs(_meta(("a", 0), ("b", 0)))))
+            memory.update(
+                _meta(("a", 0), ("b", 0)), model(first_batch, **memory.model_kwargs(_meta(("a", 0), ("b", 0))))
+            )
             kwargs = memory.model_kwargs(second_meta)
             return model(second, **kwargs)["logits"], kwargs
 
@@ -152,9 +154,13 @@ def engagement(tmp_path_factory):
     val_root = root / "val"
     val_root.mkdir()
     text = _write_engagement(val_root, 3, 4, rng)
-    (root / "val.txt").write_text("\n".join(f"{line.split()[0]}v {' '.join(line.split()[1:3])} "
-                                            + " ".join(f"val/{p}" for p in line.split()[3:])
-                                            for line in text.splitlines()) + "\n")
+    (root / "val.txt").write_text(
+        "\n".join(
+            f"{line.split()[0]}v {' '.join(line.split()[1:3])} " + " ".join(f"val/{p}" for p in line.split()[3:])
+            for line in text.splitlines()
+        )
+        + "\n"
+    )
     return root
 
 
@@ -219,8 +225,10 @@ class StubEngine:
 
 
 def _trainer(engagement, tmp_path):
-    cfg = load_config(REPO / "configs/hiint/tiny.yaml", [f"data.root={engagement}", f"output_dir={tmp_path}",
-                                                         "train.micro_batch_size=3"])
+    cfg = load_config(
+        REPO / "configs/hiint/tiny.yaml",
+        [f"data.root={engagement}", f"output_dir={tmp_path}", "train.micro_batch_size=3"],
+    )
     trainer = Trainer.__new__(Trainer)
     trainer.cfg, trainer.memory = cfg, WindowMemory()
     trainer.env = types.SimpleNamespace(world_size=1, rank=0, is_main=True)
@@ -228,8 +236,9 @@ def _trainer(engagement, tmp_path):
     trainer.train_set, trainer.val_set = datasets.build(cfg.data, "train"), datasets.build(cfg.data, "val")
     trainer.sampler = SequenceStreamSampler(sequences_of(trainer.train_set), 3, seed=cfg.seed)
     trainer.train_loader = make_loader(trainer.train_set, trainer.sampler, 3, cfg.data, cfg.seed, drop_last=True)
-    trainer.val_loader = make_loader(trainer.val_set, SequenceStreamSampler(sequences_of(trainer.val_set), 3,
-                                                                            shuffle=False), 3, cfg.data, 0, False)
+    trainer.val_loader = make_loader(
+        trainer.val_set, SequenceStreamSampler(sequences_of(trainer.val_set), 3, shuffle=False), 3, cfg.data, 0, False
+    )
     trainer.logged = []
     trainer.tracker = types.SimpleNamespace(log_metrics=lambda values, step: trainer.logged.append(values))
     return trainer
@@ -294,6 +303,17 @@ def test_carried_memory_is_made_on_the_engine_device(engagement, tmp_path):
     """Training, validation and test of a memory model under the device audit (tests/test_device_audit.py)."""
     from test_device_audit import audited_run
 
-    assert audited_run("configs/hiint/tiny.yaml", [f"data.root={engagement}", f"output_dir={tmp_path}",
-                                                   "tracking.enabled=false", "train.epochs=1", "data.num_workers=0",
-                                                   "train.precision=bf16"]) == []
+    assert (
+        audited_run(
+            "configs/hiint/tiny.yaml",
+            [
+                f"data.root={engagement}",
+                f"output_dir={tmp_path}",
+                "tracking.enabled=false",
+                "train.epochs=1",
+                "data.num_workers=0",
+                "train.precision=bf16",
+            ],
+        )
+        == []
+    )

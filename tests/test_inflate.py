@@ -1,5 +1,6 @@
 """Image checkpoints for --load-from: ImageNet ResNet-50 (2D, torchvision layout) -> ST-ABN (I3D
 inflation) and TSM (copy); an image ViT -> TimeSformer (spatial attention copied to temporal)."""
+
 from __future__ import annotations
 
 from typing import Dict, Sequence
@@ -17,8 +18,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 R50_PARAMS = 25_557_032  # torchvision resnet50(): the published count of its parameters
 
 
-def torchvision_resnet_state(layers: Sequence[int] = (3, 4, 6, 3), widths: Sequence[int] = (64, 128, 256, 512),
-                             num_classes: int = 1000, seed: int = 0) -> Dict[str, torch.Tensor]:
+def torchvision_resnet_state(
+    layers: Sequence[int] = (3, 4, 6, 3),
+    widths: Sequence[int] = (64, 128, 256, 512),
+    num_classes: int = 1000,
+    seed: int = 0,
+) -> Dict[str, torch.Tensor]:
     """Random tensors under the names and shapes of torchvision's 2D ResNet (bottleneck, x4 expansion),
     written from the architecture: conv1 7x7 -> bn1 -> layer1-4 (conv1 1x1, conv2 3x3 with the stride,
     conv3 1x1, each with its BN; downsample.0/1 on a stage's first block) -> fc."""
@@ -71,7 +76,9 @@ def stabn_r50_loaded(r50_state):
 
 def test_the_fake_state_dict_has_torchvision_resnet50s_parameter_count(r50_state):
     state = r50_state
-    params = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    params = sum(
+        v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert params == R50_PARAMS
     assert len(state) == 320  # torchvision resnet50().state_dict() has 320 entries
     assert is_resnet2d_state_dict(state)
@@ -98,7 +105,9 @@ def test_stabn_r50_inflates_imagenet_resnet50(r50_state, stabn_r50_loaded):
     torch.testing.assert_close(own["stem.conv1.weight"], state["conv1.weight"][:, :, None])  # 1x7x7 stem
     torch.testing.assert_close(own["stem.bn1.running_var"], state["bn1.running_var"])
     torch.testing.assert_close(own["layer1.0.conv2.weight"], state["layer1.0.conv2.weight"][:, :, None])
-    torch.testing.assert_close(own["layer2.0.downsample.0.weight"], state["layer2.0.downsample.0.weight"][:, :, None, :, :])
+    torch.testing.assert_close(
+        own["layer2.0.downsample.0.weight"], state["layer2.0.downsample.0.weight"][:, :, None, :, :]
+    )
     # layers 3-4: the first bottleneck conv is 3x1x1, each temporal slice a third of the 2D kernel
     w = own["layer3.5.conv1.weight"]
     assert w.shape == (256, 1024, 3, 1, 1)
@@ -115,8 +124,23 @@ def test_stabn_r50_inflates_imagenet_resnet50(r50_state, stabn_r50_loaded):
     assert report["unexpected"] == []
     # what the file cannot provide: the heads and the attention branch, its layer4 copy included
     assert {k.split(".")[0] for k in report["missing"]} == {
-        "att_layer4", "att_bn", "att_conv", "att_bn2", "sa_conv", "sa_bn", "ta_conv", "ta_bn", "ta_frame_conv",
-        "ta_fc1", "ta_fc2", "att_logit_conv", "att_fc", "fuse_conv", "fuse_bn", "fc"}
+        "att_layer4",
+        "att_bn",
+        "att_conv",
+        "att_bn2",
+        "sa_conv",
+        "sa_bn",
+        "ta_conv",
+        "ta_bn",
+        "ta_frame_conv",
+        "ta_fc1",
+        "ta_fc2",
+        "att_logit_conv",
+        "att_fc",
+        "fuse_conv",
+        "fuse_bn",
+        "fc",
+    }
 
 
 def test_stabn_inflated_layer3_conv_acts_as_the_2d_conv_on_a_still_clip(r50_state, stabn_r50_loaded):
@@ -135,8 +159,13 @@ def test_tsm_r50_copies_imagenet_resnet50(r50_state):
     model = models.create("tsm_r50")
     report = model.load_imagenet_resnet(state)
     own = model.state_dict()
-    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer3.5.conv2.weight",
-                "layer4.2.bn3.weight"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.downsample.0.weight",
+        "layer3.5.conv2.weight",
+        "layer4.2.bn3.weight",
+    ):
         torch.testing.assert_close(own[key], state[key])
     assert report["mismatched"] == ["fc.weight", "fc.bias"] and report["unexpected"] == []
     assert report["missing"] == ["fc.weight", "fc.bias"] and report["inflated"] == []
@@ -149,7 +178,9 @@ def test_load_from_dispatches_a_torchvision_file_and_leaves_dyreg_at_identity(tm
     stabn = models.create("stabn_r50_tiny")
     report = load_weights(stabn, tmp_path / "resnet.pth")
     assert report["mismatched"] == ["fc.weight", "fc.bias"]
-    torch.testing.assert_close(stabn.state_dict()["layer4.0.conv1.weight"], inflate_conv_weight(state["layer4.0.conv1.weight"], 3))
+    torch.testing.assert_close(
+        stabn.state_dict()["layer4.0.conv1.weight"], inflate_conv_weight(state["layer4.0.conv1.weight"], 3)
+    )
 
     tsm = models.create("tsm_r50_dyreg_tiny")
     dyreg_before = {k: v.clone() for k, v in tsm.state_dict().items() if ".dyreg." in k}
@@ -174,4 +205,7 @@ def test_load_from_dispatches_an_image_vit_to_timesformer(tmp_path):
     # a TimeSformer checkpoint (with temporal attention) still loads by name
     torch.save(model.state_dict(), tmp_path / "tsf.pth")
     assert load_weights(models.create("timesformer_tiny"), tmp_path / "tsf.pth") == {
-        "missing": [], "unexpected": [], "mismatched": []}
+        "missing": [],
+        "unexpected": [],
+        "mismatched": [],
+    }

@@ -1,5 +1,6 @@
 """The install keeps a cluster's torch (issue 24, item 5): `install_requires` gives torch and DeepSpeed a range, not a
 pin, and the exact CPU pin of the demo set-up stays in the Makefile, inside that range."""
+
 from __future__ import annotations
 
 import configparser

@@ -1,5 +1,6 @@
 """Ctrl-C on a single run: a checkpoint at the next optimizer step, exit 130, one line with the command that
 resumes it, the MLflow run KILLED (not FAILED); a second Ctrl-C stops at once, also KILLED."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from conftest import REPO, run_train, tiny_overrides
 
 
@@ -21,8 +21,15 @@ def ctrl_c(args: List[str], run_dir: Path, presses: int) -> subprocess.Completed
     """Start train.py in a session of its own, press Ctrl-C `presses` times (SIGINT to its whole process group, as a
     terminal does) once it logged its second step, and wait for the end."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.Popen([sys.executable, "launch/train.py", *args], cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "launch/train.py", *args],
+        cwd=REPO,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     journal = run_dir / "tracking" / "journal.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -55,8 +62,10 @@ def test_ctrl_c_stops_a_run_in_one_line_killed_and_resumable(video_set, tmp_path
     said = proc.stderr.strip().splitlines()
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout and "[rank0]" not in proc.stderr, proc.stderr[-3000:]
-    assert said[-1] == (f"interrupted (Ctrl-C): {run_dir} resumes from its newest checkpoint with the same command: "
-                        f"{shlex.join(['python', 'launch/train.py', *args])}")
+    assert said[-1] == (
+        f"interrupted (Ctrl-C): {run_dir} resumes from its newest checkpoint with the same command: "
+        f"{shlex.join(['python', 'launch/train.py', *args])}"
+    )
     assert mlflow_status(tmp_path) == "KILLED"
     checkpoints = sorted(run_dir.glob("checkpoints/step_*/meta.json"))
     if presses == 1:  # the first Ctrl-C checkpoints the step it stopped at

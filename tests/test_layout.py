@@ -9,6 +9,7 @@
 
 Each checker takes the root of a tree, so the tests also run it on small broken trees and see it fail.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
 import pytest
-
 from conftest import REPO
 
 PACKAGE = "action_launch"
@@ -34,8 +34,12 @@ ROOMS = ("common", "config", "tracking", "training", "evaluation", "sweeps", "cl
 """The library's rooms under launch/, in import order: a room imports only rooms before it."""
 COMMANDS = ("train", "submit", "tune", "test", "compare", "explain", "ensemble", "track")
 """The user commands, launch/<name>.py."""
-BACKENDS = {"deepspeed": "launch/training/engine.py", "mlflow": "launch/tracking/",
-            "submitit": "launch/cluster/", "ray": "launch/sweeps/"}
+BACKENDS = {
+    "deepspeed": "launch/training/engine.py",
+    "mlflow": "launch/tracking/",
+    "submitit": "launch/cluster/",
+    "ray": "launch/sweeps/",
+}
 """Third-party package -> the one file (or folder, ending in /) allowed to import it."""
 EXEMPT = {"bench", "tests"}
 """Top-level folders the import rules do not cover."""
@@ -78,15 +82,23 @@ def source_files(root: Path) -> List[str]:
     found = []
     for folder, dirs, files in os.walk(root):
         rel = Path(folder).relative_to(root)
-        dirs[:] = [d for d in dirs if not (d.startswith(".") or d == "__pycache__" or d.endswith(".egg-info")
-                                           or (rel == Path(".") and (d in EXEMPT or d in SKIP_DIRS)))]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not (
+                d.startswith(".")
+                or d == "__pycache__"
+                or d.endswith(".egg-info")
+                or (rel == Path(".") and (d in EXEMPT or d in SKIP_DIRS))
+            )
+        ]
         found += [(rel / f).as_posix() for f in files if f.endswith(".py")]
     return sorted(found)
 
 
 def module_of(path: str) -> Optional[str]:
     """The installed module name of a checkout file (None outside launch/, models/, datasets/)."""
-    parts = path[:-len(".py")].split("/")
+    parts = path[: -len(".py")].split("/")
     if parts[0] not in FOLDERS or len(parts) < 2:
         return None
     rest = parts[1:-1] if parts[-1] == "__init__" else parts[1:]
@@ -102,15 +114,16 @@ def _resolve(name: str, level: int, package: Optional[str]) -> Optional[str]:
     base = package.split(".")
     if level - 1 >= len(base):
         return None
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([name] if name else []))
 
 
 def _dynamic_import(node: ast.Call, module: Optional[str], package: Optional[str]) -> Optional[str]:
     """The module named by importlib.import_module("...") / __import__("...") with a literal name."""
     func = node.func
-    named = (isinstance(func, ast.Attribute) and func.attr == "import_module") or \
-            (isinstance(func, ast.Name) and func.id in ("import_module", "__import__"))
+    named = (isinstance(func, ast.Attribute) and func.attr == "import_module") or (
+        isinstance(func, ast.Name) and func.id in ("import_module", "__import__")
+    )
     if not (named and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
         return None
     name = node.args[0].value
@@ -182,9 +195,7 @@ def import_violations(path: str, source: str, known: Set[str]) -> List[Violation
             if module is not None and module not in commands and any(_within(imp.module, c) for c in commands):
                 broken.append("commands")
             room = _room_of(imp.module)
-            if room and module == PACKAGE:
-                broken.append("rooms")
-            elif room and own_room and ROOMS.index(room) > ROOMS.index(own_room):
+            if room and module == PACKAGE or room and own_room and ROOMS.index(room) > ROOMS.index(own_room):
                 broken.append("rooms")
         found += [Violation(path, imp.line, rule, imp.module) for rule in broken]
     return found
@@ -209,6 +220,7 @@ def _write(root: Path, files: Dict[str, str]) -> Path:
 
 # The import rules on this checkout ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def checkout_violations() -> List[Violation]:
     return check_imports(REPO)
@@ -222,8 +234,13 @@ def test_import_rule_holds(rule, checkout_violations):
 
 def test_the_rules_see_the_whole_library():
     files = source_files(REPO)
-    for expected in ["launch/train.py", "launch/training/engine.py", "launch/cluster/executor.py",
-                     "models/tsm.py", "datasets/video.py"]:
+    for expected in [
+        "launch/train.py",
+        "launch/training/engine.py",
+        "launch/cluster/executor.py",
+        "models/tsm.py",
+        "datasets/video.py",
+    ]:
         assert expected in files
     assert not [f for f in files if f.split("/")[0] in EXEMPT]
     rooms = {p.name for p in (REPO / "launch").iterdir() if (p / "__init__.py").is_file()}
@@ -297,6 +314,7 @@ def test_every_rule_has_a_broken_tree():
 
 # setup.cfg lists every package; a real wheel holds them under action_launch/ --------------------------
 
+
 def _setup_cfg(root: Path) -> configparser.ConfigParser:
     cfg = configparser.ConfigParser()
     cfg.read(root / "setup.cfg", encoding="utf-8")
@@ -317,8 +335,10 @@ def package_list_problems(root: Path) -> List[str]:
     """How setup.cfg's package_dir/packages and the folders of the tree at `root` disagree."""
     options = _setup_cfg(root)["options"]
     problems = []
-    package_dir = {key.strip(): value.strip() for key, value in
-                   (line.split("=", 1) for line in options["package_dir"].strip().splitlines())}
+    package_dir = {
+        key.strip(): value.strip()
+        for key, value in (line.split("=", 1) for line in options["package_dir"].strip().splitlines())
+    }
     expected_dir = {top: folder for folder, top in FOLDERS.items()}
     if package_dir != expected_dir:
         problems.append(f"setup.cfg package_dir is {package_dir}, expected {expected_dir}")
@@ -339,11 +359,14 @@ def test_setup_cfg_lists_every_package():
     assert package_list_problems(REPO) == []
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"launch/newroom/__init__.py": "", "launch/newroom/job.py": ""}, "package action_launch.newroom is missing"),
-    ({"models/layers/__init__.py": ""}, "package action_launch.models.layers is missing"),
-    ({"launch/helpers/util.py": ""}, "launch/helpers/util.py: its folder has no __init__.py"),
-])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"launch/newroom/__init__.py": "", "launch/newroom/job.py": ""}, "package action_launch.newroom is missing"),
+        ({"models/layers/__init__.py": ""}, "package action_launch.models.layers is missing"),
+        ({"launch/helpers/util.py": ""}, "launch/helpers/util.py: its folder has no __init__.py"),
+    ],
+)
 def test_package_list_check_catches(tmp_path, change, expected):
     for folder in FOLDERS:
         shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -368,8 +391,24 @@ def build_wheel(root: Path, work: Path) -> Path:
         shutil.copytree(root / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(root / name, src)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "-q", "-w", str(out), str(src)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [built] = out.glob("action_launch-*.whl")
     return built
@@ -379,8 +418,11 @@ def wheel_problems(wheel: Path, root: Path) -> List[str]:
     """How the wheel differs from the tree at `root`: each source file under its installed name, nothing else."""
     names = set(zipfile.ZipFile(wheel).namelist())
     problems = [f"{n}: a checkout folder in the wheel" for n in sorted(names) if n.split("/")[0] in FOLDERS]
-    expected = {module_of(f).replace(".", "/") + ("/__init__.py" if f.endswith("__init__.py") else ".py")
-                for f in source_files(root) if module_of(f)}
+    expected = {
+        module_of(f).replace(".", "/") + ("/__init__.py" if f.endswith("__init__.py") else ".py")
+        for f in source_files(root)
+        if module_of(f)
+    }
     built = {n for n in names if n.endswith(".py")}
     problems += [f"{n}: missing from the wheel" for n in sorted(expected - built)]
     problems += [f"{n}: in the wheel, not in the checkout" for n in sorted(built - expected)]
@@ -394,37 +436,60 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_the_package_as_installed(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ["action_launch/training/engine.py", "action_launch/models/tsm.py", "action_launch/datasets/video.py"]:
+    for expected in [
+        "action_launch/training/engine.py",
+        "action_launch/models/tsm.py",
+        "action_launch/datasets/video.py",
+    ]:
         assert expected in names
     assert wheel_problems(wheel, REPO) == []
 
 
 def test_wheel_installs_and_runs_without_the_checkout(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = ("import json, action_launch, action_launch.config, action_launch.datasets, action_launch.models; "
-            "print(json.dumps([m.__file__ for m in (action_launch, action_launch.config, action_launch.datasets, "
-            "action_launch.models)]))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, action_launch, action_launch.config, action_launch.datasets, action_launch.models; "
+        "print(json.dumps([m.__file__ for m in (action_launch, action_launch.config, action_launch.datasets, "
+        "action_launch.models)]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     for file in json.loads(proc.stdout):
         assert Path(file).is_relative_to(site), file
-    proc = subprocess.run([sys.executable, "-m", "action_launch.train", "--print-config"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "action_launch.train", "--print-config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "model:" in proc.stdout, proc.stderr
 
 
 # Beside Hugging Face `datasets` ------------------------------------------------------------------------
 
+
 def import_both_datasets(cwd: Path) -> Dict[str, object]:
     """`import datasets; import action_launch.datasets as ours` in a fresh interpreter started in `cwd`."""
-    code = ("import json, datasets, action_launch.datasets as ours; "
-            "print(json.dumps({'hf': datasets.__file__, 'load_dataset': callable(getattr(datasets, 'load_dataset', None)), "
-            "'ours': ours.__file__, 'build': callable(getattr(ours, 'build', None))}))")
+    code = (
+        "import json, datasets, action_launch.datasets as ours; "
+        "print(json.dumps({'hf': datasets.__file__, 'load_dataset': callable(getattr(datasets, 'load_dataset', None)), "
+        "'ours': ours.__file__, 'build': callable(getattr(ours, 'build', None))}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{proc.stderr}\n(Hugging Face `datasets` is in the dev extra: pip install -e '.[dev]')"
+    assert proc.returncode == 0, (
+        f"{proc.stderr}\n(Hugging Face `datasets` is in the dev extra: pip install -e '.[dev]')"
+    )
     return json.loads(proc.stdout)
 
 
@@ -438,13 +503,15 @@ def test_installs_beside_hugging_face_datasets(tmp_path):
 
 
 def test_print_config_beside_hugging_face_datasets():
-    proc = subprocess.run([sys.executable, "launch/train.py", "--print-config"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/train.py", "--print-config"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "model:" in proc.stdout and "data:" in proc.stdout
 
 
 # Commands stay thin and run as the user runs them ----------------------------------------------------------
+
 
 def command_problems(path: Path) -> List[str]:
     """Top-level functions other than parse_args/main, classes and lambdas of a command file (branches of
@@ -457,11 +524,15 @@ def command_problems(path: Path) -> List[str]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 names.add(node.name)
                 if node.name not in ("parse_args", "main"):
-                    problems.append(f"{path.name}:{node.lineno}: function {node.name} (a command defines only parse_args/main)")
+                    problems.append(
+                        f"{path.name}:{node.lineno}: function {node.name} (a command defines only parse_args/main)"
+                    )
             elif isinstance(node, ast.ClassDef):
                 problems.append(f"{path.name}:{node.lineno}: class {node.name} (a command defines no class)")
             elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Lambda):
-                problems.append(f"{path.name}:{node.lineno}: a lambda at module level (a command defines only parse_args/main)")
+                problems.append(
+                    f"{path.name}:{node.lineno}: a lambda at module level (a command defines only parse_args/main)"
+                )
             else:  # if/try/with/for at module level: their branches are top level too
                 for field in ("body", "orelse", "finalbody"):
                     visit(getattr(node, field, []))
@@ -479,14 +550,19 @@ def test_command_is_thin(command):
     assert command_problems(REPO / "launch" / f"{command}.py") == []
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("def main():\n    pass\n\n\ndef _helper():\n    pass\n", "x.py:5: function _helper"),
-    ("class Job:\n    pass\n\n\ndef main():\n    pass\n", "x.py:1: class Job"),
-    ("try:\n    import yaml\nexcept ImportError:\n    def load():\n        pass\n\n\ndef main():\n    pass\n",
-     "x.py:4: function load"),
-    ("if True:\n    helper = lambda: 1\n\n\ndef main():\n    pass\n", "x.py:2: a lambda"),
-    ("def parse_args():\n    pass\n", "x.py: no main()"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("def main():\n    pass\n\n\ndef _helper():\n    pass\n", "x.py:5: function _helper"),
+        ("class Job:\n    pass\n\n\ndef main():\n    pass\n", "x.py:1: class Job"),
+        (
+            "try:\n    import yaml\nexcept ImportError:\n    def load():\n        pass\n\n\ndef main():\n    pass\n",
+            "x.py:4: function load",
+        ),
+        ("if True:\n    helper = lambda: 1\n\n\ndef main():\n    pass\n", "x.py:2: a lambda"),
+        ("def parse_args():\n    pass\n", "x.py: no main()"),
+    ],
+)
 def test_command_check_catches(tmp_path, text, expected):
     (tmp_path / "x.py").write_text(text)
     assert any(p.startswith(expected) for p in command_problems(tmp_path / "x.py")), command_problems(tmp_path / "x.py")
@@ -494,18 +570,29 @@ def test_command_check_catches(tmp_path, text, expected):
 
 def run_help(script: Path, cwd: Path) -> subprocess.CompletedProcess:
     """`python -X importtime SCRIPT --help` from `cwd` (the import list goes to stderr)."""
-    return subprocess.run([sys.executable, "-X", "importtime", str(script), "--help"], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), "--help"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def help_problems(proc: subprocess.CompletedProcess) -> List[str]:
     """What is wrong with a command's --help run: a failure, no usage text, heavy imports (torch, the backends)."""
     if proc.returncode != 0:
-        return [f"exit {proc.returncode}: " + "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("import time:"))]
+        return [
+            f"exit {proc.returncode}: "
+            + "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("import time:"))
+        ]
     if not proc.stdout.startswith("usage:"):
         return [f"no usage text: {proc.stdout[:200]!r}"]
-    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
-                if line.startswith("import time:") and line.count("|") == 2}
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
     heavy = sorted(set(HEAVY) & imported)
     if heavy:
         return [f"--help imports {heavy}: import them after parsing the arguments"]

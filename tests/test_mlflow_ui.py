@@ -15,6 +15,7 @@ Three details make the page readable without clicking:
   Chromium's resolver rules), because the UI opens its assistant panel over the table on a first
   visit to a localhost server; the server is told to accept that host and origin.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from action_launch.tracking.compare import swept_keys
-from action_launch.tracking.server import TrackingServer
-
 from conftest import REPO, free_port
 from helpers.mlflow_runs import RUNS, RUNS_EXPERIMENT, build_runs_store
 from helpers.mlflow_sweep import EXPERIMENT, TRIALS, build_sweep_store, trial_run_name
+
+from action_launch.tracking.compare import swept_keys
+from action_launch.tracking.server import TrackingServer
 
 pytestmark = pytest.mark.slow
 
@@ -64,14 +64,28 @@ def share_sweep_view(uri: str, experiment: str, parent_run_id: str) -> str:
     def col(kind: str, key: str) -> str:  # the UI's column id (its "canonical sort key")
         return f"{kind}.`{key}`"
 
-    columns = [col("metrics", metric), col("metrics", "epoch"), col("metrics", "cost/clip_frames"),
-               col("tags", "sweep.stop_reason"), *(col("params", k) for k in swept)]
-    widths = {col("attributes", "Run Name"): 50 + 7 * max(len(r.info.run_name) for r in children),
-              col("tags", "sweep.stop_reason"): 220, col("metrics", metric): 90, col("metrics", "epoch"): 70,
-              col("metrics", "cost/clip_frames"): 130, **{col("params", k): int(24 + 7 * len(k)) for k in swept}}
-    state = {"orderByKey": col("metrics", metric), "orderByAsc": parent.data.params.get("sweep.mode") == "min",
-             "selectedColumns": columns, "columnOrder": [col("attributes", "Run Name"), *columns],
-             "columnWidths": widths}
+    columns = [
+        col("metrics", metric),
+        col("metrics", "epoch"),
+        col("metrics", "cost/clip_frames"),
+        col("tags", "sweep.stop_reason"),
+        *(col("params", k) for k in swept),
+    ]
+    widths = {
+        col("attributes", "Run Name"): 50 + 7 * max(len(r.info.run_name) for r in children),
+        col("tags", "sweep.stop_reason"): 220,
+        col("metrics", metric): 90,
+        col("metrics", "epoch"): 70,
+        col("metrics", "cost/clip_frames"): 130,
+        **{col("params", k): int(24 + 7 * len(k)) for k in swept},
+    }
+    state = {
+        "orderByKey": col("metrics", metric),
+        "orderByAsc": parent.data.params.get("sweep.mode") == "min",
+        "selectedColumns": columns,
+        "columnOrder": [col("attributes", "Run Name"), *columns],
+        "columnWidths": widths,
+    }
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
     return exp_id
 
@@ -83,11 +97,24 @@ def chromium(url: str, png: Path, profile: Path, timeout: int = 120, attempts: i
     so a run that passes `timeout` is killed and retried with a fresh profile.
     """
     for attempt in range(1, attempts + 1):
-        cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-               f"--user-data-dir={profile}-{attempt}", f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
-               "--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={png}",
-               "--dump-dom", url]
+        cmd = [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            f"--user-data-dir={profile}-{attempt}",
+            f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
+            "--virtual-time-budget=10000",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            f"--screenshot={png}",
+            "--dump-dom",
+            url,
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -105,13 +132,23 @@ def runs_table(uri: str, experiment: str, parent_run_id: str, folder: Path) -> t
     exp_id = share_sweep_view(uri, experiment, parent_run_id)
     port = free_port()
     # answering under HOST as well as 127.0.0.1; a cold start on two busy cores takes over a minute
-    server = TrackingServer(uri, port, folder / "server.log", extra_args=[
-        "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"])
+    server = TrackingServer(
+        uri,
+        port,
+        folder / "server.log",
+        extra_args=[
+            "--allowed-hosts",
+            f"{HOST}:{port},127.0.0.1:{port}",
+            "--cors-allowed-origins",
+            f"http://{HOST}:{port}",
+        ],
+    )
     try:
         server.wait(timeout=300)
         png = folder / "mlflow_sweep_runs.png"
-        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png,
-                       folder / "chromium")
+        dom = chromium(
+            f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", png, folder / "chromium"
+        )
     finally:
         server.stop()
     return dom, png
@@ -148,15 +185,33 @@ def test_training_runs_open_with_the_columns_that_matter(tmp_path):
     exp_id = MlflowClient(uri).get_experiment_by_name(RUNS_EXPERIMENT).experiment_id
     state = shared_view(uri, exp_id, key)
     # the best value, the latest one, the epoch, the wall time and the params that differ (not name nor seed)
-    assert state["selectedColumns"] == ["metrics.`best/val/top1`", "metrics.`val/top1`", "metrics.`epoch`",
-                                        "attributes.`Duration`", "params.`data.num_frames`", "params.`optim.lr`"]
+    assert state["selectedColumns"] == [
+        "metrics.`best/val/top1`",
+        "metrics.`val/top1`",
+        "metrics.`epoch`",
+        "attributes.`Duration`",
+        "params.`data.num_frames`",
+        "params.`optim.lr`",
+    ]
     port = free_port()
-    server = TrackingServer(uri, port, tmp_path / "server.log", extra_args=[
-        "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"])
+    server = TrackingServer(
+        uri,
+        port,
+        tmp_path / "server.log",
+        extra_args=[
+            "--allowed-hosts",
+            f"{HOST}:{port},127.0.0.1:{port}",
+            "--cors-allowed-origins",
+            f"http://{HOST}:{port}",
+        ],
+    )
     try:
         server.wait(timeout=300)
-        dom = chromium(f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={key}",
-                       tmp_path / "runs.png", tmp_path / "chromium")
+        dom = chromium(
+            f"http://{HOST}:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={key}",
+            tmp_path / "runs.png",
+            tmp_path / "chromium",
+        )
     finally:
         server.stop()
     assert "Request error" not in dom, "the UI could not load the runs (see server.log)"

@@ -5,15 +5,15 @@ Paper-size presets are built and run on the meta device (shapes only: TimeSforme
 392 GFLOPs a clip, far too slow for a real pass on a 2-core CPU); tiny presets (`*_tiny`) run a real forward
 and backward. The input shape is the registry's `input_shape`, the one `bench/models.py` uses.
 """
+
 from typing import Dict
 
 import pytest
 import torch
+from conftest import count_params
 
 from action_launch import models
 from action_launch.models._registry import input_shape
-
-from conftest import count_params
 
 PRESETS = models.list_presets()
 TINY = [name for name in PRESETS if name.endswith("_tiny")]

@@ -1,4 +1,5 @@
 """MS-G3D and skeleton graphs: parameter counts, shapes, the adjacency formula, tiny training."""
+
 import inspect
 import typing
 
@@ -6,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import sgd_losses
 
 from action_launch import models
 from action_launch.models import graphs
 from action_launch.models.msg3d import MSG3D, TemporalWindows
-
-from conftest import sgd_losses
 
 PAPER = ["msg3d_ntu60", "msg3d_kinetics", "msg3d_personality"]
 TINY = ["msg3d_ntu60_tiny", "msg3d_kinetics_tiny", "msg3d_personality_tiny"]
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------- graphs
+
 
 def test_adjacency_formula_on_a_chain_by_hand():
     # 0 - 1 - 2 - 3
@@ -66,7 +67,7 @@ def test_window_adjacency_tiles_a_plus_i():
     block = A + np.eye(3)
     for i in range(3):
         for j in range(3):
-            np.testing.assert_array_equal(W[3 * i:3 * i + 3, 3 * j:3 * j + 3], block)
+            np.testing.assert_array_equal(W[3 * i : 3 * i + 3, 3 * j : 3 * j + 3], block)
 
 
 def test_normalize_leaves_isolated_nodes_at_zero():
@@ -74,9 +75,33 @@ def test_normalize_leaves_isolated_nodes_at_zero():
     assert np.isfinite(out).all() and not out.any()
 
 
-NTU_BONES_1BASED = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
-                    (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1),
-                    (18, 17), (19, 18), (20, 19), (21, 21), (22, 23), (23, 8), (24, 25), (25, 12)]
+NTU_BONES_1BASED = [
+    (1, 2),
+    (2, 21),
+    (3, 21),
+    (4, 3),
+    (5, 21),
+    (6, 5),
+    (7, 6),
+    (8, 7),
+    (9, 21),
+    (10, 9),
+    (11, 10),
+    (12, 11),
+    (13, 1),
+    (14, 13),
+    (15, 14),
+    (16, 15),
+    (17, 1),
+    (18, 17),
+    (19, 18),
+    (20, 19),
+    (21, 21),
+    (22, 23),
+    (23, 8),
+    (24, 25),
+    (25, 12),
+]
 
 
 @pytest.mark.parametrize("name,V", [("ntu-rgb+d", 25), ("kinetics", 18), ("smpl-24", 24)])
@@ -104,8 +129,25 @@ def test_ntu_graph_and_bones():
 
 def test_kinetics_and_smpl_bones():
     assert graphs.bone_pairs("kinetics") == [
-        (0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9),
-        (11, 5), (12, 11), (13, 12), (14, 0), (15, 0), (16, 14), (17, 15)]
+        (0, 0),
+        (1, 0),
+        (2, 1),
+        (3, 2),
+        (4, 3),
+        (5, 1),
+        (6, 5),
+        (7, 6),
+        (8, 2),
+        (9, 8),
+        (10, 9),
+        (11, 5),
+        (12, 11),
+        (13, 12),
+        (14, 0),
+        (15, 0),
+        (16, 14),
+        (17, 15),
+    ]
     smpl = graphs.bone_pairs("smpl-24")
     assert smpl[0] == (0, 0) and smpl[15] == (15, 12) and smpl[23] == (23, 21)
 
@@ -116,6 +158,7 @@ def test_unknown_graph_lists_choices():
 
 
 # ---------------------------------------------------------------------------- model
+
 
 def test_msg3d_ntu60_has_the_reference_parameter_count():
     assert _num_params(models.create("msg3d_ntu60")) == 3_194_595
@@ -144,7 +187,11 @@ def test_personality_first_block_follows_the_reference_embedding_rule():
 
 def test_num_classes_is_the_class_count_keyword():
     model = models.create("msg3d_ntu60", num_classes=7)
-    assert model.fc.out_features == 7 and model.num_classes == 7 and models.get_preset("msg3d_ntu60").kwargs["num_classes"] == 60
+    assert (
+        model.fc.out_features == 7
+        and model.num_classes == 7
+        and models.get_preset("msg3d_ntu60").kwargs["num_classes"] == 60
+    )
     assert MSG3D(num_classes=3, channels=(6, 12, 18), num_gcn_scales=2, num_g3d_scales=2).fc.out_features == 3
     assert "num_classes" in models.get_preset("msg3d_personality").parameters()
     assert "num_class" not in models.get_preset("msg3d_personality").parameters()
@@ -158,6 +205,7 @@ def test_old_num_class_keyword_is_still_accepted_with_one_warning(monkeypatch):
         model = models.create("msg3d_ntu60_tiny", num_class=7)
     assert model.fc.out_features == 7 and model.num_classes == 7 and model.num_class == 7
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process: the second use is silent
         assert MSG3D(num_class=9, channels=(6, 12, 18), num_gcn_scales=2, num_g3d_scales=2).fc.out_features == 9

@@ -1,5 +1,6 @@
 """DeepSpeed's JIT-built ops: built per environment with its own ninja, never waited on behind a killed build's lock, and
 never built without a line saying so."""
+
 import logging
 import os
 import shutil
@@ -45,8 +46,14 @@ def test_a_killed_builds_lock_does_not_hang_the_next_start(tmp_path, deepspeed_r
     shutil.copytree(built, tmp_path / "ext")
     lock = _lock(tmp_path / "ext" / "deepspeed_shm_comm" / "lock", 2 * STALE_LOCK_SECONDS)
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
-    done = subprocess.run([sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "killed op build" in done.stdout + done.stderr and not lock.exists()
 
@@ -63,9 +70,14 @@ def test_a_start_without_the_environment_on_path_does_not_rebuild_what_set_up_bu
     built = library.stat().st_mtime
     env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
     for path in ("/usr/bin:/bin", f"{Path(sys.executable).parent}:/usr/bin:/bin"):  # as make, then as activated
-        done = subprocess.run([sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"],
-                              cwd=REPO, env={**env, "RANK": "0", "WORLD_SIZE": "1", "PATH": path}, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", "from action_launch.training.engine import warm_up; warm_up()"],
+            cwd=REPO,
+            env={**env, "RANK": "0", "WORLD_SIZE": "1", "PATH": path},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert library.stat().st_mtime == built and "built DeepSpeed's op" not in done.stdout + done.stderr, path
 
@@ -82,5 +94,7 @@ def test_every_build_says_what_it_built_and_why(tmp_path, caplog):
     with reported_builds(tmp_path):
         os.utime(tmp_path / "op_a" / "op_a.so", (time.time() + 5, time.time() + 5))
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and lines[0].startswith("built DeepSpeed's op op_a in ") and "once per environment" in lines[0]
+    assert (
+        len(lines) == 2 and lines[0].startswith("built DeepSpeed's op op_a in ") and "once per environment" in lines[0]
+    )
     assert lines[1].startswith("rebuilt DeepSpeed's op op_a") and "build tool changed" in lines[1]

@@ -1,6 +1,7 @@
 """A training process that dies without cleaning up (SIGKILL, the OOM killer) takes the helper processes it started
 with it: its DataLoader workers, the forkserver that starts them and multiprocessing's resource tracker (about
 230 MB each; they used to stay for ever). Real `launch/train.py` processes, real workers."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +15,10 @@ from typing import Dict, List, Tuple
 
 import psutil
 import pytest
-
-from action_launch.common.processes import descendants, running, start_time, without_distributed_vars
 from conftest import REPO, tiny_overrides
 from test_distributed_faults import start_ranks, wait_for_training
+
+from action_launch.common.processes import descendants, running, start_time, without_distributed_vars
 
 pytestmark = pytest.mark.slow
 BOUND_S = 20  # measured: about 2 s (the forkserver's interpreter exit, then its workers' end), on 2 busy cores
@@ -26,8 +27,13 @@ START_S = 300  # until the first training step: minutes when the 2 cores are sha
 
 def run_args(video_set: Path, tmp_path: Path) -> List[str]:
     """A tiny run that is still training when it is killed; workers persist, as by default."""
-    return [*tiny_overrides(video_set, tmp_path, "orphans"), "train.micro_batch_size=4", "train.epochs=3",
-            "data.num_workers=2", "tracking.enabled=false"]
+    return [
+        *tiny_overrides(video_set, tmp_path, "orphans"),
+        "train.micro_batch_size=4",
+        "train.epochs=3",
+        "data.num_workers=2",
+        "tracking.enabled=false",
+    ]
 
 
 def process_tree(pid: int) -> Dict[int, Tuple[int, int, str]]:
@@ -44,9 +50,11 @@ def process_tree(pid: int) -> Dict[int, Tuple[int, int, str]]:
 def helper_kinds(owner: int, tree: Dict[int, Tuple[int, int, str]]) -> Dict[str, int]:
     """How many resource trackers, forkservers and workers (children of a forkserver) `owner` started."""
     servers = {pid for pid, (_, parent, cmd) in tree.items() if parent == owner and "multiprocessing.forkserver" in cmd}
-    return {"resource tracker": sum("multiprocessing.resource_tracker" in cmd for _, _, cmd in tree.values()),
-            "forkserver": len(servers),
-            "worker": sum(parent in servers for _, parent, _ in tree.values())}
+    return {
+        "resource tracker": sum("multiprocessing.resource_tracker" in cmd for _, _, cmd in tree.values()),
+        "forkserver": len(servers),
+        "worker": sum(parent in servers for _, parent, _ in tree.values()),
+    }
 
 
 def seconds_until_gone(tree: Dict[int, Tuple[int, int, str]], bound_s: float) -> Tuple[float, List[str]]:
@@ -98,9 +106,15 @@ def test_a_killed_rank_takes_its_workers_forkserver_and_resource_tracker_with_it
 def test_a_killed_single_process_run_takes_its_helpers_with_it(video_set, tmp_path):
     env = {**without_distributed_vars(), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "launch/train.py", *run_args(video_set, tmp_path)], cwd=REPO, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "launch/train.py", *run_args(video_set, tmp_path)],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_training(tmp_path / "tests" / "orphans", [proc], START_S)
         seconds, left = kill_and_measure(proc)

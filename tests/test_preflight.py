@@ -1,4 +1,5 @@
 """Errors a run can know before it starts: one line, exit code 2, before DeepSpeed, MLflow or Slurm is touched."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, run_train, tiny_overrides
 
 
@@ -15,21 +15,28 @@ def _cmd(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("script", ["launch/train.py", "launch/submit.py"])
-@pytest.mark.parametrize("problem, expected", [
-    (["data.root=/nonexistent/clips"], "data.root=/nonexistent/clips: no such folder"),
-    (["model.num_classes=2"], "model.num_classes=2, but the lists of data.root="),
-    (["data.train_list=missing.txt"], "data.train_list=missing.txt: list file not found"),
-    (["data.crop_size=40"], "data.crop_size=40 is larger than data.test_short_side=32"),
-    (["data.short_video=clamp", "data.sampling_rate=32"], "data.num_frames=4 x data.sampling_rate=32 (at "
-     "data.target_fps=30): a clip spans 128 frames, more than every video of "),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        (["data.root=/nonexistent/clips"], "data.root=/nonexistent/clips: no such folder"),
+        (["model.num_classes=2"], "model.num_classes=2, but the lists of data.root="),
+        (["data.train_list=missing.txt"], "data.train_list=missing.txt: list file not found"),
+        (["data.crop_size=40"], "data.crop_size=40 is larger than data.test_short_side=32"),
+        (
+            ["data.short_video=clamp", "data.sampling_rate=32"],
+            "data.num_frames=4 x data.sampling_rate=32 (at "
+            "data.target_fps=30): a clip spans 128 frames, more than every video of ",
+        ),
+    ],
+)
 def test_a_run_that_cannot_start_says_why_in_one_line(video_set, tmp_path, script, problem, expected):
     start = time.time()
     local = ["--local"] if script.endswith("submit.py") else []
     proc = _cmd(script, *tiny_overrides(video_set, tmp_path), *problem, *local)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], \
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
         proc.stderr[-2000:]
+    )
     assert time.time() - start < 60 and not (tmp_path / "tests").exists()  # nothing started, nothing written
 
 
@@ -37,7 +44,8 @@ def test_a_missing_resume_from_is_one_line(video_set, tmp_path):
     proc = _cmd("launch/train.py", *tiny_overrides(video_set, tmp_path), "--resume-from", str(tmp_path / "nope"))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: --resume-from {tmp_path / 'nope'}: not a complete checkpoint folder (no meta.json); give a folder "
-        f"runs/<experiment>/<name>/checkpoints/step_N"]
+        f"runs/<experiment>/<name>/checkpoints/step_N"
+    ]
 
 
 @pytest.mark.slow
@@ -68,14 +76,19 @@ def test_a_trained_runs_config_never_changes(video_set, tmp_path):
     run_train(args)
     run_dir = tmp_path / "tests" / "run"
     saved = (run_dir / "config.yaml").read_text()
-    for change, said in ((["optim.lr=0.0001"], "optim.lr: 0.002 -> 0.0001"),
-                         (["model.num_classes=5", "optim.schedule=cosine"],
-                          "model.num_classes: 4 -> 5, optim.schedule: constant -> cosine")):
+    for change, said in (
+        (["optim.lr=0.0001"], "optim.lr: 0.002 -> 0.0001"),
+        (
+            ["model.num_classes=5", "optim.schedule=cosine"],
+            "model.num_classes: 4 -> 5, optim.schedule: constant -> cosine",
+        ),
+    ):
         proc = _cmd("launch/train.py", *args, *change)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
             f"error: {run_dir} has trained with another config ({said}) and its config.yaml never changes: start a "
             f"new run with name=<new name>, continue this one with the change on the record with --amend-config, or "
-            f"start it over with --restart (the trained folder is kept beside it)"], proc.stderr[-2000:]
+            f"start it over with --restart (the trained folder is kept beside it)"
+        ], proc.stderr[-2000:]
         assert (run_dir / "config.yaml").read_text() == saved
     longer = run_train([*args, "train.epochs=2"])  # a continuation: trains on
     assert "this start changes train.epochs: 1 -> 2" in longer.stdout + longer.stderr

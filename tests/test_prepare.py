@@ -1,6 +1,7 @@
 """datasets.prepare on real generated mp4s: re-encoding and frame extraction, the lists they
 write, failures reported, keyframe interval and size honoured (small videos never enlarged),
 classes.txt copied, resuming without redoing work, and lists from a class-folder layout."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,12 @@ from action_launch.datasets.synthetic import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (width, height, frames, fps, label); bad.mp4 is truncated, missing.mp4 is not there
-VIDEOS = {"a/v0.mp4": (64, 48, 30, 30, 3), "a/v1.mp4": (96, 64, 45, 30, 0), "b/v2.mp4": (80, 64, 60, 30, 1),
-          "b/v3.mp4": (48, 64, 40, 25, 2)}
+VIDEOS = {
+    "a/v0.mp4": (64, 48, 30, 30, 3),
+    "a/v1.mp4": (96, 64, 45, 30, 0),
+    "b/v2.mp4": (80, 64, 60, 30, 1),
+    "b/v3.mp4": (48, 64, 40, 25, 2),
+}
 LIST = ["a/v0.mp4 3", "a/bad.mp4 1", "a/v1.mp4 0", "b/missing.mp4 2", "b/v2.mp4 1", "b/v3.mp4 2"]
 GOOD = [line for line in LIST if "bad" not in line and "missing" not in line]
 
@@ -43,8 +48,13 @@ def src(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "action_launch.datasets.prepare", *args, "--no-progress"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "action_launch.datasets.prepare", *args, "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def keyframes(path: Path) -> list:
@@ -169,8 +179,12 @@ def test_frames_mode_and_fps(src, tmp_path):
 
 def test_fps_resampling_reencode(src, tmp_path):
     (tmp_path / "one.txt").write_text(f"{src / 'b/v2.mp4'} 5\n")
-    report = prepare.prepare_list(str(tmp_path / "one.txt"), str(tmp_path / "out"),
-                                  prepare.PrepareOptions(short_side=0, gop=4, fps=45), progress=False)
+    report = prepare.prepare_list(
+        str(tmp_path / "one.txt"),
+        str(tmp_path / "out"),
+        prepare.PrepareOptions(short_side=0, gop=4, fps=45),
+        progress=False,
+    )
     assert not report.failed
     vr = open_video(str(tmp_path / "out" / (str(src / "b/v2.mp4").lstrip("/"))))  # absolute source: anchor dropped
     assert len(vr) == 90 and vr.get_avg_fps() == pytest.approx(45) and vr[0].shape[:2] == (64, 80)
@@ -214,8 +228,9 @@ def test_interrupted_run_resumes_without_redoing_work(src, tmp_path, monkeypatch
     (out / "a/v0.mp4").write_bytes((out / "a/v0.mp4").read_bytes()[:-100])
     report = prepare.prepare_list(str(src / "train.txt"), str(out), opts, progress=False)
     assert (report.done, report.skipped) == (1, 3)
-    report = prepare.prepare_list(str(src / "train.txt"), str(out), prepare.PrepareOptions(short_side=32, gop=4),
-                                  progress=False)
+    report = prepare.prepare_list(
+        str(src / "train.txt"), str(out), prepare.PrepareOptions(short_side=32, gop=4), progress=False
+    )
     assert (report.done, report.skipped) == (4, 0)
     assert keyframes(out / "b/v2.mp4") == list(range(0, 60, 4))
 
@@ -259,8 +274,9 @@ def test_lists_from_folders_seeded_stratified_split(tmp_path):
         assert paths == sorted(str(src / name / f"clip {k}.mp4") for k in range(counts[name]))
     again = tmp_path / "again"
     prepare.lists_from_folders(str(src), str(again), 0.2, seed=3)
-    assert (again / "val.txt").read_text().replace("../videos", "") == \
-        (lists / "val.txt").read_text().replace("../videos", "")
+    assert (again / "val.txt").read_text().replace("../videos", "") == (lists / "val.txt").read_text().replace(
+        "../videos", ""
+    )
     vals = set()
     for seed in range(6):
         prepare.lists_from_folders(str(src), str(tmp_path / f"s{seed}"), 0.2, seed=seed)
@@ -293,10 +309,23 @@ def test_killed_pool_leaves_nothing_half_done(src, tmp_path):
         (many / f"c{k:02d}.mp4").symlink_to(src / "b/v2.mp4")
     (many / "all.txt").write_text("".join(f"c{k:02d}.mp4 {k % 3}\n" for k in range(8)))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "action_launch.datasets.prepare", str(many / "all.txt"), str(out), "--short-side", "64",
-            "--preset", "veryslow", "--workers", "2", "--no-progress"]
-    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "action_launch.datasets.prepare",
+        str(many / "all.txt"),
+        str(out),
+        "--short-side",
+        "64",
+        "--preset",
+        "veryslow",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         manifest = prepare.read_manifest(str(out))
@@ -323,10 +352,12 @@ def test_outputs_that_would_collide_are_reported(src, tmp_path):
     (tmp_path / "v0.mp4").symlink_to(src / "a/v0.mp4")
     (tmp_path / "v0.avi").symlink_to(src / "a/v1.mp4")  # would also become v0.mp4
     (tmp_path / "list.txt").write_text("v0.mp4 3\nv0.avi 1\nv0.mp4 3\n")  # a repeated line is fine
-    report = prepare.prepare_list(str(tmp_path / "list.txt"), str(tmp_path / "out"),
-                                  prepare.PrepareOptions(short_side=0), progress=False)
-    assert [(line, reason) for line, _, reason in report.failed] == \
-        [(2, f"its output v0.mp4 is also the output of {tmp_path / 'v0.mp4'}")]
+    report = prepare.prepare_list(
+        str(tmp_path / "list.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=0), progress=False
+    )
+    assert [(line, reason) for line, _, reason in report.failed] == [
+        (2, f"its output v0.mp4 is also the output of {tmp_path / 'v0.mp4'}")
+    ]
     assert (tmp_path / "out/list.txt").read_text() == "v0.mp4 3\nv0.mp4 3\n"
 
 
@@ -338,8 +369,9 @@ def _crash_on_v1(task):
 
 def test_a_dying_worker_is_reported_not_fatal(src, tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "_prepare_task", _crash_on_v1)
-    report = prepare.prepare_list(str(src / "train.txt"), str(tmp_path / "out"),
-                                  prepare.PrepareOptions(short_side=32), workers=2, progress=False)
+    report = prepare.prepare_list(
+        str(src / "train.txt"), str(tmp_path / "out"), prepare.PrepareOptions(short_side=32), workers=2, progress=False
+    )
     reasons = {os.path.relpath(path, src): reason for _, path, reason in report.failed}
     assert reasons["a/v1.mp4"].startswith("worker process died")
     listed = (tmp_path / "out/train.txt").read_text().splitlines()
@@ -348,8 +380,18 @@ def test_a_dying_worker_is_reported_not_fatal(src, tmp_path, monkeypatch):
 
 def test_csv_list_stays_csv(src, tmp_path):
     (src / "list.csv").write_text("a/v0.mp4,3\nb/v3.mp4,2\n")
-    proc = run_cli(str(src / "list.csv"), str(tmp_path / "out"), "--format", "csv", "--separator", ",",
-                   "--short-side", "0", "--workers", "1")
+    proc = run_cli(
+        str(src / "list.csv"),
+        str(tmp_path / "out"),
+        "--format",
+        "csv",
+        "--separator",
+        ",",
+        "--short-side",
+        "0",
+        "--workers",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out/list.csv").read_text() == "a/v0.mp4,3\nb/v3.mp4,2\n"
     assert [it.label for it in read_list(str(tmp_path / "out/list.csv"), str(tmp_path / "out"), "csv", ",")] == [3, 2]

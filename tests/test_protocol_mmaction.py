@@ -4,6 +4,7 @@ Frame folders are lossless PNGs whose pixels tell where they come from (a frame'
 give a crop's position), read through `datasets.build`. Random draws come from a scripted generator that also
 checks what is asked of it, in upstream's order: segment offsets, flip, crop attempts, colour jitter.
 """
+
 import sys
 from pathlib import Path
 
@@ -69,9 +70,22 @@ def ramp(h, w):
 
 def cfg(root, **kw):
     """Frame folders under `root` through the mmaction protocol; mean 0 and std 1 keep the pixel values readable."""
-    base = dict(dataset="rawframes", list_format="rawframes", root=str(root), protocol="mmaction",
-                frame_template=TEMPLATE, frame_start_index=1, sampling="segment", num_frames=1, crop_size=8,
-                test_short_side=8, flip=True, mean=[0.0] * 3, std=[1.0] * 3, num_workers=0)
+    base = dict(
+        dataset="rawframes",
+        list_format="rawframes",
+        root=str(root),
+        protocol="mmaction",
+        frame_template=TEMPLATE,
+        frame_start_index=1,
+        sampling="segment",
+        num_frames=1,
+        crop_size=8,
+        test_short_side=8,
+        flip=True,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        num_workers=0,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -195,11 +209,12 @@ def test_val_and_ten_crop_equal_opencv_and_imnormalize(tmp_path, cv2):
     kw = dict(num_frames=2, test_short_side=24, crop_size=20, mean=mean, std=std, **listed(tmp_path, "f 4 0"))
     # what upstream computes for frames 1 and 3 (tick 2): cv2.imread gives BGR; imrescale to 53 x 24; crops;
     # imnormalize to RGB
-    resized = np.stack([cv2.resize(f[..., ::-1], (53, 24), interpolation=cv2.INTER_LINEAR)[..., ::-1]
-                        for f in frames[[1, 3]]])
+    resized = np.stack(
+        [cv2.resize(f[..., ::-1], (53, 24), interpolation=cv2.INTER_LINEAR)[..., ::-1] for f in frames[[1, 3]]]
+    )
 
     def crop(top, left):
-        x = torch.from_numpy(np.ascontiguousarray(resized[:, top:top + 20, left:left + 20])).float()
+        x = torch.from_numpy(np.ascontiguousarray(resized[:, top : top + 20, left : left + 20])).float()
         return ((x - torch.tensor(mean) * 255) / (torch.tensor(std) * 255)).permute(3, 0, 1, 2)
 
     val = build(cfg(tmp_path, **kw), "val")[0][0]
@@ -255,8 +270,15 @@ def test_random_resized_crop_mixes_width_and_height_then_clips(ramp_root):
     # is drawn in 0..W - h = 30, the top in 0..H - w = 18; the box [30, 18, 41, 27] is clipped to x <= 39: 10 x 10
     script = Script([0], 0.9, 0.1, 1.2, 0.9, 30, 18)
     assert crop_of(ds.sample(ds.items[0], script)[0]) == (30, 18, 10, 10)
-    assert script.calls == [("integers", 0, 1), ("random", 0, 1), ("uniform", 0.08, 1.0), ("uniform", 0.75, 4 / 3),
-                            ("random", 0, 1), ("integers", 0, 31), ("integers", 0, 19)]
+    assert script.calls == [
+        ("integers", 0, 1),
+        ("random", 0, 1),
+        ("uniform", 0.08, 1.0),
+        ("uniform", 0.75, 4 / 3),
+        ("random", 0, 1),
+        ("integers", 0, 31),
+        ("integers", 0, 19),
+    ]
 
 
 def test_random_resized_crop_rejects_a_fitting_crop_swaps_and_falls_back(ramp_root):
@@ -294,20 +316,23 @@ BEFORE_JITTER = ([0, 0], 0.9, 1.0, 1.0, 0.9, 0, 0, 10.0, 1.2, 0.8, 0.5)
 UNCHANGED = (250, 100, 50)
 
 
-@pytest.mark.parametrize("coins,expected", [
-    # brightness, no clipping at 255
-    ((0.9, 0.9, 0.1, 0.1, 0.1), (260, 110, 60)),
-    # branch coin > 0.5: contrast, saturation, hue; contrast on
-    ((0.1, 0.9, 0.9, 0.1, 0.1), (300, 120, 60)),
-    # branch coin <= 0.5: saturation, hue, contrast; the same coin now turns saturation on: grey = 0.299 B + 0.587 G
-    # + 0.114 R = 102.15 (luma weights on BGR channels), x * 0.8 + grey * 0.2
-    ((0.1, 0.1, 0.9, 0.1, 0.1), (220.43, 100.43, 60.43)),
-    # hue on BGR as if RGB: YIQ (102.15, -77.85, 36.0), turned a quarter: I' = -Q, Q' = I; back to (19.389, 162.311,
-    # 9.268) BGR
-    ((0.1, 0.9, 0.1, 0.1, 0.9), (9.26775, 162.31095, 19.38915)),
-    # branch 2, hue then contrast
-    ((0.1, 0.1, 0.1, 0.9, 0.9), (1.2 * 9.26775, 1.2 * 162.31095, 1.2 * 19.38915)),
-])
+@pytest.mark.parametrize(
+    "coins,expected",
+    [
+        # brightness, no clipping at 255
+        ((0.9, 0.9, 0.1, 0.1, 0.1), (260, 110, 60)),
+        # branch coin > 0.5: contrast, saturation, hue; contrast on
+        ((0.1, 0.9, 0.9, 0.1, 0.1), (300, 120, 60)),
+        # branch coin <= 0.5: saturation, hue, contrast; the same coin now turns saturation on: grey = 0.299 B + 0.587 G
+        # + 0.114 R = 102.15 (luma weights on BGR channels), x * 0.8 + grey * 0.2
+        ((0.1, 0.1, 0.9, 0.1, 0.1), (220.43, 100.43, 60.43)),
+        # hue on BGR as if RGB: YIQ (102.15, -77.85, 36.0), turned a quarter: I' = -Q, Q' = I; back to (19.389, 162.311,
+        # 9.268) BGR
+        ((0.1, 0.9, 0.1, 0.1, 0.9), (9.26775, 162.31095, 19.38915)),
+        # branch 2, hue then contrast
+        ((0.1, 0.1, 0.1, 0.9, 0.9), (1.2 * 9.26775, 1.2 * 162.31095, 1.2 * 19.38915)),
+    ],
+)
 def test_colour_jitter_ops_per_frame(colour_root, coins, expected):
     ds = build(cfg(colour_root, num_frames=2, crop_size=4, color_jitter=True, **listed(colour_root, "f 2 0")), "train")
     # the second frame's coins all fail: it stays as read; no lighting noise
@@ -333,18 +358,30 @@ def test_bgr_frames_get_the_same_jitter(colour_root):
     coins = (0.9, 0.1, 0.9, 0.9, 0.9) * 2
     outs = []
     for order in ("rgb", "bgr"):
-        ds = build(cfg(colour_root, num_frames=2, crop_size=4, color_jitter=True, channel_order=order,
-                       **listed(colour_root, "f 2 0")), "train")
+        ds = build(
+            cfg(
+                colour_root,
+                num_frames=2,
+                crop_size=4,
+                color_jitter=True,
+                channel_order=order,
+                **listed(colour_root, "f 2 0"),
+            ),
+            "train",
+        )
         outs.append(ds.sample(ds.items[0], Script(*BEFORE_JITTER, *coins, [0.1, -0.2, 0.3]))[0])
     assert torch.allclose(outs[0], outs[1].flip(0), atol=1e-5)
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(test_num_clips=2), r"data.test_num_clips=2: .*one clip"),
-    (dict(test_short_side=10, test_num_crops=3), r"data.crop_size=8 with data.test_num_crops=3: .*three_crop"),
-    (dict(sampling="dense", num_frames=8, sampling_rate=1), r"data.sampling_rate=1 with data.num_frames=8"),
-    (dict(multi_scale_crop=True), r"data.multi_scale_crop"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(test_num_clips=2), r"data.test_num_clips=2: .*one clip"),
+        (dict(test_short_side=10, test_num_crops=3), r"data.crop_size=8 with data.test_num_crops=3: .*three_crop"),
+        (dict(sampling="dense", num_frames=8, sampling_rate=1), r"data.sampling_rate=1 with data.num_frames=8"),
+        (dict(multi_scale_crop=True), r"data.multi_scale_crop"),
+    ],
+)
 def test_check_refuses_what_mmaction_cannot_run(level_root, kw, message):
     with pytest.raises(ValueError, match=message):
         build(cfg(level_root, **listed(level_root, "f 40 0"), **kw), "val")

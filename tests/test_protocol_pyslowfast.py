@@ -2,6 +2,7 @@
 ssv2.py, decoder.py, utils.py, transform.py) restated with values derived by hand, on real H.264 files, frame
 folders and the stream metadata PyAV reports. Frames carry their number in their colour, so the indices a split
 used can be read back from its output. bench/pipeline_pyslowfast.py compares against the upstream code itself."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,18 @@ from action_launch.datasets.synthetic import write_video
 
 PROTOCOL = "pyslowfast"
 # small frames and sizes: 32x48 frames, short sides 32-40, crops 32
-SMALL = dict(num_frames=8, sampling_rate=32, target_fps=30.0, train_short_side=[32, 40], crop_size=32,
-             test_short_side=32, mean=[0.0] * 3, std=[1.0] * 3, num_workers=0, check_files="never")
+SMALL = dict(
+    num_frames=8,
+    sampling_rate=32,
+    target_fps=30.0,
+    train_short_side=[32, 40],
+    crop_size=32,
+    test_short_side=32,
+    mean=[0.0] * 3,
+    std=[1.0] * 3,
+    num_workers=0,
+    check_files="never",
+)
 
 
 def _cfg(**kw) -> DataConfig:
@@ -49,8 +60,11 @@ def _video_source(path):
 
 def _timing(pts, frames_length=None, duration=None, fps=30.0):
     pts = np.asarray(pts, dtype=np.int64)
-    return Source(len(pts), fps, timing=lambda: StreamTiming(
-        len(pts) if frames_length is None else frames_length, duration, fps, pts))
+    return Source(
+        len(pts),
+        fps,
+        timing=lambda: StreamTiming(len(pts) if frames_length is None else frames_length, duration, fps, pts),
+    )
 
 
 class Scripted:
@@ -153,7 +167,8 @@ def test_videos_upstream_cannot_sample_are_bad_files():
     # a header that claims 1000 frames: the window of the last of 2 views lies past every frame
     with pytest.raises(BadVideoError, match="no frame in"):
         _protocol(num_frames=4, sampling_rate=5, test_num_clips=2).test_indices(
-            _timing(512 * np.arange(100), frames_length=1000, duration=512000))
+            _timing(512 * np.arange(100), frames_length=1000, duration=512000)
+        )
 
 
 def test_ssv2_segments_and_their_middles(root):
@@ -167,11 +182,21 @@ def test_ssv2_segments_and_their_middles(root):
     assert p.test_indices(Source(50, 25.0, timing=no_timing)).tolist() == [middles]
     rng = Scripted(6, 12, 18, 24, 31, 37, 43, 49)
     assert p.train_indices(Source(50), rng).tolist() == [6, 12, 18, 24, 31, 37, 43, 49]
-    assert rng.calls == [("integers", s, e + 1) for s, e in
-                         [(0, 6), (6, 12), (12, 18), (18, 24), (24, 31), (31, 37), (37, 43), (43, 49)]]
-    cfg = _cfg(root=str(root), dataset="rawframes", list_format="rawframes", val_list="f50.txt",
-               frame_template="{:05d}.png", sampling="segment", crop_size=16, train_short_side=[16, 20],
-               test_short_side=16, test_num_crops=3)
+    assert rng.calls == [
+        ("integers", s, e + 1) for s, e in [(0, 6), (6, 12), (12, 18), (18, 24), (24, 31), (31, 37), (37, 43), (43, 49)]
+    ]
+    cfg = _cfg(
+        root=str(root),
+        dataset="rawframes",
+        list_format="rawframes",
+        val_list="f50.txt",
+        frame_template="{:05d}.png",
+        sampling="segment",
+        crop_size=16,
+        train_short_side=[16, 20],
+        test_short_side=16,
+        test_num_crops=3,
+    )
     views, label = build(cfg, "test")[0]
     assert views.shape == (3, 3, 8, 16, 16) and label == 3
     assert [_decoded(v) for v in views] == [middles] * 3
@@ -184,15 +209,23 @@ def test_training_draws_in_order_with_upstreams_bounds():
     assert p.train_indices(Source(100), rng).tolist() == [10, 14, 18, 23, 27, 32, 36, 41]
     clip = p.train_clip(np.zeros((8, 60, 100, 3), np.uint8), rng)
     # 60x100 -> 50x83 (floor(100 / 60 * 50) = 83); offsets drawn below 50 - 40 and 83 - 40
-    assert rng.calls == [("uniform", 0, 68), ("uniform", 50, 60), ("integers", 0, 10), ("integers", 0, 43),
-                         ("uniform", 0.0, 1.0)]
+    assert rng.calls == [
+        ("uniform", 0, 68),
+        ("uniform", 50, 60),
+        ("integers", 0, 10),
+        ("integers", 0, 43),
+        ("uniform", 0.0, 1.0),
+    ]
     assert clip.shape == (3, 8, 40, 40) and clip.dtype == torch.float32 and clip.is_contiguous()
 
 
-@pytest.mark.parametrize("drawn,calls", [
-    (50.5, [("integers", 0, 88)]),  # rounds half to even: 50, no resize; only the long axis draws
-    (51.5, [("integers", 0, 2), ("integers", 0, 94)]),  # 52; the long side floor(100 / 36 * 52) = 144
-])
+@pytest.mark.parametrize(
+    "drawn,calls",
+    [
+        (50.5, [("integers", 0, 88)]),  # rounds half to even: 50, no resize; only the long axis draws
+        (51.5, [("integers", 0, 2), ("integers", 0, 94)]),  # 52; the long side floor(100 / 36 * 52) = 144
+    ],
+)
 def test_short_side_rounds_half_to_even_and_long_side_floors(drawn, calls):
     # a 36x100 frame at short side 50 would be 50 x floor(138.9) = 138: the crop's last offset 88 is never drawn
     p = _protocol(train_short_side=[50, 60], crop_size=50, test_short_side=50, flip=False)
@@ -212,8 +245,9 @@ def test_a_frame_the_size_of_the_crop_draws_no_offset_and_is_not_resized():
 
 def test_inverse_uniform_short_side():
     # INV_UNIFORM_SAMPLE: 1 / uniform(1/40, 1/20); 1 / (1 / 25.4) rounds to 25: 30x60 -> 25x50, crops below 9, 34
-    p = _protocol(train_short_side=[20, 40], crop_size=16, test_short_side=20, scale_sampling="inverse_uniform",
-                  flip=False)
+    p = _protocol(
+        train_short_side=[20, 40], crop_size=16, test_short_side=20, scale_sampling="inverse_uniform", flip=False
+    )
     rng = Scripted(1 / 25.4, 0, 0)
     assert p.train_clip(np.zeros((2, 30, 60, 3), np.uint8), rng).shape == (3, 2, 16, 16)
     assert rng.calls == [("uniform", 1 / 40, 1 / 20), ("integers", 0, 9), ("integers", 0, 34)]
@@ -264,19 +298,28 @@ def test_one_crop_tests_at_the_smallest_training_scale_and_val_is_that_view():
     assert torch.equal(three.val_clip(frames[0]), view)  # val: the 1-crop view whatever the test crops
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(test_short_side=36), "data.test_short_side=36: .* to data.train_short_side\\[0\\]=32; set it to 32"),
-    (dict(test_num_crops=3, test_short_side=32, test_crop_size=28),
-     "data.test_short_side=32: .* to data.test_crop_size=28; set it to 28"),
-    (dict(sampling="segment", test_short_side=36), "data.test_short_side=36: .* data.crop_size=32"),
-    (dict(sampling="segment", test_num_clips=2), "data.test_num_clips=2 with data.sampling=segment"),
-    (dict(train_short_side=[40, 32]), "data.train_short_side must be \\[min, max\\] \\(TRAIN_JITTER_SCALES\\)"),
-    (dict(train_short_side=[32]), "data.train_short_side must be \\[min, max\\] \\(TRAIN_JITTER_SCALES\\)"),
-    (dict(crop_size=36, test_crop_size=32),
-     "data.crop_size=36 is larger than data.train_short_side\\[0\\]=32, the smallest training short side"),
-    (dict(test_crop_size=36, test_short_side=36, test_num_crops=3),
-     "data.test_crop_size=36 is larger than data.train_short_side\\[0\\]=32, the short side of the val view"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(test_short_side=36), "data.test_short_side=36: .* to data.train_short_side\\[0\\]=32; set it to 32"),
+        (
+            dict(test_num_crops=3, test_short_side=32, test_crop_size=28),
+            "data.test_short_side=32: .* to data.test_crop_size=28; set it to 28",
+        ),
+        (dict(sampling="segment", test_short_side=36), "data.test_short_side=36: .* data.crop_size=32"),
+        (dict(sampling="segment", test_num_clips=2), "data.test_num_clips=2 with data.sampling=segment"),
+        (dict(train_short_side=[40, 32]), "data.train_short_side must be \\[min, max\\] \\(TRAIN_JITTER_SCALES\\)"),
+        (dict(train_short_side=[32]), "data.train_short_side must be \\[min, max\\] \\(TRAIN_JITTER_SCALES\\)"),
+        (
+            dict(crop_size=36, test_crop_size=32),
+            "data.crop_size=36 is larger than data.train_short_side\\[0\\]=32, the smallest training short side",
+        ),
+        (
+            dict(test_crop_size=36, test_short_side=36, test_num_crops=3),
+            "data.test_crop_size=36 is larger than data.train_short_side\\[0\\]=32, the short side of the val view",
+        ),
+    ],
+)
 def test_check_refuses_what_pyslowfast_cannot_run(overrides, message):
     with pytest.raises(ValueError, match=message):
         _protocol(**overrides)

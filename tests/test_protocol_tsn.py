@@ -6,6 +6,7 @@ green and blue (any misplaced crop or other resize changes them). Pixels are com
 the way TSM's PIL images are: scale, crop boxes, bilinear resize. The random draws go through a scripted generator,
 which logs the calls it gets, into `ClipDataset.sample`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,16 @@ from action_launch.datasets.synthetic import write_video
 PROTOCOL = "tsn"
 TEMPLATE = "img_{:05d}.png"
 # name: (frames, height, width)
-FOLDERS = {"f30": (30, 30, 40), "f12": (12, 30, 40), "f4": (4, 30, 40), "f3": (3, 30, 40), "f90": (90, 30, 40),
-           "odd": (6, 24, 37), "tall": (6, 37, 24), "small": (4, 14, 20)}
+FOLDERS = {
+    "f30": (30, 30, 40),
+    "f12": (12, 30, 40),
+    "f4": (4, 30, 40),
+    "f3": (3, 30, 40),
+    "f90": (90, 30, 40),
+    "odd": (6, 24, 37),
+    "tall": (6, 37, 24),
+    "small": (4, 14, 20),
+}
 # GroupMultiScaleCrop on 40x30 frames to 16: sides int(30 * s) = 30, 26, 22, 19 (none within 3 of 16); its
 # (width, height) pairs of scale indices at most 1 apart, height's index outer
 PAIRS_30X40 = [(30, 30), (26, 30), (30, 26), (26, 26), (22, 26), (26, 22), (22, 22), (19, 22), (22, 19), (19, 19)]
@@ -54,10 +63,23 @@ def _stored(name: str) -> np.ndarray:
 
 
 def _dataset(root, name: str, split: str, **kw):
-    base = dict(dataset="rawframes", list_format="rawframes", root=str(root), train_list=f"{name}.txt",
-                val_list=f"{name}.txt", frame_template=TEMPLATE, frame_start_index=1, protocol=PROTOCOL,
-                sampling="segment", num_frames=4, crop_size=16, test_short_side=18, flip=False, mean=[0.0] * 3,
-                std=[1.0] * 3)
+    base = dict(
+        dataset="rawframes",
+        list_format="rawframes",
+        root=str(root),
+        train_list=f"{name}.txt",
+        val_list=f"{name}.txt",
+        frame_template=TEMPLATE,
+        frame_start_index=1,
+        protocol=PROTOCOL,
+        sampling="segment",
+        num_frames=4,
+        crop_size=16,
+        test_short_side=18,
+        flip=False,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+    )
     base.update(kw)
     return build(DataConfig(**base), split)
 
@@ -97,14 +119,18 @@ class Scripted:
 
 # ------------------------------------------------------------------------------------------------------- indices
 
-@pytest.mark.parametrize("name,script,frames,first_call", [
-    # L = 30, n = 4: avg 7, segment i draws in [7i, 7i + 7); the last 30 % 4 = 2 frames never come
-    ("f30", [[6, 0, 3, 5]], [6, 7, 17, 26], ("integers", 7, None, 4)),
-    # L = n: avg 1, a draw of zeros all the same
-    ("f4", [[0, 0, 0, 0]], [0, 1, 2, 3], ("integers", 1, None, 4)),
-    # L < n: every segment takes frame 0, nothing drawn for it
-    ("f3", [], [0, 0, 0, 0], None),
-])
+
+@pytest.mark.parametrize(
+    "name,script,frames,first_call",
+    [
+        # L = 30, n = 4: avg 7, segment i draws in [7i, 7i + 7); the last 30 % 4 = 2 frames never come
+        ("f30", [[6, 0, 3, 5]], [6, 7, 17, 26], ("integers", 7, None, 4)),
+        # L = n: avg 1, a draw of zeros all the same
+        ("f4", [[0, 0, 0, 0]], [0, 1, 2, 3], ("integers", 1, None, 4)),
+        # L < n: every segment takes frame 0, nothing drawn for it
+        ("f3", [], [0, 0, 0, 0], None),
+    ],
+)
 def test_segment_training_indices_and_draw_order(root, name, script, frames, first_call):
     ds = _dataset(root, name, "train", flip=True)
     rng = Scripted(*script, 3, 7, 0.9)
@@ -115,23 +141,29 @@ def test_segment_training_indices_and_draw_order(root, name, script, frames, fir
     assert rng.calls == ([first_call] if first_call else []) + crop_calls and not rng.values
 
 
-@pytest.mark.parametrize("name,segments,frames", [
-    ("f30", 4, [3, 11, 18, 26]),  # tick 7.5: int(3.75 + 7.5 i)
-    ("f12", 7, [0, 2, 4, 5, 7, 9, 11]),  # tick 12/7: 6/7 + 3 * 12/7 is 5.999999999999999 in floats, frame 5
-    ("f4", 4, [0, 0, 0, 0]),  # L > n fails at L = n: all frame 0 (the test split takes 0, 1, 2, 3)
-    ("f3", 4, [0, 0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "name,segments,frames",
+    [
+        ("f30", 4, [3, 11, 18, 26]),  # tick 7.5: int(3.75 + 7.5 i)
+        ("f12", 7, [0, 2, 4, 5, 7, 9, 11]),  # tick 12/7: 6/7 + 3 * 12/7 is 5.999999999999999 in floats, frame 5
+        ("f4", 4, [0, 0, 0, 0]),  # L > n fails at L = n: all frame 0 (the test split takes 0, 1, 2, 3)
+        ("f3", 4, [0, 0, 0, 0]),
+    ],
+)
 def test_segment_validation_indices(root, name, segments, frames):
     clip, _ = _dataset(root, name, "val", num_frames=segments)[0]
     assert _levels(clip) == frames
 
 
-@pytest.mark.parametrize("name,segments,centres,starts", [
-    ("f12", 7, [0, 2, 4, 5, 7, 9, 11], [0, 1, 3, 5, 6, 8, 10]),  # starts int(12/7 * i)
-    ("f30", 4, [3, 11, 18, 26], [0, 7, 15, 22]),
-    ("f4", 4, [0, 1, 2, 3], [0, 1, 2, 3]),
-    ("f3", 4, [0, 1, 1, 2], [0, 0, 1, 2]),  # tick 0.75 for any L: int(0.375 + 0.75 i), int(0.75 i)
-])
+@pytest.mark.parametrize(
+    "name,segments,centres,starts",
+    [
+        ("f12", 7, [0, 2, 4, 5, 7, 9, 11], [0, 1, 3, 5, 6, 8, 10]),  # starts int(12/7 * i)
+        ("f30", 4, [3, 11, 18, 26], [0, 7, 15, 22]),
+        ("f4", 4, [0, 1, 2, 3], [0, 1, 2, 3]),
+        ("f3", 4, [0, 1, 1, 2], [0, 0, 1, 2]),  # tick 0.75 for any L: int(0.375 + 0.75 i), int(0.75 i)
+    ],
+)
 def test_segment_test_indices_one_clip_and_twice(root, name, segments, centres, starts):
     views, _ = _dataset(root, name, "test", num_frames=segments)[0]
     assert _levels(views) == [centres]
@@ -164,6 +196,7 @@ def test_dense_indices(root):
 
 # ---------------------------------------------------------------------------------------------------------- pixels
 
+
 def test_scaling_and_centre_crop_rounding(root):
     odd, tall = _stored("odd")[[0, 2, 3, 5]], _stored("tall")[[0, 2, 3, 5]]  # 6 frames: int(0.75 + 1.5 i)
     # 37x24 -> short side 18, long int(18 * 37 / 24) = int(27.75) = 27; centre crop 16 at round(5.5) = 6, round(1)
@@ -185,7 +218,7 @@ def test_full_res_three_crops(root, size, lefts):
     scaled = _pil(_stored("odd")[[1, 4]], 27, 18)
     assert views.shape == (3, 3, 2, size, size)
     for view, left in zip(views, lefts):
-        assert torch.equal(view, _input(scaled[:, :size, left:left + size]))
+        assert torch.equal(view, _input(scaled[:, :size, left : left + size]))
 
 
 def test_full_res_three_crops_of_a_portrait_frame_are_one(root):
@@ -203,7 +236,7 @@ def test_over_sample(root, crops):
     scaled = _pil(_stored("odd")[[1, 4]], 27, 18)
     expected = []
     for left, top in [(0, 0), (8, 0), (0, 0), (8, 0), (4, 0)]:
-        box = scaled[:, top:top + 16, left:left + 16]
+        box = scaled[:, top : top + 16, left : left + 16]
         expected += [box, box[:, :, ::-1]] if crops == 10 else [box]
     assert views.shape[0] == crops
     for view, box in zip(views, expected):
@@ -219,7 +252,7 @@ def test_multi_scale_crop_grid(root):
             rng = Scripted(k, p)
             clip, _ = ds.sample(ds.items[0], rng)
             left, top = i * ((40 - w) // 4), j * ((30 - h) // 4)
-            assert torch.equal(clip, _input(_pil(stored[:, top:top + h, left:left + w], 16, 16))), (w, h, left, top)
+            assert torch.equal(clip, _input(_pil(stored[:, top : top + h, left : left + w], 16, 16))), (w, h, left, top)
             assert rng.calls == [("integers", 10, None, None), ("integers", 13, None, None)]  # no flip: no draw
 
 
@@ -249,16 +282,26 @@ def test_flip_below_one_half(root, draw, mirrored):
 def test_video_file_twice_three_crops(root):
     """Indices count the decoded frames (L = 40, tick 10): centres 5, 15, 25, 35 and starts 0, 10, 20, 30; 40x30
     scales to 24x18, crops at 0, 8, 4 (step (24 - 16) // 4 = 2), top 0."""
-    cfg = DataConfig(root=str(root), val_list="video.txt", protocol=PROTOCOL, sampling="segment", num_frames=4,
-                     crop_size=16, test_short_side=18, mean=[0.0] * 3, std=[1.0] * 3, test_num_clips=2,
-                     test_num_crops=3)
+    cfg = DataConfig(
+        root=str(root),
+        val_list="video.txt",
+        protocol=PROTOCOL,
+        sampling="segment",
+        num_frames=4,
+        crop_size=16,
+        test_short_side=18,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        test_num_clips=2,
+        test_num_crops=3,
+    )
     views, label = build(cfg, "test")[0]
     vr = open_video(str(root / "v.mp4"))
     assert views.shape == (6, 3, 4, 16, 16) and label == 5
     for c, indices in enumerate(([5, 15, 25, 35], [0, 10, 20, 30])):
         scaled = _pil(read_frames(vr, np.array(indices)), 24, 18)
         for k, left in enumerate((0, 8, 4)):
-            assert torch.equal(views[3 * c + k], _input(scaled[:, :16, left:left + 16])), (c, k)
+            assert torch.equal(views[3 * c + k], _input(scaled[:, :16, left : left + 16])), (c, k)
 
 
 def test_normalisation_is_upstreams(root):
@@ -273,13 +316,17 @@ def test_normalisation_is_upstreams(root):
 
 # ---------------------------------------------------------------------------------------------- settings, summary
 
-@pytest.mark.parametrize("kw,key", [
-    (dict(test_num_clips=3), "data.test_num_clips"),  # segment: 1 or --twice_sample
-    (dict(sampling="dense", test_num_clips=1), "data.test_num_clips"),  # dense: 10
-    (dict(test_short_side=20), "data.test_short_side"),  # scale_size = 16 * 256 // 224 = 18
-    (dict(test_crop_size=17), "data.test_crop_size"),  # 16, or 18 (--full_res)
-    (dict(test_num_crops=4), "data.test_num_crops"),
-])
+
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        (dict(test_num_clips=3), "data.test_num_clips"),  # segment: 1 or --twice_sample
+        (dict(sampling="dense", test_num_clips=1), "data.test_num_clips"),  # dense: 10
+        (dict(test_short_side=20), "data.test_short_side"),  # scale_size = 16 * 256 // 224 = 18
+        (dict(test_crop_size=17), "data.test_crop_size"),  # 16, or 18 (--full_res)
+        (dict(test_num_crops=4), "data.test_num_crops"),
+    ],
+)
 def test_refuses_what_tsm_cannot_run(root, kw, key):
     with pytest.raises(ValueError) as e:
         _dataset(root, "f30", "test", **kw)

@@ -1,11 +1,13 @@
 """The reaper ends what a killed process started: its own process groups and the processes it named."""
+
 import os
 import signal
 import subprocess
 import sys
 
-from action_launch.common.processes import descendants, start_time
 from conftest import still_running
+
+from action_launch.common.processes import descendants, start_time
 
 OWNER = """
 import os, subprocess, time

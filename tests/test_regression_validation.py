@@ -1,5 +1,6 @@
 """Validation of regression models during training (the MS-G3D personality variant): per-output MSE,
 per-participant MSE, no confusion matrix, and the best checkpoint chosen by an MSE (minimum)."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, run_train
 from torch import nn
 
 from action_launch.config import load_config
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.loaders import ShardSampler, make_loader
 from action_launch.training.trainer import Trainer
-
-from conftest import REPO, run_train
 
 # one intra-op thread: two threads on 2 cores shared with other work oversubscribe them many times over
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -69,8 +69,9 @@ class StubEngine:
 
 def _validating_trainer(tmp_path, dataset, model, overrides=()):
     """A Trainer with only what validate() reads: config, rank, engine, validation loader, tracker."""
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.loss=mse", "train.micro_batch_size=3",
-                             "data.num_workers=0", *overrides])
+    cfg = load_config(
+        None, [f"output_dir={tmp_path}", "train.loss=mse", "train.micro_batch_size=3", "data.num_workers=0", *overrides]
+    )
     trainer = Trainer.__new__(Trainer)
     trainer.cfg, trainer.memory, trainer.val_set = cfg, None, dataset
     trainer.env = types.SimpleNamespace(world_size=1, rank=0, is_main=True)
@@ -87,9 +88,15 @@ def test_regression_validation_metrics_by_hand(tmp_path):
     metrics = trainer.validate(epoch=0)
     # squared errors per chunk: openness 1, 1, 1, 1; neuroticism 1, 1, 0, 4
     # per participant (means): A predicts (2, 1) = its targets; B predicts (1, 1) against (1, 0)
-    expected = {"val/mse": 1.25, "val/mse/openness": 1.0, "val/mse/neuroticism": 1.5,
-                "val/participant/mse": 0.25, "val/participant/mse/openness": 0.0,
-                "val/participant/mse/neuroticism": 0.5, "val/loss": 1.25}
+    expected = {
+        "val/mse": 1.25,
+        "val/mse/openness": 1.0,
+        "val/mse/neuroticism": 1.5,
+        "val/participant/mse": 0.25,
+        "val/participant/mse/openness": 0.0,
+        "val/participant/mse/neuroticism": 0.5,
+        "val/loss": 1.25,
+    }
     assert metrics == pytest.approx(expected) and set(metrics) == set(expected)
     assert trainer._last_confusion is None  # no confusion matrix for regression
     ((step, logged),) = trainer.logged
@@ -122,7 +129,9 @@ def _udiva_tiny(root, rng):
     for split, people in (("train", ["P1", "P2", "P3", "P4"]), ("val", ["P5", "P6"])):
         names = [f"{p}_chunk{k}" for p in people for k in range(4)]
         t = np.linspace(0, 1, 20)[None, :, None, None]
-        data = rng.normal(size=(len(names), 3, 1, 24, 1)) + 0.2 * np.sin(6 * t + rng.normal(size=(len(names), 3, 1, 24, 1)))
+        data = rng.normal(size=(len(names), 3, 1, 24, 1)) + 0.2 * np.sin(
+            6 * t + rng.normal(size=(len(names), 3, 1, 24, 1))
+        )
         np.save(root / f"{split}_data.npy", data.astype(np.float32))
         with open(root / f"{split}_label.pkl", "wb") as f:
             pickle.dump((names, [0] * len(names)), f)
@@ -137,8 +146,13 @@ def test_tiny_personality_config_trains_and_keeps_the_lowest_mse(tmp_path):
     (tmp_path / "udiva").mkdir()
     root = _udiva_tiny(tmp_path / "udiva", np.random.default_rng(0))
     path = "configs/msg3d/personality_tiny.yaml"
-    args = [f"data.root={root}", f"output_dir={tmp_path}", "train.epochs=3", "train.log_every_steps=1",
-            "tracking.enabled=false"]
+    args = [
+        f"data.root={root}",
+        f"output_dir={tmp_path}",
+        "train.epochs=3",
+        "train.log_every_steps=1",
+        "tracking.enabled=false",
+    ]
     run_train(["--config", path, "--test-best", *args], env=ONE_THREAD)
     cfg = load_config(REPO / path, args)
     assert (cfg.checkpoint.best_metric, cfg.checkpoint.best_mode) == ("val/participant/mse", "min")

@@ -7,6 +7,7 @@ partitions are converted (or the resume refused in one line, exit 2), the epoch 
 and the LR at each step after the resume is the schedule's at the epoch the clips reached, scaled for the new
 effective batch, as an uninterrupted run has it.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ from typing import Dict, List
 
 import pytest
 import torch
-
 from conftest import REPO, final_weights, free_port, run_train, tiny_overrides
 
 SCHEDULE = ["optim.schedule=cosine", "optim.warmup_epochs=0.5", "train.epochs=1", "train.micro_batch_size=4"]
@@ -23,8 +23,10 @@ SCHEDULE = ["optim.schedule=cosine", "optim.warmup_epochs=0.5", "train.epochs=1"
 
 def torchrun(args: List[str], script: str = "launch/train.py", nproc: int = 2):
     """`script` under torchrun, `nproc` gloo processes on this machine."""
-    return run_train(["torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-                      script, *args], script="-m")
+    return run_train(
+        ["torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()), script, *args],
+        script="-m",
+    )
 
 
 def stopped(overrides: List[str], after_step: int, nproc: int) -> Path:
@@ -91,8 +93,9 @@ def zero1_on_two(video_set, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("deepspeed_ready")
-def test_zero1_saved_by_two_processes_resumes_on_one_as_two_would_have_trained(video_set, tmp_path, zero1_on_two,
-                                                                               two_processes):
+def test_zero1_saved_by_two_processes_resumes_on_one_as_two_would_have_trained(
+    video_set, tmp_path, zero1_on_two, two_processes
+):
     """Same effective batch (4 x accumulation 2 x 1 = 4 x 2): the ZeRO-1 partitions are converted in one log line, and
     the resumed run trains the uninterrupted run's steps: its LRs, and its weights to float rounding."""
     overrides = [*tiny_overrides(video_set, tmp_path), *SCHEDULE, "train.zero_stage=1", "train.grad_accum=2"]
@@ -126,7 +129,8 @@ def test_zero1_checkpoint_into_zero0_refuses_in_one_line(video_set, tmp_path, ze
 @pytest.mark.slow
 @pytest.mark.usefixtures("deepspeed_ready")
 def test_zero0_saved_by_two_resumes_on_one_with_half_the_batch_at_the_schedule_of_the_clips_seen(
-        video_set, tmp_path, two_processes, one_process):
+    video_set, tmp_path, two_processes, one_process
+):
     """Effective batch 8 -> 4: the LR of every step after the resume is the schedule's (scaled for 4 clips) at the
     epoch the clips seen reached, as the uninterrupted run with batch 4 has it at that epoch."""
     ckpt = checkpoint_of(two_processes, 3)
@@ -151,8 +155,16 @@ def test_zero0_saved_by_two_resumes_on_one_with_half_the_batch_at_the_schedule_o
 def test_zero0_saved_by_one_resumes_on_two_after_the_clips_it_used(video_set, tmp_path, one_process, two_processes):
     """Effective batch 4 -> 8: 4 steps of 4 clips on one process are 2 steps of 8 on two; the run continues there,
     with the LRs of the uninterrupted two-process run from its step 3 on."""
-    proc = torchrun(["--config", "configs/demo.yaml", *tiny_overrides(video_set, tmp_path), *SCHEDULE,
-                     "--resume-from", str(checkpoint_of(one_process, 4))])
+    proc = torchrun(
+        [
+            "--config",
+            "configs/demo.yaml",
+            *tiny_overrides(video_set, tmp_path),
+            *SCHEDULE,
+            "--resume-from",
+            str(checkpoint_of(one_process, 4)),
+        ]
+    )
     assert "epoch 1 continues at micro batch 2 of 6 per rank (4 of 12 on the saved layout)" in proc.stdout
     assert "no clip of the epoch repeats or is left out" in proc.stdout
     resumed, uninterrupted = lr_points(tmp_path / "tests" / "run"), lr_points(two_processes)
@@ -172,8 +184,19 @@ def test_converted_checkpoint_keeps_batchnorm_statistics(video_set, tmp_path_fac
     tsm += [*SCHEDULE, "model.name=tsm_r50_tiny", "train.zero_stage=1"]
     ckpt = stopped(tsm, 2, nproc=1)
     out = resumed_out / "restored.pt"
-    proc = torchrun(["--out", str(out), "--resume-from", str(ckpt), "--config", "configs/demo.yaml", *tsm,
-                     f"output_dir={resumed_out}"], script="tests/helpers/restored_state.py")
+    proc = torchrun(
+        [
+            "--out",
+            str(out),
+            "--resume-from",
+            str(ckpt),
+            "--config",
+            "configs/demo.yaml",
+            *tsm,
+            f"output_dir={resumed_out}",
+        ],
+        script="tests/helpers/restored_state.py",
+    )
     assert "converted for 2 processes" in proc.stdout
     from action_launch.training.engine import model_state_file
 
@@ -184,14 +207,18 @@ def test_converted_checkpoint_keeps_batchnorm_statistics(video_set, tmp_path_fac
         assert torch.equal(restored[key], value), key
 
 
-@pytest.mark.parametrize("saved_world, saved_micro, now_world, now_micro, now_accum, taken, repeated", [
-    (2, 4, 1, 4, 1, 3, 0),  # 24 clips = 6 steps of 4
-    (2, 4, 1, 4, 2, 3, 0),  # = 3 steps of 8 (accumulated)
-    (1, 4, 2, 4, 1, 3, 4),  # 12 clips: 1 step of 8, then the last 4 again
-    (1, 4, 3, 2, 1, 5, 2),  # 20 clips: 3 steps of 6, then the last 2 again
-])
-def test_the_epoch_continues_after_the_clips_used_on_any_world_size(saved_world, saved_micro, now_world, now_micro,
-                                                                    now_accum, taken, repeated):
+@pytest.mark.parametrize(
+    "saved_world, saved_micro, now_world, now_micro, now_accum, taken, repeated",
+    [
+        (2, 4, 1, 4, 1, 3, 0),  # 24 clips = 6 steps of 4
+        (2, 4, 1, 4, 2, 3, 0),  # = 3 steps of 8 (accumulated)
+        (1, 4, 2, 4, 1, 3, 4),  # 12 clips: 1 step of 8, then the last 4 again
+        (1, 4, 3, 2, 1, 5, 2),  # 20 clips: 3 steps of 6, then the last 2 again
+    ],
+)
+def test_the_epoch_continues_after_the_clips_used_on_any_world_size(
+    saved_world, saved_micro, now_world, now_micro, now_accum, taken, repeated
+):
     """With the samplers themselves: the clips the saved ranks took and those the new ranks take after the mapped
     position make the whole epoch, overlapping only in the clips `map_position` says are used again."""
     from fractions import Fraction
@@ -208,10 +235,11 @@ def test_the_epoch_continues_after_the_clips_used_on_any_world_size(saved_world,
         """Clips that every rank of `lay` takes from its micro batch `start` to `stop`."""
         out = []
         for rank in range(lay.world_size):
-            sampler = ResumableDistributedSampler(clips, lay.world_size, rank, seed=0,
-                                                  length=lay.micro_per_epoch * lay.micro_batch_size)
+            sampler = ResumableDistributedSampler(
+                clips, lay.world_size, rank, seed=0, length=lay.micro_per_epoch * lay.micro_batch_size
+            )
             sampler.set_epoch(epoch, start=start * lay.micro_batch_size)
-            out += [index for index, _ in sampler][:(stop - start) * lay.micro_batch_size]
+            out += [index for index, _ in sampler][: (stop - start) * lay.micro_batch_size]
         return out
 
     saved, now = layout(saved_world, saved_micro, 1), layout(now_world, now_micro, now_accum)

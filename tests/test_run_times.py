@@ -1,6 +1,7 @@
 """A run's times in MLflow say when it trained: a rerun that trains nothing leaves its run alone, and each
 evaluation of one of its checkpoints (test.py, train.py --test-best) is an MLflow run of its own, nested under it.
 Real MLflow (a SQLite store), real training for the end-to-end case."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, run_train, tiny_overrides
 
 from action_launch.config import dump_config, load_config
 from action_launch.evaluation import evaluate as ev
-from action_launch.tracking.tracker import (EVALUATED_TAG, LATEST_EVALUATION_TAG, PARENT_TAG, Tracker,
-                                            evaluation_folders, sync)
+from action_launch.tracking.tracker import (
+    EVALUATED_TAG,
+    LATEST_EVALUATION_TAG,
+    PARENT_TAG,
+    Tracker,
+    evaluation_folders,
+    sync,
+)
 from action_launch.training import checkpoint as ckpt
-
-from conftest import free_port, run_train, tiny_overrides
 
 
 def _runs(uri: str, experiment: str = "tests") -> list:
@@ -75,14 +81,17 @@ def test_a_rerun_and_evaluations_leave_the_training_run_times_alone(video_set, t
     MlflowClient(uri).update_run(trained.info.run_id, status="RUNNING")
     closing = run_train(args)
     assert "nothing to train" not in closing.stdout + closing.stderr
-    assert _named(_runs(uri), "run").info.status == "FINISHED" and json.loads(path.read_text().splitlines()[-1])[
-        "kind"] == "end"
+    assert (
+        _named(_runs(uri), "run").info.status == "FINISHED"
+        and json.loads(path.read_text().splitlines()[-1])["kind"] == "end"
+    )
 
 
 def _trained_folder(tmp_path: Path, uri: str):
     """A run folder with one checkpoint of a 1x1 linear model and an ended MLflow run (tracking through `uri`)."""
-    cfg = load_config(None, [f"output_dir={tmp_path}", "experiment=tests", "name=run", "data.num_workers=0",
-                             "tracking.enabled=true"])
+    cfg = load_config(
+        None, [f"output_dir={tmp_path}", "experiment=tests", "name=run", "data.num_workers=0", "tracking.enabled=true"]
+    )
     folder = cfg.run_dir() / "checkpoints" / ckpt.tag_for(3)
     folder.mkdir(parents=True)
     torch.save({"module": torch.nn.Linear(1, 1).state_dict()}, folder / "mp_rank_00_model_states.pt")

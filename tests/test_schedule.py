@@ -1,4 +1,5 @@
 """LR scaling rule and schedule arithmetic."""
+
 import math
 from fractions import Fraction
 
@@ -6,8 +7,14 @@ import pytest
 import torch
 
 from action_launch.config import OptimConfig
-from action_launch.training.schedule import (LRSchedule, ScheduleClock, effective_batch_size, lr_at, lr_scale_factor,
-                                             scale_lrs)
+from action_launch.training.schedule import (
+    LRSchedule,
+    ScheduleClock,
+    effective_batch_size,
+    lr_at,
+    lr_scale_factor,
+    scale_lrs,
+)
 
 
 def test_effective_batch_counts_accumulation_and_world():
@@ -32,7 +39,8 @@ def test_step_schedule_with_relative_lrs():
     optim = OptimConfig(lr=0.005, base_batch_size=64, schedule="step", step_epochs=[11, 14], step_lrs=[1, 0.1, 0.01])
     scaled = scale_lrs(optim, 64)
     assert [lr_at(e, optim, scaled, 15) for e in (0, 10.99, 11, 13.5, 14, 14.9)] == pytest.approx(
-        [0.005, 0.005, 0.0005, 0.0005, 0.00005, 0.00005])
+        [0.005, 0.005, 0.0005, 0.0005, 0.00005, 0.00005]
+    )
     default = OptimConfig(lr=1.0, schedule="step", step_epochs=[2])
     assert lr_at(3, default, scale_lrs(default, 64), 4) == pytest.approx(0.1)
     broken = OptimConfig(step_epochs=[1, 2], step_lrs=[1, 0.1])
@@ -41,7 +49,9 @@ def test_step_schedule_with_relative_lrs():
 
 
 def test_cosine_with_linear_warmup():
-    optim = OptimConfig(lr=0.4, base_batch_size=64, schedule="cosine", warmup_epochs=2, warmup_start_lr=0.0, final_lr=0.0)
+    optim = OptimConfig(
+        lr=0.4, base_batch_size=64, schedule="cosine", warmup_epochs=2, warmup_start_lr=0.0, final_lr=0.0
+    )
     scaled = scale_lrs(optim, 64)
     end_of_warmup = 0.4 * 0.5 * (1 + math.cos(math.pi * 2 / 10))
     assert lr_at(0, optim, scaled, 10) == pytest.approx(0.0)
@@ -53,10 +63,12 @@ def test_cosine_with_linear_warmup():
 
 # ------------------------------------------------------------------------------------------- LRSchedule
 
+
 def _schedule(lr: float = 0.4, steps_per_epoch: int = 4, epochs: int = 10) -> LRSchedule:
     """A cosine schedule with warmup over two groups: the base one and one at a tenth of the LR (`lr_mult` 0.1)."""
-    optim = OptimConfig(lr=lr, base_batch_size=64, schedule="cosine", warmup_epochs=2, warmup_start_lr=0.01,
-                        final_lr=0.0)
+    optim = OptimConfig(
+        lr=lr, base_batch_size=64, schedule="cosine", warmup_epochs=2, warmup_start_lr=0.01, final_lr=0.0
+    )
     scaled = scale_lrs(optim, 128)
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     groups = [{"params": [params[0]], "lr": scaled.lr}, {"params": [params[1]], "lr": scaled.lr / 10}]

@@ -14,6 +14,7 @@ The jobs are submitted together at the start of the module (they share the two n
 users' jobs) and each test then waits for the one it checks. Timeouts are generous: on a fresh
 machine the first 2-rank job also compiles DeepSpeed's shm_comm op (about a minute).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,15 +30,17 @@ from typing import Dict, List
 
 import pytest
 import torch
-
 from conftest import REPO, final_weights, tiny_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
 
 CLUSTER = REPO / "slurm" / "testcluster" / "cluster.sh"
 # A cluster of its own (folder and ports), so a developer's cluster on the default ones is left alone.
-CLUSTER_ENV = {"SLURM_TESTCLUSTER_DIR": "/tmp/action-launch-slurm-tests", "SLURM_TESTCLUSTER_PORT": "17200",
-               "SLURM_TESTCLUSTER_NETNS": "action-launch-slurm-tests"}
+CLUSTER_ENV = {
+    "SLURM_TESTCLUSTER_DIR": "/tmp/action-launch-slurm-tests",
+    "SLURM_TESTCLUSTER_PORT": "17200",
+    "SLURM_TESTCLUSTER_NETNS": "action-launch-slurm-tests",
+}
 NETNS_PATH = f"/run/netns/{CLUSTER_ENV['SLURM_TESTCLUSTER_NETNS']}"
 CLONE_NEWNET = 0x40000000
 HOME_NETNS: Dict[str, int] = {}  # "fd": this process's own network namespace while it visits the cluster's
@@ -60,9 +63,11 @@ def slurm_cluster():
     start = time.monotonic()
     proc = subprocess.run(["bash", str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        pytest.fail(f"the Slurm test cluster did not come up (needs root and apt-get, or the packages slurm-wlm "
-                    f"slurm-client slurmdbd munge mariadb-server iproute2):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"the Slurm test cluster did not come up (needs root and apt-get, or the packages slurm-wlm "
+            f"slurm-client slurmdbd munge mariadb-server iproute2):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+            pytrace=False,
+        )
     print(f"test cluster up in {time.monotonic() - start:.1f}s")
     home = HOME_NETNS["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # to come back to
     cluster = os.open(NETNS_PATH, os.O_RDONLY)
@@ -90,8 +95,14 @@ def submit_env(extra: Dict[str, str] | None = None) -> Dict[str, str]:
 
 
 def start_submit(args: List[str], env: Dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "launch/submit.py", *args], cwd=REPO, env=submit_env(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "launch/submit.py", *args],
+        cwd=REPO,
+        env=submit_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_submit(proc: subprocess.Popen, timeout: int = 300) -> str:
@@ -105,8 +116,9 @@ def job_ids(submit_output: str) -> List[str]:
 
 
 def sacct_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"], capture_output=True, text=True
+    ).stdout
     states = [line.split("|")[1] for line in out.splitlines() if line.split("|")[0] == job_id]
     return states[0].split()[0] if states else "UNKNOWN"
 
@@ -126,8 +138,7 @@ def mlflow_run(output_dir: Path, name: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
-                              f"attributes.run_name = '{name}'")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], f"attributes.run_name = '{name}'")
     assert len(runs) == 1, f"expected one MLflow run {name!r}, got {len(runs)}"
     return runs[0]
 
@@ -145,30 +156,54 @@ def jobs(slurm_cluster, video_set, tmp_path_factory):
         "ref": start_submit(["--nodes", "2", *tiny_overrides(video_set, root / "ref", "ref"), *common]),
         "pre": start_submit(["--nodes", "2", *tiny_overrides(video_set, root / "pre", "pre"), *common]),
         # a grid of 3 names (one with shell metacharacters) as one job array
-        "array": start_submit(["--time", "00:15:00", *tiny_overrides(video_set, root / "array", "unused"),
-                               f"name=a,b,{SHELL_NAME}", "train.epochs=1", "train.max_steps_per_epoch=1",
-                               "tracking.enabled=false"],
-                              env={"HOME": str(home)}),
+        "array": start_submit(
+            [
+                "--time",
+                "00:15:00",
+                *tiny_overrides(video_set, root / "array", "unused"),
+                f"name=a,b,{SHELL_NAME}",
+                "train.epochs=1",
+                "train.max_steps_per_epoch=1",
+                "tracking.enabled=false",
+            ],
+            env={"HOME": str(home)},
+        ),
         # a job that fails when it starts, past what submit.py checks (a missing data.root is refused before
         # submitting): 48 training clips cannot fill a micro batch of 64
-        "fail": start_submit(["--time", "00:15:00", *tiny_overrides(video_set, root / "fail", "fail"),
-                              "train.micro_batch_size=64"]),
+        "fail": start_submit(
+            ["--time", "00:15:00", *tiny_overrides(video_set, root / "fail", "fail"), "train.micro_batch_size=64"]
+        ),
     }
     out = {key: finish_submit(proc) for key, proc in procs.items()}
     ids = {key: job_ids(text) for key, text in out.items()}
     # the same 2-node run through slurm/train.sbatch (plain sbatch + srun, no submitit), preempted below
     (root / "sbatch").mkdir()
-    proc = subprocess.run(["sbatch", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=00:15:00",
-                           f"--output={root / 'sbatch'}/slurm-%j.out", "slurm/train.sbatch",
-                           *tiny_overrides(video_set, root / "sbatch", "sbatch"), *common[2:]],
-                          cwd=REPO, env={**submit_env(), "PYTHON": sys.executable}, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [
+            "sbatch",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            "--time=00:15:00",
+            f"--output={root / 'sbatch'}/slurm-%j.out",
+            "slurm/train.sbatch",
+            *tiny_overrides(video_set, root / "sbatch", "sbatch"),
+            *common[2:],
+        ],
+        cwd=REPO,
+        env={**submit_env(), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     ids["sbatch"] = [proc.stdout.split()[-1]]
     jobs = {"root": root, "home": home, "out": out, "ids": ids}
     # Preempt both "pre" jobs once they train (in the background: the tests run one after the other)
-    preempted = {"pre": (root / "pre" / "tests" / "pre" / ids["pre"][0], f"{ids['pre'][0]}_0_log.out"),
-                 "sbatch": (root / "sbatch", f"slurm-{ids['sbatch'][0]}.out")}
+    preempted = {
+        "pre": (root / "pre" / "tests" / "pre" / ids["pre"][0], f"{ids['pre'][0]}_0_log.out"),
+        "sbatch": (root / "sbatch", f"slurm-{ids['sbatch'][0]}.out"),
+    }
     jobs["preempt"] = {}
     for key, (folder, log) in preempted.items():
         result: Dict[str, str] = {}
@@ -244,8 +279,9 @@ def test_two_nodes_train_with_world_size_two_and_the_scaled_lr(jobs):
     assert "2 node(s) x 1 task(s) = world size 2" in jobs["out"]["ref"]
     assert "lr 0.002 -> 0.004 (linear rule, base batch 8)" in jobs["out"]["ref"]
     assert wait_job(job_id, folder) == "COMPLETED"
-    nodes = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "NodeList"], capture_output=True,
-                           text=True).stdout.strip()
+    nodes = subprocess.run(
+        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "NodeList"], capture_output=True, text=True
+    ).stdout.strip()
     assert nodes == "n[1-2]"
     run = mlflow_run(jobs["root"] / "ref", "ref")
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
@@ -276,8 +312,9 @@ def test_grid_is_one_job_array_and_shell_metacharacters_stay_data(jobs):
 def listening_ports(netns_fd: int | None = None) -> set:
     """TCP ports listening in this thread's network namespace, or in the one `netns_fd` refers to."""
     cmd = ["ss", "-Hltn"] if netns_fd is None else ["nsenter", f"--net=/proc/self/fd/{netns_fd}", "ss", "-Hltn"]
-    out = subprocess.run(cmd, pass_fds=() if netns_fd is None else (netns_fd,), capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        cmd, pass_fds=() if netns_fd is None else (netns_fd,), capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()}
 
 
@@ -288,14 +325,31 @@ def test_cluster_listens_only_inside_its_namespace(slurm_cluster):
     assert not ports & listening_ports(HOME_NETNS["fd"])  # the namespace the tests started in
 
 
-@pytest.mark.parametrize("args, says", [(["--partition", "nosuch"], "invalid partition specified: nosuch"),
-                                        (["--nodes", "3"], "node configuration is not available")])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--partition", "nosuch"], "invalid partition specified: nosuch"),
+        (["--nodes", "3"], "node configuration is not available"),
+    ],
+)
 def test_a_job_slurm_would_refuse_is_refused_before_anything_is_written(slurm_cluster, video_set, tmp_path, args, says):
     """What `sbatch --test-only` refuses (a partition that does not exist; more nodes than the partition has,
     which would pend forever) is one line and exit 2, with no job folder, code snapshot or job left behind."""
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--time", "00:05:00", *args,
-                           *tiny_overrides(video_set, tmp_path / "out", "refused")],
-                          cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/submit.py",
+            "--time",
+            "00:05:00",
+            *args,
+            *tiny_overrides(video_set, tmp_path / "out", "refused"),
+        ],
+        cwd=REPO,
+        env=submit_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
     assert line.startswith("error: Slurm would refuse this job: ") and says in line, line
@@ -303,9 +357,24 @@ def test_a_job_slurm_would_refuse_is_refused_before_anything_is_written(slurm_cl
 
 
 def test_dry_run_script_passes_sbatch_test_only(slurm_cluster, video_set, tmp_path):
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2", "--time", "00:05:00",
-                           *tiny_overrides(video_set, tmp_path, SHELL_NAME), "optim.lr=0.001,0.002"],
-                          cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/submit.py",
+            "--dry-run",
+            "--nodes",
+            "2",
+            "--time",
+            "00:05:00",
+            *tiny_overrides(video_set, tmp_path, SHELL_NAME),
+            "optim.lr=0.001,0.002",
+        ],
+        cwd=REPO,
+        env=submit_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout.split("# ---- sbatch script")[1].split("\n", 1)[1].split("\n# ---- resolved config")[0]
     assert "#SBATCH --nodes=2" in script and "#SBATCH --array=0-1%2" in script and "rm -rf" not in script
@@ -321,12 +390,19 @@ def test_failing_job_shows_its_traceback_in_status(jobs):
     (job_id,) = jobs["ids"]["fail"]
     folder = job_folder(jobs, "fail", "fail")
     assert wait_job(job_id, folder) == "FAILED"
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--status", str(folder)], cwd=REPO, env=submit_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/submit.py", "--status", str(folder)],
+        cwd=REPO,
+        env=submit_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"job {job_id} on slurm" in proc.stdout and "FAILED" in proc.stdout
-    assert "Traceback (most recent call last)" in proc.stdout and "cannot fill one optimizer step" in proc.stdout, \
+    assert "Traceback (most recent call last)" in proc.stdout and "cannot fill one optimizer step" in proc.stdout, (
         proc.stdout
+    )
 
 
 def test_sweep_as_one_slurm_job_runs_trials_on_both_nodes(slurm_cluster, video_set, tmp_path):
@@ -334,12 +410,39 @@ def test_sweep_as_one_slurm_job_runs_trials_on_both_nodes(slurm_cluster, video_s
     trials (1 CPU each, 1 CPU per node) are spread over both, and MLflow gets the parent and its children."""
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("metric: val/loss\nmode: min\nspace:\n  data.num_frames: {grid: [2, 3, 4, 6]}\n")
-    overrides = [o for o in tiny_overrides(video_set, tmp_path / "runs", "unused")
-                 if not o.startswith(("data.num_workers", "train.epochs"))]
-    proc = subprocess.run([sys.executable, "launch/tune.py", "--config", "configs/timesformer/tiny.yaml", "--sweep",
-                           str(sweep), "--name", "sl", "--scheduler", "fifo", "--slurm", "--nodes", "2", "--wait",
-                           "--time", "00:15:00", *overrides, "data.num_workers=0", "train.epochs=1"],
-                          cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=900)
+    overrides = [
+        o
+        for o in tiny_overrides(video_set, tmp_path / "runs", "unused")
+        if not o.startswith(("data.num_workers", "train.epochs"))
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/tune.py",
+            "--config",
+            "configs/timesformer/tiny.yaml",
+            "--sweep",
+            str(sweep),
+            "--name",
+            "sl",
+            "--scheduler",
+            "fifo",
+            "--slurm",
+            "--nodes",
+            "2",
+            "--wait",
+            "--time",
+            "00:15:00",
+            *overrides,
+            "data.num_workers=0",
+            "train.epochs=1",
+        ],
+        cwd=REPO,
+        env=submit_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     sweep_dir = tmp_path / "runs" / "tests" / "sl"
     logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(sweep_dir.glob("slurm/*/*_log.*")))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}"
@@ -366,20 +469,46 @@ def test_cancelled_sweep_job_resumes_and_leaves_no_run_running(slurm_cluster, vi
     cancelled job's mlflow server), and no resumed trial gets a changed.tracking.uri tag."""
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("metric: val/loss\nmode: min\nspace:\n  data.num_frames: {grid: [2, 3, 4, 6]}\n")
-    overrides = [o for o in tiny_overrides(video_set, tmp_path / "runs", "unused")
-                 if not o.startswith(("data.num_workers", "train.epochs"))]
-    cmd = [sys.executable, "launch/tune.py", "--config", "configs/timesformer/tiny.yaml", "--sweep", str(sweep),
-           "--name", "cancel", "--scheduler", "fifo", "--slurm", "--nodes", "2", "--time", "00:15:00", *overrides,
-           "data.num_workers=0", "train.epochs=2"]
+    overrides = [
+        o
+        for o in tiny_overrides(video_set, tmp_path / "runs", "unused")
+        if not o.startswith(("data.num_workers", "train.epochs"))
+    ]
+    cmd = [
+        sys.executable,
+        "launch/tune.py",
+        "--config",
+        "configs/timesformer/tiny.yaml",
+        "--sweep",
+        str(sweep),
+        "--name",
+        "cancel",
+        "--scheduler",
+        "fifo",
+        "--slurm",
+        "--nodes",
+        "2",
+        "--time",
+        "00:15:00",
+        *overrides,
+        "data.num_workers=0",
+        "train.epochs=2",
+    ]
     first = subprocess.run(cmd, cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    (job_id,) = [line.split()[3].rstrip(";") for line in first.stdout.splitlines()
-                 if line.startswith("submitted sweep job")]
+    (job_id,) = [
+        line.split()[3].rstrip(";") for line in first.stdout.splitlines() if line.startswith("submitted sweep job")
+    ]
     sweep_dir = tmp_path / "runs" / "tests" / "cancel"
 
     def finished_trials() -> List[str]:
-        return sorted({m.parents[2].name for m in sweep_dir.glob("*/checkpoints/step_*/meta.json")
-                       if json.loads(m.read_text())["epoch"] == 2})
+        return sorted(
+            {
+                m.parents[2].name
+                for m in sweep_dir.glob("*/checkpoints/step_*/meta.json")
+                if json.loads(m.read_text())["epoch"] == 2
+            }
+        )
 
     deadline = time.monotonic() + 600
     while not finished_trials() and time.monotonic() < deadline and sacct_state(job_id) not in TERMINAL:
@@ -396,19 +525,23 @@ def test_cancelled_sweep_job_resumes_and_leaves_no_run_running(slurm_cluster, vi
         time.sleep(0.5)
     cancel_logs = "\n".join(p.read_text() for p in sorted(sweep_dir.glob("slurm/*/*_log.*")))
     assert "Bypassing signal SIGTERM" not in cancel_logs, cancel_logs[-3000:]
-    ends = [json.loads(line) for line in (sweep_dir / "tracking" / "journal.jsonl").read_text().splitlines()
-            if '"kind": "end"' in line]
+    ends = [
+        json.loads(line)
+        for line in (sweep_dir / "tracking" / "journal.jsonl").read_text().splitlines()
+        if '"kind": "end"' in line
+    ]
     assert ends and ends[-1]["status"] == "KILLED", ends
     before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
 
-    resumed = subprocess.run(cmd + ["--resume", "--wait"], cwd=REPO, env=submit_env(), capture_output=True, text=True,
-                             timeout=900)
+    resumed = subprocess.run(
+        cmd + ["--resume", "--wait"], cwd=REPO, env=submit_env(), capture_output=True, text=True, timeout=900
+    )
     logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(sweep_dir.glob("slurm/*/*_log.*")))
     assert resumed.returncode == 0, f"{resumed.stdout[-3000:]}\n{resumed.stderr[-3000:]}\n{logs}"
     rows = (sweep_dir / "results.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and all(r.endswith(",completed") for r in rows), rows
     for trial in finished:  # not trained again
-        after = (sweep_dir / trial / "train.log").read_text()[len(before[trial]):]
+        after = (sweep_dir / trial / "train.log").read_text()[len(before[trial]) :]
         assert not re.search(r"epoch \d+/\d+ step", after), after[-2000:]
     from mlflow.tracking import MlflowClient
 

@@ -5,6 +5,7 @@ The sbatch scripts of a training job and of a sweep job are compared whole with 
 tests/data/ (output folder and Python path as placeholders). After a deliberate change, regenerate them:
     REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_slurm_launcher.py -k sbatch
 and review the diff of tests/data/*.sbatch."""
+
 from __future__ import annotations
 
 import functools
@@ -16,15 +17,20 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from action_launch.cluster.executor import make_executor
 from action_launch.cluster.jobs import write_job_json
-from action_launch.cluster.plan import (check_script_values, describe, parse_time_minutes, resolve, safe_component,
-                                        split_top_level)
+from action_launch.cluster.plan import (
+    check_script_values,
+    describe,
+    parse_time_minutes,
+    resolve,
+    safe_component,
+    split_top_level,
+)
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.config import ConfigError, SlurmConfig
-
-from conftest import REPO
 
 
 def test_grid_values_split_on_top_level_commas_only():
@@ -35,8 +41,18 @@ def test_grid_values_split_on_top_level_commas_only():
     assert split_top_level("x; rm -rf ~") == ["x; rm -rf ~"]
 
 
-@pytest.mark.parametrize("text,minutes", [("90", 90), ("00:30:00", 30), ("1:00:00", 60), ("10:30", 11),
-                                          ("1-00:00:00", 1440), ("2-3", 3060), ("00:00:05", 1)])
+@pytest.mark.parametrize(
+    "text,minutes",
+    [
+        ("90", 90),
+        ("00:30:00", 30),
+        ("1:00:00", 60),
+        ("10:30", 11),
+        ("1-00:00:00", 1440),
+        ("2-3", 3060),
+        ("00:00:05", 1),
+    ],
+)
 def test_slurm_time_formats(text, minutes):
     assert parse_time_minutes(text) == minutes
 
@@ -49,8 +65,12 @@ def test_bad_time_is_an_error_naming_the_key():
 def test_flags_override_the_slurm_section_and_grids_multiply(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("slurm:\n  nodes: 1\n  partition: cpu\n  time: '02:00:00'\ngrid:\n  seed: [0, 1]\n")
-    plans = resolve([str(config)], ["optim.lr=0.1,0.2", "data.train_short_side=[32,36]"], {"nodes": 4, "qos": "low"},
-                    check_model=False)
+    plans = resolve(
+        [str(config)],
+        ["optim.lr=0.1,0.2", "data.train_short_side=[32,36]"],
+        {"nodes": 4, "qos": "low"},
+        check_model=False,
+    )
     assert len(plans) == 4
     assert [(p.cfg.seed, p.cfg.optim.lr) for p in plans] == [(0, 0.1), (0, 0.2), (1, 0.1), (1, 0.2)]
     for plan in plans:
@@ -64,16 +84,23 @@ def test_each_task_of_a_job_array_names_its_mlflow_run_by_its_grid_point(tmp_pat
     folder is `<name>/<job id>`, which a requeue finds it by); the task index where no grid point tells tasks apart."""
     plans = resolve([], ["name=grid", "optim.lr=0.001,0.01", "data.num_frames=8,16"], {}, check_model=False)
     assert [p.cfg.run_name() for p in plans] == [
-        "grid/optim.lr=0.001,data.num_frames=8", "grid/optim.lr=0.001,data.num_frames=16",
-        "grid/optim.lr=0.01,data.num_frames=8", "grid/optim.lr=0.01,data.num_frames=16"]
+        "grid/optim.lr=0.001,data.num_frames=8",
+        "grid/optim.lr=0.001,data.num_frames=16",
+        "grid/optim.lr=0.01,data.num_frames=8",
+        "grid/optim.lr=0.01,data.num_frames=16",
+    ]
     assert {p.cfg.name for p in plans} == {"grid"}
-    assert "job 4/4 {'optim.lr': 0.01, 'data.num_frames': 16}: default/grid (MLflow run grid/optim.lr=0.01," \
+    assert (
+        "job 4/4 {'optim.lr': 0.01, 'data.num_frames': 16}: default/grid (MLflow run grid/optim.lr=0.01,"
         "data.num_frames=16)" in describe(plans[3], 3, 4)
+    )
     # a grid file's values (a list among them), under a run name of the config's own
     config = tmp_path / "c.yaml"
     config.write_text("name: r\ntracking:\n  run_name: mine\ngrid:\n  data.train_short_side: [[32, 36], [40, 44]]\n")
     assert [p.cfg.run_name() for p in resolve([str(config)], [], {}, check_model=False)] == [
-        "mine/data.train_short_side=[32,36]", "mine/data.train_short_side=[40,44]"]
+        "mine/data.train_short_side=[32,36]",
+        "mine/data.train_short_side=[40,44]",
+    ]
     # a grid over the name itself: the names tell the tasks apart
     assert [p.cfg.run_name() for p in resolve([], ["name=a,b"], {}, check_model=False)] == ["a", "b"]
     # two configs of one name and no grid: the task index
@@ -111,15 +138,36 @@ def check_golden(script: str, name: str, output_dir: Path) -> None:
     golden = DATA / name
     if os.environ.get("REGEN_GOLDEN"):
         golden.write_text(text)
-    assert text.splitlines() == golden.read_text().splitlines(), \
+    assert text.splitlines() == golden.read_text().splitlines(), (
         f"the sbatch script differs from {golden}; if that is intended: REGEN_GOLDEN=1 pytest {__file__} -k sbatch"
+    )
 
 
 def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
     """A training job of 2 nodes x 4 GPUs: the whole script as sbatch would get it."""
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--nodes", "2", "--gpus-per-node", "4",
-                           "--partition", "gpu", "--time", "1:30:00", "--mem-gb", "64", f"output_dir={tmp_path}",
-                           "name=x; rm -rf ~"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/submit.py",
+            "--dry-run",
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "4",
+            "--partition",
+            "gpu",
+            "--time",
+            "1:30:00",
+            "--mem-gb",
+            "64",
+            f"output_dir={tmp_path}",
+            "name=x; rm -rf ~",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 node(s) x 4 task(s) = world size 8" in proc.stdout
     script = proc.stdout.split("# ---- sbatch script")[1].split("\n", 1)[1].split("\n# ---- resolved config")[0]
@@ -130,9 +178,29 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
 
 def test_sweep_dry_run_prints_the_sbatch_script_of_one_job(tmp_path):
     """`tune.py --slurm`: one task per node (the Ray head on the first), every GPU of the node for it."""
-    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--slurm", "--nodes", "2", "--gpus-per-node",
-                           "4", "--partition", "gpu", "--time", "2:00:00", "--name", "golden", f"output_dir={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/tune.py",
+            "--dry-run",
+            "--slurm",
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "4",
+            "--partition",
+            "gpu",
+            "--time",
+            "2:00:00",
+            "--name",
+            "golden",
+            f"output_dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     check_golden("#!/bin/bash" + proc.stdout.split("#!/bin/bash", 1)[1], "sweep_2_nodes.sbatch", tmp_path)
     assert not tmp_path.joinpath("default").exists()
@@ -140,38 +208,78 @@ def test_sweep_dry_run_prints_the_sbatch_script_of_one_job(tmp_path):
 
 def test_sweep_job_asks_for_the_memory_of_the_slurm_section(tmp_path):
     """`slurm.mem_gb` reaches a sweep job's script as it does a training job's (tune.py --slurm once ignored it)."""
-    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--slurm", "--nodes", "2", "slurm.mem_gb=32",
-                           f"output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/tune.py",
+            "--dry-run",
+            "--slurm",
+            "--nodes",
+            "2",
+            "slurm.mem_gb=32",
+            f"output_dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("#SBATCH --mem=32GB\n") == 1
 
 
-@pytest.mark.parametrize("args,option,value", [
-    (["--job-name", "a\nb"], "--job-name", "a\nb"),
-    (["--partition", "gpu\n#SBATCH --exclusive"], "--partition", "gpu\n#SBATCH --exclusive"),
-    (["--account", "a\tb"], "--account", "a\tb"),
-    (["--time", "01:00:00\r"], "--time", "01:00:00\r"),
-    (["slurm.qos=a\x01b"], "slurm.qos", "a\x01b"),
-    (["slurm.constraint=\"a100\\x7f\""], "slurm.constraint", "a100\x7f"),
-    (["experiment=\"x\\ty\""], "experiment", "x\ty"),
-])
+@pytest.mark.parametrize(
+    "args,option,value",
+    [
+        (["--job-name", "a\nb"], "--job-name", "a\nb"),
+        (["--partition", "gpu\n#SBATCH --exclusive"], "--partition", "gpu\n#SBATCH --exclusive"),
+        (["--account", "a\tb"], "--account", "a\tb"),
+        (["--time", "01:00:00\r"], "--time", "01:00:00\r"),
+        (["slurm.qos=a\x01b"], "slurm.qos", "a\x01b"),
+        (['slurm.constraint="a100\\x7f"'], "slurm.constraint", "a100\x7f"),
+        (['experiment="x\\ty"'], "experiment", "x\ty"),
+    ],
+)
 def test_control_characters_bound_for_the_sbatch_script_are_refused(tmp_path, args, option, value):
     """A newline in a value would reach the generated script (sbatch refuses it, or reads a new line):
     one error line naming the option with the value's repr, exit 2, nothing printed or written."""
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--config", "configs/demo.yaml", "--dry-run",
-                           f"output_dir={tmp_path}", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/submit.py",
+            "--config",
+            "configs/demo.yaml",
+            "--dry-run",
+            f"output_dir={tmp_path}",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = f"config error: {option}: {value!r} contains a control character; a value that reaches the sbatch script may not"
     assert proc.stderr.splitlines() == [error], proc.stderr
     assert proc.stdout == "" and not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args,option,value", [(["--partition", "a\nb"], "--partition", "a\nb"),
-                                               (["--name", "s\nw"], "--name", "s\nw"),
-                                               (["slurm.account=a\x1fb"], "slurm.account", "a\x1fb")])
+@pytest.mark.parametrize(
+    "args,option,value",
+    [
+        (["--partition", "a\nb"], "--partition", "a\nb"),
+        (["--name", "s\nw"], "--name", "s\nw"),
+        (["slurm.account=a\x1fb"], "slurm.account", "a\x1fb"),
+    ],
+)
 def test_sweep_job_refuses_control_characters_too(tmp_path, args, option, value):
-    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--slurm", f"output_dir={tmp_path}", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/tune.py", "--dry-run", "--slurm", f"output_dir={tmp_path}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = f"error: {option}: {value!r} contains a control character; a value that reaches the sbatch script may not"
     assert proc.stderr.splitlines() == [error], proc.stderr
@@ -210,19 +318,28 @@ def test_run_tag_of_an_array_task_is_the_id_submit_printed(monkeypatch):
 def test_code_snapshot_copies_the_tree_once(tmp_path):
     first = snapshot_code(REPO, tmp_path)
     # laid out as installed: launch/ is the action_launch package, models/ and datasets/ inside it
-    assert (first / "action_launch" / "training" / "trainer.py").read_text() == (REPO / "launch" / "training" / "trainer.py").read_text()
+    assert (first / "action_launch" / "training" / "trainer.py").read_text() == (
+        REPO / "launch" / "training" / "trainer.py"
+    ).read_text()
     assert (first / "action_launch" / "models" / "tsm.py").read_text() == (REPO / "models" / "tsm.py").read_text()
     assert (first / "configs" / "demo.yaml").is_file() and not (first / "launch").exists()
     code = "import action_launch.models, action_launch.training.trainer as t; print(t.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=first, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == str(first / "action_launch" / "training" / "trainer.py"), proc.stderr
+    assert proc.returncode == 0 and proc.stdout.strip() == str(first / "action_launch" / "training" / "trainer.py"), (
+        proc.stderr
+    )
     assert not (first / ".venv").exists() and not (first / "runs").exists()
     assert snapshot_code(REPO, tmp_path) == first
 
 
 def _git(repo, *args):
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def test_a_snapshot_tags_its_runs_with_the_commit_dirty_flag_and_diff_it_was_taken_from(tmp_path):
@@ -266,8 +383,10 @@ def test_folder_names_are_safe():
 def test_local_executor_runs_the_same_job(video_set, tmp_path):
     from conftest import run_train, tiny_overrides
 
-    proc = run_train(["--local", *tiny_overrides(video_set, tmp_path, "local"), "train.epochs=1",
-                      "train.max_steps_per_epoch=2"], script="launch/submit.py")
+    proc = run_train(
+        ["--local", *tiny_overrides(video_set, tmp_path, "local"), "train.epochs=1", "train.max_steps_per_epoch=2"],
+        script="launch/submit.py",
+    )
     assert "submitted job" in proc.stdout and "(local)" in proc.stdout and "finished" in proc.stdout, proc.stdout
     (folder,) = (tmp_path / "tests" / "local").iterdir()
     info = json.loads((folder / "job.json").read_text())
@@ -281,12 +400,19 @@ def test_local_executor_runs_the_same_job(video_set, tmp_path):
 def test_the_tasks_of_a_local_array_are_told_apart_in_mlflow(video_set, tmp_path):
     """A 2-point grid through the local executor: one MLflow run per task named by its grid point, each in its own
     `<name>/<job id>` folder, whose confusion matrix is labelled with the data root's classes.txt."""
+    from conftest import run_train, tiny_overrides
     from mlflow.tracking import MlflowClient
 
-    from conftest import run_train, tiny_overrides
-
-    run_train(["--local", *tiny_overrides(video_set, tmp_path, "grid"), "train.epochs=1", "train.max_steps_per_epoch=1",
-               "optim.lr=0.002,0.001"], script="launch/submit.py")
+    run_train(
+        [
+            "--local",
+            *tiny_overrides(video_set, tmp_path, "grid"),
+            "train.epochs=1",
+            "train.max_steps_per_epoch=1",
+            "optim.lr=0.002,0.001",
+        ],
+        script="launch/submit.py",
+    )
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["grid/optim.lr=0.001", "grid/optim.lr=0.002"]
@@ -309,8 +435,13 @@ def _local_job(tmp_path: Path, fn):
 
 
 def _status(folder: Path) -> str:
-    proc = subprocess.run([sys.executable, "launch/submit.py", "--status", str(folder)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/submit.py", "--status", str(folder)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -322,7 +453,9 @@ def test_status_of_a_failed_local_job_shows_its_traceback_and_logs(tmp_path):
     out = _status(folder)
     assert out.startswith(f"job {job.job_id} on local: 1 node(s) x 1 task(s)\nstate: FINISHED\n"), out
     assert "checkpoints: step_00000002" in out and "job failed:" in out
-    assert "Traceback (most recent call last)" in out and "invalid literal for int() with base 10: 'no-such-number'" in out
+    assert (
+        "Traceback (most recent call last)" in out and "invalid literal for int() with base 10: 'no-such-number'" in out
+    )
     assert f"--- {job.job_id}_0_log.err (last " in out and f"--- {job.job_id}_0_log.out (last " in out
 
 
@@ -351,10 +484,13 @@ def test_waiting_on_a_failed_job_prints_the_end_of_its_log(video_set, tmp_path):
     checks): --wait (implied by the local executor) ends with the log's last lines, not only its path."""
     from conftest import run_train, tiny_overrides
 
-    proc = run_train(["--local", *tiny_overrides(video_set, tmp_path, "fails"), "train.micro_batch_size=64"],
-                     script="launch/submit.py", check=False)
+    proc = run_train(
+        ["--local", *tiny_overrides(video_set, tmp_path, "fails"), "train.micro_batch_size=64"],
+        script="launch/submit.py",
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
-    report = proc.stderr[proc.stderr.index("failed: "):]
+    report = proc.stderr[proc.stderr.index("failed: ") :]
     assert report.startswith("failed: ValueError: 48 training clips cannot fill one optimizer step"), report
     assert "_0_log.err:" in report and "cannot fill one optimizer step" in report.split("details:")[0], report
     assert "details: python launch/submit.py --status" in report

@@ -1,15 +1,15 @@
 """ST-ABN (models/stabn.py): paper parameter count, shapes, the two-head loss, a short training run."""
+
 import inspect
 from typing import Tuple
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import count_params, sgd_losses
 
 from action_launch import models
 from action_launch.models.stabn import STABN
-
-from conftest import count_params, sgd_losses
 
 # Measured on this implementation; the reference reports ~55.7M in all and 54.3M for the backbone.
 PAPER_PARAMS = 55_665_928
@@ -17,7 +17,6 @@ PAPER_BACKBONE_PARAMS = 54_340_396  # everything but the two classifiers (fc, at
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 
 def test_paper_preset_parameter_count():
@@ -53,7 +52,7 @@ def test_tiny_forward_any_clip_length_and_size(frames, size):
     assert out["spatial_att"].shape == (2, 1, frames, h, w)
     assert out["temporal_att"].shape == (2, 1, frames, 1, 1)
     for key in ("spatial_att", "temporal_att"):
-        assert 0.0 <= out[key].min() and out[key].max() <= 1.0
+        assert out[key].min() >= 0.0 and out[key].max() <= 1.0
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
@@ -106,7 +105,10 @@ def _imagenet_resnet_like(model: STABN) -> dict:
         name = key.removeprefix("stem.")
         shape = value.shape[:2] + value.shape[3:] if value.ndim == 5 else value.shape
         state[name] = value.clone() if value.dtype == torch.long else torch.randn(shape, generator=g)
-    state["fc.weight"], state["fc.bias"] = torch.randn(1000, model.fc.in_features, generator=g), torch.randn(1000, generator=g)
+    state["fc.weight"], state["fc.bias"] = (
+        torch.randn(1000, model.fc.in_features, generator=g),
+        torch.randn(1000, generator=g),
+    )
     return state
 
 

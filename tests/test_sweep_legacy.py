@@ -10,6 +10,7 @@ and the functions of `same_as` / `depends_on` entries are stored as placeholders
 only the `param_space` given to `Tuner.restore` resolves. So no alias of the old module names is needed;
 what a resume does need is that param_space, or the trials not yet started get the placeholders as values.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,34 +28,42 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import EPOCH_VALIDATION, REPO, tiny_overrides
 
 from action_launch.training.op_builds import environment_build_dir
-from conftest import EPOCH_VALIDATION, REPO, tiny_overrides
 
 OLD_COMMIT = "aa045f1"  # the last commit with top-level `launch`, `models`, `datasets`
 EPOCHS = 2
-SWEEP = {"space": {"data.num_frames": {"grid": [2, 4]},
-                   # as the recipe sweeps do: entries Ray draws with a function of another entry
-                   "model.num_frames": {"same_as": "data.num_frames"},
-                   "optim.warmup_epochs": {"depends_on": "data.num_frames", "cases": {2: 0, 4: 1}, "default": 0}}}
+SWEEP = {
+    "space": {
+        "data.num_frames": {"grid": [2, 4]},
+        # as the recipe sweeps do: entries Ray draws with a function of another entry
+        "model.num_frames": {"same_as": "data.num_frames"},
+        "optim.warmup_epochs": {"depends_on": "data.num_frames", "cases": {2: 0, 4: 1}, "default": 0},
+    }
+}
 
 pytestmark = pytest.mark.slow
 
 
 def _has_commit(commit: str) -> bool:
-    return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO,
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
 def old_tree(tmp_path_factory):
     """The repository at OLD_COMMIT, as a git worktree (removed afterwards)."""
     if shutil.which("git") is None or not _has_commit(OLD_COMMIT):
-        pytest.skip(f"commit {OLD_COMMIT} (the code before the action_launch namespace) is not in this clone's "
-                    "history: clone with full history to run this test")
+        pytest.skip(
+            f"commit {OLD_COMMIT} (the code before the action_launch namespace) is not in this clone's "
+            "history: clone with full history to run this test"
+        )
     path = tmp_path_factory.mktemp("old") / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), OLD_COMMIT], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), OLD_COMMIT], cwd=REPO, check=True, capture_output=True
+    )
     yield path
     subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
 
@@ -73,8 +82,11 @@ def _kill_processes_mentioning(text: str) -> None:
 
 
 def _finished_trials(sweep_dir: Path) -> list:
-    done = {meta.parents[2].name for meta in sweep_dir.glob("*/checkpoints/step_*/meta.json")
-            if json.loads(meta.read_text())["epoch"] == EPOCHS}
+    done = {
+        meta.parents[2].name
+        for meta in sweep_dir.glob("*/checkpoints/step_*/meta.json")
+        if json.loads(meta.read_text())["epoch"] == EPOCHS
+    }
     return sorted(done)
 
 
@@ -99,9 +111,23 @@ def resumed(old_tree, video_set, deepspeed_ready, tmp_path_factory):
     sweep.write_text(yaml.safe_dump(SWEEP, sort_keys=False))
     out = tmp / "runs"
     overrides = [o for o in tiny_overrides(video_set, out) if not o.startswith(("data.num_workers", "train.epochs"))]
-    args = ["--config", "configs/timesformer/tiny.yaml", "--sweep", str(sweep), "--name", "legacy", "--scheduler",
-            "fifo", "--max-concurrent", "1", *overrides, "data.num_workers=0", "train.log_every_steps=2",
-            f"train.epochs={EPOCHS}", "train.max_steps_per_epoch=3"]
+    args = [
+        "--config",
+        "configs/timesformer/tiny.yaml",
+        "--sweep",
+        str(sweep),
+        "--name",
+        "legacy",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "1",
+        *overrides,
+        "data.num_workers=0",
+        "train.log_every_steps=2",
+        f"train.epochs={EPOCHS}",
+        "train.max_steps_per_epoch=3",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PYTHONPATH")}
     sweep_dir = out / "tests" / "legacy"
 
@@ -109,11 +135,20 @@ def resumed(old_tree, video_set, deepspeed_ready, tmp_path_factory):
     # It built DeepSpeed's ops under ~/.cache with the first ninja on PATH: pointed at this venv's build (made by
     # deepspeed_ready) with this venv's ninja, it compiles nothing, so the kill below cannot leave a half-built
     # op's lock behind.
-    old_env = {**env, "PYTHONPATH": str(old_tree), "TORCH_EXTENSIONS_DIR": str(environment_build_dir()),
-               "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
-    driver = subprocess.Popen([sys.executable, "launch/tune.py", *args], cwd=old_tree,
-                              env=old_env, stdout=open(tmp / "old.log", "w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    old_env = {
+        **env,
+        "PYTHONPATH": str(old_tree),
+        "TORCH_EXTENSIONS_DIR": str(environment_build_dir()),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    }
+    driver = subprocess.Popen(
+        [sys.executable, "launch/tune.py", *args],
+        cwd=old_tree,
+        env=old_env,
+        stdout=open(tmp / "old.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while not _finished_trials(sweep_dir) and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
@@ -127,8 +162,14 @@ def resumed(old_tree, video_set, deepspeed_ready, tmp_path_factory):
     state = {p.name: p.read_bytes() for p in (sweep_dir / "tune").iterdir() if p.is_file()}
 
     # Today's code resumes the same folder.
-    proc = subprocess.run([sys.executable, "launch/tune.py", *args, "--resume"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "launch/tune.py", *args, "--resume"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     _kill_processes_mentioning(str(out))
     return {"proc": proc, "sweep_dir": sweep_dir, "finished": finished, "before": before, "state": state}
 
@@ -155,7 +196,7 @@ def test_today_resumes_the_old_sweep_without_rerunning_the_finished_trial(resume
         before = resumed["before"][trial]
         assert after.startswith(before)
         assert len(EPOCH_VALIDATION.findall(after)) == len(EPOCH_VALIDATION.findall(before)) == EPOCHS
-        assert not re.search(r"epoch \d+/\d+ step", after[len(before):])
+        assert not re.search(r"epoch \d+/\d+ step", after[len(before) :])
 
 
 def test_today_completes_the_old_sweep(resumed):

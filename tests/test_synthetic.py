@@ -1,4 +1,5 @@
 """The synthetic motion data set: real H.264 files, balanced labels, motion that matches the label."""
+
 import hashlib
 
 import decord
@@ -17,8 +18,11 @@ def small_set(tmp_path_factory):
 
 
 def _digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _shape(frame):
@@ -59,9 +63,12 @@ def test_a_single_frame_tells_nothing():
     # and size (rendered without encoding: this checks the generator's design)
     stats = []
     for label in range(4):
-        feats = np.concatenate([
-            np.stack([_shape(f) for f in synthetic.render(np.random.default_rng([label, i]), label, 32, 12)])
-            for i in range(300)])
+        feats = np.concatenate(
+            [
+                np.stack([_shape(f) for f in synthetic.render(np.random.default_rng([label, i]), label, 32, 12)])
+                for i in range(300)
+            ]
+        )
         stats.append(np.concatenate([feats.mean(0), feats.std(0)]))
     stats = np.array(stats)  # per class: mean x, y, area, std x, y, area
     spread = stats.max(0) - stats.min(0)
@@ -94,8 +101,9 @@ def test_cli_and_dataset_read_it(tmp_path, capsys):
     out = tmp_path / "cli"
     assert synthetic.main([str(out), "--num-train", "4", "--num-val", "4", "--size", "32", "--frames", "24"]) == 0
     assert "wrote 4 train + 4 val" in capsys.readouterr().out
-    cfg = DataConfig(root=str(out), num_frames=8, sampling_rate=3, train_short_side=[32, 40], test_short_side=32,
-                     crop_size=32)
+    cfg = DataConfig(
+        root=str(out), num_frames=8, sampling_rate=3, train_short_side=[32, 40], test_short_side=32, crop_size=32
+    )
     ds = build(cfg, "train")
     assert ds.num_classes == 4
     clip, label = ds[(0, 0)]

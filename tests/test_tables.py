@@ -1,5 +1,6 @@
 """`common.tables` (the table, CSV and order of compare.py and of a sweep's results) and
 `tracking.stop_reasons` (how a trial's end is worded, and what MLflow status it gives its run)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,7 +24,11 @@ def test_table_right_aligns_numbers_and_csv_keeps_raw_values(tmp_path):
         "t_10             errored: x",
     ]
     path = write_csv(tmp_path / "sub" / "t.csv", columns, rows)
-    assert list(csv.reader(open(path, newline=""))) == [columns, ["t_0", "0.123456", "completed"], ["t_10", "", "errored: x"]]
+    assert list(csv.reader(open(path, newline=""))) == [
+        columns,
+        ["t_0", "0.123456", "completed"],
+        ["t_10", "", "errored: x"],
+    ]
 
 
 def test_stop_reasons_give_the_run_status():

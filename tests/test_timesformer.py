@@ -1,21 +1,21 @@
 """TimeSformer: paper parameter counts, shapes, the divided block's layout, init, training, ViT inflation."""
+
 import inspect
 import math
 
 import pytest
 import torch
+from conftest import count_params
 
 from action_launch import models
 from action_launch.models.timesformer import ATTENTION_TYPES, Block, TimeSformer, inflate_vit_state_dict
 
-from conftest import count_params
-
-TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=2, num_heads=4,
-            num_classes=4, drop_path_rate=0.0)
+TINY = dict(
+    img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=2, num_heads=4, num_classes=4, drop_path_rate=0.0
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 
 def tiny(**overrides) -> TimeSformer:
@@ -32,10 +32,13 @@ def test_paper_parameter_count_divided():
     assert count_params(model) == 121_566_352
 
 
-@pytest.mark.parametrize("attention, expected", [
-    ("joint_space_time", 86_112_400),  # + time_embed (8 x 768)
-    ("space_only", 86_106_256),  # an image ViT-B/16 with a 400-class head
-])
+@pytest.mark.parametrize(
+    "attention, expected",
+    [
+        ("joint_space_time", 86_112_400),  # + time_embed (8 x 768)
+        ("space_only", 86_106_256),  # an image ViT-B/16 with a 400-class head
+    ],
+)
 def test_paper_parameter_count_without_temporal_attention(attention, expected):
     with torch.device("meta"):
         model = models.create("timesformer_base", attention=attention)
@@ -45,12 +48,14 @@ def test_paper_parameter_count_without_temporal_attention(attention, expected):
 
 def test_presets():
     assert {"timesformer_base", "timesformer_tiny", "light_timesformer", "light_timesformer_tiny"} <= set(
-        models.list_presets())
+        models.list_presets()
+    )
     light = models.get_preset("light_timesformer").kwargs
     base = models.get_preset("timesformer_base").kwargs
     assert light["num_frames"] == 32 and light["num_classes"] == 12
     assert {k: v for k, v in light.items() if k not in ("num_frames", "num_classes")} == {
-        k: v for k, v in base.items() if k not in ("num_frames", "num_classes")}
+        k: v for k, v in base.items() if k not in ("num_frames", "num_classes")
+    }
     model = models.create("timesformer_tiny")
     assert 150_000 < count_params(model) < 160_000
     assert count_params(model) == 155_972
@@ -111,8 +116,9 @@ def _reference_divided_block(blk: Block, x: torch.Tensor, t: int) -> torch.Tenso
         res = blk.attn(blk.norm1(seq))
         cls_out.append(res[:, 0])
         patch_res[:, :, f] = res[:, 1:]
-    y = torch.cat([(cls + torch.stack(cls_out, 1).mean(1))[:, None],
-                   (after_time + patch_res).reshape(b, n * t, d)], dim=1)
+    y = torch.cat(
+        [(cls + torch.stack(cls_out, 1).mean(1))[:, None], (after_time + patch_res).reshape(b, n * t, d)], dim=1
+    )
     return y + blk.mlp(blk.norm2(y))
 
 
@@ -250,8 +256,14 @@ def test_load_image_vit_inflates_spatial_into_temporal_and_drops_the_head():
     state = model.state_dict()
 
     for i in range(2):
-        for name in ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-                     "norm1.weight", "norm1.bias"):
+        for name in (
+            "attn.qkv.weight",
+            "attn.qkv.bias",
+            "attn.proj.weight",
+            "attn.proj.bias",
+            "norm1.weight",
+            "norm1.bias",
+        ):
             assert torch.equal(state[f"blocks.{i}.{name}"], vit[f"blocks.{i}.{name}"])
             assert torch.equal(state[f"blocks.{i}.temporal_{name}"], vit[f"blocks.{i}.{name}"])
         assert torch.equal(state[f"blocks.{i}.mlp.fc2.weight"], vit[f"blocks.{i}.mlp.fc2.weight"])
@@ -264,7 +276,8 @@ def test_load_image_vit_inflates_spatial_into_temporal_and_drops_the_head():
     assert sorted(report["dropped_keys"]) == ["head.bias", "head.weight"]
     assert report["unexpected_keys"] == ["fc_norm.weight"]
     assert set(report["missing_keys"]) == {"time_embed", "head.weight", "head.bias"} | {
-        f"blocks.{i}.temporal_fc.{p}" for i in range(2) for p in ("weight", "bias")}
+        f"blocks.{i}.temporal_fc.{p}" for i in range(2) for p in ("weight", "bias")
+    }
     assert len(report["copied_to_temporal"]) == 2 * 6
     assert torch.equal(model.time_embed, fresh_time)
     assert model.head.weight.shape == (4, 64)

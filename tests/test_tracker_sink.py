@@ -1,6 +1,7 @@
 """The tracker talks to its backend through `tracker.Sink`: a second backend is one class, here a real JSON-lines
 file sink, and it receives what MLflow receives from the same calls (params, metric points, tags, artifacts, the
 end status), through a resume and an offline `sync` alike."""
+
 from __future__ import annotations
 
 import ast
@@ -57,8 +58,14 @@ def read_runs(path: Path) -> Dict[str, Dict[str, Any]]:
     for line in path.read_text().splitlines() if path.exists() else []:
         e = json.loads(line)
         if e["kind"] == "create":
-            runs[e["run"]] = {"name": e["name"], "params": {}, "metrics": {}, "tags": dict(e["tags"]),
-                              "artifacts": [], "status": "RUNNING"}
+            runs[e["run"]] = {
+                "name": e["name"],
+                "params": {},
+                "metrics": {},
+                "tags": dict(e["tags"]),
+                "artifacts": [],
+                "status": "RUNNING",
+            }
             continue
         run = runs[e["run"]]
         if e["kind"] == "reopen":
@@ -106,9 +113,14 @@ def _mlflow_view(uri: str, run_id: str) -> Dict[str, Any]:
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     metrics = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
-    return {"name": run.info.run_name, "params": run.data.params, "metrics": metrics,
-            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
-            "artifacts": [a.path for a in client.list_artifacts(run_id)], "status": run.info.status}
+    return {
+        "name": run.info.run_name,
+        "params": run.data.params,
+        "metrics": metrics,
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        "artifacts": [a.path for a in client.list_artifacts(run_id)],
+        "status": run.info.status,
+    }
 
 
 def _as_logged(run: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,5 +1,6 @@
 """Tracking against a real `mlflow server` on 127.0.0.1: down at first, synced later, then live; and
 runs started at once on a new SQLite store."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,9 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+from conftest import free_port, run_train, tiny_overrides
 
 from action_launch.tracking.server import TrackingServer
-
-from conftest import free_port, run_train, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,19 @@ def test_server_down_then_sync_then_live(video_set, tmp_path):
         assert "sent 0 journal events" in again.stdout
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) == len(metric_steps)
 
-        live = run_train([*tiny_overrides(video_set, tmp_path, "live"), "train.epochs=1"],
-                         env={"MLFLOW_TRACKING_URI": uri})
+        live = run_train(
+            [*tiny_overrides(video_set, tmp_path, "live"), "train.epochs=1"], env={"MLFLOW_TRACKING_URI": uri}
+        )
         assert "unreachable" not in live.stdout
-        (live_run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
-                                         "attributes.run_name = 'live'")
+        (live_run,) = client.search_runs(
+            [client.get_experiment_by_name("tests").experiment_id], "attributes.run_name = 'live'"
+        )
         assert live_run.info.status == "FINISHED"
         assert len(client.get_metric_history(live_run.info.run_id, "val/top1")) == 1
         state = json.loads((tmp_path / "tests" / "live" / "tracking" / "state.json").read_text())
-        assert state["run_id"] == live_run.info.run_id and state["synced"] == len(journal_events(tmp_path / "tests" / "live"))
+        assert state["run_id"] == live_run.info.run_id and state["synced"] == len(
+            journal_events(tmp_path / "tests" / "live")
+        )
 
 
 def _start_run_at_once(root: str, index: int, barrier, results) -> None:
@@ -136,18 +140,25 @@ def test_a_killed_run_is_closed_as_killed_by_sync(video_set, tmp_path):
     import sys
     import time
 
+    from conftest import REPO
     from mlflow.tracking import MlflowClient
 
-    from conftest import REPO
-
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "MLFLOW_TRACKING_URI")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")
+    }
     run_dir = tmp_path / "tests" / "dies"
     journal = run_dir / "tracking" / "journal.jsonl"
     log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen([sys.executable, "launch/train.py", *tiny_overrides(video_set, tmp_path, "dies"),
-                             "train.epochs=50"], cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "launch/train.py", *tiny_overrides(video_set, tmp_path, "dies"), "train.epochs=50"],
+        cwd=REPO,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:

@@ -1,4 +1,5 @@
 """End-to-end training with the real DeepSpeed engine and MLflow store, in subprocesses as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ from typing import Dict, Optional
 
 import pytest
 import torch
-
 from conftest import final_weights, free_port, run_train, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
@@ -23,8 +23,13 @@ def reference_run(video_set, tmp_path_factory):
     """An uninterrupted deterministic run (with dropout, accumulation and mid-epoch checkpoints)."""
     out = tmp_path_factory.mktemp("runs")
     overrides = tiny_overrides(video_set, out, "reference") + [
-        "model.drop_path_rate=0.2", "train.grad_accum=2", "checkpoint.every_steps=1", "checkpoint.keep_last=10",
-        "deterministic=true", "train.epochs=3"]
+        "model.drop_path_rate=0.2",
+        "train.grad_accum=2",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=10",
+        "deterministic=true",
+        "train.epochs=3",
+    ]
     proc = run_train(["--config", "configs/demo.yaml", *overrides])
     return out / "tests" / "reference", overrides, proc
 
@@ -56,8 +61,15 @@ def test_mlflow_run_contents(reference_run):
     assert [m.step for m in loss_history] == list(range(1, 10))  # 3 optimizer steps per epoch x 3 epochs
     top1 = client.get_metric_history(run.info.run_id, "val/top1")
     assert [m.step for m in top1] == [3, 6, 9]
-    for key in ("val/top5", "val/mean_class_acc", "val/loss", "train/lr", "train/clips_per_s", "train/data_wait_ms",
-                "data/bad_files"):
+    for key in (
+        "val/top5",
+        "val/mean_class_acc",
+        "val/loss",
+        "train/lr",
+        "train/clips_per_s",
+        "train/data_wait_ms",
+        "data/bad_files",
+    ):
         assert client.get_metric_history(run.info.run_id, key), key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "confusion_matrix.png", "final_metrics.json"} <= artifacts
@@ -73,7 +85,9 @@ def test_resume_mid_epoch_is_bit_identical(reference_run, tmp_path):
     run_dir, overrides, _ = reference_run
     resumed = [*overrides, f"output_dir={tmp_path}"]
     # stop after optimizer step 4: epoch 2, micro batch 2 of 6 (mid-epoch, accumulation boundary)
-    run_train(["--config", "configs/demo.yaml", "--stop-after-step", "4", *resumed], script="tests/helpers/faulty_train.py")
+    run_train(
+        ["--config", "configs/demo.yaml", "--stop-after-step", "4", *resumed], script="tests/helpers/faulty_train.py"
+    )
     partial = tmp_path / "tests" / "reference"
     assert json.loads((partial / "checkpoints" / "step_00000004" / "meta.json").read_text())["micro_in_epoch"] == 2
     proc = run_train(["--config", str(partial / "config.yaml"), "train.log_every_steps=3"])
@@ -119,7 +133,11 @@ def test_until_epoch_pauses_with_the_run_open_and_resumes_bit_identically(refere
 def test_kill_during_save_leaves_a_resumable_run(reference_run, tmp_path):
     run_dir, overrides, _ = reference_run
     resumed = [*overrides, f"output_dir={tmp_path}"]
-    proc = run_train(["--config", "configs/demo.yaml", "--die-in-save-of", "5", *resumed], script="tests/helpers/faulty_train.py", check=False)
+    proc = run_train(
+        ["--config", "configs/demo.yaml", "--die-in-save-of", "5", *resumed],
+        script="tests/helpers/faulty_train.py",
+        check=False,
+    )
     assert proc.returncode == 9
     ckpts = tmp_path / "tests" / "reference" / "checkpoints"
     assert (ckpts / ".tmp-step_00000005").exists() and not (ckpts / "step_00000005").exists()
@@ -144,9 +162,22 @@ def test_existing_checkpoints_and_no_resume_refuse_to_overwrite(reference_run):
 
 def test_two_processes_under_torchrun_with_zero(video_set, tmp_path):
     port = free_port()
-    proc = run_train(["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "launch/train.py",
-                      *tiny_overrides(video_set, tmp_path, "ddp"), "train.zero_stage=1", "train.micro_batch_size=4",
-                      "train.epochs=1", "optim.clip_grad=1.0"], script="-m")
+    proc = run_train(
+        [
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "launch/train.py",
+            *tiny_overrides(video_set, tmp_path, "ddp"),
+            "train.zero_stage=1",
+            "train.micro_batch_size=4",
+            "train.epochs=1",
+            "optim.clip_grad=1.0",
+        ],
+        script="-m",
+    )
     assert "world size 2; effective batch 8 = micro 4 x accumulation 1 x world 2" in proc.stdout
     from mlflow.tracking import MlflowClient
 
@@ -156,7 +187,9 @@ def test_two_processes_under_torchrun_with_zero(video_set, tmp_path):
     assert float(run.data.params["optim.scaled_lr"]) == pytest.approx(0.002)
     ckpt = next((tmp_path / "tests" / "ddp" / "checkpoints").glob("step_*"))
     assert sorted(p.name for p in ckpt.glob("zero_pp_rank_*")) == [
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     # 48 clips over 2 ranks x micro 4 = 6 steps; every rank saw its own shard, all ranks logged nothing twice
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
 
@@ -179,12 +212,26 @@ def test_load_weights_skips_a_head_of_another_shape(tmp_path):
 def test_resume_from_another_runs_checkpoint(reference_run, tmp_path):
     run_dir, overrides, _ = reference_run
     source = run_dir / "checkpoints" / "step_00000004"
-    proc = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path}", "--resume-from", str(source)])
-    assert "resumed from" in proc.stdout and "1 of 3 epochs done, 2 micro batches into the next, optimizer step 4" in proc.stdout
+    proc = run_train(
+        ["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path}", "--resume-from", str(source)]
+    )
+    assert (
+        "resumed from" in proc.stdout
+        and "1 of 3 epochs done, 2 micro batches into the next, optimizer step 4" in proc.stdout
+    )
     expected, got = final_weights(run_dir), final_weights(tmp_path / "tests" / "reference")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
-    bad = run_train(["--config", "configs/demo.yaml", *overrides, f"output_dir={tmp_path / 'x'}", "--resume-from",
-                     str(tmp_path / "nowhere")], check=False)
+    bad = run_train(
+        [
+            "--config",
+            "configs/demo.yaml",
+            *overrides,
+            f"output_dir={tmp_path / 'x'}",
+            "--resume-from",
+            str(tmp_path / "nowhere"),
+        ],
+        check=False,
+    )
     assert bad.returncode != 0 and "not a complete checkpoint folder" in bad.stderr
 
 
@@ -200,7 +247,9 @@ def _list_with_bad_videos(video_set: Path, root: Path) -> Dict[str, Optional[byt
     for k, name in enumerate(bad):  # spread over the list
         lines.insert(12 * k + 5, f"{root / name} {k}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
-    (root / "val.txt").write_text("".join(f"{video_set / l}\n" for l in (video_set / "val.txt").read_text().splitlines()))
+    (root / "val.txt").write_text(
+        "".join(f"{video_set / l}\n" for l in (video_set / "val.txt").read_text().splitlines())
+    )
     (root / "classes.txt").write_text((video_set / "classes.txt").read_text())
     return bad
 
@@ -232,7 +281,10 @@ def test_below_the_ceiling_the_scan_says_how_many_will_be_skipped(video_set, tmp
 
     cfg = load_config("configs/demo.yaml", [f"data.root={root}", "data.max_bad_fraction=0.1"])
     check_run(cfg)  # 4 of 52 is below 10%: no error
-    assert f"data check: 4 of 52 videos in {root / 'train.txt'} are unreadable and will be skipped" in capsys.readouterr().err
+    assert (
+        f"data check: 4 of 52 videos in {root / 'train.txt'} are unreadable and will be skipped"
+        in capsys.readouterr().err
+    )
     check_run(load_config("configs/demo.yaml", [f"data.root={root}", "data.check_files=never"]))  # not scanned
     assert capsys.readouterr().err == ""
 
@@ -244,8 +296,12 @@ def test_too_many_bad_videos_stop_the_run_in_one_message(video_set, tmp_path):
     the MLflow run marked FAILED."""
     root = tmp_path / "data"
     bad = _list_with_bad_videos(video_set, root)
-    overrides = tiny_overrides(root, tmp_path / "out", "bad") + ["data.num_workers=2", "data.max_bad_fraction=0.02",
-                                                                  "train.epochs=2", "data.check_files=never"]
+    overrides = tiny_overrides(root, tmp_path / "out", "bad") + [
+        "data.num_workers=2",
+        "data.max_bad_fraction=0.02",
+        "train.epochs=2",
+        "data.check_files=never",
+    ]
     proc = run_train(overrides, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "video_reader.cc:" not in proc.stderr and " @ 0x" not in proc.stderr

@@ -1,5 +1,6 @@
 """TSM (models/tsm.py) and DyReg-GNN (models/dyreg.py): counts, shift, identity at init, training,
 and DyReg computed as the reference code (bit-ml/DyReg-GNN) computes it, in float64."""
+
 import inspect
 import math
 from typing import Tuple
@@ -7,12 +8,11 @@ from typing import Tuple
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import count_params, sgd_losses
 
 from action_launch import models
 from action_launch.models.dyreg import DynamicGraph, DyRegResidual, dyreg_kwargs, offset_net_geometry
 from action_launch.models.tsm import TSM, temporal_shift
-
-from conftest import count_params, sgd_losses
 
 TSM_R50_PARAMS = 23_864_558  # torchvision ResNet-50 without its fc (23,508,032) + Linear(2048, 174)
 # Added by DyReg at layer2.2 / layer3.4 / layer4.1, measured here; the reference measured
@@ -21,7 +21,6 @@ DYREG_PARAMS = {"layer2.2": (1_141_640, 1.14e6), "layer3.4": (1_836_040, 1.84e6)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 
 def _block(model: TSM, name: str):
@@ -109,17 +108,20 @@ def _ref_fishnet(net, x, side):
     """Fishnet.forward + the global conv (ops/dyreg.py create_offset_modules, offset_generator='big')."""
     strides, padding, norm_size = _REF_FISHNET[side]
     x = _ref_ln2d(F.relu(F.conv2d(x, net.reduce.weight, net.reduce.bias)), net.reduce_norm)
-    tail0 = _ref_ln2d(F.relu(F.conv2d(x, net.down1.weight, net.down1.bias, stride=strides[0], padding=padding[0])),
-                      net.down1_norm)
+    tail0 = _ref_ln2d(
+        F.relu(F.conv2d(x, net.down1.weight, net.down1.bias, stride=strides[0], padding=padding[0])), net.down1_norm
+    )
     assert tail0.shape[-2:] == (norm_size[0], norm_size[0])
-    x = _ref_ln2d(F.relu(F.conv2d(tail0, net.down2.weight, net.down2.bias, stride=strides[1], padding=padding[1])),
-                  net.down2_norm)
+    x = _ref_ln2d(
+        F.relu(F.conv2d(tail0, net.down2.weight, net.down2.bias, stride=strides[1], padding=padding[1])), net.down2_norm
+    )
     assert x.shape[-2:] == (norm_size[1], norm_size[1])
     x = F.conv_transpose2d(x, net.up.weight, net.up.bias, stride=strides[1], padding=padding[1])
     assert x.shape[-2:] == (norm_size[0], norm_size[0])
     x = _ref_ln2d(F.relu(x), net.up_norm) + tail0
-    x = _ref_ln2d(F.relu(F.conv2d(x, net.head.weight, net.head.bias, stride=strides[1], padding=padding[1])),
-                  net.head_norm)
+    x = _ref_ln2d(
+        F.relu(F.conv2d(x, net.head.weight, net.head.bias, stride=strides[1], padding=padding[1])), net.head_norm
+    )
     assert x.shape[-2:] == (norm_size[-1], norm_size[-1])
     x = F.conv2d(x, net.fc.weight, net.fc.bias)  # kernel norm_size[-1]: acts as a fully connected layer
     assert x.shape[-2:] == (1, 1)
@@ -187,7 +189,7 @@ def _ref_dynamic_graph(g, feats, iH, init_regions="center"):
     if g.project:  # project_i3d_linear + the dynamic_graph_projection LayerNormAffine2D
         x = _ref_ln2d(F.conv2d(x, g.project_in.weight, g.project_in.bias), g.project_norm)
     C = x.shape[1]
-    full_res = (H, W) != (iH, iH)
+    full_res = (iH, iH) != (H, W)
     # get_offsets
     offset_in = F.adaptive_avg_pool2d(x, (iH, iH)) if full_res else x  # input_pooling
     gf = _ref_fishnet(g.offset_net, offset_in, iH).view(BT, N, D)
@@ -256,13 +258,16 @@ def test_grid_anchors_hand_values():
     # node n sits at row n // 3, column n % 3.
     graph = DynamicGraph(4, offset_dim=4, map_size=9, anchors="grid").double()
     kernel = graph.kernels(torch.zeros(1, 9, 4, dtype=torch.float64), 9, 9)[0]
-    profiles = [torch.tensor([2.0, 3, 3, 2, 1, 0, 0, 0, 0], dtype=torch.float64) / 11,
-                torch.tensor([0.0, 0, 1, 2, 3, 3, 2, 1, 0], dtype=torch.float64) / 12,
-                torch.tensor([0.0, 0, 0, 0, 0, 1, 2, 3, 3], dtype=torch.float64) / 9]
+    profiles = [
+        torch.tensor([2.0, 3, 3, 2, 1, 0, 0, 0, 0], dtype=torch.float64) / 11,
+        torch.tensor([0.0, 0, 1, 2, 3, 3, 2, 1, 0], dtype=torch.float64) / 12,
+        torch.tensor([0.0, 0, 0, 0, 0, 1, 2, 3, 3], dtype=torch.float64) / 9,
+    ]
     for n in range(9):
         torch.testing.assert_close(kernel[n], torch.outer(profiles[n // 3], profiles[n % 3]), rtol=0, atol=1e-15)
-    torch.testing.assert_close(kernel, _ref_kernel(torch.zeros(1, 9, 4, dtype=torch.float64), 9, 9, "grid")[0],
-                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        kernel, _ref_kernel(torch.zeros(1, 9, 4, dtype=torch.float64), 9, 9, "grid")[0], rtol=0, atol=1e-15
+    )
 
 
 def test_kernels_equal_the_reference_on_random_offsets():
@@ -271,8 +276,9 @@ def test_kernels_equal_the_reference_on_random_offsets():
     for anchors in ("center", "grid"):
         graph = DynamicGraph(4, offset_dim=4, map_size=7, anchors=anchors).double()
         for side in (7, 14, 28):
-            torch.testing.assert_close(graph.kernels(offsets, side, side), _ref_kernel(offsets, side, side, anchors),
-                                       rtol=0, atol=1e-14)
+            torch.testing.assert_close(
+                graph.kernels(offsets, side, side), _ref_kernel(offsets, side, side, anchors), rtol=0, atol=1e-14
+            )
 
 
 def test_offset_net_geometry_is_the_references():
@@ -286,8 +292,10 @@ def test_offset_net_geometry_is_the_references():
         graph = DynamicGraph(8, offset_dim=4, map_size=side)
         net = graph.offset_net
         sizes[side] = []
-        hooks = [m.register_forward_hook(lambda m, i, o, seen=sizes[side]: seen.append(o.shape[-1]))
-                 for m in (net.down1, net.down2, net.up, net.head, net.fc)]
+        hooks = [
+            m.register_forward_hook(lambda m, i, o, seen=sizes[side]: seen.append(o.shape[-1]))
+            for m in (net.down1, net.down2, net.up, net.head, net.fc)
+        ]
         graph.offsets(torch.randn(2, 8, side, side), 1, 2)
         for h in hooks:
             h.remove()
@@ -305,8 +313,9 @@ def test_dyreg_residual_equals_the_reference_float64(in_channels, node_dim, side
     x = torch.randn(2 * 3, in_channels, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected, ref_offsets = _ref_residual(wrapper, x, 3, side)
-        offsets = wrapper.dyreg.offsets(wrapper.dyreg.project_norm(wrapper.dyreg.project_in(x))
-                                        if wrapper.dyreg.project else x, 2, 3)
+        offsets = wrapper.dyreg.offsets(
+            wrapper.dyreg.project_norm(wrapper.dyreg.project_in(x)) if wrapper.dyreg.project else x, 2, 3
+        )
         out = wrapper(x, 3)
     torch.testing.assert_close(offsets, ref_offsets, rtol=0, atol=1e-12)
     if any(offset_scale):  # the regions really moved (and some centres reach the border)
@@ -332,9 +341,11 @@ def test_tsm_places_dyreg_between_conv2_and_bn2():
     model = models.create("tsm_r50_dyreg_tiny").eval()
     block = model.layer3[0]
     seen = {}
-    hooks = [block.conv2.register_forward_hook(lambda m, i, o: seen.__setitem__("conv2", o)),
-             block.dyreg.register_forward_hook(lambda m, i, o: seen.__setitem__("dyreg", (i[0], o))),
-             block.bn2.register_forward_hook(lambda m, i, o: seen.__setitem__("bn2", i[0]))]
+    hooks = [
+        block.conv2.register_forward_hook(lambda m, i, o: seen.__setitem__("conv2", o)),
+        block.dyreg.register_forward_hook(lambda m, i, o: seen.__setitem__("dyreg", (i[0], o))),
+        block.bn2.register_forward_hook(lambda m, i, o: seen.__setitem__("bn2", i[0])),
+    ]
     with torch.no_grad():
         torch.nn.init.ones_(block.dyreg.norm.weight)  # open the residual: its output differs from its input
         model(torch.randn(1, 3, 4, 64, 64))
@@ -351,8 +362,9 @@ def test_tsm_places_dyreg_between_conv2_and_bn2():
 def test_temporal_shift_moves_one_eighth_each_way_with_zero_padding():
     n, t, c = 2, 3, 16
     # value = 1000 * clip + 100 * (frame + 1) + channel, laid out (N*T, C, 1, 1) as TSM sees it.
-    x = torch.tensor([[1000 * i + 100 * (f + 1) + ch for ch in range(c)] for i in range(n) for f in range(t)],
-                     dtype=torch.float32).reshape(n * t, c, 1, 1)
+    x = torch.tensor(
+        [[1000 * i + 100 * (f + 1) + ch for ch in range(c)] for i in range(n) for f in range(t)], dtype=torch.float32
+    ).reshape(n * t, c, 1, 1)
     out = temporal_shift(x, t, shift_div=8).reshape(n, t, c)
     src = x.reshape(n, t, c)
     fold = c // 8
@@ -360,10 +372,10 @@ def test_temporal_shift_moves_one_eighth_each_way_with_zero_padding():
         # channels [0, fold): the next frame's values, zeros at the last frame
         expected_back = src[:, f + 1, :fold] if f + 1 < t else torch.zeros(n, fold)
         # channels [fold, 2 fold): the previous frame's values, zeros at the first frame
-        expected_fwd = src[:, f - 1, fold:2 * fold] if f > 0 else torch.zeros(n, fold)
+        expected_fwd = src[:, f - 1, fold : 2 * fold] if f > 0 else torch.zeros(n, fold)
         assert torch.equal(out[:, f, :fold], expected_back)
-        assert torch.equal(out[:, f, fold:2 * fold], expected_fwd)
-        assert torch.equal(out[:, f, 2 * fold:], src[:, f, 2 * fold:])
+        assert torch.equal(out[:, f, fold : 2 * fold], expected_fwd)
+        assert torch.equal(out[:, f, 2 * fold :], src[:, f, 2 * fold :])
     # exactly 1/8 of the channels per direction moved, the clips never mix
     assert int((out != src).any(dim=(0, 1)).sum()) == 2 * fold
 
@@ -491,8 +503,11 @@ def test_training_dropout_falls_where_each_reference_code_puts_it(preset, dropou
         ours = model(x)
         fmap = model.forward_map(x)  # training-mode BatchNorm: the same batch statistics, no random draws
         torch.manual_seed(3)
-        pooled = (F.dropout(fmap.mean(dim=(2, 3)), 0.5, training=True) if dropout_at == "pooled"
-                  else F.dropout(fmap.flatten(1), 0.5, training=True).view_as(fmap).mean(dim=(2, 3)))
+        pooled = (
+            F.dropout(fmap.mean(dim=(2, 3)), 0.5, training=True)
+            if dropout_at == "pooled"
+            else F.dropout(fmap.flatten(1), 0.5, training=True).view_as(fmap).mean(dim=(2, 3))
+        )
         reference = model.fc(pooled).reshape(2, 4, -1).mean(dim=1)
     torch.testing.assert_close(ours, reference)
     other = models.create(preset, dropout_at="map" if dropout_at == "pooled" else "pooled")

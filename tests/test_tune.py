@@ -1,6 +1,7 @@
 """Ray Tune sweeps for real: a Ray runtime on 127.0.0.1, trials that train the tiny TimeSformer with
 DeepSpeed, an `mlflow server` started by tune.py, ASHA stopping trials, a retried-then-errored trial,
 and a sweep killed halfway then resumed."""
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from action_launch.sweeps.spec import SweepError, load_sweep, parse_sweep, trial_overrides
+from conftest import EPOCH_VALIDATION, REPO, still_running, tiny_overrides
 
 from action_launch.common.processes import descendants, start_time
-from conftest import EPOCH_VALIDATION, REPO, still_running, tiny_overrides
+from action_launch.sweeps.spec import SweepError, load_sweep, parse_sweep, trial_overrides
 
 TINY = str(REPO / "configs" / "timesformer" / "tiny.yaml")
 
@@ -32,8 +32,19 @@ def write_sweep(path: Path, body: dict) -> Path:
 
 def tune_cmd(sweep: Path, data: Path, out: Path, *flags: str, epochs: int = 2) -> list:
     overrides = [o for o in tiny_overrides(data, out) if not o.startswith(("data.num_workers", "train.epochs"))]
-    return [sys.executable, "launch/tune.py", "--config", TINY, "--sweep", str(sweep), *flags, *overrides,
-            "data.num_workers=0", "train.log_every_steps=2", f"train.epochs={epochs}"]
+    return [
+        sys.executable,
+        "launch/tune.py",
+        "--config",
+        TINY,
+        "--sweep",
+        str(sweep),
+        *flags,
+        *overrides,
+        "data.num_workers=0",
+        "train.log_every_steps=2",
+        f"train.epochs={epochs}",
+    ]
 
 
 def run_tune(cmd: list, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -55,22 +66,38 @@ def mlflow_runs(store: Path, experiment: str = "tests"):
 def test_sweep_file_entries_and_errors(tmp_path):
     spec = load_sweep(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml")
     assert spec.metric == "val/top1" and spec.mode == "max" and spec.grid_size() * spec.num_samples == 9
-    assert set(spec.swept_keys()) >= {"data.num_frames", "data.sampling_rate", "optim.lr", "optim.lr_scaling",
-                                      "train.micro_batch_size"}
-    joint = parse_sweep({"space": {"data.num_frames,data.sampling_rate": {"grid": [[8, 8], [32, 2]]},
-                                   "optim.warmup_epochs": {"depends_on": "data.num_frames", "cases": {8: 1}, "default": 0}}})
+    assert set(spec.swept_keys()) >= {
+        "data.num_frames",
+        "data.sampling_rate",
+        "optim.lr",
+        "optim.lr_scaling",
+        "train.micro_batch_size",
+    }
+    joint = parse_sweep(
+        {
+            "space": {
+                "data.num_frames,data.sampling_rate": {"grid": [[8, 8], [32, 2]]},
+                "optim.warmup_epochs": {"depends_on": "data.num_frames", "cases": {8: 1}, "default": 0},
+            }
+        }
+    )
     assert joint.grid_size() * joint.num_samples == 2
     assert trial_overrides({"data.num_frames,data.sampling_rate": [32, 2], "optim.lr": 0.001}) == [
-        "data.num_frames=32", "data.sampling_rate=2", "optim.lr=0.001"]
-    bad = [({"space": {"optim.lr": {"loguniform": [0, 1]}}}, "space.optim.lr: loguniform needs positive bounds"),
-           ({"space": {"optim.lr": {"between": [1, 2]}}}, "expected exactly one of"),
-           ({"space": {"a,b": {"grid": [[1, 2], [3]]}}}, "list of 2 values"),
-           ({"space": {"model.num_frames": {"same_as": "data.num_frames"}}}, "does not set"),
-           ({"space": {"optim.lr": [1]}, "mode": "up"}, r"mode: expected one of 'max', 'min', got 'up' \(in sweep\)"),
-           ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not an entry of space"),
-           ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed: expected int, got 'x'"),
-           ({"space": {"optim.lr": [1]}, "seed": -1}, "seed: expected a value >= 0, got -1"),
-           ({"space": {"optim.lr": [1]}, "num_samples": 0}, "num_samples: expected a value >= 1, got 0")]
+        "data.num_frames=32",
+        "data.sampling_rate=2",
+        "optim.lr=0.001",
+    ]
+    bad = [
+        ({"space": {"optim.lr": {"loguniform": [0, 1]}}}, "space.optim.lr: loguniform needs positive bounds"),
+        ({"space": {"optim.lr": {"between": [1, 2]}}}, "expected exactly one of"),
+        ({"space": {"a,b": {"grid": [[1, 2], [3]]}}}, "list of 2 values"),
+        ({"space": {"model.num_frames": {"same_as": "data.num_frames"}}}, "does not set"),
+        ({"space": {"optim.lr": [1]}, "mode": "up"}, r"mode: expected one of 'max', 'min', got 'up' \(in sweep\)"),
+        ({"space": {"optim.lr": [1]}, "pbt": {"mutate": ["optim.momentum"]}}, "not an entry of space"),
+        ({"space": {"optim.lr": [1]}, "seed": "x"}, "seed: expected int, got 'x'"),
+        ({"space": {"optim.lr": [1]}, "seed": -1}, "seed: expected a value >= 0, got -1"),
+        ({"space": {"optim.lr": [1]}, "num_samples": 0}, "num_samples: expected a value >= 1, got 0"),
+    ]
     for raw, message in bad:
         with pytest.raises(SweepError, match=message):
             parse_sweep(raw)
@@ -86,7 +113,7 @@ def test_a_trial_names_its_mlflow_run_by_its_folder_whatever_the_base_config_say
     base.write_text("tracking:\n  run_name: grid/optim.lr=0.1\n")
     setup = TrialSetup(str(base), [], str(tmp_path / "sw"), str(tmp_path), "tests", "sw")
     cmd = training_command(setup, {"optim.lr": 0.01}, "t1")
-    overrides = cmd[cmd.index("--config") + 2:]
+    overrides = cmd[cmd.index("--config") + 2 :]
     assert load_config(str(base), overrides).run_name() == "sw/t1"
 
 
@@ -96,12 +123,21 @@ def test_seeded_sweep_draws_the_same_trials():
     from action_launch.sweeps.run import param_space, search_algorithm
 
     def draws(seed, max_concurrent=0):
-        spec = parse_sweep({"seed": seed, "num_samples": 2, "space": {
-            "data.num_frames": {"grid": [4, 8]}, "optim.lr": {"loguniform": [1.0e-4, 1.0e-2]},
-            "optim.lr_scaling": {"choice": ["linear", "sqrt", "none"]}}})
+        spec = parse_sweep(
+            {
+                "seed": seed,
+                "num_samples": 2,
+                "space": {
+                    "data.num_frames": {"grid": [4, 8]},
+                    "optim.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                    "optim.lr_scaling": {"choice": ["linear", "sqrt", "none"]},
+                },
+            }
+        )
         generator = search_algorithm(spec, max_concurrent)
-        generator.add_configurations([Experiment("draws", lambda config: None, config=param_space(spec),
-                                                 num_samples=spec.num_samples)])
+        generator.add_configurations(
+            [Experiment("draws", lambda config: None, config=param_space(spec), num_samples=spec.num_samples)]
+        )
         configs = []
         while (trial := generator.next_trial()) is not None:
             configs.append(trial.config)
@@ -116,22 +152,42 @@ def test_seeded_sweep_draws_the_same_trials():
 
 def test_unknown_swept_key_fails_before_anything_starts(tmp_path, video_set):
     sweep = write_sweep(tmp_path / "s.yaml", {"space": {"optim.lrr": {"grid": [0.1, 0.2]}}})
-    proc = subprocess.run(tune_cmd(sweep, video_set, tmp_path / "runs"), cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        tune_cmd(sweep, video_set, tmp_path / "runs"), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "optim.lrr" in proc.stderr and "did you mean optim.lr" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_dry_run_prints_the_plan(tmp_path, video_set):
-    proc = subprocess.run(tune_cmd(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml", video_set, tmp_path / "runs",
-                                   "--dry-run"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        tune_cmd(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml", video_set, tmp_path / "runs", "--dry-run"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "9 trials" in proc.stdout and "data.num_frames: grid [4, 8, 16]" in proc.stdout
     assert not (tmp_path / "runs").exists()
-    slurm = subprocess.run(tune_cmd(REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml", video_set, tmp_path / "runs",
-                                    "--dry-run", "--slurm", "--nodes", "4", "--gpus-per-node", "8"),
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    slurm = subprocess.run(
+        tune_cmd(
+            REPO / "configs" / "sweeps" / "frames_sampling_lr.yaml",
+            video_set,
+            tmp_path / "runs",
+            "--dry-run",
+            "--slurm",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert slurm.returncode == 0, slurm.stderr
     assert "#SBATCH --nodes=4" in slurm.stdout and "#SBATCH --gpus-per-node=8" in slurm.stdout
     assert "#SBATCH --ntasks-per-node=1" in slurm.stdout and "submitted" not in slurm.stdout
@@ -145,14 +201,25 @@ ASHA_TRIALS = 7
 def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
     """7 trials (one cannot fill a batch and errors), ASHA on val/loss, 3 epochs, 2 at a time."""
     root = tmp_path_factory.mktemp("asha")
-    sweep = write_sweep(root / "asha.yaml", {
-        "metric": "val/loss", "mode": "min",
-        "space": {"data.num_frames,train.micro_batch_size": {"grid": [[2, 8], [3, 8], [4, 8], [5, 8], [6, 8], [8, 8],
-                                                                      [4, 1000]]},
-                  "optim.lr": {"loguniform": [5.0e-4, 5.0e-3]}},
-        "asha": {"grace_period": 1, "reduction_factor": 3}})
-    proc = run_tune(tune_cmd(sweep, video_set, root / "runs", "--name", "asha", "--max-concurrent", "2",
-                             "--max-failures", "1", epochs=3))
+    sweep = write_sweep(
+        root / "asha.yaml",
+        {
+            "metric": "val/loss",
+            "mode": "min",
+            "space": {
+                "data.num_frames,train.micro_batch_size": {
+                    "grid": [[2, 8], [3, 8], [4, 8], [5, 8], [6, 8], [8, 8], [4, 1000]]
+                },
+                "optim.lr": {"loguniform": [5.0e-4, 5.0e-3]},
+            },
+            "asha": {"grace_period": 1, "reduction_factor": 3},
+        },
+    )
+    proc = run_tune(
+        tune_cmd(
+            sweep, video_set, root / "runs", "--name", "asha", "--max-concurrent", "2", "--max-failures", "1", epochs=3
+        )
+    )
     return root, proc
 
 
@@ -229,11 +296,19 @@ def test_asha_sweep_in_mlflow(asha_sweep):
 @pytest.mark.slow
 def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, deepspeed_ready):
     sweep = write_sweep(tmp_path / "fifo.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4, 6]}}})
-    cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1")
+    cmd = tune_cmd(
+        sweep, video_set, tmp_path / "runs", "--name", "fifo", "--scheduler", "fifo", "--max-concurrent", "1"
+    )
     sweep_dir = tmp_path / "runs" / "tests" / "fifo"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def finished_trials():
         done = []
@@ -251,8 +326,9 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as `kill -9 PID` does
     driver.wait()
     # nothing it started survives it: trials by their parent-death signal, the rest through the reapers
-    assert not still_running(started), subprocess.run(["ps", "-o", "pid,pgid,args", "-p", ",".join(map(str, started.keys()))],
-                                                   capture_output=True, text=True).stdout
+    assert not still_running(started), subprocess.run(
+        ["ps", "-o", "pid,pgid,args", "-p", ",".join(map(str, started.keys()))], capture_output=True, text=True
+    ).stdout
     finished = finished_trials()
     assert 2 <= len(finished) < 4, (tmp_path / "first.log").read_text()[-3000:]
     before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
@@ -266,12 +342,12 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     for trial in finished:  # finished trials did not train again (at most a process that found the run complete)
         after = (sweep_dir / trial / "train.log").read_text()
         assert len(EPOCH_VALIDATION.findall(after)) == len(EPOCH_VALIDATION.findall(before[trial])) == 2
-        assert not re.search(r"epoch \d+/\d+ step", after[len(before[trial]):])
+        assert not re.search(r"epoch \d+/\d+ step", after[len(before[trial]) :])
         if trial in ended:  # and those Tune had ended were not even started again (a trial start costs ~5 s)
-            assert after == before[trial], after[len(before[trial]):]
+            assert after == before[trial], after[len(before[trial]) :]
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1  # the same parent run
-    assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4           # one run per trial
+    assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4  # one run per trial
     assert "resuming the sweep" in proc.stderr + proc.stdout
     # Issue 15, item 1: every run ends, the trials finished before the kill too (their folders named the killed
     # sweep's server; the resumed sweep reaches their store), and a resumed trial's new server is no changed param.
@@ -283,8 +359,14 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     for state in [sweep_dir / "tracking" / "state.json", *sweep_dir.glob("*/tracking/state.json")]:
         assert json.loads(state.read_text())["store"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     # a later sync goes to that store: both sweeps' servers are gone by now
-    synced = subprocess.run([sys.executable, "launch/track.py", "sync", str(sweep_dir / finished[0])], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    synced = subprocess.run(
+        [sys.executable, "launch/track.py", "sync", str(sweep_dir / finished[0])],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert synced.returncode == 0 and "sent 0 journal events" in synced.stdout, synced.stderr
 
 
@@ -295,14 +377,26 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     the clip-frames cost (min), so the 4-frame trial is stopped at epoch 1 by the 2-frame trial before it,
     every time; with one trial at a time, the 3-frame trial's folder appears only once that stop is done. The stopped
     trial's process trains on while Tune decides (under 0.1 s; on a loaded machine a test epoch of 0.5 s may pass)."""
-    sweep = write_sweep(tmp_path / "asha.yaml", {"metric": "cost/clip_frames", "mode": "min",
-                                                 "space": {"data.num_frames": {"grid": [2, 4, 3]}},
-                                                 "asha": {"grace_period": 1, "reduction_factor": 3}})
+    sweep = write_sweep(
+        tmp_path / "asha.yaml",
+        {
+            "metric": "cost/clip_frames",
+            "mode": "min",
+            "space": {"data.num_frames": {"grid": [2, 4, 3]}},
+            "asha": {"grace_period": 1, "reduction_factor": 3},
+        },
+    )
     cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "asha_kill", "--max-concurrent", "1", epochs=3)
     sweep_dir = tmp_path / "runs" / "tests" / "asha_kill"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def trial_dirs():
         return sorted(p.parent for p in sweep_dir.glob("*/command.txt"))  # Tune's ids end in the grid's order
@@ -322,9 +416,9 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
 
     run_tune(cmd + ["--resume"])
     after = (stopped / "train.log").read_text()
-    assert len(EPOCH_VALIDATION.findall(after)) == validated and not re.search(r"epoch \d+/\d+ step",
-                                                                                after[len(before):]), \
-        after[len(before):][-3000:]
+    assert len(EPOCH_VALIDATION.findall(after)) == validated and not re.search(
+        r"epoch \d+/\d+ step", after[len(before) :]
+    ), after[len(before) :][-3000:]
     rows = {r["trial_id"]: r for r in csv.DictReader(open(sweep_dir / "results.csv"))}
     assert len(rows) == 3 and rows[stopped.name]["stop_reason"] == "stopped by asha at epoch 1", rows
     assert rows[trial_dirs()[0].name]["stop_reason"] == "completed"
@@ -340,16 +434,22 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
     The sweep says it was interrupted and how to resume (exit 130); trials that were training are `interrupted` (not
     `stopped by asha`: ASHA's only rung here is the last epoch) with their runs and the parent run KILLED; the
     trial waiting for a CPU is `not started`. `--resume` then completes all three."""
-    sweep = write_sweep(tmp_path / "asha.yaml", {"space": {"data.num_frames": {"grid": [2, 3, 4]}},
-                                                 "asha": {"grace_period": 3, "reduction_factor": 3}})
+    sweep = write_sweep(
+        tmp_path / "asha.yaml",
+        {"space": {"data.num_frames": {"grid": [2, 3, 4]}}, "asha": {"grace_period": 3, "reduction_factor": 3}},
+    )
     cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "ctrl_c", epochs=3)  # 2 CPUs: 2 trials at once
     sweep_dir = tmp_path / "runs" / "tests" / "ctrl_c"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None and not any(
-            EPOCH_VALIDATION.search(log.read_text()) for log in sweep_dir.glob("*/train.log")):
+    while (
+        time.time() < deadline
+        and driver.poll() is None
+        and not any(EPOCH_VALIDATION.search(log.read_text()) for log in sweep_dir.glob("*/train.log"))
+    ):
         time.sleep(0.2)
     started = {pid: start_time(pid) for pid in descendants(driver.pid)}
     os.killpg(driver.pid, signal.SIGINT)
@@ -362,8 +462,9 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
     trained = {p.parent.name for p in sweep_dir.glob("*/command.txt")}
     assert len(rows) == 3 and 1 <= len(trained) <= 2, rows
-    assert {r["trial_id"]: r["stop_reason"] for r in rows if r["trial_id"] in trained} == dict.fromkeys(trained,
-                                                                                                   "interrupted")
+    assert {r["trial_id"]: r["stop_reason"] for r in rows if r["trial_id"] in trained} == dict.fromkeys(
+        trained, "interrupted"
+    )
     assert [r["stop_reason"] for r in rows if r["trial_id"] not in trained] == ["not started"] * (3 - len(trained))
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["unfinished"] == 3
@@ -371,7 +472,9 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
     parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
     children = {r.data.tags["sweep.trial_id"]: r for r in runs if r.data.tags.get("sweep.trial_id")}
     assert parent.info.status == "KILLED" and set(children) == trained
-    assert all(c.info.status == "KILLED" and c.data.tags["sweep.stop_reason"] == "interrupted" for c in children.values())
+    assert all(
+        c.info.status == "KILLED" and c.data.tags["sweep.stop_reason"] == "interrupted" for c in children.values()
+    )
 
     run_tune(cmd + ["--resume"])
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
@@ -385,14 +488,33 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
 def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deepspeed_ready):
     """Two trials, perturbation every epoch: the worse one continues from the better one's checkpoint with a
     mutated LR, which its optimizer then really uses (the LR in the checkpoint does not win)."""
-    sweep = write_sweep(tmp_path / "pbt.yaml", {
-        "metric": "val/loss", "mode": "min", "num_samples": 2,
-        "space": {"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
-        # synch: every perturbation waits for both trials, so the worse one always exploits (asynchronous PBT
-        # does nothing while only one trial has a score, e.g. when the other starts late on a loaded machine)
-        "pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 1.0, "synch": True}})
-    run_tune(tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "pbt", "--scheduler", "pbt", "--max-concurrent", "2",
-                      epochs=3) + ["optim.schedule=constant"])
+    sweep = write_sweep(
+        tmp_path / "pbt.yaml",
+        {
+            "metric": "val/loss",
+            "mode": "min",
+            "num_samples": 2,
+            "space": {"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+            # synch: every perturbation waits for both trials, so the worse one always exploits (asynchronous PBT
+            # does nothing while only one trial has a score, e.g. when the other starts late on a loaded machine)
+            "pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 1.0, "synch": True},
+        },
+    )
+    run_tune(
+        tune_cmd(
+            sweep,
+            video_set,
+            tmp_path / "runs",
+            "--name",
+            "pbt",
+            "--scheduler",
+            "pbt",
+            "--max-concurrent",
+            "2",
+            epochs=3,
+        )
+        + ["optim.schedule=constant"]
+    )
     sweep_dir = tmp_path / "runs" / "tests" / "pbt"
     exploited = [log.parent for log in sorted(sweep_dir.glob("*/train.log")) if "(PBT exploit)" in log.read_text()]
     assert exploited, "no trial was restarted from another trial's checkpoint"
@@ -409,7 +531,9 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     child = next(r for r in runs if r.data.tags.get("sweep.trial_id") == trial.name)
     # The LRs this trial was given: its first (MLflow keeps a param's first value), then the mutated one of
     # each exploit (Ray's PBT policy log: [.., .., .., .., donor's config, new config]).
-    policy = [json.loads(line) for line in (sweep_dir / "tune" / f"pbt_policy_{trial.name}.txt").read_text().splitlines()]
+    policy = [
+        json.loads(line) for line in (sweep_dir / "tune" / f"pbt_policy_{trial.name}.txt").read_text().splitlines()
+    ]
     given = [float(child.data.params["optim.lr"])] + [entry[5]["optim.lr"] for entry in policy]
     assert "changed.optim.lr" in child.data.tags  # the run's LR changed mid-way, on the record
     # The optimizer ran at the LRs it was given, the mutated ones included (constant schedule, linear rule,
@@ -431,8 +555,22 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
 def test_a_trial_with_two_workers_is_one_two_process_run(tmp_path, video_set, deepspeed_ready):
     """--workers-per-trial 2: the trial trains under torchrun with world size 2 inside its Ray trial."""
     sweep = write_sweep(tmp_path / "w.yaml", {"space": {"data.num_frames": {"grid": [4]}}})
-    run_tune(tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "w2", "--scheduler", "fifo", "--workers-per-trial",
-                      "2", "--cpus-per-trial", "2", epochs=1))
+    run_tune(
+        tune_cmd(
+            sweep,
+            video_set,
+            tmp_path / "runs",
+            "--name",
+            "w2",
+            "--scheduler",
+            "fifo",
+            "--workers-per-trial",
+            "2",
+            "--cpus-per-trial",
+            "2",
+            epochs=1,
+        )
+    )
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     child = next(r for r in runs if r.data.tags.get("sweep.trial_id"))
     assert child.data.tags["world_size"] == "2" and child.data.tags["sweep.stop_reason"] == "completed"

@@ -1,6 +1,7 @@
 """The one validator: closed choices are Literals of the names the code dispatches on, and a bad value of any
 section a user writes (run config, sweep file, `test:`) fails up front with the dotted key, the closest valid
 choice and where it came from."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,11 +10,10 @@ import typing
 
 import pytest
 import yaml
+from conftest import REPO
 
 from action_launch.config import ConfigError, DataConfig, load_config
 from action_launch.sweeps.spec import SweepError, load_sweep
-
-from conftest import REPO
 
 
 def choices(cls: type, name: str) -> set:
@@ -37,16 +37,30 @@ def test_data_literals_are_the_names_the_data_code_dispatches_on():
     assert choices(ClipConfig, "test_num_crops") == crops
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.dataset=vidoe", "data.dataset: expected one of 'video', 'rawframes', 'skeleton', 'multiperson', "
-                           "got 'vidoe'; did you mean 'video'? (in command-line override)"),
-    ("data.sampling=dnese", "data.sampling: expected one of 'dense', 'segment', got 'dnese'; did you mean 'dense'?"),
-    ("data.skeleton_stream=bones", "data.skeleton_stream: expected one of 'joint', 'bone', got 'bones'; "
-                                   "did you mean 'bone'?"),
-    ("data.test_num_crops=2", "data.test_num_crops: expected one of 1, 3, 5, 10, got 2 (in command-line override)"),
-    ("data.protocol=slowfast", "data.protocol: expected one of 'native', 'pyslowfast', 'tsn', 'mmaction', got "
-                               "'slowfast'; did you mean 'pyslowfast'?"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.dataset=vidoe",
+            "data.dataset: expected one of 'video', 'rawframes', 'skeleton', 'multiperson', "
+            "got 'vidoe'; did you mean 'video'? (in command-line override)",
+        ),
+        (
+            "data.sampling=dnese",
+            "data.sampling: expected one of 'dense', 'segment', got 'dnese'; did you mean 'dense'?",
+        ),
+        (
+            "data.skeleton_stream=bones",
+            "data.skeleton_stream: expected one of 'joint', 'bone', got 'bones'; did you mean 'bone'?",
+        ),
+        ("data.test_num_crops=2", "data.test_num_crops: expected one of 1, 3, 5, 10, got 2 (in command-line override)"),
+        (
+            "data.protocol=slowfast",
+            "data.protocol: expected one of 'native', 'pyslowfast', 'tsn', 'mmaction', got "
+            "'slowfast'; did you mean 'pyslowfast'?",
+        ),
+    ],
+)
 def test_a_bad_choice_names_the_key_and_the_closest_choice(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -60,17 +74,29 @@ def test_a_bad_choice_in_a_file_names_the_file(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("override, closest", [("data.dataset=vidoe", "video"), ("data.sampling=dnese", "dense"),
-                                               ("data.skeleton_stream=bones", "bone")])
+@pytest.mark.parametrize(
+    "override, closest",
+    [("data.dataset=vidoe", "video"), ("data.sampling=dnese", "dense"), ("data.skeleton_stream=bones", "bone")],
+)
 def test_train_and_submit_fail_with_one_line_before_anything_starts(tmp_path, override, closest):
     expected = f"config error: {override.split('=')[0]}: "
-    train = subprocess.run([sys.executable, "launch/train.py", "--print-config", override], cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+    train = subprocess.run(
+        [sys.executable, "launch/train.py", "--print-config", override],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert train.returncode == 2 and train.stdout == ""
     [line] = train.stderr.strip().splitlines()
     assert line.startswith(expected) and line.endswith(f"did you mean {closest!r}? (in command-line override)")
-    submit = subprocess.run([sys.executable, "launch/submit.py", "--dry-run", "--local", f"output_dir={tmp_path}",
-                             override], cwd=REPO, capture_output=True, text=True, timeout=120)
+    submit = subprocess.run(
+        [sys.executable, "launch/submit.py", "--dry-run", "--local", f"output_dir={tmp_path}", override],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submit.returncode == 2 and submit.stdout == ""
     assert submit.stderr.strip().splitlines() == [line]
     assert not any(tmp_path.iterdir())
@@ -80,15 +106,20 @@ def test_train_and_submit_fail_with_one_line_before_anything_starts(tmp_path, ov
 SPACE = {"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]}}
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"asha": {"grace": 5}}, "unknown key asha.grace; did you mean asha.grace_period?"),
-    ({"pbt": {"perturbation_intervall": 2}}, "unknown key pbt.perturbation_intervall; "
-                                             "did you mean pbt.perturbation_interval?"),
-    ({"asha": {"reduction_factor": 1}}, "asha.reduction_factor: expected a value > 1, got 1.0"),
-    ({"pbt": {"quantile_fraction": 0.8}}, "pbt.quantile_fraction: expected a value in [0, 0.5], got 0.8"),
-    ({"budget": "epoch"}, "budget: expected one of 'epochs', 'steps', got 'epoch'; did you mean 'epochs'?"),
-    ({"spaec": {}}, "unknown key spaec; did you mean space?"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"asha": {"grace": 5}}, "unknown key asha.grace; did you mean asha.grace_period?"),
+        (
+            {"pbt": {"perturbation_intervall": 2}},
+            "unknown key pbt.perturbation_intervall; did you mean pbt.perturbation_interval?",
+        ),
+        ({"asha": {"reduction_factor": 1}}, "asha.reduction_factor: expected a value > 1, got 1.0"),
+        ({"pbt": {"quantile_fraction": 0.8}}, "pbt.quantile_fraction: expected a value in [0, 0.5], got 0.8"),
+        ({"budget": "epoch"}, "budget: expected one of 'epochs', 'steps', got 'epoch'; did you mean 'epochs'?"),
+        ({"spaec": {}}, "unknown key spaec; did you mean space?"),
+    ],
+)
 def test_sweep_file_sections_fail_with_the_dotted_key_and_the_file(tmp_path, section, message):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"space": SPACE, **section}))
@@ -97,15 +128,26 @@ def test_sweep_file_sections_fail_with_the_dotted_key_and_the_file(tmp_path, sec
     assert str(err.value) == f"{message} (in {path})"
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"asha": {"grace": 5}}, "unknown key asha.grace; did you mean asha.grace_period?"),
-    ({"pbt": {"perturbation_intervall": 2}}, "unknown key pbt.perturbation_intervall; "
-                                             "did you mean pbt.perturbation_interval?")])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"asha": {"grace": 5}}, "unknown key asha.grace; did you mean asha.grace_period?"),
+        (
+            {"pbt": {"perturbation_intervall": 2}},
+            "unknown key pbt.perturbation_intervall; did you mean pbt.perturbation_interval?",
+        ),
+    ],
+)
 def test_tune_dry_run_fails_on_a_bad_sweep_section(tmp_path, section, message):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"space": SPACE, **section}))
-    proc = subprocess.run([sys.executable, "launch/tune.py", "--dry-run", "--sweep", str(path),
-                           f"output_dir={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/tune.py", "--dry-run", "--sweep", str(path), f"output_dir={tmp_path / 'runs'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {message} (in {path})"]
     assert not (tmp_path / "runs").exists()
@@ -126,11 +168,17 @@ def test_test_section_is_checked_by_the_same_validator(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("test:\n  aggregate: mean_sofmax\n")
-    with pytest.raises(ConfigError, match=rf"test.aggregate: expected one of 'mean_softmax', 'sum', 'mean', got "
-                                          rf"'mean_sofmax'; did you mean 'mean_softmax'\? \(in {path}\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"test.aggregate: expected one of 'mean_softmax', 'sum', 'mean', got "
+        rf"'mean_sofmax'; did you mean 'mean_softmax'\? \(in {path}\)",
+    ):
         load_eval_config(path)
-    with pytest.raises(ConfigError, match=r"test.split: expected one of 'test', 'val', got 'tset'; did you mean "
-                                          r"'test'\? \(in command-line override\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"test.split: expected one of 'test', 'val', got 'tset'; did you mean "
+        r"'test'\? \(in command-line override\)",
+    ):
         load_eval_config(None, ["test.split=tset"])
     with pytest.raises(ConfigError, match=r"test.batch_size: expected a value >= 0, got -1"):
         load_eval_config(None, ["test.batch_size=-1"])

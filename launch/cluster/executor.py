@@ -1,5 +1,6 @@
 """The one place where submitit executors are made: a training job (`launch/submit.py`) and a sweep job
 (`launch/tune.py --slurm`) get their Slurm parameters from the same `slurm:` section the same way."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,17 @@ def choose_cluster(local: bool) -> str:
     return "local" if local or not slurm_available() else "slurm"
 
 
-def make_executor(folder: Path, cluster: str, slurm: SlurmConfig, *, name: str, nodes: int, tasks_per_node: int,
-                  local_tasks: Optional[int] = None, requeue_signal: bool = True) -> Any:
+def make_executor(
+    folder: Path,
+    cluster: str,
+    slurm: SlurmConfig,
+    *,
+    name: str,
+    nodes: int,
+    tasks_per_node: int,
+    local_tasks: Optional[int] = None,
+    requeue_signal: bool = True,
+) -> Any:
     """A submitit AutoExecutor for `nodes` x `tasks_per_node` tasks with the resources of `slurm`.
 
     On the local executor everything runs on this machine: `local_tasks` processes (default all the
@@ -39,11 +49,18 @@ def make_executor(folder: Path, cluster: str, slurm: SlurmConfig, *, name: str, 
     """
     import submitit
 
-    params: Dict[str, Any] = {"name": name, "timeout_min": parse_time_minutes(slurm.time),
-                              "cpus_per_task": slurm.cpus_per_task}
+    params: Dict[str, Any] = {
+        "name": name,
+        "timeout_min": parse_time_minutes(slurm.time),
+        "cpus_per_task": slurm.cpus_per_task,
+    }
     if cluster == "slurm":
-        params.update(nodes=nodes, tasks_per_node=tasks_per_node, slurm_array_parallelism=slurm.array_parallelism,
-                      slurm_setup=["export PYTHONUNBUFFERED=1"])
+        params.update(
+            nodes=nodes,
+            tasks_per_node=tasks_per_node,
+            slurm_array_parallelism=slurm.array_parallelism,
+            slurm_setup=["export PYTHONUNBUFFERED=1"],
+        )
         if requeue_signal:
             params["slurm_signal_delay_s"] = slurm.signal_delay_s
         for key in ("partition", "account", "qos", "constraint"):

@@ -11,6 +11,7 @@ requeue`: same job id, same folder), at most `slurm.max_requeues` times (`SLURM_
 in MLflow as `slurm.requeue_count`). The requeued job resumes from the newest complete checkpoint of its
 folder and logs into the same MLflow run.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,13 @@ class TrainJob:
         folder = Path(job_env.paths.folder).resolve()  # runs/<experiment>/<name>/<job id> is the run folder
         requeues = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         trainer = Trainer(cfg, resume=True, stop_requested=stop, run_dir=folder)
-        trainer.tracker.set_tags({"slurm.requeue_count": requeues,  # slurm.job_id: the Trainer's run tags
-                                  "slurm.nodes": job_env.num_nodes, "slurm.tasks": job_env.num_tasks})
+        trainer.tracker.set_tags(
+            {
+                "slurm.requeue_count": requeues,  # slurm.job_id: the Trainer's run tags
+                "slurm.nodes": job_env.num_nodes,
+                "slurm.tasks": job_env.num_tasks,
+            }
+        )
         metrics = trainer.fit()
         trainer.close()  # every rank ended here together (finished, or stopped after a collective checkpoint)
         if trainer.progress.epoch >= cfg.train.epochs:
@@ -90,15 +96,19 @@ def _after_stop(stop: StopFlag, requeues: int, max_requeues: int, job_env: Any, 
         print(f"{where}; not on Slurm, so nothing to requeue: rerun to resume", flush=True)
         return
     if requeues >= max_requeues:
-        raise RuntimeError(f"{where}; already requeued {requeues} times (slurm.max_requeues={max_requeues}): "
-                           f"giving up. Resume by resubmitting the same config.")
+        raise RuntimeError(
+            f"{where}; already requeued {requeues} times (slurm.max_requeues={max_requeues}): "
+            f"giving up. Resume by resubmitting the same config."
+        )
     job_id = job_env.job_id
     print(f"{where}; requeueing job {job_id} ({requeues + 1}/{max_requeues})", flush=True)
     proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     # Requeueing ends this job's processes with SIGTERM, scontrol itself among them when it is still running.
     if proc.returncode not in (0, -signal.SIGTERM):
-        raise RuntimeError(f"{where}; scontrol requeue {job_id} failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}. Resume by resubmitting the same config.")
+        raise RuntimeError(
+            f"{where}; scontrol requeue {job_id} failed (exit {proc.returncode}): "
+            f"{proc.stderr.strip() or proc.stdout.strip()}. Resume by resubmitting the same config."
+        )
 
 
 def export_distributed_env(job_env: Any) -> None:
@@ -109,12 +119,19 @@ def export_distributed_env(job_env: Any) -> None:
         os.environ.pop(key, None)  # the submitting shell's values must not leak into the job
     env = ClusterEnvironment.from_slurm() if job_env.cluster == "slurm" else None
     if env is None:
-        env = ClusterEnvironment(job_id=str(job_env.job_id), hostnames=(job_env.hostname,), rank=job_env.global_rank,
-                                 world_size=job_env.num_tasks, local_rank=job_env.local_rank, node_rank=job_env.node)
+        env = ClusterEnvironment(
+            job_id=str(job_env.job_id),
+            hostnames=(job_env.hostname,),
+            rank=job_env.global_rank,
+            world_size=job_env.num_tasks,
+            local_rank=job_env.local_rank,
+            node_rank=job_env.node,
+        )
     os.environ.update(env.torch_variables(None if job_env.cluster == "slurm" else job_env.hostname))
 
 
 # ------------------------------------------------------------------------------------------ status
+
 
 def submitted_job(run_dir: Path, info: Dict[str, Any]) -> Any:
     """submitit's own job object (all its tasks) for a job folder and its job.json."""
@@ -138,7 +155,7 @@ def _outcome(job: Any) -> List[str]:
             return ["", "job failed:", str(error).rstrip()]
         if finished and finished[0].task_id == 0:
             return [f"result: {finished[0].result()}"]
-    except Exception as err:  # noqa: BLE001 - a status command must not fail on a bad result file
+    except Exception as err:
         return [f"(unreadable result file in {job.paths.folder}: {err})"]
     return ["result: none yet (running, stopped to be requeued, or killed)"]
 
@@ -151,8 +168,11 @@ def failure_tail(job: Any, lines: int = 15) -> Tuple[Optional[Path], List[str]]:
     """(log, its last `lines` lines) that show why an ended job failed: the stderr of the first task that
     holds a traceback, else task 0's stderr, else its stdout; (None, []) when no log was written."""
     tasks = [job.task(t) for t in range(job.num_tasks)]
-    with_traceback = [p for p in (t.paths.stderr for t in tasks)
-                      if p.is_file() and "Traceback (most recent call last)" in p.read_text(errors="replace")]
+    with_traceback = [
+        p
+        for p in (t.paths.stderr for t in tasks)
+        if p.is_file() and "Traceback (most recent call last)" in p.read_text(errors="replace")
+    ]
     for path in with_traceback[:1] + [tasks[0].paths.stderr, tasks[0].paths.stdout]:
         tail = _tail(path, lines)
         if tail:
@@ -169,9 +189,14 @@ def status_report(run_dir: Path, lines: int = 40) -> str:
     info = json.loads(info_path.read_text())
     job = submitted_job(run_dir, info)
     # A local job rebuilt here has no process to poll: submitit calls it FINISHED once it wrote a result.
-    out = [f"job {job.job_id} on {info.get('cluster', 'slurm')}: {info.get('nodes')} node(s) x "
-           f"{info.get('tasks_per_node', 1)} task(s)", f"state: {job.state}"]
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
+    out = [
+        f"job {job.job_id} on {info.get('cluster', 'slurm')}: {info.get('nodes')} node(s) x "
+        f"{info.get('tasks_per_node', 1)} task(s)",
+        f"state: {job.state}",
+    ]
+    ckpts = (
+        sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
+    )
     out.append(f"checkpoints: {', '.join(ckpts) if ckpts else 'none'}")
     out += _outcome(job)
     tasks = [job.task(t) for t in range(job.num_tasks)]
@@ -184,7 +209,6 @@ def status_report(run_dir: Path, lines: int = 40) -> str:
 
 def write_job_json(folder: Path, info: Dict[str, Any]) -> None:
     """Record how a job was submitted, next to its logs and checkpoints."""
-    atomic_write_text(folder / "job.json",
-                      json.dumps({**info, "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
-
-
+    atomic_write_text(
+        folder / "job.json", json.dumps({**info, "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2)
+    )

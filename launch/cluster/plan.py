@@ -4,6 +4,7 @@
 the Slurm flags of `launch/submit.py` are derived from the `slurm:` section's fields (`slurm_flags`),
 so a flag and its field cannot drift apart. Nothing here imports submitit or torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,9 @@ def check_script_values(values: Mapping[str, Any]) -> None:
     error line names the first bad option and shows its value with repr()."""
     for option, value in values.items():
         if isinstance(value, str) and _CONTROL.search(value):
-            raise ConfigError(f"{option}: {value!r} contains a control character; a value that reaches the "
-                              f"sbatch script may not")
+            raise ConfigError(
+                f"{option}: {value!r} contains a control character; a value that reaches the sbatch script may not"
+            )
 
 
 def script_values(cfg: Config, flags: Iterable[str] = ()) -> Dict[str, Any]:
@@ -118,8 +120,9 @@ class Plan:
         return self.nodes * self.tasks_per_node
 
 
-def resolve(config_paths: Sequence[str], overrides: Sequence[str], flags: Dict[str, Any],
-            check_model: bool = True) -> List[Plan]:
+def resolve(
+    config_paths: Sequence[str], overrides: Sequence[str], flags: Dict[str, Any], check_model: bool = True
+) -> List[Plan]:
     """The one place where config files, grid axes, overrides and Slurm flags become job configs.
 
     `check_model=False` leaves the `model:` section to the job (checking it imports torch).
@@ -145,9 +148,12 @@ def resolve(config_paths: Sequence[str], overrides: Sequence[str], flags: Dict[s
             tree = parse_overrides([*fixed, *(f"{k}={v}" for k, v in point.items())])
             merged = deep_merge(raw, tree)
             written = merged.get("slurm", {}) if isinstance(merged.get("slurm"), dict) else {}
-            cfg = from_dict(deep_merge(merged, flag_tree), source=str(path) if path else "defaults",
-                            override_keys=set(flatten(tree)) | {f"slurm.{k}" for k in flag_tree["slurm"]},
-                            check_model=check_model)
+            cfg = from_dict(
+                deep_merge(merged, flag_tree),
+                source=str(path) if path else "defaults",
+                override_keys=set(flatten(tree)) | {f"slurm.{k}" for k in flag_tree["slurm"]},
+                check_model=check_model,
+            )
             plans.append(_layout(cfg, written, {k: parse_overrides([f"x={v}"])["x"] for k, v in point.items()}))
     name_array_tasks(plans)
     return plans
@@ -203,11 +209,13 @@ def describe(plan: Plan, index: int, total: int) -> str:
     device = f"{cfg.slurm.gpus_per_node} GPU(s)/node, nccl" if cfg.slurm.gpus_per_node else "CPU, gloo"
     head = f"job {index + 1}/{total}" + (f" {plan.grid_point}" if plan.grid_point else "")
     run = f" (MLflow run {cfg.run_name()})" if cfg.run_name() != cfg.name else ""
-    return (f"{head}: {cfg.experiment}/{cfg.name}{run}\n"
-            f"  {plan.nodes} node(s) x {plan.tasks_per_node} task(s) = world size {plan.world_size} ({device})\n"
-            f"  effective batch {plan.effective_batch} = micro {cfg.train.micro_batch_size} x accumulation "
-            f"{cfg.train.grad_accum} x world {plan.world_size}\n"
-            f"  lr {plan.lr:g} -> {plan.scaled_lr:g} ({cfg.optim.lr_scaling} rule, base batch {cfg.optim.base_batch_size})")
+    return (
+        f"{head}: {cfg.experiment}/{cfg.name}{run}\n"
+        f"  {plan.nodes} node(s) x {plan.tasks_per_node} task(s) = world size {plan.world_size} ({device})\n"
+        f"  effective batch {plan.effective_batch} = micro {cfg.train.micro_batch_size} x accumulation "
+        f"{cfg.train.grad_accum} x world {plan.world_size}\n"
+        f"  lr {plan.lr:g} -> {plan.scaled_lr:g} ({cfg.optim.lr_scaling} rule, base batch {cfg.optim.base_batch_size})"
+    )
 
 
 def slurm_flags() -> Dict[str, Tuple[type, str]]:

@@ -6,6 +6,7 @@ The copy is laid out as the installed distribution is: `launch/` becomes `action
 `datasets/` go inside it, everything else (configs, slurm/) keeps its place. A job started in the copy
 imports `action_launch` from it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,12 @@ def snapshot_code(repo: Path, root: Path) -> Path:
     The job imports the suite from this copy, so editing the tree while the job waits in the queue
     changes nothing (submitit's RsyncSnapshot idea). Identical trees of one commit share one copy.
     """
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                             capture_output=True, check=True).stdout.decode()
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     files = sorted({f for f in listing.split("\0") if f and (repo / f).is_file()})
     version = git_version(repo) or CodeVersion("unknown", False)
     digest = hashlib.sha256(repr(IMPORT_LAYOUT).encode())  # a copy of another layout is another copy

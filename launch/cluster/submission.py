@@ -1,5 +1,6 @@
 """`launch/submit.py`'s work: resolve the configs into plans, print them, submit them as one job or one
 array through submitit (local executor without Slurm), and wait for them when asked."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from action_launch import ROOT
 from action_launch.cluster.executor import choose_cluster, make_executor, sbatch_script, slurm_refusal, working_dir
 from action_launch.cluster.jobs import TrainJob, failure_tail, write_job_json
-from action_launch.cluster.plan import (Plan, check_script_values, describe, job_folder_template, parse_time_minutes,
-                                        resolve, safe_component, script_values)
+from action_launch.cluster.plan import (
+    Plan,
+    check_script_values,
+    describe,
+    job_folder_template,
+    parse_time_minutes,
+    resolve,
+    safe_component,
+    script_values,
+)
 from action_launch.cluster.snapshot import snapshot_code
 from action_launch.common.console import last_exception_line
 from action_launch.config import ConfigError, dump_config, to_dict
@@ -52,11 +61,18 @@ def _executor(plans: List[Plan], folder: Path, cluster: str) -> Any:
     first = plans[0]
     for other in plans[1:]:
         if (other.nodes, other.tasks_per_node) != (first.nodes, first.tasks_per_node):
-            raise ConfigError("a job array needs one layout: every config must ask for the same slurm.nodes and "
-                              "slurm.gpus_per_node")
+            raise ConfigError(
+                "a job array needs one layout: every config must ask for the same slurm.nodes and slurm.gpus_per_node"
+            )
     s = first.cfg.slurm
-    return make_executor(folder, cluster, s, name=s.job_name or safe_component(f"{first.cfg.experiment}/{first.cfg.name}"),
-                         nodes=first.nodes, tasks_per_node=first.tasks_per_node)
+    return make_executor(
+        folder,
+        cluster,
+        s,
+        name=s.job_name or safe_component(f"{first.cfg.experiment}/{first.cfg.name}"),
+        nodes=first.nodes,
+        tasks_per_node=first.tasks_per_node,
+    )
 
 
 def submit_plans(plans: List[Plan], request: SubmitRequest, cluster: str) -> List[Tuple[Any, Path]]:
@@ -69,7 +85,7 @@ def submit_plans(plans: List[Plan], request: SubmitRequest, cluster: str) -> Lis
     if request.snapshot:
         try:
             code_dir = snapshot_code(ROOT, Path(first.output_dir).resolve() / ".code")
-        except Exception as err:  # noqa: BLE001 - e.g. not a git checkout, or git missing
+        except Exception as err:
             print(f"warning: no code snapshot ({err}); the job runs the live tree", file=sys.stderr)
     workdir = os.getcwd()
     jobs = [TrainJob(to_dict(p.cfg), str(code_dir) if code_dir else None, workdir) for p in plans]
@@ -87,13 +103,28 @@ def submit_plans(plans: List[Plan], request: SubmitRequest, cluster: str) -> Lis
     for plan, job in zip(plans, submitted):
         folder = Path(str(template).replace("%j", str(job.job_id)))
         dump_config(plan.cfg, folder / "config.yaml")
-        write_job_json(folder, {
-            "command": request.command, "job_id": str(job.job_id), "cluster": cluster,
-            "nodes": plan.nodes, "tasks_per_node": plan.tasks_per_node, "world_size": plan.world_size,
-            "effective_batch": plan.effective_batch, "lr": plan.lr, "scaled_lr": plan.scaled_lr,
-            "grad_accum": plan.cfg.train.grad_accum, "grid_point": plan.grid_point, "run_dir": str(folder),
-            "code_snapshot": str(code_dir) if code_dir else None, "experiment": plan.cfg.experiment,
-            "name": plan.cfg.name, "run_name": plan.cfg.run_name(), "timing": timing})
+        write_job_json(
+            folder,
+            {
+                "command": request.command,
+                "job_id": str(job.job_id),
+                "cluster": cluster,
+                "nodes": plan.nodes,
+                "tasks_per_node": plan.tasks_per_node,
+                "world_size": plan.world_size,
+                "effective_batch": plan.effective_batch,
+                "lr": plan.lr,
+                "scaled_lr": plan.scaled_lr,
+                "grad_accum": plan.cfg.train.grad_accum,
+                "grid_point": plan.grid_point,
+                "run_dir": str(folder),
+                "code_snapshot": str(code_dir) if code_dir else None,
+                "experiment": plan.cfg.experiment,
+                "name": plan.cfg.name,
+                "run_name": plan.cfg.run_name(),
+                "timing": timing,
+            },
+        )
         out.append((job, folder))
     return out
 
@@ -129,7 +160,7 @@ def _wait(submitted: Sequence[Tuple[Any, Path]]) -> int:
         try:
             job.results()  # one result per task; raises if any task failed
             print(f"job {job.job_id} finished")
-        except Exception as err:  # noqa: BLE001 - report every job, then fail once
+        except Exception as err:
             failed += 1
             log, tail = failure_tail(job)
             # the error itself, from the log (submitit's exception ends with the log paths)

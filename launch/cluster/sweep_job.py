@@ -7,6 +7,7 @@ against that cluster (`sweeps.run.sweep`, the same code as a local sweep); at th
 marker, the workers stop their Ray processes, then the head stops its own, and the job ends (in a few
 seconds: a head stopped first, or a whole process group signalled at once, made Ray wait out a 30 s drain).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,16 +46,26 @@ def ray_addresses(job_env: Any) -> Tuple[str, str, int]:
 
 def _ray_environment(token: str) -> None:
     """Set before anything imports Ray: a multi-node cluster that only holders of this job's token may join."""
-    os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
-                       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    os.environ.update(
+        {
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": token,
+        }
+    )
     os.environ.update(child_python_env())  # Ray's workers import the trial function from this same code
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 
 
 def _ray_start(args: List[str], log: Path) -> subprocess.Popen:
     ray = str(Path(sys.executable).with_name("ray"))
-    return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", *args], stdout=open(log, "a"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [ray, "start", "--block", "--disable-usage-stats", *args],
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 class SweepJob:
@@ -88,8 +99,16 @@ class SweepJob:
         resources = [f"--num-cpus={self.cpus}", f"--num-gpus={self.gpus}", f"--node-ip-address={own}"]
         log = folder / f"ray_node{job_env.node}.log"
         if job_env.global_rank == 0:
-            proc = _ray_start(["--head", f"--port={port}", "--include-dashboard=false",
-                               f"--temp-dir=/tmp/ray_{job_env.job_id}", *resources], log)
+            proc = _ray_start(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--temp-dir=/tmp/ray_{job_env.job_id}",
+                    *resources,
+                ],
+                log,
+            )
             try:
                 wait_for_nodes(address, job_env.num_nodes, timeout_s=300)
                 from action_launch.sweeps.run import sweep
@@ -138,23 +157,40 @@ def submit_sweep(request: SweepRequest) -> int:
     plan = make_plan(request)
     if plan is None:
         return 2
-    given = {"nodes": request.nodes, "gpus_per_node": request.gpus_per_node, "partition": request.partition,
-             "time": request.time}
+    given = {
+        "nodes": request.nodes,
+        "gpus_per_node": request.gpus_per_node,
+        "partition": request.partition,
+        "time": request.time,
+    }
     s = dataclasses.replace(plan.cfg.slurm, **{k: v for k, v in given.items() if v is not None})
     try:  # before anything is written or submitted
-        check_script_values({**script_values(dataclasses.replace(plan.cfg, slurm=s),
-                                             [k for k, v in given.items() if v is not None]),
-                             "--name": request.name})
+        check_script_values(
+            {
+                **script_values(dataclasses.replace(plan.cfg, slurm=s), [k for k, v in given.items() if v is not None]),
+                "--name": request.name,
+            }
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     folder = plan.sweep_dir / "slurm" / "%j"
     # --dry-run shows the Slurm script even where no Slurm is installed
     cluster = "slurm" if request.dry_run else choose_cluster(request.local)
-    executor = make_executor(folder, cluster, s, name=safe_component(f"tune/{plan.sweep_dir.name}"), nodes=s.nodes,
-                             tasks_per_node=1, local_tasks=1, requeue_signal=False)
-    print(f"one Slurm job: {s.nodes} node(s), Ray head on the first, {s.cpus_per_task} CPU(s) and "
-          f"{s.gpus_per_node} GPU(s) per node")
+    executor = make_executor(
+        folder,
+        cluster,
+        s,
+        name=safe_component(f"tune/{plan.sweep_dir.name}"),
+        nodes=s.nodes,
+        tasks_per_node=1,
+        local_tasks=1,
+        requeue_signal=False,
+    )
+    print(
+        f"one Slurm job: {s.nodes} node(s), Ray head on the first, {s.cpus_per_task} CPU(s) and "
+        f"{s.gpus_per_node} GPU(s) per node"
+    )
     if request.dry_run:
         print(sbatch_script(executor, 1))
         return 0
@@ -167,10 +203,20 @@ def submit_sweep(request: SweepRequest) -> int:
     with working_dir(code_dir):  # the job starts in the snapshot and imports action_launch from it
         job = executor.submit(job_spec)
     job_folder = Path(str(folder).replace("%j", str(job.job_id)))
-    write_job_json(job_folder, {"command": [sys.executable, *sys.argv], "job_id": str(job.job_id),
-                                "cluster": cluster, "nodes": s.nodes, "sweep_dir": str(plan.sweep_dir),
-                                "code_snapshot": str(code_dir)})
-    print(f"submitted sweep job {job.job_id}; logs in {job_folder}; status: python launch/submit.py --status {job_folder}")
+    write_job_json(
+        job_folder,
+        {
+            "command": [sys.executable, *sys.argv],
+            "job_id": str(job.job_id),
+            "cluster": cluster,
+            "nodes": s.nodes,
+            "sweep_dir": str(plan.sweep_dir),
+            "code_snapshot": str(code_dir),
+        },
+    )
+    print(
+        f"submitted sweep job {job.job_id}; logs in {job_folder}; status: python launch/submit.py --status {job_folder}"
+    )
     if not request.wait:
         return 0
     head = job.results()[0]  # one result per task; the head's carries the sweep's exit code

@@ -6,6 +6,7 @@ from the job id, so a requeued job (same id) finds it again. Torch's process gro
 submitit's jobs (`cluster.jobs`), the Ray head of a sweep job (`cluster.sweep_job`) and the plain `slurm/train.sbatch`
 (`python -m action_launch.common.cluster_env`) all take them from here.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,9 @@ def job_port(job_id: str) -> int:
 def node_address(node: str) -> str:
     """Slurm's NodeAddr of `node` (a NodeName need not resolve as a host name); `node` itself if unknown."""
     try:
-        out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, check=True,
-                             timeout=30).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "node", node], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
         match = re.search(r"\bNodeAddr=(\S+)", out)
         return match.group(1) if match else node
     except (OSError, subprocess.SubprocessError):
@@ -79,15 +81,20 @@ class ClusterEnvironment:
     node_rank: int = 0
 
     @classmethod
-    def from_slurm(cls, environ: Optional[Mapping[str, str]] = None) -> Optional["ClusterEnvironment"]:
+    def from_slurm(cls, environ: Optional[Mapping[str, str]] = None) -> Optional[ClusterEnvironment]:
         """This task from Slurm's variables (`SLURM_JOB_ID`, `SLURM_JOB_NODELIST`, `SLURM_PROCID`, `SLURM_NTASKS`,
         `SLURM_LOCALID`, `SLURM_NODEID`); None outside a Slurm job."""
         env = os.environ if environ is None else environ
         if not env.get("SLURM_JOB_ID") or not env.get("SLURM_JOB_NODELIST"):
             return None
-        return cls(job_id=env["SLURM_JOB_ID"], hostnames=tuple(expand_nodelist(env["SLURM_JOB_NODELIST"])),
-                   rank=int(env.get("SLURM_PROCID", 0)), world_size=int(env.get("SLURM_NTASKS", 1)),
-                   local_rank=int(env.get("SLURM_LOCALID", 0)), node_rank=int(env.get("SLURM_NODEID", 0)))
+        return cls(
+            job_id=env["SLURM_JOB_ID"],
+            hostnames=tuple(expand_nodelist(env["SLURM_JOB_NODELIST"])),
+            rank=int(env.get("SLURM_PROCID", 0)),
+            world_size=int(env.get("SLURM_NTASKS", 1)),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            node_rank=int(env.get("SLURM_NODEID", 0)),
+        )
 
     @property
     def num_nodes(self) -> int:
@@ -109,9 +116,14 @@ class ClusterEnvironment:
 
     def torch_variables(self, main_address: Optional[str] = None) -> Dict[str, str]:
         """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torch.distributed reads them."""
-        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(self.local_rank),
-                "LOCAL_WORLD_SIZE": str(max(1, self.world_size // self.num_nodes)),
-                "MASTER_ADDR": main_address or self.main_address(), "MASTER_PORT": str(self.main_port)}
+        return {
+            "RANK": str(self.rank),
+            "WORLD_SIZE": str(self.world_size),
+            "LOCAL_RANK": str(self.local_rank),
+            "LOCAL_WORLD_SIZE": str(max(1, self.world_size // self.num_nodes)),
+            "MASTER_ADDR": main_address or self.main_address(),
+            "MASTER_PORT": str(self.main_port),
+        }
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ not a git tree: `record_version` writes the answer into the snapshot at submissi
 diff as `code.diff`), and `code_version` reads it back on the node. The diff holds the tracked files' changes
 against the commit and the untracked, not ignored files (which a snapshot copies too) as new files.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ def code_version(root: Path) -> CodeVersion:
     if recorded.is_file():
         data = json.loads(recorded.read_text())
         diff = root / DIFF_FILE
-        return CodeVersion(str(data.get("commit", "unknown")), bool(data.get("dirty")),
-                           diff.read_text() if diff.is_file() else "")
+        return CodeVersion(
+            str(data.get("commit", "unknown")), bool(data.get("dirty")), diff.read_text() if diff.is_file() else ""
+        )
     return git_version(root) or CodeVersion("unknown", False)

@@ -1,11 +1,11 @@
 """Rank-0 output: log lines everywhere, a tqdm bar on a terminal; reading a failed process's output."""
+
 from __future__ import annotations
 
 import logging
 import re
 import sys
 from typing import Dict
-
 
 # Libraries whose INFO lines say nothing a user acts on (setuptools' compiler, probed by DeepSpeed's op
 # builders, logs every gcc command line).
@@ -14,8 +14,13 @@ QUIET_LOGGERS = ("compilers", "distutils", "setuptools")
 
 def setup_logging(is_main: bool) -> None:
     """INFO on rank 0, warnings only elsewhere; one format for the whole suite."""
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if is_main else logging.WARNING,
+        stream=sys.stdout,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -29,7 +34,9 @@ class EpochProgress:
         if active and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, leave=False
+            )
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -42,8 +49,9 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.set_postfix_str(text)
         else:
-            logging.getLogger("launch.train").info("epoch %d/%d step %d/%d %s", self.epoch + 1, self.epochs, done,
-                                                   self.total, text)
+            logging.getLogger("launch.train").info(
+                "epoch %d/%d step %d/%d %s", self.epoch + 1, self.epochs, done, self.total, text
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,4 +1,5 @@
 """Files that are either wholly written or not there: write beside, then rename over."""
+
 from __future__ import annotations
 
 import os

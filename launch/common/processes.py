@@ -1,5 +1,6 @@
 """Child processes and the environment they inherit: process groups, free ports, distributed variables;
 whether a process still runs (by pid and start time, read with psutil); ending with one's parent."""
+
 from __future__ import annotations
 
 import contextlib
@@ -95,7 +96,11 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig)), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                          ctypes.c_ulong(0)) == 0
+        return (
+            libc.prctl(
+                PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig)), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
+            )
+            == 0
+        )
     except (OSError, AttributeError):  # no libc to load, or one without prctl
         return False

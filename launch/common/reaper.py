@@ -8,6 +8,7 @@ period). Processes are named by pid and start time, so a reused pid is never hit
 
     python -m action_launch.common.reaper --owner PID [--group PGID ...] [--process PID:START ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def start_reaper(owner: int, groups: Sequence[int] = (), processes: Iterable[int
         started = start_time(pid)
         if started is not None:
             args += ["--process", f"{pid}:{started}"]
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def stop_reaper(reaper: subprocess.Popen) -> None:

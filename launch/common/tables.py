@@ -2,6 +2,7 @@
 
 Rows are sequences of raw values in column order; how a value looks in the terminal is the caller's
 `cell` function (the CSV keeps the raw values)."""
+
 from __future__ import annotations
 
 import csv

@@ -5,6 +5,7 @@
 choice and where the value came from. Importing this package is cheap (no torch): the `model:` section
 imports the model registry only when it is checked.
 """
+
 from action_launch.config.loading import (
     deep_merge,
     dump_config,
@@ -30,7 +31,26 @@ from action_launch.config.schema import (
 from action_launch.config.validation import ConfigError, Validator, did_you_mean, must
 
 __all__ = [
-    "Aggregate", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "SlurmConfig",
-    "TrackingConfig", "TrainConfig", "Validator", "deep_merge", "did_you_mean", "dump_config", "field_docs",
-    "flatten", "from_dict", "load_config", "load_yaml_with_bases", "must", "parse_overrides", "to_dict",
+    "Aggregate",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "OptimConfig",
+    "SlurmConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "Validator",
+    "deep_merge",
+    "did_you_mean",
+    "dump_config",
+    "field_docs",
+    "flatten",
+    "from_dict",
+    "load_config",
+    "load_yaml_with_bases",
+    "must",
+    "parse_overrides",
+    "to_dict",
 ]

@@ -1,4 +1,5 @@
 """Loading a run config: YAML files with `_base_` inheritance, `key.sub=value` overrides, then the validator."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,9 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any], _path: str = 
             continue
         if value is DELETED:
             if key not in out:
-                raise ConfigError(f"~{dotted}: {dotted} is not set, so there is nothing to delete (an unset key "
-                                  f"takes its default)")
+                raise ConfigError(
+                    f"~{dotted}: {dotted} is not set, so there is nothing to delete (an unset key takes its default)"
+                )
             del out[key]
         elif isinstance(value, Mapping):
             inherited = out.get(key)
@@ -111,8 +113,9 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     return from_dict(merged, source=source, override_keys=set(flatten(override_tree)))
 
 
-def from_dict(raw: Mapping[str, Any], source: str = "config", override_keys: Iterable[str] = (),
-              check_model: bool = True) -> Config:
+def from_dict(
+    raw: Mapping[str, Any], source: str = "config", override_keys: Iterable[str] = (), check_model: bool = True
+) -> Config:
     """Validate a plain dict (e.g. a loaded YAML) into a `Config`.
 
     `check_model=False` skips the `model:` check against the preset's constructor, which imports torch
@@ -147,8 +150,11 @@ def _check_clip_length(cfg: Config, validator: Validator) -> None:
     length = preset.kwargs.get(arg, preset.parameters()[arg].default) if length is None else length
     if length != cfg.data.num_frames:
         key = "data.num_frames" if "data.num_frames" in validator.override_keys else f"model.{arg}"
-        validator.fail(key, f"data.num_frames={cfg.data.num_frames} but model.{arg}={length}: {cfg.model['name']} is "
-                            f"built for clips of exactly model.{arg} frames; set both to the same value")
+        validator.fail(
+            key,
+            f"data.num_frames={cfg.data.num_frames} but model.{arg}={length}: {cfg.model['name']} is "
+            f"built for clips of exactly model.{arg} frames; set both to the same value",
+        )
 
 
 def _check_schedule(cfg: Config, validator: Validator) -> None:
@@ -157,9 +163,12 @@ def _check_schedule(cfg: Config, validator: Validator) -> None:
     o, epochs = cfg.optim, cfg.train.epochs
     if o.schedule == "cosine" and o.warmup_epochs >= epochs:
         key = "optim.warmup_epochs" if "optim.warmup_epochs" in validator.override_keys else "train.epochs"
-        validator.fail(key, f"optim.warmup_epochs={o.warmup_epochs:g} >= train.epochs={epochs} with the cosine "
-                            f"schedule: the warmup would ramp to the schedule's end (optim.final_lr={o.final_lr:g}) and "
-                            f"train at about that LR throughout; lower optim.warmup_epochs or raise train.epochs")
+        validator.fail(
+            key,
+            f"optim.warmup_epochs={o.warmup_epochs:g} >= train.epochs={epochs} with the cosine "
+            f"schedule: the warmup would ramp to the schedule's end (optim.final_lr={o.final_lr:g}) and "
+            f"train at about that LR throughout; lower optim.warmup_epochs or raise train.epochs",
+        )
 
 
 def to_dict(cfg: Config) -> Dict[str, Any]:

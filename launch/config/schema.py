@@ -5,6 +5,7 @@ the subclass of the kind `data.dataset` names); the `model:` section is
 free-form here and checked against the chosen preset's constructor by the validator. `EvalConfig` is the
 `test:` section, which only the evaluator reads (one recipe serves `train.py` and `test.py`).
 """
+
 from __future__ import annotations
 
 import ast
@@ -222,7 +223,7 @@ class EvalConfig:
     """Videos per forward (each with all its views); 0 uses `train.micro_batch_size`."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(cls: type) -> Dict[str, str]:
     """The docstring under each field of a config dataclass, as one line (`{}` where the source is not at hand)."""
     try:
@@ -232,7 +233,12 @@ def field_docs(cls: type) -> Dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs

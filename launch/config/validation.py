@@ -1,6 +1,7 @@
 """The one validator of every file a user writes: plain values (a loaded YAML, parsed overrides) become the
 typed dataclasses of a schema, or fail with the dotted key, what was expected, the closest valid choice
 and where the value came from."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -180,8 +181,11 @@ class Validator:
         selector = f"{path}.{section.kind_key}" if path else section.kind_key
         this = next(name for name, kind in kinds.items() if kind is cls)
         kinds_text = " or ".join(filter(None, [", ".join(owners[:-1]), owners[-1]]))
-        self.fail(dotted, f"{dotted} is a key of {selector}={kinds_text}, not of {selector}={this}; remove it, or set "
-                          f"{selector}={owners[0]}")
+        self.fail(
+            dotted,
+            f"{dotted} is a key of {selector}={kinds_text}, not of {selector}={this}; remove it, or set "
+            f"{selector}={owners[0]}",
+        )
 
     def _checked(self, value: Any, field: dataclasses.Field, path: str) -> Any:
         test, text = field.metadata.get("must", (None, None))
@@ -220,8 +224,11 @@ class Validator:
             renamed = "model.name" in self.override_keys and not from_cli
             if key not in params and (renamed or (from_cli and value is None)):
                 # a preset changed on the command line under inherited keys, or `model.key=null` meant as a deletion
-                self.fail(dotted, f"{dotted}: {name} takes no {key} (it takes {', '.join(params)}); delete the "
-                                  f"inherited key with ~{dotted} on the command line or `_delete_: true` in the file")
+                self.fail(
+                    dotted,
+                    f"{dotted}: {name} takes no {key} (it takes {', '.join(params)}); delete the "
+                    f"inherited key with ~{dotted} on the command line or `_delete_: true` in the file",
+                )
             if key not in params:
                 self._unknown(dotted, key, list(params), "model")
             out[key] = self.convert(value, hints.get(key, Any), dotted) if value is not None else None
@@ -237,8 +244,11 @@ class Validator:
         if old is not None and new is not None and old != new:
             from_cli = [k for k in ("model.num_class", "model.num_classes") if k in self.override_keys]
             if len(from_cli) != 1:
-                self.fail("model.num_class", f"model.num_class={old!r} (deprecated) and model.num_classes={new!r} "
-                                             f"disagree; keep only model.num_classes")
+                self.fail(
+                    "model.num_class",
+                    f"model.num_class={old!r} (deprecated) and model.num_classes={new!r} "
+                    f"disagree; keep only model.num_classes",
+                )
             section = dict(section)
             section.pop("num_class" if from_cli == ["model.num_classes"] else "num_classes")
         from action_launch.models._registry import rename_num_class

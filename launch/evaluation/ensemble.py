@@ -5,6 +5,7 @@ The fused score of a video is scores_a + alpha * scores_b (MS-G3D adds the joint
 outputs, bone scaled by alpha); both runs must have scored the same videos with the same labels
 (they are matched by id, so their order may differ). Prints top-1/top-5 of A, B and the fusion.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,8 +25,10 @@ def align(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> np.ndarra
         raise ValueError("predictions hold repeated video ids; cannot match the two runs")
     if set(ids_a) != set(ids_b):
         only_a, only_b = sorted(set(ids_a) - set(ids_b)), sorted(set(ids_b) - set(ids_a))
-        raise ValueError(f"the runs scored different videos: {len(only_a)} only in A (e.g. {only_a[:3]}), "
-                         f"{len(only_b)} only in B (e.g. {only_b[:3]})")
+        raise ValueError(
+            f"the runs scored different videos: {len(only_a)} only in A (e.g. {only_a[:3]}), "
+            f"{len(only_b)} only in B (e.g. {only_b[:3]})"
+        )
     where = {v: i for i, v in enumerate(ids_b)}
     order = np.array([where[v] for v in ids_a], dtype=np.int64)
     if a["scores"].shape[1] != b["scores"].shape[1]:
@@ -51,9 +54,16 @@ def ensemble(args: Any) -> int:
         return 2
     kinds = {str(p.get("aggregate", "?")) for p in (a, b)}
     if len(kinds) > 1:
-        print(f"warning: the runs' scores are of different kinds ({' vs '.join(sorted(kinds))}); "
-              f"test both with the same test.aggregate", file=sys.stderr)
-    for name, scores in (("A", a["scores"]), ("B", b["scores"][align(a, b)]), (f"A + {args.alpha:g} B", fused["scores"])):
+        print(
+            f"warning: the runs' scores are of different kinds ({' vs '.join(sorted(kinds))}); "
+            f"test both with the same test.aggregate",
+            file=sys.stderr,
+        )
+    for name, scores in (
+        ("A", a["scores"]),
+        ("B", b["scores"][align(a, b)]),
+        (f"A + {args.alpha:g} B", fused["scores"]),
+    ):
         m = classification_metrics(scores, fused["labels"].astype(np.int64))
         print(f"{name:>12}: top1 {m['top1']:.2f}  top5 {m['top5']:.2f}")
     if args.out:

@@ -35,6 +35,7 @@ it, and keeps its own times and status), through `launch.tracking.Tracker`.
 The evaluation options are the config's `test:` section (`test.aggregate=sum`, ...), which only the evaluator
 reads: one recipe serves `train.py` (and its `--test-best`) and `test.py`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,7 +75,7 @@ from action_launch.training.distributed import CollectiveError
 from action_launch.training.loaders import BatchShardSampler, SequenceStreamSampler, make_loader, sequences_of
 from action_launch.training.losses import logits_of
 from action_launch.training.memory import WindowMemory, carries_memory
-from action_launch.training.metrics import (  # noqa: F401
+from action_launch.training.metrics import (
     average_by_group,
     classification_metrics,
     confusion_matrix,
@@ -95,6 +96,7 @@ def load_eval_config(path: Optional[Union[str, Path]], overrides: Sequence[str] 
 
 
 # ------------------------------------------------------------------------------------- checkpoints
+
 
 def resolve_checkpoint(path: Union[str, Path], which: str = "best") -> Path:
     """A checkpoint folder from a checkpoint folder, a `checkpoints/` folder or a run folder.
@@ -127,12 +129,15 @@ def load_model(cfg: Config, checkpoint: Path) -> nn.Module:
     model = models.build(cfg.model)
     report = load_weights(model, checkpoint)
     if report["missing"] or report["mismatched"]:
-        raise ValueError(f"checkpoint {checkpoint} does not fit model {cfg.model['name']!r}: "
-                         f"missing {report['missing'][:5]}, other shape {report['mismatched'][:5]}")
+        raise ValueError(
+            f"checkpoint {checkpoint} does not fit model {cfg.model['name']!r}: "
+            f"missing {report['missing'][:5]}, other shape {report['mismatched'][:5]}"
+        )
     return model
 
 
 # ------------------------------------------------------------------------------------- prediction
+
 
 def aggregate_views(outputs: torch.Tensor, how: str) -> torch.Tensor:
     """Combine per-view outputs (B, V, K) into one score per video (B, K).
@@ -168,9 +173,16 @@ def has_views(dataset: Any, split: str) -> bool:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Any, how: str, device: torch.device, views: Optional[bool] = None,
-            ranks: Optional[Ranks] = None, steps: int = 0, train: Optional[TrainConfig] = None
-            ) -> Tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    loader: Any,
+    how: str,
+    device: torch.device,
+    views: Optional[bool] = None,
+    ranks: Optional[Ranks] = None,
+    steps: int = 0,
+    train: Optional[TrainConfig] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Scores (N, K) and labels of every batch of `loader`, in the loader's order; with `train`, the model runs as
     training ran it (`train.precision`'s autocast, channels-last, compiled: `training.engine.evaluation_forward`),
     else bare in fp32.
@@ -190,8 +202,10 @@ def predict(model: nn.Module, loader: Any, how: str, device: torch.device, views
 
     def forward(inputs: torch.Tensor, **kwargs: Any) -> Any:
         if memory is not None and _has_view_axis(inputs, views):
-            raise ValueError("a model that carries memory is evaluated on one view per window: set "
-                             "data.test_num_clips=1 and data.test_num_crops=1")
+            raise ValueError(
+                "a model that carries memory is evaluated on one view per window: set "
+                "data.test_num_clips=1 and data.test_num_crops=1"
+            )
         inputs = inputs.to(device, non_blocking=True)
         return run(inputs.flatten(0, 1) if _has_view_axis(inputs, views) else inputs, **kwargs)
 
@@ -217,19 +231,30 @@ def evaluation_groups(dataset: Any, batch_size: int, memory: bool) -> List[List[
         return [[list(range(start, min(start + batch_size, size)))] for start in range(0, size, batch_size)]
     sequences = sequences_of(dataset)
     if sequences is None:
-        raise ValueError(f"a model that carries memory needs a dataset of recordings (data.dataset=multiperson); "
-                         f"{type(dataset).__name__} has none")
-    blocks = [sequences[start:start + batch_size] for start in range(0, len(sequences), batch_size)]
+        raise ValueError(
+            f"a model that carries memory needs a dataset of recordings (data.dataset=multiperson); "
+            f"{type(dataset).__name__} has none"
+        )
+    blocks = [sequences[start : start + batch_size] for start in range(0, len(sequences), batch_size)]
     return [list(SequenceStreamSampler(block, batch_size, shuffle=False)) for block in blocks]
 
 
-def evaluation_loader(dataset: Any, groups: Sequence[Sequence[Sequence[int]]], cfg: Config, name: str,
-                      rank: int = 0, world_size: int = 1) -> Any:
+def evaluation_loader(
+    dataset: Any, groups: Sequence[Sequence[Sequence[int]]], cfg: Config, name: str, rank: int = 0, world_size: int = 1
+) -> Any:
     """The loader of rank `rank`'s share of an evaluation pass (`training.loaders.make_loader`: the training loaders'
     workers and batch time limit, `train.data_timeout_s`): groups rank, rank + world_size, ... of `groups`."""
     sampler = BatchShardSampler(groups, world_size, rank)
-    return make_loader(dataset, sampler, 1, cfg.data, cfg.seed, drop_last=False,  # the sampler makes the batches
-                       timeout_s=cfg.train.data_timeout_s, name=name)
+    return make_loader(
+        dataset,
+        sampler,
+        1,
+        cfg.data,
+        cfg.seed,
+        drop_last=False,  # the sampler makes the batches
+        timeout_s=cfg.train.data_timeout_s,
+        name=name,
+    )
 
 
 def most_batches(groups: Sequence[Sequence[Sequence[int]]], world_size: int) -> int:
@@ -255,8 +280,10 @@ def video_ids(dataset: Any) -> List[str]:
 
 # ---------------------------------------------------------------------------------------- metrics
 
-def evaluation_metrics(scores: np.ndarray, labels: np.ndarray, regression: bool = False,
-                       class_names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+
+def evaluation_metrics(
+    scores: np.ndarray, labels: np.ndarray, regression: bool = False, class_names: Optional[Sequence[str]] = None
+) -> Dict[str, float]:
     """Classification: top1, top5, mean_class_acc, macro_f1 and class_acc/<class> (percent).
     Regression: mse (mean over outputs) and mse/<output>, outputs named by `class_names` (the
     dataset's `output_names`) or by index."""
@@ -274,9 +301,16 @@ def evaluation_metrics(scores: np.ndarray, labels: np.ndarray, regression: bool 
 
 def save_predictions(path: Path, scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], **extra: Any) -> Path:
     """Write `predictions.npz` atomically (scores, labels, ids and any extra scalars)."""
-    return atomic_write(path, lambda tmp: np.savez(tmp, scores=scores, labels=labels,
-                                                   ids=np.asarray(list(ids), dtype=str),
-                                                   **{k: np.asarray(v) for k, v in extra.items()}))
+    return atomic_write(
+        path,
+        lambda tmp: np.savez(
+            tmp,
+            scores=scores,
+            labels=labels,
+            ids=np.asarray(list(ids), dtype=str),
+            **{k: np.asarray(v) for k, v in extra.items()},
+        ),
+    )
 
 
 def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
@@ -291,8 +325,11 @@ def load_predictions(path: Union[str, Path]) -> Dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------- run
 
-AGGREGATE_WORDS = {"sum": "the sum of their logits", "mean": "the mean of their logits",
-                   "mean_softmax": "the mean of their softmax probabilities"}
+AGGREGATE_WORDS = {
+    "sum": "the sum of their logits",
+    "mean": "the mean of their logits",
+    "mean_softmax": "the mean of their softmax probabilities",
+}
 
 
 def view_aggregate(ecfg: EvalConfig, dataset: Any, regression: bool) -> str:
@@ -324,8 +361,10 @@ def protocol_line(params: Mapping[str, str], regression: bool) -> str:
     views = int(params["test.views"])
     text = f"test protocol {params.get('test.protocol', 'none')} on the {params['test.split']} split: "
     if "test.num_clips" in params:
-        text += (f"{params['test.num_clips']} clip(s) x {params['test.num_crops']} crop(s) = {views} view(s) of "
-                 f"{params['test.crop_size']} px (short side {params['test.short_side']})")
+        text += (
+            f"{params['test.num_clips']} clip(s) x {params['test.num_crops']} crop(s) = {views} view(s) of "
+            f"{params['test.crop_size']} px (short side {params['test.short_side']})"
+        )
     else:
         text += f"{views} view(s) per sample"
     how = "the mean of the outputs" if regression else AGGREGATE_WORDS[params["test.aggregate"]]
@@ -367,8 +406,11 @@ def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, ranks: Optio
     regression = is_regression(cfg, model)
     dataset = datasets.build(cfg.data, ecfg.split)
     how = view_aggregate(ecfg, dataset, regression)
-    params = {**protocol_params(dataset, ecfg.split, how), "test.split": cfg.data.split_read(ecfg.split),
-              "test.precision": cfg.train.precision}
+    params = {
+        **protocol_params(dataset, ecfg.split, how),
+        "test.split": cfg.data.split_read(ecfg.split),
+        "test.precision": cfg.train.precision,
+    }
     log.info("%s; in %s (train.precision)", protocol_line(params, regression), cfg.train.precision)
     # a model that carries memory walks each recording's windows in order, memory carried
     groups = evaluation_groups(dataset, ecfg.batch_size or cfg.train.micro_batch_size, carries_memory(model))
@@ -385,14 +427,27 @@ def evaluate_model(cfg: Config, model: nn.Module, ecfg: EvalConfig, ranks: Optio
     if regression and participants is not None:
         scores, labels, ids = average_by_group(scores, labels, [participants[i] for i in indices])
     class_names = output_names_of(dataset) if regression else class_names_of(dataset)
-    processes = {"world_size": ranks.world_size, "devices": [s[0] for s in shares],
-                 "samples": [len(s[1]) for s in shares]}
-    return Predictions(scores, labels, ids, how, params, evaluation_metrics(scores, labels, regression, class_names),
-                       class_names, regression, processes)
+    processes = {
+        "world_size": ranks.world_size,
+        "devices": [s[0] for s in shares],
+        "samples": [len(s[1]) for s in shares],
+    }
+    return Predictions(
+        scores,
+        labels,
+        ids,
+        how,
+        params,
+        evaluation_metrics(scores, labels, regression, class_names),
+        class_names,
+        regression,
+        processes,
+    )
 
 
-def _in_dataset_order(shares: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]]
-                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _in_dataset_order(
+    shares: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dataset indices, scores and labels of every rank's share `(device, indices, scores, labels)`, sorted by index
     (a rank without a batch has none)."""
     shares = [share for share in shares if len(share[1])]
@@ -402,31 +457,55 @@ def _in_dataset_order(shares: Sequence[Tuple[str, np.ndarray, np.ndarray, np.nda
     return np.sort(indices), scores, labels
 
 
-def save_evaluation(pred: Predictions, ecfg: EvalConfig, run_dir: Path, source: str, step: int,
-                    out: Optional[Union[str, Path]] = None) -> Evaluation:
+def save_evaluation(
+    pred: Predictions, ecfg: EvalConfig, run_dir: Path, source: str, step: int, out: Optional[Union[str, Path]] = None
+) -> Evaluation:
     """Write predictions, metrics and the confusion matrix under `run_dir` (`source` names the weights in them):
     rank 0's part of an evaluation."""
     out = Path(out) if out else run_dir / "predictions.npz"
     save_predictions(out, pred.scores, pred.labels, pred.ids, aggregate=pred.how, checkpoint=source)
     test_dir = run_dir / "test"
     test_dir.mkdir(parents=True, exist_ok=True)
-    (test_dir / "metrics.json").write_text(json.dumps({"checkpoint": source, "step": step, "eval": asdict(ecfg),
-                                                       "protocol": pred.params, "processes": pred.processes,
-                                                       **pred.metrics}, indent=2))
+    (test_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": source,
+                "step": step,
+                "eval": asdict(ecfg),
+                "protocol": pred.params,
+                "processes": pred.processes,
+                **pred.metrics,
+            },
+            indent=2,
+        )
+    )
     files = [out, test_dir / "metrics.json"]
     if not pred.regression:
         k = pred.scores.shape[1]
         cm = confusion_matrix(pred.scores.argmax(1), pred.labels.astype(np.int64), k)
-        files += [save_confusion_json(cm, test_dir / "confusion_matrix.json", pred.class_names),
-                  save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=pred.class_names)]
-    log.info("test on %d samples (%s, %s, %d process(es)): %s", len(pred.scores), source, pred.how,
-             pred.processes["world_size"], " ".join(f"{k} {v:.4g}" for k, v in pred.metrics.items() if "/" not in k))
+        files += [
+            save_confusion_json(cm, test_dir / "confusion_matrix.json", pred.class_names),
+            save_confusion_matrix(cm, test_dir / "confusion_matrix.png", class_names=pred.class_names),
+        ]
+    log.info(
+        "test on %d samples (%s, %s, %d process(es)): %s",
+        len(pred.scores),
+        source,
+        pred.how,
+        pred.processes["world_size"],
+        " ".join(f"{k} {v:.4g}" for k, v in pred.metrics.items() if "/" not in k),
+    )
     return Evaluation(pred.metrics, pred.params, files)
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, Path], ecfg: Optional[EvalConfig] = None,
-                        out: Optional[Union[str, Path]] = None, track: bool = True,
-                        ranks: Optional[Ranks] = None) -> Dict[str, float]:
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: Union[str, Path],
+    ecfg: Optional[EvalConfig] = None,
+    out: Optional[Union[str, Path]] = None,
+    track: bool = True,
+    ranks: Optional[Ranks] = None,
+) -> Dict[str, float]:
     """Evaluate one checkpoint folder on `ecfg.split`, over `ranks` (default: this process alone); rank 0 writes
     predictions and metrics and logs them into the training run. Returns the metrics (on every rank)."""
     ecfg = ecfg or EvalConfig()
@@ -458,8 +537,10 @@ def load_published_weights(cfg: Config, weights: Path) -> Tuple[nn.Module, Any]:
     head = sorted(k for k in report.head if k not in report.loaded)
     if head:
         why = report.skipped.get(head[0]) or "absent from the file"
-        raise ValueError(f"--weights {weights}: the classifier {head[0]} does not load ({why}); set "
-                         f"model.num_classes to the file's class count and use the data its head was trained on")
+        raise ValueError(
+            f"--weights {weights}: the classifier {head[0]} does not load ({why}); set "
+            f"model.num_classes to the file's class count and use the data its head was trained on"
+        )
     return model, report
 
 
@@ -474,9 +555,14 @@ def evaluation_folder(cfg: Config, weights: Path) -> Path:
     return folder
 
 
-def evaluate_weights(cfg: Config, weights: Union[str, Path], ecfg: Optional[EvalConfig] = None,
-                     out: Optional[Union[str, Path]] = None, track: bool = True,
-                     ranks: Optional[Ranks] = None) -> Tuple[Dict[str, float], Optional[Path]]:
+def evaluate_weights(
+    cfg: Config,
+    weights: Union[str, Path],
+    ecfg: Optional[EvalConfig] = None,
+    out: Optional[Union[str, Path]] = None,
+    track: bool = True,
+    ranks: Optional[Ranks] = None,
+) -> Tuple[Dict[str, float], Optional[Path]]:
     """Evaluate a published weight file with the config's model and data protocol, without a training run, over
     `ranks` (default: this process alone). Rank 0 writes the results to a new `evaluation_folder`, once they are
     complete, and logs a new MLflow run (config as params, the file and its sha256 as tags). Returns the metrics and
@@ -486,8 +572,9 @@ def evaluate_weights(cfg: Config, weights: Union[str, Path], ecfg: Optional[Eval
     weights = Path(weights)
     with ranks.together():
         model, report = load_published_weights(cfg, weights)
-        log.info("--weights %s: %s, %d tensors loaded", weights, report.description or report.format,
-                 len(report.loaded))
+        log.info(
+            "--weights %s: %s, %d tensors loaded", weights, report.description or report.format, len(report.loaded)
+        )
         pred = evaluate_model(cfg, model, ecfg, ranks)
     if not ranks.is_main:
         return pred.metrics, None
@@ -500,8 +587,12 @@ def evaluate_weights(cfg: Config, weights: Union[str, Path], ecfg: Optional[Eval
         from action_launch.training.trainer import run_tags
 
         config = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
-        tags = {**run_tags(ranks.world_size), "eval.weights": str(weights.resolve()),
-                "eval.weights_sha256": _sha256(weights), "eval.weights_format": report.format}
+        tags = {
+            **run_tags(ranks.world_size),
+            "eval.weights": str(weights.resolve()),
+            "eval.weights_sha256": _sha256(weights),
+            "eval.weights_format": report.format,
+        }
         result.files += [run_dir / "config.yaml", run_dir / "load_report.txt"]
         _track(cfg, run_dir, {**config, **result.params}, tags, 0, result, run_name=run_dir.name)
     return result.metrics, run_dir
@@ -519,8 +610,14 @@ def _sha256(path: Path) -> str:
 def _track_checkpoint(cfg: Config, run_dir: Path, checkpoint: Path, step: int, result: Evaluation) -> None:
     """Log an evaluation of a training run's checkpoint as an MLflow run of its own (a journal folder of its own),
     nested under the training run: evaluating never reopens the training run, so its times and status stay."""
-    from action_launch.tracking.tracker import (EVALUATED_TAG, LATEST_EVALUATION_TAG, PARENT_TAG, Journal,
-                                                annotate_run, new_evaluation_folder)
+    from action_launch.tracking.tracker import (
+        EVALUATED_TAG,
+        LATEST_EVALUATION_TAG,
+        PARENT_TAG,
+        Journal,
+        annotate_run,
+        new_evaluation_folder,
+    )
 
     training = Journal(run_dir).state()
     parent = training.get("run_id")
@@ -529,14 +626,23 @@ def _track_checkpoint(cfg: Config, run_dir: Path, checkpoint: Path, step: int, r
         Journal(run_dir, folder).save_state(store=training["store"])
     tags = {EVALUATED_TAG: str(checkpoint.resolve()), **({PARENT_TAG: parent} if parent else {})}
     name = f"{training.get('run_name', cfg.run_name())} test {checkpoint.name}"
-    run_id = _track(cfg, run_dir, {**result.params, "test.checkpoint": checkpoint.name}, tags, step, result, name,
-                    folder)
+    run_id = _track(
+        cfg, run_dir, {**result.params, "test.checkpoint": checkpoint.name}, tags, step, result, name, folder
+    )
     if run_id and parent:  # from the training run to its latest evaluation (a tag: no new attempt, no new end)
         annotate_run(run_dir, {LATEST_EVALUATION_TAG: run_id})
 
 
-def _track(cfg: Config, run_dir: Path, params: Mapping[str, Any], tags: Mapping[str, str], step: int,
-           result: Evaluation, run_name: Optional[str] = None, folder: str = "tracking") -> Optional[str]:
+def _track(
+    cfg: Config,
+    run_dir: Path,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    step: int,
+    result: Evaluation,
+    run_name: Optional[str] = None,
+    folder: str = "tracking",
+) -> Optional[str]:
     """Log an evaluation as a new MLflow run named `run_name` whose journal is `run_dir/folder` (the metrics at
     `step`, the result files as artifacts); the run id, or None when it did not reach MLflow (kept in the journal).
     The store and experiment default to those of the run folder's training run."""
@@ -544,8 +650,14 @@ def _track(cfg: Config, run_dir: Path, params: Mapping[str, Any], tags: Mapping[
 
     state = Journal(run_dir).state()
     uri = cfg.tracking.uri or state.get("uri") or default_tracking_uri(cfg.output_dir)
-    tracker = Tracker(run_dir, uri, cfg.tracking.experiment or state.get("experiment") or cfg.experiment,
-                      run_name or state.get("run_name", cfg.run_name()), cfg.tracking.enabled, folder=folder)
+    tracker = Tracker(
+        run_dir,
+        uri,
+        cfg.tracking.experiment or state.get("experiment") or cfg.experiment,
+        run_name or state.get("run_name", cfg.run_name()),
+        cfg.tracking.enabled,
+        folder=folder,
+    )
     tracker.start(params, tags)
     tracker.log_metrics({f"test/{k}": v for k, v in result.metrics.items()}, step)
     for file in result.files:
@@ -562,8 +674,15 @@ def evaluate_after_training(cfg: Config, ckpt_root: Path, which: str) -> Dict[st
     return evaluate_checkpoint(cfg, resolve_checkpoint(ckpt_root, which), cfg.test)
 
 
-def run_test(checkpoint: Optional[str], weights: Optional[str], config: Optional[str], last: bool,
-             overrides: Sequence[str], out: Optional[str], track: bool) -> int:
+def run_test(
+    checkpoint: Optional[str],
+    weights: Optional[str],
+    config: Optional[str],
+    last: bool,
+    overrides: Sequence[str],
+    out: Optional[str],
+    track: bool,
+) -> int:
     """`launch/test.py`: evaluate a checkpoint (or run folder) or published weights, in this process or as one rank
     of a torchrun or Slurm job (`evaluation_ranks`); rank 0 prints the metrics. Exit status 2, with one line, for
     what cannot be evaluated as asked; 1 when a rank failed, died or hung (every rank stops)."""

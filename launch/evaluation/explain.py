@@ -2,6 +2,7 @@
 validation split reads it, Grad-CAM (`evaluation.gradcam`) and ST-ABN's own attention rendered over the
 frames as a GIF or PNG strip, the image logged to the checkpoint's MLflow run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,10 @@ def load_clip(data_cfg, video: str) -> torch.Tensor:
     from action_launch import datasets
 
     if data_cfg.dataset not in VIDEO_DATASETS:
-        raise ValueError(f"explain needs a video model: data.dataset is {data_cfg.dataset!r}, expected one of "
-                         f"{', '.join(VIDEO_DATASETS)}")
+        raise ValueError(
+            f"explain needs a video model: data.dataset is {data_cfg.dataset!r}, expected one of "
+            f"{', '.join(VIDEO_DATASETS)}"
+        )
     path = Path(video).resolve()
     if not path.exists():
         raise FileNotFoundError(f"--video {video}: no such file or folder")
@@ -53,8 +56,9 @@ def load_clip(data_cfg, video: str) -> torch.Tensor:
     with tempfile.TemporaryDirectory() as tmp:
         list_file = Path(tmp) / "explain.txt"
         list_file.write_text(line + "\n")
-        cfg = dataclasses.replace(data_cfg, val_list=str(list_file), list_format=fmt, path_prefix="",
-                                  bad_files_log=None, max_bad_fraction=1.0)
+        cfg = dataclasses.replace(
+            data_cfg, val_list=str(list_file), list_format=fmt, path_prefix="", bad_files_log=None, max_bad_fraction=1.0
+        )
         clip, _ = datasets.build(cfg, "val")[(0, 0)]
     return clip
 
@@ -66,8 +70,9 @@ def class_label(k: int, names: Optional[List[str]]) -> str:
 
 def _per_frame(values: torch.Tensor, frames: int, size) -> torch.Tensor:
     """(T', h, w) -> (T, H, W) by trilinear interpolation, values kept (no renormalisation)."""
-    return F.interpolate(values[None, None].float(), size=(frames, *size), mode="trilinear",
-                         align_corners=False)[0, 0].clamp(0, 1)
+    return F.interpolate(values[None, None].float(), size=(frames, *size), mode="trilinear", align_corners=False)[
+        0, 0
+    ].clamp(0, 1)
 
 
 def render(clip: torch.Tensor, result, mean, std, names: Optional[List[str]] = None):

@@ -16,6 +16,7 @@ that has submodules, is called once, outputs one of these layouts and receives a
 on its spatial positions for the class: for a CNN the last stage or block, for a transformer
 the input of the last block (the last block's patch outputs never reach the CLS token).
 """
+
 from __future__ import annotations
 
 import math
@@ -94,10 +95,14 @@ class _Capture:
     calls: int = 1
 
 
-def _capture_outputs(model: nn.Module, names: Optional[Sequence[str]]) -> Tuple[Dict[str, _Capture], Callable[[], None]]:
+def _capture_outputs(
+    model: nn.Module, names: Optional[Sequence[str]]
+) -> Tuple[Dict[str, _Capture], Callable[[], None]]:
     """Forward hooks that record the output of each named module (default: every module with children)."""
     modules = dict(model.named_modules())
-    chosen = list(names) if names is not None else [n for n, m in modules.items() if n and any(True for _ in m.children())]
+    chosen = (
+        list(names) if names is not None else [n for n, m in modules.items() if n and any(True for _ in m.children())]
+    )
     captured: Dict[str, _Capture] = {}
     counter = [0]
 
@@ -107,6 +112,7 @@ def _capture_outputs(model: nn.Module, names: Optional[Sequence[str]]) -> Tuple[
             calls = captured[name].calls + 1 if name in captured else 1
             if isinstance(output, torch.Tensor):
                 captured[name] = _Capture(name, output, counter[0], calls)
+
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in chosen]
@@ -114,6 +120,7 @@ def _capture_outputs(model: nn.Module, names: Optional[Sequence[str]]) -> Tuple[
     def remove() -> None:
         for handle in handles:
             handle.remove()
+
     return captured, remove
 
 
@@ -124,8 +131,10 @@ def check_layer(model: nn.Module, name: str) -> None:
     names = [n for n, _ in model.named_modules() if n]
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5)
-        raise ValueError(f"--layer {name!r}: the model has no such module"
-                         + (f"; close: {', '.join(close)}" if close else f"; e.g. {', '.join(names[-5:])}"))
+        raise ValueError(
+            f"--layer {name!r}: the model has no such module"
+            + (f"; close: {', '.join(close)}" if close else f"; e.g. {', '.join(names[-5:])}")
+        )
 
 
 @dataclass
@@ -144,8 +153,13 @@ class GradCam:
     """The model's raw forward output, detached (ST-ABN's dict carries its attention maps)."""
 
 
-def grad_cam(model: nn.Module, clip: torch.Tensor, layer: Optional[str] = None, target: Optional[int] = None,
-             logits_of: Callable[[Any], torch.Tensor] = losses.logits_of) -> GradCam:
+def grad_cam(
+    model: nn.Module,
+    clip: torch.Tensor,
+    layer: Optional[str] = None,
+    target: Optional[int] = None,
+    logits_of: Callable[[Any], torch.Tensor] = losses.logits_of,
+) -> GradCam:
     """Grad-CAM of `model` on clips (N, C, T, H, W) for class `target` (default: each clip's prediction).
 
     `layer` names the module (`model.named_modules()`) whose output is explained; None picks one as
@@ -160,18 +174,28 @@ def grad_cam(model: nn.Module, clip: torch.Tensor, layer: Optional[str] = None, 
         with torch.enable_grad():
             outputs = model(clip)
             logits = logits_of(outputs).float()
-            targets = (logits.argmax(1) if target is None
-                       else torch.full((n,), int(target), dtype=torch.long, device=logits.device))
+            targets = (
+                logits.argmax(1)
+                if target is None
+                else torch.full((n,), int(target), dtype=torch.long, device=logits.device)
+            )
             if int(targets.max()) >= logits.shape[1] or int(targets.min()) < 0:
                 raise ValueError(f"--target-class {target} is out of range for {logits.shape[1]} classes")
             score = logits.gather(1, targets[:, None]).sum()
             aspect = h / w
-            usable = [k for k, c in captured.items() if (layer or c.calls == 1) and c.output.requires_grad
-                      and as_video_map(c.output, n, t, aspect) is not None]
+            usable = [
+                k
+                for k, c in captured.items()
+                if (layer or c.calls == 1)
+                and c.output.requires_grad
+                and as_video_map(c.output, n, t, aspect) is not None
+            ]
             if layer and layer not in usable:
                 shape = tuple(captured[layer].output.shape) if layer in captured else "no tensor"
-                raise ValueError(f"--layer {layer!r}: its output {shape} is not a feature map of a known layout "
-                                 "((N, C, T, h, w), (N*T, C, h, w) or tokens) or has no gradient")
+                raise ValueError(
+                    f"--layer {layer!r}: its output {shape} is not a feature map of a known layout "
+                    "((N, C, T, h, w), (N*T, C, h, w) or tokens) or has no gradient"
+                )
             names = sorted(usable, key=lambda k: captured[k].order)
             grads = torch.autograd.grad(score, [captured[k].output for k in names], allow_unused=True)
     finally:
@@ -204,6 +228,7 @@ def _detach(outputs: Any) -> Any:
 
 # ----------------------------------------------------------------------------------- rendering
 
+
 def denormalize(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """A normalised (C, T, H, W) clip back to displayable (T, H, W, 3) uint8 frames."""
     m = torch.as_tensor(mean, dtype=torch.float32, device=clip.device).view(-1, 1, 1, 1)
@@ -229,7 +254,7 @@ def overlay(frames: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndar
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
-def compose(panels: Sequence[np.ndarray], captions: Sequence[str], min_side: int = 160) -> List["Image.Image"]:
+def compose(panels: Sequence[np.ndarray], captions: Sequence[str], min_side: int = 160) -> List[Image.Image]:
     """One image per frame: the panels (each (T, H, W, 3) uint8) side by side, scaled up so the short
     side is at least `min_side`, over a caption line per frame (`captions[t]`)."""
     from PIL import Image, ImageDraw
@@ -248,15 +273,16 @@ def compose(panels: Sequence[np.ndarray], captions: Sequence[str], min_side: int
     return images
 
 
-def save_images(images: Sequence["Image.Image"], path: str, frame_ms: int = 250) -> str:
+def save_images(images: Sequence[Image.Image], path: str, frame_ms: int = 250) -> str:
     """Write frames as an animated GIF (`.gif`) or as one PNG strip (`.png`, the frames top to bottom)."""
     from PIL import Image
 
     lower = str(path).lower()
     if lower.endswith(".gif"):
         # disposal 1 and no optimisation: every frame kept, even if two happen to be identical
-        images[0].save(path, save_all=True, append_images=list(images[1:]), duration=frame_ms, loop=0,
-                       disposal=1, optimize=False)
+        images[0].save(
+            path, save_all=True, append_images=list(images[1:]), duration=frame_ms, loop=0, disposal=1, optimize=False
+        )
     elif lower.endswith(".png"):
         w, h = images[0].size
         strip = Image.new("RGB", (w, h * len(images)), "white")

@@ -1,6 +1,7 @@
 """The processes of one evaluation (`launch/test.py`, alone or under torchrun / a Slurm step): which rank this is,
 on which device, and how the ranks keep together, every wait bounded and every failure told to all of them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,12 +38,13 @@ class Ranks:
         self._collected = False
 
     @classmethod
-    def one_process(cls, device: Optional[torch.device] = None) -> "Ranks":
+    def one_process(cls, device: Optional[torch.device] = None) -> Ranks:
         """This process alone (`train.py --test-best` on rank 0 of a training job included), on `device` (default:
         the current GPU, else the CPU)."""
         if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else \
-                torch.device("cpu")
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            )
         return cls(0, 1, device, Collectives(0, 1, 1.0))
 
     @property

@@ -1,5 +1,6 @@
 """A sweep request and its plan: what `launch/tune.py` was asked for, checked against the base config and
 the sweep file before Ray (or Slurm) is touched."""
+
 from __future__ import annotations
 
 import os
@@ -109,11 +110,12 @@ def max_budget(spec: SweepSpec, cfg: Config) -> int:
 def plan_text(plan: SweepPlan) -> str:
     """What the sweep will do, in words (printed before it starts and by --dry-run)."""
     r, spec, samples = plan.request, plan.spec, plan.num_samples
-    lines = [f"sweep {plan.sweep_dir.name}: {spec.grid_size() * samples} trials ({spec.grid_size()} grid points x "
-             f"{samples} samples), scheduler {r.scheduler}, metric {spec.metric} ({spec.mode}), budget "
-             f"{spec.budget} up to {max_budget(spec, plan.cfg)}",
-             f"each trial: {r.cpus_per_trial} CPU, {r.gpus_per_trial} GPU, "
-             f"{r.workers} process(es); folder {plan.sweep_dir}"]
+    lines = [
+        f"sweep {plan.sweep_dir.name}: {spec.grid_size() * samples} trials ({spec.grid_size()} grid points x "
+        f"{samples} samples), scheduler {r.scheduler}, metric {spec.metric} ({spec.mode}), budget "
+        f"{spec.budget} up to {max_budget(spec, plan.cfg)}",
+        f"each trial: {r.cpus_per_trial} CPU, {r.gpus_per_trial} GPU, {r.workers} process(es); folder {plan.sweep_dir}",
+    ]
     lines += [f"  {p.name}: {p.describe()}" for p in spec.params]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
 """Joining a Ray cluster that a Slurm sweep job brought up across its nodes."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """A finished sweep's figures: metric vs each swept key, a frames x sampling-rate heat map of the best
 metric, and metric vs compute. Plain rows in, files out (the table and CSV: `common.tables`)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Used by `launch/tune.py` on one machine and by the Slurm sweep job (`cluster.sweep_job`) on the first node
 of an allocation (there Ray is already up across the nodes and `RAY_ADDRESS` points at it).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from action_launch import child_python_env
-from action_launch.common.processes import descendants, free_port
 from action_launch.common.console import last_exception_line
+from action_launch.common.processes import descendants, free_port
 from action_launch.common.reaper import start_reaper, stop_reaper
 from action_launch.common.tables import best_first, format_table, write_csv
 from action_launch.config import Config, flatten, load_config, to_dict
@@ -62,6 +63,7 @@ def ray_domain(param: Param) -> Any:
 
     def depends_on(spec: Any) -> Any:
         return cases.get(spec.config[source], default)
+
     return tune.sample_from(same_as if param.kind == "same_as" else depends_on)
 
 
@@ -83,17 +85,23 @@ def make_scheduler(kind: str, spec: SweepSpec, cfg: Config):
     if kind == "fifo":
         return FIFOScheduler()
     if kind == "asha":
-        return ASHAScheduler(time_attr=budget_attr(spec), max_t=max_budget(spec, cfg),
-                             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
+        return ASHAScheduler(
+            time_attr=budget_attr(spec),
+            max_t=max_budget(spec, cfg),
+            grace_period=spec.asha.grace_period,
+            reduction_factor=spec.asha.reduction_factor,
+        )
     mutations = {p.name: mutation_domain(p) for p in spec.pbt_mutations()}
     if not mutations:
         raise ValueError(f"{spec.source}: PBT needs something to perturb: a uniform/loguniform entry or pbt.mutate")
-    return PopulationBasedTraining(time_attr=budget_attr(spec),
-                                   perturbation_interval=spec.pbt.perturbation_interval,
-                                   hyperparam_mutations=mutations,
-                                   quantile_fraction=spec.pbt.quantile_fraction,
-                                   resample_probability=spec.pbt.resample_probability,
-                                   synch=spec.pbt.synch)
+    return PopulationBasedTraining(
+        time_attr=budget_attr(spec),
+        perturbation_interval=spec.pbt.perturbation_interval,
+        hyperparam_mutations=mutations,
+        quantile_fraction=spec.pbt.quantile_fraction,
+        resample_probability=spec.pbt.resample_probability,
+        synch=spec.pbt.synch,
+    )
 
 
 def pbt_pause_every(scheduler: str, spec: SweepSpec) -> Optional[int]:
@@ -123,6 +131,7 @@ def interrupt_on_sigterm() -> None:
     """A SIGTERM to the sweep's driver (`kill`, Slurm's `scancel`) stops the sweep as a second Ctrl-C does: the
     parent run KILLED, unfinished trials resumable by `--resume`. In the main thread only (where Python runs
     signal handlers)."""
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -132,10 +141,16 @@ def interrupt_on_sigterm() -> None:
 
 def _parent_params(plan: SweepPlan) -> Dict[str, Any]:
     args, spec = plan.request, plan.spec
-    params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.scheduler": args.scheduler,
-              "sweep.budget": spec.budget, "sweep.num_samples": plan.num_samples,
-              "sweep.seed": str(spec.seed),
-              "sweep.config": args.config or "defaults", "sweep.overrides": " ".join(args.overrides)}
+    params = {
+        "sweep.metric": spec.metric,
+        "sweep.mode": spec.mode,
+        "sweep.scheduler": args.scheduler,
+        "sweep.budget": spec.budget,
+        "sweep.num_samples": plan.num_samples,
+        "sweep.seed": str(spec.seed),
+        "sweep.config": args.config or "defaults",
+        "sweep.overrides": " ".join(args.overrides),
+    }
     params.update({f"space.{':'.join(p.keys)}": p.describe() for p in spec.params})  # MLflow keys take no comma
     return params
 
@@ -169,15 +184,23 @@ def run_sweep(plan: SweepPlan) -> Dict[str, Any]:
     shutil.copyfile(args.sweep, sweep_dir / "sweep.yaml")
     with ExitStack() as stack:
         uri = _tracking(cfg, sweep_dir, stack)
-        parent = Tracker(sweep_dir, uri or "", cfg.tracking.experiment or cfg.experiment, sweep_dir.name,
-                         enabled=uri is not None)
+        parent = Tracker(
+            sweep_dir, uri or "", cfg.tracking.experiment or cfg.experiment, sweep_dir.name, enabled=uri is not None
+        )
         parent.start(_parent_params(plan), {"sweep.role": "parent", "sweep.name": sweep_dir.name})
-        setup = TrialSetup(config=str(Path(args.config).resolve()) if args.config else None, overrides=list(args.overrides),
-                           sweep_dir=str(sweep_dir), output_dir=str(Path(cfg.output_dir).resolve()),
-                           experiment=cfg.experiment, sweep_name=sweep_dir.name, tracking_uri=uri,
-                           parent_run_id=parent.run_id, workers=args.workers,
-                           threads=max(1, int(args.cpus_per_trial) // args.workers),
-                           pause_every=pbt_pause_every(args.scheduler, plan.spec))
+        setup = TrialSetup(
+            config=str(Path(args.config).resolve()) if args.config else None,
+            overrides=list(args.overrides),
+            sweep_dir=str(sweep_dir),
+            output_dir=str(Path(cfg.output_dir).resolve()),
+            experiment=cfg.experiment,
+            sweep_name=sweep_dir.name,
+            tracking_uri=uri,
+            parent_run_id=parent.run_id,
+            workers=args.workers,
+            threads=max(1, int(args.cpus_per_trial) // args.workers),
+            pause_every=pbt_pause_every(args.scheduler, plan.spec),
+        )
         _start_ray(stack)
         interrupt_on_sigterm()  # after ray.init, whose own handler exits (the parent run then said FAILED)
         status = "FAILED"
@@ -227,24 +250,37 @@ STATUS_SAVE_PERIOD_S = "0"
 def _fit(plan: SweepPlan, setup: TrialSetup):
     args, cfg, spec, sweep_dir = plan.request, plan.cfg, plan.spec, plan.sweep_dir
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATUS_SAVE_PERIOD_S)  # read when Tune's controller starts
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    )
     if args.resume:
         log.info("resuming the sweep in %s (finished trials are kept)", sweep_dir)
         # Ray keeps same_as / depends_on entries as placeholders and resolves them only from a param_space
         # handed to restore: without it, trials not yet started would get the placeholder as their value.
-        tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, param_space=param_space(spec),
-                                   resume_unfinished=True)
+        tuner = tune.Tuner.restore(
+            str(sweep_dir / TUNE_DIR), trainable, param_space=param_space(spec), resume_unfinished=True
+        )
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space(spec),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=plan.num_samples,
-                                        scheduler=make_scheduler(args.scheduler, spec, cfg),
-                                        search_alg=search_algorithm(spec, args.max_concurrent), reuse_actors=True),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                                      checkpoint_config=_checkpoint_config(args.scheduler),
-                                      callbacks=[RecordTrialEnds()]))  # restored with the Tuner on --resume
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=spec.mode,
+                num_samples=plan.num_samples,
+                scheduler=make_scheduler(args.scheduler, spec, cfg),
+                search_alg=search_algorithm(spec, args.max_concurrent),
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(sweep_dir),
+                verbose=1,
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=_checkpoint_config(args.scheduler),
+                callbacks=[RecordTrialEnds()],
+            ),
+        )  # restored with the Tuner on --resume
     return tuner.fit()
 
 
@@ -281,7 +317,7 @@ def _share_view(cfg: Config, setup: TrialSetup, parent: Tracker) -> None:
         key = share_sweep_view(setup.tracking_uri, experiment, parent.run_id)
         store = cfg.tracking.uri or default_tracking_uri(cfg.output_dir)  # the server here stops with the sweep
         command, url = ui_url(store, experiment_id(setup.tracking_uri, experiment), view_key=key)
-    except Exception as err:  # noqa: BLE001 - a view is a convenience; the sweep's results are written anyway
+    except Exception as err:
         log.warning("could not store the sweep's view for the MLflow UI (%s)", err)
         return
     print(f"browse: {command}  then open {url}" if command else f"browse: {url}")
@@ -296,8 +332,14 @@ def wall_time_points(result) -> List[MetricPoint]:
     return [(int(r["step"]), float(r[WALL]), int(r.get("timestamp", time.time()) * 1000)) for _, r in rows.iterrows()]
 
 
-def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], cfg: Config,
-                  setup: TrialSetup, walls: Sequence[MetricPoint] = ()) -> None:
+def _record_trial(
+    trial_dir: Path,
+    row: Mapping[str, Any],
+    config: Mapping[str, Any],
+    cfg: Config,
+    setup: TrialSetup,
+    walls: Sequence[MetricPoint] = (),
+) -> None:
     """Put the stop reason, the end status and the wall time series (`walls`, `cost/wall_s` per reported step)
     on the trial's MLflow run; a trial that failed before its training opened a run gets one here, so every
     trial of the sweep has its child run. Done here, after the sweep, not by the trial function: a trial
@@ -313,8 +355,12 @@ def _record_trial(trial_dir: Path, row: Mapping[str, Any], config: Mapping[str, 
         # through this sweep's server: a trial that ended before a killed sweep was resumed names the old one
         annotate_run(trial_dir, tags, status, uri=setup.tracking_uri, metrics={WALL: walls})
         return
-    tracker = Tracker(trial_dir, setup.tracking_uri, cfg.tracking.experiment or cfg.experiment,
-                      trial_run_name(setup.sweep_name, row["trial_id"]))
+    tracker = Tracker(
+        trial_dir,
+        setup.tracking_uri,
+        cfg.tracking.experiment or cfg.experiment,
+        trial_run_name(setup.sweep_name, row["trial_id"]),
+    )
     parent = {"mlflow.parentRunId": setup.parent_run_id} if setup.parent_run_id else {}
     full = flatten(to_dict(load_config(setup.config, [*setup.overrides, *trial_overrides(config)])))
     tracker.start(full, {**parent, "sweep.name": setup.sweep_name, "sweep.trial_id": row["trial_id"], **tags})
@@ -327,11 +373,19 @@ def _trial_row(result, plan: SweepPlan) -> Dict[str, Any]:
     id_file = Path(result.path) / "trial_id"
     # The trial's own record first: after a PBT exploit the last result can be the donor's.
     trial_id = id_file.read_text().strip() if id_file.exists() else metrics.get("trial_id") or Path(result.path).name
-    reason = trial_stop_reason(result, plan.request.scheduler, budget_key, max_budget(spec, plan.cfg),
-                               plan.sweep_dir / trial_id)
-    return {"trial_id": trial_id, **flat_trial_config(result.config or {}), "stop_reason": reason,
-            spec.metric: _history_best(result, spec.metric, spec.mode), f"last {spec.metric}": metrics.get(spec.metric),
-            budget_key: metrics.get(budget_key), COST: metrics.get(COST), WALL: metrics.get(WALL)}
+    reason = trial_stop_reason(
+        result, plan.request.scheduler, budget_key, max_budget(spec, plan.cfg), plan.sweep_dir / trial_id
+    )
+    return {
+        "trial_id": trial_id,
+        **flat_trial_config(result.config or {}),
+        "stop_reason": reason,
+        spec.metric: _history_best(result, spec.metric, spec.mode),
+        f"last {spec.metric}": metrics.get(spec.metric),
+        budget_key: metrics.get(budget_key),
+        COST: metrics.get(COST),
+        WALL: metrics.get(WALL),
+    }
 
 
 def _trial_rows(grid, plan: SweepPlan, setup: TrialSetup) -> List[Dict[str, Any]]:
@@ -341,8 +395,14 @@ def _trial_rows(grid, plan: SweepPlan, setup: TrialSetup) -> List[Dict[str, Any]
     for result in grid:
         rows.append(_trial_row(result, plan))
         if setup.tracking_uri:
-            _record_trial(plan.sweep_dir / rows[-1]["trial_id"], rows[-1], flat_trial_config(result.config or {}),
-                          plan.cfg, setup, wall_time_points(result))
+            _record_trial(
+                plan.sweep_dir / rows[-1]["trial_id"],
+                rows[-1],
+                flat_trial_config(result.config or {}),
+                plan.cfg,
+                setup,
+                wall_time_points(result),
+            )
     # Tune draws a trial's values only when it creates it: those of the others are not known yet
     planned = plan.spec.grid_size() * plan.num_samples
     return rows + [{"trial_id": None, "stop_reason": stop_reasons.NOT_STARTED} for _ in range(planned - len(rows))]
@@ -354,24 +414,29 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
     budget_key = budget_attr(spec)
     rows = best_first(_trial_rows(grid, plan, setup), lambda row: row.get(spec.metric), spec.mode)
     rule = ranking_rule(spec.metric, spec.mode)
-    keys = ["trial_id", *spec.swept_keys(), spec.metric, f"last {spec.metric}", budget_key, COST, WALL,
-            "stop_reason"]
+    keys = ["trial_id", *spec.swept_keys(), spec.metric, f"last {spec.metric}", budget_key, COST, WALL, "stop_reason"]
     columns = [score_column(spec.metric) if k == spec.metric else k for k in keys]  # says which value ranks
     table = [[row.get(k) for k in keys] for row in rows]
     print(f"trials by {rule}:")
     print(format_table(columns, table), flush=True)
-    files = [write_csv(sweep_dir / "results.csv", columns, table),
-             plot_metric_vs_keys(rows, spec.swept_keys(), spec.metric, sweep_dir / "metric_vs_keys.png"),
-             plot_metric_vs_cost(rows, spec.metric, sweep_dir / "metric_vs_cost.png"),
-             plot_frames_rate_heatmap(rows, spec.metric, spec.mode, sweep_dir / "frames_rate_heatmap.png"),
-             sweep_dir / "sweep.yaml"]
+    files = [
+        write_csv(sweep_dir / "results.csv", columns, table),
+        plot_metric_vs_keys(rows, spec.swept_keys(), spec.metric, sweep_dir / "metric_vs_keys.png"),
+        plot_metric_vs_cost(rows, spec.metric, sweep_dir / "metric_vs_cost.png"),
+        plot_frames_rate_heatmap(rows, spec.metric, spec.mode, sweep_dir / "frames_rate_heatmap.png"),
+        sweep_dir / "sweep.yaml",
+    ]
     best = rows[0] if rows and rows[0].get(spec.metric) is not None else None
-    summary: Dict[str, Any] = {"trials": len(rows), "ranking": rule, "best": best,
-               "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) in ("completed", "stopped")
-                                           for r in rows),
-               "errored": sum(stop_reasons.outcome(r["stop_reason"]) == "errored" for r in rows),
-               "unfinished": sum(stop_reasons.outcome(r["stop_reason"]) == "unfinished" for r in rows),
-               "total_clip_frames": sum(r.get(COST) or 0 for r in rows), "rows": rows}
+    summary: Dict[str, Any] = {
+        "trials": len(rows),
+        "ranking": rule,
+        "best": best,
+        "completed_or_stopped": sum(stop_reasons.outcome(r["stop_reason"]) in ("completed", "stopped") for r in rows),
+        "errored": sum(stop_reasons.outcome(r["stop_reason"]) == "errored" for r in rows),
+        "unfinished": sum(stop_reasons.outcome(r["stop_reason"]) == "unfinished" for r in rows),
+        "total_clip_frames": sum(r.get(COST) or 0 for r in rows),
+        "rows": rows,
+    }
     summary["interrupted"] = summary["unfinished"] > 0
     if best is not None:
         best_dir = sweep_dir / best["trial_id"]
@@ -379,18 +444,29 @@ def summarise(grid, plan: SweepPlan, parent: Tracker, setup: TrialSetup) -> Dict
             shutil.copyfile(best_dir / "config.yaml", sweep_dir / "best_config.yaml")
             files.append(sweep_dir / "best_config.yaml")
         parent.set_tags({"sweep.best_trial": best["trial_id"]})
-        parent.log_metrics({f"best/{spec.metric}": best[spec.metric], "sweep.trials": len(rows),
-                            "sweep.errored": summary["errored"], "sweep.total_clip_frames": summary["total_clip_frames"]}, 0)
-        print(f"best trial {best['trial_id']}: {spec.metric} {best[spec.metric]:.4g} "
-              f"({', '.join(f'{k}={best.get(k)}' for k in spec.swept_keys())})")
+        parent.log_metrics(
+            {
+                f"best/{spec.metric}": best[spec.metric],
+                "sweep.trials": len(rows),
+                "sweep.errored": summary["errored"],
+                "sweep.total_clip_frames": summary["total_clip_frames"],
+            },
+            0,
+        )
+        print(
+            f"best trial {best['trial_id']}: {spec.metric} {best[spec.metric]:.4g} "
+            f"({', '.join(f'{k}={best.get(k)}' for k in spec.swept_keys())})"
+        )
     (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     files.append(sweep_dir / "summary.json")
     for path in files:
         if path is not None and path.exists():
             parent.log_artifact(path)
     _share_view(cfg, setup, parent)
-    print(f"results: {sweep_dir / 'results.csv'}\ncompare: python launch/compare.py --experiment "
-          f"{cfg.tracking.experiment or cfg.experiment} --parent {sweep_dir.name}")
+    print(
+        f"results: {sweep_dir / 'results.csv'}\ncompare: python launch/compare.py --experiment "
+        f"{cfg.tracking.experiment or cfg.experiment} --parent {sweep_dir.name}"
+    )
     return summary
 
 
@@ -404,16 +480,22 @@ def sweep(request: SweepRequest) -> int:
         return 0
     state = plan.sweep_dir / TUNE_DIR
     if state.exists() and not request.resume:
-        print(f"error: {plan.sweep_dir} already holds a sweep; continue it with --resume, or start another with "
-              f"--name <new name>", file=sys.stderr)
+        print(
+            f"error: {plan.sweep_dir} already holds a sweep; continue it with --resume, or start another with "
+            f"--name <new name>",
+            file=sys.stderr,
+        )
         return 2
     if request.resume and not state.exists():
         print(f"error: --resume: no sweep to resume in {plan.sweep_dir}", file=sys.stderr)
         return 2
     summary = run_sweep(plan)
     if summary["interrupted"]:
-        print(f"interrupted: sweep {plan.sweep_dir.name} stopped before its end ({summary['unfinished']} of "
-              f"{summary['trials']} trials unfinished); continue it with: {resume_command()}", file=sys.stderr)
+        print(
+            f"interrupted: sweep {plan.sweep_dir.name} stopped before its end ({summary['unfinished']} of "
+            f"{summary['trials']} trials unfinished); continue it with: {resume_command()}",
+            file=sys.stderr,
+        )
         return 130
     return 0 if summary["completed_or_stopped"] > 0 else 1
 

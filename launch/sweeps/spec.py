@@ -25,6 +25,7 @@ on another key's value). The other keys are the fields of `SweepFile`, `AshaSect
 converted by the config validator (`action_launch.config.Validator`). This module only parses and
 checks; `launch/tune.py` turns it into Ray.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -280,12 +281,15 @@ def _check_mutations(mutate: List[str], params: Tuple[Param, ...], source: str) 
         if name not in by_name:
             raise SweepError(f"pbt.mutate: {name!r} is not an entry of space (in {source})")
         if by_name[name].kind in ("same_as", "depends_on"):
-            raise SweepError(f"pbt.mutate: {name} is derived from {by_name[name].source}; mutate that entry instead "
-                             f"(in {source})")
+            raise SweepError(
+                f"pbt.mutate: {name} is derived from {by_name[name].source}; mutate that entry instead (in {source})"
+            )
         followers = [p.name for p in params if p.source in by_name[name].keys]
         if followers:
-            raise SweepError(f"pbt.mutate: {name} is followed by {', '.join(followers)}, which a mutation would leave "
-                             f"at the trial's first value (in {source})")
+            raise SweepError(
+                f"pbt.mutate: {name} is followed by {', '.join(followers)}, which a mutation would leave "
+                f"at the trial's first value (in {source})"
+            )
 
 
 def load_sweep(path: Union[str, Path]) -> SweepSpec:

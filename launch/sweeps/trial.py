@@ -16,6 +16,7 @@ driver writes the trial's last result into its folder (`record_end`, `tune_end.j
 record of trial statuses only every ~10 s, so a sweep killed in between and resumed would start such a
 trial again; it reports its recorded end instead of training (`run_trial`).
 """
+
 from __future__ import annotations
 
 import json
@@ -85,10 +86,16 @@ def training_command(setup: TrialSetup, trial_config: Mapping[str, Any], trial_i
     cmd = [sys.executable, *entry, "--amend-config"]  # a PBT exploit continues the donor's run with a mutated config
     if setup.config:
         cmd += ["--config", setup.config]
-    cmd += [*setup.overrides, *trial_overrides(trial_config), f"output_dir={setup.output_dir}",
-            f"experiment={setup.experiment}", f"name={trial_run_name(setup.sweep_name, trial_id)}",
-            # the trial's MLflow run is named as its folder, even on a base config that names its own run
-            "tracking.run_name=null", f"tracking.tags={to_override_text(tags)}"]
+    cmd += [
+        *setup.overrides,
+        *trial_overrides(trial_config),
+        f"output_dir={setup.output_dir}",
+        f"experiment={setup.experiment}",
+        f"name={trial_run_name(setup.sweep_name, trial_id)}",
+        # the trial's MLflow run is named as its folder, even on a base config that names its own run
+        "tracking.run_name=null",
+        f"tracking.tags={to_override_text(tags)}",
+    ]
     if setup.tracking_uri:
         cmd.append(f"tracking.uri={setup.tracking_uri}")
     return cmd
@@ -156,8 +163,11 @@ def record_end(trial_dir: Path, result: Mapping[str, Any]) -> None:
     """Keep the result Tune ended a trial with (what the trial reported, without Ray's own keys) in its folder."""
     from ray.tune.result import AUTO_RESULT_KEYS
 
-    kept = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in _RAY_KEYS
-            and isinstance(v, (int, float, bool))}
+    kept = {
+        k: v
+        for k, v in result.items()
+        if k not in AUTO_RESULT_KEYS and k not in _RAY_KEYS and isinstance(v, (int, float, bool))
+    }
     Path(trial_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(trial_dir) / END_RECORD, json.dumps({**kept, "done": True}))
 
@@ -206,8 +216,10 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     ended = recorded_end(trial_dir)
     if ended is not None:  # ended before a killed sweep was resumed: end it again, with the same result
         with open(trial_dir / "train.log", "a") as log_file:
-            log_file.write(f"[tune] {run_name} had ended (epoch {ended.get('epoch')}) before the sweep was "
-                           f"resumed; not trained again\n")
+            log_file.write(
+                f"[tune] {run_name} had ended (epoch {ended.get('epoch')}) before the sweep was "
+                f"resumed; not trained again\n"
+            )
         tune.report(ended)
         return
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -220,8 +232,9 @@ def run_trial(trial_config: Dict[str, Any], setup: TrialSetup) -> None:
     epochs = _planned_epochs(trial_config, setup) if setup.pause_every else 0
     while True:
         until = pause_epoch(trial_dir, setup.pause_every, epochs)
-        reported_step = _train(cmd + (["--until-epoch", str(until)] if until else []), trial_dir, setup, clock,
-                               reported_step, until)
+        reported_step = _train(
+            cmd + (["--until-epoch", str(until)] if until else []), trial_dir, setup, clock, reported_step, until
+        )
         if until is None or _stop_requested():
             return
 
@@ -245,29 +258,42 @@ def _planned_epochs(trial_config: Mapping[str, Any], setup: TrialSetup) -> int:
     return load_config(setup.config, [*setup.overrides, *trial_overrides(trial_config)]).train.epochs
 
 
-def _train(cmd: List[str], trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int,
-           until: Optional[int]) -> int:
+def _train(
+    cmd: List[str], trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int, until: Optional[int]
+) -> int:
     """One training process of the trial, watched until it exits (or Tune stops the trial); returns the last
     step reported. A failed process is a RuntimeError naming its last exception line."""
     log_path = trial_dir / "train.log"
     with open(log_path, "a") as log_file:
         # setpriv: the child gets SIGTERM if this trial's thread or process dies before it does.
-        proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *cmd], cwd=setup.cwd,
-                                env=trial_environment(setup.threads), stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "TERM", "--", *cmd],
+            cwd=setup.cwd,
+            env=trial_environment(setup.threads),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             reported_step = _watch(proc, trial_dir, setup, clock, reported_step, until)
         finally:
             stop_process_group(proc, grace_s=20.0)
     if proc.returncode != 0 and not _stop_requested():
         tail = _log_tail(log_path, 200)
-        raise RuntimeError(f"training exited with code {proc.returncode}: {last_exception_line(tail) or 'see log'} "
-                           f"(log {log_path})")
+        raise RuntimeError(
+            f"training exited with code {proc.returncode}: {last_exception_line(tail) or 'see log'} (log {log_path})"
+        )
     return reported_step
 
 
-def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _CostClock, reported_step: int,
-           until: Optional[int] = None) -> int:
+def _watch(
+    proc: subprocess.Popen,
+    trial_dir: Path,
+    setup: TrialSetup,
+    clock: _CostClock,
+    reported_step: int,
+    until: Optional[int] = None,
+) -> int:
     """Report each new validated epoch-end checkpoint until training ends or Tune stops the trial. The last
     epoch, and the pause epoch `until`, are reported once the process has exited: Tune's answer (go on, pause,
     exploit) then finds nothing trained past them."""
@@ -285,9 +311,14 @@ def _watch(proc: subprocess.Popen, trial_dir: Path, setup: TrialSetup, clock: _C
                 # The last epoch is reported once training has exited, as done: its final outputs are written
                 # by then, and no scheduler pauses (PBT) or stops a trial that has nothing left to train.
                 continue
-            metrics = {**meta["last_val"], "epoch": meta["epoch"], "step": meta["step"],
-                       **_trial_cost(meta, cfg, setup.workers), "cost/wall_s": clock.wall_s(),
-                       **({"done": True} if last else {})}
+            metrics = {
+                **meta["last_val"],
+                "epoch": meta["epoch"],
+                "step": meta["step"],
+                **_trial_cost(meta, cfg, setup.workers),
+                "cost/wall_s": clock.wall_s(),
+                **({"done": True} if last else {}),
+            }
             clock.save()
             reported_step = meta["step"]
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))

@@ -12,6 +12,7 @@ best value of the metric over its validations, in the mode (max or min), not by 
 value MLflow's own table shows). A sweep's `results.csv` and `summary.json` rank its trials by the same
 rule, over the results its trials reported to Tune (one per validation).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -56,8 +57,9 @@ def score_column(metric: str) -> str:
     return f"best {metric}"
 
 
-def with_scores(runs: Sequence[RunDict], histories: Mapping[str, Sequence[float]], metric: str,
-                mode: str) -> List[RunDict]:
+def with_scores(
+    runs: Sequence[RunDict], histories: Mapping[str, Sequence[float]], metric: str, mode: str
+) -> List[RunDict]:
     """The runs, each with its ranking value under SCORE (from its history of `metric`; the latest value
     stands in for a run whose history is not given)."""
     out = []
@@ -75,7 +77,7 @@ def _score(run: RunDict, metric: str) -> Any:
 
 def swept_keys(parent_params: Dict[str, str]) -> List[str]:
     """Config keys a sweep searched over: its `space.<key>` params (`space.a:b` for a joint entry)."""
-    return [key for k in parent_params if k.startswith("space.") for key in k[len("space."):].split(":")]
+    return [key for k in parent_params if k.startswith("space.") for key in k[len("space.") :].split(":")]
 
 
 def differing_params(runs: Sequence[RunDict], first: Iterable[str] = ()) -> List[str]:
@@ -114,14 +116,26 @@ def table_rows(runs: Sequence[RunDict], metric: str, params: Sequence[str], tria
     run_id. A sweep's table (`trials`) always has the cost columns, clip-frames and wall time."""
     costs = [m for m in COST_METRICS if trials or any(m in r["metrics"] for r in runs)]
     epochs = any("epoch" in r["metrics"] for r in runs) and metric != "epoch"
-    columns = ["trial" if trials else "run", *params, score_column(metric), *(["epoch"] if epochs else []), "stop",
-               *(COST_METRICS[m] for m in costs), "run_id"]
+    columns = [
+        "trial" if trials else "run",
+        *params,
+        score_column(metric),
+        *(["epoch"] if epochs else []),
+        "stop",
+        *(COST_METRICS[m] for m in costs),
+        "run_id",
+    ]
     rows = []
     for run in runs:
-        row = [run["tags"].get("sweep.trial_id", run["name"]) if trials else run["name"],
-               *(run["params"].get(k, "") for k in params), _score(run, metric),
-               *([run["metrics"].get("epoch")] if epochs else []), run_stop_reason(run),
-               *(run["metrics"].get(m) for m in costs), run["run_id"]]
+        row = [
+            run["tags"].get("sweep.trial_id", run["name"]) if trials else run["name"],
+            *(run["params"].get(k, "") for k in params),
+            _score(run, metric),
+            *([run["metrics"].get("epoch")] if epochs else []),
+            run_stop_reason(run),
+            *(run["metrics"].get(m) for m in costs),
+            run["run_id"],
+        ]
         rows.append(row)
     return columns, rows
 
@@ -131,7 +145,7 @@ def _cell(column: str, value: Any) -> str:
     if value is None or value == "":
         return "-"
     if column == "stop":
-        return value if len(value) <= ERROR_WIDTH else value[:ERROR_WIDTH - 3] + "..."
+        return value if len(value) <= ERROR_WIDTH else value[: ERROR_WIDTH - 3] + "..."
     if column == "run_id":
         return value[:8]
     if not isinstance(value, float):
@@ -150,12 +164,18 @@ def _cell(column: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-_OUTCOME_COLOURS = {"errored": "#f4c7c3", "stopped": "#fce8b2", "completed": "#b7e1cd", "unfinished": "#c9daf8",
-                    "other": "#e8eaed"}
+_OUTCOME_COLOURS = {
+    "errored": "#f4c7c3",
+    "stopped": "#fce8b2",
+    "completed": "#b7e1cd",
+    "unfinished": "#c9daf8",
+    "other": "#e8eaed",
+}
 
 
-def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], metric: str,
-                   mode: str) -> Path:
+def save_table_png(
+    path: Path, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], metric: str, mode: str
+) -> Path:
     """The table as a figure: metric cells shaded by value (darker is better), stop cells by outcome."""
     import matplotlib
 
@@ -172,8 +192,13 @@ def save_table_png(path: Path, title: str, columns: Sequence[str], rows: Sequenc
     fig.text(0.005, 1 - 0.1 / (table_h + 0.45), title, fontsize=10, va="top")
     ax = fig.add_axes((0.005, 0.02, 0.99, table_h / (table_h + 0.45)))
     ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=list(columns), bbox=Bbox.from_bounds(0, 0, 1, 1), cellLoc="left",
-                     colWidths=[(w + 2) / sum(x + 2 for x in widths) for w in widths])
+    table = ax.table(
+        cellText=cells,
+        colLabels=list(columns),
+        bbox=Bbox.from_bounds(0, 0, 1, 1),
+        cellLoc="left",
+        colWidths=[(w + 2) / sum(x + 2 for x in widths) for w in widths],
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     m, s = columns.index(score_column(metric)), columns.index("stop")
@@ -226,23 +251,40 @@ def sweep_view_state(parent: RunDict, children: Sequence[RunDict], metric: str, 
     can only do by the latest value), with the metric, epoch, costs, stop reason and swept params shown.
 
     Keys as the UI (MLflow 3) stores them: a column is `<metrics|params|tags|attributes>.`<key>``."""
+
     def col(kind: str, key: str) -> str:
         return f"{kind}.`{key}`"
 
     swept = swept_keys(parent["params"])
-    columns = [col("metrics", metric), col("metrics", "epoch"), *(col("metrics", m) for m in COST_METRICS),
-               col("tags", "sweep.stop_reason"), *(col("params", k) for k in swept)]
+    columns = [
+        col("metrics", metric),
+        col("metrics", "epoch"),
+        *(col("metrics", m) for m in COST_METRICS),
+        col("tags", "sweep.stop_reason"),
+        *(col("params", k) for k in swept),
+    ]
     longest = max([len(r["name"] or "") for r in children] or [20])
-    widths = {col("attributes", "Run Name"): 50 + 7 * longest, col("tags", "sweep.stop_reason"): 220,
-              col("metrics", metric): max(90, 24 + 7 * len(metric)), col("metrics", "epoch"): 70,
-              col("metrics", "cost/clip_frames"): 130, col("metrics", "cost/wall_s"): 110,
-              **{col("params", k): int(24 + 7 * len(k)) for k in swept}}
-    return {"orderByKey": col("metrics", metric), "orderByAsc": mode == "min", "selectedColumns": columns,
-            "columnOrder": [col("attributes", "Run Name"), *columns], "columnWidths": widths}
+    widths = {
+        col("attributes", "Run Name"): 50 + 7 * longest,
+        col("tags", "sweep.stop_reason"): 220,
+        col("metrics", metric): max(90, 24 + 7 * len(metric)),
+        col("metrics", "epoch"): 70,
+        col("metrics", "cost/clip_frames"): 130,
+        col("metrics", "cost/wall_s"): 110,
+        **{col("params", k): int(24 + 7 * len(k)) for k in swept},
+    }
+    return {
+        "orderByKey": col("metrics", metric),
+        "orderByAsc": mode == "min",
+        "selectedColumns": columns,
+        "columnOrder": [col("attributes", "Run Name"), *columns],
+        "columnWidths": widths,
+    }
 
 
-def share_sweep_view(uri: str, experiment: str, parent: str, metric: Optional[str] = None,
-                     mode: Optional[str] = None) -> str:
+def share_sweep_view(
+    uri: str, experiment: str, parent: str, metric: Optional[str] = None, mode: Optional[str] = None
+) -> str:
     """Store the runs-table view of sweep `parent` (name or parent run id) on its experiment (tag
     `mlflow.sharedViewState.<key>`) and return the key; the UI opens it with `?viewStateShareKey=<key>`
     (`tq.ui_url(..., view_key=key)`). Metric and mode default to the sweep's own."""
@@ -273,20 +315,34 @@ def runs_view_state(runs: Sequence[RunDict], metric: str, params: Sequence[str])
     """The MLflow UI's runs-table state for an experiment: the best and the latest value of `metric`, the epoch,
     the wall time (Duration; `cost/wall_s` where runs log it) and the `params` columns. Left in start-time order,
     the one order in which the UI folds each evaluation under its training run and each trial under its sweep."""
+
     def col(kind: str, key: str) -> str:
         return f"{kind}.`{key}`"
 
     costs = [col("metrics", "cost/wall_s")] if any("cost/wall_s" in r["metrics"] for r in runs) else []
-    columns = [col("metrics", best_key(metric)), col("metrics", metric), col("metrics", "epoch"),
-               col("attributes", "Duration"), *costs, *(col("params", k) for k in params)]
+    columns = [
+        col("metrics", best_key(metric)),
+        col("metrics", metric),
+        col("metrics", "epoch"),
+        col("attributes", "Duration"),
+        *costs,
+        *(col("params", k) for k in params),
+    ]
     longest = max([len(r["name"] or "") for r in runs] or [20])
-    widths = {col("attributes", "Run Name"): 80 + 8 * longest,  # room for the colour dot and the fold button
-              col("metrics", best_key(metric)): 30 + 8 * len(best_key(metric)),
-              col("metrics", metric): max(90, 30 + 8 * len(metric)), col("metrics", "epoch"): 70,
-              col("attributes", "Duration"): 90, **{c: 110 for c in costs},
-              **{col("params", k): int(24 + 7 * len(k)) for k in params}}
-    return {"selectedColumns": columns, "columnOrder": [col("attributes", "Run Name"), *columns],
-            "columnWidths": widths}
+    widths = {
+        col("attributes", "Run Name"): 80 + 8 * longest,  # room for the colour dot and the fold button
+        col("metrics", best_key(metric)): 30 + 8 * len(best_key(metric)),
+        col("metrics", metric): max(90, 30 + 8 * len(metric)),
+        col("metrics", "epoch"): 70,
+        col("attributes", "Duration"): 90,
+        **dict.fromkeys(costs, 110),
+        **{col("params", k): int(24 + 7 * len(k)) for k in params},
+    }
+    return {
+        "selectedColumns": columns,
+        "columnOrder": [col("attributes", "Run Name"), *columns],
+        "columnWidths": widths,
+    }
 
 
 def share_runs_view(uri: str, experiment: str, metric: str, params: Optional[Sequence[str]] = None) -> str:
@@ -312,8 +368,10 @@ def compare_runs(args: Any) -> int:
         if args.parent:
             sweep, runs = tq.sweep_trials(uri, args.experiment, args.parent)
             if not runs:
-                raise tq.TrackingQueryError(f"run {sweep['name']!r} ({sweep['run_id']}) has no child runs "
-                                            f"(tag mlflow.parentRunId); is it a sweep's parent run?")
+                raise tq.TrackingQueryError(
+                    f"run {sweep['name']!r} ({sweep['run_id']}) has no child runs "
+                    f"(tag mlflow.parentRunId); is it a sweep's parent run?"
+                )
         else:
             runs = training_runs(tq.list_runs(uri, args.experiment))
             if not runs:
@@ -340,12 +398,12 @@ def compare_runs(args: Any) -> int:
     if sweep:
         try:  # the UI's view of the trials; the table does not depend on it
             key = store_sweep_view(uri, exp_id, sweep, runs, metric, mode)
-        except Exception as err:  # noqa: BLE001  (a read-only store, a server that refuses the tag)
+        except Exception as err:
             print(f"compare: could not store the sweep's view for the MLflow UI ({err})", file=sys.stderr)
     else:
         try:  # the experiment's view, with this table's metric and params
             key = share_runs_view(uri, args.experiment, metric, params)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             print(f"compare: could not store the runs view for the MLflow UI ({err})", file=sys.stderr)
     scored = with_scores([_with_cost_tags(r) for r in runs], histories, metric, mode)
     ordered = sort_runs(scored, metric, mode)
@@ -353,7 +411,7 @@ def compare_runs(args: Any) -> int:
     what = f"sweep {sweep['tags'].get('sweep.name', sweep['name'])}" if sweep else "runs"
     title = f"{args.experiment}: {what}, {len(rows)} {'trials' if sweep else 'runs'}, by {ranking_rule(metric, mode)}"
     out = args.out or Path(args.output_dir) / "compare"
-    stem = _slug(args.experiment) + (f"__{_slug(what[len('sweep '):])}" if sweep else "")
+    stem = _slug(args.experiment) + (f"__{_slug(what[len('sweep ') :])}" if sweep else "")
     csv_path = write_csv(out / f"{stem}.csv", columns, rows)
     png_path = save_table_png(out / f"{stem}.png", title, columns, rows, metric, mode)
 
@@ -365,4 +423,3 @@ def compare_runs(args: Any) -> int:
     command, url = tq.ui_url(uri, exp_id, view_key=key)
     print(f"Browse them: {command}  then open {url}" if command else f"Browse them: {url}")
     return 0
-

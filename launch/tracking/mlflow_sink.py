@@ -4,6 +4,7 @@ The only module of `tracking` that imports MLflow to write runs (`query` reads t
 `mlflow server`). MLflow's own limits live here: the characters a key may hold, 100 params per batch, 1000
 metrics per batch, params that cannot change once logged.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,10 +84,13 @@ class MlflowSink:
         logged = self.client.get_run(run_id).data.params
         texts = {mlflow_key(k): _param_text(v) for k, v in params.items()}
         new = [Param(k, v) for k, v in texts.items() if k not in logged]
-        changed = [RunTag(f"changed.{k}", v) for k, v in texts.items()
-                   if k in logged and logged[k] != v and k not in _ROUTE_PARAMS]
+        changed = [
+            RunTag(f"changed.{k}", v)
+            for k, v in texts.items()
+            if k in logged and logged[k] != v and k not in _ROUTE_PARAMS
+        ]
         for i in range(0, len(new), _PARAM_BATCH):
-            self.client.log_batch(run_id, params=new[i:i + _PARAM_BATCH])
+            self.client.log_batch(run_id, params=new[i : i + _PARAM_BATCH])
         if changed:
             self.client.log_batch(run_id, tags=changed)
 
@@ -96,7 +100,7 @@ class MlflowSink:
 
         metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in points]
         for i in range(0, len(metrics), _METRIC_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i:i + _METRIC_BATCH])
+            self.client.log_batch(run_id, metrics=metrics[i : i + _METRIC_BATCH])
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -109,4 +113,3 @@ class MlflowSink:
     def end_run(self, run_id: str, status: str, end_time: int) -> None:
         """Close the run with `status` (FINISHED, FAILED, KILLED) at `end_time` (ms since the epoch)."""
         self.client.set_terminated(run_id, status=status, end_time=end_time)
-

@@ -6,6 +6,7 @@ a parent run tagged `sweep.role=parent` and `sweep.name=<name>` whose trials are
 `mlflow.parentRunId=<parent id>`. Like the rest of `tracking`, this module may import MLflow; the
 callers (`launch/compare.py`) see dicts and the errors below only.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -39,7 +40,9 @@ def check_store(uri: str) -> None:
     """
     if uri.startswith(("http://", "https://")):
         if not server_reachable(uri):
-            raise ConnectionError(f"MLflow tracking server {uri} is unreachable (no answer from {uri.rstrip('/')}/health)")
+            raise ConnectionError(
+                f"MLflow tracking server {uri} is unreachable (no answer from {uri.rstrip('/')}/health)"
+            )
         return
     if uri.startswith("sqlite:"):
         from sqlalchemy.engine import make_url  # MLflow's own database layer parses its SQLite URIs
@@ -49,14 +52,16 @@ def check_store(uri: str) -> None:
             return
         path = Path(database)
     elif uri.startswith("file://"):
-        path = Path(uri[len("file://"):])
+        path = Path(uri[len("file://") :])
     elif "://" not in uri:
         path = Path(uri)
     else:
         return  # other database URIs (postgresql://, mysql://): let MLflow report what is wrong
     if not path.exists():
-        raise FileNotFoundError(f"no MLflow store at {path} (tracking URI {uri}); train a run first or pass "
-                                f"--tracking-uri / set MLFLOW_TRACKING_URI")
+        raise FileNotFoundError(
+            f"no MLflow store at {path} (tracking URI {uri}); train a run first or pass "
+            f"--tracking-uri / set MLFLOW_TRACKING_URI"
+        )
 
 
 def _client(uri: str):
@@ -77,22 +82,31 @@ def experiment_id(uri: str, experiment: str) -> str:
     names = [e.name for e in client.search_experiments()]
     close = difflib.get_close_matches(experiment, names, n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise TrackingQueryError(f"no experiment named {experiment!r} at {uri}{hint} "
-                             f"(experiments there: {', '.join(sorted(names)) or 'none'})")
+    raise TrackingQueryError(
+        f"no experiment named {experiment!r} at {uri}{hint} (experiments there: {', '.join(sorted(names)) or 'none'})"
+    )
 
 
 def _as_dict(run) -> RunDict:
-    return {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
-            "start_time": run.info.start_time, "end_time": run.info.end_time,
-            "params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
 
 
 def _search(client, exp_id: str, filter_string: str = "") -> List[RunDict]:
     runs: List[RunDict] = []
     token = None
     while True:
-        page = client.search_runs([exp_id], filter_string, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time ASC"])
+        page = client.search_runs(
+            [exp_id], filter_string, max_results=1000, page_token=token, order_by=["attributes.start_time ASC"]
+        )
         runs += [_as_dict(r) for r in page]
         token = page.token
         if not token:
@@ -117,12 +131,14 @@ def find_sweep(uri: str, experiment: str, parent: str) -> RunDict:
     runs = _search(client, exp_id, f"tags.`sweep.name` = '{quoted}' and tags.`sweep.role` = 'parent'")
     if runs:
         return runs[-1]
-    sweeps = sorted({r["tags"].get("sweep.name", r["name"]) for r in
-                     _search(client, exp_id, "tags.`sweep.role` = 'parent'")})
+    sweeps = sorted(
+        {r["tags"].get("sweep.name", r["name"]) for r in _search(client, exp_id, "tags.`sweep.role` = 'parent'")}
+    )
     close = difflib.get_close_matches(parent, sweeps, n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise TrackingQueryError(f"no sweep or run {parent!r} in experiment {experiment!r}{hint} "
-                             f"(sweeps there: {', '.join(sweeps) or 'none'})")
+    raise TrackingQueryError(
+        f"no sweep or run {parent!r} in experiment {experiment!r}{hint} (sweeps there: {', '.join(sweeps) or 'none'})"
+    )
 
 
 def sweep_trials(uri: str, experiment: str, parent: str) -> Tuple[RunDict, List[RunDict]]:
@@ -136,9 +152,12 @@ def sweep_trials(uri: str, experiment: str, parent: str) -> Tuple[RunDict, List[
 def metric_histories(uri: str, run_ids: Iterable[str], metric: str) -> Dict[str, List[float]]:
     """Every value each run logged for `metric` (its validations, for a `val/` metric), oldest first."""
     client = _client(uri)
-    return {run_id: [m.value for m in sorted(client.get_metric_history(run_id, metric),
-                                             key=lambda m: (m.step, m.timestamp))]
-            for run_id in run_ids}
+    return {
+        run_id: [
+            m.value for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+        ]
+        for run_id in run_ids
+    }
 
 
 def share_view(uri: str, exp_id: str, key: str, state: Mapping[str, Any]) -> None:

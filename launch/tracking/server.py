@@ -1,4 +1,5 @@
 """An `mlflow server` over a SQLite store, for many processes logging at once, and reachability checks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,7 @@ def sqlite_path(uri: str) -> Optional[Path]:
     """The database file of a `sqlite:///` URI (query options dropped); None for other URIs and `:memory:`."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(path) if path not in ("", ":memory:") else None
 
 
@@ -76,8 +77,9 @@ def store_init_lock(uri: str, timeout: Optional[float] = None) -> Iterator[None]
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"another process held {lock_path} for over {timeout:g} s while "
-                                       f"opening the MLflow store {db}") from None
+                    raise TimeoutError(
+                        f"another process held {lock_path} for over {timeout:g} s while opening the MLflow store {db}"
+                    ) from None
                 time.sleep(0.1)
             except OSError as err:  # e.g. a network file system mounted without locks
                 log.warning("cannot lock %s (%s); opening the MLflow store without it", lock_path, err)
@@ -109,8 +111,9 @@ class TrackingServer:
     this server instead, and it is stopped when the sweep ends (also as a context manager).
     """
 
-    def __init__(self, store_uri: str, port: int, log_file: Path, host: str = "127.0.0.1",
-                 extra_args: Sequence[str] = ()):
+    def __init__(
+        self, store_uri: str, port: int, log_file: Path, host: str = "127.0.0.1", extra_args: Sequence[str] = ()
+    ):
         if not store_uri.startswith("sqlite:///"):
             raise ValueError(f"TrackingServer serves a SQLite store, got {store_uri}")
         self.uri = f"http://{host}:{port}"
@@ -118,10 +121,27 @@ class TrackingServer:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_file, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-             "--backend-store-uri", store_uri, "--artifacts-destination", str(artifact_root_for(store_uri)),
-             *extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                store_uri,
+                "--artifacts-destination",
+                str(artifact_root_for(store_uri)),
+                *extra_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         # its own session: a kill -9 of this process would leave it (10 processes, GBs) running without this
         self._reaper = start_reaper(os.getpid(), groups=[self.process.pid])
         self.log_file = log_file
@@ -130,7 +150,7 @@ class TrackingServer:
         """The variables that tell a run logging through this server which store it writes (`backing_store`)."""
         return {SERVER_ENV: self.uri, STORE_ENV: self.store_uri}
 
-    def wait(self, timeout: float = 120.0) -> "TrackingServer":
+    def wait(self, timeout: float = 120.0) -> TrackingServer:
         """Block until the server answers /health; raise with its log tail if it died or never did."""
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -140,8 +160,9 @@ class TrackingServer:
                 return self
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"mlflow server did not start at {self.uri}; its log {self.log_file}:\n"
-                           f"{self.log_file.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"mlflow server did not start at {self.uri}; its log {self.log_file}:\n{self.log_file.read_text()[-2000:]}"
+        )
 
     def stop(self) -> None:
         """Stop the server and its workers."""
@@ -149,7 +170,7 @@ class TrackingServer:
         stop_reaper(self._reaper)
         self._log.close()
 
-    def __enter__(self) -> "TrackingServer":
+    def __enter__(self) -> TrackingServer:
         return self.wait()
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,6 +1,7 @@
 """Why a sweep trial ended, in words: `completed`, `stopped by <scheduler> at <budget> <k>`, or
 `errored: <message>`; in an interrupted sweep (Ctrl-C) also `interrupted` (it was training; `--resume`
 continues it) and `not started`. Sweeps write it (tag `sweep.stop_reason`), tracking reads it back."""
+
 from __future__ import annotations
 
 from typing import Any, Dict

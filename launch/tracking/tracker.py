@@ -14,6 +14,7 @@ own journal in `<run>/tracking/evaluations/<stamp>/`: nothing but training opens
 and end times are when it trained (a rerun with nothing to train does not open it either).
 The journal, its replay, resume and sync are the same for every sink; MLflow is imported by `mlflow_sink` only.
 """
+
 from __future__ import annotations
 
 import json
@@ -190,8 +191,17 @@ def attempt_open(events: List[Dict[str, Any]]) -> bool:
 class Tracker:
     """What the training loop talks to. On ranks other than 0 every call does nothing."""
 
-    def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, enabled: bool = True, active: bool = True,
-                 folder: str = "tracking", sink: Optional[Type[Sink]] = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        enabled: bool = True,
+        active: bool = True,
+        folder: str = "tracking",
+        sink: Optional[Type[Sink]] = None,
+    ):
         self.run_dir = Path(run_dir)
         self.sink_type: Type[Sink] = sink or MlflowSink
         self.active = active
@@ -210,8 +220,13 @@ class Tracker:
             return
         state = self._load_backlog()
         tags = {k: str(v) for k, v in tags.items()}  # MLflow tags are strings; a None would fail the whole run
-        self.journal.save_state(uri=self.uri, store=backing_store(self.uri) or state.get("store"),
-                                experiment=self.experiment, run_name=self.run_name, writer=this_writer())
+        self.journal.save_state(
+            uri=self.uri,
+            store=backing_store(self.uri) or state.get("store"),
+            experiment=self.experiment,
+            run_name=self.run_name,
+            writer=this_writer(),
+        )
         for kind, values in (("params", dict(params)), ("tags", dict(tags))):
             self.journal.append({"kind": kind, "values": values})
             self._pending.append({"kind": kind, "values": values})
@@ -223,7 +238,7 @@ class Tracker:
         """Queue the journal lines an earlier (offline or killed) process never sent."""
         state = self.journal.state()
         self._synced = state.get("synced", 0)
-        self._pending = self.journal.events()[self._synced:]
+        self._pending = self.journal.events()[self._synced :]
         return state
 
     def _connect(self, run_id: Optional[str], tags: Mapping[str, str]) -> None:
@@ -239,7 +254,7 @@ class Tracker:
         try:
             self.sink = self.sink_type(self.uri, self.experiment)
             self.run_id = self.sink.open_run(run_id, self.run_name, tags)
-        except Exception as err:  # noqa: BLE001 - any tracking failure must leave training running
+        except Exception as err:
             self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
             return
         if self.run_id != run_id:  # a new run gets the whole history
@@ -248,8 +263,13 @@ class Tracker:
 
     def _go_offline(self, reason: str) -> None:
         if self.enabled:
-            log.warning("%s; training continues and metrics are kept in %s. Push them later with: "
-                        "python launch/track.py sync %s", reason, self.journal.path, self.run_dir)
+            log.warning(
+                "%s; training continues and metrics are kept in %s. Push them later with: "
+                "python launch/track.py sync %s",
+                reason,
+                self.journal.path,
+                self.run_dir,
+            )
         self.sink, self.enabled = None, False
 
     def _event(self, event: Dict[str, Any]) -> None:
@@ -262,7 +282,7 @@ class Tracker:
             return
         try:
             replay(self.sink, self.run_id, self._pending, self.run_dir)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
             return
         self._synced += len(self._pending)
@@ -332,8 +352,13 @@ def new_evaluation_folder(run_dir: Path) -> str:
     return f"{EVALUATIONS}/{name}"
 
 
-def sync(run_dir: Path, uri: Optional[str] = None, killed: bool = False, evaluations: bool = True,
-         sink: Optional[Type[Sink]] = None) -> int:
+def sync(
+    run_dir: Path,
+    uri: Optional[str] = None,
+    killed: bool = False,
+    evaluations: bool = True,
+    sink: Optional[Type[Sink]] = None,
+) -> int:
     """Send the journal lines of `run_dir` that never reached MLflow; returns how many were sent.
 
     They go to `uri`, else to the run's store (`state.json`; a sweep's server is gone with its sweep), else to
@@ -371,8 +396,9 @@ def _sync_journal(run_dir: Path, folder: str, uri: Optional[str], killed: bool, 
     state = journal.state()
     uri = uri or state.get("store") or state.get("uri") or default_tracking_uri(run_dir.parents[1])
     _end_if_writer_died(journal, state, killed)
-    tracker = Tracker(run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name),
-                      folder=folder, sink=sink)
+    tracker = Tracker(
+        run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name), folder=folder, sink=sink
+    )
     tracker._load_backlog()
     tags = {k: v for e in tracker.journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
     tracker._connect(state.get("run_id"), tags)
@@ -399,23 +425,41 @@ def _end_if_writer_died(journal: Journal, state: Mapping[str, Any], killed: bool
     writer = state.get("writer") or {}
     gone = True if killed else writer_gone(writer)
     if gone is None:
-        who = f"its writer (pid {writer['pid']} on {writer['host']})" if writer.get("host") else "its writer (not recorded)"
-        log.warning("%s: its run has not ended, and %s cannot be checked from here; if its processes are gone, "
-                    "close it with: python launch/track.py sync --killed %s", journal.dir.parent, who, journal.dir.parent)
+        who = (
+            f"its writer (pid {writer['pid']} on {writer['host']})"
+            if writer.get("host")
+            else "its writer (not recorded)"
+        )
+        log.warning(
+            "%s: its run has not ended, and %s cannot be checked from here; if its processes are gone, "
+            "close it with: python launch/track.py sync --killed %s",
+            journal.dir.parent,
+            who,
+            journal.dir.parent,
+        )
     if not gone:
         return
-    times = [e["time"] for e in events[_attempt_start(events):] if "time" in e]
+    times = [e["time"] for e in events[_attempt_start(events) :] if "time" in e]
     journal.append({"kind": "end", "status": "KILLED", "time": max(times) if times else int(time.time() * 1000)})
-    log.warning("%s: its writer (pid %s on %s) died without ending the run; closed as KILLED",
-                journal.dir.parent, writer.get("pid", "?"), writer.get("host", "?"))
+    log.warning(
+        "%s: its writer (pid %s on %s) died without ending the run; closed as KILLED",
+        journal.dir.parent,
+        writer.get("pid", "?"),
+        writer.get("host", "?"),
+    )
 
 
 MetricPoint = Tuple[int, float, int]
 """(step, value, time in ms) of one logged value of a metric."""
 
 
-def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] = None,
-                 uri: Optional[str] = None, metrics: Optional[Mapping[str, Sequence[MetricPoint]]] = None) -> None:
+def annotate_run(
+    run_dir: Path,
+    tags: Mapping[str, Any],
+    status: Optional[str] = None,
+    uri: Optional[str] = None,
+    metrics: Optional[Mapping[str, Sequence[MetricPoint]]] = None,
+) -> None:
     """Add tags, metric points (`metrics`: key -> points) and optionally an end `status` to the MLflow run of a
     finished or killed run folder.
 
@@ -439,8 +483,9 @@ def annotate_run(run_dir: Path, tags: Mapping[str, Any], status: Optional[str] =
 def _new_points(journal: Journal, key: str, points: Sequence[MetricPoint]) -> List[MetricPoint]:
     """The points of metric `key` whose (step, value) the journal does not hold yet."""
     held = {(e["step"], e["values"][key]) for e in journal.events() if e["kind"] == "metrics" and key in e["values"]}
-    return [(int(step), float(value), int(stamp)) for step, value, stamp in points
-            if (int(step), float(value)) not in held]
+    return [
+        (int(step), float(value), int(stamp)) for step, value, stamp in points if (int(step), float(value)) not in held
+    ]
 
 
 def log_run_artifact(run_dir: Path, path: Path, artifact_path: Optional[str] = None, uri: Optional[str] = None) -> bool:
@@ -470,7 +515,9 @@ def backend_store_hint(tracker: Tracker, view_key: Optional[str] = None) -> str:
     """The command that opens this run in the MLflow UI (or says how to sync it first); with `view_key`, the URL of
     the experiment's runs table in the view stored under that key."""
     if not tracker.enabled:
-        return f"MLflow off (tracking.enabled=false); every metric is in {tracker.run_dir / 'tracking' / 'journal.jsonl'}"
+        return (
+            f"MLflow off (tracking.enabled=false); every metric is in {tracker.run_dir / 'tracking' / 'journal.jsonl'}"
+        )
     if tracker.uri.startswith(("http://", "https://")):
         hint = f"MLflow run at {tracker.uri}"
     else:

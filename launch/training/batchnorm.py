@@ -11,6 +11,7 @@ points where they are read (before each validation and each checkpoint), not at 
 the global batch (what one process with the whole batch computes). torch runs it on GPUs only: on a CPU tensor
 its forward raises, with one process as with several, so a CPU run is refused up front (`SYNC_BN_NEEDS_GPU`).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -18,13 +19,22 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-SYNC_BN_NEEDS_GPU = ("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm refuses CPU tensors (with one "
-                     "process too); set train.sync_bn=false for a run on the CPU")
+SYNC_BN_NEEDS_GPU = (
+    "train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm refuses CPU tensors (with one "
+    "process too); set train.sync_bn=false for a run on the CPU"
+)
 """The refusal of `train.sync_bn` on a run without CUDA, one line naming the key."""
 
 # the norms that may keep running statistics (track_running_stats); their Lazy variants derive from them
-_NORM_WITH_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
-                    nn.InstanceNorm2d, nn.InstanceNorm3d)
+_NORM_WITH_STATS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 

@@ -5,6 +5,7 @@ Every checkpoint is written under a temporary name (`.tmp-step_00000042`) and re
 killed mid-save therefore leaves only a `.tmp-*` folder, which resume ignores and the next run
 removes. Knows nothing of DeepSpeed: the engine writes the files, this module names and commits them.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,9 @@ def complete_checkpoints(root: Path) -> List[Path]:
     """Complete checkpoints under `root`, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and _TAG.match(p.name) and (p / META).is_file()]
+    found = [
+        p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and _TAG.match(p.name) and (p / META).is_file()
+    ]
     return sorted(found, key=lambda p: int(_TAG.match(p.name).group(1)))
 
 
@@ -121,8 +124,11 @@ def prune(root: Path, keep_last: int) -> List[Path]:
     best = best_checkpoint(root)
     marker = root / REPORTED
     held_after = int(marker.read_text()) if marker.is_file() else None
-    doomed = [p for p in found[:-max(keep_last, 1)] if p != best
-              and (held_after is None or int(_TAG.match(p.name).group(1)) <= held_after)]
+    doomed = [
+        p
+        for p in found[: -max(keep_last, 1)]
+        if p != best and (held_after is None or int(_TAG.match(p.name).group(1)) <= held_after)
+    ]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed

@@ -1,5 +1,6 @@
 """The confusion matrix as a figure (matplotlib, headless) and as JSON, logged as run artifacts by training and
 test.py; rows and columns are labelled with the dataset's class names where it has them."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ def class_labels(class_names: Optional[Sequence[str]], n: int) -> List[str]:
 def save_confusion_json(cm: np.ndarray, path: Path, class_names: Optional[Sequence[str]] = None) -> Path:
     """The counts as JSON: `classes` (the labels of rows and columns) and `rows_true_cols_predicted`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"classes": class_labels(class_names, cm.shape[0]),
-                                "rows_true_cols_predicted": cm.tolist()}))
+    path.write_text(
+        json.dumps({"classes": class_labels(class_names, cm.shape[0]), "rows_true_cols_predicted": cm.tolist()})
+    )
     return path
 
 

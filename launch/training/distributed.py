@@ -10,6 +10,7 @@ job), and to a single local process otherwise. It exports the torchrun names, wh
 that fails (a rank died, hung or never arrived) stops every rank with one `CollectiveError` naming the
 collective and the ranks that did not answer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,7 +80,9 @@ def resolve_env() -> DistEnv:
     else:
         rank, world, local_rank = 0, 1, 0
         addr, port = "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port()
-    for key, value in dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local_rank, MASTER_ADDR=addr, MASTER_PORT=port).items():
+    for key, value in dict(
+        RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local_rank, MASTER_ADDR=addr, MASTER_PORT=port
+    ).items():
         env[key] = str(value)
     return DistEnv(rank, world, local_rank, addr, port)
 
@@ -103,8 +106,10 @@ def configure_threads(env: DistEnv, data_workers: int) -> str:
         return f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
     threads = max(1, cores // max(1, local) - data_workers)
     torch.set_num_threads(threads)
-    return (f"torch threads {threads} = {cores} cores / {local} process(es) on this node - {data_workers} data "
-            f"worker(s), at least 1 (OMP_NUM_THREADS overrides)")
+    return (
+        f"torch threads {threads} = {cores} cores / {local} process(es) on this node - {data_workers} data "
+        f"worker(s), at least 1 (OMP_NUM_THREADS overrides)"
+    )
 
 
 class CollectiveError(RuntimeError):
@@ -127,8 +132,10 @@ def enforce_nccl_timeout() -> Optional[str]:
         return None
     os.environ.pop("NCCL_ASYNC_ERROR_HANDLING", None)
     os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "3"
-    return ("TORCH_NCCL_ASYNC_ERROR_HANDLING=0 would let a collective wait forever for a dead rank; set to 3 "
-            "(the watchdog ends the process at train.collective_timeout_s)")
+    return (
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING=0 would let a collective wait forever for a dead rank; set to 3 "
+        "(the watchdog ends the process at train.collective_timeout_s)"
+    )
 
 
 def bound_every_group(timeout: timedelta) -> None:
@@ -234,11 +241,16 @@ class Collectives:
 
     def _failure(self, what: str, waited: float, err: BaseException) -> str:
         silent = silent_ranks(self.group, min(PROBE_S, self.timeout_s))
-        who = (f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} did not answer (dead or stuck)"
-               if silent else "every rank answered a probe afterwards (one was busy for longer than the timeout, "
-               "or the ranks ran different collectives)")
-        return (f"rank {self.rank}: {what} failed after {waited:.1f} s: {who}; every rank stops "
-                f"(train.collective_timeout_s={self.timeout_s:g}). Cause: {_first_sentence(err)}")
+        who = (
+            f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} did not answer (dead or stuck)"
+            if silent
+            else "every rank answered a probe afterwards (one was busy for longer than the timeout, "
+            "or the ranks ran different collectives)"
+        )
+        return (
+            f"rank {self.rank}: {what} failed after {waited:.1f} s: {who}; every rank stops "
+            f"(train.collective_timeout_s={self.timeout_s:g}). Cause: {_first_sentence(err)}"
+        )
 
     def any(self, flag: bool, what: str) -> bool:
         """True on every rank if `flag` is true on any; host state over the CPU group, so the GPU keeps its queue."""

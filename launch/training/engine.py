@@ -5,6 +5,7 @@ built from `optim:` (so SGD with Nesterov and PySlowFast's relative step schedul
 handed to `deepspeed.initialize`, which owns micro-batching, accumulation, clipping, precision and
 ZeRO. DeepSpeed steps the scheduler once per optimizer step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,14 +63,19 @@ def init_distributed(env: DistEnv, timeout_s: Optional[float] = None) -> torch.d
             log.warning(warning)
         if env.world_size == 1:
             # One process needs no rendezvous: an in-memory store instead of a TCP store listening on every interface.
-            torch.distributed.init_process_group(env.backend, store=torch.distributed.HashStore(), rank=0,
-                                                 world_size=1, timeout=timeout, **bound)
+            torch.distributed.init_process_group(
+                env.backend, store=torch.distributed.HashStore(), rank=0, world_size=1, timeout=timeout, **bound
+            )
         else:
             torch.distributed.init_process_group(env.backend, timeout=timeout, **bound)
     # on the CPU it builds (once) and loads its comm op, and prints that it loaded it at every start
     with reported_builds(build_dir), contextlib.redirect_stdout(io.StringIO()):
-        deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False, verbose=False,
-                                   **({"timeout": timeout} if timeout else {}))
+        deepspeed.init_distributed(
+            dist_backend=env.backend,
+            auto_mpi_discovery=False,
+            verbose=False,
+            **({"timeout": timeout} if timeout else {}),
+        )
     return device
 
 
@@ -131,10 +137,11 @@ def evaluation_forward(model: nn.Module, train: TrainConfig, device: torch.devic
             if compiled:
                 try:
                     return compiled[0](inputs, **kwargs)
-                except Exception as err:  # noqa: BLE001 - any compiler failure, as in training
+                except Exception as err:
                     log.warning("train.compile: torch.compile failed (%s); evaluating eager instead", _root_cause(err))
                     compiled.clear()
             return model(inputs, **kwargs)
+
     return forward
 
 
@@ -173,8 +180,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
         groups = []
         for group in model.parameter_groups():
             wd = group.get("weight_decay")
-            groups.append({"params": list(group["params"]), "weight_decay": weight_decay if wd is None else wd,
-                           "lr_mult": group.get("lr_mult", 1.0)})
+            groups.append(
+                {
+                    "params": list(group["params"]),
+                    "weight_decay": weight_decay if wd is None else wd,
+                    "lr_mult": group.get("lr_mult", 1.0),
+                }
+            )
         return groups
     skip = set(model.no_weight_decay()) if isinstance(model, HasNoWeightDecay) else set()
     decay, no_decay = [], []
@@ -182,25 +194,35 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
-            {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+    ]
 
 
-def build_optimizer(groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: float,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: List[Dict[str, Any]], optim: OptimConfig, peak_lr: float, device: torch.device
+) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW over the groups; each group's LR is peak_lr x lr_mult. On a GPU the
     fused kernels: one launch per step for all parameters instead of several per tensor."""
     for group in groups:
         group["lr"] = peak_lr * group["lr_mult"]
     fused = device.type == "cuda"
     if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=peak_lr, momentum=optim.momentum,
-                               nesterov=optim.nesterov and optim.momentum > 0, fused=fused)
+        return torch.optim.SGD(
+            groups, lr=peak_lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0, fused=fused
+        )
     return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
-                    micro_batches_per_epoch: int, grad_accum: int) -> LRSchedule:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    optim: OptimConfig,
+    scaled: ScaledLR,
+    total_epochs: int,
+    micro_batches_per_epoch: int,
+    grad_accum: int,
+) -> LRSchedule:
     """The run's `training.schedule.LRSchedule` over `optimizer`, one step per optimizer step,
     `micro_batches_per_epoch / grad_accum` steps an epoch from epoch 0."""
     clock = ScheduleClock(Fraction(micro_batches_per_epoch, grad_accum))
@@ -217,8 +239,17 @@ class Engine:
     nothing here reads a value back to the host: the loss comes back as a device tensor.
     """
 
-    def __init__(self, model: nn.Module, cfg: Config, scaled: ScaledLR, world_size: int, micro_batches_per_epoch: int,
-                 loss_fn: LossFn, device: torch.device, load_universal: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        scaled: ScaledLR,
+        world_size: int,
+        micro_batches_per_epoch: int,
+        loss_fn: LossFn,
+        device: torch.device,
+        load_universal: bool = False,
+    ):
         """`load_universal`: `load` will read a checkpoint converted by `to_universal` (DeepSpeed reads the
         layout of the checkpoints it loads from its config)."""
         import deepspeed
@@ -240,7 +271,8 @@ class Engine:
         # DeepSpeed steps the schedule once per optimizer step and keeps its state_dict in the checkpoints
         self.schedule = build_scheduler(optimizer, cfg.optim, scaled, t.epochs, micro_batches_per_epoch, t.grad_accum)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=self.schedule, config=self.ds_config)
+            model=model, optimizer=optimizer, lr_scheduler=self.schedule, config=self.ds_config
+        )
         # nothing to reduce; DeepSpeed would still flatten, all-reduce and copy back every gradient. Not under ZeRO-1/2,
         # whose optimizer takes its gradient partitions from that reduction (without it: KeyError in its first step)
         if world_size == 1 and t.zero_stage == 0:
@@ -299,8 +331,9 @@ class Engine:
         loss, boundary, _ = self.train_step_outputs(inputs, targets, **model_kwargs)
         return loss, boundary
 
-    def train_step_outputs(self, inputs: torch.Tensor, targets: torch.Tensor,
-                           **model_kwargs: Any) -> Tuple[torch.Tensor, bool, Any]:
+    def train_step_outputs(
+        self, inputs: torch.Tensor, targets: torch.Tensor, **model_kwargs: Any
+    ) -> Tuple[torch.Tensor, bool, Any]:
         """`train_step` that also returns the model's outputs, detached (a memory to carry to the next window)."""
         if self._compile_pending:
             return self._first_compiled_step(inputs, targets, model_kwargs)
@@ -312,13 +345,14 @@ class Engine:
         self.ds.step()
         return loss.detach().float(), boundary, _detached(outputs)
 
-    def _first_compiled_step(self, inputs: torch.Tensor, targets: torch.Tensor,
-                             model_kwargs: Mapping[str, Any]) -> Tuple[torch.Tensor, bool, Any]:
+    def _first_compiled_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, model_kwargs: Mapping[str, Any]
+    ) -> Tuple[torch.Tensor, bool, Any]:
         """The first step compiles the model; if the compiler fails, say why once and train eager."""
         self._compile_pending = False
         try:
             return self.train_step_outputs(inputs, targets, **model_kwargs)
-        except Exception as err:  # noqa: BLE001 - any compiler failure (Dynamo, AOTAutograd, Inductor, a C++ build)
+        except Exception as err:
             log.warning("train.compile: torch.compile failed (%s); training eager instead", _root_cause(err))
             # private API: nn.Module.compile() has no public undo; it set this attribute, and None restores eager calls
             self.module._compiled_call_impl = None
@@ -349,8 +383,9 @@ class Engine:
     def load(self, ckpt: Path) -> Dict[str, Any]:
         """Restore weights, optimizer, scheduler and step from a checkpoint folder (one that `to_universal` wrote, for
         an engine built with `load_universal`); returns its client state."""
-        path, client_state = self.ds.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
-                                                     load_lr_scheduler_states=True)
+        path, client_state = self.ds.load_checkpoint(
+            str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt}")
         if self.ds_config.get("checkpoint", {}).get("load_universal"):
@@ -417,21 +452,27 @@ def needs_conversion(ckpt: Path, saved_stage: Optional[int], zero_stage: int, wo
     if shards == 0:
         if zero_stage == 0:
             return False
-        raise ResumeRefused(f"{ckpt} was saved with train.zero_stage=0, whose optimizer state DeepSpeed cannot give "
-                            f"ZeRO-{zero_stage}: resume it with train.zero_stage=0 (on any number of processes), "
-                            f"{weights_only}")
+        raise ResumeRefused(
+            f"{ckpt} was saved with train.zero_stage=0, whose optimizer state DeepSpeed cannot give "
+            f"ZeRO-{zero_stage}: resume it with train.zero_stage=0 (on any number of processes), "
+            f"{weights_only}"
+        )
     saved = f"ZeRO-{saved_stage}" if saved_stage else "ZeRO"
     if zero_stage == 0:
-        raise ResumeRefused(f"{ckpt} holds {saved} optimizer state in {shards} partitions, which ZeRO-0 cannot load: "
-                            f"resume it with train.zero_stage={saved_stage or 1} (on any number of processes), "
-                            f"{weights_only}")
+        raise ResumeRefused(
+            f"{ckpt} holds {saved} optimizer state in {shards} partitions, which ZeRO-0 cannot load: "
+            f"resume it with train.zero_stage={saved_stage or 1} (on any number of processes), "
+            f"{weights_only}"
+        )
     if shards == world_size:
         return False
     if optimizer not in UNIVERSAL_OPTIMIZERS:
-        raise ResumeRefused(f"{ckpt} holds optim.name={optimizer} state in {saved} partitions for {shards} processes, "
-                            f"and DeepSpeed's universal checkpoint converts Adam's state only: resume it on {shards} "
-                            f"processes (torchrun --nproc_per_node {shards}; submit.py --nodes x --gpus-per-node = "
-                            f"{shards}), {weights_only}")
+        raise ResumeRefused(
+            f"{ckpt} holds optim.name={optimizer} state in {saved} partitions for {shards} processes, "
+            f"and DeepSpeed's universal checkpoint converts Adam's state only: resume it on {shards} "
+            f"processes (torchrun --nproc_per_node {shards}; submit.py --nodes x --gpus-per-node = "
+            f"{shards}), {weights_only}"
+        )
     return True
 
 
@@ -447,8 +488,15 @@ def to_universal(ckpt: Path, dest: Path) -> Path:
 
     out = dest / ckpt.name
     # inject_missing_state: the converter asks for the parallelism info Megatron-style models attach; ours have none
-    args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(out), num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    args = argparse.Namespace(
+        input_folder=str(ckpt),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         ds_to_universal.main(args)
     return out
@@ -470,8 +518,9 @@ def load_weights(model: nn.Module, path: Path, partial: bool = False) -> Dict[st
     report = load_checkpoint(model, Path(path), partial=partial)
     log.info("--load-from %s", report.text(limit=20))
     if report.problems():
-        log.warning("--load-from %s: partial load accepted (train.load_partial): %s", path,
-                    "; ".join(report.problems()))
+        log.warning(
+            "--load-from %s: partial load accepted (train.load_partial): %s", path, "; ".join(report.problems())
+        )
     return report
 
 
@@ -502,6 +551,8 @@ def _channels_last(model: nn.Module) -> None:
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:
     if not isinstance(model, SupportsGradCheckpointing):
-        raise ValueError(f"train.activation_checkpointing: {type(model).__name__} has no set_grad_checkpointing(); "
-                         f"set it to false for this model")
+        raise ValueError(
+            f"train.activation_checkpointing: {type(model).__name__} has no set_grad_checkpointing(); "
+            f"set it to false for this model"
+        )
     model.set_grad_checkpointing(True)

@@ -9,6 +9,7 @@ another layout the epoch continues after the same clips, as long as they fill wh
 new layout; otherwise it restarts at the last whole step before them, and the clips after that point are
 seen twice (never skipped).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -45,8 +46,10 @@ class Layout:
     def describe(self) -> str:
         """`2 processes x micro batch 4 x accumulation 1 (ZeRO-1)`, for log lines."""
         noun = "process" if self.world_size == 1 else "processes"
-        return (f"{self.world_size} {noun} x micro batch {self.micro_batch_size} x accumulation {self.grad_accum} "
-                f"(ZeRO-{self.zero_stage})")
+        return (
+            f"{self.world_size} {noun} x micro batch {self.micro_batch_size} x accumulation {self.grad_accum} "
+            f"(ZeRO-{self.zero_stage})"
+        )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ batch is bounded (`train.data_timeout_s`): a stuck worker raises `DataTimeout` i
 training process dies (SIGKILL, the OOM killer), its workers, the forkserver and the resource tracker end
 within seconds (`_end_with_training_process`).
 """
+
 from __future__ import annotations
 
 import ast
@@ -62,7 +63,7 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        indices = list(super().__iter__())[self.start:self.length]
+        indices = list(super().__iter__())[self.start : self.length]
         return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
 
     def __len__(self) -> int:
@@ -124,8 +125,16 @@ class SequenceStreamSampler(Sampler):
     Plain indices.
     """
 
-    def __init__(self, sequences: Sequence[Sequence[int]], batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True, length: Optional[int] = None):
+    def __init__(
+        self,
+        sequences: Sequence[Sequence[int]],
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        length: Optional[int] = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sequences = [list(s) for s in sequences if len(s)]
@@ -144,7 +153,7 @@ class SequenceStreamSampler(Sampler):
     def streams(self) -> List[List[int]]:
         """This rank's slots: the dataset indices each slot walks, in order."""
         if not self.shuffle:
-            mine = self.sequences[self.rank::self.num_replicas]
+            mine = self.sequences[self.rank :: self.num_replicas]
             slots: List[List[int]] = [[] for _ in range(self.batch_size)]
             for seq in mine:
                 min(slots, key=len).extend(seq)
@@ -154,7 +163,7 @@ class SequenceStreamSampler(Sampler):
         flat = [i for k in order for i in self.sequences[k]]
         n = self.stream_length
         first = self.rank * self.batch_size
-        return [flat[(first + b) * n:(first + b + 1) * n] for b in range(self.batch_size)]
+        return [flat[(first + b) * n : (first + b + 1) * n] for b in range(self.batch_size)]
 
     def __iter__(self) -> Iterator[List[Union[int, Tuple[int, int]]]]:
         slots = self.streams()
@@ -274,21 +283,25 @@ class BoundedLoader(DataLoader):
                     raise DataTimeout(
                         f"{self.name} DataLoader: no batch from its {self.num_workers} worker(s) in {self.timeout:g} s "
                         f"(train.data_timeout_s): a worker is stuck (a deadlock, a stalled file system or decoder); "
-                        f"the run stops instead of waiting") from err
+                        f"the run stops instead of waiting"
+                    ) from err
                 raise
             yield batch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def worker_start_method() -> str:
     """`forkserver` where the platform has it and this process's main script may be imported by a worker
     (`_main_reimport_safe`), else the platform's default (said once in the log)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_start_method()
     if not _main_reimport_safe():
-        log.warning("%s has no `if __name__ == \"__main__\":` guard, so DataLoader workers are forked from this "
-                    "process (a worker started by a forkserver would run that script again); a fork of a process "
-                    "with threads can hang, which train.data_timeout_s bounds", sys.modules["__main__"].__file__)
+        log.warning(
+            '%s has no `if __name__ == "__main__":` guard, so DataLoader workers are forked from this '
+            "process (a worker started by a forkserver would run that script again); a fork of a process "
+            "with threads can hang, which train.data_timeout_s bounds",
+            sys.modules["__main__"].__file__,
+        )
         return "fork"
     return "forkserver"
 
@@ -334,8 +347,16 @@ def _start_with_requeue_signals_blocked(start: Callable[[], None]) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataConfig, seed: int,
-                drop_last: bool, timeout_s: float = 0.0, name: str = "data") -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    cfg: DataConfig,
+    seed: int,
+    drop_last: bool,
+    timeout_s: float = 0.0,
+    name: str = "data",
+) -> DataLoader:
     """A DataLoader with seeded workers and its own generator (it never draws from the global RNG).
 
     A `SequenceStreamSampler` or `BatchShardSampler` makes the batches itself (`batch_size` and `drop_last` are then
@@ -343,13 +364,21 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, cfg: DataCo
     With workers, they start by `worker_start_method()` and a wait of over `timeout_s` for one batch (0: no
     bound) raises `DataTimeout` naming the loader (`name`)."""
     workers = cfg.num_workers
-    batching = ({"batch_sampler": sampler} if isinstance(sampler, (SequenceStreamSampler, BatchShardSampler))
-                else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last})
+    batching = (
+        {"batch_sampler": sampler}
+        if isinstance(sampler, (SequenceStreamSampler, BatchShardSampler))
+        else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
+    )
     return BoundedLoader(
-        dataset, **batching, num_workers=workers, name=name,
+        dataset,
+        **batching,
+        num_workers=workers,
+        name=name,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         worker_init_fn=functools.partial(_init_worker, owner=os.getpid(), log_level=_console_level()),
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
-        multiprocessing_context=_worker_context(dataset, workers), timeout=timeout_s if workers > 0 else 0)
+        multiprocessing_context=_worker_context(dataset, workers),
+        timeout=timeout_s if workers > 0 else 0,
+    )

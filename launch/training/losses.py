@@ -1,4 +1,5 @@
 """Training losses. A model may bring its own `compute_loss(outputs, targets)` (ST-ABN's two heads: `HasOwnLoss`)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -21,6 +21,7 @@ Windows are named by the meta a sequence dataset returns with each sample (`data
 {"interaction": [str, ...], "window": tensor} after collation). Nothing here knows DeepSpeed: the
 engine passes the keyword inputs through (`Engine.train_step(..., **model_kwargs)`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -38,8 +39,10 @@ def carries_memory(model: nn.Module) -> bool:
 
 def _windows(meta: Optional[Mapping[str, Any]]) -> Tuple[List[str], List[int]]:
     if meta is None or "interaction" not in meta or "window" not in meta:
-        raise ValueError("a model that carries memory needs batches that name their windows: the dataset must "
-                         "return (inputs, label, {'interaction': id, 'window': index}) (data.dataset=multiperson)")
+        raise ValueError(
+            "a model that carries memory needs batches that name their windows: the dataset must "
+            "return (inputs, label, {'interaction': id, 'window': index}) (data.dataset=multiperson)"
+        )
     windows = meta["window"]
     windows = windows.tolist() if isinstance(windows, torch.Tensor) else [int(w) for w in windows]
     return [str(i) for i in meta["interaction"]], windows

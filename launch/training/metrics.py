@@ -1,6 +1,7 @@
 """Metrics over a whole evaluation set (all ranks' predictions gathered first): classification
 (top-k, mean class accuracy, macro F1) and regression (MSE per output, optionally per participant).
 Shared by validation during training (`training.trainer`) and checkpoint evaluation (`evaluation.evaluate`)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -35,28 +36,39 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> Dict[str, 
     recall = np.divide(np.diag(cm), support, out=np.zeros(num_classes), where=present)
     predicted = cm.sum(axis=0)
     precision = np.divide(np.diag(cm), predicted, out=np.zeros(num_classes), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0)
-    return {"top1": top1, "top5": top5, "mean_class_acc": float(recall[present].mean()) * 100,
-            "macro_f1": float(f1[present].mean()) * 100}
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0
+    )
+    return {
+        "top1": top1,
+        "top5": top5,
+        "mean_class_acc": float(recall[present].mean()) * 100,
+        "macro_f1": float(f1[present].mean()) * 100,
+    }
 
 
-def regression_metrics(preds: np.ndarray, targets: np.ndarray,
-                       output_names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+def regression_metrics(
+    preds: np.ndarray, targets: np.ndarray, output_names: Optional[Sequence[str]] = None
+) -> Dict[str, float]:
     """`mse` (mean over outputs) and `mse/<output>` (mean over samples) of (N, K) predictions.
 
     Outputs are named by `output_names` when it has K names (the Big-Five traits), else by index.
     """
     preds = np.asarray(preds, dtype=np.float64)
     per_output = ((preds - np.asarray(targets, dtype=np.float64).reshape(preds.shape)) ** 2).mean(axis=0)
-    names = output_names if output_names is not None and len(output_names) == len(per_output) \
+    names = (
+        output_names
+        if output_names is not None and len(output_names) == len(per_output)
         else [str(i) for i in range(len(per_output))]
+    )
     out = {"mse": float(per_output.mean())}
     out.update({f"mse/{name}": float(v) for name, v in zip(names, per_output)})
     return out
 
 
-def average_by_group(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str]
-                     ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+def average_by_group(
+    scores: np.ndarray, labels: np.ndarray, groups: Sequence[str]
+) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Mean scores and labels per group (the personality protocol: all chunks of a participant), groups in first-seen order."""
     names = list(dict.fromkeys(str(g) for g in groups))
     rows = np.array([str(g) for g in groups])

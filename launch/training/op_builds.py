@@ -11,6 +11,7 @@ than the one that made it (its build log's format differs): the environment's ow
 environment is activated, a system one when `make` runs `.venv/bin/python` without it. So builds always use the
 interpreter's own `ninja` when it has one, and every build that happens says in one line what it built and why.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,13 @@ def reported_builds(build_dir: Path) -> Iterator[None]:
             continue
         seconds = time.monotonic() - start
         if op in before:
-            log.warning("rebuilt DeepSpeed's op %s in %s (%.0f s): torch found its sources, compiler flags or build "
-                        "tool changed since the last build", op, build_dir, seconds)
+            log.warning(
+                "rebuilt DeepSpeed's op %s in %s (%.0f s): torch found its sources, compiler flags or build "
+                "tool changed since the last build",
+                op,
+                build_dir,
+                seconds,
+            )
         else:
             log.info("built DeepSpeed's op %s in %s (%.0f s; once per environment)", op, build_dir, seconds)
 

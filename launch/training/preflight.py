@@ -5,6 +5,7 @@ Each failure is one `PreflightError` line naming the key or flag and what to do,
 and `launch/submit.py` stop in a second with exit code 2 instead of failing after the engine started
 (or, for a submitted job, on the node).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,15 @@ class PreflightError(ValueError):
     """A run that cannot start as configured; the message is one line."""
 
 
-def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optional[str] = None,
-              gpus: Optional[bool] = None, amend: bool = False, restart: bool = False, resume: bool = True) -> None:
+def check_run(
+    cfg: Config,
+    resume_from: Optional[str] = None,
+    load_from: Optional[str] = None,
+    gpus: Optional[bool] = None,
+    amend: bool = False,
+    restart: bool = False,
+    resume: bool = True,
+) -> None:
     """Raise PreflightError for a missing checkpoint, data folder or list, a head too small for the labels,
     `train.sync_bn` on a run without GPUs (`gpus`: whether the run gets CUDA GPUs; None: whether this machine has
     them), or a trained run started with another config (`training.run_config`; `amend`: the change is meant,
@@ -43,8 +51,10 @@ def check_run(cfg: Config, resume_from: Optional[str] = None, load_from: Optiona
         except ConfigChanged as err:
             raise PreflightError(str(err)) from None
     if resume_from and not (Path(resume_from) / ckpt.META).is_file():
-        raise PreflightError(f"--resume-from {resume_from}: not a complete checkpoint folder (no {ckpt.META}); "
-                             f"give a folder runs/<experiment>/<name>/checkpoints/step_N")
+        raise PreflightError(
+            f"--resume-from {resume_from}: not a complete checkpoint folder (no {ckpt.META}); "
+            f"give a folder runs/<experiment>/<name>/checkpoints/step_N"
+        )
     if load_from and not Path(load_from).exists():
         raise PreflightError(f"--load-from {load_from}: no such file or folder")
     _check_data(cfg)
@@ -80,9 +90,11 @@ def _check_data(cfg: Config) -> None:
     data = cfg.data
     protocol = _check_protocol(data)
     if not os.path.isdir(data.root):
-        raise PreflightError(f"data.root={data.root}: no such folder (from {Path.cwd()}); set data.root to the "
-                             f"folder of your lists, or make the demo clips: python -m action_launch.datasets.synthetic "
-                             f"{data.root}")
+        raise PreflightError(
+            f"data.root={data.root}: no such folder (from {Path.cwd()}); set data.root to the "
+            f"folder of your lists, or make the demo clips: python -m action_launch.datasets.synthetic "
+            f"{data.root}"
+        )
     if not isinstance(data, VideoConfig):  # video files and frame folders: classification lists read up front
         return
     lists: Dict[str, List[ListItem]] = {}
@@ -94,11 +106,16 @@ def _check_data(cfg: Config) -> None:
             lists[path] = read_list(path, data.root, data.list_format, data.separator, data.path_prefix)
         except ValueError as err:
             raise PreflightError(f"{key}: {err}") from None
-    labels = [max(i.label) if isinstance(i.label, list) else i.label
-              for items in lists.values() for i in items if i.label != []]
+    labels = [
+        max(i.label) if isinstance(i.label, list) else i.label
+        for items in lists.values()
+        for i in items
+        if i.label != []
+    ]
     _check_classes(cfg, max(labels) + 1 if labels else 0)
-    if data.check_files == "always" or (data.check_files == "auto" and
-                                        sum(map(len, lists.values())) <= CHECK_FILES_AUTO_LIMIT):
+    if data.check_files == "always" or (
+        data.check_files == "auto" and sum(map(len, lists.values())) <= CHECK_FILES_AUTO_LIMIT
+    ):
         _check_files(data, lists, protocol)
 
 
@@ -113,20 +130,29 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
     jobs = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     for path, items in lists.items():
         folders = data if isinstance(data, RawFramesConfig) else RawFramesConfig()  # frame folders' file names
-        probes = probe(items, data.list_format, jobs=jobs, frame_template=folders.frame_template,
-                       start_index=folders.frame_start_index)
+        probes = probe(
+            items,
+            data.list_format,
+            jobs=jobs,
+            frame_template=folders.frame_template,
+            start_index=folders.frame_start_index,
+        )
         bad = {p.item.path: p.reason for p in probes if p.reason is not None}
         error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
         if error:
             raise PreflightError(error)
         _check_clip_fits(data, protocol, path, [p for p in probes if p.reason is None and p.frames], noun)
         if bad and os.environ.get("RANK", "0") == "0":
-            print(f"data check: {len(bad)} of {len(items)} {noun}s in {path} are unreadable and will be skipped "
-                  f"(at most data.max_bad_fraction={data.max_bad_fraction})", file=sys.stderr)
+            print(
+                f"data check: {len(bad)} of {len(items)} {noun}s in {path} are unreadable and will be skipped "
+                f"(at most data.max_bad_fraction={data.max_bad_fraction})",
+                file=sys.stderr,
+            )
 
 
-def _check_clip_fits(data: VideoConfig, protocol: Optional[Protocol], path: str, readable: List[Probe],
-                     noun: str) -> None:
+def _check_clip_fits(
+    data: VideoConfig, protocol: Optional[Protocol], path: str, readable: List[Probe], noun: str
+) -> None:
     """PreflightError when the protocol's clip spans more frames than every readable file of a list has: each
     clip would then repeat frames, in every video, which a setting meant for other data does (the native
     protocol's looping of short clips is a choice, not a mistake: `data.short_video=loop`)."""
@@ -139,11 +165,17 @@ def _check_clip_fits(data: VideoConfig, protocol: Optional[Protocol], path: str,
     span = protocol.span(longest.fps)
     rate = f" at {longest.fps:g} fps" if longest.fps else ""
     segment = data.sampling == "segment"
-    keys = ("data.num_frames" if segment else f"data.num_frames={data.num_frames} x data.sampling_rate="
-            f"{data.sampling_rate} (at data.target_fps={data.target_fps:g})")
+    keys = (
+        "data.num_frames"
+        if segment
+        else f"data.num_frames={data.num_frames} x data.sampling_rate="
+        f"{data.sampling_rate} (at data.target_fps={data.target_fps:g})"
+    )
     lower = "data.num_frames" if segment else "data.sampling_rate or data.num_frames"
-    raise PreflightError(f"{keys}: a clip spans {span:.0f} frames, more than every {noun} of {path} has (the "
-                         f"longest, {longest.item.path}, has {longest.frames}{rate}): lower {lower}")
+    raise PreflightError(
+        f"{keys}: a clip spans {span:.0f} frames, more than every {noun} of {path} has (the "
+        f"longest, {longest.item.path}, has {longest.frames}{rate}): lower {lower}"
+    )
 
 
 def _check_classes(cfg: Config, needed: int) -> None:
@@ -159,5 +191,7 @@ def _check_classes(cfg: Config, needed: int) -> None:
     if head is not None and head < needed:
         names = Path(cfg.data.root, "classes.txt")
         known = f" ({len(names.read_text().split())} in {names})" if names.is_file() else ""
-        raise PreflightError(f"model.num_classes={head}, but the lists of data.root={cfg.data.root} use labels up to "
-                             f"{needed - 1}{known}: set model.num_classes={needed}")
+        raise PreflightError(
+            f"model.num_classes={head}, but the lists of data.root={cfg.data.root} use labels up to "
+            f"{needed - 1}{known}: set model.num_classes={needed}"
+        )

@@ -10,6 +10,7 @@ or starts the run over (`--restart`, which keeps the trained folder beside it). 
 `config.yaml` as the run started: the MLflow run records it as a `changed.<key>` tag and each checkpoint keeps the
 config it was saved with.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,12 +23,31 @@ from action_launch.training import checkpoint as ckpt
 
 CONFIG_FILE = "config.yaml"
 CONTINUATION_KEYS = (
-    "experiment", "name", "output_dir",  # the folder's own address, however it is written
-    "deterministic", "train.epochs", "train.micro_batch_size", "train.grad_accum", "train.zero_stage",
-    "optim.keep_effective_batch", "train.compile", "train.activation_checkpointing", "train.channels_last",
-    "train.eval_every_epochs", "train.log_every_steps", "train.collective_timeout_s", "train.data_timeout_s",
-    "checkpoint.every_steps", "checkpoint.keep_last", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
-    "data.persistent_workers", "data.max_bad_fraction", "data.bad_files_log", "data.check_files",
+    "experiment",
+    "name",
+    "output_dir",  # the folder's own address, however it is written
+    "deterministic",
+    "train.epochs",
+    "train.micro_batch_size",
+    "train.grad_accum",
+    "train.zero_stage",
+    "optim.keep_effective_batch",
+    "train.compile",
+    "train.activation_checkpointing",
+    "train.channels_last",
+    "train.eval_every_epochs",
+    "train.log_every_steps",
+    "train.collective_timeout_s",
+    "train.data_timeout_s",
+    "checkpoint.every_steps",
+    "checkpoint.keep_last",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.prefetch_factor",
+    "data.persistent_workers",
+    "data.max_bad_fraction",
+    "data.bad_files_log",
+    "data.check_files",
 )
 CONTINUATION_SECTIONS = ("tracking.", "slurm.", "test.")  # how it is tracked, where it runs, how it is evaluated
 SHOWN_CHANGES = 6  # differing keys the refusal lists before "and N more"
@@ -82,7 +102,8 @@ def check_unchanged(cfg: Config, run_dir: Path, amend: bool = False) -> Dict[str
         raise ConfigChanged(
             f"{run_dir} has trained with another config ({shown}{more}) and its config.yaml never changes: start a "
             f"new run with name=<new name>, continue this one with the change on the record with --amend-config, "
-            f"or start it over with --restart (the trained folder is kept beside it)")
+            f"or start it over with --restart (the trained folder is kept beside it)"
+        )
     return changes
 
 

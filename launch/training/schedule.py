@@ -5,6 +5,7 @@ state, and sets the optimizer's LRs.
 gradient accumulation (mmaction2's and PySlowFast's rules do not: mmengine issue 894), and the warmup
 start and the final LR scale by the same factor as the peak LR (Goyal et al. 2017).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -57,11 +58,14 @@ def kept_accumulation(cfg: Config, world: int, written_world: Optional[int] = No
         raise ConfigError(
             f"optim.keep_effective_batch: the config's effective batch {target} (micro {t.micro_batch_size} x "
             f"accumulation {t.grad_accum} x world {written_world}) is not a multiple of micro {t.micro_batch_size} x "
-            f"world {world}; change train.micro_batch_size or the number of processes (--nodes, --nproc_per_node)")
+            f"world {world}; change train.micro_batch_size or the number of processes (--nodes, --nproc_per_node)"
+        )
     accum = target // (t.micro_batch_size * world)
-    return accum, (f"optim.keep_effective_batch: train.grad_accum {t.grad_accum} -> {accum} on world size {world} "
-                   f"keeps the config's effective batch {target} (micro {t.micro_batch_size} x accumulation "
-                   f"{t.grad_accum} x world {written_world}) and its LR")
+    return accum, (
+        f"optim.keep_effective_batch: train.grad_accum {t.grad_accum} -> {accum} on world size {world} "
+        f"keeps the config's effective batch {target} (micro {t.micro_batch_size} x accumulation "
+        f"{t.grad_accum} x world {written_world}) and its LR"
+    )
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,10 @@ def _relative_step_lrs(optim: OptimConfig) -> list:
         if len(optim.step_lrs) != len(optim.step_epochs) + 1:
             raise ValueError(
                 f"optim.step_lrs needs len(optim.step_epochs)+1 = {len(optim.step_epochs) + 1} values, "
-                f"got {len(optim.step_lrs)}")
+                f"got {len(optim.step_lrs)}"
+            )
         return list(optim.step_lrs)
-    return [0.1 ** i for i in range(len(optim.step_epochs) + 1)]
+    return [0.1**i for i in range(len(optim.step_epochs) + 1)]
 
 
 def lr_at(epoch: float, optim: OptimConfig, scaled: ScaledLR, total_epochs: int) -> float:
@@ -121,7 +126,9 @@ def lr_at(epoch: float, optim: OptimConfig, scaled: ScaledLR, total_epochs: int)
         if optim.schedule == "step":
             return scaled.lr * _relative_step_lrs(optim)[bisect.bisect_right(optim.step_epochs, e)]
         if optim.schedule == "cosine":
-            return scaled.final_lr + (scaled.lr - scaled.final_lr) * 0.5 * (1 + math.cos(math.pi * min(e / total_epochs, 1.0)))
+            return scaled.final_lr + (scaled.lr - scaled.final_lr) * 0.5 * (
+                1 + math.cos(math.pi * min(e / total_epochs, 1.0))
+            )
         return scaled.lr
 
     if epoch < optim.warmup_epochs:
@@ -139,8 +146,14 @@ class LRSchedule:
     step alone, so a resume follows this run's configured LRs, whatever LRs trained the checkpoint.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, optim: OptimConfig, scaled: ScaledLR, total_epochs: int,
-                 clock: ScheduleClock):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        optim: OptimConfig,
+        scaled: ScaledLR,
+        total_epochs: int,
+        clock: ScheduleClock,
+    ):
         self.optimizer, self.optim, self.scaled, self.clock = optimizer, optim, scaled, clock
         self.total_epochs = total_epochs
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # the groups' LRs at the peak

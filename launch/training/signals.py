@@ -6,6 +6,7 @@ stops it at once. A DeepSpeed save is collective, so nothing is saved
 inside a handler: the Trainer all-reduces the flag at every optimizer step and all ranks checkpoint
 together. Whoever launched the run decides what happens after that (a Slurm job requeues itself).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ class StopFlag:
         self.signal: Optional[str] = None
         self.requeue = False
 
-    def install(self, names: Tuple[str, ...] = REQUEUE_SIGNALS + STOP_SIGNALS) -> "StopFlag":
+    def install(self, names: Tuple[str, ...] = REQUEUE_SIGNALS + STOP_SIGNALS) -> StopFlag:
         """Handle `names` (signal names) by setting this flag; returns self."""
         for name in names:
             signal.signal(getattr(signal, name), self._handle)
@@ -45,8 +46,10 @@ class StopFlag:
             if self.interrupted:  # the second Ctrl-C: now, without the checkpoint
                 raise KeyboardInterrupt
             if os.environ.get("RANK", "0") == "0":
-                sys.stderr.write("\nCtrl-C: stopping after a checkpoint at the next optimizer step (Ctrl-C again stops "
-                                 "at once, losing the steps since the last checkpoint)\n")
+                sys.stderr.write(
+                    "\nCtrl-C: stopping after a checkpoint at the next optimizer step (Ctrl-C again stops "
+                    "at once, losing the steps since the last checkpoint)\n"
+                )
         self.signal = self.signal or name
         self.requeue = self.requeue or name in REQUEUE_SIGNALS
 

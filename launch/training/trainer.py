@@ -1,4 +1,5 @@
 """The training loop: epochs of DeepSpeed steps, validation, checkpoints, tracking, exact resume."""
+
 from __future__ import annotations
 
 import gc
@@ -51,7 +52,6 @@ from action_launch.training.engine import (
     zero_shards,
 )
 from action_launch.training.layout import Layout, Position, map_position
-from action_launch.training.run_config import changed_line, config_changes, has_trained, saved_config, write_config
 from action_launch.training.loaders import (
     ResumableDistributedSampler,
     SequenceStreamSampler,
@@ -70,6 +70,7 @@ from action_launch.training.metrics import (
     regression_metrics,
 )
 from action_launch.training.prediction import predictions
+from action_launch.training.run_config import changed_line, config_changes, has_trained, saved_config, write_config
 from action_launch.training.schedule import effective_batch_size, kept_accumulation, scale_lrs
 from action_launch.training.signals import stop_flag_in_slurm_step
 
@@ -98,8 +99,12 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> Dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
@@ -142,9 +147,15 @@ class Trainer:
     stats_shared_at: Optional[int] = None
     """The optimizer step at which the ranks last made their BatchNorm running statistics equal (`_share_stats`)."""
 
-    def __init__(self, cfg: Config, resume: bool = True, resume_from: Optional[str] = None,
-                 load_from: Optional[str] = None, stop_requested: Optional[Callable[[], bool]] = None,
-                 run_dir: Optional[Path] = None):
+    def __init__(
+        self,
+        cfg: Config,
+        resume: bool = True,
+        resume_from: Optional[str] = None,
+        load_from: Optional[str] = None,
+        stop_requested: Optional[Callable[[], bool]] = None,
+        run_dir: Optional[Path] = None,
+    ):
         self.cfg = cfg
         self.env = resolve_env()
         setup_logging(self.env.is_main)
@@ -175,22 +186,42 @@ class Trainer:
             self.load_report = self._load_weights(model, Path(load_from))
         elif load_from:
             log.info("ignoring --load-from: resuming from %s", start_ckpt)
-        self.effective_batch = effective_batch_size(cfg.train.micro_batch_size, cfg.train.grad_accum, self.env.world_size)
+        self.effective_batch = effective_batch_size(
+            cfg.train.micro_batch_size, cfg.train.grad_accum, self.env.world_size
+        )
         self.scaled = scale_lrs(cfg.optim, self.effective_batch)
-        self.layout = Layout(self.env.world_size, cfg.train.micro_batch_size, cfg.train.grad_accum,
-                             self.micro_per_epoch, cfg.train.zero_stage)
+        self.layout = Layout(
+            self.env.world_size,
+            cfg.train.micro_batch_size,
+            cfg.train.grad_accum,
+            self.micro_per_epoch,
+            cfg.train.zero_stage,
+        )
         convert = start_ckpt is not None and self._needs_conversion(start_ckpt)  # refused here, before the engine
-        self.engine = Engine(model, cfg, self.scaled, self.env.world_size, self.micro_per_epoch,
-                             make_loss(model, cfg.train.loss), self.device, load_universal=convert)
+        self.engine = Engine(
+            model,
+            cfg,
+            self.scaled,
+            self.env.world_size,
+            self.micro_per_epoch,
+            make_loss(model, cfg.train.loss),
+            self.device,
+            load_universal=convert,
+        )
         self.comm.bound()  # DeepSpeed's own groups, made without a timeout
         self.progress = Progress()
         if start_ckpt is not None:
             self._restore(start_ckpt, convert)
         # its later steps an earlier attempt may have logged before it died (`Tracker.skip_replayed`)
         self.resumed_own = self.engine.global_step if start_ckpt is not None and not resume_from else None
-        self.tracker = Tracker(self.run_dir, cfg.tracking.uri or default_tracking_uri(cfg.output_dir),
-                               cfg.tracking.experiment or cfg.experiment, cfg.run_name(), cfg.tracking.enabled,
-                               active=self.env.is_main)
+        self.tracker = Tracker(
+            self.run_dir,
+            cfg.tracking.uri or default_tracking_uri(cfg.output_dir),
+            cfg.tracking.experiment or cfg.experiment,
+            cfg.run_name(),
+            cfg.tracking.enabled,
+            active=self.env.is_main,
+        )
         self.runs_view: Optional[str] = None  # the key of the experiment's runs-table view, once stored
         for path in self.load_report_files:  # the --load-from report (text and JSON), sent once the run opens
             self.tracker.log_artifact(path)
@@ -224,8 +255,11 @@ class Trainer:
         self.val_set = datasets.build(cfg.data, "val")
         protocol = protocol_of(self.train_set)
         if protocol is not None and env.is_main:
-            log.info("data protocol %s: %s", protocol.name,
-                     ", ".join(f"{k} {v}" for k, v in protocol.describe().items() if k != "protocol"))
+            log.info(
+                "data protocol %s: %s",
+                protocol.name,
+                ", ".join(f"{k} {v}" for k, v in protocol.describe().items() if k != "protocol"),
+            )
         per_rank = len(self.train_set) // env.world_size
         micro = min(per_rank // cfg.train.micro_batch_size, cfg.train.max_steps_per_epoch or per_rank)
         # Every epoch ends on an optimizer step, so epoch-end checkpoints hold no half-accumulated gradients.
@@ -233,21 +267,48 @@ class Trainer:
         if self.micro_per_epoch == 0:
             raise ValueError(
                 f"{len(self.train_set)} training clips cannot fill one optimizer step of micro_batch_size "
-                f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum} x world size {env.world_size}")
+                f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum} x world size {env.world_size}"
+            )
         length = self.micro_per_epoch * cfg.train.micro_batch_size
         if self.memory is not None:  # batch slot b walks one recording's windows in order (training.memory)
-            self.sampler = SequenceStreamSampler(_sequences(self.train_set, cfg), cfg.train.micro_batch_size,
-                                                 env.world_size, env.rank, cfg.seed, shuffle=True, length=length)
-            val_sampler = SequenceStreamSampler(_sequences(self.val_set, cfg), cfg.train.micro_batch_size,
-                                                env.world_size, env.rank, shuffle=False)
+            self.sampler = SequenceStreamSampler(
+                _sequences(self.train_set, cfg),
+                cfg.train.micro_batch_size,
+                env.world_size,
+                env.rank,
+                cfg.seed,
+                shuffle=True,
+                length=length,
+            )
+            val_sampler = SequenceStreamSampler(
+                _sequences(self.val_set, cfg), cfg.train.micro_batch_size, env.world_size, env.rank, shuffle=False
+            )
         else:
-            self.sampler = ResumableDistributedSampler(self.train_set, env.world_size, env.rank, cfg.seed, length=length)
+            self.sampler = ResumableDistributedSampler(
+                self.train_set, env.world_size, env.rank, cfg.seed, length=length
+            )
             val_sampler = ShardSampler(len(self.val_set), env.world_size, env.rank)
         bound = cfg.train.data_timeout_s
-        self.train_loader = make_loader(self.train_set, self.sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
-                                        drop_last=True, timeout_s=bound, name="training")
-        self.val_loader = make_loader(self.val_set, val_sampler, cfg.train.micro_batch_size, cfg.data, cfg.seed,
-                                      drop_last=False, timeout_s=bound, name="validation")
+        self.train_loader = make_loader(
+            self.train_set,
+            self.sampler,
+            cfg.train.micro_batch_size,
+            cfg.data,
+            cfg.seed,
+            drop_last=True,
+            timeout_s=bound,
+            name="training",
+        )
+        self.val_loader = make_loader(
+            self.val_set,
+            val_sampler,
+            cfg.train.micro_batch_size,
+            cfg.data,
+            cfg.seed,
+            drop_last=False,
+            timeout_s=bound,
+            name="validation",
+        )
 
     def _checkpoint_to_resume(self, resume: bool, resume_from: Optional[str]) -> Optional[Path]:
         if resume_from:
@@ -257,8 +318,10 @@ class Trainer:
             return path
         latest = ckpt.latest_checkpoint(self.ckpt_root)
         if latest is not None and not resume:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints (newest {latest.name}); resume it with "
-                                  f"--resume or start a new run with name=<another name>")
+            raise FileExistsError(
+                f"{self.run_dir} already holds checkpoints (newest {latest.name}); resume it with "
+                f"--resume or start a new run with name=<another name>"
+            )
         return latest if resume else None
 
     # ------------------------------------------------------------------------------- checkpoints
@@ -266,8 +329,13 @@ class Trainer:
         """Whether `path` must be converted for this run's world size and ZeRO stage (`engine.needs_conversion`, which
         raises `ResumeRefused` where nothing converts it)."""
         saved = Layout.from_meta(ckpt.read_meta(path))
-        return needs_conversion(path, saved.zero_stage if saved else None, self.cfg.train.zero_stage,
-                                self.env.world_size, self.cfg.optim.name)
+        return needs_conversion(
+            path,
+            saved.zero_stage if saved else None,
+            self.cfg.train.zero_stage,
+            self.env.world_size,
+            self.cfg.optim.name,
+        )
 
     def _restore(self, path: Path, convert: bool) -> None:
         """Continue from a checkpoint, converted first if `convert`; one saved on another layout continues its epoch
@@ -275,24 +343,33 @@ class Trainer:
         client = self._load_converted(path) if convert else self.engine.load(path)
         self.progress = Progress(**client["progress"])
         saved = Layout.from_meta(ckpt.read_meta(path)) or self.layout  # older checkpoints: this run's layout
-        position = map_position(self.progress.epoch, self.progress.micro_in_epoch, saved, self.layout,
-                                same_order=self.memory is None)
+        position = map_position(
+            self.progress.epoch, self.progress.micro_in_epoch, saved, self.layout, same_order=self.memory is None
+        )
         used, self.progress.micro_in_epoch = self.progress.micro_in_epoch, position.micro_in_epoch
         self.engine.restart_schedule(position.epoch)
         rng = client["rng"]
         if self.env.rank < len(rng):  # a rank the saved run did not have keeps its own seed (seed + rank)
             _set_rng_state(rng[self.env.rank])
-        log.info("resumed from %s: %d of %d epochs done, %d micro batches into the next, optimizer step %d", path,
-                 self.progress.epoch, self.cfg.train.epochs, self.progress.micro_in_epoch, self.engine.global_step)
+        log.info(
+            "resumed from %s: %d of %d epochs done, %d micro batches into the next, optimizer step %d",
+            path,
+            self.progress.epoch,
+            self.cfg.train.epochs,
+            self.progress.micro_in_epoch,
+            self.engine.global_step,
+        )
         if saved != self.layout:
             log.info(self._relayout_line(saved, used, position))
 
     def _relayout_line(self, saved: Layout, used: int, position: Position) -> str:
         """One line: how the position of a checkpoint saved on another layout maps onto this run's."""
-        line = (f"saved on {saved.describe()}, resumed on {self.layout.describe()}: epoch {self.progress.epoch + 1} "
-                f"continues at micro batch {position.micro_in_epoch} of {self.micro_per_epoch} per rank "
-                f"({used} of {saved.micro_per_epoch} on the saved layout), the LR schedule at epoch "
-                f"{float(position.epoch):.4g}: LR {self.engine.lr:.4g} for effective batch {self.effective_batch}")
+        line = (
+            f"saved on {saved.describe()}, resumed on {self.layout.describe()}: epoch {self.progress.epoch + 1} "
+            f"continues at micro batch {position.micro_in_epoch} of {self.micro_per_epoch} per rank "
+            f"({used} of {saved.micro_per_epoch} on the saved layout), the LR schedule at epoch "
+            f"{float(position.epoch):.4g}: LR {self.engine.lr:.4g} for effective batch {self.effective_batch}"
+        )
         if self.memory is not None:
             return line + "; the recordings' streams are cut anew, so some windows of this epoch repeat or are left out"
         if position.repeated:
@@ -309,14 +386,21 @@ class Trainer:
             scratch.mkdir(parents=True, exist_ok=True)
             try:
                 to_universal(path, scratch)
-            except Exception as err:  # noqa: BLE001 - whatever stops DeepSpeed's converter is said in one line
-                error = (f"could not convert {path} for {self.layout.describe()} ({type(err).__name__}: {err}); "
-                         f"resume it on the world size it was saved with, or start a new run from its weights: "
-                         f"--load-from {path} name=<new name>")
+            except Exception as err:
+                error = (
+                    f"could not convert {path} for {self.layout.describe()} ({type(err).__name__}: {err}); "
+                    f"resume it on the world size it was saved with, or start a new run from its weights: "
+                    f"--load-from {path} name=<new name>"
+                )
             else:
-                log.info("%s was saved by %d processes in ZeRO partitions; converted for %s with DeepSpeed's universal "
-                         "checkpoint in %.1f s", path.name, zero_shards(path), self.layout.describe(),
-                         time.perf_counter() - start)
+                log.info(
+                    "%s was saved by %d processes in ZeRO partitions; converted for %s with DeepSpeed's universal "
+                    "checkpoint in %.1f s",
+                    path.name,
+                    zero_shards(path),
+                    self.layout.describe(),
+                    time.perf_counter() - start,
+                )
         if self.comm.any(error is not None, f"the agreement on the conversion of {path.name}"):
             raise ResumeRefused(error or f"rank 0 could not convert {path}; its error says why")
         client = self.engine.load(scratch / path.name)
@@ -331,14 +415,21 @@ class Trainer:
         self._share_stats(f"the BatchNorm statistics' mean before checkpoint {step}")
         rng = self.comm.gather(_rng_state(), f"the RNG-state gather of checkpoint {step}")
         with self.comm.guard(f"DeepSpeed's save of checkpoint {step}"):
-            self.engine.save(self.ckpt_root, ckpt.tmp_tag_for(step), {"progress": asdict(self.progress), "rng": rng,
-                                                                       "config": to_dict(self.cfg)})
+            self.engine.save(
+                self.ckpt_root,
+                ckpt.tmp_tag_for(step),
+                {"progress": asdict(self.progress), "rng": rng, "config": to_dict(self.cfg)},
+            )
         self.comm.barrier(f"the barrier after every rank wrote checkpoint {step}")
         final = self.ckpt_root / ckpt.tag_for(step)
         if self.env.is_main:
             dump_config(self.cfg, self.ckpt_root / ckpt.tmp_tag_for(step) / "config.yaml")
-            meta = {"step": step, **asdict(self.progress), "samples": self.engine.samples,
-                    "layout": self.layout.to_meta()}
+            meta = {
+                "step": step,
+                **asdict(self.progress),
+                "samples": self.engine.samples,
+                "layout": self.layout.to_meta(),
+            }
             final = ckpt.commit(self.ckpt_root, step, meta)
             if is_best:
                 ckpt.mark_best(self.ckpt_root, final)
@@ -386,24 +477,39 @@ class Trainer:
         may hand it another trial's checkpoint)."""
         cfg, tracker = self.cfg, self.tracker
         if self._closed_complete():  # reopening its MLflow run would only move its end time
-            log.info("%s is already complete (%d of %d epochs): nothing to train, its MLflow run left as it is; raise "
-                     "train.epochs to go on, or start another run with name=<new name>", self.run_dir,
-                     self.progress.epoch, cfg.train.epochs)
+            log.info(
+                "%s is already complete (%d of %d epochs): nothing to train, its MLflow run left as it is; raise "
+                "train.epochs to go on, or start another run with name=<new name>",
+                self.run_dir,
+                self.progress.epoch,
+                cfg.train.epochs,
+            )
             return self.progress.last_val or {}
         params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("tracking.tags.")}
         version = code_version(ROOT)
-        tracker.start({**params, "optim.scaled_lr": self.scaled.lr,
-                       "optim.effective_batch_size": self.effective_batch},
-                      {**run_tags(self.env.world_size, version), **cfg.tracking.tags})
+        tracker.start(
+            {**params, "optim.scaled_lr": self.scaled.lr, "optim.effective_batch_size": self.effective_batch},
+            {**run_tags(self.env.world_size, version), **cfg.tracking.tags},
+        )
         if self.resumed_own is not None:
             tracker.skip_replayed(self.resumed_own)
         if version.diff and self.env.is_main:  # what the commit does not say about the code that ran
             (self.run_dir / DIFF_FILE).write_text(version.diff)
             tracker.log_artifact(self.run_dir / DIFF_FILE)
-        log.info("world size %d; effective batch %d = micro %d x accumulation %d x world %d; lr %.6g -> %.6g (%s rule, "
-                 "base batch %d); run folder %s", self.env.world_size, self.effective_batch, cfg.train.micro_batch_size,
-                 cfg.train.grad_accum, self.env.world_size, cfg.optim.lr, self.scaled.lr, cfg.optim.lr_scaling,
-                 cfg.optim.base_batch_size, self.run_dir)
+        log.info(
+            "world size %d; effective batch %d = micro %d x accumulation %d x world %d; lr %.6g -> %.6g (%s rule, "
+            "base batch %d); run folder %s",
+            self.env.world_size,
+            self.effective_batch,
+            cfg.train.micro_batch_size,
+            cfg.train.grad_accum,
+            self.env.world_size,
+            cfg.optim.lr,
+            self.scaled.lr,
+            cfg.optim.lr_scaling,
+            cfg.optim.base_batch_size,
+            self.run_dir,
+        )
         status: Optional[str] = "FAILED"
         try:
             while self.progress.epoch < cfg.train.epochs:
@@ -419,8 +525,11 @@ class Trainer:
                 if (error := self._bad_files_error(self.train_set, self.val_set)) is not None:
                     raise TooManyBadFiles(error)
                 if until_epoch is not None and until_epoch <= self.progress.epoch < cfg.train.epochs:
-                    log.info("paused after epoch %d of %d (--until-epoch); the run stays open, --resume continues it",
-                             self.progress.epoch, cfg.train.epochs)
+                    log.info(
+                        "paused after epoch %d of %d (--until-epoch); the run stays open, --resume continues it",
+                        self.progress.epoch,
+                        cfg.train.epochs,
+                    )
                     status = None
                     return self.progress.last_val or {}
             status = "FINISHED"
@@ -443,7 +552,7 @@ class Trainer:
 
         try:
             self.runs_view = share_runs_view(self.tracker.uri, self.tracker.experiment, self.cfg.checkpoint.best_metric)
-        except Exception as err:  # noqa: BLE001 - a read-only store, a server that refuses the tag
+        except Exception as err:
             log.warning("could not store the experiment's runs view for the MLflow UI (%s)", err)
 
     def summary(self) -> str:
@@ -461,8 +570,10 @@ class Trainer:
             noun = noun_of(self.train_set) + ("s" if skipped > 1 else "")
             lines.append(f"skipped {skipped} unreadable {noun} (listed in {self.cfg.data.bad_files_log})")
         lines.append(backend_store_hint(self.tracker, self.runs_view))
-        lines.append(f"compare runs: python launch/compare.py --experiment {cfg.tracking.experiment or cfg.experiment} "
-                     f"--output-dir {cfg.output_dir}")
+        lines.append(
+            f"compare runs: python launch/compare.py --experiment {cfg.tracking.experiment or cfg.experiment} "
+            f"--output-dir {cfg.output_dir}"
+        )
         return "\n".join(lines)
 
     def close(self) -> None:
@@ -500,12 +611,18 @@ class Trainer:
                 # each rank ran `count` micro batches of its own shard: the run's figures are the means over the ranks
                 # of their loss, data wait and time, in one all-reduce and the one read of the device per log interval
                 local = torch.tensor([wait, time.perf_counter() - t0], device=eng.device)
-                loss_mean, wait, elapsed = self.comm.means(torch.cat([(loss_sum / count).reshape(1), local]),
-                                                           f"the mean over ranks of step {eng.global_step}'s metrics")
-                values = {"train/loss": loss_mean, "train/lr": eng.lr,
-                          "train/clips_per_s": count * cfg.train.micro_batch_size * self.env.world_size / elapsed,
-                          "train/data_wait_ms": 1000 * wait / count, "train/data_wait_frac": wait / elapsed,
-                          "train/epoch": prog.epoch + prog.micro_in_epoch / self.micro_per_epoch}
+                loss_mean, wait, elapsed = self.comm.means(
+                    torch.cat([(loss_sum / count).reshape(1), local]),
+                    f"the mean over ranks of step {eng.global_step}'s metrics",
+                )
+                values = {
+                    "train/loss": loss_mean,
+                    "train/lr": eng.lr,
+                    "train/clips_per_s": count * cfg.train.micro_batch_size * self.env.world_size / elapsed,
+                    "train/data_wait_ms": 1000 * wait / count,
+                    "train/data_wait_frac": wait / elapsed,
+                    "train/epoch": prog.epoch + prog.micro_in_epoch / self.micro_per_epoch,
+                }
                 bar.report(prog.micro_in_epoch, values)
                 self.tracker.log_metrics(values, eng.global_step)
                 # mid-epoch only: the epoch's end checks after its own checkpoint
@@ -514,8 +631,12 @@ class Trainer:
                     bar.close()
                     raise TooManyBadFiles(error)
                 loss_sum, count, wait, t0 = torch.zeros((), device=eng.device), 0, 0.0, time.perf_counter()
-            if stepped and cfg.checkpoint.every_steps and eng.global_step % cfg.checkpoint.every_steps == 0 \
-                    and prog.micro_in_epoch < self.micro_per_epoch:
+            if (
+                stepped
+                and cfg.checkpoint.every_steps
+                and eng.global_step % cfg.checkpoint.every_steps == 0
+                and prog.micro_in_epoch < self.micro_per_epoch
+            ):
                 self.save()
             if stop:
                 self.save()
@@ -603,7 +724,9 @@ class Trainer:
         if participants is not None:
             groups = [participants[i] for i in indices]
             mean_scores, mean_labels, _ = average_by_group(scores, labels, groups)
-            metrics.update({f"val/participant/{k}": v for k, v in regression_metrics(mean_scores, mean_labels, names).items()})
+            metrics.update(
+                {f"val/participant/{k}": v for k, v in regression_metrics(mean_scores, mean_labels, names).items()}
+            )
         return metrics
 
     def _check_best_metric(self, metrics: Dict[str, float]) -> None:
@@ -611,8 +734,12 @@ class Trainer:
         name = self.cfg.checkpoint.best_metric
         if name not in metrics and not getattr(self, "_warned_best_metric", False):
             self._warned_best_metric = True
-            log.warning("checkpoint.best_metric=%s is not a validation metric of this run (%s); no checkpoint will be "
-                        "marked best", name, ", ".join(sorted(metrics)))
+            log.warning(
+                "checkpoint.best_metric=%s is not a validation metric of this run (%s); no checkpoint will be "
+                "marked best",
+                name,
+                ", ".join(sorted(metrics)),
+            )
 
     def _bad_file_metrics(self) -> Dict[str, float]:
         path = self.cfg.data.bad_files_log
@@ -626,15 +753,20 @@ class Trainer:
         self.tracker.log_artifact(self.run_dir / "config.yaml")
         if self.progress.last_val:
             final = self.run_dir / "final_metrics.json"
-            final.write_text(json.dumps({"epoch": self.progress.epoch, "step": self.engine.global_step,
-                                         **self.progress.last_val}, indent=2))
+            final.write_text(
+                json.dumps(
+                    {"epoch": self.progress.epoch, "step": self.engine.global_step, **self.progress.last_val}, indent=2
+                )
+            )
             self.tracker.log_artifact(final)
         if self._last_confusion is not None:
             from action_launch.training.confusion import save_confusion_json, save_confusion_matrix
 
             names = class_names_of(self.val_set)
-            for path in (save_confusion_json(self._last_confusion, self.run_dir / "confusion_matrix.json", names),
-                         save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png", names)):
+            for path in (
+                save_confusion_json(self._last_confusion, self.run_dir / "confusion_matrix.json", names),
+                save_confusion_matrix(self._last_confusion, self.run_dir / "confusion_matrix.png", names),
+            ):
                 self.tracker.log_artifact(path)
 
 
@@ -642,8 +774,10 @@ def _sequences(dataset: Any, cfg: Config) -> List[List[int]]:
     """The recordings of a dataset, for a model that carries memory from window to window."""
     sequences = sequences_of(dataset)
     if sequences is None:
-        raise ValueError(f"model {cfg.model['name']!r} carries memory across consecutive windows of a recording, but "
-                         f"data.dataset={cfg.data.dataset} has no recordings; use data.dataset=multiperson")
+        raise ValueError(
+            f"model {cfg.model['name']!r} carries memory across consecutive windows of a recording, but "
+            f"data.dataset={cfg.data.dataset} has no recordings; use data.dataset=multiperson"
+        )
     return sequences
 
 

@@ -4,6 +4,7 @@
 
 A process of its own, as a training run is (its process group and DeepSpeed state end with it).
 """
+
 from __future__ import annotations
 
 import json

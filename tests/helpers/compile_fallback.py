@@ -3,6 +3,7 @@
 The failure is a real one of `torch.compile`: a backend that raises, as Inductor does when it cannot
 lower a graph. Run in a process of its own (it starts a process group).
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ and models/ outside constructors and weight initialisation) is recorded with its
 function. A device-correct loop makes every tensor on the engine's device, or says `device="cpu"`
 where a CPU tensor is meant.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,8 +22,22 @@ from torch.overrides import TorchFunctionMode
 REPO = Path(__file__).resolve().parents[2]
 TORCH = Path(torch.__file__).parent
 DATA_LOADING = TORCH / "utils" / "data"  # batches are collated on the CPU (and pinned) on purpose
-FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, torch.arange, torch.rand, torch.randn,
-             torch.randint, torch.randperm, torch.eye, torch.linspace, torch.as_tensor, torch.scalar_tensor}
+FACTORIES = {
+    torch.zeros,
+    torch.ones,
+    torch.empty,
+    torch.full,
+    torch.tensor,
+    torch.arange,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.eye,
+    torch.linspace,
+    torch.as_tensor,
+    torch.scalar_tensor,
+}
 # Functions of models/ that build a module: tensors made there are moved with the module (`.to(device)`).
 BUILDERS = ("__init__", "reset_parameters", "init_weights", "_init_weights")
 

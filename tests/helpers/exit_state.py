@@ -1,7 +1,8 @@
 """launch/train.py's main, then one line saying what it left of torch.distributed, for the exit tests:
 
-    rank R: process groups left N, initialized True|False, gloo threads left M
+rank R: process groups left N, initialized True|False, gloo threads left M
 """
+
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ def gloo_threads() -> int:
 
 if __name__ == "__main__":  # DataLoader workers then start from a forkserver, as under launch/train.py
     code = main(sys.argv[1:])
-    print(f"rank {os.environ.get('RANK', '0')}: process groups left {len(c10d._world.pg_map)}, "
-          f"initialized {dist.is_initialized()}, gloo threads left {gloo_threads()}", flush=True)
+    print(
+        f"rank {os.environ.get('RANK', '0')}: process groups left {len(c10d._world.pg_map)}, "
+        f"initialized {dist.is_initialized()}, gloo threads left {gloo_threads()}",
+        flush=True,
+    )
     sys.exit(code)

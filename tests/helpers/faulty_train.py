@@ -3,6 +3,7 @@
 --stop-after-step K   ask the trainer to stop after optimizer step K, the way a preemption signal does
 --die-in-save-of K    kill the process (os._exit, no clean-up) halfway through writing checkpoint K
 """
+
 import argparse
 import os
 import sys
@@ -36,7 +37,9 @@ if args.die_in_save_of is not None:
     torch.save = dying_save
 
 holder = {}
-stop = (lambda: holder["trainer"].engine.global_step >= args.stop_after_step) if args.stop_after_step else (lambda: False)
+stop = (
+    (lambda: holder["trainer"].engine.global_step >= args.stop_after_step) if args.stop_after_step else (lambda: False)
+)
 trainer = Trainer(load_config(args.config, args.overrides), stop_requested=stop)
 holder["trainer"] = trainer
 trainer.fit()

@@ -3,6 +3,7 @@ and progress.
 
     python tests/helpers/restored_state.py --out FILE [--resume-from CKPT] --config X key=value ...   (or torchrun)
 """
+
 import argparse
 import sys
 from dataclasses import asdict
@@ -24,6 +25,12 @@ args = parser.parse_args()
 
 trainer = Trainer(load_config(args.config, args.overrides), resume_from=args.resume_from)
 if trainer.env.is_main:
-    torch.save({"module": trainer.engine.module.state_dict(), "progress": asdict(trainer.progress),
-                "lrs": [group["lr"] for group in trainer.engine.optimizer.param_groups]}, args.out)
+    torch.save(
+        {
+            "module": trainer.engine.module.state_dict(),
+            "progress": asdict(trainer.progress),
+            "lrs": [group["lr"] for group in trainer.engine.optimizer.param_groups],
+        },
+        args.out,
+    )
 trainer.comm.barrier("the end of the restore check")

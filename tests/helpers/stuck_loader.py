@@ -10,6 +10,7 @@
 Prints `batches N` once the loader delivered them all. A worker forked from this process inherits the
 held lock locked and waits for ever (the fork-after-threads hang); one started by a forkserver does not.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,9 @@ def main(mode: str, timeout_s: float) -> None:
         held.wait()
     dataset = Clips(mode)
     cfg = DataConfig(num_workers=1, persistent_workers=False)
-    loader = make_loader(dataset, SequentialSampler(dataset), 2, cfg, seed=0, drop_last=False, timeout_s=timeout_s,
-                         name="validation")
+    loader = make_loader(
+        dataset, SequentialSampler(dataset), 2, cfg, seed=0, drop_last=False, timeout_s=timeout_s, name="validation"
+    )
     batches = 0
     for _ in loader:
         batches += 1
