@@ -277,7 +277,7 @@ def sweep_killed(work: Path, data: Path) -> Dict[str, object]:
     if (sweep_dir / "results.csv").exists():
         import csv
 
-        rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+        rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     without = sum(not r.get("stop_reason") or r["stop_reason"].startswith("errored") for r in rows)
     return {
         "running": left_running(store),

@@ -184,7 +184,7 @@ def _decoder_messages() -> Iterator[List[str]]:
 def _process_capture_file() -> IO[bytes]:
     global _capture_file
     if _capture_file is None or _capture_file[0] != os.getpid():
-        _capture_file = (os.getpid(), tempfile.TemporaryFile())
+        _capture_file = (os.getpid(), tempfile.TemporaryFile())  # noqa: SIM115 - kept for the process's life
         atexit.register(_capture_file[1].close)
     return _capture_file[1]
 

@@ -168,7 +168,7 @@ class MultiPersonDataset(ClipDataset):
         clips = []
         for path, vr in zip(item.paths, readers):
             try:
-                frames = self.read(lambda indices: read_frames(vr, indices), flat)
+                frames = self.read(lambda indices, vr=vr: read_frames(vr, indices), flat)
             except BadVideoError as e:
                 raise BadPersonFile(path, str(e)) from None
             if self.split == "test":

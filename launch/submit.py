@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 if __name__ == "__main__" and __package__ is None:  # run as a script: drop launch/ itself from the import path
     sys.path.pop(0)
 
-from action_launch.cluster.plan import slurm_flags  # noqa: E402  (nothing here imports submitit or torch)
-from action_launch.cluster.submission import SubmitRequest, submit_training  # noqa: E402
+from action_launch.cluster.plan import slurm_flags
+from action_launch.cluster.submission import SubmitRequest, submit_training
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

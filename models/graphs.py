@@ -172,7 +172,7 @@ def bone_pairs(graph: SkeletonGraph | str) -> List[Edge]:
     v2 is the parent of v1; the root is paired with itself, so its bone is zero.
     """
     g = get_graph(graph)
-    parent = {c: p for c, p in g.edges}
+    parent = dict(g.edges)
     return [(v, parent.get(v, v)) for v in range(g.num_nodes)]
 
 

@@ -27,7 +27,8 @@ Output {"logits": (B, num_classes), "memory": (B, K, D)} - the memory after this
           False start from the initial memory (the first window of an interaction).
 
 The model keeps no state between calls (`carries_memory = True` tells the launcher to pass the
-memory along: `action_launch.training.memory.WindowMemory` for the loop, `action_launch.training.loaders.SequenceStreamSampler` so
+memory along: `action_launch.training.memory.WindowMemory` for the loop,
+`action_launch.training.loaders.SequenceStreamSampler` so
 that an interaction's windows come in successive batches).
 
 Layers, all pre-norm transformer blocks of width D:

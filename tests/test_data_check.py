@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def _list(tmp_path):
     _video(tmp_path / "ok.mp4", 40)
     _video(tmp_path / "short.mp4", 12)
     _video(tmp_path / "fast.mp4", 40, fps=60)  # 40 frames at 60 fps: span 16 * 2 = 32 fits
-    data = open(_video(tmp_path / "whole.mp4", 40, faststart=True), "rb").read()
+    data = Path(_video(tmp_path / "whole.mp4", 40, faststart=True)).read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.mp4").write_bytes(b"")
     names = ["ok", "short", "fast", "truncated", "missing", "empty"]

@@ -165,8 +165,8 @@ def test_a_video_run_logs_no_skeleton_keys_to_mlflow(video_set, tmp_path):
         ),
         (
             ["data.dataset=skeleton", "data.crop_size=112"],
-            "data.crop_size is a key of data.dataset=video, rawframes or multiperson, not of data.dataset=skeleton; remove "
-            "it, or set data.dataset=video (in command-line override)",
+            "data.crop_size is a key of data.dataset=video, rawframes or multiperson, not of data.dataset=skeleton; "
+            "remove it, or set data.dataset=video (in command-line override)",
         ),
         (
             ["data.frame_template={:06d}.png"],

@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_segment_sampling_and_multi_scale(video_root):
 def _bad_root(tmp_path, video_root, n_good=8):
     """A list of n_good good videos with a truncated mp4 at line 3 and an empty file at line 6."""
     good = [str(video_root / "clips" / f"v{k % NUM_VIDEOS}.mp4") for k in range(n_good)]
-    data = open(good[0], "rb").read()
+    data = Path(good[0]).read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.mp4").write_bytes(b"")
     paths = good[:2] + [str(tmp_path / "truncated.mp4")] + good[2:4] + [str(tmp_path / "empty.mp4")] + good[4:]
@@ -255,7 +256,7 @@ def test_seeded_batches_do_not_depend_on_worker_count(video_root):
 
     def batches(workers):
         loader = torch.utils.data.DataLoader(ds, batch_size=3, sampler=keys, num_workers=workers)
-        return [b for b in loader]
+        return list(loader)
 
     for (c0, l0), (c2, l2) in zip(batches(0), batches(2)):
         assert torch.equal(c0, c2) and torch.equal(l0, l2)

@@ -11,7 +11,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ready")]
 
 def test_make_demo_short(tmp_path):
     data = tmp_path / "clips"
-    args = f"train.epochs=1 optim.warmup_epochs=0 train.max_steps_per_epoch=4 output_dir={tmp_path / 'runs'} data.num_workers=1"
+    args = (
+        f"train.epochs=1 optim.warmup_epochs=0 train.max_steps_per_epoch=4 output_dir={tmp_path / 'runs'} "
+        "data.num_workers=1"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RANK", "WORLD_SIZE")}
     proc = subprocess.run(
         ["make", "demo", f"DEMO_DATA={data}", "DEMO_SET=--num-train 64 --num-val 16", f"DEMO_ARGS={args}"],

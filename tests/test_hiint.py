@@ -112,7 +112,8 @@ def _person0(model: HIINT, x: torch.Tensor, memory: torch.Tensor) -> torch.Tenso
 
 @pytest.mark.parametrize("cross_depth", [1, 0])
 def test_cross_person_attention_mixes_persons(cross_depth):
-    """Permutation test: shuffle the partners across the batch; person 0's tokens change iff cross-person attention is on."""
+    """Permutation test: shuffle the partners across the batch; person 0's tokens change iff cross-person attention
+    is on."""
     model = _tiny(cross_depth=cross_depth)
     x = _input(b=4)
     memory = model.initial_memory(4).detach()

@@ -1,5 +1,6 @@
 """HIINT's memory carried across the consecutive windows of an interaction, in training, validation and
-test: the stream sampler (launch/training/loaders.py), the loop helper (launch/training/memory.py), and the tiny config end to end."""
+test: the stream sampler (launch/training/loaders.py), the loop helper (launch/training/memory.py), and the tiny
+config end to end."""
 
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ HEAVY = ("torch", "deepspeed", "ray", "mlflow", "submitit")
 
 RULES = {
     **{pkg: f"only {where}{'*' if where.endswith('/') else ''} imports {pkg}" for pkg, where in BACKENDS.items()},
-    "below": "models/ and datasets/ import nothing of action_launch outside action_launch.models and action_launch.datasets",
+    "below": "models/ and datasets/ import nothing of action_launch outside action_launch.models and "
+    "action_launch.datasets",
     "rooms": "a room imports only rooms before it (" + " -> ".join(ROOMS) + "); launch/__init__.py imports no room",
     "commands": "no library module imports a command (" + ", ".join(f"{PACKAGE}.{c}" for c in COMMANDS) + ")",
     "namespace": "launch/, models/, datasets/ are imported as action_launch.* (top-level `datasets` is Hugging Face's)",
@@ -265,7 +266,9 @@ _CLEAN = {
     "models/__init__.py": "",
     "models/tsm.py": "import torch\nfrom . import graphs\n",
     "models/graphs.py": "import numpy\n",
-    "datasets/__init__.py": "import importlib\n\ndef build():\n    return importlib.import_module('.video', __name__)\n",
+    "datasets/__init__.py": (
+        "import importlib\n\ndef build():\n    return importlib.import_module('.video', __name__)\n"
+    ),
     "datasets/video.py": "from action_launch.models.graphs import bones\nimport decord\n",
     "bench/engine.py": "import deepspeed\nimport mlflow\nfrom action_launch import train\n",
     "tests/test_x.py": "import ray\nimport submitit\nimport datasets\n",

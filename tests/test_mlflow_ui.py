@@ -51,7 +51,8 @@ def sweep_store(tmp_path):
 
 
 def share_sweep_view(uri: str, experiment: str, parent_run_id: str) -> str:
-    """Store a view of the sweep's trials (best first; metric, cost, stop reason, swept params); returns the experiment id."""
+    """Store a view of the sweep's trials (best first; metric, cost, stop reason, swept params); returns the
+    experiment id."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)

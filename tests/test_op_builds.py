@@ -1,4 +1,5 @@
-"""DeepSpeed's JIT-built ops: built per environment with its own ninja, never waited on behind a killed build's lock, and
+"""DeepSpeed's JIT-built ops: built per environment with its own ninja, never waited on behind a killed build's
+lock, and
 never built without a line saying so."""
 
 import logging

@@ -77,9 +77,8 @@ def private_uses(path: Path, own: Set[str]) -> List[int]:
             parts = (node.module or "").split(".")
             if any(_private(part) for part in parts) or any(_private(a.name) for a in node.names):
                 found.append(node)
-        elif isinstance(node, ast.Import):
-            if any(_private(part) for a in node.names for part in a.name.split(".")):
-                found.append(node)
+        elif isinstance(node, ast.Import) and any(_private(p) for a in node.names for p in a.name.split(".")):
+            found.append(node)
     return sorted({n.lineno for n in found})
 
 

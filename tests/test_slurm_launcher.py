@@ -259,7 +259,10 @@ def test_control_characters_bound_for_the_sbatch_script_are_refused(tmp_path, ar
         timeout=120,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    error = f"config error: {option}: {value!r} contains a control character; a value that reaches the sbatch script may not"
+    error = (
+        f"config error: {option}: {value!r} contains a control character; "
+        "a value that reaches the sbatch script may not"
+    )
     assert proc.stderr.splitlines() == [error], proc.stderr
     assert proc.stdout == "" and not any(tmp_path.iterdir())
 

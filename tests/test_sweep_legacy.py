@@ -13,6 +13,7 @@ what a resume does need is that param_space, or the trials not yet started get t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -75,10 +76,8 @@ def _kill_processes_mentioning(text: str) -> None:
 
     for proc in psutil.process_iter(["pid", "cmdline"]):
         if proc.info["pid"] != os.getpid() and text in " ".join(proc.info["cmdline"] or []):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(proc.info["pid"]), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _finished_trials(sweep_dir: Path) -> list:
@@ -141,14 +140,15 @@ def resumed(old_tree, video_set, deepspeed_ready, tmp_path_factory):
         "TORCH_EXTENSIONS_DIR": str(environment_build_dir()),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     }
-    driver = subprocess.Popen(
-        [sys.executable, "launch/tune.py", *args],
-        cwd=old_tree,
-        env=old_env,
-        stdout=open(tmp / "old.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp / "old.log", "w") as log:  # the child keeps its own copy of the descriptor
+        driver = subprocess.Popen(
+            [sys.executable, "launch/tune.py", *args],
+            cwd=old_tree,
+            env=old_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.time() + 600
     while not _finished_trials(sweep_dir) and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
@@ -203,7 +203,7 @@ def test_today_completes_the_old_sweep(resumed):
     """The trial the old driver never started runs with its `same_as` / `depends_on` values resolved."""
     proc, sweep_dir = resumed["proc"], resumed["sweep_dir"]
     assert proc.returncode == 0, f"tune.py --resume failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     assert len(rows) == 2 and all(r["stop_reason"] == "completed" for r in rows), rows
     by_frames = {int(r["data.num_frames"]): r for r in rows}
     assert sorted(by_frames) == [2, 4]

@@ -24,7 +24,7 @@ def test_table_right_aligns_numbers_and_csv_keeps_raw_values(tmp_path):
         "t_10             errored: x",
     ]
     path = write_csv(tmp_path / "sub" / "t.csv", columns, rows)
-    assert list(csv.reader(open(path, newline=""))) == [
+    assert list(csv.reader(path.read_text().splitlines())) == [
         columns,
         ["t_0", "0.123456", "completed"],
         ["t_10", "", "errored: x"],

@@ -150,15 +150,15 @@ def test_a_killed_run_is_closed_as_killed_by_sync(video_set, tmp_path):
     }
     run_dir = tmp_path / "tests" / "dies"
     journal = run_dir / "tracking" / "journal.jsonl"
-    log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "launch/train.py", *tiny_overrides(video_set, tmp_path, "dies"), "train.epochs=50"],
-        cwd=REPO,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp_path / "train.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "launch/train.py", *tiny_overrides(video_set, tmp_path, "dies"), "train.epochs=50"],
+            cwd=REPO,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:

@@ -227,7 +227,7 @@ def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
 def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
     root, proc = asha_sweep
     sweep_dir = root / "runs" / "tests" / "asha"
-    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     assert len(rows) == ASHA_TRIALS
     reasons = [r["stop_reason"] for r in rows]
     assert sum(r.startswith("errored") for r in reasons) == 1
@@ -301,14 +301,15 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     )
     sweep_dir = tmp_path / "runs" / "tests" / "fifo"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=open(tmp_path / "first.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp_path / "first.log", "w") as log:  # the child keeps its own copy of the descriptor
+        driver = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def finished_trials():
         done = []
@@ -336,7 +337,7 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     assert ended, "no trial had ended in Tune 3 s after its last checkpoint"
 
     proc = run_tune(cmd + ["--resume"])
-    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     assert len(rows) == 4 and all(r["stop_reason"] == "completed" for r in rows), rows
     assert sorted(int(r["data.num_frames"]) for r in rows) == [2, 3, 4, 6]
     for trial in finished:  # finished trials did not train again (at most a process that found the run complete)
@@ -389,14 +390,15 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     cmd = tune_cmd(sweep, video_set, tmp_path / "runs", "--name", "asha_kill", "--max-concurrent", "1", epochs=3)
     sweep_dir = tmp_path / "runs" / "tests" / "asha_kill"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=open(tmp_path / "first.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp_path / "first.log", "w") as log:  # the child keeps its own copy of the descriptor
+        driver = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def trial_dirs():
         return sorted(p.parent for p in sweep_dir.glob("*/command.txt"))  # Tune's ids end in the grid's order
@@ -419,7 +421,7 @@ def test_trial_asha_stopped_does_not_train_again_after_a_kill(tmp_path, video_se
     assert len(EPOCH_VALIDATION.findall(after)) == validated and not re.search(
         r"epoch \d+/\d+ step", after[len(before) :]
     ), after[len(before) :][-3000:]
-    rows = {r["trial_id"]: r for r in csv.DictReader(open(sweep_dir / "results.csv"))}
+    rows = {r["trial_id"]: r for r in csv.DictReader((sweep_dir / "results.csv").read_text().splitlines())}
     assert len(rows) == 3 and rows[stopped.name]["stop_reason"] == "stopped by asha at epoch 1", rows
     assert rows[trial_dirs()[0].name]["stop_reason"] == "completed"
     _, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
@@ -459,7 +461,7 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
     assert len(said) == 1 and "ctrl_c" in said[0] and said[0].endswith("--resume"), err[-3000:]
     assert not still_running(started)
 
-    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     trained = {p.parent.name for p in sweep_dir.glob("*/command.txt")}
     assert len(rows) == 3 and 1 <= len(trained) <= 2, rows
     assert {r["trial_id"]: r["stop_reason"] for r in rows if r["trial_id"] in trained} == dict.fromkeys(
@@ -477,7 +479,7 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_completes_it(tmp_path, video_set
     )
 
     run_tune(cmd + ["--resume"])
-    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     assert [r["stop_reason"] for r in rows] == ["completed"] * 3, rows
     _, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4  # the same parent, one run per trial
@@ -525,7 +527,7 @@ def test_pbt_exploits_a_checkpoint_with_a_perturbed_lr(tmp_path, video_set, deep
     assert trained_on, f"no exploited trial trained after the exploit: {[t.name for t in exploited]}"
     trial = trained_on[0]
     assert "Error" not in after_exploit[trial]
-    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
     assert sorted(r["trial_id"] for r in rows) == sorted(p.parent.name for p in sweep_dir.glob("*/train.log"))
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     child = next(r for r in runs if r.data.tags.get("sweep.trial_id") == trial.name)

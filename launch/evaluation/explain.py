@@ -146,7 +146,6 @@ def explain(args: Any) -> int:
     save_images(render(clip, result, cfg.data.mean, cfg.data.std, names), str(out))
     k = int(result.target[0])
     print(f"class {class_label(k, names)} p={float(result.probs[0, k]):.3f}, Grad-CAM over {result.layer}: {out}")
-    if not args.no_track and cfg.tracking.enabled:
-        if log_image(run_dir_of(checkpoint), out, cfg.tracking.uri):
-            print("logged to MLflow as an artifact under explain/")
+    if not args.no_track and cfg.tracking.enabled and log_image(run_dir_of(checkpoint), out, cfg.tracking.uri):
+        print("logged to MLflow as an artifact under explain/")
     return 0
