@@ -30,6 +30,7 @@ under that file's path, as in `VideoDataset`).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -168,7 +169,7 @@ class MultiPersonDataset(ClipDataset):
         clips = []
         for path, vr in zip(item.paths, readers):
             try:
-                frames = self.read(lambda indices, vr=vr: read_frames(vr, indices), flat)
+                frames = self.read(functools.partial(read_frames, vr), flat)
             except BadVideoError as e:
                 raise BadPersonFile(path, str(e)) from None
             if self.split == "test":

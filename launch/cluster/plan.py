@@ -14,7 +14,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from action_launch.config import (
     Config,
@@ -73,10 +73,11 @@ def parse_time_minutes(text: str) -> int:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not match:
         raise ValueError(f"slurm.time: {text!r} is not a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS)")
-    days, a, b, c = (int(g) if g else None for g in match.groups())
+    days, b, c = (int(g) if g else None for g in match.group(1, 3, 4))
+    a = int(match.group(2))  # the one number the pattern requires
     if days is not None:  # D-H, D-H:M, D-H:M:S
         seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # H:M:S
+    elif b is not None and c is not None:  # H:M:S (the pattern fills the third number only after the second)
         seconds = a * 3600 + b * 60 + c
     elif b is not None:  # M:S
         seconds = a * 60 + b
@@ -137,7 +138,8 @@ def resolve(
             fixed.append(item)
     flag_tree = {"slurm": {k: v for k, v in flags.items() if v is not None}}
     plans = []
-    for path in config_paths or [None]:
+    paths: Sequence[Optional[str]] = config_paths or [None]  # no config file: the defaults alone
+    for path in paths:
         raw = load_yaml_with_bases(path) if path else {}
         grid = raw.pop("grid", None) or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):

@@ -198,7 +198,8 @@ def submit_training(request: SubmitRequest) -> int:
 
     try:  # what fails the job on the node fails here, before anything is submitted
         for plan in plans:
-            # gpus: the job's tasks', not this machine's; amend: the job trains in a folder of its own (`<name>/<job id>`)
+            # gpus: the job's tasks', not this machine's;
+            # amend: the job trains in a folder of its own (`<name>/<job id>`)
             check_run(plan.cfg, gpus=plan.cfg.slurm.gpus_per_node > 0, amend=True)
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -118,20 +118,20 @@ class SweepJob:
                 (folder / DONE).write_text("done")
                 _wait_for_workers_stopped(folder, job_env.num_nodes, timeout_s=30.0)
                 _stop_ray(proc, job_env.node)
-        proc = None
+        joined: Optional[subprocess.Popen] = None
         try:
             deadline = time.time() + 300
-            while proc is None or proc.poll() is not None:  # the head may not be up yet: retry joining
+            while joined is None or joined.poll() is not None:  # the head may not be up yet: retry joining
                 if time.time() > deadline:
                     raise TimeoutError(f"could not join the Ray head at {address}; see {log}")
-                proc = _ray_start([f"--address={address}", *resources], log)
+                joined = _ray_start([f"--address={address}", *resources], log)
                 time.sleep(5)
             while not (folder / DONE).exists():
                 time.sleep(1)
             return None
         finally:
-            if proc is not None:
-                _stop_ray(proc, job_env.node)
+            if joined is not None:
+                _stop_ray(joined, job_env.node)
             (folder / f"{STOPPED}{job_env.node}").write_text("stopped")
 
 
@@ -157,7 +157,7 @@ def submit_sweep(request: SweepRequest) -> int:
     plan = make_plan(request)
     if plan is None:
         return 2
-    given = {
+    given: Dict[str, Any] = {  # SlurmConfig fields (of different types) the request sets, None where it does not
         "nodes": request.nodes,
         "gpus_per_node": request.gpus_per_node,
         "partition": request.partition,

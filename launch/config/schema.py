@@ -80,9 +80,11 @@ class TrainConfig:
     compile: bool = False
     """Compile the model with `torch.compile`; where the compiler fails, the model runs eager (one warning says why)."""
     activation_checkpointing: bool = False
-    """Recompute each block's activations in the backward pass (models with `set_grad_checkpointing`): less memory, ~30% more compute."""
+    """Recompute each block's activations in the backward pass (models with `set_grad_checkpointing`): less memory,
+    ~30% more compute."""
     channels_last: bool = False
-    """Keep the model's convolution weights and inputs channels-last (3D/2D CNNs; faster on tensor cores where measured)."""
+    """Keep the model's convolution weights and inputs channels-last (3D/2D CNNs; faster on tensor cores where
+    measured)."""
     zero_stage: Literal[0, 1, 2] = 0
     """DeepSpeed ZeRO stage."""
     sync_bn: bool = False
@@ -230,7 +232,10 @@ def field_docs(cls: type) -> Dict[str, str]:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
         return {}
-    body = tree.body[0].body
+    class_def = tree.body[0]
+    if not isinstance(class_def, ast.ClassDef):  # the source of a class is its class statement
+        raise TypeError(f"field_docs: {cls!r} is not a class")
+    body = class_def.body
     docs = {}
     for node, after in zip(body, body[1:]):
         if (

@@ -43,7 +43,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, get_args
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, cast, get_args
 
 import numpy as np
 import torch
@@ -236,7 +236,10 @@ def evaluation_groups(dataset: Any, batch_size: int, memory: bool) -> List[List[
             f"{type(dataset).__name__} has none"
         )
     blocks = [sequences[start : start + batch_size] for start in range(0, len(sequences), batch_size)]
-    return [list(SequenceStreamSampler(block, batch_size, shuffle=False)) for block in blocks]
+    # shuffle=False: the sampler yields plain indices (not the training's `(index, seed)` keys)
+    return [
+        list(cast(Iterable[List[int]], SequenceStreamSampler(block, batch_size, shuffle=False))) for block in blocks
+    ]
 
 
 def evaluation_loader(
@@ -308,6 +311,7 @@ def save_predictions(path: Path, scores: np.ndarray, labels: np.ndarray, ids: Se
             scores=scores,
             labels=labels,
             ids=np.asarray(list(ids), dtype=str),
+            allow_pickle=True,  # numpy's default, named so that mypy does not match the arrays below to it
             **{k: np.asarray(v) for k, v in extra.items()},
         ),
     )
@@ -700,8 +704,14 @@ def run_test(
     if weights and not Path(weights).is_file():
         return fail(f"error: --weights {weights}: no such file")
     try:
-        folder = None if weights else resolve_checkpoint(checkpoint, "last" if last else "best")
-        cfg, ecfg = load_eval_config(config or folder / "config.yaml", overrides)
+        if weights:
+            folder = None
+            cfg, ecfg = load_eval_config(config, overrides)
+        elif checkpoint:
+            folder = resolve_checkpoint(checkpoint, "last" if last else "best")
+            cfg, ecfg = load_eval_config(config or folder / "config.yaml", overrides)
+        else:  # test.py requires one of the two
+            return fail("error: give --checkpoint (a checkpoint or run folder) or --weights")
     except FileNotFoundError as err:
         return fail(f"error: {err}")
     except ConfigError as err:
@@ -710,8 +720,9 @@ def run_test(
         with evaluation_ranks(cfg.train.collective_timeout_s, cfg.data.num_workers) as ranks:
             if weights:
                 metrics, run_dir = evaluate_weights(cfg, weights, ecfg, out=out, track=track, ranks=ranks)
-            else:
-                metrics, run_dir = evaluate_checkpoint(cfg, folder, ecfg, out=out, track=track, ranks=ranks), None
+            else:  # cast: `folder` is resolved above wherever there are no weights
+                metrics = evaluate_checkpoint(cfg, cast(Path, folder), ecfg, out=out, track=track, ranks=ranks)
+                run_dir = None
     except ValueError as err:  # a protocol that does not fit the data, weights that do not fit the model
         return fail(f"error: {err}")
     except (CollectiveError, EvaluationStopped, DataTimeout) as err:  # a rank or a data worker died, hung or failed

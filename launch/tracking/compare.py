@@ -1,4 +1,4 @@
-"""Compare MLflow runs (`python launch/compare.py --experiment E [--parent SWEEP] [--metric val/top1] [--params k1,k2]`).
+"""Compare MLflow runs: `python launch/compare.py --experiment E [--parent SWEEP] [--metric val/top1] [--params k1,k2]`.
 
 Prints a table of the experiment's runs, or with --parent (a sweep name or parent run id) of one
 sweep's trials: the key params, the metric, the stop reason and the cost (clip-frames, wall time) of

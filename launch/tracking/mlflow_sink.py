@@ -62,7 +62,10 @@ class MlflowSink:
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another process created it between our two calls
-            return self.client.get_experiment_by_name(name).experiment_id
+            created = self.client.get_experiment_by_name(name)
+            if created is None:  # not that race: creating it failed for a reason of its own
+                raise
+            return created.experiment_id
 
     def open_run(self, run_id: Optional[str], run_name: str, tags: Mapping[str, str]) -> str:
         """Reuse `run_id` when the server knows it (resume, requeue), marked RUNNING again; else create a run."""

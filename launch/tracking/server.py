@@ -59,8 +59,8 @@ def store_init_lock(uri: str, timeout: Optional[float] = None) -> Iterator[None]
     MLflow creates and migrates a new store's schema when it first opens it, with no lock of its own:
     several runs started at once each ran the migrations and all but one failed (`duplicate column
     name: step`). Under this lock one process creates the schema and the others find it done. A
-    lock held longer than `timeout` (default STORE_INIT_TIMEOUT_S) raises TimeoutError (the tracker then goes offline, saying so);
-    a file system without locks is run unlocked, with a warning. Other URIs: no lock.
+    lock held longer than `timeout` (default STORE_INIT_TIMEOUT_S) raises TimeoutError (the tracker then goes
+    offline, saying so); a file system without locks is run unlocked, with a warning. Other URIs: no lock.
     """
     db = sqlite_path(uri)
     if db is None:
@@ -119,29 +119,30 @@ class TrackingServer:
         self.uri = f"http://{host}:{port}"
         self.store_uri = store_uri
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_file, "a")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                store_uri,
-                "--artifacts-destination",
-                str(artifact_root_for(store_uri)),
-                *extra_args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # the server writes its own copy of the file handle: this process's copy is closed once it has started
+        with open(log_file, "a") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    store_uri,
+                    "--artifacts-destination",
+                    str(artifact_root_for(store_uri)),
+                    *extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         # its own session: a kill -9 of this process would leave it (10 processes, GBs) running without this
         self._reaper = start_reaper(os.getpid(), groups=[self.process.pid])
         self.log_file = log_file
@@ -168,7 +169,6 @@ class TrackingServer:
         """Stop the server and its workers."""
         stop_process_group(self.process)
         stop_reaper(self._reaper)
-        self._log.close()
 
     def __enter__(self) -> TrackingServer:
         return self.wait()

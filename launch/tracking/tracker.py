@@ -214,13 +214,26 @@ class Tracker:
         self._synced = 0
         self._replayed: Dict[str, int] = {}  # metric -> the last step an earlier attempt logged past the resume
 
+    @property
+    def _journal(self) -> Journal:
+        """The run's journal: an active tracker's (rank 0); the other ranks' trackers have none and never get here."""
+        if self.journal is None:
+            raise RuntimeError(f"the tracker of {self.run_dir} is inactive (not rank 0): it has no journal")
+        return self.journal
+
+    def _open_run(self) -> Tuple[Sink, str]:
+        """The sink and the run open in it, of an online tracker (`_connect` sets both, `_go_offline` drops both)."""
+        if self.sink is None or self.run_id is None:
+            raise RuntimeError(f"the tracker of {self.run_dir} is offline: it has no run open")
+        return self.sink, self.run_id
+
     def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Open (or reopen, after a resume) the run and record params and tags."""
         if not self.active:
             return
         state = self._load_backlog()
         tags = {k: str(v) for k, v in tags.items()}  # MLflow tags are strings; a None would fail the whole run
-        self.journal.save_state(
+        self._journal.save_state(
             uri=self.uri,
             store=backing_store(self.uri) or state.get("store"),
             experiment=self.experiment,
@@ -228,7 +241,7 @@ class Tracker:
             writer=this_writer(),
         )
         for kind, values in (("params", dict(params)), ("tags", dict(tags))):
-            self.journal.append({"kind": kind, "values": values})
+            self._journal.append({"kind": kind, "values": values})
             self._pending.append({"kind": kind, "values": values})
         if self.enabled:
             self._connect(state.get("run_id"), tags)
@@ -236,21 +249,21 @@ class Tracker:
 
     def _load_backlog(self) -> Dict[str, Any]:
         """Queue the journal lines an earlier (offline or killed) process never sent."""
-        state = self.journal.state()
+        state = self._journal.state()
         self._synced = state.get("synced", 0)
-        self._pending = self.journal.events()[self._synced :]
+        self._pending = self._journal.events()[self._synced :]
         return state
 
     def _connect(self, run_id: Optional[str], tags: Mapping[str, str]) -> None:
         if not server_reachable(self.uri):
-            store = self.journal.state().get("store")
+            store = self._journal.state().get("store")
             if not store or store == self.uri or backing_store(self.uri) is not None:
                 self._go_offline(f"tracking server {self.uri} is unreachable")
                 return
             # A sweep's temporary server, gone with its sweep (not the running sweep's): its store holds the run.
             log.info("tracking server %s is gone; logging into the store it served, %s", self.uri, store)
             self.uri = store
-            self.journal.save_state(uri=store)
+            self._journal.save_state(uri=store)
         try:
             self.sink = self.sink_type(self.uri, self.experiment)
             self.run_id = self.sink.open_run(run_id, self.run_name, tags)
@@ -258,8 +271,8 @@ class Tracker:
             self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
             return
         if self.run_id != run_id:  # a new run gets the whole history
-            self._synced, self._pending = 0, self.journal.events()
-        self.journal.save_state(run_id=self.run_id, synced=self._synced)
+            self._synced, self._pending = 0, self._journal.events()
+        self._journal.save_state(run_id=self.run_id, synced=self._synced)
 
     def _go_offline(self, reason: str) -> None:
         if self.enabled:
@@ -267,27 +280,28 @@ class Tracker:
                 "%s; training continues and metrics are kept in %s. Push them later with: "
                 "python launch/track.py sync %s",
                 reason,
-                self.journal.path,
+                self._journal.path,
                 self.run_dir,
             )
         self.sink, self.enabled = None, False
 
     def _event(self, event: Dict[str, Any]) -> None:
-        self.journal.append(event)
+        self._journal.append(event)
         self._pending.append(event)
         self._push()
 
     def _push(self) -> None:
         if self.sink is None or not self._pending:
             return
+        sink, run_id = self._open_run()
         try:
-            replay(self.sink, self.run_id, self._pending, self.run_dir)
+            replay(sink, run_id, self._pending, self.run_dir)
         except Exception as err:
             self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
             return
         self._synced += len(self._pending)
         self._pending = []
-        self.journal.save_state(synced=self._synced)
+        self._journal.save_state(synced=self._synced)
 
     def skip_replayed(self, resumed_at: int) -> None:
         """A resume from the run's newest checkpoint, at optimizer step `resumed_at`, replays the steps that an
@@ -297,7 +311,7 @@ class Tracker:
         if not self.active:
             return
         self._replayed = {}
-        for event in self.journal.events():
+        for event in self._journal.events():
             if event["kind"] == "metrics" and event["step"] > resumed_at:
                 for key in event["values"]:
                     self._replayed[key] = max(self._replayed.get(key, 0), event["step"])
@@ -400,7 +414,7 @@ def _sync_journal(run_dir: Path, folder: str, uri: Optional[str], killed: bool, 
         run_dir, uri, state.get("experiment", "default"), state.get("run_name", run_dir.name), folder=folder, sink=sink
     )
     tracker._load_backlog()
-    tags = {k: v for e in tracker.journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
+    tags = {k: v for e in tracker._journal.events() if e["kind"] == "tags" for k, v in e["values"].items()}
     tracker._connect(state.get("run_id"), tags)
     backlog = len(tracker._pending)
     tracker._push()
@@ -408,10 +422,10 @@ def _sync_journal(run_dir: Path, folder: str, uri: Optional[str], killed: bool, 
         raise ConnectionError(f"could not reach {tracker.sink_type.name} at {uri}; nothing was lost, try again later")
     # Reconnecting marks the run RUNNING again; a run that had ended keeps its recorded end status
     # (one whose latest attempt is still going stays RUNNING).
-    events = tracker.journal.events()
+    events = tracker._journal.events()
     ends = [e for e in events if e["kind"] == "end"]
     if ends and not attempt_open(events):
-        replay(tracker.sink, tracker.run_id, ends[-1:], run_dir)
+        replay(*tracker._open_run(), ends[-1:], run_dir)
     store = backing_store(tracker.uri)
     journal.save_state(uri=tracker.uri, **({"store": store} if store else {}))
     return backlog

@@ -40,7 +40,7 @@ STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 def running_stats(model: nn.Module) -> List[torch.Tensor]:
     """The running statistics buffers of every normalisation layer of `model` that tracks them, in module order."""
-    stats = []
+    stats: List[torch.Tensor] = []
     for module in model.modules():
         if isinstance(module, _NORM_WITH_STATS) and module.track_running_stats:
             stats.extend(buf for name in STAT_NAMES if (buf := getattr(module, name, None)) is not None)

@@ -33,6 +33,14 @@ def tmp_tag_for(step: int) -> str:
     return TMP_PREFIX + tag_for(step)
 
 
+def _step_of(path: Path) -> int:
+    """The optimizer step in a checkpoint folder's name (`tag_for`)."""
+    match = _TAG.match(path.name)
+    if match is None:
+        raise ValueError(f"{path}: not a checkpoint folder (step_NNNNNNNN)")
+    return int(match.group(1))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -65,7 +73,7 @@ def complete_checkpoints(root: Path) -> List[Path]:
     found = [
         p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and _TAG.match(p.name) and (p / META).is_file()
     ]
-    return sorted(found, key=lambda p: int(_TAG.match(p.name).group(1)))
+    return sorted(found, key=_step_of)
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:
@@ -124,11 +132,7 @@ def prune(root: Path, keep_last: int) -> List[Path]:
     best = best_checkpoint(root)
     marker = root / REPORTED
     held_after = int(marker.read_text()) if marker.is_file() else None
-    doomed = [
-        p
-        for p in found[: -max(keep_last, 1)]
-        if p != best and (held_after is None or int(_TAG.match(p.name).group(1)) <= held_after)
-    ]
+    doomed = [p for p in found[: -max(keep_last, 1)] if p != best and (held_after is None or _step_of(p) <= held_after)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed

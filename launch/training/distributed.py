@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -194,13 +194,18 @@ def silent_ranks(group: Optional[Any], seconds: float = PROBE_S) -> List[int]:
 
 def _exchange(peers: List[int], group: Optional[Any], seconds: float, receive: bool) -> List[int]:
     """Receive from (or send to) each of `peers` one value; the peers with whom it went through in time."""
-    deadline, done, works = time.monotonic() + seconds, [], {}
+    deadline = time.monotonic() + seconds
+    done: List[int] = []
+    works: Dict[int, dist.Work] = {}
     for peer in peers:
         try:
             op = dist.irecv if receive else dist.isend
-            works[peer] = op(torch.zeros(1, device="cpu"), peer, group=group, tag=7919)
+            work = op(torch.zeros(1, device="cpu"), peer, group=group, tag=7919)
         except RuntimeError:  # the connection is already closed: that peer is gone
             continue
+        if work is None:  # torch's answer to a rank outside `group`; the groups probed here hold every rank
+            raise ValueError(f"rank {dist.get_rank()} probes peer {peer} over a group it is not in")
+        works[peer] = work
     for peer, work in works.items():
         try:
             if work.wait(timedelta(seconds=max(0.1, deadline - time.monotonic()))):

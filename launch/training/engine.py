@@ -17,7 +17,7 @@ import os
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from action_launch.training.batchnorm import sync_batchnorm
 from action_launch.training.distributed import DistEnv, enforce_nccl_timeout, resolve_env
 from action_launch.training.op_builds import prepare_op_builds, reported_builds
 from action_launch.training.schedule import LRSchedule, ScaledLR, ScheduleClock
+
+if TYPE_CHECKING:  # imported where used, at run time
+    from action_launch.models.checkpoints import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +61,21 @@ def init_distributed(env: DistEnv, timeout_s: Optional[float] = None) -> torch.d
         # `shutdown_distributed`, until the interpreter's own shutdown tears its gloo threads down (an abort).
         importlib.import_module("torch.distributed.nn.functional")
 
-        bound = {"device_id": device} if device.type == "cuda" else {}
+        device_id = device if device.type == "cuda" else None  # None: torch's default, no device bound
         if env.backend == "nccl" and (warning := enforce_nccl_timeout()):
             log.warning(warning)
         if env.world_size == 1:
             # One process needs no rendezvous: an in-memory store instead of a TCP store listening on every interface.
             torch.distributed.init_process_group(
-                env.backend, store=torch.distributed.HashStore(), rank=0, world_size=1, timeout=timeout, **bound
+                env.backend,
+                store=torch.distributed.HashStore(),
+                rank=0,
+                world_size=1,
+                timeout=timeout,
+                device_id=device_id,
             )
         else:
-            torch.distributed.init_process_group(env.backend, timeout=timeout, **bound)
+            torch.distributed.init_process_group(env.backend, timeout=timeout, device_id=device_id)
     # on the CPU it builds (once) and loads its comm op, and prints that it loaded it at every start
     with reported_builds(build_dir), contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(
@@ -189,7 +197,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
             )
         return groups
     skip = set(model.no_weight_decay()) if isinstance(model, HasNoWeightDecay) else set()
-    decay, no_decay = [], []
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -212,7 +221,8 @@ def build_optimizer(
         return torch.optim.SGD(
             groups, lr=peak_lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0, fused=fused
         )
-    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
+    beta1, beta2 = optim.betas
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=(beta1, beta2), eps=optim.eps, fused=fused)
 
 
 def build_scheduler(
@@ -502,7 +512,7 @@ def to_universal(ckpt: Path, dest: Path) -> Path:
     return out
 
 
-def load_weights(model: nn.Module, path: Path, partial: bool = False) -> Dict[str, List[str]]:
+def load_weights(model: nn.Module, path: Path, partial: bool = False) -> LoadReport:
     """Load weights only (for `--load-from`): a DeepSpeed checkpoint folder or a state-dict file, in this
     project's names or in a published upstream layout (`models.checkpoints` recognises the format by
     its keys and maps every tensor by name; image ResNets and ViTs go to the model's own inflating loader).
@@ -543,9 +553,11 @@ def _root_cause(err: BaseException) -> str:
 
 def _channels_last(model: nn.Module) -> None:
     """Convolution weights channels-last (3D ones channels_last_3d), in place; other tensors keep their layout."""
+    layouts: Dict[type, torch.memory_format] = {nn.Conv2d: torch.channels_last, nn.Conv3d: torch.channels_last_3d}
     for module in model.modules():
-        layout = {nn.Conv2d: torch.channels_last, nn.Conv3d: torch.channels_last_3d}.get(type(module))
-        if layout is not None:
+        # exact types (not subclasses); the isinstance check narrows `module` to a convolution with a weight
+        layout = layouts.get(type(module))
+        if layout is not None and isinstance(module, (nn.Conv2d, nn.Conv3d)):
             module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
 

@@ -165,7 +165,7 @@ class SequenceStreamSampler(Sampler):
         first = self.rank * self.batch_size
         return [flat[(first + b) * n : (first + b + 1) * n] for b in range(self.batch_size)]
 
-    def __iter__(self) -> Iterator[List[Union[int, Tuple[int, int]]]]:
+    def __iter__(self) -> Iterator[Union[List[int], List[Tuple[int, int]]]]:
         slots = self.streams()
         steps = max((len(s) for s in slots), default=0)
         for t in range(self.start if self.shuffle else 0, steps):
@@ -250,7 +250,7 @@ def _release_forkserver_liveness() -> None:
     by forkserver (none of ours does) starts a forkserver of its own."""
     server = getattr(forkserver, "_forkserver", None)  # private API: the one forkserver has no public handle
     fd = getattr(server, "_forkserver_alive_fd", None)  # private API: nor the pipe that keeps it alive
-    if fd is None:
+    if server is None or fd is None:
         return
     server._forkserver_alive_fd = None  # private API: (as above) closed here, so forget it
     with contextlib.suppress(OSError):
@@ -269,7 +269,9 @@ class BoundedLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.name = name
 
-    def __iter__(self) -> Iterator[Any]:
+    # torch declares its own iterator class as DataLoader.__iter__'s return type, narrower than the Iterable
+    # contract it serves; this one wraps that iterator in a generator, and every caller only iterates it
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._bounded(super().__iter__())
 
     def _bounded(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -310,10 +312,11 @@ def _main_reimport_safe() -> bool:
     """Whether a worker started by forkserver or spawn, which imports this process's main script first, may do
     so: run with `-m` or interactively, or a script with a top-level `if __name__ == "__main__":` guard."""
     main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) or not getattr(main, "__file__", None):
+    main_file = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) or not main_file:
         return True
     try:
-        tree = ast.parse(Path(main.__file__).read_text())
+        tree = ast.parse(Path(main_file).read_text())
     except (OSError, SyntaxError, ValueError):
         return False
     tests = [ast.unparse(node.test) for node in tree.body if isinstance(node, ast.If)]

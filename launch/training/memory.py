@@ -62,8 +62,9 @@ class WindowMemory:
         earlier = [(w, m) for w, m in self._last.get(recording, ()) if w < window]
         return max(earlier, key=lambda e: e[0])[1] if earlier else None
 
-    def model_kwargs(self, meta: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-        """`memory` and `carry` for a batch; {} when no window continues a recording (all start afresh)."""
+    def model_kwargs(self, meta: Optional[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
+        """`memory` and `carry` for a batch; {} when no window continues a recording (all start afresh). A batch
+        without meta (None, as `loaders.split_batch` gives it) raises ValueError, which says what is missing."""
         rows = [self._previous(rec, w) for rec, w in zip(*_windows(meta))]
         template = next((m for m in rows if m is not None), None)
         if template is None:
@@ -71,8 +72,9 @@ class WindowMemory:
         memory = torch.stack([m if m is not None else torch.zeros_like(template) for m in rows])
         return {"memory": memory, "carry": torch.tensor([m is not None for m in rows], device=memory.device)}
 
-    def update(self, meta: Mapping[str, Any], outputs: Any) -> None:
-        """Remember the memory each window of this batch left (the model's `outputs["memory"]`)."""
+    def update(self, meta: Optional[Mapping[str, Any]], outputs: Any) -> None:
+        """Remember the memory each window of this batch left (the model's `outputs["memory"]`); meta as in
+        `model_kwargs`."""
         if not isinstance(outputs, Mapping) or "memory" not in outputs:
             raise TypeError("a model with carries_memory = True must return a dict with its new 'memory'")
         memory = outputs["memory"].detach()

@@ -69,7 +69,8 @@ def regression_metrics(
 def average_by_group(
     scores: np.ndarray, labels: np.ndarray, groups: Sequence[str]
 ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """Mean scores and labels per group (the personality protocol: all chunks of a participant), groups in first-seen order."""
+    """Mean scores and labels per group (the personality protocol: all chunks of a participant), groups in
+    first-seen order."""
     names = list(dict.fromkeys(str(g) for g in groups))
     rows = np.array([str(g) for g in groups])
     mean_scores = np.stack([scores[rows == g].astype(np.float64).mean(axis=0) for g in names])

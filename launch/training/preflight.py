@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from action_launch.config import Config
 from action_launch.datasets.config import ClipConfig, DataConfig, RawFramesConfig, VideoConfig
@@ -125,8 +125,12 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
     clip longer than every readable file of a list is a PreflightError naming the keys that set its length."""
     from action_launch.datasets import dataset_class
     from action_launch.datasets.check import probe  # decord only when files are checked
+    from action_launch.datasets.video import BadFileSkipper
 
-    noun = dataset_class(data.dataset).noun  # as the dataset names its files in its own errors
+    reader = dataset_class(data.dataset)
+    if not issubclass(reader, BadFileSkipper):
+        raise TypeError(f"data.dataset={data.dataset}: {reader.__name__} reads no list of files to check")
+    noun = reader.noun  # as the dataset names its files in its own errors
     jobs = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     for path, items in lists.items():
         folders = data if isinstance(data, RawFramesConfig) else RawFramesConfig()  # frame folders' file names
@@ -141,7 +145,8 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
         error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
         if error:
             raise PreflightError(error)
-        _check_clip_fits(data, protocol, path, [p for p in probes if p.reason is None and p.frames], noun)
+        sized = [(p, p.frames) for p in probes if p.reason is None and p.frames]
+        _check_clip_fits(data, protocol, path, sized, noun)
         if bad and os.environ.get("RANK", "0") == "0":
             print(
                 f"data check: {len(bad)} of {len(items)} {noun}s in {path} are unreadable and will be skipped "
@@ -151,17 +156,18 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
 
 
 def _check_clip_fits(
-    data: VideoConfig, protocol: Optional[Protocol], path: str, readable: List[Probe], noun: str
+    data: VideoConfig, protocol: Optional[Protocol], path: str, readable: List[Tuple[Probe, int]], noun: str
 ) -> None:
     """PreflightError when the protocol's clip spans more frames than every readable file of a list has: each
     clip would then repeat frames, in every video, which a setting meant for other data does (the native
-    protocol's looping of short clips is a choice, not a mistake: `data.short_video=loop`)."""
+    protocol's looping of short clips is a choice, not a mistake: `data.short_video=loop`). `readable`: each
+    readable file's probe with its frame count."""
     if protocol is None or not readable or protocol.loops_short_clips:
         return
-    fits = [p.frames / protocol.span(p.fps) for p in readable]
+    fits = [frames / protocol.span(p.fps) for p, frames in readable]
     if max(fits) >= 1:
         return
-    longest = readable[fits.index(max(fits))]
+    longest = readable[fits.index(max(fits))][0]
     span = protocol.span(longest.fps)
     rate = f" at {longest.fps:g} fps" if longest.fps else ""
     segment = data.sampling == "segment"
@@ -179,7 +185,8 @@ def _check_clip_fits(
 
 
 def _check_classes(cfg: Config, needed: int) -> None:
-    """The model's head must have a logit for every label of the lists (cross-entropy fails inside the loss otherwise)."""
+    """The model's head must have a logit for every label of the lists (cross-entropy fails inside the loss
+    otherwise)."""
     if cfg.train.loss != "cross_entropy" or needed == 0:
         return
     from action_launch import models  # the registry; its model files import torch

@@ -12,7 +12,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -73,6 +73,9 @@ from action_launch.training.prediction import predictions
 from action_launch.training.run_config import changed_line, config_changes, has_trained, saved_config, write_config
 from action_launch.training.schedule import effective_batch_size, kept_accumulation, scale_lrs
 from action_launch.training.signals import stop_flag_in_slurm_step
+
+if TYPE_CHECKING:  # imported where used, at run time
+    from action_launch.models.checkpoints import LoadReport
 
 log = logging.getLogger("launch.train")
 
@@ -143,7 +146,10 @@ class Trainer:
     comm = Collectives(rank=0, world_size=1, timeout_s=1.0)
     """The collectives of the run (`__init__` sets this run's); one process, for a Trainer assembled piecewise."""
     resumed_own: Optional[int] = None
-    """The optimizer step of the run's own newest checkpoint this start resumed from (None: a new run, --resume-from)."""
+    """The optimizer step of the run's own newest checkpoint this start resumed from (None: a new run,
+    --resume-from)."""
+    load_report_files: Tuple[Path, ...] = ()
+    """The --load-from report's files in the run folder (`_load_weights`, rank 0), sent once the run opens."""
     stats_shared_at: Optional[int] = None
     """The optimizer step at which the ranks last made their BatchNorm running statistics equal (`_share_stats`)."""
 
@@ -181,7 +187,7 @@ class Trainer:
         self.memory = WindowMemory() if carries_memory(model) else None
         self._build_data()
         start_ckpt = self._checkpoint_to_resume(resume, resume_from)
-        self.load_report, self.load_report_files = None, ()
+        self.load_report: Optional[LoadReport] = None
         if load_from and start_ckpt is None:
             self.load_report = self._load_weights(model, Path(load_from))
         elif load_from:
@@ -233,7 +239,7 @@ class Trainer:
         if not write_config(self.cfg, self.run_dir) and changes:
             log.info("config.yaml kept as the run started; this start changes %s", "; ".join(changed_line(changes)))
 
-    def _load_weights(self, model: Any, path: Path) -> Any:
+    def _load_weights(self, model: Any, path: Path) -> LoadReport:
         """`--load-from`: load (all or nothing unless train.load_partial) and keep the report in the run folder."""
         from action_launch.models.checkpoints import CheckpointError
 
@@ -270,6 +276,8 @@ class Trainer:
                 f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum} x world size {env.world_size}"
             )
         length = self.micro_per_epoch * cfg.train.micro_batch_size
+        self.sampler: Union[SequenceStreamSampler, ResumableDistributedSampler]
+        val_sampler: Union[SequenceStreamSampler, ShardSampler]
         if self.memory is not None:  # batch slot b walks one recording's windows in order (training.memory)
             self.sampler = SequenceStreamSampler(
                 _sequences(self.train_set, cfg),
@@ -583,7 +591,7 @@ class Trainer:
         collective, destroying its groups could wait for it."""
         self.comm.close()
         self.engine.close()
-        self.engine = None  # DeepSpeed's engine and optimizer hold its groups, in reference cycles: collected here
+        del self.engine  # DeepSpeed's engine and optimizer hold its groups, in reference cycles: collected here
         gc.collect()
         shutdown_distributed()
 
@@ -705,7 +713,8 @@ class Trainer:
         return metrics
 
     def _predict_validation(self, regression: bool) -> Any:
-        """This rank's scores (probabilities, or raw outputs for regression), labels and summed loss, in loader order."""
+        """This rank's scores (probabilities, or raw outputs for regression), labels and summed loss, in loader
+        order."""
         eng = self.engine
         scores, labels, loss_sum = [], [], torch.zeros((), device=eng.device)
         memory = WindowMemory() if self.memory is not None else None
