@@ -50,7 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))  # bench/models.py: presets' input sizes and FLOP counts
 
 import torch  # noqa: E402
-from data_pipeline import make_videos  # noqa: E402  after bench/models.py: it puts the repository first on sys.path
+
+from models import clip_shape, count_flops, is_tiny, preset_configs, select  # noqa: E402  bench/models.py
+
+# isort: split
+# after bench/models.py, not before: data_pipeline puts the repository first on sys.path, where `models` is ours
+from data_pipeline import make_videos  # noqa: E402
 
 from action_launch import datasets, models  # noqa: E402
 from action_launch.config import load_config  # noqa: E402
@@ -67,7 +72,6 @@ from action_launch.training.engine import (  # noqa: E402
 )
 from action_launch.training.losses import make_loss  # noqa: E402
 from action_launch.training.schedule import scale_lrs  # noqa: E402
-from models import clip_shape, count_flops, is_tiny, preset_configs, select  # noqa: E402  bench/models.py, not action_launch.models
 
 # Micro batch per GPU of each paper recipe (the tiny presets use --tiny-batch).
 RECIPE_BATCH = {
