@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple, get_args, get_type_hints
 
 import numpy as np
 
@@ -48,15 +48,17 @@ def probe_video(
     sampling_rate: Optional[float] = None,
     target_fps: float = 30.0,
     short_video: str = ClipConfig.short_video,
+    decoder: str = ClipConfig.decoder,
 ) -> Tuple[Optional[str], Optional[int], Optional[float]]:
-    """(reason or None if readable, frame count, fps) of a video. With `num_frames` and `sampling_rate`, the
-    centred clip is decoded as training reads it (`short_video`: looped or clamped), and a video shorter than
-    the clip is `too short` unless the training loops it (`sampling.loops_short_videos`)."""
+    """(reason or None if readable, frame count, fps) of a video, opened with `decoder` as training opens it. With
+    `num_frames` and `sampling_rate`, the centred clip is decoded as training reads it (`short_video`: looped or
+    clamped), and a video shorter than the clip is `too short` unless the training loops it
+    (`sampling.loops_short_videos`)."""
     from .decode import BadVideoError, open_video, read_frames  # decord only when checking videos
 
     n = fps = None
     try:
-        vr = open_video(path)
+        vr = open_video(path, decoder)
         n, fps = len(vr), vr.get_avg_fps()
         probe = [0, n - 1]
         if num_frames and sampling_rate:
@@ -140,11 +142,11 @@ def _check_templated(path: str, listed: int, template: str, start_index: int) ->
 
 
 def _check(args: tuple) -> Probe:
-    item, fmt, num_frames, rate, target_fps, template, start_index, short_video = args
+    item, fmt, num_frames, rate, target_fps, template, start_index, short_video, decoder = args
     if fmt == "rawframes":
         reason = check_frames(item.path, item.num_frames, num_frames, template, start_index)
         return Probe(item, reason, item.num_frames if reason is None else None)
-    return Probe(item, *probe_video(item.path, num_frames, rate, target_fps, short_video))
+    return Probe(item, *probe_video(item.path, num_frames, rate, target_fps, short_video, decoder))
 
 
 def probe(
@@ -157,9 +159,13 @@ def probe(
     frame_template: Optional[str] = None,
     start_index: int = 1,
     short_video: str = ClipConfig.short_video,
+    decoder: str = ClipConfig.decoder,
 ) -> List[Probe]:
     """A `Probe` of every item, in list order."""
-    work = [(it, fmt, num_frames, sampling_rate, target_fps, frame_template, start_index, short_video) for it in items]
+    work = [
+        (it, fmt, num_frames, sampling_rate, target_fps, frame_template, start_index, short_video, decoder)
+        for it in items
+    ]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             return list(pool.map(_check, work, chunksize=16))
@@ -176,12 +182,13 @@ def scan(
     frame_template: Optional[str] = None,
     start_index: int = 1,
     short_video: str = ClipConfig.short_video,
+    decoder: str = ClipConfig.decoder,
 ) -> List[Tuple[ListItem, str]]:
     """(item, reason) for every bad item, in list order."""
     return [
         (p.item, p.reason)
         for p in probe(
-            items, fmt, num_frames, sampling_rate, target_fps, jobs, frame_template, start_index, short_video
+            items, fmt, num_frames, sampling_rate, target_fps, jobs, frame_template, start_index, short_video, decoder
         )
         if p.reason is not None
     ]
@@ -208,6 +215,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="as data.short_video: a video shorter than the clip loops (readable) or clamps (reported "
         "too short); default: the training's",
     )
+    parser.add_argument(
+        "--decoder",
+        default=ClipConfig.decoder,
+        choices=get_args(get_type_hints(ClipConfig)["decoder"]),
+        help="as data.decoder: the library that opens the videos; default: the training's",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="processes to scan with")
     parser.add_argument("--frame-template", help="rawframes: frame file name template, e.g. 'img_{:05d}.jpg'")
     parser.add_argument("--start-index", type=int, default=1, help="rawframes: number of the first frame file")
@@ -228,6 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         a.frame_template,
         a.start_index,
         a.short_video,
+        a.decoder,
     )
     bad = [p for p in probes if p.reason is not None]
     for p in bad:

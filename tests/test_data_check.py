@@ -130,3 +130,32 @@ def test_rawframes_folders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "b: frame count: the list says 4, the folder has 2" in out
     assert "c: zero frames" in out and "d: missing" in out and "/a:" not in out
+
+
+def _reason(path, decoder):
+    """What the dataset's own reader says of `path` opened with `decoder` (None: readable)."""
+    from action_launch.datasets.decode import BadVideoError, open_video, read_frames
+
+    try:
+        vr = open_video(str(path), decoder)
+        read_frames(vr, np.array([0, len(vr) - 1]))
+    except BadVideoError as e:
+        return str(e)
+    return None
+
+
+def test_cli_opens_the_files_with_the_training_decoder(tmp_path):
+    """--decoder as data.decoder: a truncated file's reason is the one that decoder gives (they word it apart)."""
+    lst = _list(tmp_path)
+    truncated = tmp_path / "truncated.mp4"
+    assert _reason(truncated, "decord") != _reason(truncated, "torchcodec")
+    for decoder in ("decord", "torchcodec"):
+        out = subprocess.run(
+            [sys.executable, "-m", "action_launch.datasets.check", str(lst), "--decoder", decoder],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert out.returncode == 1, out.stderr
+        line = next(x for x in out.stdout.splitlines() if "truncated.mp4" in x)
+        assert line.split(": ", 2)[2] == _reason(truncated, decoder), (decoder, line)

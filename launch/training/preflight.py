@@ -140,6 +140,7 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
             jobs=jobs,
             frame_template=folders.frame_template,
             start_index=folders.frame_start_index,
+            decoder=data.decoder,
         )
         bad = {p.item.path: p.reason for p in probes if p.reason is not None}
         error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
