@@ -23,11 +23,11 @@ import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import List, NamedTuple, Optional, Tuple, get_args, get_type_hints
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .config import ClipConfig
+from .config import DECODERS, ClipConfig
 from .lists import FORMATS, ListItem, read_list
 from .sampling import SHORT_VIDEO, clip_indices, frame_stride, loops_short_videos
 
@@ -172,26 +172,9 @@ def probe(
     return [_check(w) for w in work]
 
 
-def scan(
-    items: List[ListItem],
-    fmt: str,
-    num_frames: Optional[int] = None,
-    sampling_rate: Optional[float] = None,
-    target_fps: float = 30.0,
-    jobs: int = 1,
-    frame_template: Optional[str] = None,
-    start_index: int = 1,
-    short_video: str = ClipConfig.short_video,
-    decoder: str = ClipConfig.decoder,
-) -> List[Tuple[ListItem, str]]:
-    """(item, reason) for every bad item, in list order."""
-    return [
-        (p.item, p.reason)
-        for p in probe(
-            items, fmt, num_frames, sampling_rate, target_fps, jobs, frame_template, start_index, short_video, decoder
-        )
-        if p.reason is not None
-    ]
+def scan(items: List[ListItem], fmt: str, **options: Any) -> List[Tuple[ListItem, str]]:
+    """(item, reason) for every bad item, in list order; `options` as `probe` takes them."""
+    return [(p.item, p.reason) for p in probe(items, fmt, **options) if p.reason is not None]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -218,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--decoder",
         default=ClipConfig.decoder,
-        choices=get_args(get_type_hints(ClipConfig)["decoder"]),
+        choices=DECODERS,
         help="as data.decoder: the library that opens the videos; default: the training's",
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes to scan with")

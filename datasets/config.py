@@ -14,7 +14,7 @@ A field with a closed set of values is a `Literal` of the names the data code di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Literal, Optional
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, get_args, get_type_hints
 
 DatasetKind = Literal["video", "rawframes", "skeleton", "multiperson"]
 
@@ -141,7 +141,7 @@ class ClipConfig(DataConfig):
     std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     """Per-channel std on the 0-1 scale."""
     decoder: Literal["decord", "torchcodec"] = "decord"
-    """What decodes video files (`datasets.decode.DECODERS`; the `video` and `multiperson` kinds): `decord`, or
+    """What decodes video files (`DECODERS`; the `video` and `multiperson` kinds): `decord`, or
     `torchcodec` (the PyTorch project's, over the system's FFmpeg libraries). Both give the same frames;
     `bench/data_pipeline.py` measures their speed side by side."""
     max_bad_fraction: float = 0.01
@@ -245,6 +245,11 @@ class MultiPersonConfig(SkeletonStreamConfig, ClipConfig):
 
     dataset: DatasetKind = "multiperson"
     """`multiperson`."""
+
+
+DECODERS: Tuple[str, ...] = get_args(get_type_hints(ClipConfig)["decoder"])
+"""The values of `data.decoder` (read from its annotation, their one home): what `decode.open_video` opens a file
+with, and the choices of `datasets.check --decoder`."""
 
 
 KINDS: Dict[str, type] = {

@@ -26,15 +26,13 @@ from typing import IO, Iterator, List, Optional, Sequence, Tuple, Union
 import decord
 import numpy as np
 
+from .config import DECODERS
+
 # decord's C++ log ("[12:00:00] /github/workspace/src/video/video_reader.cc:83: ...") and FFmpeg's
 # ("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55be2c9738c0] moov atom not found"); group 1 is the message
 _DECODER_LINE = re.compile(r"^(?:\[[\d:]+\] \S+:\d+: |\[[^\]]+ @ 0x[0-9a-f]+\] )(.*)$")
 _capture_lock = threading.Lock()
 _capture_file: Optional[Tuple[int, IO[bytes]]] = None  # (pid, file): one per process, forked workers included
-
-
-DECODERS = ("decord", "torchcodec")
-"""The values of `data.decoder`: what `open_video` opens a file with."""
 
 
 class BadVideoError(Exception):
