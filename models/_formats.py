@@ -4,8 +4,9 @@ A model family whose upstream published weights registers, at the end of its own
 per upstream layout: how to recognise it by its keys and where each tensor goes (`register_format`).
 What else the generic loader (`models.checkpoints`) has to know about a family is registered beside it:
 its class-sized modules (`register_head_modules`), a resize for tensors of another length
-(`register_resize`), parts a file may lack by design (`register_new_part`). This module imports torch
-only, so family files import it without a cycle; `models.checkpoints` reads the registry.
+(`register_resize`), parts a file may lack by design (`register_new_part`). This module imports torch and
+`_registry` only, so family files import it without a cycle; `models.checkpoints` reads the registry (its readers
+import the families first, `_registry.import_families`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Seq
 
 import torch
 from torch import nn
+
+from action_launch.models._registry import import_families
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ def register_format(fmt: Union[Format, DelegatedFormat]) -> Union[Format, Delega
 
 def registered_formats() -> List[Union[Format, DelegatedFormat]]:
     """Every registered format, in the order they are tried (priority, then registration)."""
+    import_families()
     return sorted(_FORMATS.values(), key=lambda f: -f.priority)
 
 
@@ -111,6 +115,7 @@ def register_resize(
 
 def resizes() -> List[Callable[[str, torch.Tensor, torch.Size, nn.Module], Optional[Tuple[torch.Tensor, str]]]]:
     """The registered resizes, in registration order."""
+    import_families()
     return list(_RESIZES)
 
 
@@ -125,6 +130,7 @@ def register_new_part(
 
 def new_parts() -> List[Callable[[Sequence[str], Collection[str]], Dict[str, str]]]:
     """The registered new-part rules, in registration order."""
+    import_families()
     return list(_NEW_PARTS)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
@@ -34,6 +36,21 @@ class Preset:
 
 
 _PRESETS: Dict[str, Preset] = {}
+_families_imported = False
+
+
+def import_families() -> None:
+    """Import every public module of `action_launch.models` once: a family registers its presets and checkpoint
+    formats when imported, so a new family is one new file and nothing lists it. The registries' readers call
+    this (not the package's `__init__`), so `python -m action_launch.models.convert` runs its module only once."""
+    global _families_imported
+    if _families_imported:
+        return
+    _families_imported = True  # first: a family that asks the registry while being imported sees the others so far
+    package = importlib.import_module(__name__.rsplit(".", 1)[0])
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def register_preset(
@@ -53,11 +70,13 @@ def register_preset(
 
 def list_presets() -> List[str]:
     """Names of all registered presets, sorted."""
+    import_families()
     return sorted(_PRESETS)
 
 
 def get_preset(name: str) -> Preset:
     """The preset called `name`; an unknown name lists the closest and all valid names."""
+    import_families()
     if name not in _PRESETS:
         close = difflib.get_close_matches(name, _PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
