@@ -60,6 +60,8 @@ from data_pipeline import make_videos  # noqa: E402
 from action_launch import datasets, models  # noqa: E402
 from action_launch.config import load_config  # noqa: E402
 from action_launch.datasets import DataConfig  # noqa: E402
+from action_launch.datasets.rawframes import RawFramesConfig  # noqa: E402
+from action_launch.datasets.video import VideoConfig  # noqa: E402  the kinds that decode video
 from action_launch.training.distributed import resolve_env  # noqa: E402
 from action_launch.training.engine import (  # noqa: E402
     AUTOCAST_DTYPES,
@@ -87,7 +89,6 @@ RECIPE_BATCH = {
 }
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name; MFU is reported only where the peak is known.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}
-VIDEO_DATASETS = ("video", "rawframes")  # the datasets that decode video; skeleton and feature arrays do not
 
 
 def peak_flops(device: torch.device) -> Optional[float]:
@@ -209,12 +210,12 @@ def prepared_data(
     already generated or prepared in `folder` to its folder, so presets with the same needs share their videos."""
     from action_launch.datasets.prepare import PrepareOptions, prepare_list
 
-    if data is None or data.dataset not in VIDEO_DATASETS:
+    if not isinstance(data, VideoConfig):
         return None
     side = args.data_size or max(data.train_short_side)
     side += side % 2  # yuv420p
     frames = args.data_frames or (48 if tiny else 300)
-    raw = data.dataset == "rawframes"
+    raw = isinstance(data, RawFramesConfig)
     key = (side, frames)
     if key not in made:
         made[key] = os.path.join(folder, f"sources_{side}_{frames}")
@@ -310,7 +311,7 @@ def bench_preset(
         "gflops_train_per_clip": round(flops_per_clip / 1e9, 3),
     }
     try:
-        frames = shape[1] if data is not None and data.dataset in VIDEO_DATASETS else None
+        frames = shape[1] if isinstance(data, VideoConfig) else None
         steps = _variants(preset, args, device, args.steps * (args.rounds + 1) + args.warmup, frames)
     except Exception as err:
         row["error"] = f"{type(err).__name__}: {err}"[:300]

@@ -1,36 +1,26 @@
-"""Datasets: `build(cfg, split)` makes the dataset named by `cfg.dataset`.
+"""Datasets: `build(cfg, split)` makes the dataset of the kind `cfg.dataset` names.
 
-Importing this package is cheap (no torch, no decord): the dataset modules are imported only
-when `build` needs them, so `from action_launch.datasets import DataConfig` stays fast for the launcher.
-Datasets import only torch, numpy, decord, av, Pillow (frame folders), the numpy-only
-`models.graphs` (skeleton bones) and the standard library.
+A kind is one module of this package (its `data:` section class and its dataset class, `datasets.kinds`); they are
+imported the first time a kind is asked for, so `from action_launch.datasets import DataConfig` stays cheap.
+Datasets import only torch, numpy, decord, av, Pillow (frame folders), the numpy-only `models.graphs` (skeleton
+bones) and the standard library.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from .config import DataConfig
 from .lists import read_bad_files
+from .registry import Kind, kinds, register_kind
 
-# name -> "module:Class"; each class is constructed as Class(cfg, split: str), cfg the section class of its name
-# (`config.KINDS`, a DataConfig; tests/test_data_sections.py keeps the names equal), and meets the contract of
-# `datasets.contract` (tests/test_contracts.py builds every kind and checks it)
-DATASETS = {
-    "video": ".video:VideoDataset",
-    "rawframes": ".rawframes:RawFrameDataset",
-    "skeleton": ".skeleton:SkeletonDataset",
-    "multiperson": ".multiperson:MultiPersonDataset",
-}
 SPLITS = ("train", "val", "test")
 
 
 def dataset_class(dataset: str) -> type:
-    """The class of `data.dataset` (imports its module, and with it torch)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    module, name = DATASETS[dataset].split(":")
-    return getattr(importlib.import_module(module, __name__), name)
+    """The dataset class of `data.dataset` (imports the kinds' modules, and with them torch)."""
+    registered = kinds()
+    if dataset not in registered:
+        raise ValueError(f"unknown data.dataset {dataset!r}; valid: {', '.join(registered)}")
+    return registered[dataset].dataset
 
 
 def build(cfg: DataConfig, split: str):
@@ -41,4 +31,4 @@ def build(cfg: DataConfig, split: str):
     return cls(cfg, split)
 
 
-__all__ = ["DATASETS", "DataConfig", "SPLITS", "build", "dataset_class", "read_bad_files"]
+__all__ = ["DataConfig", "Kind", "SPLITS", "build", "dataset_class", "kinds", "read_bad_files", "register_kind"]

@@ -1,14 +1,14 @@
-"""The `data:` config section: the keys every dataset kind reads (`DataConfig`), and each kind's own typed keys.
+"""The `data:` config section: the keys every dataset kind reads (`DataConfig`), and the keys the kinds share.
 
-YAML writes the section flat; `data.dataset` names the kind and with it the class the section is read as
-(`KINDS`): `VideoConfig`, `RawFramesConfig`, `SkeletonConfig` or `MultiPersonConfig`, each a `DataConfig` with the
-fields of its kind. The clip kinds share `ClipConfig` (sampling, transforms and views of the data protocol); the
-skeleton kinds share `SkeletonStreamConfig` (crop, rotation, stream and Laban features of a sequence). A run's
+YAML writes the section flat; `data.dataset` names the kind and with it the class the section is read as: the
+section class its module registers (`datasets.kinds`), e.g. `VideoConfig` in `datasets.video`, each a `DataConfig`
+with the fields of its kind. The clip kinds share `ClipConfig` (sampling, transforms and views of the data protocol);
+the skeleton kinds share `SkeletonStreamConfig` (crop, rotation, stream and Laban features of a sequence). A run's
 config.yaml and its MLflow params hold the common keys and the chosen kind's, nothing else; the launcher's validator
 refuses another kind's key (unless at its default, as the config.yaml of older runs carries it).
 
 A field with a closed set of values is a `Literal` of the names the data code dispatches on
-(`DATASETS`, `lists.FORMATS`, `video.SAMPLINGS`, ...); tests/test_validation.py keeps them equal.
+(`lists.FORMATS`, `video.SAMPLINGS`, ...); tests/test_validation.py keeps them equal.
 """
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, get_args, get_type_hints
 
-DatasetKind = Literal["video", "rawframes", "skeleton", "multiperson"]
+from .registry import kind_name, kinds
 
 
 @dataclass
 class DataConfig:
     """Where a run's data comes from and how it is loaded: the keys of every kind.
 
-    `DataConfig(dataset=kind, **keys)` makes the class of that kind (`KINDS`), so code writes a section as flat as
-    YAML does; a key the kind does not have is a TypeError, as for any dataclass.
+    `DataConfig(dataset=kind, **keys)` makes the section class of that kind (`datasets.kinds`), so code writes a
+    section as flat as YAML does; a key the kind does not have is a TypeError, as for any dataclass.
     """
 
     kind_key: ClassVar[str] = "dataset"  # the key whose value picks the class of a section (`Validator`)
 
-    dataset: DatasetKind = "video"
-    """Dataset kind: `video` (decord-decoded files), `rawframes` (JPEG/PNG frame folders),
-    `skeleton` (NTU-style .npy + label .pkl) or `multiperson` (synchronised windows of P people)."""
+    dataset: str = "video"
+    """Dataset kind, one of the registered kinds (`datasets.kinds`): `video` (decoded video files), `rawframes`
+    (JPEG/PNG frame folders), `skeleton` (NTU-style .npy + label .pkl), `multiperson` (synchronised windows of P
+    people)."""
     root: str = "data/synthetic"
     """Folder that relative list paths and relative video paths resolve against."""
     train_list: str = "train.txt"
@@ -56,14 +57,16 @@ class DataConfig:
     def __new__(cls, *args: Any, **kwargs: Any) -> DataConfig:
         if cls is DataConfig:  # the kind's own class; pickling and subclasses pass their class
             dataset = args[0] if args else kwargs.get("dataset", "video")
-            if dataset not in KINDS:
-                raise ValueError(f"unknown data.dataset {dataset!r}; valid: {', '.join(KINDS)}")
-            cls = KINDS[dataset]
+            registered = kinds()
+            if dataset not in registered:
+                raise ValueError(f"unknown data.dataset {dataset!r}; valid: {', '.join(registered)}")
+            cls = registered[dataset].section
         return super().__new__(cls)
 
     def __post_init__(self) -> None:
-        kind = next((k for k, c in KINDS.items() if c is type(self)), None)
-        if kind is not None and self.dataset != kind:
+        kind = kind_name(type(self))
+        registered = kinds().get(kind)
+        if registered is not None and registered.section is type(self) and self.dataset != kind:
             raise ValueError(
                 f"{type(self).__name__} is the data section of data.dataset={kind}, got "
                 f"data.dataset={self.dataset!r}; make it with DataConfig(dataset={self.dataset!r}, ...)"
@@ -72,7 +75,7 @@ class DataConfig:
     @classmethod
     def kinds(cls) -> Dict[str, type]:
         """{`data.dataset` value: the class its section is read as}."""
-        return KINDS
+        return {name: kind.section for name, kind in kinds().items()}
 
     def split_read(self, split: str) -> str:
         """The split whose files `split` reads: the test split without its own `test_list` reads the val split's,
@@ -157,38 +160,6 @@ class ClipConfig(DataConfig):
 
 
 @dataclass
-class VideoConfig(ClipConfig):
-    """`data.dataset=video`: clips decoded from the video files of a classification list."""
-
-    dataset: DatasetKind = "video"
-    """`video`."""
-    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
-    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
-    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
-    separator: str = " "
-    """Field separator of `csv` lists."""
-    check_files: Literal["auto", "always", "never"] = "auto"
-    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
-    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
-    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
-    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
-    cores); `never`: bad files are found as they are read, and the error
-    lists those found so far."""
-
-
-@dataclass
-class RawFramesConfig(VideoConfig):
-    """`data.dataset=rawframes`: clips read from folders of JPEG/PNG frames (`rawframes` lists)."""
-
-    dataset: DatasetKind = "rawframes"
-    """`rawframes`."""
-    frame_template: str = "img_{:05d}.jpg"
-    """File name of frame i inside a frame folder (`str.format` of the frame number)."""
-    frame_start_index: int = 1
-    """Number of a folder's first frame file (0 or 1)."""
-
-
-@dataclass
 class SkeletonStreamConfig(DataConfig):
     """The keys of the skeleton kinds: how a (C, T, V, M) sequence is cropped, rotated and turned into the
     model's input channels (`datasets.skeleton.sequence_transform`)."""
@@ -209,53 +180,6 @@ class SkeletonStreamConfig(DataConfig):
     """`described` (the paper's description) or `authors` (what the personality authors' code computes, SMPL-24)."""
 
 
-@dataclass
-class SkeletonConfig(SkeletonStreamConfig):
-    """`data.dataset=skeleton`: NTU-style (N, C, T, V, M) arrays, one per split, with a label .pkl as each
-    split's list (MS-G3D's feeder), optionally regression targets per participant."""
-
-    dataset: DatasetKind = "skeleton"
-    """`skeleton`."""
-    train_data: str = "train_data.npy"
-    """(N, C, T, V, M) .npy of the training split (its `train_list` is the label .pkl)."""
-    val_data: str = "val_data.npy"
-    """.npy of the validation split (labels: `val_list`)."""
-    test_data: Optional[str] = None
-    """.npy of the test split (labels: `test_list`); defaults to `val_data`."""
-    targets_csv: Optional[str] = None
-    """CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
-    participant_column: str = "participant"
-    """The `targets_csv` column holding the participant id."""
-    target_columns: List[str] = field(
-        default_factory=lambda: ["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
-    )
-    """The `targets_csv` columns returned as targets, in this order."""
-    participant_regex: str = r"^([^_]+)"
-    """Regex whose first group (or whole match) takes the participant id from a sample name."""
-
-    def has_own_test_split(self) -> bool:
-        """A skeleton test split has files of its own with `test_list` or `test_data`."""
-        return self.test_list is not None or self.test_data is not None
-
-
-@dataclass
-class MultiPersonConfig(SkeletonStreamConfig, ClipConfig):
-    """`data.dataset=multiperson`: synchronised windows of P people, each a video (the clip keys) or a skeleton
-    sequence (the skeleton stream keys), from a list of its own format."""
-
-    dataset: DatasetKind = "multiperson"
-    """`multiperson`."""
-
-
 DECODERS: Tuple[str, ...] = get_args(get_type_hints(ClipConfig)["decoder"])
 """The values of `data.decoder` (read from its annotation, their one home): what `decode.open_video` opens a file
 with, and the choices of `datasets.check --decoder`."""
-
-
-KINDS: Dict[str, type] = {
-    "video": VideoConfig,
-    "rawframes": RawFramesConfig,
-    "skeleton": SkeletonConfig,
-    "multiperson": MultiPersonConfig,
-}
-"""`data.dataset` -> the class its section is read as (the names of `datasets.DATASETS`)."""

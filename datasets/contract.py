@@ -1,6 +1,6 @@
 """What the training and evaluation loops may ask of a dataset: the dataset contract.
 
-Every kind in `DATASETS` is a map-style dataset (`MapDataset` below) made as `Class(cfg: DataConfig, split: str)`.
+Every registered kind (`datasets.kinds`) is a map-style dataset (`MapDataset` below) made as `Class(cfg, split: str)`.
 Everything else is optional: a dataset declares a capability by having the member of its protocol below (a value
 of None says "declared, but not for this data", e.g. `class_names` without a classes.txt). The loops ask through
 `isinstance(dataset, Capability)` (the protocols are runtime-checkable) or the accessors at the bottom, never by a
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class MapDataset(Protocol):
-    """What every kind in `DATASETS` is: a map-style dataset of (inputs, target) or (inputs, target, meta)."""
+    """What every registered kind is: a map-style dataset of (inputs, target) or (inputs, target, meta)."""
 
     num_classes: Optional[int]
     """Tests and the model-head checks: the class count the split's labels imply; None when it has no labels."""

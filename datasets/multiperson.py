@@ -38,11 +38,21 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from .config import MultiPersonConfig
+from .config import ClipConfig, SkeletonStreamConfig
 from .decode import BadVideoError, open_video, read_frames
 from .protocols import Source
+from .registry import register_kind
 from .skeleton import check_skeleton_config, graph_bone_pairs, sequence_transform, valid_length
 from .video import ClipDataset
+
+
+@dataclass
+class MultiPersonConfig(SkeletonStreamConfig, ClipConfig):
+    """`data.dataset=multiperson`: synchronised windows of P people, each a video (the clip keys) or a skeleton
+    sequence (the skeleton stream keys), from a list of its own format."""
+
+    dataset: str = "multiperson"
+    """`multiperson`."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ def read_multiperson_list(list_path: str, root: str = ".", path_prefix: str = ""
     return sorted(items, key=lambda it: (it.interaction, it.window))
 
 
+@register_kind(MultiPersonConfig)
 class MultiPersonDataset(ClipDataset):
     """Synchronised multi-person windows; see the module docstring."""
 

@@ -13,14 +13,27 @@ a bad file (skipped, said once in a log line, logged). Frames decode with Pillow
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
-from .config import RawFramesConfig
 from .decode import BadVideoError
 from .lists import ListItem
 from .protocols import Source
-from .video import ClipDataset, Opened
+from .registry import register_kind
+from .video import ClipDataset, Opened, VideoConfig
+
+
+@dataclass
+class RawFramesConfig(VideoConfig):
+    """`data.dataset=rawframes`: clips read from folders of JPEG/PNG frames (`rawframes` lists)."""
+
+    dataset: str = "rawframes"
+    """`rawframes`."""
+    frame_template: str = "img_{:05d}.jpg"
+    """File name of frame i inside a frame folder (`str.format` of the frame number)."""
+    frame_start_index: int = 1
+    """Number of a folder's first frame file (0 or 1)."""
 
 
 def load_image(path: str) -> np.ndarray:
@@ -52,6 +65,7 @@ def read_frame_folder(frame_dir: str, indices: np.ndarray, template: str, start_
     return np.stack(frames)[inverse.reshape(-1)]
 
 
+@register_kind(RawFramesConfig)
 class RawFrameDataset(ClipDataset):
     """Clips from the frame folders of a `rawframes` list; see the module docstring.
 

@@ -36,17 +36,48 @@ import math
 import os
 import pickle
 import re
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .config import SkeletonConfig, SkeletonStreamConfig
+from .config import SkeletonStreamConfig
 from .laban import authors_laban_features, bone_vectors, laban_features
 from .lists import read_class_names, resolve_list_path
+from .registry import register_kind
 from .video import SPLITS, Key, parse_key
 
 STREAMS = ("joint", "bone")
+
+
+@dataclass
+class SkeletonConfig(SkeletonStreamConfig):
+    """`data.dataset=skeleton`: NTU-style (N, C, T, V, M) arrays, one per split, with a label .pkl as each
+    split's list (MS-G3D's feeder), optionally regression targets per participant."""
+
+    dataset: str = "skeleton"
+    """`skeleton`."""
+    train_data: str = "train_data.npy"
+    """(N, C, T, V, M) .npy of the training split (its `train_list` is the label .pkl)."""
+    val_data: str = "val_data.npy"
+    """.npy of the validation split (labels: `val_list`)."""
+    test_data: Optional[str] = None
+    """.npy of the test split (labels: `test_list`); defaults to `val_data`."""
+    targets_csv: Optional[str] = None
+    """CSV of per-participant regression targets; set, samples return float32 targets instead of the label."""
+    participant_column: str = "participant"
+    """The `targets_csv` column holding the participant id."""
+    target_columns: List[str] = field(
+        default_factory=lambda: ["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
+    )
+    """The `targets_csv` columns returned as targets, in this order."""
+    participant_regex: str = r"^([^_]+)"
+    """Regex whose first group (or whole match) takes the participant id from a sample name."""
+
+    def has_own_test_split(self) -> bool:
+        """A skeleton test split has files of its own with `test_list` or `test_data`."""
+        return self.test_list is not None or self.test_data is not None
 
 
 def graph_bone_pairs(name: str) -> List[Tuple[int, int]]:
@@ -208,6 +239,7 @@ def read_targets(path: str, participant_column: str, columns: Sequence[str]) -> 
     return out
 
 
+@register_kind(SkeletonConfig)
 class SkeletonDataset(torch.utils.data.Dataset):
     """Skeleton sequences of an NTU-style .npy + label .pkl; see the module docstring."""
 

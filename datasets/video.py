@@ -24,12 +24,13 @@ the evaluator combines the V predictions of a video as the protocol's upstream d
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Literal, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
 
-from .config import ClipConfig, DataConfig, VideoConfig
+from .config import ClipConfig, DataConfig
 from .decode import BadVideoError, open_video, read_frames
 from .lists import (
     ListItem,
@@ -42,6 +43,7 @@ from .lists import (
     too_many_bad_files,
 )
 from .protocols import Source, make_protocol, stream_timing
+from .registry import register_kind
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -49,6 +51,26 @@ SAMPLINGS = ("dense", "segment")
 Key = Union[int, Tuple[int, int]]
 # (what the protocol samples from, reader: indices -> (T, H, W, C) uint8 RGB frames)
 Opened = Tuple[Source, Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass
+class VideoConfig(ClipConfig):
+    """`data.dataset=video`: clips decoded from the video files of a classification list."""
+
+    dataset: str = "video"
+    """`video`."""
+    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
+    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
+    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
+    separator: str = " "
+    """Field separator of `csv` lists."""
+    check_files: Literal["auto", "always", "never"] = "auto"
+    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
+    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
+    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
+    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
+    cores); `never`: bad files are found as they are read, and the error
+    lists those found so far."""
 
 
 def count_classes(root: str, items: List[ListItem]) -> Optional[int]:
@@ -258,6 +280,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         return out
 
 
+@register_kind(VideoConfig)
 class VideoDataset(ClipDataset):
     """Clips from the video files of a list (`cfg.list_format` video, csv or multilabel),
     decoded with decord; the source fps rescales the dense sampling stride."""

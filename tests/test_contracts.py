@@ -1,23 +1,19 @@
 """The written contracts (`models/contract.py`, `datasets/contract.py`) against everything that must meet them.
 
 Every registered model preset (tiny ones built for real, paper ones on the meta device) and every dataset kind of
-`DATASETS` (each split, built on the small generated data of the `test_data_*` files) is checked member by member:
+`datasets.kinds()` (each split, on the configs its own `tests/test_data_<kind>.py` offers) is checked member by member:
 a declared capability has the documented signature and returns the documented thing. A deliberately broken model
 and dataset, one breach at a time, show that each check fires. The loops may not go around the contracts: no
 `hasattr`/`getattr` with a contract member's name is left in launch/.
 """
 
 import ast
+import importlib
 import inspect
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-import numpy as np
 import pytest
-import test_data_multiperson as multiperson_data
-import test_data_rawframes as rawframe_data
-import test_data_skeleton as skeleton_data
-import test_data_video as video_data
 import torch
 from torch import nn
 
@@ -304,85 +300,58 @@ def _class_names(root: Path, n: int = 4) -> None:
     (root / "classes.txt").write_text("".join(f"class{k}\n" for k in range(n)))
 
 
-def _video_configs(root: Path) -> Dict[str, Any]:
-    (root / "clips").mkdir()
-    for k in range(4):
-        video_data._gray_video(root / "clips" / f"v{k}.mp4", n=24)
-    (root / "train.txt").write_text("".join(f"clips/v{k}.mp4 {k}\n" for k in range(4)))
-    (root / "val.txt").write_text("clips/v0.mp4 0\nclips/v3.mp4 3\n")
-    return {"video": video_data._cfg(root, dataset="video", train_list="train.txt", val_list="val.txt")}
+def contract_configs(kind: str, root: Path) -> Dict[str, Any]:
+    """The configs a kind's own test file offers for the contract check, by variant: `contract_configs(root)` in
+    tests/test_data_<kind>.py, on `root` (which holds a classes.txt of 4 names)."""
+    try:
+        module = importlib.import_module(f"test_data_{kind}")
+    except ModuleNotFoundError as err:
+        if err.name != f"test_data_{kind}":
+            raise
+        pytest.fail(f"data.dataset={kind} has no tests/test_data_{kind}.py: write it, with contract_configs(root)")
+    if not hasattr(module, "contract_configs"):
+        pytest.fail(
+            f"tests/test_data_{kind}.py has no contract_configs(root) -> {{variant: config}} to check {kind} on"
+        )
+    return module.contract_configs(root)
 
 
-def _rawframe_configs(root: Path) -> Dict[str, Any]:
-    for k in range(4):
-        rawframe_data.write_folder(root / "rgb" / f"f{k}", n=12)
-    (root / "train.txt").write_text("".join(f"rgb/f{k} 12 {k}\n" for k in range(4)))
-    (root / "val.txt").write_text("rgb/f1 12 1\nrgb/f3 12 3\n")
-    return {"rawframes": rawframe_data._cfg(root, train_list="train.txt", val_list="val.txt")}
-
-
-def _skeleton_configs(root: Path) -> Dict[str, Any]:
-    names = [f"P0{k % 3}_chunk{k}" for k in range(6)]
-    skeleton_data._write(root, names=names)
-    skeleton_data._write(root, n=3, prefix="val", names=names[:3])
-    (root / "traits.csv").write_text(
-        "participant,openness,conscientiousness,extraversion,agreeableness,neuroticism\n"
-        "P00,0,0,0,0,0\nP01,1,1,1,1,1\nP02,2,2,2,2,2\n"
-    )
-    return {
-        "skeleton": skeleton_data._cfg(root),
-        "skeleton regression": skeleton_data._cfg(root, targets_csv="traits.csv", participant_regex=r"^(P\d+)_"),
-    }
-
-
-def _multiperson_configs(root: Path) -> Dict[str, Any]:
-    for who, shift in (("a", 0), ("b", 100)):
-        multiperson_data._video(root / f"{who}.mp4", shift)
-    for k in range(2):
-        np.save(root / f"p{k}.npy", np.random.default_rng(k).normal(size=(3, 12, 5)).astype(np.float32))
-    (root / "videos.txt").write_text("i2 0 1 b.mp4 a.mp4\ni1 0 0 a.mp4 b.mp4\ni1 1 3 a.mp4 b.mp4\n")
-    (root / "skeletons.txt").write_text("s1 1 1 p0.npy p1.npy\ns1 0 0 p1.npy p0.npy\ns2 0 2 p0.npy p1.npy\n")
-    return {
-        "multiperson": multiperson_data._cfg(root),
-        "multiperson skeletons": multiperson_data._cfg(root, train_list="skeletons.txt", val_list="skeletons.txt"),
-    }
-
-
-MAKERS = {
-    "video": _video_configs,
-    "rawframes": _rawframe_configs,
-    "skeleton": _skeleton_configs,
-    "multiperson": _multiperson_configs,
-}
+KINDS = list(datasets.kinds())
 
 
 @pytest.fixture(scope="module")
-def data_configs(tmp_path_factory) -> Dict[str, Any]:
-    """A config per dataset variant, on small generated data with a classes.txt of 4 names."""
-    configs = {}
-    for kind, make in MAKERS.items():
-        root = tmp_path_factory.mktemp(kind)
-        _class_names(root)
-        configs.update(make(root))
+def kind_configs(tmp_path_factory) -> Callable[[str], Dict[str, Any]]:
+    """kind -> its test file's configs by variant, each kind's data generated once, on a classes.txt of 4 names."""
+    made: Dict[str, Dict[str, Any]] = {}
+
+    def configs(kind: str) -> Dict[str, Any]:
+        if kind not in made:
+            root = tmp_path_factory.mktemp(kind)
+            _class_names(root)
+            made[kind] = contract_configs(kind, root)
+        return made[kind]
+
     return configs
 
 
-def test_every_dataset_kind_has_a_fixture():
-    assert set(MAKERS) == set(datasets.DATASETS)
+@pytest.fixture(scope="module")
+def data_configs(kind_configs) -> Dict[str, Any]:
+    """Every kind's configs by variant name."""
+    return {variant: cfg for kind in KINDS for variant, cfg in kind_configs(kind).items()}
 
 
 @pytest.mark.parametrize("split", datasets.SPLITS)
-@pytest.mark.parametrize(
-    "variant", ["video", "rawframes", "skeleton", "skeleton regression", "multiperson", "multiperson skeletons"]
-)
-def test_every_dataset_kind_keeps_the_dataset_contract(data_configs, variant, split):
-    ds = datasets.build(data_configs[variant], split)
-    assert dataset_breaches(ds) == []
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_dataset_kind_keeps_the_dataset_contract(kind_configs, kind, split):
+    configs = kind_configs(kind)
+    assert configs and {cfg.dataset for cfg in configs.values()} == {kind}
+    breaches = {variant: dataset_breaches(datasets.build(cfg, split)) for variant, cfg in configs.items()}
+    assert breaches == {variant: [] for variant in configs}
 
 
 def test_every_dataset_capability_is_declared_by_a_kind(data_configs):
-    """As for models: a capability no kind declares is dead or renamed. `ids` is the exception: no kind of
-    `DATASETS` has it; the evaluation takes it first from a dataset outside the registry (a test's, a user's)."""
+    """As for models: a capability no kind declares is dead or renamed. `ids` is the exception: no registered kind
+    has it; the evaluation takes it first from a dataset outside the registry (a test's, a user's)."""
     declared = {
         cap
         for cfg in data_configs.values()

@@ -1,6 +1,9 @@
 """MultiPersonDataset: synchronised per-person mp4 clips and skeleton sequences, windows in
 interaction order, meta that collates, bad person files skipped."""
 
+from pathlib import Path
+from typing import Dict
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +134,18 @@ def test_malformed_lists(tmp_path):
     (tmp_path / "train.txt").write_text("i 0 0 a.mp4 b.npy\n")
     with pytest.raises(ValueError, match="mixes"):
         build(_cfg(tmp_path, train_list="train.txt"), "train")
+
+
+def contract_configs(root: Path) -> Dict[str, DataConfig]:
+    """The configs `tests/test_contracts.py` checks this kind's contract on, by variant (`root` holds a classes.txt
+    of 4 names)."""
+    for who, shift in (("a", 0), ("b", 100)):
+        _video(root / f"{who}.mp4", shift)
+    for k in range(2):
+        np.save(root / f"p{k}.npy", np.random.default_rng(k).normal(size=(3, 12, 5)).astype(np.float32))
+    (root / "videos.txt").write_text("i2 0 1 b.mp4 a.mp4\ni1 0 0 a.mp4 b.mp4\ni1 1 3 a.mp4 b.mp4\n")
+    (root / "skeletons.txt").write_text("s1 1 1 p0.npy p1.npy\ns1 0 0 p1.npy p0.npy\ns2 0 2 p0.npy p1.npy\n")
+    return {
+        "multiperson": _cfg(root),
+        "multiperson skeletons": _cfg(root, train_list="skeletons.txt", val_list="skeletons.txt"),
+    }

@@ -3,6 +3,8 @@ index, exact indices, only the sampled frames opened, bad folders skipped and re
 
 import re
 import warnings
+from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -174,3 +176,13 @@ def test_check_cli_with_template(tmp_path, capsys):
     assert "gap: missing frames: 1 of 6 (first: 000003.jpg)" in out
     assert "corrupt: decode error: 000005.jpg" in out and "/ok:" not in out
     assert check.main(args[:3]) == 0  # without a template: counts only
+
+
+def contract_configs(root: Path) -> Dict[str, DataConfig]:
+    """The configs `tests/test_contracts.py` checks this kind's contract on, by variant (`root` holds a classes.txt
+    of 4 names)."""
+    for k in range(4):
+        write_folder(root / "rgb" / f"f{k}", n=12)
+    (root / "train.txt").write_text("".join(f"rgb/f{k} 12 {k}\n" for k in range(4)))
+    (root / "val.txt").write_text("rgb/f1 12 1\nrgb/f3 12 3\n")
+    return {"rawframes": _cfg(root, train_list="train.txt", val_list="val.txt")}

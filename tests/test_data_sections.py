@@ -14,8 +14,10 @@ import yaml
 from conftest import REPO, run_train, tiny_overrides
 
 from action_launch.config import ConfigError, load_config, to_dict
-from action_launch.datasets import DATASETS, dataset_class
-from action_launch.datasets.config import KINDS, DataConfig, SkeletonConfig, VideoConfig
+from action_launch.datasets import dataset_class, kinds
+from action_launch.datasets.config import DataConfig
+from action_launch.datasets.skeleton import SkeletonConfig
+from action_launch.datasets.video import VideoConfig
 
 SKELETON_ONLY = {
     "train_data",
@@ -121,8 +123,8 @@ def write_old_config(path, **data):
 
 
 def test_each_kind_has_its_section_class_and_its_dataset_reads_it():
-    assert set(KINDS) == set(DATASETS)
-    for kind, cls in KINDS.items():
+    assert set(kinds()) == {"video", "rawframes", "skeleton", "multiperson"}
+    for kind, cls in DataConfig.kinds().items():
         section = DataConfig(dataset=kind)  # a flat section makes its kind's class, as the YAML does
         assert type(section) is cls and issubclass(cls, DataConfig)
         assert typing.get_type_hints(dataset_class(kind).__init__)["cfg"] is cls
@@ -165,7 +167,7 @@ def test_a_video_run_logs_no_skeleton_keys_to_mlflow(video_set, tmp_path):
         ),
         (
             ["data.dataset=skeleton", "data.crop_size=112"],
-            "data.crop_size is a key of data.dataset=video, rawframes or multiperson, not of data.dataset=skeleton; "
+            "data.crop_size is a key of data.dataset=video, multiperson or rawframes, not of data.dataset=skeleton; "
             "remove it, or set data.dataset=video (in command-line override)",
         ),
         (
@@ -186,8 +188,8 @@ def test_another_kind_s_key_in_a_file_names_the_file(tmp_path):
     path.write_text("data:\n  dataset: skeleton\n  num_frames: 16\n")
     with pytest.raises(
         ConfigError,
-        match=rf"^data.num_frames is a key of data.dataset=video, rawframes or "
-        rf"multiperson, not of data.dataset=skeleton; .* \(in {path}\)$",
+        match=rf"^data.num_frames is a key of data.dataset=video, multiperson or "
+        rf"rawframes, not of data.dataset=skeleton; .* \(in {path}\)$",
     ):
         load_config(path)
 

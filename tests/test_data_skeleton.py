@@ -2,6 +2,8 @@
 crop/resize, rotation, regression targets joined from a CSV, determinism."""
 
 import pickle
+from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -219,3 +221,19 @@ def test_pickled_dataset_reopens_the_map_and_loads_in_workers(root):
     a = list(torch.utils.data.DataLoader(ds, batch_size=3, sampler=keys, num_workers=0))
     b = list(torch.utils.data.DataLoader(clone, batch_size=3, sampler=keys, num_workers=2))
     assert all(torch.equal(x0, x1) and torch.equal(y0, y1) for (x0, y0), (x1, y1) in zip(a, b))
+
+
+def contract_configs(root: Path) -> Dict[str, DataConfig]:
+    """The configs `tests/test_contracts.py` checks this kind's contract on, by variant (`root` holds a classes.txt
+    of 4 names)."""
+    names = [f"P0{k % 3}_chunk{k}" for k in range(6)]
+    _write(root, names=names)
+    _write(root, n=3, prefix="val", names=names[:3])
+    (root / "traits.csv").write_text(
+        "participant,openness,conscientiousness,extraversion,agreeableness,neuroticism\n"
+        "P00,0,0,0,0,0\nP01,1,1,1,1,1\nP02,2,2,2,2,2\n"
+    )
+    return {
+        "skeleton": _cfg(root),
+        "skeleton regression": _cfg(root, targets_csv="traits.csv", participant_regex=r"^(P\d+)_"),
+    }

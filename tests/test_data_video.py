@@ -3,6 +3,7 @@
 import os
 import warnings
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -207,7 +208,7 @@ def test_missing_list_suggests_generator(tmp_path):
 
 
 def test_build_unknown_dataset_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match="valid: video"):
+    with pytest.raises(ValueError, match="valid: multiperson, rawframes, skeleton, video"):
         build(DataConfig(dataset="nope"), "train")
     with pytest.raises(ValueError, match="split"):
         build(_cfg(tmp_path), "training")
@@ -319,3 +320,14 @@ def test_torchcodec_bad_files_and_unknown_decoder(tmp_path, video_root):
         read_frames(open_video(str(video_root / "clips" / "v0.mp4"), "torchcodec"), np.array([0, FRAMES + 5]))
     with pytest.raises(ValueError, match="unknown data.decoder 'pyav'; valid: decord, torchcodec"):
         open_video(str(video_root / "clips" / "v0.mp4"), "pyav")
+
+
+def contract_configs(root: Path) -> Dict[str, DataConfig]:
+    """The configs `tests/test_contracts.py` checks this kind's contract on, by variant (`root` holds a classes.txt
+    of 4 names)."""
+    (root / "clips").mkdir()
+    for k in range(4):
+        _gray_video(root / "clips" / f"v{k}.mp4", n=24)
+    (root / "train.txt").write_text("".join(f"clips/v{k}.mp4 {k}\n" for k in range(4)))
+    (root / "val.txt").write_text("clips/v0.mp4 0\nclips/v3.mp4 3\n")
+    return {"video": _cfg(root, dataset="video", train_list="train.txt", val_list="val.txt")}

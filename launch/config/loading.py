@@ -130,21 +130,18 @@ def from_dict(
     return cfg
 
 
-CLIP_DATASETS = ("video", "rawframes")
-"""The dataset kinds whose clips have `data.num_frames` frames."""
-
-
 def _check_clip_length(cfg: Config, validator: Validator) -> None:
     """A model built for one clip length names the constructor argument that fixes it (`clip_length_arg`, ST-ABN:
     its temporal attention is T x T); fed clips of `data.num_frames` frames, both must agree, or the run would fail at
     its first forward, after DeepSpeed started. Models that read T from their input (TSM) or resize their time
     embedding to it (TimeSformer) declare nothing and take any length."""
     from action_launch import models
+    from action_launch.datasets.video import VideoConfig  # the kinds whose clips have data.num_frames frames
     from action_launch.models.contract import FixesClipLength
 
     preset = models.get_preset(cfg.model["name"])
     arg = preset.cls.clip_length_arg if isinstance(preset.cls, FixesClipLength) else None
-    if arg is None or cfg.data.dataset not in CLIP_DATASETS:
+    if arg is None or not isinstance(cfg.data, VideoConfig):
         return
     length = cfg.model.get(arg)
     length = preset.kwargs.get(arg, preset.parameters()[arg].default) if length is None else length

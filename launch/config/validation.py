@@ -161,8 +161,9 @@ class Validator:
         section: Any = cls
         key = section.kind_key
         default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
-        kind = self.convert(value.get(key, default), typing.get_type_hints(cls)[key], f"{path}.{key}" if path else key)
-        return section.kinds()[kind]
+        kinds = section.kinds()
+        kind = self._literal(value.get(key, default), tuple(kinds), f"{path}.{key}" if path else key)
+        return kinds[kind]
 
     def _other_kinds_default(self, cls: type, key: Any, item: Any, path: str) -> bool:
         """Whether `key`, not one of kind `cls`'s, is another kind's at that kind's default: then it is dropped (a
@@ -171,6 +172,7 @@ class Validator:
         section: Any = cls
         kinds = section.kinds() if hasattr(section, "kinds") else {}
         owners = [name for name, kind in kinds.items() if key in {f.name for f in dataclasses.fields(kind)}]
+        owners.sort(key=lambda name: (len(kinds[name].__mro__), name))  # the plainest kind first, then by name
         if not owners:
             return False
         dotted, owner = f"{path}.{key}" if path else str(key), kinds[owners[0]]

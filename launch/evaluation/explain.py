@@ -11,17 +11,16 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
 from action_launch.config import ConfigError
-from action_launch.datasets.config import ClipConfig
+from action_launch.datasets.rawframes import RawFramesConfig
+from action_launch.datasets.video import VideoConfig
 
 log = logging.getLogger("launch.explain")
-
-VIDEO_DATASETS = ("video", "rawframes")
 
 
 def count_frame_files(frame_dir: Path, template: str, start_index: int) -> int:
@@ -40,19 +39,20 @@ def load_clip(data_cfg, video: str) -> torch.Tensor:
     """
     from action_launch import datasets
 
-    if data_cfg.dataset not in VIDEO_DATASETS:
+    if not isinstance(data_cfg, VideoConfig):
+        video_kinds = [k.name for k in datasets.kinds().values() if issubclass(k.section, VideoConfig)]
         raise ValueError(
             f"explain needs a video model: data.dataset is {data_cfg.dataset!r}, expected one of "
-            f"{', '.join(VIDEO_DATASETS)}"
+            f"{', '.join(video_kinds)}"
         )
     path = Path(video).resolve()
     if not path.exists():
         raise FileNotFoundError(f"--video {video}: no such file or folder")
-    if data_cfg.dataset == "rawframes":
-        count = count_frame_files(path, data_cfg.frame_template, data_cfg.frame_start_index)
-        line, fmt = f"{path} {count} 0", "rawframes"
+    fmt: Literal["rawframes", "video"] = "rawframes" if isinstance(data_cfg, RawFramesConfig) else "video"
+    if isinstance(data_cfg, RawFramesConfig):
+        line = f"{path} {count_frame_files(path, data_cfg.frame_template, data_cfg.frame_start_index)} 0"
     else:
-        line, fmt = f"{path} 0", "video"
+        line = f"{path} 0"
     with tempfile.TemporaryDirectory() as tmp:
         list_file = Path(tmp) / "explain.txt"
         list_file.write_text(line + "\n")
@@ -141,7 +141,7 @@ def explain(args: Any) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    assert isinstance(cfg.data, ClipConfig)  # load_clip refused every other kind of data
+    assert isinstance(cfg.data, VideoConfig)  # load_clip refused every other kind of data
     names = read_class_names(cfg.data.root)
     save_images(render(clip, result, cfg.data.mean, cfg.data.std, names), str(out))
     k = int(result.target[0])

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from action_launch.config import Config
-from action_launch.datasets.config import ClipConfig, DataConfig, RawFramesConfig, VideoConfig
+from action_launch.datasets.config import ClipConfig, DataConfig
 from action_launch.datasets.lists import ListItem, read_list, resolve_list_path, too_many_bad_files
+from action_launch.datasets.rawframes import RawFramesConfig
+from action_launch.datasets.video import VideoConfig
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.run_config import ConfigChanged, check_unchanged
 
@@ -124,7 +126,7 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
     `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line. A
     clip longer than every readable file of a list is a PreflightError naming the keys that set its length."""
     from action_launch.datasets import dataset_class
-    from action_launch.datasets.check import probe  # decord only when files are checked
+    from action_launch.datasets.check import probe
     from action_launch.datasets.video import BadFileSkipper
 
     reader = dataset_class(data.dataset)
