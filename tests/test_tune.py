@@ -21,6 +21,7 @@ from conftest import EPOCH_VALIDATION, REPO, still_running, tiny_overrides
 
 from action_launch.common.processes import descendants, start_time
 from action_launch.sweeps.spec import SweepError, load_sweep, parse_sweep, trial_overrides
+from action_launch.sweeps.trial import trial_cost
 
 TINY = str(REPO / "configs" / "timesformer" / "tiny.yaml")
 
@@ -115,6 +116,14 @@ def test_a_trial_names_its_mlflow_run_by_its_folder_whatever_the_base_config_say
     cmd = training_command(setup, {"optim.lr": 0.01}, "t1")
     overrides = cmd[cmd.index("--config") + 2 :]
     assert load_config(str(base), overrides).run_name() == "sw/t1"
+
+
+def test_a_trial_s_cost_counts_the_clips_the_engine_trained_for_every_kind():
+    """`cost/clips` is the checkpoint's own count (with keep_effective_batch, config.yaml's grad_accum is not what
+    ran); a skeleton trial, whose data section has no num_frames, costs clips and no clip frames."""
+    meta = {"step": 3, "samples": 96}
+    assert trial_cost(meta, {"dataset": "video", "num_frames": 8}) == {"cost/clips": 96.0, "cost/clip_frames": 768.0}
+    assert trial_cost(meta, {"dataset": "skeleton", "window_size": 64}) == {"cost/clips": 96.0}
 
 
 def test_seeded_sweep_draws_the_same_trials():

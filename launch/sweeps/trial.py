@@ -115,9 +115,14 @@ def _is_validation_epoch(epoch: int, cfg: Mapping[str, Any]) -> bool:
     return epoch % train["eval_every_epochs"] == 0 or epoch == train["epochs"]
 
 
-def _trial_cost(meta: Mapping[str, Any], cfg: Mapping[str, Any], world_size: int) -> Dict[str, float]:
-    clips = meta["step"] * cfg["train"]["micro_batch_size"] * cfg["train"]["grad_accum"] * world_size
-    return {"cost/clips": float(clips), "cost/clip_frames": float(clips * cfg["data"]["num_frames"])}
+def trial_cost(meta: Mapping[str, Any], data: Mapping[str, Any]) -> Dict[str, float]:
+    """What a trial has trained by a checkpoint (its `meta`): `cost/clips`, the engine's count of clips (whatever
+    layout and accumulation ran: `optim.keep_effective_batch` changes `train.grad_accum` from what config.yaml
+    says), and `cost/clip_frames`, clips x `data.num_frames`, for the kinds whose clips have that key (`data` is
+    the checkpoint's data section; a skeleton window has no such key, and no clip_frames)."""
+    clips = float(meta["samples"])
+    frames = data.get("num_frames")
+    return {"cost/clips": clips, **({"cost/clip_frames": clips * frames} if frames else {})}
 
 
 def _stop_requested() -> bool:
@@ -315,7 +320,7 @@ def _watch(
                 **meta["last_val"],
                 "epoch": meta["epoch"],
                 "step": meta["step"],
-                **_trial_cost(meta, cfg, setup.workers),
+                **trial_cost(meta, cfg["data"]),
                 "cost/wall_s": clock.wall_s(),
                 **({"done": True} if last else {}),
             }
