@@ -60,8 +60,8 @@ from data_pipeline import make_videos  # noqa: E402
 from action_launch import datasets, models  # noqa: E402
 from action_launch.config import load_config  # noqa: E402
 from action_launch.datasets import DataConfig  # noqa: E402
+from action_launch.datasets.config import ListedClipConfig  # noqa: E402  video files and frame folders
 from action_launch.datasets.rawframes import RawFramesConfig  # noqa: E402
-from action_launch.datasets.video import VideoConfig  # noqa: E402  the kinds that decode video
 from action_launch.training.distributed import resolve_env  # noqa: E402
 from action_launch.training.engine import (  # noqa: E402
     AUTOCAST_DTYPES,
@@ -210,7 +210,7 @@ def prepared_data(
     already generated or prepared in `folder` to its folder, so presets with the same needs share their videos."""
     from action_launch.datasets.prepare import PrepareOptions, prepare_list
 
-    if not isinstance(data, VideoConfig):
+    if not isinstance(data, ListedClipConfig):
         return None
     side = args.data_size or max(data.train_short_side)
     side += side % 2  # yuv420p
@@ -311,7 +311,7 @@ def bench_preset(
         "gflops_train_per_clip": round(flops_per_clip / 1e9, 3),
     }
     try:
-        frames = shape[1] if isinstance(data, VideoConfig) else None
+        frames = shape[1] if isinstance(data, ListedClipConfig) else None
         steps = _variants(preset, args, device, args.steps * (args.rounds + 1) + args.warmup, frames)
     except Exception as err:
         row["error"] = f"{type(err).__name__}: {err}"[:300]

@@ -27,7 +27,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .config import DECODERS, ClipConfig
+from .config import DECODERS, ClipConfig, VideoFilesConfig
 from .lists import FORMATS, ListItem, read_list
 from .sampling import SHORT_VIDEO, clip_indices, frame_stride, loops_short_videos
 
@@ -48,7 +48,7 @@ def probe_video(
     sampling_rate: Optional[float] = None,
     target_fps: float = 30.0,
     short_video: str = ClipConfig.short_video,
-    decoder: str = ClipConfig.decoder,
+    decoder: str = VideoFilesConfig.decoder,
 ) -> Tuple[Optional[str], Optional[int], Optional[float]]:
     """(reason or None if readable, frame count, fps) of a video, opened with `decoder` as training opens it. With
     `num_frames` and `sampling_rate`, the centred clip is decoded as training reads it (`short_video`: looped or
@@ -159,7 +159,7 @@ def probe(
     frame_template: Optional[str] = None,
     start_index: int = 1,
     short_video: str = ClipConfig.short_video,
-    decoder: str = ClipConfig.decoder,
+    decoder: str = VideoFilesConfig.decoder,
 ) -> List[Probe]:
     """A `Probe` of every item, in list order."""
     work = [
@@ -200,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument(
         "--decoder",
-        default=ClipConfig.decoder,
+        default=VideoFilesConfig.decoder,
         choices=DECODERS,
         help="as data.decoder: the library that opens the videos; default: the training's",
     )

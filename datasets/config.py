@@ -3,7 +3,8 @@
 YAML writes the section flat; `data.dataset` names the kind and with it the class the section is read as: the
 section class its module registers (`datasets.kinds`), e.g. `VideoConfig` in `datasets.video`, each a `DataConfig`
 with the fields of its kind. The clip kinds share `ClipConfig` (sampling, transforms and views of the data protocol);
-the skeleton kinds share `SkeletonStreamConfig` (crop, rotation, stream and Laban features of a sequence). A run's
+the skeleton kinds share `SkeletonStreamConfig` (crop, rotation, stream and Laban features of a sequence); the kinds
+that read a classification list share `ListedClipConfig`, those that decode video files `VideoFilesConfig`. A run's
 config.yaml and its MLflow params hold the common keys and the chosen kind's, nothing else; the launcher's validator
 refuses another kind's key (unless at its default, as the config.yaml of older runs carries it).
 
@@ -143,10 +144,6 @@ class ClipConfig(DataConfig):
     """Per-channel mean on the 0-1 scale."""
     std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     """Per-channel std on the 0-1 scale."""
-    decoder: Literal["decord", "torchcodec"] = "decord"
-    """What decodes video files (`DECODERS`; the `video` and `multiperson` kinds): `decord`, or
-    `torchcodec` (the PyTorch project's, over the system's FFmpeg libraries). Both give the same frames;
-    `bench/data_pipeline.py` measures their speed side by side."""
     max_bad_fraction: float = 0.01
     """Unreadable videos are skipped (another sample is returned); more distinct bad files than
     this fraction of the list stop the run with an error listing them."""
@@ -157,6 +154,35 @@ class ClipConfig(DataConfig):
     """Spatial views of the `test` split: 1 (centre) or 3 (left/centre/right on the long side; `tsn`: TSM's
     full-resolution 3 crops; `mmaction`: three_crop, left/right/middle, the crop spanning the short side); `tsn`
     also 5 (corners and centre), `tsn` and `mmaction` 10 (those and their mirror images)."""
+
+
+@dataclass
+class ListedClipConfig(ClipConfig):
+    """The keys of the kinds that read their clips from a classification list (video files, frame folders): the
+    list's format, and the scan of its files before a run starts."""
+
+    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
+    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
+    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
+    separator: str = " "
+    """Field separator of `csv` lists."""
+    check_files: Literal["auto", "always", "never"] = "auto"
+    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
+    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
+    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
+    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
+    cores); `never`: bad files are found as they are read, and the error
+    lists those found so far."""
+
+
+@dataclass
+class VideoFilesConfig(DataConfig):
+    """The key of the kinds that decode video files (`video`; `multiperson` windows of videos): the decoder."""
+
+    decoder: Literal["decord", "torchcodec"] = "decord"
+    """What decodes video files (`DECODERS`): `decord`, or
+    `torchcodec` (the PyTorch project's, over the system's FFmpeg libraries). Both give the same frames;
+    `bench/data_pipeline.py` measures their speed side by side."""
 
 
 @dataclass
@@ -180,6 +206,6 @@ class SkeletonStreamConfig(DataConfig):
     """`described` (the paper's description) or `authors` (what the personality authors' code computes, SMPL-24)."""
 
 
-DECODERS: Tuple[str, ...] = get_args(get_type_hints(ClipConfig)["decoder"])
+DECODERS: Tuple[str, ...] = get_args(get_type_hints(VideoFilesConfig)["decoder"])
 """The values of `data.decoder` (read from its annotation, their one home): what `decode.open_video` opens a file
 with, and the choices of `datasets.check --decoder`."""

@@ -38,7 +38,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from .config import ClipConfig, SkeletonStreamConfig
+from .config import ClipConfig, SkeletonStreamConfig, VideoFilesConfig
 from .decode import BadVideoError, open_video, read_frames
 from .protocols import Source
 from .registry import register_kind
@@ -47,7 +47,7 @@ from .video import ClipDataset
 
 
 @dataclass
-class MultiPersonConfig(SkeletonStreamConfig, ClipConfig):
+class MultiPersonConfig(SkeletonStreamConfig, ClipConfig, VideoFilesConfig):
     """`data.dataset=multiperson`: synchronised windows of P people, each a video (the clip keys) or a skeleton
     sequence (the skeleton stream keys), from a list of its own format."""
 

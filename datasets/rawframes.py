@@ -17,15 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import ListedClipConfig
 from .decode import BadVideoError
 from .lists import ListItem
 from .protocols import Source
 from .registry import register_kind
-from .video import ClipDataset, Opened, VideoConfig
+from .video import ClipDataset, Opened
 
 
 @dataclass
-class RawFramesConfig(VideoConfig):
+class RawFramesConfig(ListedClipConfig):
     """`data.dataset=rawframes`: clips read from folders of JPEG/PNG frames (`rawframes` lists)."""
 
     dataset: str = "rawframes"

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Set, Tuple, Uni
 import numpy as np
 import torch
 
-from .config import ClipConfig, DataConfig
+from .config import ClipConfig, DataConfig, ListedClipConfig, VideoFilesConfig
 from .decode import BadVideoError, open_video, read_frames
 from .lists import (
     ListItem,
@@ -54,23 +54,11 @@ Opened = Tuple[Source, Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclass
-class VideoConfig(ClipConfig):
+class VideoConfig(ListedClipConfig, VideoFilesConfig):
     """`data.dataset=video`: clips decoded from the video files of a classification list."""
 
     dataset: str = "video"
     """`video`."""
-    list_format: Literal["video", "csv", "rawframes", "multilabel"] = "video"
-    """`video` (`path label`), `csv` (`path<separator>label`), `multilabel` (`path l1 l2 ...`),
-    `rawframes` (`frame_dir total_frames label`, for `data.dataset=rawframes`)."""
-    separator: str = " "
-    """Field separator of `csv` lists."""
-    check_files: Literal["auto", "always", "never"] = "auto"
-    """Scan the train and val lists before anything starts (`python -m action_launch.datasets.check`: a
-    video opens and its first and last frames decode, a frame folder holds its frames), so a split past
-    `max_bad_fraction` stops the run at once with every bad file listed. `auto`: when the two lists hold
-    at most 5000 entries together (`always` for larger lists: the scan opens every file once, on all
-    cores); `never`: bad files are found as they are read, and the error
-    lists those found so far."""
 
 
 def count_classes(root: str, items: List[ListItem]) -> Optional[int]:
@@ -161,7 +149,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
 
     def __init__(self, cfg: ClipConfig, split: str):
         self.list_path = split_list(cfg, split)
-        listed = cfg if isinstance(cfg, VideoConfig) else None  # a `data.list_format` list (multiperson's: its own)
+        listed = cfg if isinstance(cfg, ListedClipConfig) else None  # a `data.list_format` list (multiperson's: its own)
         if listed is not None and listed.list_format not in self.list_formats:
             raise ValueError(
                 f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
@@ -188,7 +176,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
         """The split's items, parsed from `self.list_path` (a `data.list_format` list; a dataset whose lists have a
         format of their own overrides this)."""
         cfg = self.cfg
-        assert isinstance(cfg, VideoConfig), f"{type(self).__name__} reads its own lists: it overrides read_items"
+        assert isinstance(cfg, ListedClipConfig), f"{type(self).__name__} reads its own lists: it overrides read_items"
         return read_list(self.list_path, cfg.root, cfg.list_format, cfg.separator, cfg.path_prefix)
 
     def item_paths(self, item) -> Tuple[str, ...]:

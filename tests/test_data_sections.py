@@ -16,6 +16,8 @@ from conftest import REPO, run_train, tiny_overrides
 from action_launch.config import ConfigError, load_config, to_dict
 from action_launch.datasets import dataset_class, kinds
 from action_launch.datasets.config import DataConfig
+from action_launch.datasets.multiperson import MultiPersonConfig
+from action_launch.datasets.rawframes import RawFramesConfig
 from action_launch.datasets.skeleton import SkeletonConfig
 from action_launch.datasets.video import VideoConfig
 
@@ -167,7 +169,7 @@ def test_a_video_run_logs_no_skeleton_keys_to_mlflow(video_set, tmp_path):
         ),
         (
             ["data.dataset=skeleton", "data.crop_size=112"],
-            "data.crop_size is a key of data.dataset=video, multiperson or rawframes, not of data.dataset=skeleton; "
+            "data.crop_size is a key of data.dataset=video, rawframes or multiperson, not of data.dataset=skeleton; "
             "remove it, or set data.dataset=video (in command-line override)",
         ),
         (
@@ -188,8 +190,8 @@ def test_another_kind_s_key_in_a_file_names_the_file(tmp_path):
     path.write_text("data:\n  dataset: skeleton\n  num_frames: 16\n")
     with pytest.raises(
         ConfigError,
-        match=rf"^data.num_frames is a key of data.dataset=video, multiperson or "
-        rf"rawframes, not of data.dataset=skeleton; .* \(in {path}\)$",
+        match=rf"^data.num_frames is a key of data.dataset=video, rawframes or "
+        rf"multiperson, not of data.dataset=skeleton; .* \(in {path}\)$",
     ):
         load_config(path)
 
@@ -209,6 +211,22 @@ def test_a_typo_is_matched_against_the_kind_s_own_keys(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert str(err.value) == f"{message} (in command-line override)"
+
+
+def test_frame_folders_record_no_decoder(tmp_path):
+    """Frame folders are read with Pillow: a rawframes run neither records `data.decoder` nor takes one; the
+    config.yaml of a rawframes run from before, with the decoder at its default, still loads."""
+    assert "decoder" not in keys(RawFramesConfig) and "decoder" in keys(VideoConfig) & keys(MultiPersonConfig)
+    cfg = load_config(None, ["data.dataset=rawframes"])
+    assert "decoder" not in to_dict(cfg)["data"]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.dataset=rawframes", "data.decoder=torchcodec"])
+    assert str(err.value).startswith(
+        "data.decoder is a key of data.dataset=video or multiperson, not of data.dataset=rawframes; remove it"
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**to_dict(cfg), "data": {**to_dict(cfg)["data"], "decoder": "decord"}}))
+    assert load_config(path).data == cfg.data
 
 
 def test_an_old_config_yaml_with_every_kind_s_keys_loads(tmp_path):

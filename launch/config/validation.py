@@ -172,7 +172,7 @@ class Validator:
         section: Any = cls
         kinds = section.kinds() if hasattr(section, "kinds") else {}
         owners = [name for name, kind in kinds.items() if key in {f.name for f in dataclasses.fields(kind)}]
-        owners.sort(key=lambda name: (len(kinds[name].__mro__), name))  # the plainest kind first, then by name
+        owners.sort(key=lambda name: (len(dataclasses.fields(kinds[name])), name))  # the plainest kind first
         if not owners:
             return False
         dotted, owner = f"{path}.{key}" if path else str(key), kinds[owners[0]]

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from action_launch.config import ConfigError
+from action_launch.datasets.config import ListedClipConfig
 from action_launch.datasets.rawframes import RawFramesConfig
-from action_launch.datasets.video import VideoConfig
 
 log = logging.getLogger("launch.explain")
 
@@ -39,8 +39,8 @@ def load_clip(data_cfg, video: str) -> torch.Tensor:
     """
     from action_launch import datasets
 
-    if not isinstance(data_cfg, VideoConfig):
-        video_kinds = [k.name for k in datasets.kinds().values() if issubclass(k.section, VideoConfig)]
+    if not isinstance(data_cfg, ListedClipConfig):
+        video_kinds = [k.name for k in datasets.kinds().values() if issubclass(k.section, ListedClipConfig)]
         raise ValueError(
             f"explain needs a video model: data.dataset is {data_cfg.dataset!r}, expected one of "
             f"{', '.join(video_kinds)}"
@@ -141,7 +141,7 @@ def explain(args: Any) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    assert isinstance(cfg.data, VideoConfig)  # load_clip refused every other kind of data
+    assert isinstance(cfg.data, ListedClipConfig)  # load_clip refused every other kind of data
     names = read_class_names(cfg.data.root)
     save_images(render(clip, result, cfg.data.mean, cfg.data.std, names), str(out))
     k = int(result.target[0])

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from action_launch.config import Config
-from action_launch.datasets.config import ClipConfig, DataConfig
+from action_launch.datasets.config import ClipConfig, DataConfig, ListedClipConfig, VideoFilesConfig
 from action_launch.datasets.lists import ListItem, read_list, resolve_list_path, too_many_bad_files
 from action_launch.datasets.rawframes import RawFramesConfig
-from action_launch.datasets.video import VideoConfig
 from action_launch.training import checkpoint as ckpt
 from action_launch.training.run_config import ConfigChanged, check_unchanged
 
@@ -121,7 +120,7 @@ def _check_data(cfg: Config) -> None:
         _check_files(data, lists, protocol)
 
 
-def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: Optional[Protocol]) -> None:
+def _check_files(data: ListedClipConfig, lists: Dict[str, List[ListItem]], protocol: Optional[Protocol]) -> None:
     """Open every file of the lists (`datasets.check.probe`, on this process's cores); a list past
     `data.max_bad_fraction` is a PreflightError listing all of its bad files; fewer are reported in one line. A
     clip longer than every readable file of a list is a PreflightError naming the keys that set its length."""
@@ -142,7 +141,7 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
             jobs=jobs,
             frame_template=folders.frame_template,
             start_index=folders.frame_start_index,
-            decoder=data.decoder,
+            decoder=data.decoder if isinstance(data, VideoFilesConfig) else VideoFilesConfig.decoder,
         )
         bad = {p.item.path: p.reason for p in probes if p.reason is not None}
         error = too_many_bad_files(bad, len(items), path, noun, data.max_bad_fraction, scanned=True)
@@ -159,7 +158,7 @@ def _check_files(data: VideoConfig, lists: Dict[str, List[ListItem]], protocol: 
 
 
 def _check_clip_fits(
-    data: VideoConfig, protocol: Optional[Protocol], path: str, readable: List[Tuple[Probe, int]], noun: str
+    data: ListedClipConfig, protocol: Optional[Protocol], path: str, readable: List[Tuple[Probe, int]], noun: str
 ) -> None:
     """PreflightError when the protocol's clip spans more frames than every readable file of a list has: each
     clip would then repeat frames, in every video, which a setting meant for other data does (the native
