@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -149,7 +149,7 @@ class ClipDataset(BadFileSkipper, torch.utils.data.Dataset):
 
     def __init__(self, cfg: ClipConfig, split: str):
         self.list_path = split_list(cfg, split)
-        listed = cfg if isinstance(cfg, ListedClipConfig) else None  # a `data.list_format` list (multiperson's: its own)
+        listed = cfg if isinstance(cfg, ListedClipConfig) else None  # a data.list_format list (multiperson: its own)
         if listed is not None and listed.list_format not in self.list_formats:
             raise ValueError(
                 f"data.dataset={cfg.dataset} reads {self.noun}s: data.list_format must be one of "
@@ -274,6 +274,7 @@ class VideoDataset(ClipDataset):
     decoded with decord; the source fps rescales the dense sampling stride."""
 
     noun = "video"
+    cfg: VideoConfig
 
     def __init__(self, cfg: VideoConfig, split: str):
         if cfg.list_format == "rawframes":

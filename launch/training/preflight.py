@@ -96,7 +96,7 @@ def _check_data(cfg: Config) -> None:
             f"folder of your lists, or make the demo clips: python -m action_launch.datasets.synthetic "
             f"{data.root}"
         )
-    if not isinstance(data, VideoConfig):  # video files and frame folders: classification lists read up front
+    if not isinstance(data, ListedClipConfig):  # video files and frame folders: classification lists read up front
         return
     lists: Dict[str, List[ListItem]] = {}
     for key, name in (("data.train_list", data.train_list), ("data.val_list", data.val_list)):
