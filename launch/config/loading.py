@@ -11,6 +11,7 @@ import yaml
 from action_launch.common.files import atomic_write_text
 from action_launch.config.schema import Config
 from action_launch.config.validation import ConfigError, Validator
+from action_launch.datasets.config import ListedClipConfig
 
 
 def load_yaml_with_bases(path: Union[str, Path], _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
@@ -136,12 +137,11 @@ def _check_clip_length(cfg: Config, validator: Validator) -> None:
     its first forward, after DeepSpeed started. Models that read T from their input (TSM) or resize their time
     embedding to it (TimeSformer) declare nothing and take any length."""
     from action_launch import models
-    from action_launch.datasets.config import ListedClipConfig  # the kinds whose clips have data.num_frames frames
     from action_launch.models.contract import FixesClipLength
 
     preset = models.get_preset(cfg.model["name"])
     arg = preset.cls.clip_length_arg if isinstance(preset.cls, FixesClipLength) else None
-    if arg is None or not isinstance(cfg.data, ListedClipConfig):
+    if arg is None or not isinstance(cfg.data, ListedClipConfig):  # the kinds whose clips have data.num_frames frames
         return
     length = cfg.model.get(arg)
     length = preset.kwargs.get(arg, preset.parameters()[arg].default) if length is None else length

@@ -48,11 +48,12 @@ def load_clip(data_cfg, video: str) -> torch.Tensor:
     path = Path(video).resolve()
     if not path.exists():
         raise FileNotFoundError(f"--video {video}: no such file or folder")
-    fmt: Literal["rawframes", "video"] = "rawframes" if isinstance(data_cfg, RawFramesConfig) else "video"
+    fmt: Literal["rawframes", "video"]
     if isinstance(data_cfg, RawFramesConfig):
-        line = f"{path} {count_frame_files(path, data_cfg.frame_template, data_cfg.frame_start_index)} 0"
+        count = count_frame_files(path, data_cfg.frame_template, data_cfg.frame_start_index)
+        line, fmt = f"{path} {count} 0", "rawframes"
     else:
-        line = f"{path} 0"
+        line, fmt = f"{path} 0", "video"
     with tempfile.TemporaryDirectory() as tmp:
         list_file = Path(tmp) / "explain.txt"
         list_file.write_text(line + "\n")
