@@ -25,6 +25,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from action_launch import child_python_env
 from action_launch.common.console import last_exception_line
+from action_launch.common.interrupts import interrupt
 from action_launch.common.processes import descendants, free_port
 from action_launch.common.reaper import start_reaper, stop_reaper
 from action_launch.common.tables import best_first, format_table, write_csv
@@ -132,11 +133,11 @@ def interrupt_on_sigterm() -> None:
     parent run KILLED, unfinished trials resumable by `--resume`. In the main thread only (where Python runs
     signal handlers)."""
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    def stop_at_once(signum: int, frame: Any) -> None:
+        interrupt()  # after a write to the tracking store in progress
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGTERM, stop_at_once)
 
 
 def _parent_params(plan: SweepPlan) -> Dict[str, Any]:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from action_launch.common.interrupts import uninterrupted
 from action_launch.common.tables import best_first, format_table, is_number, numeric_column, write_csv
 from action_launch.tracking import query as tq  # imports MLflow only inside functions
 from action_launch.tracking.stop_reasons import outcome, run_stop_reason
@@ -349,12 +350,13 @@ def share_runs_view(uri: str, experiment: str, metric: str, params: Optional[Seq
     """Store the runs-table view of `experiment` (`runs_view_state`; `params` default to those that differ between
     its training runs, the swept ones first) and return its key, `RUNS_VIEW`: the UI opens it with
     `?viewStateShareKey=runs` (`tq.ui_url(..., view_key=key)`); it has no default view an experiment can set."""
-    all_runs = tq.list_runs(uri, experiment)
-    runs = training_runs(all_runs)
-    if params is None:
-        swept = [k for parent in tq.sweep_parents(all_runs) for k in swept_keys(parent["params"])]
-        params = differing_params(runs, first=swept)[:MAX_AUTO_PARAMS]
-    tq.share_view(uri, tq.experiment_id(uri, experiment), RUNS_VIEW, runs_view_state(runs, metric, params))
+    with uninterrupted():  # it reads and writes the store, as a run ends: a second Ctrl-C waits for it
+        all_runs = tq.list_runs(uri, experiment)
+        runs = training_runs(all_runs)
+        if params is None:
+            swept = [k for parent in tq.sweep_parents(all_runs) for k in swept_keys(parent["params"])]
+            params = differing_params(runs, first=swept)[:MAX_AUTO_PARAMS]
+        tq.share_view(uri, tq.experiment_id(uri, experiment), RUNS_VIEW, runs_view_state(runs, metric, params))
     return RUNS_VIEW
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, Type
 
 from action_launch.common.files import atomic_write_text
+from action_launch.common.interrupts import uninterrupted
 from action_launch.common.processes import running, start_time
 from action_launch.tracking.mlflow_sink import MlflowSink
 from action_launch.tracking.server import backing_store, server_reachable
@@ -264,15 +265,16 @@ class Tracker:
             log.info("tracking server %s is gone; logging into the store it served, %s", self.uri, store)
             self.uri = store
             self._journal.save_state(uri=store)
-        try:
-            self.sink = self.sink_type(self.uri, self.experiment)
-            self.run_id = self.sink.open_run(run_id, self.run_name, tags)
-        except Exception as err:
-            self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
-            return
-        if self.run_id != run_id:  # a new run gets the whole history
-            self._synced, self._pending = 0, self._journal.events()
-        self._journal.save_state(run_id=self.run_id, synced=self._synced)
+        with uninterrupted():
+            try:
+                self.sink = self.sink_type(self.uri, self.experiment)
+                self.run_id = self.sink.open_run(run_id, self.run_name, tags)
+            except Exception as err:
+                self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
+                return
+            if self.run_id != run_id:  # a new run gets the whole history
+                self._synced, self._pending = 0, self._journal.events()
+            self._journal.save_state(run_id=self.run_id, synced=self._synced)
 
     def _go_offline(self, reason: str) -> None:
         if self.enabled:
@@ -294,14 +296,15 @@ class Tracker:
         if self.sink is None or not self._pending:
             return
         sink, run_id = self._open_run()
-        try:
-            replay(sink, run_id, self._pending, self.run_dir)
-        except Exception as err:
-            self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
-            return
-        self._synced += len(self._pending)
-        self._pending = []
-        self._journal.save_state(synced=self._synced)
+        with uninterrupted():  # a second Ctrl-C waits for the write and its record: cut, it can leave the store locked
+            try:
+                replay(sink, run_id, self._pending, self.run_dir)
+            except Exception as err:
+                self._go_offline(f"{self.sink_type.name} at {self.uri} failed: {err}")
+                return
+            self._synced += len(self._pending)
+            self._pending = []
+            self._journal.save_state(synced=self._synced)
 
     def skip_replayed(self, resumed_at: int) -> None:
         """A resume from the run's newest checkpoint, at optimizer step `resumed_at`, replays the steps that an

@@ -2,7 +2,8 @@
 
 Slurm signals every task before its time limit or a preemption (`--signal=USR2@...`, `scancel
 --signal=USR1`); `scancel` itself sends SIGTERM. Ctrl-C (SIGINT) stops a run the same way, and a second Ctrl-C
-stops it at once. A DeepSpeed save is collective, so nothing is saved
+stops it at once (after a write to the tracking store in progress, `common.interrupts`; a third one does not wait
+for that). A DeepSpeed save is collective, so nothing is saved
 inside a handler: the Trainer all-reduces the flag at every optimizer step and all ranks checkpoint
 together. Whoever launched the run decides what happens after that (a Slurm job requeues itself).
 """
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
+from action_launch.common.interrupts import interrupt
+
 REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")  # preemption / time-limit warning: checkpoint, then requeue
 STOP_SIGNALS = ("SIGTERM",)  # scancel or an external `scontrol requeue`: checkpoint if there is time, no requeue
 INTERRUPT_SIGNALS = ("SIGINT",)  # Ctrl-C: checkpoint at the next optimizer step and stop; a second one stops at once
@@ -28,6 +31,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.signal: Optional[str] = None
         self.requeue = False
+        self._waiting = False  # a second Ctrl-C waits for a write to the tracking store
 
     def install(self, names: Tuple[str, ...] = REQUEUE_SIGNALS + STOP_SIGNALS) -> StopFlag:
         """Handle `names` (signal names) by setting this flag; returns self."""
@@ -43,18 +47,25 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if name in INTERRUPT_SIGNALS:
-            if self.interrupted:  # the second Ctrl-C: now, without the checkpoint
-                raise KeyboardInterrupt
-            if os.environ.get("RANK", "0") == "0":
-                sys.stderr.write(
-                    "\nCtrl-C: stopping after a checkpoint at the next optimizer step (Ctrl-C again stops "
-                    "at once, losing the steps since the last checkpoint)\n"
-                )
+            if self.interrupted:  # the second Ctrl-C: now, without the checkpoint; a third: even inside a write
+                self._waiting = interrupt(force=self._waiting)
+                _say("Ctrl-C: stopping once the write to the tracking store in progress ends (Ctrl-C again: now)")
+                return
+            _say(
+                "Ctrl-C: stopping after a checkpoint at the next optimizer step (Ctrl-C again stops at once, losing "
+                "the steps since the last checkpoint)"
+            )
         self.signal = self.signal or name
         self.requeue = self.requeue or name in REQUEUE_SIGNALS
 
     def __call__(self) -> bool:
         return self.signal is not None
+
+
+def _say(line: str) -> None:
+    """One line on rank 0's stderr, from a signal handler."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"\n{line}\n")
 
 
 def stop_flag_in_slurm_step() -> Callable[[], bool]:
