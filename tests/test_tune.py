@@ -208,7 +208,9 @@ ASHA_TRIALS = 7
 
 @pytest.fixture(scope="module")
 def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
-    """7 trials (one cannot fill a batch and errors), ASHA on val/loss, 3 epochs, 2 at a time."""
+    """7 trials (one cannot fill a batch and errors), ASHA on val/loss, 3 epochs, 2 at a time. The 8-frame trial's
+    400-class head starts at a loss of ln 400 ~ 6 (the others' at ln 4 ~ 1.4) and starts after four trials ended:
+    ASHA stops it at epoch 1 every time. (Which of the others it stops depends on their drawn lr.)"""
     root = tmp_path_factory.mktemp("asha")
     sweep = write_sweep(
         root / "asha.yaml",
@@ -216,8 +218,8 @@ def asha_sweep(tmp_path_factory, video_set, deepspeed_ready):
             "metric": "val/loss",
             "mode": "min",
             "space": {
-                "data.num_frames,train.micro_batch_size": {
-                    "grid": [[2, 8], [3, 8], [4, 8], [5, 8], [6, 8], [8, 8], [4, 1000]]
+                "data.num_frames,train.micro_batch_size,model.num_classes": {
+                    "grid": [[2, 8, 4], [3, 8, 4], [4, 8, 4], [5, 8, 4], [6, 8, 4], [8, 8, 400], [4, 1000, 4]]
                 },
                 "optim.lr": {"loguniform": [5.0e-4, 5.0e-3]},
             },
@@ -241,6 +243,8 @@ def test_asha_sweep_trials_and_stop_reasons(asha_sweep):
     reasons = [r["stop_reason"] for r in rows]
     assert sum(r.startswith("errored") for r in reasons) == 1
     assert any(r.startswith("stopped by asha at epoch") for r in reasons), reasons
+    (hopeless,) = [r for r in rows if r["model.num_classes"] == "400"]
+    assert hopeless["stop_reason"] == "stopped by asha at epoch 1", rows
     assert any(r == "completed" for r in reasons), reasons
     for row in rows:
         if row["stop_reason"] == "completed":
