@@ -347,7 +347,12 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
     assert 2 <= len(finished) < 4, (tmp_path / "first.log").read_text()[-3000:]
     before = {t: (sweep_dir / t / "train.log").read_text() for t in finished}
     ended = [t for t in finished if (sweep_dir / t / "tune_end.json").exists()]  # Tune ended them before the kill
-    assert ended, "no trial had ended in Tune 3 s after its last checkpoint"
+    # Of those, the ends in Tune's own saved trial statuses: Tune launches a save's copy into the sweep folder only
+    # once its previous copy is done, so under load the newest end can be missing there a few seconds later
+    from ray.tune import ExperimentAnalysis
+
+    saved = {t.trial_id for t in ExperimentAnalysis(str(sweep_dir / "tune")).trials if t.status == "TERMINATED"}
+    assert set(ended) & saved, f"no trial had ended in Tune's saved statuses 3 s after its last checkpoint: {ended}"
 
     proc = run_tune(cmd + ["--resume"])
     rows = list(csv.DictReader((sweep_dir / "results.csv").read_text().splitlines()))
@@ -357,8 +362,13 @@ def test_sweep_killed_halfway_resumes_without_rerunning(tmp_path, video_set, dee
         after = (sweep_dir / trial / "train.log").read_text()
         assert len(EPOCH_VALIDATION.findall(after)) == len(EPOCH_VALIDATION.findall(before[trial])) == 2
         assert not re.search(r"epoch \d+/\d+ step", after[len(before[trial]) :])
-        if trial in ended:  # and those Tune had ended were not even started again (a trial start costs ~5 s)
+        if trial in saved:  # and those Tune had saved as ended were not even started again (a start costs ~5 s)
             assert after == before[trial], after[len(before[trial]) :]
+        elif trial in ended:  # restarted by Tune, it ended on the record of its end, in one line
+            added = after[len(before[trial]) :]
+            assert re.fullmatch(
+                r"\[tune\] \S+ had ended \(epoch 2\) before the sweep was resumed; not trained again\n", added
+            )
     client, runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
     assert len([r for r in runs if r.data.tags.get("sweep.role") == "parent"]) == 1  # the same parent run
     assert len([r for r in runs if r.data.tags.get("sweep.trial_id")]) == 4  # one run per trial
