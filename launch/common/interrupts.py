@@ -44,7 +44,7 @@ def interrupt(force: bool = False) -> bool:
     """From a signal handler: raise KeyboardInterrupt now, or, inside an `uninterrupted()` section (unless `force`),
     when it ends. Returns (True) only in that second case: the interrupt waits for the section."""
     global _pending
-    if _depth and not force and _in_main_thread():
+    if _depth and not force:  # sections count in the main thread only, where handlers run
         _pending = True
         return True
     raise KeyboardInterrupt
